@@ -1,0 +1,226 @@
+"""Checkpoint: a GemmaSpec plus lazy tensors under canonical names, a tokenizer and where it came from.
+
+Canonical names are Hugging Face's Gemma 2/3 names for every family (so the pre-FFN norm is always
+`pre_feedforward_layernorm`, even for Gemma 1, whose HF name for it is `post_attention_layernorm`).
+Canonical layout is HF's: linear weights [out, in], norm weights zero-centred (the layer adds 1).
+Nothing reads tensor bytes until `TensorRef.load()` is called.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from .errors import InputError
+from .spec import GemmaSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+    from .tokenizer import Tokenizer
+
+# ----------------------------------------------------------------------------- canonical roles
+# role -> canonical name template. `{i}` is the layer index.
+ROLES: dict[str, str] = {
+    "embed": "model.embed_tokens.weight",
+    "final_norm": "model.norm.weight",
+    "lm_head": "lm_head.weight",
+    "attn_norm": "model.layers.{i}.input_layernorm.weight",
+    "post_attn_norm": "model.layers.{i}.post_attention_layernorm.weight",
+    "ffn_norm": "model.layers.{i}.pre_feedforward_layernorm.weight",
+    "post_ffn_norm": "model.layers.{i}.post_feedforward_layernorm.weight",
+    "q": "model.layers.{i}.self_attn.q_proj.weight",
+    "k": "model.layers.{i}.self_attn.k_proj.weight",
+    "v": "model.layers.{i}.self_attn.v_proj.weight",
+    "o": "model.layers.{i}.self_attn.o_proj.weight",
+    "q_norm": "model.layers.{i}.self_attn.q_norm.weight",
+    "k_norm": "model.layers.{i}.self_attn.k_norm.weight",
+    "gate": "model.layers.{i}.mlp.gate_proj.weight",
+    "up": "model.layers.{i}.mlp.up_proj.weight",
+    "down": "model.layers.{i}.mlp.down_proj.weight",
+}
+LAYER_ROLES = tuple(r for r, t in ROLES.items() if "{i}" in t)
+NORM_ROLES = frozenset({"final_norm", "attn_norm", "post_attn_norm", "ffn_norm", "post_ffn_norm",
+                        "q_norm", "k_norm"})
+
+_ROLE_PATTERNS = [
+    (role, re.compile("^" + re.escape(t).replace(r"\{i\}", r"(?P<i>\d+)") + "$")) for role, t in ROLES.items()
+]
+
+
+def canonical_name(role: str, layer: int | None = None) -> str:
+    template = ROLES[role]
+    return template.format(i=layer) if "{i}" in template else template
+
+
+def parse_canonical(name: str) -> tuple[str, int | None] | None:
+    """'model.layers.3.self_attn.q_proj.weight' -> ('q', 3); None for a name that is no role."""
+    for role, pattern in _ROLE_PATTERNS:
+        m = pattern.match(name)
+        if m:
+            return role, (int(m.group("i")) if "i" in pattern.groupindex else None)
+    return None
+
+
+def layer_roles(spec: GemmaSpec) -> list[str]:
+    """The per-layer roles a checkpoint of this spec has, in a stable order."""
+    roles = ["attn_norm"]
+    if spec.norm_placement == "pre+post":
+        roles.append("post_attn_norm")
+    roles.append("ffn_norm")
+    if spec.norm_placement == "pre+post":
+        roles.append("post_ffn_norm")
+    roles += ["q", "k", "v", "o"]
+    if spec.qk_norm:
+        roles += ["q_norm", "k_norm"]
+    roles += ["gate", "up", "down"]
+    if spec.norm_kind == "layernorm_nonparametric":
+        roles = [r for r in roles if r not in NORM_ROLES]
+    return roles
+
+
+def role_shape(spec: GemmaSpec, role: str) -> tuple[int, ...]:
+    d, f = spec.hidden_size, spec.intermediate_size
+    q_out = spec.num_attention_heads * spec.head_dim
+    kv_out = spec.num_key_value_heads * spec.head_dim
+    return {
+        "embed": (spec.vocab_size, d),
+        "lm_head": (spec.vocab_size, d),
+        "final_norm": (d,),
+        "attn_norm": (d,), "post_attn_norm": (d,), "ffn_norm": (d,), "post_ffn_norm": (d,),
+        "q": (q_out, d), "k": (kv_out, d), "v": (kv_out, d), "o": (d, q_out),
+        "q_norm": (spec.head_dim,), "k_norm": (spec.head_dim,),
+        "gate": (f, d), "up": (f, d), "down": (d, f),
+    }[role]
+
+
+def expected_tensors(spec: GemmaSpec) -> dict[str, tuple[int, ...]]:
+    """Every canonical tensor a checkpoint of `spec` must hold, with its canonical shape, in file order."""
+    out: dict[str, tuple[int, ...]] = {canonical_name("embed"): role_shape(spec, "embed")}
+    for i in range(spec.num_layers):
+        for role in layer_roles(spec):
+            out[canonical_name(role, i)] = role_shape(spec, role)
+    if spec.norm_kind != "layernorm_nonparametric":
+        out[canonical_name("final_norm")] = role_shape(spec, "final_norm")
+    if not spec.tied_embeddings:
+        out[canonical_name("lm_head")] = role_shape(spec, "lm_head")
+    return out
+
+
+# ----------------------------------------------------------------------------- tensors
+@dataclass(frozen=True)
+class TensorRef:
+    """A tensor known by its header: canonical name, canonical shape, dtype, and how to get it.
+
+    `loader()` returns a numpy array in canonical layout and the stored dtype (bfloat16 as
+    ml_dtypes.bfloat16). `chunks(max_bytes)`, when the stored layout already is the canonical one,
+    yields the raw bytes in pieces so that large tensors can be copied without holding them.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # float32 | bfloat16 | float16 | a GGUF quantisation type name such as Q8_0
+    loader: Callable[[], "np.ndarray"]
+    nbytes: int = 0  # bytes as stored
+    origin: str = ""  # "file:key" where it lives, for messages
+    chunks: Callable[[int], Iterator[bytes]] | None = None
+
+    def load(self) -> "np.ndarray":
+        arr = self.loader()
+        if tuple(arr.shape) != tuple(self.shape):
+            raise InputError(self.origin or self.name,
+                             f"tensor {self.name} has shape {tuple(arr.shape)}, header said {self.shape}")
+        return arr
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+@dataclass
+class Checkpoint:
+    """Spec + canonical tensors + tokenizer + provenance. Built by a format reader or from a card."""
+
+    spec: GemmaSpec
+    tensors: dict[str, TensorRef]
+    source: str
+    format: str  # "hf" | "keras" | "gguf" | "gemma-pytorch" | "card"
+    tokenizer: "Tokenizer | None" = None
+    notes: list[str] = field(default_factory=list)  # facts the reader wants the user to know
+    ignored: dict[str, tuple[tuple[int, ...], str]] = field(default_factory=dict)  # name -> (shape, dtype)
+    config: dict[str, Any] = field(default_factory=dict)  # the raw config the spec came from (for lint)
+    files: list[str] = field(default_factory=list)  # the files that make up the checkpoint
+
+    @property
+    def is_card(self) -> bool:
+        return self.format == "card"
+
+    def tensor(self, role: str, layer: int | None = None) -> TensorRef:
+        return self.tensors[canonical_name(role, layer)]
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+    def dtype_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for t in self.tensors.values():
+            counts[t.dtype] = counts.get(t.dtype, 0) + 1
+        return counts
+
+    def parameter_count_from_tensors(self) -> int:
+        return sum(t.numel for t in self.tensors.values())
+
+
+def check_against_spec(spec: GemmaSpec, tensors: dict[str, TensorRef], config_path: str,
+                       tensors_path: str) -> None:
+    """Raise an InputError naming the config and the tensor file when they disagree.
+
+    A tied spec with an `lm_head` present is allowed only when the reader decided to keep it (untied);
+    unknown names are the reader's business (it reports them as ignored).
+    """
+    expected = expected_tensors(spec)
+    missing = [n for n in expected if n not in tensors]
+    if missing:
+        more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+        raise InputError(tensors_path, f"tensors required by {config_path} are missing: "
+                                       f"{', '.join(missing[:3])}{more}")
+    for name, shape in expected.items():
+        got = tuple(tensors[name].shape)
+        if got != shape:
+            raise InputError(tensors_path, f"{name} has shape {list(got)} but {config_path} implies "
+                                           f"{list(shape)} ({describe_shape_source(spec, name)})")
+    extra = [n for n in tensors if n not in expected]
+    if extra:
+        raise InputError(tensors_path, f"tensors not described by {config_path}: {', '.join(extra[:3])}"
+                                       + (f" (and {len(extra) - 3} more)" if len(extra) > 3 else ""))
+
+
+def describe_shape_source(spec: GemmaSpec, name: str) -> str:
+    parsed = parse_canonical(name)
+    role = parsed[0] if parsed else ""
+    d, h, k, hd, f, v = (spec.hidden_size, spec.num_attention_heads, spec.num_key_value_heads,
+                         spec.head_dim, spec.intermediate_size, spec.vocab_size)
+    return {
+        "embed": f"vocab_size={v}, hidden_size={d}",
+        "lm_head": f"vocab_size={v}, hidden_size={d}",
+        "q": f"num_attention_heads={h} x head_dim={hd}, hidden_size={d}",
+        "o": f"hidden_size={d}, num_attention_heads={h} x head_dim={hd}",
+        "k": f"num_key_value_heads={k} x head_dim={hd}, hidden_size={d}",
+        "v": f"num_key_value_heads={k} x head_dim={hd}, hidden_size={d}",
+        "gate": f"intermediate_size={f}, hidden_size={d}",
+        "up": f"intermediate_size={f}, hidden_size={d}",
+        "down": f"hidden_size={d}, intermediate_size={f}",
+        "q_norm": f"head_dim={hd}", "k_norm": f"head_dim={hd}",
+    }.get(role, f"hidden_size={d}")
+
+
+def card_checkpoint(name: str) -> Checkpoint:
+    from .spec import card
+
+    spec = card(name)
+    return Checkpoint(spec=spec, tensors={}, source=name, format="card")

@@ -1,0 +1,138 @@
+"""The `gemma-inspect` command line: each command parses, calls one library function, renders.
+
+Library errors become one `Error: ...` line on stderr and an exit code here, in one place:
+0 success, 1 a check failed, 2 unusable input or usage, 130 interrupted. `--debug` shows tracebacks.
+Heavy libraries (torch, keras, tensorflow) are imported only inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import GemmaInspectError
+
+
+class _Group(click.Group):
+    """Turns library exceptions into `Error:` lines and exit codes."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        debug = "--debug" in sys.argv[1:] or bool(ctx.params.get("debug"))
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except GemmaInspectError as e:
+            if debug:
+                raise
+            _fail(str(e), e.exit_code)
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            _fail("interrupted", 130)
+        except MemoryError:
+            _fail("out of memory", 2)
+        except Exception as e:  # a bug of ours: still one line, the traceback behind --debug
+            if debug:
+                raise
+            _fail(f"internal error: {e.__class__.__name__}: {e} (run with --debug for the traceback)", 2)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--debug", is_flag=True, help="Show Python tracebacks instead of one-line errors.")
+@click.version_option(__version__, prog_name="gemma-inspect")
+def main(debug: bool) -> None:
+    """Inspect, convert and verify Gemma checkpoints (KerasHub, Hugging Face, GGUF, gemma_pytorch).
+
+    SOURCE is a checkpoint path or a built-in card name (gemma-2b, gemma-7b, gemma2-2b, gemma2-9b,
+    gemma2-27b, gemma3-270m, gemma3-1b, gemma3-4b, gemma3-12b, gemma3-27b, llama2-7b, olmo-7b,
+    mistral-7b).
+
+    Exit codes: 0 ok, 1 a check failed, 2 unusable input or usage error.
+    """
+
+
+@main.command()
+@click.argument("source")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def summary(source: str, as_json: bool) -> None:
+    """Architecture and parameter breakdown of SOURCE, from headers alone.
+
+    \b
+    Example:
+      gemma-inspect summary ./gemma-2b-keras
+      gemma-inspect summary gemma-7b --json
+    """
+    from .formats import load
+    from .summary import summarize
+
+    result = summarize(load(source))
+    if as_json:
+        from .render import print_json
+
+        print_json(result)
+    else:
+        from .render import render_summary
+
+        render_summary(_console(), result)
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def compare(sources: tuple[str, ...], as_json: bool) -> None:
+    """Side-by-side architecture table of two or more checkpoints or cards.
+
+    \b
+    Example:
+      gemma-inspect compare gemma-7b llama2-7b olmo-7b
+      gemma-inspect compare ./my-finetune-hf gemma-2b --json
+    """
+    if len(sources) < 2:
+        raise click.UsageError("compare needs at least two sources")
+    from .formats import load
+    from .summary import compare as compare_models
+
+    result = compare_models([load(s) for s in sources])
+    if as_json:
+        from .render import print_json
+
+        print_json(result)
+    else:
+        from .render import render_compare
+
+        render_compare(_console(), result)
+
+
+@main.command()
+@click.argument("directory", required=False)
+def demo(directory: str | None) -> None:
+    """Build tiny seeded Gemma 1/2/3 checkpoints (Keras and HF, with a tokenizer) and run every
+    command on them.
+
+    \b
+    Example:
+      gemma-inspect demo            # into ./gemma-inspect-demo-<timestamp>
+      gemma-inspect demo /tmp/gd
+    """
+    from .demo import run_demo
+
+    run_demo(directory, _console())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,87 @@
+"""Format detection and the registry of readers/writers. Nothing outside `formats/` talks to a format.
+
+Each format module owns: `read(path) -> Checkpoint` and, where supported, `write(...)`.
+Modules are imported only when used, so `--help` and `summary` stay light.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+from ..checkpoint import Checkpoint, card_checkpoint
+from ..errors import GemmaInspectError, InputError
+from ..spec import CARD_NAMES, is_card
+
+FORMATS = ("hf", "keras", "gguf", "gemma-pytorch")
+_MODULES = {"hf": "hf", "keras": "keras", "gguf": "gguf", "gemma-pytorch": "gemma_pytorch"}
+
+EXPECTED = ("a Hugging Face directory (config.json + model.safetensors or an index), a KerasHub/Keras-NLP "
+            "preset directory (config.json + model.weights.h5 or model.weights.json), a .gguf file, a "
+            "gemma_pytorch .ckpt, or a built-in card (" + ", ".join(CARD_NAMES) + ")")
+
+
+def module(fmt: str) -> ModuleType:
+    if fmt not in _MODULES:
+        raise InputError(None, f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
+    return importlib.import_module(f"{__name__}.{_MODULES[fmt]}")
+
+
+def detect(source: str) -> str:
+    """The format of `source`, or an InputError that says what was expected."""
+    path = str(source)
+    if not os.path.exists(path):
+        if is_card(path):
+            return "card"
+        raise InputError(path, f"no such file or directory; expected {EXPECTED}")
+    if os.path.isdir(path):
+        entries = os.listdir(path)
+        if not entries:
+            raise InputError(path, f"empty directory; expected {EXPECTED}")
+        config = os.path.join(path, "config.json")
+        if os.path.isfile(config):
+            from .common import read_json_object
+
+            cfg = read_json_object(config, "config.json")
+            if "model_type" in cfg:
+                return "hf"
+            from .keras import looks_like_keras_config
+
+            if looks_like_keras_config(cfg):
+                return "keras"
+            raise InputError(config, "has neither 'model_type' (Hugging Face) nor 'class_name'/'config' "
+                                     "(KerasHub preset)")
+        if any(e == "pytorch_model.bin.index.json" or e.endswith(".ckpt") for e in entries):
+            return "gemma-pytorch"
+        raise InputError(path, f"no config.json in this directory; expected {EXPECTED}")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise InputError(path, f"cannot read: {e.strerror or e}") from None
+    if magic == b"GGUF":
+        return "gguf"
+    lower = path.lower()
+    if lower.endswith(".gguf"):
+        raise InputError(path, f"a .gguf file must start with the magic 'GGUF', found {magic!r}")
+    if lower.endswith((".ckpt", ".pt", ".pth", ".bin")):
+        return "gemma-pytorch"
+    if lower.endswith(".safetensors"):
+        raise InputError(path, "a bare .safetensors file has no config: pass the directory that holds it "
+                               "with its config.json")
+    raise InputError(path, f"unrecognised file; expected {EXPECTED}")
+
+
+def load(source: str) -> Checkpoint:
+    """Open any supported source (path or card name) as a Checkpoint, reading headers only."""
+    fmt = detect(source)
+    if fmt == "card":
+        return card_checkpoint(str(source))
+    try:
+        return module(fmt).read(str(source))
+    except (GemmaInspectError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as e:  # a reader's unforeseen failure on a strange file is still that file's problem
+        msg = str(e).splitlines()[0][:120] if str(e) else ""
+        raise InputError(str(source), f"cannot read as {fmt} ({e.__class__.__name__}{': ' + msg if msg else ''})") from e

@@ -1,0 +1,468 @@
+"""Hugging Face directories: config.json + model.safetensors (or shards with an index), tokenizer files.
+
+Reading touches only config.json, the safetensors headers and the index; tensor bytes are read lazily.
+Supported model_type: gemma, gemma2, gemma3_text, and gemma3 (multimodal: the text decoder is read,
+the vision tower is reported and ignored).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..checkpoint import ROLES, Checkpoint, TensorRef, check_against_spec, parse_canonical
+from ..errors import InputError, UnsupportedError
+from ..spec import FULL, SLIDING, GemmaSpec, gemma2_layer_types, gemma3_layer_types
+from .common import opt_float, read_json_object, require_int, safe_child
+from .safetensors_io import StEntry, iter_bytes, read_array, read_header
+
+SUPPORTED_MODEL_TYPES = ("gemma", "gemma2", "gemma3_text", "gemma3")
+FAMILY_OF_MODEL_TYPE = {"gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3", "gemma3": "gemma3"}
+MODEL_TYPE_OF_FAMILY = {"gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text"}
+ARCHITECTURE_OF_FAMILY = {"gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
+                          "gemma3": "Gemma3ForCausalLM"}
+
+# transformers' config defaults (v5): a key absent from config.json takes these values.
+HF_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gemma": dict(vocab_size=256000, hidden_size=3072, intermediate_size=24576, num_hidden_layers=28,
+                  num_attention_heads=16, num_key_value_heads=16, head_dim=256, hidden_act="gelu_pytorch_tanh",
+                  max_position_embeddings=8192, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                  bos_token_id=2, eos_token_id=1, pad_token_id=0),
+    "gemma2": dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                   num_attention_heads=8, num_key_value_heads=4, head_dim=256, hidden_activation="gelu_pytorch_tanh",
+                   max_position_embeddings=8192, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                   query_pre_attn_scalar=256, sliding_window=4096, final_logit_softcapping=30.0,
+                   attn_logit_softcapping=50.0, bos_token_id=2, eos_token_id=1, pad_token_id=0),
+    "gemma3_text": dict(vocab_size=262208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                        num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+                        hidden_activation="gelu_pytorch_tanh", max_position_embeddings=131072,
+                        rms_norm_eps=1e-6, tie_word_embeddings=True, query_pre_attn_scalar=256,
+                        sliding_window=4096, final_logit_softcapping=None, attn_logit_softcapping=None,
+                        bos_token_id=2, eos_token_id=1, pad_token_id=0),
+}
+
+# HF activation strings -> spec activation
+ACTIVATION_OF_HF = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh",
+                    "gelu": "gelu", "silu": "silu", "swish": "silu"}
+
+# Canonical names are HF's Gemma 2/3 names; the one Gemma 1 difference: its pre-FFN norm is called
+# `post_attention_layernorm` (Gemma 1 has no post-attention norm at all).
+HF_NAME_OVERRIDES = {"gemma": {"ffn_norm": "model.layers.{i}.post_attention_layernorm.weight"}}
+
+# Prefixes of a multimodal Gemma 3 checkpoint: on disk (transformers 4) and in memory (transformers 5).
+TEXT_PREFIXES = (("language_model.model.", "model."), ("language_model.lm_head.", "lm_head."),
+                 ("model.language_model.", "model."))
+VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
+                   "model.multi_modal_projector.")
+
+CONFIG = "config.json"
+SINGLE = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def hf_name(role: str, family: str) -> str:
+    """HF name template of a canonical role for a family."""
+    return HF_NAME_OVERRIDES.get(family, {}).get(role, ROLES[role])
+
+
+def to_canonical(hf: str, family: str) -> str:
+    """Map an HF tensor name (text prefixes already stripped) to its canonical name."""
+    overrides = HF_NAME_OVERRIDES.get(family, {})
+    if overrides:
+        # derive the reverse of the override table rather than writing it twice
+        for role, template in overrides.items():
+            parsed = _match(template, hf)
+            if parsed is not None:
+                return ROLES[role].format(i=parsed)
+        parsed_c = parse_canonical(hf)
+        if parsed_c and parsed_c[0] in overrides:  # the canonical spelling means something else here
+            return "?" + hf
+    return hf
+
+
+def from_canonical(name: str, family: str) -> str:
+    parsed = parse_canonical(name)
+    if not parsed:
+        return name
+    role, layer = parsed
+    t = hf_name(role, family)
+    return t.format(i=layer) if "{i}" in t else t
+
+
+def _match(template: str, name: str) -> int | None:
+    pre, _, post = template.partition("{i}")
+    if name.startswith(pre) and name.endswith(post):
+        mid = name[len(pre):len(name) - len(post)]
+        if mid.isdigit():
+            return int(mid)
+    return None
+
+
+def is_hf_dir(path: str) -> bool:
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, CONFIG)) and (
+        os.path.exists(os.path.join(path, SINGLE)) or os.path.exists(os.path.join(path, INDEX)))
+
+
+# ----------------------------------------------------------------------------- config -> spec
+def _rope(text: dict[str, Any], model_type: str, path: str) -> dict[str, float]:
+    """RoPE bases and linear factors from either spelling (rope_parameters, or rope_theta/rope_scaling)."""
+
+    def linear_factor(params: dict[str, Any] | None, where: str) -> float:
+        if not params:
+            return 1.0
+        if not isinstance(params, dict):
+            raise InputError(path, f"config {where} must be an object, got {params!r}")
+        kind = params.get("rope_type", params.get("type", "default"))
+        if kind in ("default", None):
+            return 1.0
+        if kind == "linear":
+            f = params.get("factor", 1.0)
+            if isinstance(f, bool) or not isinstance(f, (int, float)) or f <= 0:
+                raise InputError(path, f"config {where}.factor must be a positive number, got {f!r}")
+            return float(f)
+        raise UnsupportedError(f"{path}: RoPE type {kind!r} in {where} is not supported (default or linear)")
+
+    def theta(v: Any, where: str) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+            raise InputError(path, f"config {where} must be a positive number, got {v!r}")
+        return float(v)
+
+    rp = text.get("rope_parameters")
+    if model_type == "gemma3_text":
+        if isinstance(rp, dict) and ("full_attention" in rp or "sliding_attention" in rp):
+            full = rp.get("full_attention") or {}
+            local = rp.get("sliding_attention") or {}
+            return dict(rope_theta=theta(full.get("rope_theta", 1_000_000.0), "rope_parameters.full_attention.rope_theta"),
+                        rope_local_theta=theta(local.get("rope_theta", 10_000.0),
+                                               "rope_parameters.sliding_attention.rope_theta"),
+                        rope_scaling_factor=linear_factor(full, "rope_parameters.full_attention"),
+                        rope_local_scaling_factor=linear_factor(local, "rope_parameters.sliding_attention"))
+        return dict(rope_theta=theta(text.get("rope_theta", 1_000_000.0), "rope_theta"),
+                    rope_local_theta=theta(text.get("rope_local_base_freq", 10_000.0), "rope_local_base_freq"),
+                    rope_scaling_factor=linear_factor(text.get("rope_scaling"), "rope_scaling"),
+                    rope_local_scaling_factor=1.0)
+    # Gemma 1/2: one RoPE for every layer.
+    if isinstance(rp, dict):
+        base = theta(rp.get("rope_theta", text.get("rope_theta", 10_000.0)), "rope_parameters.rope_theta")
+        factor = linear_factor(rp, "rope_parameters")
+    else:
+        base = theta(text.get("rope_theta", 10_000.0), "rope_theta")
+        factor = linear_factor(text.get("rope_scaling"), "rope_scaling")
+    return dict(rope_theta=base, rope_local_theta=None, rope_scaling_factor=factor,
+                rope_local_scaling_factor=factor)
+
+
+def _layer_types(text: dict[str, Any], model_type: str, n: int, path: str) -> tuple[str, ...]:
+    lt = text.get("layer_types")
+    if lt is not None:
+        if not isinstance(lt, list) or len(lt) != n or any(t not in (SLIDING, FULL) for t in lt):
+            raise InputError(path, f"config layer_types must list {n} entries of "
+                                   f"'{SLIDING}'/'{FULL}', got {str(lt)[:80]}")
+        return tuple(lt)
+    if model_type == "gemma2":
+        return gemma2_layer_types(n)
+    if model_type == "gemma3_text":
+        pattern = text.get("sliding_window_pattern", text.get("_sliding_window_pattern", 6))
+        if isinstance(pattern, bool) or not isinstance(pattern, int) or pattern <= 0:
+            raise InputError(path, f"config sliding_window_pattern must be a positive integer, got {pattern!r}")
+        return gemma3_layer_types(n, pattern)
+    return (FULL,) * n
+
+
+def _first_id(v: Any) -> int | None:
+    if isinstance(v, list):
+        v = v[0] if v else None
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = None) -> tuple[GemmaSpec, list[str]]:
+    """Build a GemmaSpec from an HF config dict. Returns (spec, notes)."""
+    notes: list[str] = []
+    model_type = cfg.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise InputError(path, f"unsupported model_type {model_type!r}; supported: "
+                               f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+    text = cfg
+    if model_type == "gemma3":
+        text = cfg.get("text_config")
+        if text is None:
+            text = {}
+        if not isinstance(text, dict):
+            raise InputError(path, "config text_config must be an object")
+        if text.get("model_type", "gemma3_text") != "gemma3_text":
+            raise InputError(path, f"unsupported text_config model_type {text.get('model_type')!r}")
+        model_type = "gemma3_text"
+    merged = dict(HF_DEFAULTS[model_type])
+    merged.update(text)
+    text = merged
+    family = FAMILY_OF_MODEL_TYPE[model_type]
+
+    for flag in ("use_bidirectional_attention", "attention_bias"):
+        if text.get(flag):
+            raise UnsupportedError(f"{path}: {flag}=true is not a Gemma causal-LM configuration this tool supports")
+
+    act_key = "hidden_act" if model_type == "gemma" else "hidden_activation"
+    act_raw = text.get(act_key)
+    if act_raw is None and model_type != "gemma":
+        act_raw = text.get("hidden_act")
+    if act_raw not in ACTIVATION_OF_HF:
+        raise UnsupportedError(f"{path}: activation {act_key}={act_raw!r} is not supported "
+                               f"(expected gelu_pytorch_tanh)")
+    hidden = require_int(text, "hidden_size", path)
+    heads = require_int(text, "num_attention_heads", path)
+    kv = text.get("num_key_value_heads")
+    kv = heads if kv is None else require_int(text, "num_key_value_heads", path)
+    head_dim = text.get("head_dim")
+    head_dim = hidden // heads if head_dim is None else require_int(text, "head_dim", path)
+    n_layers = require_int(text, "num_hidden_layers", path)
+    sliding = None
+    if model_type != "gemma":
+        sliding = text.get("sliding_window")
+        if sliding is not None:
+            sliding = require_int(text, "sliding_window", path)
+    layer_types = _layer_types(text, model_type, n_layers, path)
+    if SLIDING in layer_types and sliding is None:
+        raise InputError(path, "config declares sliding-window layers but sliding_window is null")
+    qpas = opt_float(text, "query_pre_attn_scalar", path, head_dim) if model_type != "gemma" else head_dim
+    if qpas is not None and float(qpas).is_integer():
+        qpas = int(qpas)
+    dtype = cfg.get("dtype") or cfg.get("torch_dtype") or text.get("dtype") or text.get("torch_dtype")
+    if dtype is not None and dtype not in ("float32", "bfloat16", "float16"):
+        raise InputError(path, f"config dtype {dtype!r} is not float32, bfloat16 or float16")
+    if dtype is None:
+        dtype = dtype_hint or "float32"
+        notes.append(f"config.json declares no dtype; using the tensors' {dtype}")
+    tie = cfg.get("tie_word_embeddings", text.get("tie_word_embeddings", True))
+    eos = text.get("eos_token_id", cfg.get("eos_token_id"))
+    try:
+        spec = GemmaSpec(
+            family=family,
+            vocab_size=require_int(text, "vocab_size", path),
+            hidden_size=hidden,
+            num_layers=n_layers,
+            num_attention_heads=heads,
+            num_key_value_heads=kv,
+            head_dim=head_dim,
+            intermediate_size=require_int(text, "intermediate_size", path),
+            activation=ACTIVATION_OF_HF[act_raw],
+            norm_placement="pre" if family == "gemma" else "pre+post",
+            qk_norm=family == "gemma3",
+            tied_embeddings=bool(tie),
+            attention_logit_softcap=opt_float(text, "attn_logit_softcapping", path) if family != "gemma" else None,
+            final_logit_softcap=opt_float(text, "final_logit_softcapping", path) if family != "gemma" else None,
+            sliding_window=sliding,
+            layer_types=layer_types,
+            query_pre_attn_scalar=qpas,
+            rms_norm_eps=opt_float(text, "rms_norm_eps", path, 1e-6),
+            max_position_embeddings=require_int(text, "max_position_embeddings", path),
+            dtype=dtype,
+            bos_token_id=_first_id(text.get("bos_token_id", cfg.get("bos_token_id"))) or 2,
+            eos_token_id=_first_id(eos) if _first_id(eos) is not None else 1,
+            pad_token_id=_first_id(text.get("pad_token_id", cfg.get("pad_token_id"))) or 0,
+            **_rope(text, model_type, path),
+        )
+    except UnsupportedError:
+        raise
+    except Exception as e:  # SpecError and friends: the config contradicts itself
+        raise InputError(path, f"inconsistent config: {e}") from None
+    return spec, notes
+
+
+# ----------------------------------------------------------------------------- reading
+def _weight_files(path: str) -> tuple[list[str], dict[str, str] | None]:
+    """The safetensors files of the directory and, if sharded, the index's name -> file map."""
+    single = os.path.join(path, SINGLE)
+    index_path = os.path.join(path, INDEX)
+    if os.path.exists(index_path):
+        index = read_json_object(index_path, "safetensors index")
+        wm = index.get("weight_map")
+        if not isinstance(wm, dict) or not wm:
+            raise InputError(index_path, "has no weight_map (a name -> shard file object)")
+        files: dict[str, str] = {}
+        for name, fname in wm.items():
+            full = safe_child(path, fname, index_path)
+            if not os.path.isfile(full):
+                raise InputError(index_path, f"names shard {fname!r}, which does not exist")
+            files[name] = full
+        return sorted(set(files.values())), files
+    if os.path.exists(single):
+        return [single], None
+    raise InputError(path, f"no {SINGLE} or {INDEX} in this Hugging Face directory")
+
+
+def read(path: str) -> Checkpoint:
+    config_path = os.path.join(path, CONFIG)
+    cfg = read_json_object(config_path, "config.json")
+    files, weight_map = _weight_files(path)
+    headers: dict[str, tuple[str, StEntry]] = {}
+    for fpath in files:
+        entries, _meta = read_header(fpath)
+        for name, entry in entries.items():
+            if name in headers:
+                raise InputError(fpath, f"tensor {name!r} is also stored in {headers[name][0]}")
+            headers[name] = (fpath, entry)
+    if weight_map is not None:
+        for name, fpath in weight_map.items():
+            if name not in headers or headers[name][0] != fpath:
+                where = "in no shard" if name not in headers else f"in {headers[name][0]}"
+                raise InputError(os.path.join(path, INDEX),
+                                 f"maps {name!r} to {os.path.basename(fpath)} but it is {where}")
+    dtypes = [e.dtype for _, e in headers.values()]
+    dtype_hint = max(set(dtypes), key=dtypes.count) if dtypes else None
+    spec, notes = spec_from_config(cfg, config_path, dtype_hint)
+
+    tensors: dict[str, TensorRef] = {}
+    ignored: dict[str, tuple[tuple[int, ...], str]] = {}
+    vision_params = 0
+    for hf, (fpath, entry) in headers.items():
+        name = hf
+        if any(name.startswith(p) for p in VISION_PREFIXES):
+            ignored[hf] = (entry.shape, entry.dtype)
+            vision_params += _numel(entry.shape)
+            continue
+        for old, new in TEXT_PREFIXES:
+            if name.startswith(old):
+                name = new + name[len(old):]
+                break
+        canonical = to_canonical(name, spec.family)
+        if canonical == "lm_head.weight" and spec.tied_embeddings:
+            ignored[hf] = (entry.shape, entry.dtype)
+            notes.append("lm_head.weight is stored but tie_word_embeddings is true: runtimes use the "
+                         "embedding instead (see `verify` lint)")
+            continue
+        tensors[canonical] = _ref(canonical, fpath, entry, hf)
+    if vision_params:
+        n_vision = sum(1 for k in ignored if any(k.startswith(p) for p in VISION_PREFIXES))
+        notes.append(f"multimodal Gemma 3: vision tower and projector ({n_vision} tensors, "
+                     f"{vision_params:,} parameters) reported and ignored; only the text decoder is read")
+    if cfg.get("model_type") == "gemma3" and not vision_params:
+        notes.append("multimodal Gemma 3 config: only the text decoder is read")
+    where = os.path.join(path, INDEX) if weight_map is not None else files[0]
+    _name_unmapped(tensors, where)
+    check_against_spec(spec, tensors, config_path, where)
+    ordered = {n: tensors[n] for n in _canonical_order(spec, tensors)}
+    from ..tokenizer import find_tokenizer
+
+    tokenizer = find_tokenizer(path)
+    present = [os.path.join(path, f) for f in (CONFIG, INDEX, "generation_config.json", *TOKENIZER_FILES)
+               if os.path.exists(os.path.join(path, f))]
+    return Checkpoint(spec=spec, tensors=ordered, source=path, format="hf", tokenizer=tokenizer, notes=notes,
+                      ignored=ignored, config=cfg, files=present + files)
+
+
+def _name_unmapped(tensors: dict[str, TensorRef], where: str) -> None:
+    for n in tensors:
+        if n.startswith("?"):
+            raise InputError(where, f"tensor {n[1:]!r} does not belong in a Gemma 1 checkpoint "
+                                    f"(Gemma 1 stores its pre-FFN norm as post_attention_layernorm)")
+
+
+def _canonical_order(spec: GemmaSpec, tensors: dict[str, TensorRef]) -> list[str]:
+    from ..checkpoint import expected_tensors
+
+    order = [n for n in expected_tensors(spec) if n in tensors]
+    return order + [n for n in tensors if n not in order]
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _ref(canonical: str, fpath: str, entry: StEntry, stored_name: str) -> TensorRef:
+    # HF layout is the canonical layout: the raw bytes can be streamed as they are.
+    return TensorRef(
+        name=canonical, shape=entry.shape, dtype=entry.dtype, nbytes=entry.nbytes,
+        origin=f"{fpath}:{stored_name}",
+        loader=lambda: read_array(fpath, entry),
+        chunks=lambda size: iter_bytes(fpath, entry.start, entry.nbytes, size),
+    )
+
+
+# ----------------------------------------------------------------------------- spec -> config (writing)
+HF_ACTIVATION = {"gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu", "silu": "silu"}
+
+
+def _rope_params(theta: float, factor: float) -> dict[str, Any]:
+    if factor == 1.0:
+        return {"rope_type": "default", "rope_theta": theta}
+    return {"rope_type": "linear", "factor": factor, "rope_theta": theta}
+
+
+def config_dict(spec: GemmaSpec) -> dict[str, Any]:
+    """A complete, explicit config.json for `spec`, readable by transformers 4.4x and 5.x alike:
+    both activation keys, both RoPE spellings, layer_types spelled out."""
+    if spec.family not in MODEL_TYPE_OF_FAMILY:
+        raise UnsupportedError(f"{spec.family} checkpoints cannot be written as a Gemma HF directory")
+    act = HF_ACTIVATION[spec.activation]
+    cfg: dict[str, Any] = {
+        "architectures": [ARCHITECTURE_OF_FAMILY[spec.family]],
+        "model_type": MODEL_TYPE_OF_FAMILY[spec.family],
+        "vocab_size": spec.vocab_size,
+        "hidden_size": spec.hidden_size,
+        "intermediate_size": spec.intermediate_size,
+        "num_hidden_layers": spec.num_layers,
+        "num_attention_heads": spec.num_attention_heads,
+        "num_key_value_heads": spec.num_key_value_heads,
+        "head_dim": spec.head_dim,
+        # Both keys, same value: transformers reads hidden_act for gemma, hidden_activation for gemma2/3.
+        "hidden_act": act,
+        "hidden_activation": act,
+        "max_position_embeddings": spec.max_position_embeddings,
+        "rms_norm_eps": spec.rms_norm_eps,
+        "tie_word_embeddings": spec.tied_embeddings,
+        "bos_token_id": spec.bos_token_id,
+        "eos_token_id": spec.eos_token_id,
+        "pad_token_id": spec.pad_token_id,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "dtype": spec.dtype,
+        "torch_dtype": spec.dtype,
+        "use_cache": True,
+    }
+    if spec.family == "gemma3":
+        cfg["rope_parameters"] = {
+            "full_attention": _rope_params(spec.rope_theta, spec.rope_scaling_factor),
+            "sliding_attention": _rope_params(spec.local_rope_theta, spec.rope_local_scaling_factor),
+        }
+        cfg["rope_theta"] = spec.rope_theta
+        cfg["rope_local_base_freq"] = spec.local_rope_theta
+        if spec.rope_scaling_factor != 1.0:
+            cfg["rope_scaling"] = {"rope_type": "linear", "factor": spec.rope_scaling_factor}
+        if spec.rope_local_scaling_factor != 1.0:
+            raise UnsupportedError("HF Gemma 3 cannot express RoPE scaling on sliding layers only in the "
+                                   "transformers 4 spelling")
+    else:
+        if spec.local_rope_theta != spec.rope_theta or spec.rope_local_scaling_factor != spec.rope_scaling_factor:
+            raise UnsupportedError(f"HF {spec.family} uses one RoPE for every layer; this checkpoint has "
+                                   f"different local and global RoPE settings")
+        cfg["rope_parameters"] = _rope_params(spec.rope_theta, spec.rope_scaling_factor)
+        cfg["rope_theta"] = spec.rope_theta
+        if spec.rope_scaling_factor != 1.0:
+            cfg["rope_scaling"] = {"rope_type": "linear", "factor": spec.rope_scaling_factor}
+    if spec.family in ("gemma2", "gemma3"):
+        cfg["query_pre_attn_scalar"] = spec.query_pre_attn_scalar
+        cfg["sliding_window"] = spec.sliding_window
+        cfg["layer_types"] = list(spec.layer_types)
+        cfg["attn_logit_softcapping"] = spec.attention_logit_softcap
+        cfg["final_logit_softcapping"] = spec.final_logit_softcap
+        if spec.family == "gemma3" and spec.layer_types == gemma3_layer_types(spec.num_layers):
+            cfg["sliding_window_pattern"] = 6
+    else:
+        problems = []
+        if spec.sliding_window is not None or SLIDING in spec.layer_types:
+            problems.append("sliding windows")
+        if spec.attention_logit_softcap or spec.final_logit_softcap:
+            problems.append("soft caps")
+        if spec.query_pre_attn_scalar != spec.head_dim:
+            problems.append(f"query_pre_attn_scalar {spec.query_pre_attn_scalar} != head_dim")
+        if problems:
+            raise UnsupportedError(f"HF Gemma 1 (model_type gemma) cannot express {', '.join(problems)}")
+    if spec.norm_placement != ("pre" if spec.family == "gemma" else "pre+post") or \
+            spec.qk_norm != (spec.family == "gemma3") or spec.norm_offset != 1 or not spec.scale_embeddings:
+        raise UnsupportedError(f"this {spec.family} checkpoint deviates from its family's layout "
+                               f"(norm placement/offset, QK-norm or embedding scale): HF cannot express it")
+    return cfg

@@ -1,0 +1,524 @@
+"""KerasHub / Keras-NLP presets: config.json + model.weights.h5 (or model.weights.json + shards).
+
+Inside the H5 file, groups are named after the layer *class* with a de-duplication suffix
+(`layers/gemma_decoder_block_1`); each `.../vars` group carries the real layer name in `attrs['name']`
+(`decoder_block_1`, `query`, ...). We map through those names and fall back to the path for files
+that carry no attributes. bfloat16 datasets are stored opaque (`|V2`, `attrs['dtype'] = 'bfloat16'`).
+Datasets are contiguous, so their bytes are read straight from the file at the dataset's offset.
+Reading never imports keras: h5py and numpy only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from ..checkpoint import Checkpoint, TensorRef, canonical_name, check_against_spec, expected_tensors
+from ..errors import InputError, UnsupportedError
+from ..spec import FULL, SLIDING, GemmaSpec, gemma2_layer_types, gemma3_layer_types
+from .common import read_json_object, require_int, safe_child
+from .safetensors_io import iter_bytes, numpy_dtype
+
+CONFIG = "config.json"
+WEIGHTS = "model.weights.h5"
+SHARD_INDEX = "model.weights.json"
+BACKBONES = ("GemmaBackbone", "Gemma3Backbone")
+REGISTRIES = ("keras_hub", "keras_nlp")
+
+# ----------------------------------------------------------------------------- layout transforms
+# Keras keeps attention kernels per head; canonical (HF) layout is [out, in].
+#   query/key/value (N, d, D) -> [N*D, d]     output (H, D, d) -> [d, H*D]     dense (in, out) -> [out, in]
+
+
+def _heads_in(a: np.ndarray) -> np.ndarray:
+    n, d, hd = a.shape
+    return np.ascontiguousarray(a.transpose(0, 2, 1)).reshape(n * hd, d)
+
+
+def _heads_in_inv(a: np.ndarray, spec: GemmaSpec, heads: int) -> np.ndarray:
+    hd = spec.head_dim
+    return np.ascontiguousarray(a.reshape(heads, hd, -1).transpose(0, 2, 1))
+
+
+def _heads_out(a: np.ndarray) -> np.ndarray:
+    h, hd, d = a.shape
+    return np.ascontiguousarray(a.transpose(2, 0, 1)).reshape(d, h * hd)
+
+
+def _heads_out_inv(a: np.ndarray, spec: GemmaSpec, heads: int) -> np.ndarray:
+    d = a.shape[0]
+    return np.ascontiguousarray(a.reshape(d, heads, spec.head_dim).transpose(1, 2, 0))
+
+
+def _t(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a.T)
+
+
+@dataclass(frozen=True)
+class KerasVar:
+    """One row of the name table: the H5 path inside a block (or at the top), the layer name Keras
+    gives that sublayer, the canonical role, and the layout transform."""
+
+    path: str
+    layer_name: str
+    role: str
+    layout: str  # "same" | "heads_in" | "heads_out" | "T"
+
+
+TOP_VARS = (
+    KerasVar("reversible_embedding/vars/0", "token_embedding", "embed", "same"),
+    KerasVar("rms_normalization/vars/0", "final_normalization", "final_norm", "same"),
+)
+BLOCK_VARS = (
+    KerasVar("pre_attention_norm/vars/0", "pre_attention_norm", "attn_norm", "same"),
+    KerasVar("post_attention_norm/vars/0", "post_attention_norm", "post_attn_norm", "same"),
+    KerasVar("pre_ffw_norm/vars/0", "pre_ffw_norm", "ffn_norm", "same"),
+    KerasVar("post_ffw_norm/vars/0", "post_ffw_norm", "post_ffn_norm", "same"),
+    KerasVar("attention/query_dense/vars/0", "query", "q", "heads_in"),
+    KerasVar("attention/key_dense/vars/0", "key", "k", "heads_in"),
+    KerasVar("attention/value_dense/vars/0", "value", "v", "heads_in"),
+    KerasVar("attention/output_dense/vars/0", "attention_output", "o", "heads_out"),
+    KerasVar("attention/query_norm/vars/0", "query_norm", "q_norm", "same"),
+    KerasVar("attention/key_norm/vars/0", "key_norm", "k_norm", "same"),
+    KerasVar("gating_ffw/vars/0", "ffw_gating", "gate", "T"),
+    KerasVar("gating_ffw_2/vars/0", "ffw_gating_2", "up", "T"),
+    KerasVar("ffw_linear/vars/0", "ffw_linear", "down", "T"),
+)
+VAR_BY_ROLE = {v.role: v for v in TOP_VARS + BLOCK_VARS}
+_BY_PATH = {v.path: v for v in BLOCK_VARS}
+TO_CANONICAL: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "same": lambda a: a, "heads_in": _heads_in, "heads_out": _heads_out, "T": _t}
+
+
+def block_group(spec: GemmaSpec, index: int) -> str:
+    """H5 group of decoder block `index`: the class name in snake case plus Keras' de-dup suffix."""
+    base = "gemma3_decoder_block" if spec.family == "gemma3" else "gemma_decoder_block"
+    return f"layers/{base}" + (f"_{index}" if index else "")
+
+
+def keras_shape(spec: GemmaSpec, role: str, canonical: tuple[int, ...]) -> tuple[int, ...]:
+    layout = VAR_BY_ROLE[role].layout
+    if layout == "heads_in":
+        heads = spec.num_attention_heads if role == "q" else spec.num_key_value_heads
+        return (heads, spec.hidden_size, spec.head_dim)
+    if layout == "heads_out":
+        return (spec.num_attention_heads, spec.head_dim, spec.hidden_size)
+    if layout == "T":
+        return tuple(reversed(canonical))
+    return canonical
+
+
+def from_canonical_array(spec: GemmaSpec, role: str, arr: np.ndarray) -> np.ndarray:
+    """Canonical layout -> Keras layout (the writer's direction)."""
+    layout = VAR_BY_ROLE[role].layout
+    if layout == "heads_in":
+        return _heads_in_inv(arr, spec, spec.num_attention_heads if role == "q" else spec.num_key_value_heads)
+    if layout == "heads_out":
+        return _heads_out_inv(arr, spec, spec.num_attention_heads)
+    if layout == "T":
+        return _t(arr)
+    return arr
+
+
+def is_keras_preset(path: str) -> bool:
+    if not (os.path.isdir(path) and os.path.isfile(os.path.join(path, CONFIG))):
+        return False
+    return any(os.path.exists(os.path.join(path, f)) for f in (WEIGHTS, SHARD_INDEX))
+
+
+def looks_like_keras_config(cfg: dict[str, Any]) -> bool:
+    return "class_name" in cfg and isinstance(cfg.get("config"), dict) and "model_type" not in cfg
+
+
+# ----------------------------------------------------------------------------- config -> spec
+def _class_of(cfg: dict[str, Any], path: str) -> str:
+    reg = cfg.get("registered_name") or ""
+    cls = cfg.get("class_name") or ""
+    if isinstance(reg, str) and ">" in reg:
+        registry, _, name = reg.partition(">")
+        if registry not in REGISTRIES:
+            raise InputError(path, f"registered_name {reg!r} is not a keras_hub or keras_nlp class")
+        cls = name
+    if cls not in BACKBONES:
+        raise InputError(path, f"unsupported Keras class {cls or reg!r}; supported: "
+                               f"{', '.join(r + '>' + b for r in REGISTRIES for b in BACKBONES)}")
+    return cls
+
+
+def _policy_dtype(v: Any, path: str) -> str | None:
+    if isinstance(v, dict):
+        v = (v.get("config") or {}).get("name")
+    if v is None:
+        return None
+    if not isinstance(v, str):
+        raise InputError(path, f"config dtype {v!r} is not a dtype policy")
+    if v.startswith("mixed_"):
+        v = v[len("mixed_"):]
+    if v not in ("float32", "bfloat16", "float16"):
+        raise InputError(path, f"config dtype {v!r} is not float32, bfloat16 or float16")
+    return v
+
+
+def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = None) -> tuple[GemmaSpec, list[str]]:
+    notes: list[str] = []
+    cls = _class_of(cfg, path)
+    c = cfg["config"]
+    if c.get("vision_encoder") is not None:
+        notes.append("multimodal Keras Gemma 3 preset: the vision encoder is reported and ignored; only the "
+                     "text decoder is read")
+    for flag in ("use_bidirectional_attention", "is_embedding_model"):
+        if c.get(flag):
+            raise UnsupportedError(f"{path}: {flag}=true is not a Gemma causal-LM configuration this tool supports")
+    n = require_int(c, "num_layers", path)
+    hidden = require_int(c, "hidden_dim", path)
+    heads = require_int(c, "num_query_heads", path)
+    head_dim = require_int(c, "head_dim", path)
+    inter = require_int(c, "intermediate_dim", path)
+    post_attn, post_ffw = bool(c.get("use_post_attention_norm")), bool(c.get("use_post_ffw_norm"))
+    sliding_on = bool(c.get("use_sliding_window_attention"))
+    window = c.get("sliding_window_size", 4096 if cls == "GemmaBackbone" else 1024)
+    if cls == "GemmaBackbone":
+        # GemmaBackbone.intermediate_dim is 2 * F (both GeGLU branches together).
+        if inter % 2:
+            raise InputError(path, f"GemmaBackbone intermediate_dim {inter} must be even (it is 2 x the FFN width)")
+        ffn = inter // 2
+        if post_attn and post_ffw:
+            family = "gemma2"
+        elif post_attn or post_ffw or sliding_on or c.get("attention_logit_soft_cap") or c.get("final_logit_soft_cap"):
+            raise UnsupportedError(f"{path}: a GemmaBackbone with only some Gemma 2 features "
+                                   f"(post norms {post_attn}/{post_ffw}, sliding {sliding_on}) has no HF equivalent")
+        else:
+            family = "gemma"
+        layer_types = gemma2_layer_types(n) if sliding_on else (FULL,) * n
+        rope = dict(rope_theta=10_000.0, rope_local_theta=None)
+    else:
+        ffn = inter  # Gemma3Backbone.intermediate_dim is F
+        family = "gemma3"
+        if not (post_attn and post_ffw and c.get("use_query_key_norm", True)):
+            raise UnsupportedError(f"{path}: a Gemma3Backbone without post norms or QK-norm is not supported")
+        layer_types = gemma3_layer_types(n) if sliding_on else (FULL,) * n
+        # Gemma3Backbone hard-codes the bases: 10k on local layers, 1M on global ones.
+        rope = dict(rope_theta=1_000_000.0, rope_local_theta=10_000.0,
+                    rope_scaling_factor=float(c.get("global_rope_scaling_factor", 1.0) or 1.0),
+                    rope_local_scaling_factor=float(c.get("local_rope_scaling_factor", 1.0) or 1.0))
+    if c.get("query_head_dim_normalize") is False:
+        notes.append(f"query_head_dim_normalize=false is stored, but keras-hub's decoder blocks ignore it: "
+                     f"queries are scaled by head_dim^-0.5 (1/sqrt({head_dim})), not "
+                     f"(d/H)^-0.5 = 1/sqrt({hidden // heads})")
+    dtype = _policy_dtype(c.get("dtype"), path) or dtype_hint or "float32"
+    try:
+        spec = GemmaSpec(
+            family=family,
+            vocab_size=require_int(c, "vocabulary_size", path),
+            hidden_size=hidden, num_layers=n, num_attention_heads=heads,
+            num_key_value_heads=require_int(c, "num_key_value_heads", path),
+            head_dim=head_dim, intermediate_size=ffn,
+            norm_placement="pre+post" if family != "gemma" else "pre",
+            qk_norm=family == "gemma3",
+            attention_logit_softcap=c.get("attention_logit_soft_cap"),
+            final_logit_softcap=c.get("final_logit_soft_cap"),
+            sliding_window=require_int(c, "sliding_window_size", path, window) if sliding_on else None,
+            layer_types=layer_types,
+            query_pre_attn_scalar=head_dim,  # what keras-hub computes, whatever the flag says
+            rms_norm_eps=float(c.get("layer_norm_epsilon", 1e-6)),
+            max_position_embeddings=131072 if family == "gemma3" else 8192,
+            dtype=dtype,
+            **rope,
+        )
+    except (TypeError, ValueError) as e:
+        raise InputError(path, f"inconsistent config: {e}") from None
+    return spec, notes
+
+
+# ----------------------------------------------------------------------------- H5 reading
+@dataclass(frozen=True)
+class H5Var:
+    file: str
+    path: str  # dataset path inside the file
+    shape: tuple[int, ...]
+    dtype: str
+    offset: int | None  # byte offset of contiguous, uncompressed data; None = read through h5py
+    nbytes: int
+
+
+def _h5_dtype(ds: Any, where: str) -> str:
+    dt = ds.dtype
+    if dt.kind == "V" and dt.itemsize == 2:
+        tag = ds.attrs.get("dtype")
+        tag = tag.decode() if isinstance(tag, bytes) else tag
+        if tag == "bfloat16":
+            return "bfloat16"
+        raise InputError(where, f"dataset {ds.name} is opaque 2-byte data without attrs['dtype']='bfloat16'")
+    if dt.name in ("float32", "float16", "float64"):
+        return dt.name
+    raise InputError(where, f"dataset {ds.name} has unsupported dtype {dt}")
+
+
+def _scan_h5(file: str, only: set[str] | None = None) -> tuple[dict[str, H5Var], dict[str, str]]:
+    """All datasets under `layers/` and the `attrs['name']` of every `vars` group (path -> name)."""
+    import h5py
+
+    datasets: dict[str, H5Var] = {}
+    names: dict[str, str] = {}
+    try:
+        size = os.path.getsize(file)
+        with h5py.File(file, "r") as f:
+            if "layers" not in f:
+                raise InputError(file, "no 'layers' group: not a Keras weights file")
+
+            def visit(name: str, obj: Any) -> None:
+                full = "layers/" + name
+                if isinstance(obj, h5py.Dataset):
+                    if only is not None and full.rsplit("/", 1)[0] not in only:
+                        return
+                    dtype = _h5_dtype(obj, file)
+                    offset = obj.id.get_offset()
+                    nbytes = int(obj.id.get_storage_size())
+                    want = int(np.prod(obj.shape, dtype=np.int64)) * numpy_dtype(dtype).itemsize
+                    if obj.chunks is not None or obj.compression is not None:
+                        offset = None
+                    elif offset is None or offset + want > size or nbytes != want:
+                        raise InputError(file, f"dataset {full} claims {want} bytes at offset {offset}, beyond "
+                                               f"the file's {size} bytes: truncated or corrupt")
+                    datasets[full] = H5Var(file, full, tuple(int(s) for s in obj.shape), dtype, offset, want)
+                elif name.endswith("vars") or name == "vars":
+                    n = obj.attrs.get("name")
+                    if n is not None:
+                        names[full] = n.decode() if isinstance(n, bytes) else str(n)
+
+            f["layers"].visititems(visit)
+    except InputError:
+        raise
+    except FileNotFoundError:
+        raise InputError(file, "missing") from None
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as e:
+        msg = str(e).splitlines()[0][:100] if str(e) else e.__class__.__name__
+        raise InputError(file, f"not a readable HDF5 weights file ({msg})") from None
+    return datasets, names
+
+
+def _read_var(var: H5Var) -> np.ndarray:
+    dt = numpy_dtype(var.dtype)
+    if var.offset is not None:
+        count = var.nbytes // dt.itemsize
+        with open(var.file, "rb") as f:
+            f.seek(var.offset)
+            arr = np.fromfile(f, dtype=dt, count=count)
+        if arr.size != count:
+            raise InputError(var.file, f"file ends inside dataset {var.path}")
+        return arr.reshape(var.shape)
+    import h5py
+
+    try:
+        with h5py.File(var.file, "r") as f:
+            raw = f[var.path][()]
+    except (OSError, KeyError, ValueError) as e:
+        raise InputError(var.file, f"cannot read dataset {var.path} ({e})") from None
+    return raw.view(dt) if var.dtype == "bfloat16" else raw
+
+
+def _all_vars(path: str) -> tuple[dict[str, H5Var], dict[str, str], list[str], str]:
+    single = os.path.join(path, WEIGHTS)
+    index_path = os.path.join(path, SHARD_INDEX)
+    if os.path.exists(index_path):
+        index = read_json_object(index_path, "Keras sharded weights index")
+        wm = index.get("weight_map")
+        if not isinstance(wm, dict) or not wm:
+            raise InputError(index_path, "has no weight_map (an H5 group path -> shard file object)")
+        groups_by_file: dict[str, set[str]] = {}
+        for group, fname in wm.items():
+            if not isinstance(group, str):
+                raise InputError(index_path, f"invalid group path {group!r}")
+            full = safe_child(path, fname, index_path)
+            if not os.path.isfile(full):
+                raise InputError(index_path, f"names shard {fname!r}, which does not exist")
+            groups_by_file.setdefault(full, set()).add(group.strip("/"))
+        datasets: dict[str, H5Var] = {}
+        names: dict[str, str] = {}
+        for file, groups in sorted(groups_by_file.items()):
+            d, nm = _scan_h5(file, groups)
+            for k in d:
+                if k in datasets:
+                    raise InputError(file, f"dataset {k} is also stored in {datasets[k].file}")
+            datasets.update(d)
+            names.update(nm)
+        return datasets, names, sorted(groups_by_file), index_path
+    if os.path.exists(single):
+        d, nm = _scan_h5(single)
+        return d, nm, [single], single
+    raise InputError(path, f"no {WEIGHTS} or {SHARD_INDEX} in this Keras preset")
+
+
+_BLOCK_RE = re.compile(r"^layers/(gemma3?_decoder_block)(?:_(\d+))?$")
+_BLOCK_NAME_RE = re.compile(r"^decoder_block_(\d+)$")
+
+
+def _map_datasets(datasets: dict[str, H5Var], names: dict[str, str], where: str) -> tuple[
+        dict[str, tuple[str, H5Var]], dict[str, H5Var]]:
+    """Dataset path -> (canonical name, var); plus datasets that are not Gemma weights."""
+    mapped: dict[str, tuple[str, H5Var]] = {}
+    unknown: dict[str, H5Var] = {}
+    for dpath, var in datasets.items():
+        top = next((v for v in TOP_VARS if dpath == "layers/" + v.path), None)
+        if top is not None:
+            name_attr = names.get(dpath.rsplit("/", 1)[0])
+            if name_attr not in (None, top.layer_name):
+                raise InputError(where, f"{dpath} belongs to layer {name_attr!r}, expected {top.layer_name!r}")
+            mapped[dpath] = (canonical_name(top.role), var)
+            continue
+        parts = dpath.split("/")
+        block = "/".join(parts[:2])
+        m = _BLOCK_RE.match(block)
+        rel = "/".join(parts[2:])
+        if not m:
+            unknown[dpath] = var
+            continue
+        block_attr = names.get(block + "/vars")
+        bm = _BLOCK_NAME_RE.match(block_attr or "")
+        index = int(bm.group(1)) if bm else int(m.group(2) or 0)
+        row = _BY_PATH.get(rel)
+        if row is None:
+            unknown[dpath] = var
+            continue
+        layer_attr = names.get(dpath.rsplit("/", 1)[0])
+        if layer_attr not in (None, row.layer_name):
+            raise InputError(where, f"{dpath} belongs to layer {layer_attr!r}, expected {row.layer_name!r}")
+        mapped[dpath] = (canonical_name(row.role, index), var)
+    return mapped, unknown
+
+
+def read(path: str) -> Checkpoint:
+    config_path = os.path.join(path, CONFIG)
+    cfg = read_json_object(config_path, "Keras config.json")
+    if not looks_like_keras_config(cfg):
+        raise InputError(config_path, "not a Keras backbone config (expected class_name, config, registered_name)")
+    _class_of(cfg, config_path)
+    datasets, names, files, where = _all_vars(path)
+    dtypes = [v.dtype for v in datasets.values()]
+    spec, notes = spec_from_config(cfg, config_path, max(set(dtypes), key=dtypes.count) if dtypes else None)
+    mapped, unknown = _map_datasets(datasets, names, where)
+    vision = {k: v for k, v in unknown.items() if "vision" in k}
+    if set(unknown) - set(vision):
+        extra = sorted(set(unknown) - set(vision))
+        raise InputError(where, f"datasets that are no Gemma backbone weight: {', '.join(extra[:3])}"
+                                + (f" (and {len(extra) - 3} more)" if len(extra) > 3 else ""))
+    tensors: dict[str, TensorRef] = {}
+    for dpath, (canonical, var) in mapped.items():
+        if canonical in tensors:
+            raise InputError(where, f"two datasets map to {canonical}: {tensors[canonical].origin} and {dpath}")
+        tensors[canonical] = _ref(canonical, var)
+    check_against_spec(spec, tensors, config_path, where)
+    tensors = {n: tensors[n] for n in expected_tensors(spec)}
+    from ..tokenizer import find_tokenizer
+
+    tokenizer = find_tokenizer(path, hf_json=False)
+    present = [os.path.join(path, f) for f in (CONFIG, "metadata.json", "tokenizer.json", "preprocessor.json",
+                                               "task.json", SHARD_INDEX) if os.path.exists(os.path.join(path, f))]
+    if tokenizer is not None and tokenizer.spm_path:
+        present.append(tokenizer.spm_path)
+    return Checkpoint(spec=spec, tensors=tensors, source=path, format="keras", tokenizer=tokenizer, notes=notes,
+                      ignored={k: (v.shape, v.dtype) for k, v in vision.items()}, config=cfg,
+                      files=present + files)
+
+
+def _ref(canonical: str, var: H5Var) -> TensorRef:
+    from ..checkpoint import parse_canonical
+
+    parsed = parse_canonical(canonical)
+    role = parsed[0] if parsed else "embed"
+    layout = VAR_BY_ROLE[role].layout
+    transform = TO_CANONICAL[layout]
+    stored = var.shape
+    if layout == "heads_in":
+        if len(stored) != 3:
+            raise InputError(var.file, f"{var.path} has shape {list(stored)}, expected (heads, hidden, head_dim)")
+        shape = (stored[0] * stored[2], stored[1])
+    elif layout == "heads_out":
+        if len(stored) != 3:
+            raise InputError(var.file, f"{var.path} has shape {list(stored)}, expected (heads, head_dim, hidden)")
+        shape = (stored[2], stored[0] * stored[1])
+    elif layout == "T":
+        if len(stored) != 2:
+            raise InputError(var.file, f"{var.path} has shape {list(stored)}, expected a matrix")
+        shape = (stored[1], stored[0])
+    else:
+        shape = stored
+    chunks = None
+    if layout == "same" and var.offset is not None:
+        chunks = lambda size: iter_bytes(var.file, var.offset, var.nbytes, size)  # noqa: E731
+    return TensorRef(name=canonical, shape=shape, dtype=var.dtype, nbytes=var.nbytes,
+                     origin=f"{var.file}:{var.path}", loader=lambda: transform(_read_var(var)), chunks=chunks)
+
+
+# ----------------------------------------------------------------------------- spec -> config (writing)
+def keras_problems(spec: GemmaSpec) -> list[str]:
+    """What keras-hub's GemmaBackbone / Gemma3Backbone cannot express about `spec` (empty: all of it)."""
+    problems = []
+    if spec.family not in ("gemma", "gemma2", "gemma3"):
+        return [f"{spec.family} is not a Gemma family"]
+    if spec.query_pre_attn_scalar != spec.head_dim:
+        problems.append(f"query_pre_attn_scalar is {spec.query_pre_attn_scalar}, but keras-hub's decoder blocks "
+                        f"always scale queries by head_dim^-0.5 ({spec.head_dim}^-0.5) and ignore "
+                        f"query_head_dim_normalize")
+    if spec.activation != "gelu_tanh":
+        problems.append(f"activation {spec.activation}: keras-hub Gemma always runs the tanh-approximate GELU")
+    if not spec.tied_embeddings:
+        problems.append("an untied output matrix: keras-hub Gemma always ties it to the embedding")
+    want = (gemma3_layer_types(spec.num_layers) if spec.family == "gemma3"
+            else gemma2_layer_types(spec.num_layers))
+    if spec.layer_types not in (want, (FULL,) * spec.num_layers):
+        problems.append("a sliding-window layout other than keras-hub's fixed pattern "
+                        + ("(5 local : 1 global)" if spec.family == "gemma3" else "(even layers sliding)"))
+    if spec.family == "gemma3":
+        if spec.rope_theta != 1_000_000.0 or spec.local_rope_theta != 10_000.0:
+            problems.append(f"RoPE bases {spec.local_rope_theta:g}/{spec.rope_theta:g}: Gemma3Backbone hard-codes "
+                            f"10000 local / 1000000 global")
+    elif spec.rope_theta != 10_000.0 or spec.local_rope_theta != 10_000.0 or spec.rope_scaling_factor != 1.0:
+        problems.append("RoPE other than base 10000 without scaling: GemmaBackbone hard-codes it")
+    if spec.family == "gemma" and (spec.attention_logit_softcap or spec.final_logit_softcap):
+        problems.append("soft caps on a Gemma 1 layout")
+    return problems
+
+
+def _dtype_policy(dtype: str) -> dict[str, Any]:
+    return {"module": "keras", "class_name": "DTypePolicy", "config": {"name": dtype}, "registered_name": None}
+
+
+def config_dict(spec: GemmaSpec) -> dict[str, Any]:
+    """The backbone `config.json` keras-hub writes for such a model."""
+    sliding = SLIDING in spec.layer_types
+    common = {
+        "vocabulary_size": spec.vocab_size,
+        "num_layers": spec.num_layers,
+        "num_query_heads": spec.num_attention_heads,
+        "num_key_value_heads": spec.num_key_value_heads,
+        "hidden_dim": spec.hidden_size,
+        "head_dim": spec.head_dim,
+        "layer_norm_epsilon": spec.rms_norm_eps,
+        "dropout": 0,
+        "query_head_dim_normalize": True,
+        "use_post_ffw_norm": spec.norm_placement == "pre+post",
+        "use_post_attention_norm": spec.norm_placement == "pre+post",
+        "final_logit_soft_cap": spec.final_logit_softcap,
+        "attention_logit_soft_cap": spec.attention_logit_softcap,
+        "sliding_window_size": spec.sliding_window or (1024 if spec.family == "gemma3" else 4096),
+        "use_sliding_window_attention": sliding,
+    }
+    if spec.family == "gemma3":
+        cls, module = "Gemma3Backbone", "keras_hub.src.models.gemma3.gemma3_backbone"
+        config = {"name": "gemma3_backbone", "trainable": True, "dtype": _dtype_policy(spec.dtype),
+                  "image_size": 896, "intermediate_dim": spec.intermediate_size, "use_query_key_norm": True,
+                  "local_rope_scaling_factor": spec.rope_local_scaling_factor,
+                  "global_rope_scaling_factor": spec.rope_scaling_factor, "vision_encoder": None,
+                  "use_bidirectional_attention": False, "is_embedding_model": False,
+                  "pooling_intermediate_dim": None, "embedding_dim": None, **common}
+    else:
+        cls, module = "GemmaBackbone", "keras_hub.src.models.gemma.gemma_backbone"
+        # GemmaBackbone.intermediate_dim counts both GeGLU branches: 2 * F.
+        config = {"name": "gemma_backbone", "trainable": True, "dtype": _dtype_policy(spec.dtype),
+                  "intermediate_dim": 2 * spec.intermediate_size, **common}
+    return {"module": module, "class_name": cls, "config": config, "registered_name": f"keras_hub>{cls}"}

@@ -1,0 +1,209 @@
+"""A strict safetensors header reader and a streaming writer (no torch, bounded memory).
+
+The reader validates everything a hostile file could lie about (header length, JSON, dtypes, shapes,
+offsets inside the data and not overlapping) before a single tensor byte is read. The writer lays out
+the header from names, dtypes and shapes first, then accepts tensor bytes one tensor at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from typing import BinaryIO, Iterable, Iterator
+
+import numpy as np
+
+from ..errors import InputError, OutputError
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # a crafted file must not make us parse gigabytes of JSON
+MAX_TENSORS = 1_000_000
+CHUNK_BYTES = 64 * 1024 * 1024
+
+# safetensors dtype code <-> our dtype name
+ST_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
+             "I8": "int8", "U8": "uint8", "I16": "int16", "I32": "int32", "I64": "int64", "BOOL": "bool"}
+ST_CODES = {v: k for k, v in ST_DTYPES.items()}
+ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int8": 1, "uint8": 1,
+            "int16": 2, "int32": 4, "int64": 8, "bool": 1}
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def dtype_name(dt: np.dtype) -> str:
+    dt = np.dtype(dt)
+    if dt.name == "bfloat16":
+        return "bfloat16"
+    return dt.name
+
+
+@dataclass(frozen=True)
+class StEntry:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int  # absolute offset in the file
+    nbytes: int
+
+
+def read_header(path: str) -> tuple[dict[str, StEntry], dict[str, str]]:
+    """Parse and validate a safetensors header. Returns (entries by name, __metadata__)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise InputError(path, f"not a safetensors file: {size} bytes, too short for a header")
+            (hlen,) = struct.unpack("<Q", head)
+            if hlen > MAX_HEADER_BYTES:
+                raise InputError(path, f"safetensors header length {hlen} exceeds the "
+                                       f"{MAX_HEADER_BYTES // (1024 * 1024)} MB limit")
+            if 8 + hlen > size:
+                raise InputError(path, f"safetensors header length {hlen} is longer than the file "
+                                       f"({size} bytes): truncated or not a safetensors file")
+            raw = f.read(hlen)
+    except OSError as e:
+        raise InputError(path, f"cannot read: {e.strerror or e}") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(path, f"safetensors header is not valid JSON ({e.__class__.__name__}: "
+                               f"{str(e).splitlines()[0][:80]})") from None
+    if not isinstance(header, dict):
+        raise InputError(path, "safetensors header is not a JSON object")
+    if len(header) > MAX_TENSORS:
+        raise InputError(path, f"safetensors header lists {len(header)} tensors (limit {MAX_TENSORS})")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise InputError(path, "safetensors __metadata__ is not a JSON object")
+    data_start = 8 + hlen
+    data_size = size - data_start
+    entries: dict[str, StEntry] = {}
+    for name, info in header.items():
+        if not isinstance(info, dict):
+            raise InputError(path, f"tensor {name!r}: header entry is not an object")
+        code = info.get("dtype")
+        if code not in ST_DTYPES:
+            raise InputError(path, f"tensor {name!r}: unknown dtype {code!r}")
+        shape = info.get("shape")
+        if (not isinstance(shape, list) or len(shape) > 8
+                or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**40 for s in shape)):
+            raise InputError(path, f"tensor {name!r}: invalid shape {shape!r}")
+        offs = info.get("data_offsets")
+        if (not isinstance(offs, list) or len(offs) != 2
+                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)):
+            raise InputError(path, f"tensor {name!r}: invalid data_offsets {offs!r}")
+        begin, end = offs
+        dtype = ST_DTYPES[code]
+        numel = 1
+        for s in shape:
+            numel *= s
+        if not 0 <= begin <= end:
+            raise InputError(path, f"tensor {name!r}: data_offsets {offs} are not increasing")
+        if end > data_size:
+            raise InputError(path, f"tensor {name!r}: data_offsets {offs} point beyond the data "
+                                   f"({data_size} bytes): truncated file")
+        if end - begin != numel * ITEMSIZE[dtype]:
+            raise InputError(path, f"tensor {name!r}: {end - begin} bytes for shape {shape} of {dtype} "
+                                   f"(expected {numel * ITEMSIZE[dtype]})")
+        entries[name] = StEntry(name, dtype, tuple(shape), data_start + begin, end - begin)
+    spans = sorted((e.start, e.start + e.nbytes, e.name) for e in entries.values() if e.nbytes)
+    for (b0, e0, n0), (b1, _e1, n1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise InputError(path, f"tensors {n0!r} and {n1!r} overlap in the data section")
+    return entries, {str(k): str(v) for k, v in metadata.items()}
+
+
+def read_array(path: str, entry: StEntry) -> np.ndarray:
+    """One tensor's bytes as a numpy array of its shape (a fresh copy, no mmap kept)."""
+    dt = numpy_dtype(entry.dtype)
+    count = entry.nbytes // dt.itemsize
+    try:
+        with open(path, "rb") as f:
+            f.seek(entry.start)
+            arr = np.fromfile(f, dtype=dt, count=count)
+    except OSError as e:
+        raise InputError(path, f"cannot read tensor {entry.name}: {e.strerror or e}") from None
+    if arr.size != count:
+        raise InputError(path, f"tensor {entry.name}: file ends before its data")
+    return arr.reshape(entry.shape)
+
+
+def iter_bytes(path: str, start: int, nbytes: int, chunk: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """The raw bytes [start, start + nbytes) in pieces of at most `chunk` bytes."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        left = nbytes
+        while left:
+            piece = f.read(min(chunk, left))
+            if not piece:
+                raise InputError(path, f"file ends {left} bytes before the expected end of a tensor")
+            left -= len(piece)
+            yield piece
+
+
+class SafetensorsWriter:
+    """Streaming writer: `add()` each tensor's bytes in the order given to the constructor."""
+
+    def __init__(self, path: str, layout: Iterable[tuple[str, str, tuple[int, ...]]],
+                 metadata: dict[str, str] | None = None):
+        self.path = path
+        self._order: list[tuple[str, int]] = []
+        header: dict[str, object] = {}
+        if metadata:
+            header["__metadata__"] = dict(metadata)
+        offset = 0
+        for name, dtype, shape in layout:
+            n = int(np.prod(shape, dtype=np.int64)) * ITEMSIZE[dtype]
+            header[name] = {"dtype": ST_CODES[dtype], "shape": list(shape), "data_offsets": [offset, offset + n]}
+            self._order.append((name, n))
+            offset += n
+        self.data_bytes = offset
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # keep the data 8-byte aligned, as the reference writer does
+        self._f: BinaryIO = open(path, "wb")
+        self._f.write(struct.pack("<Q", len(raw)))
+        self._f.write(raw)
+        self._next = 0
+
+    def add(self, name: str, pieces: Iterable[bytes | memoryview]) -> int:
+        if self._next >= len(self._order):
+            raise OutputError(f"{self.path}: tensor {name} written after the last planned tensor")
+        want_name, want = self._order[self._next]
+        if name != want_name:
+            raise OutputError(f"{self.path}: expected tensor {want_name} next, got {name}")
+        got = 0
+        try:
+            for piece in pieces:
+                self._f.write(piece)
+                got += len(piece) if isinstance(piece, bytes) else piece.nbytes
+        except OSError as e:
+            raise OutputError(f"{self.path}: cannot write: {e.strerror or e}") from None
+        if got != want:
+            raise OutputError(f"{self.path}: tensor {name} has {got} bytes, planned {want}")
+        self._next += 1
+        return got
+
+    def close(self) -> None:
+        if self._f.closed:
+            return
+        missing = len(self._order) - self._next
+        self._f.close()
+        if missing:
+            raise OutputError(f"{self.path}: closed with {missing} planned tensors unwritten")
+
+    def __enter__(self) -> "SafetensorsWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.close()
+        else:
+            self._f.close()

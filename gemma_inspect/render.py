@@ -1,0 +1,179 @@
+"""Rich rendering of library results (tables, trees) and JSON. The library never prints; the CLI calls this."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .spec import format_bytes, format_count
+
+NORM_TEXT = {"rmsnorm": "RMSNorm", "layernorm_nonparametric": "LayerNorm (no weights, no bias)"}
+ACT_TEXT = {"gelu_tanh": "GELU, tanh approximation", "gelu": "GELU, exact (erf)", "silu": "SiLU"}
+
+
+def print_json(obj: Any) -> None:
+    """One JSON object on stdout and nothing else there."""
+    import sys
+
+    sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    return str(o)
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def _rope(a: dict[str, Any]) -> str:
+    g, l = a["rope_theta"], a["rope_local_theta"]
+    s = f"base {_num(g)}" if g == l else f"base {_num(l)} local, {_num(g)} global"
+    if a["rope_scaling_factor"] != 1:
+        s += f", linear x{_num(a['rope_scaling_factor'])} on global layers"
+    if a.get("rope_local_scaling_factor", 1) != 1:
+        s += f", linear x{_num(a['rope_local_scaling_factor'])} on local layers"
+    return s
+
+
+def _sliding(a: dict[str, Any]) -> str:
+    types = a["layer_types"]
+    n_sliding = sum(1 for t in types if t == "sliding_attention")
+    if not n_sliding:
+        return "none (every layer global)"
+    n = len(types)
+    if n_sliding == n:
+        pattern = "every layer"
+    else:
+        glob = [i for i, t in enumerate(types) if t == "full_attention"]
+        pattern = f"{n_sliding}/{n} layers; global: {_ranges(glob)}"
+    return f"{a['sliding_window']} tokens on {pattern}"
+
+
+def _ranges(idx: list[int]) -> str:
+    if len(idx) > 6:
+        step = idx[1] - idx[0]
+        if all(b - a == step for a, b in zip(idx, idx[1:])):
+            return f"{idx[0]}, {idx[1]}, ... {idx[-1]} (every {step})"
+    return ", ".join(map(str, idx))
+
+
+def describe(m: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, value) rows shared by `summary` and `compare`, all computed from the summary object."""
+    a, p = m["architecture"], m["parameters"]
+    h, k = a["num_attention_heads"], a["num_key_value_heads"]
+    d = a["hidden_size"]
+    norm = NORM_TEXT.get(a["norm_kind"], a["norm_kind"])
+    if a["norm_kind"] == "rmsnorm":
+        norm += ", applies (1 + w)" if a["norm_offset"] == 1 else ", applies w"
+    placement = {"pre": "pre-norm only", "pre+post": "pre + post (sandwich)"}[a["norm_placement"]]
+    if a["embedding_scale_exact"] == 1.0:
+        emb = "none"
+    else:
+        emb = f"x sqrt({d}) = {a['embedding_scale_exact']:.4f}"
+        if a["embedding_scale"] != a["embedding_scale_exact"]:
+            emb += f" -> {_num(a['embedding_scale'])} in {a['dtype']}"
+    caps = []
+    if a["attention_logit_softcap"]:
+        caps.append(f"attention {_num(a['attention_logit_softcap'])}")
+    if a["final_logit_softcap"]:
+        caps.append(f"final {_num(a['final_logit_softcap'])}")
+    qps = a["query_pre_attn_scalar"]
+    rows = [
+        ("Family", m.get("family_title") or m["family"]),
+        ("Parameters", f"{format_count(p['total'])} ({p['total']:,})"
+                       + (" tied" if a["tied_embeddings"] else "")),
+        ("  if output untied", f"{format_count(p['total_if_untied'])} ({p['total_if_untied']:,})"),
+        ("  embedding", f"{format_count(p['embedding'])} ({100 * p['embedding'] / p['total']:.1f}%)"),
+        ("Layers", str(a["num_layers"])),
+        ("Hidden size d", str(d)),
+        ("Attention", f"{a['attention']}: {h} query heads, {k} K/V head{'s' if k != 1 else ''}"),
+        ("Head dim", str(a["head_dim"]) + ("" if a["head_dim"] * h == d else f" (H x D = {h * a['head_dim']} != d)")),
+        ("Query scale", f"1/sqrt({_num(qps)})"
+                        + (" = 1/sqrt(head_dim)" if qps == a["head_dim"] else
+                           f" (not head_dim {a['head_dim']}; d/H = {d // h})")),
+        ("FFN", f"{a['ffn']}, width {a['intermediate_size']} per branch"),
+        ("Activation", ACT_TEXT.get(a["activation"], a["activation"])),
+        ("Norm", norm),
+        ("Norm placement", placement),
+        ("QK-norm", "yes" if a["qk_norm"] else "no"),
+        ("Embedding scale", emb),
+        ("Tied embeddings", "yes (logits = h @ E^T)" if a["tied_embeddings"] else "no (separate output matrix)"),
+        ("Vocabulary", f"{a['vocab_size']:,}"),
+        ("Soft caps", ", ".join(caps) if caps else "none"),
+        ("Sliding window", _sliding(a)),
+        ("RoPE", _rope(a)),
+        ("Context length", f"{a['max_position_embeddings']:,}"),
+        ("KV cache / token", format_bytes(m["kv_cache_bytes_per_token"]) + f" ({a['dtype']})"),
+        ("Dtype", ", ".join(f"{k} x{v}" for k, v in m["dtypes"].items()) or a["dtype"]),
+        ("Size", format_bytes(m["size_bytes"]) + ("" if m.get("tensors_read", True) else " (published dtype)")),
+    ]
+    return rows
+
+
+def render_summary(console: Console, m: dict[str, Any]) -> None:
+    title = f"{m['source']}  [dim]({m['format']}{', built-in card' if m['format'] == 'card' else ''})[/dim]"
+    table = Table(title=title, show_header=False, title_justify="left", box=None, pad_edge=False)
+    table.add_column(style="bold cyan", no_wrap=True)
+    table.add_column()
+    for label, value in describe(m):
+        table.add_row(label, value)
+    console.print(table)
+    console.print()
+    p = m["parameters"]
+    pt = Table(title="Parameters", title_justify="left")
+    pt.add_column("role")
+    pt.add_column("count", justify="right")
+    pt.add_column("share", justify="right")
+    for role in ("embedding", "attention", "feedforward", "norms", "output"):
+        if role == "output" and not p["output"]:
+            continue
+        pt.add_row(role, f"{p[role]:,}", f"{100 * p[role] / p['total']:.1f}%")
+    pt.add_row("per decoder layer", f"{p['per_layer']:,}", "")
+    pt.add_row(Text("total (tied counted once)", style="bold"), Text(f"{p['total']:,}", style="bold"), "100%")
+    pt.add_row("total if the output were untied", f"{p['total_if_untied']:,}",
+               f"+{100 * (p['total_if_untied'] - p['total']) / p['total']:.1f}%")
+    console.print(pt)
+    if m.get("tokenizer"):
+        console.print(f"[bold]Tokenizer[/bold]: {m['tokenizer']['backend']} ({', '.join(m['tokenizer']['files'])})")
+    for note in m.get("notes", []):
+        console.print(f"[yellow]note[/yellow]: {note}")
+
+
+def render_compare(console: Console, result: dict[str, Any]) -> None:
+    models = result["models"]
+    table = Table(title="Side by side (rows that differ are highlighted)", title_justify="left")
+    table.add_column("", style="bold cyan", no_wrap=True)
+    for m in models:
+        table.add_column(m["card"] or m["source"], overflow="fold")
+    described = [dict(describe(m)) for m in models]
+    labels = [label for label, _ in describe(models[0])]
+    short = {"Parameters": lambda m: f"{m['parameters']['total'] / 1e9:.1f}B",
+             "  if output untied": lambda m: f"{m['parameters']['total_if_untied'] / 1e9:.1f}B"}
+    for label in labels:
+        values = [short[label](m) if label in short else described[i][label] for i, m in enumerate(models)]
+        differs = len(set(values)) > 1
+        table.add_row(label, *[Text(v, style="bold yellow" if differs else "") for v in values])
+    console.print(table)
+    notes = [(m["card"] or m["source"], n) for m in models for n in m.get("notes", [])]
+    for who, note in notes:
+        console.print(f"[yellow]note[/yellow] ({who}): {note}")
+
+
+def fmt_float(x: float | None, digits: int = 3) -> str:
+    if x is None:
+        return "-"
+    if x == 0:
+        return "0"
+    if not math.isfinite(x):
+        return str(x)
+    return f"{x:.{digits}e}" if abs(x) < 1e-2 or abs(x) >= 1e4 else f"{x:.{digits}f}"

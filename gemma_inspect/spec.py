@@ -1,0 +1,429 @@
+"""GemmaSpec: the architecture of a checkpoint, family rules, built-in cards and parameter counting.
+
+A spec is what can be known without reading a single tensor value. Readers build one from a config and
+check it against tensor shapes; built-in cards are specs with no tensors at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import SpecError
+
+GEMMA_FAMILIES = ("gemma", "gemma2", "gemma3")
+PEER_FAMILIES = ("llama", "olmo", "mistral")
+FAMILIES = GEMMA_FAMILIES + PEER_FAMILIES
+
+FAMILY_TITLES = {
+    "gemma": "Gemma 1",
+    "gemma2": "Gemma 2",
+    "gemma3": "Gemma 3 (text)",
+    "llama": "Llama 2",
+    "olmo": "OLMo",
+    "mistral": "Mistral",
+}
+
+SLIDING = "sliding_attention"
+FULL = "full_attention"
+
+ACTIVATIONS = ("gelu_tanh", "gelu", "silu")
+NORM_KINDS = ("rmsnorm", "layernorm_nonparametric")
+
+# Bytes per element of the dtypes a checkpoint can declare.
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8, "int8": 1, "uint8": 1}
+
+
+def round_to_dtype(value: float, dtype: str) -> float:
+    """`value` as the model dtype stores it (Gemma casts sqrt(d) to the activation dtype first)."""
+    import numpy as np
+
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return float(np.asarray(value, dtype=ml_dtypes.bfloat16))
+    if dtype in ("float16", "float32", "float64"):
+        return float(np.asarray(value, dtype=dtype))
+    return float(value)
+
+
+@dataclass(frozen=True)
+class FamilyRules:
+    """What a family's reference implementation does; `verify` compares observations against these."""
+
+    norm_placement: str  # "pre" (x += f(norm(x))) or "pre+post" (x += post_norm(f(pre_norm(x))))
+    norm_offset: int  # 1: the layer applies (1 + w) to a zero-centred stored w
+    scale_embeddings: bool  # E[tok] * sqrt(d), the factor rounded to the model dtype
+    activation: str
+    tied_embeddings: bool
+    qk_norm: bool
+    attention_logit_softcap: float | None
+    final_logit_softcap: float | None
+    has_sliding_window: bool
+
+
+FAMILY_RULES: dict[str, FamilyRules] = {
+    # Gemma 1: plain pre-norm, whatever the paper says about normalising sub-layer outputs.
+    "gemma": FamilyRules("pre", 1, True, "gelu_tanh", True, False, None, None, False),
+    # Gemma 2: sandwich norms, soft caps 50 (attention logits) and 30 (final logits), sliding on even layers.
+    "gemma2": FamilyRules("pre+post", 1, True, "gelu_tanh", True, False, 50.0, 30.0, True),
+    # Gemma 3: soft caps replaced by QK-norm; 5 local layers to 1 global.
+    "gemma3": FamilyRules("pre+post", 1, True, "gelu_tanh", True, True, None, None, True),
+}
+
+
+@dataclass(frozen=True)
+class GemmaSpec:
+    """Architecture of one decoder-only checkpoint. Sizes use HF's meaning (intermediate_size = F,
+    the width of one FFN branch). Quirks are fields, not assumptions, so a checkpoint that deviates
+    from its family can be described truthfully."""
+
+    family: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    intermediate_size: int
+    activation: str = "gelu_tanh"  # gelu_tanh (Gemma), gelu (exact erf), silu (SwiGLU peers)
+    norm_kind: str = "rmsnorm"  # or layernorm_nonparametric (OLMo 1: no weights at all)
+    norm_offset: int = 1  # Gemma stores w zero-centred; the layer applies (1 + w)
+    norm_placement: str = "pre"  # "pre" or "pre+post" (sandwich)
+    qk_norm: bool = False  # Gemma 3: RMSNorm over head_dim on q and k before RoPE
+    scale_embeddings: bool = True  # Gemma: E[tok] * sqrt(d) with the factor cast to the model dtype
+    tied_embeddings: bool = True  # logits = h @ E^T, no separate lm_head tensor
+    attention_logit_softcap: float | None = None  # c * tanh(x / c) on attention logits (Gemma 2: 50)
+    final_logit_softcap: float | None = None  # same on the output logits (Gemma 2: 30)
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] = ()  # per layer: "sliding_attention" | "full_attention"
+    rope_theta: float = 10000.0  # base of global (full-attention) layers
+    rope_local_theta: float | None = None  # base of sliding layers; None = same as rope_theta
+    rope_scaling_factor: float = 1.0  # linear position scaling on global layers (Gemma 3 4B+: 8)
+    rope_local_scaling_factor: float = 1.0  # the same for sliding layers (1 in every published Gemma)
+    query_pre_attn_scalar: float | None = None  # queries scaled by this ** -0.5; None = head_dim
+    rms_norm_eps: float = 1e-6
+    max_position_embeddings: int = 8192
+    dtype: str = "bfloat16"  # the dtype the checkpoint declares for its computation
+    bos_token_id: int = 2
+    eos_token_id: int = 1
+    pad_token_id: int = 0
+    name: str | None = None  # a built-in card's name
+
+    def __post_init__(self) -> None:
+        if not self.layer_types:
+            object.__setattr__(self, "layer_types", (FULL,) * self.num_layers)
+        else:
+            object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        if self.query_pre_attn_scalar is None:
+            object.__setattr__(self, "query_pre_attn_scalar", self.head_dim)
+        self.validate()
+
+    # ----------------------------------------------------------------- validation
+    def validate(self) -> None:
+        problems = []
+        if self.family not in FAMILIES:
+            problems.append(f"unknown family {self.family!r} (known: {', '.join(FAMILIES)})")
+        for f in ("vocab_size", "hidden_size", "num_layers", "num_attention_heads",
+                  "num_key_value_heads", "head_dim", "intermediate_size"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                problems.append(f"{f} must be a positive integer, got {v!r}")
+        if not problems and self.num_attention_heads % self.num_key_value_heads:
+            problems.append(
+                f"num_attention_heads {self.num_attention_heads} is not a multiple of "
+                f"num_key_value_heads {self.num_key_value_heads}")
+        if self.activation not in ACTIVATIONS:
+            problems.append(f"activation {self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
+        if self.norm_kind not in NORM_KINDS:
+            problems.append(f"norm_kind {self.norm_kind!r} is not one of {', '.join(NORM_KINDS)}")
+        if self.norm_offset not in (0, 1):
+            problems.append(f"norm_offset must be 0 or 1, got {self.norm_offset!r}")
+        if self.norm_placement not in ("pre", "pre+post"):
+            problems.append(f"norm_placement must be 'pre' or 'pre+post', got {self.norm_placement!r}")
+        if len(self.layer_types) != self.num_layers:
+            problems.append(f"layer_types has {len(self.layer_types)} entries for {self.num_layers} layers")
+        bad = sorted({t for t in self.layer_types if t not in (SLIDING, FULL)})
+        if bad:
+            problems.append(f"unknown layer types {bad}")
+        if SLIDING in self.layer_types and not self.sliding_window:
+            problems.append("sliding-window layers are declared but sliding_window is not set")
+        if self.sliding_window is not None and self.sliding_window <= 0:
+            problems.append(f"sliding_window must be positive, got {self.sliding_window}")
+        for cap in ("attention_logit_softcap", "final_logit_softcap"):
+            v = getattr(self, cap)
+            if v is not None and not v > 0:
+                problems.append(f"{cap} must be positive or absent, got {v}")
+        if self.query_pre_attn_scalar is not None and not self.query_pre_attn_scalar > 0:
+            problems.append(f"query_pre_attn_scalar must be positive, got {self.query_pre_attn_scalar}")
+        for f in ("rope_theta", "rope_scaling_factor", "rope_local_scaling_factor", "rms_norm_eps"):
+            if not getattr(self, f) > 0:
+                problems.append(f"{f} must be positive, got {getattr(self, f)}")
+        if self.rope_local_theta is not None and not self.rope_local_theta > 0:
+            problems.append(f"rope_local_theta must be positive, got {self.rope_local_theta}")
+        if self.norm_kind == "layernorm_nonparametric" and (self.qk_norm or self.norm_offset):
+            problems.append("a non-parametric LayerNorm has no weights to offset or to use for QK-norm")
+        if problems:
+            raise SpecError("; ".join(problems))
+
+    def replace(self, **changes: Any) -> GemmaSpec:
+        return dataclasses.replace(self, **changes)
+
+    # ----------------------------------------------------------------- derived values
+    @property
+    def is_gemma(self) -> bool:
+        return self.family in GEMMA_FAMILIES
+
+    @property
+    def title(self) -> str:
+        return FAMILY_TITLES.get(self.family, self.family)
+
+    @property
+    def attention_kind(self) -> str:
+        """MQA (one K/V head shared by all queries), MHA (one per query head) or GQA (groups)."""
+        if self.num_key_value_heads == 1 and self.num_attention_heads > 1:
+            return "MQA"
+        if self.num_key_value_heads == self.num_attention_heads:
+            return "MHA"
+        return "GQA"
+
+    @property
+    def queries_per_kv_head(self) -> int:
+        return self.num_attention_heads // self.num_key_value_heads
+
+    @property
+    def ffn_kind(self) -> str:
+        return "SwiGLU" if self.activation == "silu" else "GeGLU"
+
+    @property
+    def sliding_layers(self) -> tuple[int, ...]:
+        return tuple(i for i, t in enumerate(self.layer_types) if t == SLIDING)
+
+    @property
+    def global_layers(self) -> tuple[int, ...]:
+        return tuple(i for i, t in enumerate(self.layer_types) if t == FULL)
+
+    @property
+    def local_rope_theta(self) -> float:
+        return self.rope_theta if self.rope_local_theta is None else self.rope_local_theta
+
+    @property
+    def query_scale(self) -> float:
+        return float(self.query_pre_attn_scalar) ** -0.5
+
+    @property
+    def embedding_scale_exact(self) -> float:
+        return math.sqrt(self.hidden_size) if self.scale_embeddings else 1.0
+
+    def embedding_scale_in(self, dtype: str | None = None) -> float:
+        """The factor as the model applies it: sqrt(d) cast to the activation dtype (bf16: 45.25 for d=2048)."""
+        return round_to_dtype(self.embedding_scale_exact, dtype or self.dtype)
+
+    @property
+    def embedding_scale(self) -> float:
+        return self.embedding_scale_in(self.dtype)
+
+    @property
+    def dtype_bytes(self) -> int:
+        return DTYPE_BYTES.get(self.dtype, 2)
+
+    def kv_cache_bytes_per_token(self, dtype: str | None = None) -> int:
+        """K and V of every layer for one token (sliding layers stop growing past their window)."""
+        per_elem = DTYPE_BYTES.get(dtype or self.dtype, 2)
+        return 2 * self.num_layers * self.num_key_value_heads * self.head_dim * per_elem
+
+    # ----------------------------------------------------------------- parameter counting
+    def parameter_breakdown(self) -> dict[str, int]:
+        """Counts by role, tied weights counted once (the JSON `parameters` object)."""
+        d, v, f = self.hidden_size, self.vocab_size, self.intermediate_size
+        q_out = self.num_attention_heads * self.head_dim
+        kv_out = self.num_key_value_heads * self.head_dim
+        attention = (d * q_out + 2 * d * kv_out + q_out * d) * self.num_layers
+        feedforward = 3 * d * f * self.num_layers  # gate, up, down
+        if self.norm_kind == "layernorm_nonparametric":
+            layer_norms, final_norm = 0, 0
+        else:
+            layer_norms = (4 if self.norm_placement == "pre+post" else 2) * d
+            if self.qk_norm:
+                layer_norms += 2 * self.head_dim
+            layer_norms *= self.num_layers
+            final_norm = d
+        norms = layer_norms + final_norm
+        embedding = v * d
+        output = 0 if self.tied_embeddings else v * d
+        total = embedding + attention + feedforward + norms + output
+        return {
+            "total": total,
+            "total_if_untied": total + (v * d if self.tied_embeddings else 0),
+            "embedding": embedding,
+            "output": output,
+            "attention": attention,
+            "feedforward": feedforward,
+            "norms": norms,
+            "per_layer": (attention + feedforward + layer_norms) // self.num_layers,
+        }
+
+    @property
+    def num_parameters(self) -> int:
+        return self.parameter_breakdown()["total"]
+
+    # ----------------------------------------------------------------- serialisation
+    def architecture_dict(self) -> dict[str, Any]:
+        """The JSON `architecture` object of `summary`."""
+        return {
+            "num_layers": self.num_layers,
+            "hidden_size": self.hidden_size,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "intermediate_size": self.intermediate_size,
+            "vocab_size": self.vocab_size,
+            "attention": self.attention_kind,
+            "activation": self.activation,
+            "ffn": self.ffn_kind,
+            "norm_kind": self.norm_kind,
+            "norm_placement": self.norm_placement,
+            "norm_offset": self.norm_offset,
+            "embedding_scale": self.embedding_scale,
+            "embedding_scale_exact": self.embedding_scale_exact,
+            "tied_embeddings": self.tied_embeddings,
+            "qk_norm": self.qk_norm,
+            "final_logit_softcap": self.final_logit_softcap,
+            "attention_logit_softcap": self.attention_logit_softcap,
+            "sliding_window": self.sliding_window,
+            "layer_types": list(self.layer_types),
+            "query_pre_attn_scalar": self.query_pre_attn_scalar,
+            "query_scale": self.query_scale,
+            "rope_theta": self.rope_theta,
+            "rope_local_theta": self.local_rope_theta,
+            "rope_scaling_factor": self.rope_scaling_factor,
+            "rope_local_scaling_factor": self.rope_local_scaling_factor,
+            "rms_norm_eps": self.rms_norm_eps,
+            "max_position_embeddings": self.max_position_embeddings,
+            "dtype": self.dtype,
+        }
+
+
+# --------------------------------------------------------------------- family builders
+def gemma2_layer_types(num_layers: int) -> tuple[str, ...]:
+    # Gemma 2: sliding window on even layers (i % 2 == 0), global on odd ones.
+    return tuple(SLIDING if i % 2 == 0 else FULL for i in range(num_layers))
+
+
+def gemma3_layer_types(num_layers: int, pattern: int = 6) -> tuple[str, ...]:
+    # Gemma 3: 5 local : 1 global; layer i is global when (i + 1) % 6 == 0.
+    return tuple(FULL if (i + 1) % pattern == 0 else SLIDING for i in range(num_layers))
+
+
+def make_spec(family: str, **fields: Any) -> GemmaSpec:
+    """A spec with the family's defaults filled in; explicit fields win."""
+    defaults: dict[str, Any] = {}
+    n = fields.get("num_layers", 0)
+    if family == "gemma2":
+        defaults = dict(norm_placement="pre+post", attention_logit_softcap=50.0, final_logit_softcap=30.0,
+                        sliding_window=4096, layer_types=gemma2_layer_types(n))
+    elif family == "gemma3":
+        defaults = dict(norm_placement="pre+post", qk_norm=True, sliding_window=1024,
+                        layer_types=gemma3_layer_types(n), rope_theta=1_000_000.0,
+                        rope_local_theta=10_000.0, max_position_embeddings=131072)
+    elif family in PEER_FAMILIES:
+        defaults = dict(activation="silu", norm_offset=0, scale_embeddings=False, tied_embeddings=False,
+                        max_position_embeddings=4096)
+    defaults.update(fields)
+    return GemmaSpec(family=family, **defaults)
+
+
+# --------------------------------------------------------------------- built-in cards
+# Published configurations (HF config values). Counts are asserted in tests against the published totals.
+_CARDS: dict[str, dict[str, Any]] = {
+    # Gemma 1 2B: multi-query attention, a single K/V head for 8 query heads.
+    "gemma-2b": dict(family="gemma", vocab_size=256000, hidden_size=2048, num_layers=18,
+                     num_attention_heads=8, num_key_value_heads=1, head_dim=256, intermediate_size=16384),
+    # Gemma 1 7B: full multi-head attention; 8.5 B parameters with the tied embedding counted once.
+    "gemma-7b": dict(family="gemma", vocab_size=256000, hidden_size=3072, num_layers=28,
+                     num_attention_heads=16, num_key_value_heads=16, head_dim=256, intermediate_size=24576),
+    "gemma2-2b": dict(family="gemma2", vocab_size=256000, hidden_size=2304, num_layers=26,
+                      num_attention_heads=8, num_key_value_heads=4, head_dim=256, intermediate_size=9216,
+                      query_pre_attn_scalar=256),
+    "gemma2-9b": dict(family="gemma2", vocab_size=256000, hidden_size=3584, num_layers=42,
+                      num_attention_heads=16, num_key_value_heads=8, head_dim=256, intermediate_size=14336,
+                      query_pre_attn_scalar=256),
+    # Gemma 2 27B scales queries by (d/H)^-0.5 = 144^-0.5, not head_dim (128)^-0.5.
+    "gemma2-27b": dict(family="gemma2", vocab_size=256000, hidden_size=4608, num_layers=46,
+                       num_attention_heads=32, num_key_value_heads=16, head_dim=128, intermediate_size=36864,
+                       query_pre_attn_scalar=144),
+    "gemma3-270m": dict(family="gemma3", vocab_size=262144, hidden_size=640, num_layers=18,
+                        num_attention_heads=4, num_key_value_heads=1, head_dim=256, intermediate_size=2048,
+                        sliding_window=512, query_pre_attn_scalar=256, max_position_embeddings=32768),
+    "gemma3-1b": dict(family="gemma3", vocab_size=262144, hidden_size=1152, num_layers=26,
+                      num_attention_heads=4, num_key_value_heads=1, head_dim=256, intermediate_size=6912,
+                      sliding_window=512, query_pre_attn_scalar=256, max_position_embeddings=32768),
+    # Gemma 3 4B+: 262208 embedding rows (multimodal configs), global RoPE scaled linearly by 8.
+    "gemma3-4b": dict(family="gemma3", vocab_size=262208, hidden_size=2560, num_layers=34,
+                      num_attention_heads=8, num_key_value_heads=4, head_dim=256, intermediate_size=10240,
+                      sliding_window=1024, query_pre_attn_scalar=256, rope_scaling_factor=8.0),
+    "gemma3-12b": dict(family="gemma3", vocab_size=262208, hidden_size=3840, num_layers=48,
+                       num_attention_heads=16, num_key_value_heads=8, head_dim=256, intermediate_size=15360,
+                       sliding_window=1024, query_pre_attn_scalar=256, rope_scaling_factor=8.0),
+    # Gemma 3 27B: query_pre_attn_scalar = d/H = 168.
+    "gemma3-27b": dict(family="gemma3", vocab_size=262208, hidden_size=5376, num_layers=62,
+                       num_attention_heads=32, num_key_value_heads=16, head_dim=128, intermediate_size=21504,
+                       sliding_window=1024, query_pre_attn_scalar=168, rope_scaling_factor=8.0),
+    # Peers for the side-by-side table: SwiGLU, no norm offset, no embedding scale, untied output.
+    "llama2-7b": dict(family="llama", vocab_size=32000, hidden_size=4096, num_layers=32,
+                      num_attention_heads=32, num_key_value_heads=32, head_dim=128, intermediate_size=11008,
+                      rms_norm_eps=1e-5, dtype="float16"),
+    # OLMo 1 7B: LayerNorm without any weights or biases.
+    "olmo-7b": dict(family="olmo", vocab_size=50304, hidden_size=4096, num_layers=32,
+                    num_attention_heads=32, num_key_value_heads=32, head_dim=128, intermediate_size=11008,
+                    norm_kind="layernorm_nonparametric", norm_offset=0, rms_norm_eps=1e-5,
+                    max_position_embeddings=2048, dtype="float32"),
+    "mistral-7b": dict(family="mistral", vocab_size=32000, hidden_size=4096, num_layers=32,
+                       num_attention_heads=32, num_key_value_heads=8, head_dim=128, intermediate_size=14336,
+                       sliding_window=4096, layer_types=(SLIDING,) * 32, rms_norm_eps=1e-5,
+                       max_position_embeddings=32768),
+}
+
+CARD_NAMES = tuple(_CARDS)
+
+
+def card(name: str) -> GemmaSpec:
+    """A built-in card by name (case-insensitive)."""
+    key = name.lower()
+    if key not in _CARDS:
+        raise KeyError(name)
+    fields = dict(_CARDS[key])
+    family = fields.pop("family")
+    return make_spec(family, name=key, **fields)
+
+
+def is_card(name: str) -> bool:
+    return str(name).lower() in _CARDS
+
+
+def format_count(n: int) -> str:
+    """8537680896 -> '8.54B'; 268098176 -> '268.1M'."""
+    if n >= 1_000_000_000:
+        return f"{n / 1e9:.2f}B"
+    if n >= 1_000_000:
+        return f"{n / 1e6:.1f}M"
+    if n >= 1_000:
+        return f"{n / 1e3:.1f}K"
+    return str(n)
+
+
+def format_bytes(n: int | float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n} B"  # pragma: no cover
+
+
+__all__ = [
+    "GemmaSpec", "FamilyRules", "FAMILY_RULES", "make_spec", "card", "is_card", "CARD_NAMES",
+    "gemma2_layer_types", "gemma3_layer_types", "SLIDING", "FULL", "round_to_dtype",
+    "format_count", "format_bytes",
+]

@@ -1,0 +1,49 @@
+"""`summary` and `compare`: what a checkpoint is, computed from its config and tensor headers alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .checkpoint import Checkpoint, expected_tensors
+from .spec import DTYPE_BYTES
+
+
+def summarize(ckpt: Checkpoint) -> dict[str, Any]:
+    """The JSON object of `summary` (keys fixed by DESIGN.md; extra keys only add)."""
+    spec = ckpt.spec
+    params = spec.parameter_breakdown()
+    if ckpt.is_card:
+        # A card has no tensors: describe the published checkpoint in its declared dtype.
+        dtypes = {spec.dtype: len(expected_tensors(spec))}
+        size = params["total"] * DTYPE_BYTES.get(spec.dtype, 2)
+    else:
+        dtypes = dict(sorted(ckpt.dtype_counts().items()))
+        size = ckpt.size_bytes
+        stored = ckpt.parameter_count_from_tensors()
+        if stored != params["total"]:  # pragma: no cover - check_against_spec makes this impossible
+            params["stored"] = stored
+    tok = None
+    if ckpt.tokenizer is not None:
+        tok = {"backend": ckpt.tokenizer.backend,
+               "files": [p for p in (ckpt.tokenizer.spm_path, ckpt.tokenizer.json_path) if p]}
+    return {
+        "source": ckpt.source,
+        "format": ckpt.format,
+        "family": spec.family,
+        "family_title": spec.title,
+        "card": spec.name,
+        "architecture": spec.architecture_dict(),
+        "parameters": params,
+        "dtypes": dtypes,
+        "size_bytes": size,
+        "kv_cache_bytes_per_token": spec.kv_cache_bytes_per_token(),
+        "tensors_read": not ckpt.is_card,
+        "num_tensors": len(ckpt.tensors) if not ckpt.is_card else len(expected_tensors(spec)),
+        "tokenizer": tok,
+        "ignored_tensors": len(ckpt.ignored),
+        "notes": list(ckpt.notes),
+    }
+
+
+def compare(ckpts: list[Checkpoint]) -> dict[str, Any]:
+    return {"models": [summarize(c) for c in ckpts]}

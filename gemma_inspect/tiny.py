@@ -1,0 +1,189 @@
+"""Tiny seeded Gemma checkpoints written by the real libraries (transformers, keras-hub), plus a tiny
+SentencePiece tokenizer trained on the spot. Used by `demo`, the tests and the examples.
+
+Weights are seeded random normals; norm weights are random too (never all-zero), so a converter that
+drops or doubles the (1 + w) offset, or swaps two tensors, changes the logits.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any
+
+import numpy as np
+
+from .checkpoint import expected_tensors, parse_canonical
+from .spec import GemmaSpec, make_spec
+
+TINY_VOCAB = 384
+
+# Small but complete: every quirk of each family is present. head_dim * heads != hidden on purpose
+# (as in Gemma 7B), Gemma 2 has more layers than one sliding pair, Gemma 3 has a global layer (index 5).
+TINY_SPECS: dict[str, dict[str, Any]] = {
+    # Gemma 1, MQA (as the 2B model).
+    "gemma": dict(family="gemma", hidden_size=64, num_layers=2, num_attention_heads=4, num_key_value_heads=1,
+                  head_dim=32, intermediate_size=96),
+    # Gemma 1, MHA (as the 7B model, which keras-hub's exporter corrupts).
+    "gemma-mha": dict(family="gemma", hidden_size=64, num_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                      head_dim=16, intermediate_size=96),
+    # Gemma 2: GQA, sandwich norms, soft caps, sliding window on even layers.
+    "gemma2": dict(family="gemma2", hidden_size=64, num_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                   head_dim=16, intermediate_size=96, sliding_window=6, query_pre_attn_scalar=16,
+                   max_position_embeddings=8192),
+    # Gemma 3: QK-norm, 5 local : 1 global, local/global RoPE bases, linear RoPE scaling on global layers.
+    "gemma3": dict(family="gemma3", hidden_size=64, num_layers=7, num_attention_heads=4, num_key_value_heads=2,
+                   head_dim=16, intermediate_size=96, sliding_window=6, query_pre_attn_scalar=16,
+                   rope_scaling_factor=8.0, max_position_embeddings=32768),
+}
+
+CORPUS = """Gemma is a family of lightweight open models built from the research behind Gemini.
+The models are decoder-only transformers with rotary position embeddings and GeGLU feed-forward layers.
+RMSNorm scales each activation by the reciprocal root mean square; Gemma adds one to the stored weight.
+Embeddings are multiplied by the square root of the hidden size before the first layer.
+Gemma 2 interleaves local sliding-window attention with global attention and caps logits with tanh.
+Gemma 3 replaces soft-capping with QK-norm and uses five local layers for each global one.
+Converting a checkpoint between KerasHub, Hugging Face, GGUF and gemma_pytorch must be lossless.
+Numbers such as 2048, 3072, 16384 and 256000 appear in configs; so do 1e-6 and 10000.
+Unicode text: héllo wörld, naïve café, 日本語のテキスト, emoji 🙂 and symbols #$%&*.
+<start_of_turn>user
+Write a haiku about tensors.<end_of_turn>
+<start_of_turn>model
+Bytes flow, layer by layer.<end_of_turn>
+"""
+
+
+def train_tokenizer(path: str, vocab_size: int = TINY_VOCAB) -> str:
+    """Train a Gemma-like SentencePiece model (BPE, byte fallback, ids pad 0 eos 1 bos 2 unk 3,
+    `<start_of_turn>`/`<end_of_turn>` as user-defined symbols) and write it to `path`."""
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    lines = [line for line in CORPUS.splitlines() if line.strip()] * 4
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=buf, vocab_size=vocab_size, model_type="bpe",
+        pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>",
+        unk_piece="<unk>", user_defined_symbols=["<start_of_turn>", "<end_of_turn>"], byte_fallback=True,
+        add_dummy_prefix=False, remove_extra_whitespaces=False, normalization_rule_name="identity",
+        split_digits=True, allow_whitespace_only_pieces=True, hard_vocab_limit=False,
+        character_coverage=1.0, minloglevel=2, num_threads=1,
+    )
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(buf.getvalue())
+    return path
+
+
+def tiny_spec(name: str, vocab_size: int = TINY_VOCAB, dtype: str = "float32", **overrides: Any) -> GemmaSpec:
+    fields = dict(TINY_SPECS[name])
+    family = fields.pop("family")
+    fields.update(vocab_size=vocab_size, dtype=dtype, **overrides)
+    return make_spec(family, **fields)
+
+
+def random_weights(spec: GemmaSpec, seed: int = 0) -> dict[str, np.ndarray]:
+    """Canonical-name float32 weights: matrices ~ N(0, 1/fan_in), norm weights ~ N(0, 0.3) (non-trivial)."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for name, shape in expected_tensors(spec).items():
+        parsed = parse_canonical(name)
+        role = parsed[0] if parsed else ""
+        if len(shape) == 1:
+            arr = rng.normal(0.0, 0.3, size=shape)
+        elif role in ("embed", "lm_head"):
+            arr = rng.normal(0.0, 1.0 / np.sqrt(spec.hidden_size), size=shape)
+        else:
+            arr = rng.normal(0.0, 1.0 / np.sqrt(shape[1]), size=shape)
+        out[name] = arr.astype(np.float32)
+    return out
+
+
+# ----------------------------------------------------------------------------- writers via the real libraries
+def write_hf(spec: GemmaSpec, weights: dict[str, np.ndarray], out_dir: str, spm_path: str | None = None,
+             max_shard_size: str | None = None) -> str:
+    """Save with transformers' own `save_pretrained` (and its tokenizer class, plus tokenizer.model)."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .formats.hf import config_dict, from_canonical
+
+    cfg = config_dict(spec)
+    model_type = cfg.pop("model_type")
+    cfg.pop("torch_dtype", None)
+    config = AutoConfig.for_model(model_type, **cfg)
+    torch_dtype = getattr(torch, spec.dtype)
+    with torch.device("cpu"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    state = {from_canonical(n, spec.family): torch.from_numpy(a.copy()) for n, a in weights.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if m != "lm_head.weight"]
+    if missing or unexpected:
+        raise RuntimeError(f"tiny HF model: missing {missing}, unexpected {unexpected}")
+    model = model.to(torch_dtype)
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(out_dir, **kwargs)
+    if spm_path:
+        from transformers import GemmaTokenizer
+
+        tok = GemmaTokenizer(vocab_file=spm_path)
+        tok.save_pretrained(out_dir)
+        shutil.copyfile(spm_path, os.path.join(out_dir, "tokenizer.model"))
+    return out_dir
+
+
+def _keras_variable(backbone: Any, role: str, layer: int | None) -> Any:
+    from .formats.keras import VAR_BY_ROLE
+
+    if role == "embed":
+        return backbone.token_embedding.embeddings
+    if role == "final_norm":
+        return backbone.layer_norm.weights[0]
+    block = backbone.transformer_layers[layer]
+    obj = block
+    for attr in VAR_BY_ROLE[role].path.split("/vars/")[0].split("/"):
+        obj = getattr(obj, attr)
+    return obj.weights[0]
+
+
+def build_keras_backbone(spec: GemmaSpec, weights: dict[str, np.ndarray] | None = None) -> Any:
+    """A keras-hub backbone of `spec` with the given canonical weights assigned (torch backend)."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras_hub
+
+    from .formats.keras import config_dict, from_canonical_array
+
+    cfg = config_dict(spec)
+    cls = getattr(keras_hub.models, cfg["class_name"])
+    kwargs = {k: v for k, v in cfg["config"].items() if k not in ("name", "trainable", "dtype")}
+    backbone = cls(dtype=spec.dtype, **kwargs)
+    if weights is not None:
+        for name, arr in weights.items():
+            role, layer = parse_canonical(name)  # type: ignore[misc]
+            var = _keras_variable(backbone, role, layer)
+            var.assign(from_canonical_array(spec, role, arr).astype(np.float32))
+    return backbone
+
+
+def write_keras(spec: GemmaSpec, weights: dict[str, np.ndarray], out_dir: str, spm_path: str | None = None,
+                max_shard_size: float | None = None) -> str:
+    """Save with keras-hub's own `save_to_preset` (a CausalLM with preprocessor when a tokenizer is given)."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras_hub
+
+    backbone = build_keras_backbone(spec, weights)
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    if spm_path:
+        if spec.family == "gemma3":
+            tok = keras_hub.models.Gemma3Tokenizer(proto=spm_path, has_vision_tokens=False)
+            pre = keras_hub.models.Gemma3CausalLMPreprocessor(tokenizer=tok, image_converter=None)
+            lm = keras_hub.models.Gemma3CausalLM(backbone=backbone, preprocessor=pre)
+        else:
+            tok = keras_hub.models.GemmaTokenizer(proto=spm_path)
+            pre = keras_hub.models.GemmaCausalLMPreprocessor(tokenizer=tok)
+            lm = keras_hub.models.GemmaCausalLM(backbone=backbone, preprocessor=pre)
+        lm.save_to_preset(out_dir, **kwargs)
+    else:
+        backbone.save_to_preset(out_dir, **kwargs)
+    return out_dir
