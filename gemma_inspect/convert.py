@@ -1,0 +1,182 @@
+"""Streaming conversion between formats: read one tensor, transform, write, drop.
+
+Each format module writes from the canonical Checkpoint with `write(ckpt, dest, options, progress)`;
+this module owns what they share: dtype casting, shard planning, and the atomic output (everything is
+written into a temporary sibling of DEST and renamed at the very end, so a failure or a kill never leaves
+a DEST that looks complete).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from .checkpoint import Checkpoint, TensorRef
+from .errors import InputError, OutputError, UnsupportedError
+
+TARGETS = ("hf", "keras", "gguf", "gemma-pytorch")
+DTYPES = ("keep", "float32", "bfloat16", "float16", "q8_0")
+FLOAT_DTYPES = ("float32", "bfloat16", "float16")
+CHUNK_BYTES = 64 * 1024 * 1024
+
+Progress = Callable[[int], None]  # called with the number of bytes just written
+
+
+@dataclass
+class WriteOptions:
+    dtype: str = "keep"  # keep = bit-exact; otherwise every floating tensor is cast explicitly
+    max_shard_size: int | None = None  # bytes; None = the target format's default
+    force: bool = False  # convert even what the target can only approximate (with a warning note)
+    notes: list[str] = field(default_factory=list)  # writers append what the user should know
+
+    def target_dtype(self, ref: TensorRef) -> str:
+        return ref.dtype if self.dtype == "keep" else self.dtype
+
+
+def parse_size(text: str | int | None) -> int | None:
+    """'5GB' -> 5_000_000_000, '500MB', '2GiB', '100KB', plain integers are bytes."""
+    if text is None or isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise InputError(None, f"invalid size {text!r}; use e.g. 5GB, 500MB, 2GiB")
+    value, unit = float(m.group(1)), (m.group(2) or "B").upper()
+    mult = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+            "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}[unit]
+    n = int(value * mult)
+    if n <= 0:
+        raise InputError(None, f"size {text!r} must be positive")
+    return n
+
+
+def cast_array(arr: np.ndarray, dtype: str) -> np.ndarray:
+    """Cast a float array to `dtype` (float32/bfloat16/float16) with round-to-nearest-even."""
+    from .formats.safetensors_io import numpy_dtype
+
+    target = numpy_dtype(dtype)
+    if arr.dtype == target:
+        return arr
+    if arr.dtype != np.float32 and target != np.float32:
+        arr = arr.astype(np.float32)  # bf16 <-> f16 goes through f32, exactly
+    return arr.astype(target)
+
+
+def tensor_pieces(ref: TensorRef, dtype: str, transform: Callable[[np.ndarray], np.ndarray] | None = None,
+                  chunk: int = CHUNK_BYTES) -> Iterator[bytes | memoryview]:
+    """Bytes of one tensor in `dtype` and (after `transform`) the target layout.
+
+    When nothing changes (same dtype, no transform) and the reader can stream raw bytes, they are copied
+    in chunks and the tensor is never held whole (the embedding of a 2B model is 1 GB in bfloat16)."""
+    if transform is None and dtype == ref.dtype and ref.chunks is not None:
+        yield from ref.chunks(chunk)
+        return
+    arr = ref.load()
+    if transform is not None:
+        arr = transform(arr)
+    arr = np.ascontiguousarray(cast_array(arr, dtype))
+    yield memoryview(arr).cast("B")
+
+
+def plan_shards(sizes: Iterable[tuple[str, int]], max_shard: int | None) -> list[list[str]]:
+    """Greedy, in order: start a new shard when the next tensor would overflow the current one."""
+    shards: list[list[str]] = [[]]
+    used = 0
+    for name, n in sizes:
+        if max_shard and shards[-1] and used + n > max_shard:
+            shards.append([])
+            used = 0
+        shards[-1].append(name)
+        used += n
+    return shards
+
+
+def target_nbytes(ref: TensorRef, dtype: str) -> int:
+    from .formats.safetensors_io import ITEMSIZE
+
+    return ref.numel * ITEMSIZE[dtype]
+
+
+# ----------------------------------------------------------------------------- atomic output
+def _temporary_sibling(dest: str) -> str:
+    parent = os.path.dirname(os.path.abspath(dest)) or "."
+    if not os.path.isdir(parent):
+        raise OutputError(f"{dest}: parent directory {parent} does not exist")
+    return tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.partial-", dir=parent)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+class _InterruptToException:
+    """SIGTERM becomes KeyboardInterrupt while writing, so the temporary output is removed."""
+
+    def __enter__(self) -> None:
+        self._old = None
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._handler)
+        except ValueError:  # not in the main thread
+            pass
+
+    @staticmethod
+    def _handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc: object) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def convert(source: Checkpoint | str, dest: str, to: str, options: WriteOptions | None = None,
+            progress: Progress | None = None) -> dict[str, Any]:
+    """Convert `source` (a Checkpoint or a path) into `dest` in format `to`. Returns a report dict:
+    {"source", "dest", "format", "dtype", "tensors", "bytes_written", "notes"}."""
+    from .formats import load, module
+
+    options = options or WriteOptions()
+    if to not in TARGETS:
+        raise InputError(None, f"unknown target format {to!r}; choose from {', '.join(TARGETS)}")
+    if options.dtype not in DTYPES:
+        raise InputError(None, f"unknown dtype {options.dtype!r}; choose from {', '.join(DTYPES)}")
+    ckpt = load(source) if isinstance(source, str) else source
+    if ckpt.is_card:
+        raise InputError(ckpt.source, "a built-in card has no tensors to convert")
+    if os.path.lexists(dest) and not options.force:
+        raise OutputError(f"{dest}: already exists (use --force to replace it)")
+    if os.path.abspath(dest) == os.path.abspath(ckpt.source):
+        raise OutputError(f"{dest}: is the source itself")
+    writer = module(to)
+    if not hasattr(writer, "write"):
+        raise UnsupportedError(f"writing {to} is not supported")
+    written = [0]
+
+    def counted(n: int) -> None:
+        written[0] += n
+        if progress is not None:
+            progress(n)
+
+    tmp = _temporary_sibling(dest)
+    target = os.path.join(tmp, os.path.basename(dest))
+    try:
+        with _InterruptToException():
+            writer.write(ckpt, target, options, counted)
+            if os.path.lexists(dest):  # --force: replace only once the new output is complete
+                _remove(dest)
+            os.replace(target, dest)
+    except OSError as e:
+        raise OutputError(f"{dest}: cannot write ({e.strerror or e})") from None
+    finally:
+        _remove(tmp)
+    return {"source": ckpt.source, "dest": dest, "format": to, "dtype": options.dtype,
+            "tensors": len(ckpt.tensors), "bytes_written": written[0], "notes": list(options.notes),
+            "source_format": ckpt.format}
