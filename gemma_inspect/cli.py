@@ -49,7 +49,7 @@ def _fail(message: str, code: int) -> None:
 def _console(stderr: bool = False) -> Any:
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -116,6 +116,111 @@ def compare(sources: tuple[str, ...], as_json: bool) -> None:
         from .render import render_compare
 
         render_compare(_console(), result)
+
+
+@main.command()
+@click.argument("source")
+@click.argument("dest")
+@click.option("--to", "to", required=True, type=click.Choice(["hf", "keras", "gguf", "gemma-pytorch"]),
+              help="Target format.")
+@click.option("--dtype", default="keep", show_default=True,
+              type=click.Choice(["keep", "float32", "bfloat16", "float16", "q8_0"]),
+              help="keep = bit-exact; anything else casts every tensor explicitly (q8_0: GGUF only).")
+@click.option("--max-shard-size", default=None, metavar="SIZE",
+              help="Split weights into shards of at most SIZE (e.g. 5GB, 500MB). Default: 5GB (HF), 10GB (Keras).")
+@click.option("--force", is_flag=True, help="Replace DEST if it exists; convert what the target can only approximate.")
+@click.option("--verify", "verify_after", is_flag=True,
+              help="Run parity between SOURCE and DEST afterwards; exit 1 (DEST kept) if they disagree.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the conversion report).")
+def convert(source: str, dest: str, to: str, dtype: str, max_shard_size: str | None, force: bool,
+            verify_after: bool, as_json: bool) -> None:
+    """Convert SOURCE into DEST in another format, streaming one tensor at a time.
+
+    The output is written into a temporary sibling of DEST and renamed at the end: a failure or an
+    interruption never leaves a partial DEST behind.
+
+    \b
+    Example:
+      gemma-inspect convert ./gemma-2b-keras ./gemma-2b-hf --to hf
+      gemma-inspect convert ./gemma2-hf ./gemma2-keras --to keras --dtype bfloat16
+      gemma-inspect convert ./gemma-7b-hf ./gemma-7b.gguf --to gguf --dtype q8_0
+    """
+    import time
+
+    from .convert import WriteOptions, convert as run_convert, parse_size
+    from .formats import load
+
+    ckpt = load(source)
+    options = WriteOptions(dtype=dtype, max_shard_size=parse_size(max_shard_size), force=force)
+    from .render import byte_progress
+
+    start = time.perf_counter()
+    with byte_progress(_console(stderr=True), f"{ckpt.format} -> {to}", _planned_bytes(ckpt, options)) as advance:
+        report = run_convert(ckpt, dest, to, options, advance)
+    report["seconds"] = round(time.perf_counter() - start, 3)
+    failed = False
+    if verify_after:
+        from .parity import parity
+
+        result = parity(load(source), load(dest), "auto", "auto", "auto", "float32")
+        report["parity"] = result
+        failed = not result["passed"]
+    if as_json:
+        from .render import print_json
+
+        print_json(report)
+    else:
+        from .render import render_convert
+
+        render_convert(_console(), report)
+    if failed:
+        sys.exit(1)
+
+
+def _planned_bytes(ckpt: Any, options: Any) -> int:
+    from .convert import target_nbytes
+
+    total = 0
+    for ref in ckpt.tensors.values():
+        want = options.target_dtype(ref)
+        total += target_nbytes(ref, want if want in ("float32", "bfloat16", "float16") else "float32")
+    return total
+
+
+@main.command(name="diff")
+@click.argument("a")
+@click.argument("b")
+@click.option("--atol", default=0.0, show_default=True, type=float,
+              help="Tensors whose max absolute difference is at most this are 'close' (and pass).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def diff_cmd(a: str, b: str, atol: float, as_json: bool) -> None:
+    """Compare two checkpoints tensor by tensor, in any formats (canonical names and layout).
+
+    Exit 0 when identical (or every tensor within --atol and the specs equal), 1 otherwise.
+
+    \b
+    Example:
+      gemma-inspect diff ./gemma-2b-keras ./gemma-2b-hf
+      gemma-inspect diff ./orig-hf ./roundtrip-hf --atol 1e-6 --json
+    """
+    from .diff import diff
+    from .formats import load
+
+    ca, cb = load(a), load(b)
+    from .render import count_progress
+
+    with count_progress(_console(stderr=True), "comparing tensors", max(len(ca.tensors), len(cb.tensors))) as step:
+        result = diff(ca, cb, atol, progress=lambda _name: step(1))
+    if as_json:
+        from .render import print_json
+
+        print_json(result)
+    else:
+        from .render import render_diff
+
+        render_diff(_console(), result)
+    if not result["identical"]:
+        sys.exit(1)
 
 
 @main.command()

@@ -81,7 +81,7 @@ def tensor_pieces(ref: TensorRef, dtype: str, transform: Callable[[np.ndarray], 
     if transform is not None:
         arr = transform(arr)
     arr = np.ascontiguousarray(cast_array(arr, dtype))
-    yield memoryview(arr).cast("B")
+    yield memoryview(arr.reshape(-1).view(np.uint8))  # bytes without a copy (bfloat16 has no buffer code)
 
 
 def plan_shards(sizes: Iterable[tuple[str, int]], max_shard: int | None) -> list[list[str]]:

@@ -177,3 +177,86 @@ def fmt_float(x: float | None, digits: int = 3) -> str:
     if not math.isfinite(x):
         return str(x)
     return f"{x:.{digits}e}" if abs(x) < 1e-2 or abs(x) >= 1e4 else f"{x:.{digits}f}"
+
+
+# ----------------------------------------------------------------------------- progress
+class _Progress:
+    """A rich progress bar on stderr that only appears when the work takes longer than a moment."""
+
+    def __init__(self, console: Console, label: str, total: int, unit: str):
+        from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeRemainingColumn, TransferSpeedColumn)
+
+        columns = [TextColumn("[bold]{task.description}"), BarColumn()]
+        if unit == "bytes":
+            columns += [DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()]
+        else:
+            columns += [MofNCompleteColumn(), TimeRemainingColumn()]
+        self.progress = Progress(*columns, console=console, transient=True,
+                                 disable=not console.is_terminal)
+        self.task = self.progress.add_task(label, total=total or None)
+
+    def __enter__(self) -> Any:
+        self.progress.start()
+        return lambda n: self.progress.advance(self.task, n)
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+
+def byte_progress(console: Console, label: str, total: int) -> _Progress:
+    return _Progress(console, label, total, "bytes")
+
+
+def count_progress(console: Console, label: str, total: int) -> _Progress:
+    return _Progress(console, label, total, "count")
+
+
+# ----------------------------------------------------------------------------- convert / diff
+def render_convert(console: Console, report: dict[str, Any]) -> None:
+    console.print(f"[green]Converted[/green] {report['source']} ({report['source_format']}) -> "
+                  f"[bold]{report['dest']}[/bold] ({report['format']}): {report['tensors']} tensors, "
+                  f"{format_bytes(report['bytes_written'])} in {report['seconds']:.2f} s"
+                  + ("" if report["dtype"] == "keep" else f", cast to {report['dtype']}"))
+    for note in report["notes"]:
+        console.print(f"[yellow]note[/yellow]: {note}")
+    if "parity" in report:
+        render_parity(console, report["parity"])  # type: ignore[name-defined]  # noqa: F821
+
+
+def render_diff(console: Console, result: dict[str, Any]) -> None:
+    c = result["counts"]
+    console.print(f"A: {result['a']['source']} ({result['a']['format']})")
+    console.print(f"B: {result['b']['source']} ({result['b']['format']})")
+    if result["spec_differences"]:
+        st = Table(title="Architecture differences", title_justify="left")
+        st.add_column("field")
+        st.add_column("A")
+        st.add_column("B")
+        for d in result["spec_differences"]:
+            st.add_row(d["field"], str(d["a"]), str(d["b"]))
+        console.print(st)
+    shown = [r for r in result["tensors"] if r["status"] != "equal"]
+    if shown:
+        tt = Table(title=f"Tensors that are not equal ({len(shown)} of {len(result['tensors'])})",
+                   title_justify="left")
+        tt.add_column("tensor (canonical name)")
+        tt.add_column("status")
+        tt.add_column("max |A-B|", justify="right")
+        tt.add_column("A")
+        tt.add_column("B")
+        style = {"close": "yellow", "different": "red", "missing_a": "red", "missing_b": "red",
+                 "shape_mismatch": "red"}
+        for r in shown[:200]:
+            tt.add_row(r["name"], Text(r["status"], style=style.get(r["status"], "")), fmt_float(r["max_abs_diff"]),
+                       f"{r['dtype_a'] or '-'} {r['shape_a'] or ''}", f"{r['dtype_b'] or '-'} {r['shape_b'] or ''}")
+        if len(shown) > 200:
+            tt.add_row(f"... {len(shown) - 200} more (see --json)", "", "", "", "")
+        console.print(tt)
+    dtype_only = sum(1 for r in result["tensors"] if r["status"] == "equal" and not r.get("bit_identical", True))
+    summary = ", ".join(f"{n} {s}" for s, n in c.items() if n)
+    if dtype_only:
+        summary += f" ({dtype_only} equal in value but stored in different dtypes)"
+    verdict = "[green]identical[/green]" if result["identical"] else "[red]different[/red]"
+    atol = f" (atol {result['atol']:g})" if result["atol"] else ""
+    console.print(f"{summary}: {verdict}{atol}")

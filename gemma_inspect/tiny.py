@@ -34,7 +34,7 @@ TINY_SPECS: dict[str, dict[str, Any]] = {
     # Gemma 3: QK-norm, 5 local : 1 global, local/global RoPE bases, linear RoPE scaling on global layers.
     "gemma3": dict(family="gemma3", hidden_size=64, num_layers=7, num_attention_heads=4, num_key_value_heads=2,
                    head_dim=16, intermediate_size=96, sliding_window=6, query_pre_attn_scalar=16,
-                   rope_scaling_factor=8.0, max_position_embeddings=32768),
+                   rope_scaling_factor=8.0, max_position_embeddings=131072),
 }
 
 CORPUS = """Gemma is a family of lightweight open models built from the research behind Gemini.
@@ -125,10 +125,9 @@ def write_hf(spec: GemmaSpec, weights: dict[str, np.ndarray], out_dir: str, spm_
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(out_dir, **kwargs)
     if spm_path:
-        from transformers import GemmaTokenizer
+        from .tokenizer import write_hf_fast_tokenizer
 
-        tok = GemmaTokenizer(vocab_file=spm_path)
-        tok.save_pretrained(out_dir)
+        write_hf_fast_tokenizer(spm_path, out_dir, has_mask=False)
         shutil.copyfile(spm_path, os.path.join(out_dir, "tokenizer.model"))
     return out_dir
 

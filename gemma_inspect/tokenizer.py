@@ -126,3 +126,120 @@ def find_tokenizer(directory: str, hf_json: bool = True) -> Tokenizer | None:
     extra = {n: os.path.join(directory, n) for n in ("tokenizer_config.json", "special_tokens_map.json")
              if os.path.isfile(os.path.join(directory, n))}
     return Tokenizer(source=directory, spm_path=spm, json_path=js, extra_files=extra)
+
+
+# ----------------------------------------------------------------------------- writing tokenizer files
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def write_hf_tokenizer(tok: Tokenizer, dest: str) -> list[str]:
+    """Write tokenizer.model (SentencePiece) and tokenizer.json / tokenizer_config.json /
+    special_tokens_map.json into an HF directory. Returns notes for the user."""
+    import shutil
+
+    notes: list[str] = []
+    if tok.json_path:
+        # An HF source: its fast-tokenizer files travel as they are.
+        shutil.copyfile(tok.json_path, os.path.join(dest, HF_JSON))
+        for name, path in tok.extra_files.items():
+            shutil.copyfile(path, os.path.join(dest, name))
+    if tok.has_spm:
+        spm_file = os.path.join(dest, "tokenizer.model")
+        with open(spm_file, "wb") as f:
+            f.write(tok.spm_model_bytes())
+        if not tok.json_path:
+            write_hf_fast_tokenizer(spm_file, dest, has_mask=tok.token_to_id("<mask>") is not None)
+    else:
+        notes.append("the source tokenizer has no SentencePiece model: tokenizer.json copied, no tokenizer.model")
+    return notes
+
+
+def write_hf_fast_tokenizer(spm_file: str, dest: str, has_mask: bool = True) -> None:
+    """tokenizer.json + tokenizer_config.json built by transformers from a SentencePiece model (its
+    slow->fast conversion), BOS added, EOS not, as on the Hub."""
+    import json
+    import shutil
+    import tempfile
+
+    from transformers import GemmaTokenizer
+
+    with tempfile.TemporaryDirectory() as src, tempfile.TemporaryDirectory() as out:
+        shutil.copyfile(spm_file, os.path.join(src, "tokenizer.model"))
+        # `<mask>` is added as a new token unless the vocabulary has it: never grow the vocabulary.
+        tok = GemmaTokenizer.from_pretrained(src, add_bos_token=True, add_eos_token=False,
+                                             mask_token="<mask>" if has_mask else None)
+        tok.save_pretrained(out)
+        for name in HF_TOKENIZER_FILES:
+            if os.path.exists(os.path.join(out, name)):
+                shutil.copyfile(os.path.join(out, name), os.path.join(dest, name))
+    cfg_path = os.path.join(dest, "tokenizer_config.json")
+    with open(cfg_path, encoding="utf-8") as f:
+        cfg = json.load(f)
+    for key in ("vocab_file", "is_local", "local_files_only"):  # paths of the temporary directory
+        cfg.pop(key, None)
+    cfg.update(add_bos_token=True, add_eos_token=False)
+    with open(cfg_path, "w", encoding="utf-8") as f:
+        json.dump(cfg, f, indent=2)
+        f.write("\n")
+
+
+def _keras_layer(module: str, cls: str, config: dict[str, Any]) -> dict[str, Any]:
+    return {"module": module, "class_name": cls, "config": config, "registered_name": f"keras_hub>{cls}"}
+
+
+def _policy(name: str) -> dict[str, Any]:
+    return {"module": "keras", "class_name": "DTypePolicy", "config": {"name": name}, "registered_name": None}
+
+
+def keras_tokenizer_configs(tok: Tokenizer, family: str, dtype: str, backbone: dict[str, Any]) -> dict[str, Any]:
+    """tokenizer.json, preprocessor.json and task.json of a keras-hub Gemma CausalLM preset."""
+    g3 = family == "gemma3"
+    prefix = "gemma3" if g3 else "gemma"
+    tok_cls = "Gemma3Tokenizer" if g3 else "GemmaTokenizer"
+    tok_cfg: dict[str, Any] = {"name": f"{prefix}_tokenizer", "trainable": True, "dtype": _policy("int32"),
+                               "config_file": "tokenizer.json", "proto": None, "sequence_length": None,
+                               "add_bos": False, "add_eos": False}
+    if g3:
+        # keras-hub's Gemma3Tokenizer needs <img>, <start_of_image>, <end_of_image> unless told otherwise.
+        tok_cfg["has_vision_tokens"] = all(tok.token_to_id(t) is not None
+                                           for t in ("<img>", "<start_of_image>", "<end_of_image>"))
+    tokenizer = _keras_layer(f"keras_hub.src.models.{prefix}.{prefix}_tokenizer", tok_cls, tok_cfg)
+    pre_cls = "Gemma3CausalLMPreprocessor" if g3 else "GemmaCausalLMPreprocessor"
+    pre_cfg: dict[str, Any] = {"name": f"{prefix}_causal_lm_preprocessor", "trainable": True,
+                               "dtype": _policy(dtype), "tokenizer": tokenizer, "config_file": "preprocessor.json",
+                               "sequence_length": 1024, "add_start_token": True, "add_end_token": True}
+    if g3:
+        pre_cfg.update(num_vision_tokens_per_image=256, max_images_per_prompt=2)
+    preprocessor = _keras_layer(f"keras_hub.src.models.{prefix}.{prefix}_causal_lm_preprocessor", pre_cls, pre_cfg)
+    task_cls = "Gemma3CausalLM" if g3 else "GemmaCausalLM"
+    task = _keras_layer(f"keras_hub.src.models.{prefix}.{prefix}_causal_lm", task_cls,
+                        {"backbone": backbone, "preprocessor": preprocessor, "name": f"{prefix}_causal_lm"})
+    return {"tokenizer.json": tokenizer, "preprocessor.json": preprocessor, "task.json": task}
+
+
+def write_keras_tokenizer(tok: Tokenizer, dest: str, family: str, dtype: str, backbone: dict[str, Any]) -> list[str]:
+    """assets/tokenizer/vocabulary.spm plus the Keras tokenizer/preprocessor/task configs."""
+    import json
+
+    if not tok.has_spm:
+        rebuilt = spm_from_tokenizer_json(tok) if tok.json_path else None
+        if rebuilt is None:
+            return ["the source tokenizer has no SentencePiece model and it could not be rebuilt from "
+                    "tokenizer.json: Keras needs one, so no tokenizer was written (Backbone loads; CausalLM does not)"]
+        tok = Tokenizer(source=tok.source, spm_bytes=rebuilt)
+        notes = ["rebuilt the SentencePiece model from tokenizer.json (ids checked equal on the parity texts)"]
+    else:
+        notes = []
+    assets = os.path.join(dest, "assets", "tokenizer")
+    os.makedirs(assets, exist_ok=True)
+    with open(os.path.join(assets, "vocabulary.spm"), "wb") as f:
+        f.write(tok.spm_model_bytes())
+    for name, obj in keras_tokenizer_configs(tok, family, dtype, backbone).items():
+        with open(os.path.join(dest, name), "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=4)
+    return notes
+
+
+def spm_from_tokenizer_json(tok: Tokenizer) -> bytes | None:
+    """Rebuild a SentencePiece model from a Gemma tokenizer.json (filled in with the GGUF vocabulary helper)."""
+    return None

@@ -466,3 +466,77 @@ def config_dict(spec: GemmaSpec) -> dict[str, Any]:
         raise UnsupportedError(f"this {spec.family} checkpoint deviates from its family's layout "
                                f"(norm placement/offset, QK-norm or embedding scale): HF cannot express it")
     return cfg
+
+
+# ----------------------------------------------------------------------------- writing
+DEFAULT_MAX_SHARD = 5 * 10**9
+
+
+def _output_dtype(ref: TensorRef, options: Any) -> str:
+    """The dtype a tensor is written in: the requested cast, or its own when it is a float dtype."""
+    want = options.target_dtype(ref)
+    if want in ("float32", "bfloat16", "float16"):
+        return want
+    return "float32"  # quantized source (GGUF): dequantized values, stored exactly in float32
+
+
+def generation_config(spec: GemmaSpec, tokenizer: Any) -> dict[str, Any]:
+    """generation_config.json: generation stops on <eos> and, when the vocabulary has it, <end_of_turn>."""
+    eos: list[int] = [spec.eos_token_id]
+    if tokenizer is not None:
+        eot = tokenizer.token_to_id("<end_of_turn>")
+        if eot is not None and eot not in eos:
+            eos.append(eot)
+    return {"bos_token_id": spec.bos_token_id, "eos_token_id": eos if len(eos) > 1 else eos[0],
+            "pad_token_id": spec.pad_token_id}
+
+
+def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
+    """Write `ckpt` as a Hugging Face directory, streaming one tensor at a time into safetensors shards."""
+    from ..convert import DTYPES, plan_shards, target_nbytes, tensor_pieces
+    from .safetensors_io import SafetensorsWriter
+
+    spec = ckpt.spec
+    out_dtypes = {n: _output_dtype(r, options) for n, r in ckpt.tensors.items()}
+    if any(r.dtype not in ("float32", "bfloat16", "float16") for r in ckpt.tensors.values()):
+        options.notes.append("quantized tensors were dequantized and are stored as float32")
+    declared = options.dtype if options.dtype in ("float32", "bfloat16", "float16") else spec.dtype
+    if options.dtype == "q8_0":
+        raise UnsupportedError(f"--dtype q8_0 is a GGUF quantization; choose one of "
+                               f"{', '.join(d for d in DTYPES if d != 'q8_0')} for HF")
+    cfg = config_dict(spec.replace(dtype=declared))
+    os.makedirs(dest)
+    sizes = [(n, target_nbytes(r, out_dtypes[n])) for n, r in ckpt.tensors.items()]
+    shards = plan_shards(sizes, options.max_shard_size or DEFAULT_MAX_SHARD)
+    total = sum(s for _, s in sizes)
+    names = {n: from_canonical(n, spec.family) for n in ckpt.tensors}
+    files = [SINGLE] if len(shards) == 1 else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+                                               for i in range(len(shards))]
+    weight_map: dict[str, str] = {}
+    for fname, shard in zip(files, shards):
+        layout = [(names[n], out_dtypes[n], ckpt.tensors[n].shape) for n in shard]
+        with SafetensorsWriter(os.path.join(dest, fname), layout, {"format": "pt"}) as w:
+            for n in shard:
+                ref = ckpt.tensors[n]
+                written = w.add(names[n], tensor_pieces(ref, out_dtypes[n]))
+                progress(written)
+                weight_map[names[n]] = fname
+    if len(files) > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        _write_json(os.path.join(dest, INDEX), index)
+    _write_json(os.path.join(dest, CONFIG), cfg)
+    _write_json(os.path.join(dest, "generation_config.json"), generation_config(spec, ckpt.tokenizer))
+    if ckpt.tokenizer is None:
+        options.notes.append("the source has no tokenizer: weights and config converted, no tokenizer files written")
+    else:
+        from ..tokenizer import write_hf_tokenizer
+
+        options.notes.extend(write_hf_tokenizer(ckpt.tokenizer, dest))
+
+
+def _write_json(path: str, obj: Any) -> None:
+    import json
+
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")

@@ -210,6 +210,8 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
                      f"queries are scaled by head_dim^-0.5 (1/sqrt({head_dim})), not "
                      f"(d/H)^-0.5 = 1/sqrt({hidden // heads})")
     dtype = _policy_dtype(c.get("dtype"), path) or dtype_hint or "float32"
+    max_pos = _published_context(family, hidden, n)
+    notes.append(f"max_position_embeddings is not stored in a Keras config; assuming {max_pos}")
     try:
         spec = GemmaSpec(
             family=family,
@@ -225,13 +227,24 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
             layer_types=layer_types,
             query_pre_attn_scalar=head_dim,  # what keras-hub computes, whatever the flag says
             rms_norm_eps=float(c.get("layer_norm_epsilon", 1e-6)),
-            max_position_embeddings=131072 if family == "gemma3" else 8192,
+            max_position_embeddings=max_pos,
             dtype=dtype,
             **rope,
         )
     except (TypeError, ValueError) as e:
         raise InputError(path, f"inconsistent config: {e}") from None
     return spec, notes
+
+
+def _published_context(family: str, hidden: int, layers: int) -> int:
+    """Context length of the published model with these sizes, else the family's usual value."""
+    from ..spec import CARD_NAMES, card
+
+    for name in CARD_NAMES:
+        c = card(name)
+        if (c.family, c.hidden_size, c.num_layers) == (family, hidden, layers):
+            return c.max_position_embeddings
+    return 131072 if family == "gemma3" else 8192
 
 
 # ----------------------------------------------------------------------------- H5 reading
@@ -400,6 +413,17 @@ def read(path: str) -> Checkpoint:
     datasets, names, files, where = _all_vars(path)
     dtypes = [v.dtype for v in datasets.values()]
     spec, notes = spec_from_config(cfg, config_path, max(set(dtypes), key=dtypes.count) if dtypes else None)
+    assumed = {"max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id"}
+    meta_path = os.path.join(path, "metadata.json")
+    if os.path.exists(meta_path):
+        kept = read_json_object(meta_path, "metadata.json").get("gemma_inspect")
+        if isinstance(kept, dict):
+            restore = {k: kept[k] for k in ("max_position_embeddings", "bos_token_id", "eos_token_id",
+                                            "pad_token_id") if isinstance(kept.get(k), int) and kept[k] >= 0}
+            spec = spec.replace(**restore)
+            assumed -= set(restore)
+            if "max_position_embeddings" in restore:
+                notes[:] = [n for n in notes if not n.startswith("max_position_embeddings")]
     mapped, unknown = _map_datasets(datasets, names, where)
     vision = {k: v for k, v in unknown.items() if "vision" in k}
     if set(unknown) - set(vision):
@@ -422,7 +446,7 @@ def read(path: str) -> Checkpoint:
         present.append(tokenizer.spm_path)
     return Checkpoint(spec=spec, tensors=tensors, source=path, format="keras", tokenizer=tokenizer, notes=notes,
                       ignored={k: (v.shape, v.dtype) for k, v in vision.items()}, config=cfg,
-                      files=present + files)
+                      files=present + files, assumed=frozenset(assumed))
 
 
 def _ref(canonical: str, var: H5Var) -> TensorRef:
@@ -522,3 +546,137 @@ def config_dict(spec: GemmaSpec) -> dict[str, Any]:
         config = {"name": "gemma_backbone", "trainable": True, "dtype": _dtype_policy(spec.dtype),
                   "intermediate_dim": 2 * spec.intermediate_size, **common}
     return {"module": module, "class_name": cls, "config": config, "registered_name": f"keras_hub>{cls}"}
+
+
+# ----------------------------------------------------------------------------- writing
+DEFAULT_MAX_SHARD = 10 * 10**9  # keras-hub's save_to_preset default (10 GB)
+
+
+def _h5_path(spec: GemmaSpec, canonical: str) -> str:
+    from ..checkpoint import parse_canonical
+
+    role, layer = parse_canonical(canonical)  # type: ignore[misc]
+    var = VAR_BY_ROLE[role]
+    return f"layers/{var.path}" if layer is None else f"{block_group(spec, layer)}/{var.path}"
+
+
+def _create_h5(file: str, spec: GemmaSpec, entries: list[tuple[str, str, tuple[int, ...], str]]) -> dict[str, int]:
+    """Create the H5 file with every dataset allocated but unwritten; return dataset path -> byte offset.
+
+    Keras loads weights by these paths alone. The layer names (`attrs['name']`) are written as Keras does,
+    so the file reads back through the same mapping. Storage is allocated early and contiguous, so the
+    data can then be streamed straight into the file at known offsets without going through h5py."""
+    import h5py
+
+    from ..checkpoint import parse_canonical
+
+    offsets: dict[str, int] = {}
+    with h5py.File(file, "w") as f:
+        for canonical, path, shape, dtype in entries:
+            role, layer = parse_canonical(canonical)  # type: ignore[misc]
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+            dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+            # bfloat16 is stored opaque (|V2) and tagged, as Keras does.
+            h5dtype = np.dtype("V2") if dtype == "bfloat16" else np.dtype(dtype)
+            ds = f.create_dataset(path, shape=shape, dtype=h5dtype, dcpl=dcpl)
+            if dtype == "bfloat16":
+                ds.attrs["dtype"] = "bfloat16"
+            f[path.rsplit("/", 1)[0]].attrs["name"] = VAR_BY_ROLE[role].layer_name
+            if layer is not None:
+                block_vars = f.require_group(block_group(spec, layer) + "/vars")
+                block_vars.attrs["name"] = f"decoder_block_{layer}"
+            offset = ds.id.get_offset()
+            if offset is None:  # pragma: no cover - early allocation guarantees an offset
+                raise RuntimeError(f"no storage allocated for {path}")
+            offsets[path] = offset
+    return offsets
+
+
+def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
+    """Write `ckpt` as a KerasHub preset (backbone, and CausalLM files when a tokenizer exists)."""
+    import datetime
+    import json
+    from importlib import metadata
+
+    from ..convert import plan_shards, target_nbytes, tensor_pieces
+    from ..tokenizer import write_keras_tokenizer
+
+    spec = ckpt.spec
+    problems = keras_problems(spec)
+    if problems:
+        if not options.force:
+            raise UnsupportedError(f"{ckpt.source}: keras-hub cannot express this checkpoint: {'; '.join(problems)}"
+                                   f" (use --force to convert anyway)")
+        options.notes.append("converted with --force although keras-hub cannot express: " + "; ".join(problems))
+    if options.dtype == "q8_0":
+        raise UnsupportedError("--dtype q8_0 is a GGUF quantization; Keras presets take float32, bfloat16 or float16")
+    declared = options.dtype if options.dtype != "keep" else spec.dtype
+
+    def out_dtype(ref: TensorRef) -> str:
+        want = options.target_dtype(ref)
+        return want if want in ("float32", "bfloat16", "float16") else "float32"
+
+    if any(r.dtype not in ("float32", "bfloat16", "float16") for r in ckpt.tensors.values()):
+        options.notes.append("quantized tensors were dequantized and are stored as float32")
+    from ..checkpoint import parse_canonical
+
+    rows = []
+    for name, ref in ckpt.tensors.items():
+        role = parse_canonical(name)[0]  # type: ignore[index]
+        if role == "lm_head":
+            continue  # refused above unless --force: Keras ties the output to the embedding
+        dt = out_dtype(ref)
+        rows.append((name, _h5_path(spec, name), keras_shape(spec, role, ref.shape), dt, role))
+    sizes = [(r[0], target_nbytes(ckpt.tensors[r[0]], r[3])) for r in rows]
+    shards = plan_shards(sizes, options.max_shard_size or DEFAULT_MAX_SHARD)
+    by_name = {r[0]: r for r in rows}
+    os.makedirs(dest)
+    files = [WEIGHTS] if len(shards) == 1 else [f"model_{i:05d}.weights.h5" for i in range(len(shards))]
+    weight_map: dict[str, str] = {}
+    for fname, shard in zip(files, shards):
+        file = os.path.join(dest, fname)
+        entries = [(n, by_name[n][1], by_name[n][2], by_name[n][3]) for n in shard]
+        offsets = _create_h5(file, spec, entries)
+        with open(file, "r+b") as f:
+            for n in shard:
+                _, path, _, dt, role = by_name[n]
+                layout = VAR_BY_ROLE[role].layout
+                transform = None if layout == "same" else (lambda a, role=role: from_canonical_array(spec, role, a))
+                f.seek(offsets[path])
+                for piece in tensor_pieces(ckpt.tensors[n], dt, transform):
+                    f.write(piece)
+                    progress(len(piece) if isinstance(piece, bytes) else piece.nbytes)
+                weight_map["/" + path.rsplit("/", 1)[0]] = fname
+    if len(files) > 1:
+        with open(os.path.join(dest, SHARD_INDEX), "w", encoding="utf-8") as f:
+            json.dump({"metadata": {"total_size": float(sum(s for _, s in sizes))}, "weight_map": weight_map}, f,
+                      indent=4)
+    backbone = config_dict(spec.replace(dtype=declared))
+    with open(os.path.join(dest, CONFIG), "w", encoding="utf-8") as f:
+        json.dump(backbone, f, indent=4)
+
+    def version(pkg: str) -> str | None:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return None
+
+    meta = {
+        "keras_version": version("keras"),
+        "keras_hub_version": version("keras-hub"),
+        "parameter_count": spec.num_parameters,
+        "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),
+        "tasks": ["CausalLM"],
+        # What a Keras config cannot hold, kept so that converting back restores it exactly.
+        "gemma_inspect": {"max_position_embeddings": spec.max_position_embeddings,
+                          "bos_token_id": spec.bos_token_id, "eos_token_id": spec.eos_token_id,
+                          "pad_token_id": spec.pad_token_id, "converted_from": ckpt.format},
+    }
+    with open(os.path.join(dest, "metadata.json"), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=4)
+    if ckpt.tokenizer is None:
+        options.notes.append("the source has no tokenizer: weights and config converted, no tokenizer files "
+                             "written (Backbone.from_preset works, CausalLM.from_preset needs a tokenizer)")
+    else:
+        options.notes.extend(write_keras_tokenizer(ckpt.tokenizer, dest, spec.family, declared, backbone))
