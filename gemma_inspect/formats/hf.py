@@ -206,6 +206,12 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
     act_raw = text.get(act_key)
     if act_raw is None and model_type != "gemma":
         act_raw = text.get("hidden_act")
+    if model_type == "gemma" and act_raw == "gelu":
+        # The released Gemma 1 configs say hidden_act="gelu", a legacy value that means the tanh GELU:
+        # transformers replaces it with gelu_pytorch_tanh (GemmaConfig.__post_init__), and so do we.
+        act_raw = "gelu_pytorch_tanh"
+        notes.append("hidden_act='gelu' is the legacy value of the Gemma 1 releases; it means the tanh "
+                     "approximation, as transformers reads it")
     if act_raw not in ACTIVATION_OF_HF:
         raise UnsupportedError(f"{path}: activation {act_key}={act_raw!r} is not supported "
                                f"(expected gelu_pytorch_tanh)")
