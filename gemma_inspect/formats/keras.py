@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..checkpoint import Checkpoint, TensorRef, canonical_name, check_against_spec, expected_tensors
-from ..errors import InputError, UnsupportedError
+from ..errors import InputError, SpecError, UnsupportedError
 from ..spec import FULL, SLIDING, GemmaSpec, gemma2_layer_types, gemma3_layer_types
 from .common import read_json_object, require_int, safe_child
 from .safetensors_io import iter_bytes, numpy_dtype
@@ -231,7 +231,7 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
             dtype=dtype,
             **rope,
         )
-    except (TypeError, ValueError) as e:
+    except (SpecError, TypeError, ValueError) as e:  # the config contradicts itself: name the config
         raise InputError(path, f"inconsistent config: {e}") from None
     return spec, notes
 
