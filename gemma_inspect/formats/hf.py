@@ -268,7 +268,7 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
             pad_token_id=_first_id(text.get("pad_token_id", cfg.get("pad_token_id"))) or 0,
             **_rope(text, model_type, path),
         )
-    except UnsupportedError:
+    except (UnsupportedError, InputError):  # already name config.json (require_int, opt_float, _rope)
         raise
     except Exception as e:  # SpecError and friends: the config contradicts itself
         raise InputError(path, f"inconsistent config: {e}") from None
