@@ -53,7 +53,12 @@ def safe_child(directory: str, relname: Any, referrer: str) -> str:
     full = os.path.join(directory, relname)
     real_dir = os.path.realpath(directory)
     real = os.path.realpath(full)
-    if os.path.commonpath([real_dir, real]) != real_dir:
+    allowed = [real_dir]
+    if os.path.basename(os.path.dirname(real_dir)) == "snapshots":
+        # Hugging Face hub cache: <repo>/snapshots/<rev>/<file> is a symlink to <repo>/blobs/<hash>,
+        # which stays inside the cached repository (the directory snapshot_download returns).
+        allowed.append(os.path.join(os.path.dirname(os.path.dirname(real_dir)), "blobs"))
+    if not any(os.path.commonpath([a, real]) == a for a in allowed):
         raise InputError(referrer, f"refers to {relname!r}, which resolves outside the checkpoint "
                                    f"directory (symlink to {real})")
     return full
