@@ -154,6 +154,7 @@ class Checkpoint:
     ignored: dict[str, tuple[tuple[int, ...], str]] = field(default_factory=dict)  # name -> (shape, dtype)
     config: dict[str, Any] = field(default_factory=dict)  # the raw config the spec came from (for lint)
     files: list[str] = field(default_factory=list)  # the files that make up the checkpoint
+    quantization: dict[str, Any] | None = None  # GGUF: storage types and bits per weight per tensor group
     assumed: frozenset[str] = frozenset()  # spec fields the format does not store (filled with defaults)
 
     @property

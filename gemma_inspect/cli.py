@@ -118,6 +118,69 @@ def compare(sources: tuple[str, ...], as_json: bool) -> None:
         render_compare(_console(), result)
 
 
+@main.command(name="parity")
+@click.argument("a")
+@click.argument("b")
+@click.option("--runtime-a", default="auto", show_default=True,
+              type=click.Choice(["auto", "reference", "transformers", "keras"]),
+              help="Runtime for A (auto: keras for a Keras preset, transformers for HF, reference otherwise).")
+@click.option("--runtime-b", default="auto", show_default=True,
+              type=click.Choice(["auto", "reference", "transformers", "keras"]), help="Runtime for B.")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+              help="auto: cuda when torch sees a GPU.")
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16"]),
+              help="float32 is judged strictly; bfloat16 by top-1 agreement and KL divergence.")
+@click.option("--prompt", default=None, metavar="TEXT", help="Text to run, tokenized with A's tokenizer (BOS first).")
+@click.option("--tokens", default=None, metavar="IDS", help="Comma-separated token ids, e.g. 2,651,1234.")
+@click.option("--atol", default=None, type=float,
+              help="Tolerance on max|A-B| / max|A| of each hidden state (float32: default 1e-4, logits too; "
+                   "bfloat16: default 0.1).")
+@click.option("--plot", "plot_path", default=None, metavar="FILE.png",
+              help="Write a PNG of the relative difference per layer (log scale, tolerance line).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def parity_cmd(a: str, b: str, runtime_a: str, runtime_b: str, device: str, dtype: str, prompt: str | None,
+               tokens: str | None, atol: float | None, plot_path: str | None, as_json: bool) -> None:
+    """Run A and B on the same tokens and compare logits and every layer's hidden state.
+
+    Reports the logits' max/mean difference, KL divergence, top-1 agreement and top-5 overlap, the
+    difference after the embedding, after each decoder block and after the final norm, the first layer
+    that exceeds the tolerance, and whether the tokenizers agree. Default tokens: a fixed sequence
+    longer than any sliding window of the model. Exit 0 when they agree, 1 when they do not.
+
+    \b
+    Example:
+      gemma-inspect parity ./gemma-2b-keras ./gemma-2b-hf
+      gemma-inspect parity ./base-hf ./finetune-hf --dtype bfloat16 --prompt "Why is the sky blue?"
+      gemma-inspect parity ./gemma2-hf ./gemma2.gguf --runtime-a reference --plot layers.png --json
+    """
+    if prompt is not None and tokens is not None:
+        raise click.UsageError("give --prompt or --tokens, not both")
+    from .formats import load
+    from .parity import parse_tokens, parity, plot_layers
+
+    ids = parse_tokens(tokens) if tokens is not None else None
+    ca, cb = load(a), load(b)
+    err = _console(stderr=True)
+    with err.status("loading", spinner="dots") as status:
+        result = parity(ca, cb, runtime_a, runtime_b, device, dtype, tokens=ids, prompt=prompt, atol=atol,
+                        progress=lambda message: status.update(message))
+    if plot_path:
+        plot_layers(result, plot_path)
+    if as_json:
+        from .render import print_json
+
+        print_json(result)
+    else:
+        from .render import render_parity
+
+        console = _console()
+        render_parity(console, result)
+        if plot_path:
+            console.print(f"plot: {plot_path}")
+    if not result["passed"]:
+        sys.exit(1)
+
+
 @main.command()
 @click.argument("source")
 @click.argument("dest")

@@ -72,16 +72,76 @@ def tensor_pieces(ref: TensorRef, dtype: str, transform: Callable[[np.ndarray], 
                   chunk: int = CHUNK_BYTES) -> Iterator[bytes | memoryview]:
     """Bytes of one tensor in `dtype` and (after `transform`) the target layout.
 
-    When nothing changes (same dtype, no transform) and the reader can stream raw bytes, they are copied
-    in chunks and the tensor is never held whole (the embedding of a 2B model is 1 GB in bfloat16)."""
-    if transform is None and dtype == ref.dtype and ref.chunks is not None:
-        yield from ref.chunks(chunk)
-        return
+    When the layout does not change and the reader can stream raw bytes, the tensor is copied (or cast)
+    chunk by chunk and never held whole: the embedding of a 2B model is 1 GB in bfloat16."""
+    if transform is None and ref.chunks is not None:
+        if dtype == ref.dtype:
+            yield from ref.chunks(chunk)
+            return
+        if ref.dtype in FLOAT_DTYPES:
+            from .formats.safetensors_io import numpy_dtype
+
+            src = numpy_dtype(ref.dtype)
+            for piece in ref.chunks((chunk // src.itemsize) * src.itemsize):
+                out = cast_array(np.frombuffer(piece, dtype=src), dtype)
+                yield memoryview(out.view(np.uint8))
+            return
     arr = ref.load()
     if transform is not None:
         arr = transform(arr)
     arr = np.ascontiguousarray(cast_array(arr, dtype))
     yield memoryview(arr.reshape(-1).view(np.uint8))  # bytes without a copy (bfloat16 has no buffer code)
+
+
+def prefetched(jobs: Iterable[tuple[str, TensorRef, str, Callable[[np.ndarray], np.ndarray] | None]],
+               depth: int = 2) -> Iterator[tuple[str, Iterable[bytes | memoryview]]]:
+    """(name, pieces) for each (name, ref, dtype, transform) job, in order, prepared by a background
+    thread `depth` tensors ahead: reading and re-laying-out tensor i+1 overlaps writing tensor i.
+
+    Tensors that are streamed in chunks are left lazy (the writer pulls their bytes); tensors that need
+    a transform are materialised by the thread. At most `depth` + 1 tensors are held at once."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for name, ref, dtype, transform in jobs:
+                if stop.is_set():
+                    return
+                pieces = tensor_pieces(ref, dtype, transform)
+                if transform is not None or ref.chunks is None:
+                    pieces = list(pieces)  # do the work here, off the writer's thread
+                while not stop.is_set():
+                    try:
+                        q.put((name, pieces), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+            q.put(done)
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            q.put(e)
+
+    thread = threading.Thread(target=produce, name="gemma-inspect-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)
 
 
 def plan_shards(sizes: Iterable[tuple[str, int]], max_shard: int | None) -> list[list[str]]:

@@ -260,3 +260,69 @@ def render_diff(console: Console, result: dict[str, Any]) -> None:
     verdict = "[green]identical[/green]" if result["identical"] else "[red]different[/red]"
     atol = f" (atol {result['atol']:g})" if result["atol"] else ""
     console.print(f"{summary}: {verdict}{atol}")
+
+
+# ----------------------------------------------------------------------------- parity
+def render_parity(console: Console, result: dict[str, Any]) -> None:
+    """Per-layer differences (ok / mismatch), the logits metrics, the tolerance, the tokenizer, a verdict."""
+    a, b, tol = result["a"], result["b"], result["tolerance"]
+    layers = result["layers"]
+    n = len(layers) - 2
+    console.print(f"A: {a['source']}  [dim]({a['runtime']})[/dim]")
+    console.print(f"B: {b['source']}  [dim]({b['runtime']})[/dim]")
+    console.print(f"{len(result['tokens'])} tokens on {result['device']} in {result['dtype']}")
+    table = Table(title="Hidden states (max|A-B| / max|A| per layer)", title_justify="left")
+    table.add_column("layer", no_wrap=True)
+    table.add_column("max |A-B|", justify="right")
+    table.add_column("relative", justify="right")
+    table.add_column("status")
+    first = result["first_divergent_layer"]
+    for r in layers:
+        i = r["index"]
+        label = "embedding" if i == -1 else ("final norm" if i == n else f"block {i}")
+        ok = r["status"] == "ok"
+        style = "" if ok else ("bold red" if i == first else "red")
+        table.add_row(Text(label, style=style), fmt_float(r["max_abs_diff"]), fmt_float(r["relative_diff"]),
+                      Text(r["status"] + ("  <- first divergent" if i == first else ""),
+                           style="green" if ok else style))
+    console.print(table)
+    lg = result["logits"]
+    line = (f"[bold]Logits[/bold]: max |A-B| {fmt_float(lg['max_abs_diff'])}, mean {fmt_float(lg['mean_abs_diff'])}, "
+            f"KL(A||B) {fmt_float(lg['kl_divergence'])}, top-1 agreement {100 * lg['top1_agreement']:.1f}%")
+    if "top1_agreement_outside_ties" in lg:
+        line += f" ({100 * lg['top1_agreement_outside_ties']:.1f}% outside ties)"
+    console.print(line + f", top-5 overlap {100 * lg['top5_overlap']:.1f}%")
+    if result["dtype"] == "float32":
+        console.print(f"[bold]Tolerance[/bold] (float32): max|A-B| <= {tol['atol']:g} x max|A| for every hidden "
+                      f"state and the logits (logits: {fmt_float(tol.get('logits_max_abs_diff'))})")
+    else:
+        console.print(f"[bold]Tolerance[/bold] ({result['dtype']}): top-1 agreement outside ties >= "
+                      f"{100 * tol['min_top1_agreement']:.0f}% (ties: within {fmt_float(tol.get('top1_tie_logits'))} "
+                      f"logits), KL <= {tol['max_kl_divergence']:g}; hidden states <= {tol['atol']:g} x max|A|, "
+                      f"embedding output <= {tol['embedding_atol']:g} x max|A|")
+    tok = result["tokenizer"]
+    if tok is None:
+        console.print("[bold]Tokenizer[/bold]: not compared (a side has no tokenizer)")
+    elif tok["passed"]:
+        console.print(f"[bold]Tokenizer[/bold]: [green]identical[/green] ids on {tok['texts']} texts "
+                      f"and special tokens")
+    else:
+        console.print(f"[bold]Tokenizer[/bold]: [red]{len(tok['mismatches'])} of {tok['texts']} texts differ[/red]"
+                      + (f", vocabulary {tok['vocab_size']['a']} vs {tok['vocab_size']['b']}"
+                         if tok["vocab_size"]["a"] != tok["vocab_size"]["b"] else ""))
+        for m in tok["mismatches"]:
+            k = m["first_difference"]
+            console.print(f"  {m['text']!r}: first difference at id #{k}: A {m['a'][k:k + 4]} vs B {m['b'][k:k + 4]}",
+                          markup=False)
+        for m in tok["special_token_mismatches"]:
+            console.print(f"  {m['token']}: A {m['a']} vs B {m['b']}", markup=False)
+    if result["passed"]:
+        console.print("[bold green]PASS[/bold green]: A and B compute the same thing within tolerance")
+    else:
+        if first is None:
+            where = "the tokenizers differ"
+        else:
+            what = ("embedding output" if first == -1 else "final norm / logits" if first == n
+                    else f"decoder block {first}")
+            where = f"first divergent layer {first} ({what})"
+        console.print(f"[bold red]FAIL[/bold red]: {where}")

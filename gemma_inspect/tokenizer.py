@@ -243,3 +243,92 @@ def write_keras_tokenizer(tok: Tokenizer, dest: str, family: str, dtype: str, ba
 def spm_from_tokenizer_json(tok: Tokenizer) -> bytes | None:
     """Rebuild a SentencePiece model from a Gemma tokenizer.json (filled in with the GGUF vocabulary helper)."""
     return None
+
+
+# ----------------------------------------------------------------------------- SentencePiece model <-> pieces
+# Piece types as SentencePiece numbers them (GGUF's tokenizer.ggml.token_type uses the same numbers).
+PIECE_NORMAL, PIECE_UNKNOWN, PIECE_CONTROL, PIECE_USER_DEFINED, PIECE_UNUSED, PIECE_BYTE = 1, 2, 3, 4, 5, 6
+PIECE_TYPES = (PIECE_NORMAL, PIECE_UNKNOWN, PIECE_CONTROL, PIECE_USER_DEFINED, PIECE_UNUSED, PIECE_BYTE)
+SPM_MODEL_TYPES = {"unigram": 1, "bpe": 2}
+
+
+def spm_from_pieces(pieces: "list[str] | tuple[str, ...]", scores: "list[float] | tuple[float, ...]",
+                    types: "list[int] | tuple[int, ...]", *, model_type: str = "bpe",
+                    byte_fallback: bool | None = None, add_dummy_prefix: bool = False,
+                    remove_extra_whitespaces: bool = False, escape_whitespaces: bool = True,
+                    bos_id: int | None = 2, eos_id: int | None = 1, pad_id: int | None = 0) -> bytes:
+    """A serialized SentencePiece ModelProto from its vocabulary: piece strings, scores and piece types
+    (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte). Normalization defaults are
+    Gemma's: identity rules, no dummy prefix, no whitespace removal, spaces escaped as U+2581.
+    `byte_fallback` defaults to whether any byte piece exists; the special ids name pieces of the
+    vocabulary (None or an id outside it: no such token). Raises ValueError for an inconsistent vocabulary.
+    """
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    n = len(pieces)
+    if len(scores) != n or len(types) != n:
+        raise ValueError(f"{n} pieces but {len(scores)} scores and {len(types)} types")
+    if model_type not in SPM_MODEL_TYPES:
+        raise ValueError(f"model_type must be one of {', '.join(SPM_MODEL_TYPES)}, got {model_type!r}")
+    bad = next((i for i, t in enumerate(types) if int(t) not in PIECE_TYPES), None)
+    if bad is not None:
+        raise ValueError(f"piece {bad} ({pieces[bad]!r}) has unknown type {types[bad]}")
+    unknown = [i for i, t in enumerate(types) if int(t) == PIECE_UNKNOWN]
+    if len(unknown) != 1:
+        raise ValueError(f"a SentencePiece model needs exactly one unknown piece, found {len(unknown)}")
+    seen: dict[str, int] = {}
+    for i, p in enumerate(pieces):
+        if not isinstance(p, str) or not p:
+            raise ValueError(f"piece {i} is empty or not a string: {p!r}")
+        if p in seen:
+            raise ValueError(f"piece {p!r} appears twice (ids {seen[p]} and {i})")
+        seen[p] = i
+    model = pb.ModelProto()
+    for p, s, t in zip(pieces, scores, types):
+        model.pieces.add(piece=p, score=float(s), type=int(t))
+    ts = model.trainer_spec
+    ts.model_type = SPM_MODEL_TYPES[model_type]
+    ts.vocab_size = n
+    ts.byte_fallback = any(int(t) == PIECE_BYTE for t in types) if byte_fallback is None else byte_fallback
+    ts.unk_id, ts.unk_piece = unknown[0], pieces[unknown[0]]
+    # SentencePiece finds bos/eos/pad by these piece strings; -1 disables a special token.
+    for field_name, i in (("bos", bos_id), ("eos", eos_id), ("pad", pad_id)):
+        valid = i is not None and 0 <= i < n
+        setattr(ts, f"{field_name}_id", i if valid else -1)
+        if valid:
+            setattr(ts, f"{field_name}_piece", pieces[i])
+    ns = model.normalizer_spec
+    ns.name = "identity"
+    ns.precompiled_charsmap = b""
+    ns.add_dummy_prefix = add_dummy_prefix
+    ns.remove_extra_whitespaces = remove_extra_whitespaces
+    ns.escape_whitespaces = escape_whitespaces
+    return model.SerializeToString()
+
+
+def spm_pieces(model_bytes: bytes) -> dict[str, Any]:
+    """The vocabulary and settings of a serialized SentencePiece model: {"pieces", "scores", "types",
+    "model_type", "byte_fallback", "add_dummy_prefix", "remove_extra_whitespaces", "unk_id", "bos_id",
+    "eos_id", "pad_id"}. Raises ValueError when the bytes are not a SentencePiece model."""
+    from google.protobuf.message import DecodeError
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    model = pb.ModelProto()
+    try:
+        model.ParseFromString(model_bytes)
+    except DecodeError as e:
+        raise ValueError(f"not a SentencePiece model ({e})") from None
+    if not len(model.pieces):
+        raise ValueError("not a SentencePiece model (no pieces)")
+    ts, ns = model.trainer_spec, model.normalizer_spec
+    model_type = {v: k for k, v in SPM_MODEL_TYPES.items()}.get(ts.model_type, str(ts.model_type))
+    return {
+        "pieces": [p.piece for p in model.pieces],
+        "scores": [p.score for p in model.pieces],
+        "types": [int(p.type) for p in model.pieces],
+        "model_type": model_type,
+        "byte_fallback": bool(ts.byte_fallback),
+        "add_dummy_prefix": bool(ns.add_dummy_prefix),
+        "remove_extra_whitespaces": bool(ns.remove_extra_whitespaces),
+        "unk_id": int(ts.unk_id), "bos_id": int(ts.bos_id), "eos_id": int(ts.eos_id), "pad_id": int(ts.pad_id),
+    }

@@ -499,7 +499,7 @@ def generation_config(spec: GemmaSpec, tokenizer: Any) -> dict[str, Any]:
 
 def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
     """Write `ckpt` as a Hugging Face directory, streaming one tensor at a time into safetensors shards."""
-    from ..convert import DTYPES, plan_shards, target_nbytes, tensor_pieces
+    from ..convert import DTYPES, plan_shards, prefetched, target_nbytes
     from .safetensors_io import SafetensorsWriter
 
     spec = ckpt.spec
@@ -522,10 +522,8 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
     for fname, shard in zip(files, shards):
         layout = [(names[n], out_dtypes[n], ckpt.tensors[n].shape) for n in shard]
         with SafetensorsWriter(os.path.join(dest, fname), layout, {"format": "pt"}) as w:
-            for n in shard:
-                ref = ckpt.tensors[n]
-                written = w.add(names[n], tensor_pieces(ref, out_dtypes[n]))
-                progress(written)
+            for n, pieces in prefetched((n, ckpt.tensors[n], out_dtypes[n], None) for n in shard):
+                progress(w.add(names[n], pieces))
                 weight_map[names[n]] = fname
     if len(files) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
