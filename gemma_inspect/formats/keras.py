@@ -17,10 +17,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..arrays import transpose2d, transpose_last2
 from ..checkpoint import Checkpoint, TensorRef, canonical_name, check_against_spec, expected_tensors
 from ..errors import InputError, SpecError, UnsupportedError
 from ..spec import FULL, SLIDING, GemmaSpec, gemma2_layer_types, gemma3_layer_types
-from .common import read_json_object, require_int, safe_child
+from .common import opt_float, read_json_object, require_int, safe_child
 from .safetensors_io import iter_bytes, numpy_dtype
 
 CONFIG = "config.json"
@@ -36,26 +37,25 @@ REGISTRIES = ("keras_hub", "keras_nlp")
 
 def _heads_in(a: np.ndarray) -> np.ndarray:
     n, d, hd = a.shape
-    return np.ascontiguousarray(a.transpose(0, 2, 1)).reshape(n * hd, d)
+    return transpose_last2(a).reshape(n * hd, d)
 
 
 def _heads_in_inv(a: np.ndarray, spec: GemmaSpec, heads: int) -> np.ndarray:
-    hd = spec.head_dim
-    return np.ascontiguousarray(a.reshape(heads, hd, -1).transpose(0, 2, 1))
+    return transpose_last2(a.reshape(heads, spec.head_dim, -1))
 
 
 def _heads_out(a: np.ndarray) -> np.ndarray:
+    # (H, D, d) -> (d, H, D) is the transpose of the same bytes seen as (H*D, d).
     h, hd, d = a.shape
-    return np.ascontiguousarray(a.transpose(2, 0, 1)).reshape(d, h * hd)
+    return transpose2d(a.reshape(h * hd, d))
 
 
 def _heads_out_inv(a: np.ndarray, spec: GemmaSpec, heads: int) -> np.ndarray:
-    d = a.shape[0]
-    return np.ascontiguousarray(a.reshape(d, heads, spec.head_dim).transpose(1, 2, 0))
+    return transpose2d(a).reshape(heads, spec.head_dim, a.shape[0])
 
 
 def _t(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a.T)
+    return transpose2d(a)
 
 
 @dataclass(frozen=True)
@@ -226,7 +226,7 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
             sliding_window=require_int(c, "sliding_window_size", path, window) if sliding_on else None,
             layer_types=layer_types,
             query_pre_attn_scalar=head_dim,  # what keras-hub computes, whatever the flag says
-            rms_norm_eps=float(c.get("layer_norm_epsilon", 1e-6)),
+            rms_norm_eps=opt_float(c, "layer_norm_epsilon", path, 1e-6),
             max_position_embeddings=max_pos,
             dtype=dtype,
             **rope,
@@ -309,7 +309,7 @@ def _scan_h5(file: str, only: set[str] | None = None) -> tuple[dict[str, H5Var],
     except FileNotFoundError:
         raise InputError(file, "missing") from None
     except (OSError, KeyError, ValueError, RuntimeError, TypeError) as e:
-        msg = str(e).splitlines()[0][:100] if str(e) else e.__class__.__name__
+        msg = str(e).splitlines()[0][:200] if str(e) else e.__class__.__name__
         raise InputError(file, f"not a readable HDF5 weights file ({msg})") from None
     return datasets, names
 
@@ -599,7 +599,7 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
     import json
     from importlib import metadata
 
-    from ..convert import plan_shards, target_nbytes, tensor_pieces
+    from ..convert import plan_shards, prefetched, target_nbytes
     from ..tokenizer import write_keras_tokenizer
 
     spec = ckpt.spec
@@ -638,13 +638,17 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
         file = os.path.join(dest, fname)
         entries = [(n, by_name[n][1], by_name[n][2], by_name[n][3]) for n in shard]
         offsets = _create_h5(file, spec, entries)
+        jobs = []
+        for n in shard:
+            role = by_name[n][4]
+            transform = (None if VAR_BY_ROLE[role].layout == "same"
+                         else (lambda a, role=role: from_canonical_array(spec, role, a)))
+            jobs.append((n, ckpt.tensors[n], by_name[n][3], transform))
         with open(file, "r+b") as f:
-            for n in shard:
-                _, path, _, dt, role = by_name[n]
-                layout = VAR_BY_ROLE[role].layout
-                transform = None if layout == "same" else (lambda a, role=role: from_canonical_array(spec, role, a))
+            for n, pieces in prefetched(jobs):
+                path = by_name[n][1]
                 f.seek(offsets[path])
-                for piece in tensor_pieces(ckpt.tensors[n], dt, transform):
+                for piece in pieces:
                     f.write(piece)
                     progress(len(piece) if isinstance(piece, bytes) else piece.nbytes)
                 weight_map["/" + path.rsplit("/", 1)[0]] = fname
