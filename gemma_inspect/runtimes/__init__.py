@@ -1,0 +1,132 @@
+"""Runtimes: turn a Checkpoint and token ids into logits and per-layer hidden states.
+
+`reference` is this project's own PyTorch forward pass (any format); `transformers` runs Hugging Face's
+implementation; `keras` runs keras-hub's on the torch backend. `auto` picks the source's native runtime.
+Every runtime returns the same points, so any two can be compared layer by layer:
+
+    hidden_states[0]      the embedding output, after the sqrt(d) scale
+    hidden_states[1..L]   the output of each decoder block
+    hidden_states[L + 1]  the output of the final norm (what the output projection reads)
+
+torch, transformers and keras are imported inside the functions that need them, never at import time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..checkpoint import Checkpoint
+from ..errors import InputError, UnsupportedError
+
+RUNTIMES = ("auto", "reference", "transformers", "keras")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("float32", "bfloat16")
+NATIVE_RUNTIME = {"keras": "keras", "hf": "transformers"}  # every other format runs on `reference`
+
+
+@dataclass
+class RuntimeResult:
+    """What one forward pass produced, moved to the CPU as float32 torch tensors."""
+
+    logits: Any  # [B, T, V]
+    hidden_states: list[Any]  # L + 2 tensors [B, T, d] (see the module docstring)
+    runtime: str
+    device: str
+    dtype: str
+    source: str
+    seconds: float = 0.0  # load + forward, wall time
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.hidden_states) - 2
+
+
+def to_cpu_float(t: Any) -> Any:
+    """A tensor of any runtime as a detached float32 CPU torch tensor."""
+    import torch
+
+    if not isinstance(t, torch.Tensor):
+        t = torch.as_tensor(t)
+    return t.detach().to(device="cpu", dtype=torch.float32)
+
+
+def resolve_runtime(ckpt: Checkpoint, runtime: str = "auto") -> str:
+    """The runtime that will run `ckpt`: `auto` is the source format's native one."""
+    if runtime not in RUNTIMES:
+        raise InputError(None, f"unknown runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}")
+    if ckpt.is_card:
+        raise InputError(ckpt.source, "is a built-in card: it has an architecture but no weights to run")
+    if runtime == "auto":
+        return NATIVE_RUNTIME.get(ckpt.format, "reference")
+    return runtime
+
+
+def resolve_device(device: str = "auto") -> str:
+    """`auto` -> cuda when torch sees a GPU, else cpu. Asking for cuda without one is an error."""
+    if device not in DEVICES:
+        raise InputError(None, f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if device == "cuda":
+        raise UnsupportedError("device cuda was requested but torch sees no CUDA GPU "
+                               "(torch.cuda.is_available() is False)")
+    return "cpu"
+
+
+def as_token_batch(ckpt: Checkpoint, token_ids: Any) -> list[list[int]]:
+    """Token ids as a [B, T] list of lists, each id checked against the vocabulary."""
+    import numpy as np
+
+    arr = np.asarray(token_ids)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] == 0 or not np.issubdtype(arr.dtype, np.integer):
+        raise InputError(None, f"token ids must be a non-empty [T] or [B, T] array of integers, got shape "
+                               f"{list(arr.shape)} of {arr.dtype}")
+    bad = arr[(arr < 0) | (arr >= ckpt.spec.vocab_size)]
+    if bad.size:
+        raise InputError(None, f"token id {int(bad[0])} is outside the vocabulary of {ckpt.source} "
+                               f"(0..{ckpt.spec.vocab_size - 1})")
+    return arr.astype(np.int64).tolist()
+
+
+def run(ckpt: Checkpoint, token_ids: Any, runtime: str = "auto", device: str = "auto",
+        dtype: str = "float32", **options: Any) -> RuntimeResult:
+    """Run `ckpt` on `token_ids` ([T] or [B, T]) and return logits plus hidden states.
+
+    Options: `device_map` (transformers: e.g. "auto" to spread a model over several GPUs with
+    accelerate), `attn_implementation` (transformers), `embedding_scale_dtype` (reference: "float32"
+    reproduces a porting bug, for tests).
+    """
+    if dtype not in DTYPES:
+        raise InputError(None, f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    name = resolve_runtime(ckpt, runtime)
+    dev = resolve_device(device)
+    ids = as_token_batch(ckpt, token_ids)
+    allowed = {"reference": {"embedding_scale_dtype"}, "transformers": {"device_map", "attn_implementation"},
+               "keras": set()}[name]
+    unknown = sorted(k for k, v in options.items() if v is not None and k not in allowed)
+    if unknown:
+        raise InputError(None, f"runtime {name} has no option {', '.join(unknown)}")
+    opts = {k: v for k, v in options.items() if k in allowed}
+    if name == "reference":
+        from .reference import run as run_reference
+
+        return run_reference(ckpt, ids, dev, dtype, **opts)
+    if name == "transformers":
+        from .transformers_rt import run as run_transformers
+
+        return run_transformers(ckpt, ids, dev, dtype, **opts)
+    from .keras_rt import run as run_keras
+
+    return run_keras(ckpt, ids, dev, dtype)
+
+
+__all__ = ["RuntimeResult", "run", "resolve_runtime", "resolve_device", "as_token_batch", "RUNTIMES",
+           "DEVICES", "DTYPES"]

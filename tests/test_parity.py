@@ -1,0 +1,290 @@
+"""`parity`: every pair of runtimes agrees on tiny models of every family (float32 strictly, bfloat16 by
+its own rules), seeded defects are caught at the right layer, and the CLI's exit codes, JSON and plot."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from gemma_inspect import load
+from gemma_inspect.cli import main
+from gemma_inspect.errors import InputError, UnsupportedError
+from gemma_inspect.parity import default_tokens, parity, plot_layers
+from gemma_inspect.tiny import random_weights, tiny_spec, train_tokenizer, write_hf
+
+FAMILIES = ("gemma", "gemma-mha", "gemma2", "gemma3")
+PAIRS = (("transformers", "reference"), ("transformers", "keras"), ("reference", "keras"))
+LAYER_KEYS = {"index", "max_abs_diff", "relative_diff", "status"}
+TOP_KEYS = {"passed", "a", "b", "device", "dtype", "tokens", "logits", "layers", "first_divergent_layer",
+            "tokenizer", "tolerance"}
+LOGIT_KEYS = {"max_abs_diff", "mean_abs_diff", "kl_divergence", "top1_agreement", "top5_overlap"}
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _defect_copy(tiny_models, tmp_path, family: str, edit, name: str = "defect") -> str:
+    """An HF checkpoint with the fixture's weights, edited by `edit(weights)`, written by transformers."""
+    spec = tiny_models.spec(family)
+    w = {k: v.copy() for k, v in random_weights(spec, 0).items()}
+    edit(w)
+    return write_hf(spec, w, str(tmp_path / name), tiny_models.spm)
+
+
+# ----------------------------------------------------------------------------- agreement
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("runtime_a,runtime_b", PAIRS)
+def test_runtime_pairs_agree_float32(tiny_models, family, runtime_a, runtime_b):
+    """The HF and the Keras checkpoint of the same weights, each pair of runtimes, default tokens."""
+    hf, keras = load(tiny_models.get(family, "hf")), load(tiny_models.get(family, "keras"))
+    r = parity(hf, keras, runtime_a, runtime_b, "cpu", "float32")
+    assert set(r) >= TOP_KEYS
+    assert r["passed"] is True, r["layers"]
+    assert r["first_divergent_layer"] is None
+    assert r["a"] == {"source": hf.source, "runtime": runtime_a}
+    assert r["b"] == {"source": keras.source, "runtime": runtime_b}
+    assert (r["device"], r["dtype"]) == ("cpu", "float32")
+    n = hf.spec.num_layers
+    assert [row["index"] for row in r["layers"]] == list(range(-1, n + 1))
+    assert all(set(row) == LAYER_KEYS and row["status"] == "ok" for row in r["layers"])
+    assert all(row["relative_diff"] < 1e-5 for row in r["layers"])
+    assert r["layers"][0]["max_abs_diff"] == 0.0  # the embedding output is bit-identical
+    assert set(r["logits"]) == LOGIT_KEYS
+    assert r["logits"]["max_abs_diff"] < 1e-4
+    assert r["logits"]["top1_agreement"] == 1.0 and r["logits"]["top5_overlap"] == 1.0
+    assert r["logits"]["kl_divergence"] < 1e-9
+    assert r["tokens"][0] == 2 and len(r["tokens"]) == 32
+    assert r["tokenizer"]["passed"] is True and r["tokenizer"]["mismatches"] == []
+    assert r["tolerance"]["atol"] == 1e-4 and r["tolerance"]["dtype"] == "float32"
+    json.dumps(r)  # the JSON object is plain data
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bfloat16_parity_passes_on_every_family(tiny_models, family):
+    """A bfloat16 checkpoint run in bfloat16: transformers (HF) vs keras-hub (Keras preset)."""
+    hf = load(tiny_models.get(family, "hf", dtype="bfloat16"))
+    keras = load(tiny_models.get(family, "keras", dtype="bfloat16"))
+    r = parity(hf, keras, "transformers", "keras", "cpu", "bfloat16")
+    assert r["passed"] is True, (r["logits"], r["layers"])
+    assert r["dtype"] == "bfloat16"
+    assert r["layers"][0]["max_abs_diff"] == 0.0  # bit-identical embedding in bfloat16 too
+    assert all(row["relative_diff"] < 0.05 for row in r["layers"])
+    lg = r["logits"]
+    assert lg["kl_divergence"] < 1e-3 and lg["top1_agreement_outside_ties"] >= 0.95
+    tol = r["tolerance"]
+    assert (tol["min_top1_agreement"], tol["max_kl_divergence"], tol["atol"]) == (0.95, 0.01, 0.1)
+    assert tol["embedding_atol"] == 2.0 ** -9
+    assert 0 < tol["top1_tie_logits"] <= 0.25
+
+
+def test_bfloat16_reference_equals_keras_bit_for_bit(tiny_models):
+    """Same op order (eager attention, float32 softmax and norms): identical bfloat16 results."""
+    hf = load(tiny_models.get("gemma3", "hf", dtype="bfloat16"))
+    keras = load(tiny_models.get("gemma3", "keras", dtype="bfloat16"))
+    r = parity(hf, keras, "reference", "keras", "cpu", "bfloat16")
+    assert r["passed"] is True
+    assert r["logits"]["max_abs_diff"] == 0.0
+
+
+# ----------------------------------------------------------------------------- seeded defects
+def test_defect_norm_offset_baked_into_one_layer(tiny_models, tmp_path):
+    """Layer 1's input_layernorm stored as w + 1 (a converter that adds the offset) -> block 1."""
+    def bake(w):
+        w["model.layers.1.input_layernorm.weight"] += 1.0
+
+    bad = _defect_copy(tiny_models, tmp_path, "gemma2", bake)
+    r = parity(load(tiny_models.get("gemma2", "hf")), load(bad), "transformers", "transformers", "cpu", "float32")
+    assert r["passed"] is False
+    assert r["first_divergent_layer"] == 1
+    statuses = [row["status"] for row in r["layers"]]
+    assert statuses[:2] == ["ok", "ok"]  # embedding and block 0 untouched
+    assert statuses[2] == "mismatch" and r["layers"][2]["relative_diff"] > 1e-2
+    assert r["layers"][1]["max_abs_diff"] == 0.0
+    assert r["tokenizer"]["passed"] is True  # the weights are wrong, not the tokenizer
+
+
+@pytest.mark.parametrize("family,layer", [("gemma2", 2), ("gemma3", 5), ("gemma", 0)])
+def test_defect_two_query_heads_swapped(tiny_models, tmp_path, family, layer):
+    """Rows of query heads 0 and 2 exchanged in q_proj of one layer -> exactly that block."""
+    d = tiny_models.spec(family).head_dim
+
+    def swap(w):
+        q = w[f"model.layers.{layer}.self_attn.q_proj.weight"]
+        q[0:d], q[2 * d:3 * d] = q[2 * d:3 * d].copy(), q[0:d].copy()
+
+    bad = _defect_copy(tiny_models, tmp_path, family, swap)
+    # A through keras-hub, B through the reference runtime: the defect is found across implementations
+    r = parity(load(tiny_models.get(family, "keras")), load(bad), "keras", "reference", "cpu", "float32")
+    assert r["passed"] is False
+    assert r["first_divergent_layer"] == layer
+    assert all(row["status"] == "ok" for row in r["layers"][: layer + 1])
+    assert r["layers"][layer + 1]["relative_diff"] > 1e-2
+
+
+def test_defect_embedding_scale_in_float32_in_a_bfloat16_model(tmp_path, tiny_tokenizer):
+    """sqrt(48) applied exactly (6.9282) instead of as bfloat16 (6.9375): the 0.13% of Gemma 7B's
+    55.4256 -> 55.5. Caught at the embedding output (-1), where correct implementations agree exactly."""
+    spec = tiny_spec("gemma", hidden_size=48, dtype="bfloat16")
+    ckpt = load(write_hf(spec, random_weights(spec, 0), str(tmp_path / "hf48"), tiny_tokenizer))
+    good = parity(ckpt, ckpt, "transformers", "reference", "cpu", "bfloat16")
+    assert good["passed"] is True and good["layers"][0]["max_abs_diff"] == 0.0
+    bad = parity(ckpt, ckpt, "transformers", "reference", "cpu", "bfloat16",
+                 options_b={"embedding_scale_dtype": "float32"})
+    assert bad["passed"] is False
+    assert bad["first_divergent_layer"] == -1
+    assert bad["layers"][0]["status"] == "mismatch"
+    assert 2.0 ** -9 < bad["layers"][0]["relative_diff"] < 0.05  # one bfloat16 step, not a gross error
+
+
+def test_defect_only_in_the_output_points_at_the_final_norm(tiny_models, tmp_path):
+    """Only the final norm weight changed: every block agrees, first_divergent_layer == num_layers."""
+    def bake(w):
+        w["model.norm.weight"] += 1.0
+
+    bad = _defect_copy(tiny_models, tmp_path, "gemma", bake)
+    r = parity(load(tiny_models.get("gemma", "hf")), load(bad), "reference", "reference", "cpu", "float32")
+    assert r["first_divergent_layer"] == 2 == tiny_models.spec("gemma").num_layers
+    assert [row["status"] for row in r["layers"]] == ["ok", "ok", "ok", "mismatch"]
+    assert r["logits"]["max_abs_diff"] > 1e-2 and r["passed"] is False
+
+
+# ----------------------------------------------------------------------------- inputs and tokenizers
+def test_default_tokens_are_fixed_and_longer_than_the_window(tiny_models):
+    ckpt = load(tiny_models.get("gemma3", "hf"))
+    t1, t2 = default_tokens(ckpt), default_tokens(ckpt)
+    assert t1 == t2 and t1[0] == 2 and len(t1) == 32 > ckpt.spec.sliding_window
+    assert all(4 <= t < ckpt.spec.vocab_size for t in t1[1:])
+    big = load("gemma2-2b")  # a card has a spec: the default length follows its window (4096)
+    assert len(default_tokens(big)) == 4096 + 8
+
+
+def test_prompt_is_tokenized_with_a_tokenizer(tiny_models):
+    hf, keras = load(tiny_models.get("gemma", "hf")), load(tiny_models.get("gemma", "keras"))
+    r = parity(hf, keras, device="cpu", prompt="Gemma adds one to the stored weight.")
+    assert r["tokens"] == hf.tokenizer.encode("Gemma adds one to the stored weight.")
+    assert r["tokens"][0] == 2 and len(r["tokens"]) > 3
+    assert r["passed"] is True and (r["a"]["runtime"], r["b"]["runtime"]) == ("transformers", "keras")
+
+
+def test_tokenizer_mismatch_fails_parity(tiny_models, tmp_path):
+    other = train_tokenizer(str(tmp_path / "other.model"), vocab_size=420)
+    spec = tiny_models.spec("gemma")
+    b = load(write_hf(spec, random_weights(spec, 0), str(tmp_path / "hf-other-tok"), other))
+    r = parity(load(tiny_models.get("gemma", "hf")), b, "reference", "reference", "cpu", "float32")
+    assert r["first_divergent_layer"] is None  # same weights
+    assert r["passed"] is False
+    tok = r["tokenizer"]
+    assert tok["passed"] is False and tok["vocab_size"] == {"a": 384, "b": 420}
+    assert tok["mismatches"] and all(m["a"] != m["b"] for m in tok["mismatches"])
+    assert tok["texts"] == 7
+
+
+def test_no_tokenizer_on_one_side_means_no_tokenizer_verdict(tiny_models):
+    r = parity(load(tiny_models.get("gemma", "hf")), load(tiny_models.get("gemma", "keras", tokenizer=False)),
+               device="cpu", tokens=[2, 17, 99, 5])
+    assert r["tokenizer"] is None and r["passed"] is True and r["tokens"] == [2, 17, 99, 5]
+
+
+def test_incompatible_specs_and_bad_inputs(tiny_models):
+    g1, g2 = load(tiny_models.get("gemma", "hf")), load(tiny_models.get("gemma2", "hf"))
+    with pytest.raises(UnsupportedError, match="cannot compare .* layer by layer: num_layers 2 vs 4"):
+        parity(g1, g2, device="cpu")
+    with pytest.raises(InputError, match="either tokens or a prompt"):
+        parity(g1, g1, device="cpu", tokens=[2], prompt="x")
+    with pytest.raises(InputError, match="has no tokenizer to encode --prompt"):
+        nt = load(tiny_models.get("gemma", "keras", tokenizer=False))
+        parity(nt, g1, device="cpu", prompt="hello")
+    with pytest.raises(InputError, match="--atol must be positive"):
+        parity(g1, g1, device="cpu", tokens=[2, 5], atol=0)
+
+
+def test_atol_override_is_reported_and_applied(tiny_models):
+    hf, keras = load(tiny_models.get("gemma2", "hf")), load(tiny_models.get("gemma2", "keras"))
+    r = parity(hf, keras, "transformers", "keras", "cpu", "float32", atol=1e-9)
+    assert r["tolerance"]["atol"] == 1e-9
+    assert r["passed"] is False and r["first_divergent_layer"] == 0  # float32 rounding exceeds 1e-9
+
+
+def test_plot_layers_writes_a_png(tiny_models, tmp_path):
+    def bake(w):
+        w["model.layers.1.input_layernorm.weight"] += 1.0
+
+    bad = _defect_copy(tiny_models, tmp_path, "gemma2", bake)
+    r = parity(load(tiny_models.get("gemma2", "hf")), load(bad), "reference", "reference", "cpu", "float32")
+    out = plot_layers(r, str(tmp_path / "layers.png"))
+    with open(out, "rb") as f:
+        assert f.read(8) == PNG
+    assert os.path.getsize(out) > 5000
+
+
+# ----------------------------------------------------------------------------- CLI
+def _cli(*args: str):
+    return CliRunner().invoke(main, ["parity", *args])
+
+
+def test_cli_parity_json_passes(tiny_models):
+    hf, keras = tiny_models.get("gemma3", "hf"), tiny_models.get("gemma3", "keras")
+    res = _cli(hf, keras, "--device", "cpu", "--json")
+    assert res.exit_code == 0, res.output
+    obj = json.loads(res.stdout)
+    assert set(obj) >= TOP_KEYS
+    assert obj["passed"] is True and obj["first_divergent_layer"] is None
+    assert obj["a"] == {"source": hf, "runtime": "transformers"}
+    assert obj["b"] == {"source": keras, "runtime": "keras"}
+    assert len(obj["layers"]) == 7 + 2 and obj["tokens"][0] == 2
+
+
+def test_cli_parity_defect_exits_1_with_the_layer(tiny_models, tmp_path):
+    def bake(w):
+        w["model.layers.1.input_layernorm.weight"] += 1.0
+
+    bad = _defect_copy(tiny_models, tmp_path, "gemma2", bake)
+    png = str(tmp_path / "p.png")
+    res = _cli(tiny_models.get("gemma2", "keras"), bad, "--device", "cpu", "--tokens", "2,10,20,30,40,50,60,70,80",
+               "--plot", png, "--json")
+    assert res.exit_code == 1
+    obj = json.loads(res.stdout)
+    assert obj["passed"] is False and obj["first_divergent_layer"] == 1
+    assert obj["tokens"] == [2, 10, 20, 30, 40, 50, 60, 70, 80]
+    with open(png, "rb") as f:
+        assert f.read(8) == PNG
+
+
+def test_cli_parity_text_report(tiny_models, tmp_path):
+    def swap(w):
+        q = w["model.layers.0.self_attn.q_proj.weight"]
+        q[0:32], q[32:64] = q[32:64].copy(), q[0:32].copy()
+
+    bad = _defect_copy(tiny_models, tmp_path, "gemma", swap)
+    res = _cli(tiny_models.get("gemma", "hf"), bad, "--device", "cpu", "--runtime-b", "reference")
+    assert res.exit_code == 1
+    out = res.stdout
+    assert "block 0" in out and "<- first divergent" in out
+    assert "FAIL: first divergent layer 0 (decoder block 0)" in out
+    assert "Tokenizer: identical ids on 7 texts" in out
+    ok = _cli(tiny_models.get("gemma", "hf"), tiny_models.get("gemma", "keras"), "--device", "cpu",
+              "--dtype", "bfloat16")
+    assert ok.exit_code == 0, ok.output
+    assert "PASS: A and B compute the same thing within tolerance" in ok.stdout
+    assert "bfloat16" in ok.stdout and "KL <= 0.01" in ok.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--tokens", "2,x"], "--tokens must be comma-separated integers"),
+    (["--tokens", "2,5", "--prompt", "hi"], "give --prompt or --tokens, not both"),
+    (["--tokens", "2,99999"], "token id 99999 is outside the vocabulary"),
+])
+def test_cli_parity_usage_errors_exit_2(tiny_models, args, message):
+    hf = tiny_models.get("gemma", "hf")
+    res = _cli(hf, hf, "--device", "cpu", *args)
+    assert res.exit_code == 2
+    assert message in res.stderr
+
+
+def test_cli_parity_card_is_an_input_error():
+    res = _cli("gemma-2b", "gemma-2b", "--device", "cpu")
+    assert res.exit_code == 2
+    assert res.stderr.strip() == ("Error: gemma-2b: is a built-in card: it has an architecture but no weights "
+                                  "to run")
