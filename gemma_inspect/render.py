@@ -143,10 +143,30 @@ def render_summary(console: Console, m: dict[str, Any]) -> None:
     pt.add_row("total if the output were untied", f"{p['total_if_untied']:,}",
                f"+{100 * (p['total_if_untied'] - p['total']) / p['total']:.1f}%")
     console.print(pt)
+    if m.get("quantization"):
+        render_quantization(console, m["quantization"])
     if m.get("tokenizer"):
-        console.print(f"[bold]Tokenizer[/bold]: {m['tokenizer']['backend']} ({', '.join(m['tokenizer']['files'])})")
+        files = ", ".join(m["tokenizer"]["files"]) or "embedded in the checkpoint"
+        console.print(f"[bold]Tokenizer[/bold]: {m['tokenizer']['backend']} ({files})")
     for note in m.get("notes", []):
         console.print(f"[yellow]note[/yellow]: {note}")
+
+
+def render_quantization(console: Console, q: dict[str, Any]) -> None:
+    """GGUF storage per tensor group: types (with tensor counts), size and bits per weight."""
+    title = "Quantization" + (f" ({q['file_type']})" if q.get("file_type") else "")
+    qt = Table(title=title, title_justify="left")
+    qt.add_column("group")
+    qt.add_column("types")
+    qt.add_column("size", justify="right")
+    qt.add_column("bits/weight", justify="right")
+    for g in q["groups"]:
+        types = ", ".join(f"{t} x{n}" for t, n in g["types"].items())
+        qt.add_row(g["group"], types, format_bytes(g["bytes"]), f"{g['bits_per_weight']:.2f}")
+    if q.get("bits_per_weight") is not None:
+        qt.add_row(Text("all weights", style="bold"), "", Text(format_bytes(sum(g["bytes"] for g in q["groups"])),
+                   style="bold"), Text(f"{q['bits_per_weight']:.2f}", style="bold"))
+    console.print(qt)
 
 
 def render_compare(console: Console, result: dict[str, Any]) -> None:
@@ -240,18 +260,22 @@ def render_diff(console: Console, result: dict[str, Any]) -> None:
     if shown:
         tt = Table(title=f"Tensors that are not equal ({len(shown)} of {len(result['tensors'])})",
                    title_justify="left")
-        tt.add_column("tensor (canonical name)")
-        tt.add_column("status")
-        tt.add_column("max |A-B|", justify="right")
-        tt.add_column("A")
-        tt.add_column("B")
+        tt.add_column("tensor (canonical name)", no_wrap=True)
+        tt.add_column("status", no_wrap=True)
+        tt.add_column("max |A-B|", justify="right", no_wrap=True)
+        sides = any((r["dtype_a"], r["shape_a"]) != (r["dtype_b"], r["shape_b"]) for r in shown)
+        if sides:
+            tt.add_column("A")
+            tt.add_column("B")
         style = {"close": "yellow", "different": "red", "missing_a": "red", "missing_b": "red",
                  "shape_mismatch": "red"}
         for r in shown[:200]:
-            tt.add_row(r["name"], Text(r["status"], style=style.get(r["status"], "")), fmt_float(r["max_abs_diff"]),
-                       f"{r['dtype_a'] or '-'} {r['shape_a'] or ''}", f"{r['dtype_b'] or '-'} {r['shape_b'] or ''}")
+            cells = [r["name"], Text(r["status"], style=style.get(r["status"], "")), fmt_float(r["max_abs_diff"])]
+            if sides:
+                cells += [f"{r['dtype_a'] or '-'} {r['shape_a'] or ''}", f"{r['dtype_b'] or '-'} {r['shape_b'] or ''}"]
+            tt.add_row(*cells)
         if len(shown) > 200:
-            tt.add_row(f"... {len(shown) - 200} more (see --json)", "", "", "", "")
+            tt.add_row(f"... {len(shown) - 200} more (see --json)", *[""] * (len(tt.columns) - 1))
         console.print(tt)
     dtype_only = sum(1 for r in result["tensors"] if r["status"] == "equal" and not r.get("bit_identical", True))
     summary = ", ".join(f"{n} {s}" for s, n in c.items() if n)
