@@ -237,6 +237,11 @@ def convert(source: Checkpoint | str, dest: str, to: str, options: WriteOptions 
         raise OutputError(f"{dest}: cannot write ({e.strerror or e})") from None
     finally:
         _remove(tmp)
+    notes = list(options.notes)
+    vision = [n for n in ckpt.ignored if "vision" in n or "multi_modal_projector" in n]
+    if vision:
+        notes.insert(0, f"multimodal source: only the text decoder was converted ({len(vision)} vision tower "
+                        f"and projector tensors left out)")
     return {"source": ckpt.source, "dest": dest, "format": to, "dtype": options.dtype,
-            "tensors": len(ckpt.tensors), "bytes_written": written[0], "notes": list(options.notes),
-            "source_format": ckpt.format}
+            "tensors": len(ckpt.tensors), "bytes_written": written[0], "notes": notes,
+            "source_format": ckpt.format, "source_notes": list(ckpt.notes)}

@@ -238,6 +238,8 @@ def render_convert(console: Console, report: dict[str, Any]) -> None:
                   f"[bold]{report['dest']}[/bold] ({report['format']}): {report['tensors']} tensors, "
                   f"{format_bytes(report['bytes_written'])} in {report['seconds']:.2f} s"
                   + ("" if report["dtype"] == "keep" else f", cast to {report['dtype']}"))
+    for note in report.get("source_notes", []):
+        console.print(f"[yellow]note[/yellow] (source): {note}")
     for note in report["notes"]:
         console.print(f"[yellow]note[/yellow]: {note}")
     if "parity" in report:

@@ -186,3 +186,30 @@ def write_keras(spec: GemmaSpec, weights: dict[str, np.ndarray], out_dir: str, s
     else:
         backbone.save_to_preset(out_dir, **kwargs)
     return out_dir
+
+
+def write_hf_multimodal_gemma3(spec: GemmaSpec, weights: dict[str, np.ndarray], out_dir: str) -> str:
+    """A tiny Gemma3ForConditionalGeneration (SigLIP vision tower + projector + this text decoder), saved by
+    transformers itself. Its text weights land under `language_model.model.` on disk."""
+    import torch
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+
+    from .formats.hf import config_dict, from_canonical
+
+    text_cfg = config_dict(spec)
+    for key in ("model_type", "torch_dtype", "architectures"):
+        text_cfg.pop(key)
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                image_size=28, patch_size=14)
+    cfg = Gemma3Config(text_config=Gemma3TextConfig(**text_cfg), vision_config=vision, mm_tokens_per_image=4,
+                       image_token_index=5, boi_token_index=6, eoi_token_index=7)
+    torch.manual_seed(0)
+    model = Gemma3ForConditionalGeneration(cfg)
+    # In memory (transformers 5) the text decoder sits under model.language_model.
+    state = {"model.language_model." + from_canonical(n, "gemma3")[len("model."):]: torch.from_numpy(a.copy())
+             for n, a in weights.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [m for m in missing if "language_model" in m and "lm_head" not in m]:
+        raise RuntimeError(f"tiny multimodal Gemma 3: missing {missing}, unexpected {unexpected}")
+    model.save_pretrained(out_dir)
+    return out_dir

@@ -331,3 +331,19 @@ def test_diff_missing_and_shape_mismatch_and_spec_fields(tiny_models):
     statuses = {t["name"]: t["status"] for t in json.loads(r.output)["tensors"]}
     assert statuses["model.layers.0.post_attention_layernorm.weight"] == "missing_a"
     assert statuses["model.layers.2.self_attn.q_proj.weight"] == "missing_a"
+
+
+# ----------------------------------------------------------------------------- multimodal Gemma 3
+def test_multimodal_gemma3_converts_its_text_decoder(tiny_models, tmp_path):
+    from gemma_inspect.tiny import write_hf_multimodal_gemma3
+
+    spec, w = tiny_models.spec("gemma3"), tiny_models.weights("gemma3")
+    src = write_hf_multimodal_gemma3(spec, w, str(tmp_path / "mm"))
+    r = convert(src, str(tmp_path / "k"), "keras")
+    assert "note: multimodal source: only the text decoder was converted (" in r.output
+    r = convert(src, str(tmp_path / "hf"), "hf")
+    with open(tmp_path / "hf" / "config.json") as f:
+        assert json.load(f)["architectures"] == ["Gemma3ForCausalLM"]
+    expected = hf_logits(tiny_models.get("gemma3", "hf"))  # the same text weights, saved text-only
+    np.testing.assert_allclose(hf_logits(str(tmp_path / "hf")), expected, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(keras_logits(str(tmp_path / "k")), expected, atol=1e-5, rtol=0)
