@@ -149,6 +149,7 @@ def _keras_variable(backbone: Any, role: str, layer: int | None) -> Any:
 def build_keras_backbone(spec: GemmaSpec, weights: dict[str, np.ndarray] | None = None) -> Any:
     """A keras-hub backbone of `spec` with the given canonical weights assigned (torch backend)."""
     os.environ.setdefault("KERAS_BACKEND", "torch")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # tensorflow (imported by keras-hub) is chatty
     import keras_hub
 
     from .formats.keras import config_dict, from_canonical_array

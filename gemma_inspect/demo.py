@@ -1,0 +1,91 @@
+"""`demo`: the whole flow on tiny seeded Gemma 1/2/3 checkpoints built on the spot by keras-hub and
+transformers themselves, each step printed as the command a user would type."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shlex
+from typing import Any
+
+from .errors import OutputError
+
+
+def _steps(d: dict[str, str]) -> list[tuple[str, list[str]]]:
+    """(what it shows, CLI arguments) for every step, in order."""
+    return [
+        ("What is in a checkpoint, from its headers alone", ["summary", d["gemma3-keras"]]),
+        ("Gemma 7B side by side with Llama 2 7B and OLMo 7B (built-in cards)",
+         ["compare", "gemma-7b", "llama2-7b", "olmo-7b"]),
+        ("Convert a Keras preset to a Hugging Face directory, streaming",
+         ["convert", d["gemma2-keras"], d["gemma2-hf"], "--to", "hf"]),
+        ("Prove it is lossless: tensor by tensor, in canonical names and layout",
+         ["diff", d["gemma2-keras"], d["gemma2-hf"]]),
+        ("Prove it computes the same thing: keras-hub vs transformers, layer by layer",
+         ["parity", d["gemma2-keras"], d["gemma2-hf"], "--plot", d["plot"]]),
+        ("Convert an HF Gemma 1 (multi-query attention) to Keras and check it the same way",
+         ["convert", d["gemma-hf"], d["gemma-keras"], "--to", "keras", "--verify"]),
+    ]
+
+
+def build(root: str, progress: Any = None) -> dict[str, str]:
+    """Write the tiny checkpoints into `root`; returns name -> path."""
+    from . import tiny
+
+    def say(msg: str) -> None:
+        if progress is not None:
+            progress(msg)
+
+    paths = {"tokenizer": os.path.join(root, "tokenizer.model"), "plot": os.path.join(root, "parity-gemma2.png")}
+    say("training a tiny SentencePiece tokenizer")
+    tiny.train_tokenizer(paths["tokenizer"])
+    plan = [("gemma3", "keras", 3), ("gemma2", "keras", 2), ("gemma", "hf", 1)]
+    for family, fmt, seed in plan:
+        spec = tiny.tiny_spec(family)
+        weights = tiny.random_weights(spec, seed)
+        out = os.path.join(root, f"{family}-{fmt}")
+        say(f"writing a tiny {spec.title} checkpoint with {'keras-hub' if fmt == 'keras' else 'transformers'}")
+        if fmt == "keras":
+            tiny.write_keras(spec, weights, out, paths["tokenizer"])
+        else:
+            tiny.write_hf(spec, weights, out, paths["tokenizer"])
+        paths[f"{family}-{fmt}"] = out
+    for family, fmt in (("gemma2", "hf"), ("gemma", "keras")):
+        paths[f"{family}-{fmt}"] = os.path.join(root, f"{family}-{fmt}")
+    return paths
+
+
+def run_demo(directory: str | None, console: Any) -> None:
+    from .cli import main
+
+    root = directory or f"gemma-inspect-demo-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    if os.path.exists(root) and os.listdir(root):
+        raise OutputError(f"{root}: exists and is not empty; give the demo an empty or new directory")
+    os.makedirs(root, exist_ok=True)
+    console.rule("[bold]gemma-inspect demo")
+    console.print(f"Building tiny seeded checkpoints in [bold]{root}[/bold] (real keras-hub and transformers "
+                  f"files, random weights, non-trivial norm weights, a SentencePiece tokenizer)")
+    with console.status("building", spinner="dots") as status:
+        paths = build(root, progress=lambda m: status.update(m))
+    failures = []
+    for title, args in _steps(paths):
+        console.print()
+        console.rule(f"[bold]{title}")
+        console.print(f"[bold green]$ gemma-inspect {' '.join(shlex.quote(a) for a in args)}[/bold green]")
+        code = 0
+        try:
+            main.main(args=args, prog_name="gemma-inspect", standalone_mode=False)
+        except SystemExit as e:
+            code = int(e.code or 0)
+        if code:
+            failures.append((args[0], code))
+    console.print()
+    console.rule("[bold]next")
+    console.print(
+        "Try the same commands on your own checkpoints:\n"
+        f"  gemma-inspect summary PATH            # any Keras preset, HF directory, .gguf or .ckpt\n"
+        f"  gemma-inspect convert SRC DEST --to hf|keras|gguf|gemma-pytorch --verify\n"
+        f"  gemma-inspect parity A B --json       # exit 1 on disagreement: use it in CI\n"
+        f"The plot of the parity step is {paths['plot']}.")
+    if failures:
+        raise OutputError("demo steps failed: " + ", ".join(f"{cmd} (exit {code})" for cmd, code in failures))
