@@ -351,3 +351,25 @@ def test_untied_lm_head_stored_in_a_tied_config_is_reported(tiny_models, copy_di
     assert "lm_head.weight" in ckpt.ignored and "lm_head.weight" not in ckpt.tensors
     assert ckpt.spec.tied_embeddings
     assert any("lm_head.weight is stored but tie_word_embeddings is true" in n for n in ckpt.notes)
+
+
+def test_keras_datasets_in_compact_and_compressed_layouts(tiny_models, copy_dir):
+    """Datasets that are not contiguous (compact, chunked + gzip) are read through h5py, not by offset."""
+    import h5py
+
+    path = copy_dir(tiny_models.get("gemma2", "keras", "bfloat16", tokenizer=False))
+    h5 = os.path.join(path, "model.weights.h5")
+    with h5py.File(h5, "a") as f:
+        for name, kwargs in (("layers/rms_normalization/vars/0", {"compact": True}),
+                             ("layers/reversible_embedding/vars/0", {"compression": "gzip", "chunks": (64, 64)})):
+            data, attrs = f[name][()], dict(f[name].attrs)
+            del f[name]
+            if kwargs.pop("compact", False):
+                dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+                dcpl.set_layout(h5py.h5d.COMPACT)
+                ds = f.create_dataset(name, data=data, dcpl=dcpl)
+            else:
+                ds = f.create_dataset(name, data=data, **kwargs)
+            ds.attrs.update(attrs)
+    ckpt = load(path)
+    assert_bit_identical(ckpt, tiny_models.weights("gemma2", "bfloat16"), "bfloat16")
