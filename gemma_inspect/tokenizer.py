@@ -241,8 +241,66 @@ def write_keras_tokenizer(tok: Tokenizer, dest: str, family: str, dtype: str, ba
 
 
 def spm_from_tokenizer_json(tok: Tokenizer) -> bytes | None:
-    """Rebuild a SentencePiece model from a Gemma tokenizer.json (filled in with the GGUF vocabulary helper)."""
-    return None
+    """Rebuild a SentencePiece BPE model from a Gemma tokenizer.json, or None when that is not possible.
+
+    HF's BPE applies merges by rank; SentencePiece's BPE merges the adjacent pair whose result scores
+    highest. Scoring each piece by minus the rank of the first merge that produces it gives the same
+    merge order. The result is checked: it must tokenize the parity texts to the same ids as the
+    tokenizer.json itself (texts that spell control tokens such as "<bos>" are left out, since HF's
+    fast tokenizers read those as the tokens themselves and SentencePiece never does)."""
+    import json
+    import re
+
+    with open(tok.json_path, encoding="utf-8") as f:  # type: ignore[arg-type]
+        data = json.load(f)
+    model = data.get("model") or {}
+    if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+        return None
+    vocab: dict[str, int] = model["vocab"]
+    n = max(vocab.values()) + 1
+    pieces: list[str | None] = [None] * n
+    for piece, i in vocab.items():
+        pieces[i] = piece
+    added = {t["content"]: t for t in data.get("added_tokens", [])}
+    for content, t in added.items():
+        if 0 <= t["id"] < n and pieces[t["id"]] is None:
+            pieces[t["id"]] = content
+    if any(p is None for p in pieces):
+        return None
+    first_rank: dict[str, int] = {}
+    for rank, merge in enumerate(model.get("merges") or []):
+        left, right = merge if isinstance(merge, list) else merge.split(" ", 1)
+        first_rank.setdefault(left + right, rank)
+    control = {"<pad>", "<eos>", "<bos>"}
+    byte_re = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
+    types, scores = [], []
+    for p in pieces:
+        if p == (model.get("unk_token") or "<unk>"):
+            types.append(PIECE_UNKNOWN)
+        elif p in control:
+            types.append(PIECE_CONTROL)
+        elif byte_re.match(p):  # type: ignore[arg-type]
+            types.append(PIECE_BYTE)
+        elif p in added:
+            types.append(PIECE_USER_DEFINED)
+        else:
+            types.append(PIECE_NORMAL)
+        scores.append(-float(first_rank[p]) if p in first_rank else 0.0)
+    try:
+        rebuilt = spm_from_pieces(pieces, scores, types,  # type: ignore[arg-type]
+                                  byte_fallback=bool(model.get("byte_fallback")),
+                                  bos_id=vocab.get("<bos>", added.get("<bos>", {}).get("id")),
+                                  eos_id=vocab.get("<eos>", added.get("<eos>", {}).get("id")),
+                                  pad_id=vocab.get("<pad>", added.get("<pad>", {}).get("id")))
+    except ValueError:
+        return None
+    check = Tokenizer(source=tok.source, spm_bytes=rebuilt)
+    for text in PARITY_TEXTS:
+        if any(c in text for c in control):
+            continue
+        if check.encode(text) != tok.encode(text):
+            return None
+    return rebuilt
 
 
 # ----------------------------------------------------------------------------- SentencePiece model <-> pieces

@@ -347,3 +347,19 @@ def test_multimodal_gemma3_converts_its_text_decoder(tiny_models, tmp_path):
     expected = hf_logits(tiny_models.get("gemma3", "hf"))  # the same text weights, saved text-only
     np.testing.assert_allclose(hf_logits(str(tmp_path / "hf")), expected, atol=1e-5, rtol=0)
     np.testing.assert_allclose(keras_logits(str(tmp_path / "k")), expected, atol=1e-5, rtol=0)
+
+
+def test_hf_with_only_tokenizer_json_still_gives_keras_a_sentencepiece_model(tiny_models, copy_dir, tmp_path):
+    src = copy_dir(tiny_models.get("gemma2", "hf"))
+    os.remove(os.path.join(src, "tokenizer.model"))
+    r = convert(src, str(tmp_path / "k"), "keras")
+    assert "note: rebuilt the SentencePiece model from tokenizer.json (ids checked equal on the parity texts)" \
+        in r.output
+    for text in PARITY_TEXTS:
+        if not any(t in text for t in ("<bos>", "<eos>", "<pad>")):
+            assert keras_token_ids(str(tmp_path / "k"), text) == hf_token_ids(src, text), text
+    # and converting on to HF copies the tokenizer.json as it was
+    convert(src, str(tmp_path / "hf"), "hf")
+    with open(os.path.join(src, "tokenizer.json"), "rb") as a, open(tmp_path / "hf" / "tokenizer.json", "rb") as b:
+        assert a.read() == b.read()
+    assert "tokenizer.model" not in os.listdir(tmp_path / "hf")
