@@ -26,7 +26,7 @@ def summarize(ckpt: Checkpoint) -> dict[str, Any]:
     if ckpt.tokenizer is not None:
         tok = {"backend": ckpt.tokenizer.backend,
                "files": [p for p in (ckpt.tokenizer.spm_path, ckpt.tokenizer.json_path) if p]}
-    return {
+    out = {
         "source": ckpt.source,
         "format": ckpt.format,
         "family": spec.family,
@@ -43,6 +43,9 @@ def summarize(ckpt: Checkpoint) -> dict[str, Any]:
         "ignored_tensors": len(ckpt.ignored),
         "notes": list(ckpt.notes),
     }
+    if ckpt.quantization:  # GGUF: storage types and bits per weight per tensor group
+        out["quantization"] = ckpt.quantization
+    return out
 
 
 def compare(ckpts: list[Checkpoint]) -> dict[str, Any]:
