@@ -288,3 +288,47 @@ def test_cli_parity_card_is_an_input_error():
     assert res.exit_code == 2
     assert res.stderr.strip() == ("Error: gemma-2b: is a built-in card: it has an architecture but no weights "
                                   "to run")
+
+
+# ----------------------------------------------------------------------------- the CI example
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "ci")
+
+
+def test_ci_workflow_example_runs_parity_json_and_the_gate():
+    import yaml
+
+    with open(os.path.join(EXAMPLES, "parity.yml")) as f:
+        wf = yaml.safe_load(f)
+    steps = wf["jobs"]["parity"]["steps"]
+    runs = [s.get("run", "") for s in steps]
+    assert any("gemma-inspect parity" in r and "--json" in r and "--plot" in r for r in runs)
+    assert any("pytest" in r and "test_checkpoint_parity.py" in r for r in runs)
+    assert {"TRAINED", "EXPORTED"} <= set(wf["jobs"]["parity"]["env"])
+    assert any(s.get("uses", "").startswith("actions/upload-artifact") for s in steps)
+
+
+@pytest.mark.slow
+def test_ci_pytest_example_passes_a_good_export_and_fails_a_bad_one(tiny_models, tmp_path):
+    import subprocess
+    import sys
+
+    good_env = dict(os.environ, TRAINED=tiny_models.get("gemma2", "keras"), EXPORTED=tiny_models.get("gemma2", "hf"),
+                    PARITY_DEVICE="cpu", PARITY_REPORT_DIR=str(tmp_path / "reports"))
+    test_file = os.path.join(EXAMPLES, "test_checkpoint_parity.py")
+    good = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file],
+                          env=good_env, capture_output=True, text=True, cwd=str(tmp_path))
+    assert good.returncode == 0, good.stdout[-3000:]
+    assert "4 passed" in good.stdout
+    with open(tmp_path / "reports" / "float32-native.json") as f:
+        assert json.load(f)["passed"] is True
+    with open(tmp_path / "reports" / "float32-native.png", "rb") as f:
+        assert f.read(8) == PNG
+
+    def bake(w):
+        w["model.layers.1.input_layernorm.weight"] += 1.0
+
+    bad_env = dict(good_env, EXPORTED=_defect_copy(tiny_models, tmp_path, "gemma2", bake))
+    bad = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file, "-k",
+                          "float32_every_layer"], env=bad_env, capture_output=True, text=True, cwd=str(tmp_path))
+    assert bad.returncode == 1
+    assert "first divergent: block 1" in bad.stdout

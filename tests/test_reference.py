@@ -188,3 +188,14 @@ def test_run_rejects_bad_tokens_and_options(tiny_models):
         run(ckpt, [2, 5], "reference", "cpu", device_map="auto")
     with pytest.raises(InputError, match="unknown dtype 'float16'"):
         run(ckpt, [2, 5], "reference", "cpu", "float16")
+
+
+def test_transformers_runtime_accepts_device_map(tiny_models):
+    """device_map="auto" goes to accelerate (one device here); the result is the same model's."""
+    ckpt = load(tiny_models.get("gemma3", "hf"))
+    ids = default_tokens(ckpt)
+    spread = run(ckpt, ids, "transformers", "cpu", "float32", device_map="auto")
+    plain = run(ckpt, ids, "transformers", "cpu", "float32")
+    assert torch.equal(spread.logits, plain.logits)
+    with pytest.raises(UnsupportedError, match="device_map needs a Hugging Face directory; this is keras"):
+        run(load(tiny_models.get("gemma3", "keras")), ids, "transformers", "cpu", device_map="auto")
