@@ -1,5 +1,8 @@
 """`summary` of 27B-sized checkpoints reads headers only: files whose headers are complete but whose tensor
-data was never written (sparse files), summarised in a subprocess in well under a second and 200 MB."""
+data was never written (sparse files), summarised in a subprocess in well under a second and 200 MB.
+
+The time limit is on the command's CPU time (user + system, interpreter start-up included), which other
+processes on a shared machine cannot inflate; its wall time is checked against a looser bound."""
 
 from __future__ import annotations
 
@@ -15,17 +18,19 @@ import pytest
 from gemma_inspect.checkpoint import expected_tensors, parse_canonical
 from gemma_inspect.spec import card
 
-MAX_SECONDS = 1.0
+MAX_SECONDS = 1.0  # CPU seconds of the whole command
+MAX_WALL_SECONDS = 3.0  # generous: wall time also counts whatever else the machine is doing
 MAX_RSS_MB = 200
 
-# Runs one command and reports its wall time and the child's peak RSS (ru_maxrss is in KiB on Linux).
+# Runs one command and reports its wall time, CPU time and peak RSS (ru_maxrss is in KiB on Linux).
 MEASURE = r"""
 import json, resource, subprocess, sys, time
 t = time.perf_counter()
 proc = subprocess.run(sys.argv[1:], capture_output=True, text=True)
 wall = time.perf_counter() - t
-rss_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(json.dumps({"rc": proc.returncode, "wall": wall, "rss_mb": rss_kib / 1024, "stdout": proc.stdout,
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"rc": proc.returncode, "wall": wall, "cpu": usage.ru_utime + usage.ru_stime,
+                  "rss_mb": usage.ru_maxrss / 1024, "stdout": proc.stdout,
                   "stderr": proc.stderr}))
 """
 
@@ -43,7 +48,13 @@ def measure(*args: str) -> dict:
 def best_of(n: int, *args: str) -> dict:
     """The fastest of n runs (the first one also pays for cold caches)."""
     runs = [measure(*args) for _ in range(n)]
-    return min(runs, key=lambda r: r["wall"])
+    return min(runs, key=lambda r: r["cpu"])
+
+
+def assert_fast_and_small(r: dict) -> None:
+    assert r["cpu"] < MAX_SECONDS, r
+    assert r["wall"] < MAX_WALL_SECONDS, r
+    assert r["rss_mb"] < MAX_RSS_MB, r
 
 
 def write_sparse_safetensors(path: str, tensors: list[tuple[str, tuple[int, ...]]], dtype: str = "BF16") -> int:
@@ -177,8 +188,7 @@ def test_summary_of_27b_hf_is_fast_and_small(gemma2_27b_hf):
     assert s["dtypes"] == {"bfloat16": 508}
     assert s["size_bytes"] == 2 * 27_227_128_320
     assert s["architecture"]["query_pre_attn_scalar"] == 144
-    assert r["wall"] < MAX_SECONDS, r["wall"]
-    assert r["rss_mb"] < MAX_RSS_MB, r["rss_mb"]
+    assert_fast_and_small(r)
 
 
 def test_summary_of_sharded_multimodal_27b_is_fast_and_small(gemma3_27b_sharded):
@@ -188,8 +198,7 @@ def test_summary_of_sharded_multimodal_27b_is_fast_and_small(gemma3_27b_sharded)
     assert s["ignored_tensors"] == len(VISION_TENSORS)
     assert s["architecture"]["query_pre_attn_scalar"] == 168
     assert s["architecture"]["rope_scaling_factor"] == 8.0
-    assert r["wall"] < MAX_SECONDS, r["wall"]
-    assert r["rss_mb"] < MAX_RSS_MB, r["rss_mb"]
+    assert_fast_and_small(r)
 
 
 def test_published_gemma3_27b_config_reads_as_the_card(gemma3_27b_sharded):
@@ -206,8 +215,7 @@ def test_summary_of_27b_keras_is_fast_and_small(gemma2_27b_keras):
     assert s["format"] == "keras"
     assert s["parameters"]["total"] == 27_227_128_320
     assert s["size_bytes"] == 2 * 27_227_128_320
-    assert r["wall"] < MAX_SECONDS, r["wall"]
-    assert r["rss_mb"] < MAX_RSS_MB, r["rss_mb"]
+    assert_fast_and_small(r)
 
 
 def test_compare_of_two_27b_checkpoints_and_a_card(gemma2_27b_hf, gemma2_27b_keras):
