@@ -150,6 +150,24 @@ def test_defect_only_in_the_output_points_at_the_final_norm(tiny_models, tmp_pat
     assert r["logits"]["max_abs_diff"] > 1e-2 and r["passed"] is False
 
 
+@pytest.mark.parametrize("to,name", [("gguf", "model.gguf"), ("gemma-pytorch", "model.ckpt")])
+def test_conversions_to_other_formats_run_on_the_reference_runtime(tiny_models, tmp_path, to, name):
+    """`auto` runs a GGUF or gemma_pytorch file on the reference runtime; transformers can run it too,
+    built in memory from the canonical tensors."""
+    from gemma_inspect.convert import convert
+
+    src = tiny_models.get("gemma3", "hf")
+    dest = str(tmp_path / name)
+    convert(src, dest, to)
+    r = parity(load(src), load(dest), device="cpu")
+    assert (r["a"]["runtime"], r["b"]["runtime"]) == ("transformers", "reference")
+    assert r["passed"] is True and r["first_divergent_layer"] is None
+    assert r["logits"]["max_abs_diff"] < 1e-4
+    assert r["tokenizer"] is not None and r["tokenizer"]["passed"] is True
+    same_lib = parity(load(src), load(dest), "transformers", "transformers", "cpu", "float32")
+    assert same_lib["logits"]["max_abs_diff"] == 0.0  # the same float32 weights through the same library
+
+
 # ----------------------------------------------------------------------------- inputs and tokenizers
 def test_default_tokens_are_fixed_and_longer_than_the_window(tiny_models):
     ckpt = load(tiny_models.get("gemma3", "hf"))
