@@ -648,3 +648,17 @@ def test_cli_says_one_error_line_and_exits_2(tmp_path, small_gguf):
     result = CliRunner().invoke(main, ["summary", p])
     assert result.exit_code == 2
     assert result.output.startswith(f"Error: {p}: truncated: ") and result.output.count("\n") == 1
+
+
+def test_source_with_only_tokenizer_json_gets_its_vocabulary_rebuilt(tiny_models, copy_dir, tmp_path, tiny_tokenizer):
+    from gemma_inspect.tokenizer import Tokenizer
+
+    src = copy_dir(tiny_models.get("gemma2"))
+    os.remove(os.path.join(src, "tokenizer.model"))
+    dest = str(tmp_path / "j.gguf")
+    report = convert(src, dest, "gguf")
+    assert ("rebuilt the SentencePiece vocabulary from tokenizer.json (ids checked equal on the parity texts)"
+            in report["notes"])
+    tok, original = load(dest).tokenizer, Tokenizer("spm", spm_path=tiny_tokenizer)
+    for text in PARITY_TEXTS:
+        assert tok.encode(text) == original.encode(text), text

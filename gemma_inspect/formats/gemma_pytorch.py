@@ -1,0 +1,605 @@
+"""gemma_pytorch (Google's reference PyTorch implementation): a `.ckpt` pickle, or a directory of shards.
+
+`torch.load(path, weights_only=True, mmap=True)["model_state_dict"]` holds tensors named like HF's, except
+the embedding (`embedder.weight`), the fused `self_attn.qkv_proj.weight` (rows q | k | v, split with explicit
+sizes H*D, K*D, K*D: equal thirds are only right when K = H) and Gemma 3's `query_norm`/`key_norm`.
+The sharded form is `pytorch_model.bin.index.json` + shards that are plain state dicts. Unpickling is
+always `weights_only=True`: a pickle that references anything but tensors and plain containers is
+refused and nothing in it runs.
+
+The file stores no configuration. The architecture version comes from the tensors present (post-FFN norms:
+Gemma 2 or 3; query/key norms: Gemma 3), sizes from shapes, and what shapes cannot tell (head_dim of Gemma 1
+and 2, sliding window, soft caps, query_pre_attn_scalar, RoPE, context length) from, in order:
+  1. the configuration our writer embeds in the pickle (key "gemma_inspect": {"config": HF config.json dict});
+  2. a `gemma_inspect.json` or `config.json` next to the checkpoint, in HF config.json spelling (any subset of
+     keys, e.g. {"head_dim": 256, "query_pre_attn_scalar": 144, "sliding_window": 4096});
+  3. the published model of the same family and shape (the built-in cards);
+  4. the family's defaults.
+Every value taken from 3 or 4 is listed in a note and in `Checkpoint.assumed`.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import re
+import warnings
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from ..checkpoint import LAYER_ROLES, ROLES, Checkpoint, TensorRef, check_against_spec, expected_tensors
+from ..errors import InputError, UnsupportedError
+from ..spec import CARD_NAMES, GemmaSpec, card
+from .common import read_json_object, safe_child
+
+STATE_KEY = "model_state_dict"
+EXTRA_KEY = "gemma_inspect"  # our writer's self-description; gemma_pytorch's loader never looks at it
+INDEX = "pytorch_model.bin.index.json"
+SIDE_CONFIGS = ("gemma_inspect.json", "config.json")
+QKV = "model.layers.{i}.self_attn.qkv_proj.weight"
+
+# canonical role -> gemma_pytorch name (gemma/model.py). q, k and v live together in QKV.
+NAMES: dict[str, str] = {
+    "embed": "embedder.weight",
+    "final_norm": "model.norm.weight",
+    "attn_norm": "model.layers.{i}.input_layernorm.weight",
+    "post_attn_norm": "model.layers.{i}.post_attention_layernorm.weight",
+    "ffn_norm": "model.layers.{i}.pre_feedforward_layernorm.weight",
+    "post_ffn_norm": "model.layers.{i}.post_feedforward_layernorm.weight",
+    "o": "model.layers.{i}.self_attn.o_proj.weight",
+    "q_norm": "model.layers.{i}.self_attn.query_norm.weight",
+    "k_norm": "model.layers.{i}.self_attn.key_norm.weight",
+    "gate": "model.layers.{i}.mlp.gate_proj.weight",
+    "up": "model.layers.{i}.mlp.up_proj.weight",
+    "down": "model.layers.{i}.mlp.down_proj.weight",
+}
+# Gemma 1's decoder layer calls its pre-FFN norm `post_attention_layernorm` (it has no post-attention norm);
+# None: the family has no such tensor.
+NAME_OVERRIDES: dict[str, dict[str, str | None]] = {
+    "gemma": {"ffn_norm": "model.layers.{i}.post_attention_layernorm.weight", "post_attn_norm": None,
+              "post_ffn_norm": None, "q_norm": None, "k_norm": None},
+}
+QKV_ROLES = ("q", "k", "v")
+# The multimodal Gemma3ForMultimodalLM keeps the text embedding under another name.
+EMBED_ALIASES = ("text_token_embedder.weight",)
+# Rotary tables are buffers recomputed from the spec; the vision tower is not part of the text decoder.
+BUFFER_PATTERN = re.compile(r"(^|\.)(local_|global_)?freqs_cis$")
+VISION_PREFIXES = ("siglip_vision_model.", "mm_soft_embedding_norm.", "mm_input_projection.")
+SCALER_SUFFIX = ".weight_scaler"  # int8 checkpoints (quant=True): weight = int8 * scaler[:, None]
+
+FLOAT_DTYPES = {"torch.float32": "float32", "torch.bfloat16": "bfloat16", "torch.float16": "float16"}
+
+
+def names_for(family: str) -> dict[str, str]:
+    """The name table of a family: the shared rows with the family's overrides applied."""
+    merged = {**NAMES, **NAME_OVERRIDES.get(family, {})}
+    return {role: t for role, t in merged.items() if t is not None}
+
+
+def _reverse(family: str) -> dict[str, tuple[str, re.Pattern[str]]]:
+    # derived, not written twice: gemma_pytorch name pattern -> role
+    return {role: (t, re.compile("^" + re.escape(t).replace(r"\{i\}", r"(?P<i>\d+)") + "$"))
+            for role, t in names_for(family).items()}
+
+
+def _role_of(name: str, family: str) -> tuple[str, int | None] | None:
+    if name in EMBED_ALIASES:
+        return "embed", None
+    for role, (_t, pattern) in _reverse(family).items():
+        m = pattern.match(name)
+        if m:
+            return role, (int(m.group("i")) if "i" in pattern.groupindex else None)
+    m = re.match(r"^model\.layers\.(\d+)\.self_attn\.qkv_proj\.weight$", name)
+    if m:
+        return "qkv", int(m.group(1))
+    return None
+
+
+def _canonical(role: str, layer: int | None) -> str:
+    t = ROLES[role]
+    return t.format(i=layer) if role in LAYER_ROLES else t
+
+
+# ----------------------------------------------------------------------------- unpickling, safely
+def _torch_load(path: str) -> Any:
+    """`torch.load(weights_only=True, mmap=True)`, falling back to no mmap only for the legacy (non-zip)
+    format, which cannot be mapped; errors become InputErrors naming the file."""
+    import torch
+
+    def load(mmap: bool) -> Any:
+        with warnings.catch_warnings():  # e.g. "pickle protocol 4": the library never prints
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+    try:
+        try:
+            return load(True)
+        except RuntimeError as e:
+            if "mmap" in str(e) and "zipfile" in str(e):  # legacy pickle: still weights_only
+                return load(False)
+            raise
+    except pickle.UnpicklingError as e:
+        m = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\.\s|\n\n|$)", str(e), re.S)
+        what = (m.group(1) if m else str(e).splitlines()[0] if str(e) else "").strip()
+        raise InputError(path, f"refused: the pickle is not plain tensors ({what[:160]}); it was opened with "
+                               f"weights_only=True, so nothing in it ran") from None
+    except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError, TypeError, IndexError) as e:
+        msg = str(e).splitlines()[0][:160] if str(e) else e.__class__.__name__
+        raise InputError(path, f"not a readable PyTorch checkpoint ({msg})") from None
+
+
+def _state_of(obj: Any, path: str, sharded: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(state dict, our embedded description) of one loaded pickle; anything but str -> tensor is refused."""
+    import torch
+
+    extra = None
+    if isinstance(obj, dict) and STATE_KEY in obj:
+        state = obj[STATE_KEY]
+        extra = obj.get(EXTRA_KEY)
+        if extra is not None and not isinstance(extra, dict):
+            raise InputError(path, f"{EXTRA_KEY!r} must be a dict, got {type(extra).__name__}")
+    elif sharded and isinstance(obj, dict):
+        state = obj
+    else:
+        keys = f" with keys {list(obj)[:5]}" if isinstance(obj, dict) else ""
+        raise InputError(path, f"not a gemma_pytorch checkpoint: expected a dict with {STATE_KEY!r}, got "
+                               f"{type(obj).__name__}{keys}")
+    if not isinstance(state, dict):
+        raise InputError(path, f"{STATE_KEY!r} must be a dict of tensors, got {type(state).__name__}")
+    for k, v in state.items():
+        if not isinstance(k, str):
+            raise InputError(path, f"state dict key {k!r} is not a string")
+        if not isinstance(v, torch.Tensor):
+            raise InputError(path, f"state dict entry {k!r} is a {type(v).__name__}, not a tensor")
+    return state, extra
+
+
+def _checkpoint_files(path: str) -> tuple[list[str], bool, str]:
+    """(pickle files, sharded?, the path messages name for the tensors)."""
+    if not os.path.isdir(path):
+        return [path], False, path
+    index = os.path.join(path, INDEX)
+    if os.path.isfile(index):
+        wm = read_json_object(index, "index").get("weight_map")
+        if not isinstance(wm, dict) or not wm:
+            raise InputError(index, "has no weight_map (a name -> shard file object)")
+        files = []
+        for fname in dict.fromkeys(wm.values()):
+            full = safe_child(path, fname, index)
+            if not os.path.isfile(full):
+                raise InputError(index, f"names shard {fname!r}, which does not exist")
+            files.append(full)
+        return files, True, index
+    ckpts = sorted(e for e in os.listdir(path) if e.endswith(".ckpt"))
+    if len(ckpts) != 1:
+        raise InputError(path, f"expected one .ckpt file or {INDEX} in this directory, found "
+                               f"{len(ckpts)} .ckpt files")
+    return [os.path.join(path, ckpts[0])], False, os.path.join(path, ckpts[0])
+
+
+# ----------------------------------------------------------------------------- tensors -> numpy
+def _numpy(t: Any) -> np.ndarray:
+    """A view of a CPU tensor as numpy (bfloat16 as ml_dtypes.bfloat16); no copy for mapped tensors."""
+    import torch
+
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return t.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.contiguous().numpy()
+
+
+def _dtype_name(t: Any, path: str, name: str) -> str:
+    d = FLOAT_DTYPES.get(str(t.dtype))
+    if d is None:
+        raise InputError(path, f"tensor {name!r} has dtype {str(t.dtype).replace('torch.', '')}; expected "
+                               f"float32, bfloat16 or float16 (or int8 with a weight_scaler)")
+    return d
+
+
+def _ref(canonical: str, tensor: Any, path: str, stored: str, rows: slice | None = None,
+         scaler: Any = None) -> TensorRef:
+    import torch
+
+    shape = tuple(tensor.shape) if rows is None else (rows.stop - rows.start, *tensor.shape[1:])
+    origin = f"{path}:{stored}" + (f"[{rows.start}:{rows.stop}]" if rows is not None else "")
+    if tensor.dtype == torch.int8:
+        if scaler is None:
+            raise InputError(path, f"tensor {stored!r} is int8 but {stored.rsplit('.', 1)[0]}.weight_scaler is missing")
+        # gemma_pytorch's quant=True: w = int8 * weight_scaler[:, None] (one scale per output row).
+        nbytes = int(np.prod(shape)) + 4 * shape[0]
+
+        def load_int8() -> np.ndarray:
+            q = tensor if rows is None else tensor[rows]
+            s = scaler if rows is None else scaler[rows]
+            return (q.to(torch.float32) * s.to(torch.float32).unsqueeze(-1)).numpy()
+
+        return TensorRef(canonical, shape, "int8", load_int8, nbytes=nbytes, origin=origin)
+    dtype = _dtype_name(tensor, path, stored)
+
+    def load() -> np.ndarray:
+        return _numpy(tensor if rows is None else tensor[rows])
+
+    def chunks(size: int) -> Iterator[memoryview]:
+        view = memoryview(np.ascontiguousarray(load()).reshape(-1).view(np.uint8))  # bfloat16 has no buffer code
+        for i in range(0, len(view), size):
+            yield view[i:i + size]
+
+    nbytes = int(np.prod(shape)) * tensor.element_size()
+    return TensorRef(canonical, shape, dtype, load, nbytes=nbytes, origin=origin, chunks=chunks)
+
+
+# ----------------------------------------------------------------------------- shapes -> spec
+MODEL_TYPE = {"gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text"}
+# What shapes cannot tell, when no published model of the same shape exists (HF config spelling).
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gemma": {"max_position_embeddings": 8192, "rope_theta": 10000.0},
+    "gemma2": {"max_position_embeddings": 8192, "sliding_window": 4096, "attn_logit_softcapping": 50.0,
+               "final_logit_softcapping": 30.0, "rope_theta": 10000.0},
+    "gemma3": {"max_position_embeddings": 32768, "sliding_window": 1024, "rope_theta": 1_000_000.0,
+               "rope_local_base_freq": 10000.0, "rope_scaling": None, "final_logit_softcapping": None,
+               "attn_logit_softcapping": None},
+}
+DEFAULT_HEAD_DIM = 256  # every published Gemma but the Gemma 2/3 27B models (128)
+
+
+def _card_config(spec: GemmaSpec) -> dict[str, Any]:
+    """The values of a built-in card that shapes cannot tell, in HF config spelling."""
+    cfg: dict[str, Any] = {"head_dim": spec.head_dim, "max_position_embeddings": spec.max_position_embeddings,
+                           "rope_theta": spec.rope_theta}
+    if spec.family != "gemma":
+        cfg.update(query_pre_attn_scalar=spec.query_pre_attn_scalar, sliding_window=spec.sliding_window,
+                   attn_logit_softcapping=spec.attention_logit_softcap,
+                   final_logit_softcapping=spec.final_logit_softcap)
+    if spec.family == "gemma3":
+        cfg["rope_local_base_freq"] = spec.local_rope_theta
+        if spec.rope_scaling_factor != 1.0:
+            cfg["rope_scaling"] = {"rope_type": "linear", "factor": spec.rope_scaling_factor}
+    return cfg
+
+
+def _matching_card(family: str, hidden: int, layers: int, ffn: int, q_out: int, kv_out: int) -> str | None:
+    for name in CARD_NAMES:
+        c = card(name)
+        if (c.family, c.hidden_size, c.num_layers, c.intermediate_size) == (family, hidden, layers, ffn) and \
+                c.num_attention_heads * c.head_dim == q_out and c.num_key_value_heads * c.head_dim == kv_out:
+            return name
+    return None
+
+
+def _side_config(path: str) -> tuple[dict[str, Any], str | None]:
+    directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    for name in SIDE_CONFIGS:
+        p = os.path.join(directory, name)
+        if os.path.isfile(p):
+            return read_json_object(p, name), p
+    return {}, None
+
+
+def _spec(family: str, shapes: dict[str, tuple[int, ...]], dtype: str, path: str, extra: dict[str, Any] | None,
+          notes: list[str]) -> tuple[GemmaSpec, frozenset[str]]:
+    from .hf import spec_from_config
+
+    emb = shapes["embed"]
+    vocab, hidden = emb
+    layers = 1 + max(int(n.split(".")[2]) for n in shapes if n.startswith("model.layers."))
+    q_out = shapes[NAMES["o"].format(i=0)][1]
+    qkv_rows = shapes[QKV.format(i=0)][0]
+    kv_out2 = qkv_rows - q_out
+    ffn = shapes[NAMES["gate"].format(i=0)][0]
+    if kv_out2 <= 0 or kv_out2 % 2:
+        raise InputError(path, f"qkv_proj has {qkv_rows} rows and o_proj {q_out} columns: the rows left for k and "
+                               f"v ({kv_out2}) cannot be split in two")
+    kv_out = kv_out2 // 2
+
+    if extra is not None and isinstance(extra.get("config"), dict):
+        cfg = dict(extra["config"])  # written by us: complete
+        spec, cfg_notes = spec_from_config(cfg, f"{path} ({EXTRA_KEY} config)", dtype)
+        notes.extend(cfg_notes)
+        return spec, frozenset()
+
+    side, side_path = _side_config(path)
+    if side.get("model_type") not in (None, *MODEL_TYPE.values(), "gemma3"):
+        raise InputError(side_path, f"model_type {side.get('model_type')!r} does not match this {family} checkpoint")
+    side = {k: v for k, v in side.items() if k != "model_type"}
+    base: dict[str, Any] = {"model_type": MODEL_TYPE[family], "vocab_size": vocab, "hidden_size": hidden,
+                            "num_hidden_layers": layers, "intermediate_size": ffn,
+                            "hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh",
+                            "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "dtype": dtype}
+    qn = NAMES["q_norm"].format(i=0)
+    matched = _matching_card(family, hidden, layers, ffn, q_out, kv_out)
+    assumed_from: dict[str, Any] = {}
+    if matched:
+        assumed_from = _card_config(card(matched))
+        source = f"the published {matched}"
+    else:
+        assumed_from = dict(FAMILY_DEFAULTS[family])
+        if family in ("gemma", "gemma2"):
+            assumed_from["head_dim"] = DEFAULT_HEAD_DIM
+        source = f"{family} defaults"
+    if qn in shapes:  # Gemma 3's query norm runs over head_dim: the shape tells
+        base["head_dim"] = shapes[qn][0]
+        assumed_from.pop("head_dim", None)
+    head_dim = side.get("head_dim", base.get("head_dim", assumed_from.get("head_dim")))
+    if not isinstance(head_dim, int) or isinstance(head_dim, bool) or head_dim <= 0 \
+            or q_out % head_dim or kv_out % head_dim:
+        raise InputError(side_path or path, f"head_dim {head_dim!r} does not divide the query width {q_out} and the "
+                                            f"key/value width {kv_out}; give the right head_dim in a "
+                                            f"{SIDE_CONFIGS[0]} next to the checkpoint")
+    base["num_attention_heads"] = q_out // head_dim
+    base["num_key_value_heads"] = kv_out // head_dim
+    if family != "gemma" and "query_pre_attn_scalar" not in assumed_from:
+        assumed_from["query_pre_attn_scalar"] = head_dim
+    cfg = {**base, **assumed_from, **side}
+    cfg["head_dim"] = head_dim
+    taken = sorted(k for k in assumed_from if k not in side and k not in base)
+    if taken:
+        notes.append(f"gemma_pytorch checkpoints store no configuration: {', '.join(f'{k}={cfg[k]}' for k in taken)} "
+                     f"assumed from {source}" + (f" ({side_path} gave the rest)" if side_path else
+                                                 f"; put the right values in a {SIDE_CONFIGS[0]} next to the "
+                                                 f"checkpoint (HF config.json keys) to override"))
+    elif side_path:
+        notes.append(f"configuration read from {side_path}")
+    spec, cfg_notes = spec_from_config(cfg, side_path or path, dtype)
+    notes.extend(n for n in cfg_notes if "declares no dtype" not in n)
+    to_field = {"head_dim": "head_dim", "max_position_embeddings": "max_position_embeddings",
+                "rope_theta": "rope_theta", "rope_local_base_freq": "rope_local_theta",
+                "rope_scaling": "rope_scaling_factor", "query_pre_attn_scalar": "query_pre_attn_scalar",
+                "sliding_window": "sliding_window", "attn_logit_softcapping": "attention_logit_softcap",
+                "final_logit_softcapping": "final_logit_softcap"}
+    return spec, frozenset(to_field[k] for k in taken if k in to_field)
+
+
+# ----------------------------------------------------------------------------- reading
+def read(path: str) -> Checkpoint:
+    files, sharded, where = _checkpoint_files(path)
+    state: dict[str, tuple[Any, str]] = {}
+    extra = None
+    for f in files:
+        obj = _torch_load(f)
+        sd, ex = _state_of(obj, f, sharded)
+        extra = extra if ex is None else ex
+        for k, v in sd.items():
+            if k in state:
+                raise InputError(f, f"tensor {k!r} is also stored in {state[k][1]}")
+            state[k] = (v, f)
+    notes: list[str] = []
+    ignored: dict[str, tuple[tuple[int, ...], str]] = {}
+    family = "gemma"
+    if any(k.endswith(("post_feedforward_layernorm.weight", "pre_feedforward_layernorm.weight")) for k in state):
+        family = "gemma3" if any(k.endswith("self_attn.query_norm.weight") for k in state) else "gemma2"
+    vision = 0
+    dropped = []
+    tensors_by_name: dict[str, Any] = {}
+    for k, (v, f) in state.items():
+        if BUFFER_PATTERN.search(k):
+            dropped.append(k)
+            ignored[k] = (tuple(v.shape), str(v.dtype).replace("torch.", ""))
+        elif k.startswith(VISION_PREFIXES):
+            vision += 1
+            ignored[k] = (tuple(v.shape), str(v.dtype).replace("torch.", ""))
+        elif not k.endswith(SCALER_SUFFIX):
+            tensors_by_name[k] = (v, f)
+    if dropped:
+        notes.append(f"rotary tables dropped ({', '.join(sorted(dropped))}): they are recomputed from the spec")
+    if vision:
+        notes.append(f"multimodal Gemma 3: {vision} vision tensors reported and ignored; only the text decoder is read")
+
+    # Roles, then shapes for the spec.
+    located: dict[str, tuple[str, int | None, Any, str, str]] = {}  # gp name -> (role, layer, tensor, file, name)
+    for k, (v, f) in tensors_by_name.items():
+        rl = _role_of(k, family)
+        if rl is None:
+            raise InputError(f, f"tensor {k!r} is not part of a gemma_pytorch {family} checkpoint")
+        if str(v.dtype) != "torch.int8":
+            _dtype_name(v, f, k)  # float32, bfloat16 or float16, or an InputError naming the tensor
+        located[k] = (rl[0], rl[1], v, f, k)
+    shapes = {}
+    for k, (role, layer, v, _f, _n) in located.items():
+        shapes["embed" if role == "embed" else k] = tuple(v.shape)
+    for needed in ("embed", NAMES["o"].format(i=0), QKV.format(i=0), NAMES["gate"].format(i=0)):
+        if needed not in shapes:
+            raise InputError(where, f"no {NAMES['embed'] if needed == 'embed' else needed} tensor: not a "
+                                    f"gemma_pytorch Gemma checkpoint")
+    weight_dtypes = [FLOAT_DTYPES.get(str(v.dtype)) for (_r, _l, v, _f, _n) in located.values()]
+    float_dtypes = [d for d in weight_dtypes if d]
+    dtype = max(set(float_dtypes), key=float_dtypes.count) if float_dtypes else "float32"
+    if len(float_dtypes) != len(weight_dtypes):
+        notes.append("int8 weights (gemma_pytorch quant=True) are dequantized with their weight_scaler to float32")
+        dtype = "float32"
+    spec, assumed = _spec(family, shapes, dtype, path, extra, notes)
+
+    tensors: dict[str, TensorRef] = {}
+    q_out = spec.num_attention_heads * spec.head_dim
+    kv_out = spec.num_key_value_heads * spec.head_dim
+    for k, (role, layer, v, f, stored) in located.items():
+        scaler = state.get(k.rsplit(".", 1)[0] + SCALER_SUFFIX, (None,))[0]
+        if role == "qkv":
+            if v.shape[0] != q_out + 2 * kv_out:
+                raise InputError(f, f"{k} has {v.shape[0]} rows; the spec implies (H + 2K) * D = "
+                                    f"{q_out} + 2 x {kv_out}")
+            # Rows are q | k | v with sizes H*D, K*D, K*D (equal thirds only when K = H).
+            bounds = {"q": slice(0, q_out), "k": slice(q_out, q_out + kv_out),
+                      "v": slice(q_out + kv_out, q_out + 2 * kv_out)}
+            for r in QKV_ROLES:
+                name = _canonical(r, layer)
+                tensors[name] = _ref(name, v, f, stored, bounds[r], scaler)
+        else:
+            name = _canonical(role, layer)
+            if name in tensors:
+                raise InputError(f, f"two tensors map to {name} ({stored})")
+            tensors[name] = _ref(name, v, f, stored, None, scaler)
+    check_against_spec(spec, tensors, where, where)
+    ordered = {n: tensors[n] for n in expected_tensors(spec)}
+    tokenizer = _tokenizer(path, extra)
+    return Checkpoint(spec=spec, tensors=ordered, source=path, format="gemma-pytorch", tokenizer=tokenizer,
+                      notes=notes, ignored=ignored, config=dict(extra.get("config", {})) if extra else {},
+                      files=files, assumed=assumed)
+
+
+def _tokenizer(path: str, extra: dict[str, Any] | None) -> Any:
+    from ..tokenizer import Tokenizer
+
+    if extra is not None and isinstance(extra.get("tokenizer.model"), bytes):
+        return Tokenizer(source=path, spm_bytes=extra["tokenizer.model"])
+    directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    for rel in ("tokenizer.model", os.path.join("tokenizer", "tokenizer.model")):
+        p = os.path.join(directory, rel)
+        if os.path.isfile(p):
+            return Tokenizer(source=directory, spm_path=p)
+    return None
+
+
+# ----------------------------------------------------------------------------- writing
+def _storage_type(dtype: str) -> Any:
+    import torch
+
+    return {"float32": torch.FloatStorage, "bfloat16": torch.BFloat16Storage, "float16": torch.HalfStorage}[dtype]
+
+
+class _StorageStub:
+    """Stands for a storage in the pickle: torch.load finds the bytes in the record `data/<key>`."""
+
+    def __init__(self, key: str, dtype: str, numel: int):
+        self.key, self.dtype, self.numel = key, dtype, numel
+
+
+class _TensorStub:
+    """Pickles exactly as a contiguous CPU tensor does (torch._utils._rebuild_tensor_v2), without the data."""
+
+    def __init__(self, storage: _StorageStub, shape: tuple[int, ...]):
+        self.storage, self.shape = storage, shape
+
+    def __reduce_ex__(self, protocol: int) -> Any:
+        import torch._utils
+
+        stride = tuple(int(np.prod(self.shape[i + 1:])) for i in range(len(self.shape)))
+        return (torch._utils._rebuild_tensor_v2,
+                (self.storage, 0, tuple(self.shape), stride, False, collections.OrderedDict()))
+
+
+class _Pickler(pickle.Pickler):
+    def persistent_id(self, obj: Any) -> Any:
+        if isinstance(obj, _StorageStub):
+            return ("storage", _storage_type(obj.dtype), obj.key, "cpu", obj.numel)
+        return None
+
+
+def _save_streaming(dest: str, obj: Any, records: list[tuple[str, int, Callable[[], np.ndarray]]],
+                    progress: Callable[[int], None]) -> None:
+    """Write torch.save's zip format with torch's own zip writer: the pickle (tensors as stubs) first, then
+    each tensor's bytes as its own record, produced one at a time, so only one tensor is ever in memory."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=2).dump(obj)
+    data = buf.getvalue()
+    with open(dest, "wb") as f:
+        writer = torch._C.PyTorchFileWriter(f, True, 64)
+        writer.write_record("data.pkl", data, len(data))
+        writer.write_record(".format_version", "1", 1)
+        writer.write_record(".storage_alignment", "64", 2)
+        writer.write_record("byteorder", "little", 6)
+        for key, nbytes, produce in records:
+            arr = np.ascontiguousarray(produce())
+            if arr.nbytes != nbytes:  # pragma: no cover - a planning bug
+                raise UnsupportedError(f"record {key}: produced {arr.nbytes} bytes, planned {nbytes}")
+            storage = torch.from_numpy(arr.reshape(-1).view(np.uint8)).untyped_storage()
+            writer.write_record(f"data/{key}", storage, arr.nbytes)
+            progress(arr.nbytes)
+            del arr
+        writer.write_end_of_file()
+
+
+def write(ckpt: Checkpoint, dest: str, options: Any, progress: Callable[[int], None]) -> None:
+    """Write a `.ckpt` that gemma_pytorch's `load_weights` accepts: {"model_state_dict": {...}} with the fused
+    qkv_proj, plus our configuration and tokenizer under "gemma_inspect" (which gemma_pytorch ignores).
+    Streams one tensor at a time."""
+    from ..convert import cast_array
+    from .hf import config_dict
+
+    spec = ckpt.spec
+    if not spec.is_gemma:
+        raise UnsupportedError(f"{spec.family} checkpoints cannot be written as gemma_pytorch")
+    if not spec.tied_embeddings:
+        raise UnsupportedError("gemma_pytorch always uses the embedding as the output projection; this checkpoint "
+                               "has a separate lm_head")
+    if options.dtype == "q8_0":
+        raise UnsupportedError("--dtype q8_0 is a GGUF quantization; gemma_pytorch takes float32, bfloat16 or "
+                               "float16")
+    cfg = config_dict(spec)  # refuses what the family layout cannot express
+
+    def out_dtype(ref: TensorRef) -> str:
+        want = options.target_dtype(ref)
+        return want if want in ("float32", "bfloat16", "float16") else "float32"
+
+    if options.dtype == "keep" and any(r.dtype not in ("float32", "bfloat16", "float16")
+                                       for r in ckpt.tensors.values()):
+        options.notes.append("quantized tensors were dequantized and are stored as float32")
+    names = names_for(spec.family)
+    state: dict[str, _TensorStub] = {}
+    records: list[tuple[str, int, Callable[[], np.ndarray]]] = []
+
+    def add(name: str, shape: tuple[int, ...], dtype: str, produce: Callable[[], np.ndarray]) -> None:
+        key = str(len(records))
+        numel = int(np.prod(shape))
+        state[name] = _TensorStub(_StorageStub(key, dtype, numel), shape)
+        itemsize = 4 if dtype == "float32" else 2
+        records.append((key, numel * itemsize, produce))
+
+    def cast(ref: TensorRef, dtype: str) -> Callable[[], np.ndarray]:
+        return lambda: cast_array(ref.load(), dtype) if ref.dtype in ("float32", "bfloat16", "float16") \
+            else cast_array(ref.load().astype(np.float32), dtype)
+
+    emb = ckpt.tensors[_canonical("embed", None)]
+    add(names["embed"], tuple(emb.shape), out_dtype(emb), cast(emb, out_dtype(emb)))
+    for i in range(spec.num_layers):
+        for role in _layer_roles_in_order(spec):
+            if role == "qkv":
+                refs = [ckpt.tensors[_canonical(r, i)] for r in QKV_ROLES]
+                dtype = out_dtype(refs[0])
+                rows = sum(r.shape[0] for r in refs)
+                add(QKV.format(i=i), (rows, spec.hidden_size), dtype,
+                    lambda refs=refs, dtype=dtype: np.concatenate([cast(r, dtype)() for r in refs], axis=0))
+            else:
+                ref = ckpt.tensors[_canonical(role, i)]
+                add(names[role].format(i=i), tuple(ref.shape), out_dtype(ref), cast(ref, out_dtype(ref)))
+    norm = ckpt.tensors[_canonical("final_norm", None)]
+    add(names["final_norm"], tuple(norm.shape), out_dtype(norm), cast(norm, out_dtype(norm)))
+
+    extra: dict[str, Any] = {"config": cfg}
+    tok = ckpt.tokenizer
+    model_bytes = None
+    if tok is not None:
+        model_bytes = tok.spm_model_bytes() if tok.has_spm else None
+        if model_bytes is None and tok.json_path:
+            from ..tokenizer import spm_from_tokenizer_json
+
+            model_bytes = spm_from_tokenizer_json(tok)
+    if model_bytes is not None:
+        extra["tokenizer.model"] = model_bytes
+        options.notes.append(f"the SentencePiece model is embedded in the .ckpt under {EXTRA_KEY!r} "
+                             f"(gemma_pytorch itself loads tokenizer.model from the path its config names)")
+    elif tok is not None:
+        options.notes.append("the source tokenizer has no SentencePiece model and none could be rebuilt: "
+                             "no tokenizer written")
+    else:
+        options.notes.append("the source has no tokenizer: weights and configuration written, no tokenizer")
+    _save_streaming(dest, {STATE_KEY: state, EXTRA_KEY: extra}, records, progress)
+
+
+def _layer_roles_in_order(spec: GemmaSpec) -> list[str]:
+    from ..checkpoint import layer_roles
+
+    out: list[str] = []
+    for role in layer_roles(spec):
+        if role in QKV_ROLES:
+            if "qkv" not in out:
+                out.append("qkv")
+        else:
+            out.append(role)
+    return out
