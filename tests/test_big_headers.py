@@ -223,3 +223,54 @@ def test_compare_of_two_27b_checkpoints_and_a_card(gemma2_27b_hf, gemma2_27b_ker
     totals = [m["parameters"]["total"] for m in json.loads(r["stdout"])["models"]]
     assert totals == [27_227_128_320] * 3
     assert r["rss_mb"] < MAX_RSS_MB, r["rss_mb"]
+
+
+# Configs as the Hub's released checkpoints spell them (transformers 4.x keys, defaults left out where the
+# released files leave them out). Read against header-only weights, they must describe the built-in card.
+PUBLISHED_STYLE_CONFIGS = {
+    "gemma-2b": {
+        "architectures": ["GemmaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+        "bos_token_id": 2, "eos_token_id": 1, "head_dim": 256, "hidden_act": "gelu", "hidden_size": 2048,
+        "initializer_range": 0.02, "intermediate_size": 16384, "max_position_embeddings": 8192,
+        "model_type": "gemma", "num_attention_heads": 8, "num_hidden_layers": 18, "num_key_value_heads": 1,
+        "pad_token_id": 0, "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 10000.0,
+        "torch_dtype": "bfloat16", "use_cache": True, "vocab_size": 256000,
+    },
+    "gemma2-9b": {
+        "architectures": ["Gemma2ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+        "attn_logit_softcapping": 50.0, "bos_token_id": 2, "cache_implementation": "hybrid", "eos_token_id": 1,
+        "final_logit_softcapping": 30.0, "head_dim": 256, "hidden_act": "gelu_pytorch_tanh",
+        "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 3584, "initializer_range": 0.02,
+        "intermediate_size": 14336, "max_position_embeddings": 8192, "model_type": "gemma2",
+        "num_attention_heads": 16, "num_hidden_layers": 42, "num_key_value_heads": 8, "pad_token_id": 0,
+        "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_theta": 10000.0, "sliding_window": 4096,
+        "sliding_window_size": 4096, "torch_dtype": "bfloat16", "use_cache": True, "vocab_size": 256000,
+    },
+    "gemma3-1b": {
+        "architectures": ["Gemma3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+        "attn_logit_softcapping": None, "bos_token_id": 2, "cache_implementation": "hybrid",
+        "eos_token_id": [1, 106], "final_logit_softcapping": None, "head_dim": 256,
+        "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 1152, "initializer_range": 0.02,
+        "intermediate_size": 6912, "max_position_embeddings": 32768, "model_type": "gemma3_text",
+        "num_attention_heads": 4, "num_hidden_layers": 26, "num_key_value_heads": 1, "pad_token_id": 0,
+        "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000, "rope_scaling": None,
+        "rope_theta": 1000000, "sliding_window": 512, "sliding_window_pattern": 6, "torch_dtype": "bfloat16",
+        "use_cache": True, "vocab_size": 262144,
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_STYLE_CONFIGS))
+def test_published_style_configs_read_as_their_cards(tmp_path, name):
+    from gemma_inspect import load
+
+    spec = card(name)
+    write_sparse_safetensors(str(tmp_path / "model.safetensors"), hf_names(spec))
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump(PUBLISHED_STYLE_CONFIGS[name], f)
+    ckpt = load(str(tmp_path))
+    assert ckpt.spec == spec.replace(name=None)
+    assert ckpt.spec.num_parameters == PUBLISHED[name]
+
+
+PUBLISHED = {"gemma-2b": 2_506_172_416, "gemma2-9b": 9_241_705_984, "gemma3-1b": 999_885_952}
