@@ -67,8 +67,39 @@ def _ranges(idx: list[int]) -> str:
     return ", ".join(map(str, idx))
 
 
-def describe(m: dict[str, Any]) -> list[tuple[str, str]]:
-    """(label, value) rows shared by `summary` and `compare`, all computed from the summary object."""
+def describe(m: dict[str, Any], compact: bool = False) -> list[tuple[str, str]]:
+    """(label, value) rows shared by `summary` and `compare`, all computed from the summary object.
+    `compact` gives the short cells of the side-by-side table."""
+    rows = _describe_full(m)
+    if not compact:
+        return rows
+    a, p = m["architecture"], m["parameters"]
+    short = {
+        "Parameters": f"{p['total'] / 1e9:.1f}B" if p["total"] >= 1e8 else format_count(p["total"]),
+        "  if output untied": f"{p['total_if_untied'] / 1e9:.1f}B" if p["total"] >= 1e8
+        else format_count(p["total_if_untied"]),
+        "Attention": f"{a['attention']} {a['num_attention_heads']}q / {a['num_key_value_heads']}kv",
+        "Head dim": str(a["head_dim"]) + ("" if a["head_dim"] * a["num_attention_heads"] == a["hidden_size"]
+                                          else f" (H x D = {a['head_dim'] * a['num_attention_heads']})"),
+        "Query scale": f"1/sqrt({_num(a['query_pre_attn_scalar'])})",
+        "FFN": f"{a['ffn']} {a['intermediate_size']}",
+        "Activation": {"gelu_tanh": "GELU (tanh)", "gelu": "GELU (erf)", "silu": "SiLU"}.get(a["activation"],
+                                                                                              a["activation"]),
+        "Norm": ("LayerNorm, no weights" if a["norm_kind"] != "rmsnorm"
+                 else "RMSNorm (1 + w)" if a["norm_offset"] else "RMSNorm w"),
+        "Norm placement": a["norm_placement"],
+        "Embedding scale": "none" if a["embedding_scale_exact"] == 1.0
+        else f"x{_num(a['embedding_scale'])} (sqrt {a['hidden_size']})",
+        "Tied embeddings": "yes" if a["tied_embeddings"] else "no",
+        "Sliding window": _sliding(a).replace(" tokens on", ",").replace(" (every layer global)", ""),
+        "KV cache / token": format_bytes(m["kv_cache_bytes_per_token"]),
+        "Dtype": a["dtype"] if m.get("tensors_read") is False else ", ".join(m["dtypes"]) or a["dtype"],
+        "Size": format_bytes(m["size_bytes"]),
+    }
+    return [(label, short.get(label, value)) for label, value in rows]
+
+
+def _describe_full(m: dict[str, Any]) -> list[tuple[str, str]]:
     a, p = m["architecture"], m["parameters"]
     h, k = a["num_attention_heads"], a["num_key_value_heads"]
     d = a["hidden_size"]
@@ -175,12 +206,10 @@ def render_compare(console: Console, result: dict[str, Any]) -> None:
     table.add_column("", style="bold cyan", no_wrap=True)
     for m in models:
         table.add_column(m["card"] or m["source"], overflow="fold")
-    described = [dict(describe(m)) for m in models]
-    labels = [label for label, _ in describe(models[0])]
-    short = {"Parameters": lambda m: f"{m['parameters']['total'] / 1e9:.1f}B",
-             "  if output untied": lambda m: f"{m['parameters']['total_if_untied'] / 1e9:.1f}B"}
+    described = [dict(describe(m, compact=True)) for m in models]
+    labels = [label for label, _ in describe(models[0], compact=True)]
     for label in labels:
-        values = [short[label](m) if label in short else described[i][label] for i, m in enumerate(models)]
+        values = [d[label] for d in described]
         differs = len(set(values)) > 1
         table.add_row(label, *[Text(v, style="bold yellow" if differs else "") for v in values])
     console.print(table)
