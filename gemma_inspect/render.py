@@ -287,32 +287,43 @@ def render_diff(console: Console, result: dict[str, Any]) -> None:
         for d in result["spec_differences"]:
             st.add_row(d["field"], str(d["a"]), str(d["b"]))
         console.print(st)
-    shown = [r for r in result["tensors"] if r["status"] != "equal"]
+    bad = [r for r in result["tensors"] if r["status"] not in ("equal", "close")]
+    close = sorted((r for r in result["tensors"] if r["status"] == "close"), key=lambda r: -r["max_abs_diff"])
+    shown = bad[:200] + close[:10]
     if shown:
-        tt = Table(title=f"Tensors that are not equal ({len(shown)} of {len(result['tensors'])})",
+        tt = Table(title=f"Tensors that are not equal ({len(bad) + len(close)} of {len(result['tensors'])}"
+                         + (f"; the {min(10, len(close))} largest 'close' ones" if close else "") + ")",
                    title_justify="left")
         tt.add_column("tensor (canonical name)", no_wrap=True)
         tt.add_column("status", no_wrap=True)
         tt.add_column("max |A-B|", justify="right", no_wrap=True)
-        sides = any((r["dtype_a"], r["shape_a"]) != (r["dtype_b"], r["shape_b"]) for r in shown)
+        sides = any(r["shape_a"] != r["shape_b"] for r in shown)
         if sides:
             tt.add_column("A")
             tt.add_column("B")
         style = {"close": "yellow", "different": "red", "missing_a": "red", "missing_b": "red",
                  "shape_mismatch": "red"}
-        for r in shown[:200]:
+        for r in shown:
             cells = [r["name"], Text(r["status"], style=style.get(r["status"], "")), fmt_float(r["max_abs_diff"])]
             if sides:
                 cells += [f"{r['dtype_a'] or '-'} {r['shape_a'] or ''}", f"{r['dtype_b'] or '-'} {r['shape_b'] or ''}"]
             tt.add_row(*cells)
-        if len(shown) > 200:
-            tt.add_row(f"... {len(shown) - 200} more (see --json)", *[""] * (len(tt.columns) - 1))
+        hidden = len(bad) - len(bad[:200]) + len(close) - len(close[:10])
+        if hidden:
+            tt.add_row(f"... {hidden} more (see --json)", *[""] * (len(tt.columns) - 1))
         console.print(tt)
+    pairs = sorted({(r["dtype_a"], r["dtype_b"]) for r in result["tensors"]
+                    if r["dtype_a"] and r["dtype_b"] and r["dtype_a"] != r["dtype_b"]})
+    for da, db in pairs:
+        n = sum(1 for r in result["tensors"] if (r["dtype_a"], r["dtype_b"]) == (da, db))
+        console.print(f"dtypes: {n} tensors are {da} in A and {db} in B")
     dtype_only = sum(1 for r in result["tensors"] if r["status"] == "equal" and not r.get("bit_identical", True))
     summary = ", ".join(f"{n} {s}" for s, n in c.items() if n)
     if dtype_only:
         summary += f" ({dtype_only} equal in value but stored in different dtypes)"
     verdict = "[green]identical[/green]" if result["identical"] else "[red]different[/red]"
+    if result["spec_differences"]:
+        verdict += " (architecture: " + ", ".join(d["field"] for d in result["spec_differences"]) + ")"
     atol = f" (atol {result['atol']:g})" if result["atol"] else ""
     console.print(f"{summary}: {verdict}{atol}")
 
