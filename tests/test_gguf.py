@@ -350,8 +350,8 @@ def requantize(src: str, dest: str, types: list[str], seed: int = 0) -> dict[str
         tname = header.value_types[key]
         if tname.startswith("ARRAY"):
             sub = vt[tname[6:-1]]
-            w.add_key_value(key, value.tolist() if isinstance(value, np.ndarray) else value, gguf.GGUFValueType.ARRAY,
-                            sub_type=sub)
+            w.add_key_value(key, value.tolist() if isinstance(value, np.ndarray) else list(value),
+                            gguf.GGUFValueType.ARRAY, sub_type=sub)
         else:
             w.add_key_value(key, value, vt[tname])
     rng = np.random.default_rng(seed)

@@ -17,6 +17,7 @@ import os
 import re
 import struct
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -217,27 +218,59 @@ class _Cursor:
             raise InputError(self.path, f"{what}: unknown array element type {itype}")
         raise InputError(self.path, f"{what}: unknown value type {vtype}")
 
-    def _strings(self, count: int, what: str) -> list[str]:
-        buf, pos, size = self.buf, self.pos, self.size
+    def _strings(self, count: int, what: str) -> "StringArray":
+        # Only the lengths are walked here (bounds-checked); decoding waits until the strings are used.
+        buf, start, pos, size = self.buf, self.pos, self.pos, self.size
         unpack_from = struct.unpack_from
-        out: list[str] = []
-        append = out.append
         for j in range(count):
             if pos + 8 > size:
                 self.pos = pos
                 self.need(8, f"length of {what}[{j}]")
             (n,) = unpack_from("<Q", buf, pos)
-            pos += 8
-            if pos + n > size:
-                self.pos = pos
+            pos += 8 + n
+            if pos > size:
+                self.pos = pos - n
                 self.need(n, f"{what}[{j}]")
-            try:
-                append(str(buf[pos:pos + n], "utf-8"))
-            except UnicodeDecodeError:
-                raise InputError(self.path, f"{what}[{j}] is not valid UTF-8") from None
-            pos += n
         self.pos = pos
-        return out
+        return StringArray(bytes(buf[start:pos]), count, self.path, what)
+
+
+class StringArray(Sequence):
+    """A GGUF array of strings kept as its bytes and decoded on first use: a 262k-token vocabulary takes a
+    quarter of a second to decode, which a header-only `summary` should not pay."""
+
+    def __init__(self, raw: bytes, count: int, path: str, what: str):
+        self._raw, self._count, self._path, self._what = raw, count, path, what
+        self._items: list[str] | None = None
+
+    def _decoded(self) -> list[str]:
+        if self._items is None:
+            raw, pos, items = self._raw, 0, []
+            unpack_from = struct.unpack_from
+            for j in range(self._count):
+                (n,) = unpack_from("<Q", raw, pos)
+                try:
+                    items.append(str(raw[pos + 8:pos + 8 + n], "utf-8"))
+                except UnicodeDecodeError:
+                    raise InputError(self._path, f"{self._what}[{j}] is not valid UTF-8") from None
+                pos += 8 + n
+            self._items = items
+        return self._items
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, i: Any) -> Any:
+        return self._decoded()[i]
+
+    def __iter__(self) -> Any:
+        return iter(self._decoded())
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == list(other) if isinstance(other, (list, tuple, StringArray)) else NotImplemented
+
+    def __repr__(self) -> str:
+        return f"<{self._count} strings>"
 
 
 def read_header(path: str) -> Header:
@@ -433,6 +466,9 @@ def spec_from_metadata(header: Header, path: str) -> tuple[GemmaSpec, list[str],
         raise InputError(path, f"no {GGUF_NAMES['embed']} tensor")
     if len(embed.shape) != 2 or embed.shape[1] != hidden:
         raise InputError(path, f"{embed.name} has shape {list(embed.shape)} but embedding_length is {hidden}")
+    if m.has(K.LLM.VOCAB_SIZE) and m.integer(K.LLM.VOCAB_SIZE) != embed.shape[0]:
+        raise InputError(path, f"metadata {m.key(K.LLM.VOCAB_SIZE)!r} is {m.integer(K.LLM.VOCAB_SIZE)} but "
+                               f"{embed.name} has {embed.shape[0]} rows")
 
     # RoPE: one base (llama.cpp's default 10000), optional linear scaling.
     rope_base = m.number(K.Rope.FREQ_BASE, 10000.0)
@@ -682,7 +718,7 @@ def _embedded_tokenizer(header: Header, path: str, spec: GemmaSpec, notes: list[
         notes.append(f"the embedded tokenizer is tokenizer.ggml.model={model!r}, not SentencePiece ('llama'): "
                      f"it is not converted")
         return None
-    if not isinstance(tokens, list) or not tokens:
+    if not isinstance(tokens, StringArray) or not len(tokens):
         raise InputError(path, f"metadata {K.LIST!r} must be a non-empty array of strings")
     n = len(tokens)
     scores = md.get(K.SCORES)
@@ -707,9 +743,6 @@ def _embedded_tokenizer(header: Header, path: str, spec: GemmaSpec, notes: list[
     remove_ws = meta.flag(K.REMOVE_EXTRA_WS, False)
     if n != spec.vocab_size:
         notes.append(f"the vocabulary has {n} tokens for {spec.vocab_size} embedding rows")
-    pieces = list(tokens)
-    score_list = [float(s) for s in scores.tolist()]
-    type_list = [int(t) for t in types.tolist()]
     ids = (spec.bos_token_id, spec.eos_token_id, spec.pad_token_id)
 
     def build() -> bytes:
@@ -717,7 +750,7 @@ def _embedded_tokenizer(header: Header, path: str, spec: GemmaSpec, notes: list[
 
         try:
             # Gemma's SentencePiece model is BPE; GGUF keeps pieces, scores and types but not the model type.
-            return spm_from_pieces(pieces, score_list, type_list, model_type="bpe",
+            return spm_from_pieces(list(tokens), scores.tolist(), types.tolist(), model_type="bpe",
                                    add_dummy_prefix=add_prefix, remove_extra_whitespaces=remove_ws,
                                    bos_id=ids[0], eos_id=ids[1], pad_id=ids[2])
         except ValueError as e:
@@ -764,7 +797,7 @@ def read(path: str) -> Checkpoint:
         except ValueError:
             file_type_name = str(file_type)
     # The metadata, big arrays (the vocabulary) summarised: what the spec came from.
-    config = {k: (v if not isinstance(v, (list, np.ndarray)) else f"<{header.value_types[k]} of {len(v)}>")
+    config = {k: (v if not isinstance(v, (list, np.ndarray, StringArray)) else f"<{header.value_types[k]} of {len(v)}>")
               for k, v in header.metadata.items()}
     stored = {canonical_of(t.name): t for t in header.tensors}
     quantization = quantization_stats([(parse_canonical(n)[0], stored[n].type_name,  # type: ignore[index]
@@ -998,6 +1031,7 @@ def write(ckpt: Checkpoint, dest: str, options: "WriteOptions", progress: Callab
 
     w = gguf.GGUFWriter(path=None, arch=spec.family)
     w.add_name(spec.name or os.path.basename(os.path.normpath(ckpt.source)))
+    w.add_vocab_size(spec.vocab_size)  # llama.cpp counts the tokens; transformers needs this without a tokenizer
     w.add_context_length(spec.max_position_embeddings)
     w.add_embedding_length(spec.hidden_size)
     w.add_block_count(spec.num_layers)
