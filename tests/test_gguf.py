@@ -662,3 +662,19 @@ def test_source_with_only_tokenizer_json_gets_its_vocabulary_rebuilt(tiny_models
     tok, original = load(dest).tokenizer, Tokenizer("spm", spm_path=tiny_tokenizer)
     for text in PARITY_TEXTS:
         assert tok.encode(text) == original.encode(text), text
+
+
+def test_summary_leaves_the_vocabulary_undecoded_and_a_bad_token_fails_when_used(tmp_path, small_gguf):
+    from gemma_inspect.summary import summarize
+
+    # Corrupt one token's bytes (same length): headers stay valid, the vocabulary does not.
+    i = small_gguf.index(b"<start_of_turn>")
+    p = _write(tmp_path, small_gguf[:i] + b"\xff" + small_gguf[i + 1:])
+    ckpt = load(p)
+    tokens = G.read_header(p).metadata["tokenizer.ggml.tokens"]
+    assert len(tokens) == 384 and tokens._items is None  # walked for its bounds, not decoded
+    assert summarize(ckpt)["tokenizer"] == {"backend": "sentencepiece", "files": []}
+    assert ckpt.tokenizer._built is None  # summary never builds the SentencePiece model
+    with pytest.raises(InputError, match=r"'tokenizer.ggml.tokens'\[4\] is not valid UTF-8") as e:
+        ckpt.tokenizer.encode("hello")
+    assert e.value.path == p

@@ -17,6 +17,7 @@ import os
 import re
 import struct
 from dataclasses import dataclass
+from functools import cached_property
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -702,6 +703,11 @@ class _EmbeddedTokenizer(Tokenizer):
     @property
     def has_spm(self) -> bool:
         return self._builder is not None or self._built is not None
+
+    @cached_property
+    def _spm(self) -> Any:
+        self.spm_bytes  # noqa: B018 - build first, so that a bad vocabulary is reported as itself
+        return Tokenizer._spm.func(self)  # type: ignore[attr-defined]
 
 
 def _embedded_tokenizer(header: Header, path: str, spec: GemmaSpec, notes: list[str]) -> Tokenizer | None:
