@@ -409,3 +409,11 @@ def test_corrupt_and_ambiguous_inputs(ckpt_of, tmp_path):
     (sharded / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {"a": "../outside.bin"}}))
     with pytest.raises(InputError, match="leaves the checkpoint directory"):
         load(str(sharded))
+
+
+def test_legacy_non_zip_pickle_is_read_without_mmap(ckpt_of, tiny_models, tmp_path):
+    path = str(tmp_path / "legacy.ckpt")
+    torch.save(torch.load(ckpt_of("gemma2"), weights_only=True), path, _use_new_zipfile_serialization=False)
+    got, src = load(path), load(tiny_models.get("gemma2"))
+    assert got.spec == src.spec
+    assert all(np.array_equal(got.tensors[n].load(), r.load()) for n, r in src.tensors.items())

@@ -349,7 +349,9 @@ def _spec(family: str, shapes: dict[str, tuple[int, ...]], dtype: str, path: str
                 "rope_scaling": "rope_scaling_factor", "query_pre_attn_scalar": "query_pre_attn_scalar",
                 "sliding_window": "sliding_window", "attn_logit_softcapping": "attention_logit_softcap",
                 "final_logit_softcapping": "final_logit_softcap"}
-    return spec, frozenset(to_field[k] for k in taken if k in to_field)
+    # rms_norm_eps is 1e-6 in every Gemma and no file says so: assumed, not worth a note.
+    assumed = {to_field[k] for k in taken if k in to_field} | ({"rms_norm_eps"} - set(side))
+    return spec, frozenset(assumed)
 
 
 # ----------------------------------------------------------------------------- reading
