@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import subprocess
@@ -444,8 +445,6 @@ def test_q4_0_file_summary_shows_types_and_bits_per_weight(wide_gguf, tmp_path):
     requantize(f32, dest, ["Q6_K"] + ["Q4_0"] * 28)
     result = CliRunner().invoke(main, ["summary", dest, "--json"])
     assert result.exit_code == 0, result.output
-    import json
-
     q = json.loads(result.output)["quantization"]
     groups = {g["group"]: g for g in q["groups"]}
     assert groups["embedding"]["types"] == {"Q6_K": 1} and groups["embedding"]["bits_per_weight"] == 6.562
@@ -678,3 +677,65 @@ def test_summary_leaves_the_vocabulary_undecoded_and_a_bad_token_fails_when_used
     with pytest.raises(InputError, match=r"'tokenizer.ggml.tokens'\[4\] is not valid UTF-8") as e:
         ckpt.tokenizer.encode("hello")
     assert e.value.path == p
+
+
+def test_summary_of_a_27b_gguf_reads_headers_only(tmp_path):
+    """A Gemma 3 27B-shaped Q4_K GGUF with its 262k vocabulary whose tensor data was never written (a sparse
+    file): summarised in a fresh process from the header alone."""
+    import gguf
+
+    from gemma_inspect.checkpoint import expected_tensors
+    from gemma_inspect.spec import card
+
+    spec = card("gemma3-27b")
+    path = str(tmp_path / "gemma3-27b-q4_k.gguf")
+    w = gguf.GGUFWriter(path, "gemma3")
+    w.add_context_length(131072)
+    w.add_embedding_length(spec.hidden_size)
+    w.add_block_count(spec.num_layers)
+    w.add_feed_forward_length(spec.intermediate_size)
+    w.add_head_count(spec.num_attention_heads)
+    w.add_head_count_kv(spec.num_key_value_heads)
+    w.add_key_length(spec.head_dim)
+    w.add_value_length(spec.head_dim)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(1_000_000.0)
+    w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+    w.add_rope_scaling_factor(8.0)
+    w.add_sliding_window(1024)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_K_M)
+    w.add_tokenizer_model("llama")
+    w.add_token_list([f"t{i}" for i in range(spec.vocab_size)])
+    w.add_token_scores([0.0] * spec.vocab_size)
+    w.add_token_types([1] * spec.vocab_size)
+    total = 0
+    for name, shape in expected_tensors(spec).items():
+        q = gguf.GGMLQuantizationType.F32 if len(shape) == 1 else gguf.GGMLQuantizationType.Q4_K
+        block, size = gguf.GGML_QUANT_SIZES[q]
+        nbytes = int(np.prod(shape)) // block * size
+        total += w.ggml_pad(nbytes, 32)
+        w.add_tensor_info(G.gguf_name(*parse_canonical(name)), shape, np.dtype(np.float32), nbytes, raw_dtype=q)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    header_end = w.fout[0].tell()
+    w.close()
+    os.truncate(path, header_end + (-header_end % 32) + total)  # 16 GB, none of it on disk
+    assert os.path.getsize(path) > 15e9
+    code = ("import json, resource, subprocess, sys; "
+            "p = subprocess.run([sys.executable, '-m', 'gemma_inspect', 'summary', sys.argv[1], '--json'], "
+            "capture_output=True, text=True); u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+            "print(json.dumps({'rc': p.returncode, 'out': p.stdout, 'cpu': u.ru_utime + u.ru_stime, "
+            "'rss_mb': u.ru_maxrss / 1024}))")
+    r = json.loads(subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True,
+                                  timeout=120).stdout)
+    assert r["rc"] == 0, r
+    m = json.loads(r["out"])
+    assert m["parameters"]["total"] == spec.num_parameters
+    a = m["architecture"]
+    assert (a["num_layers"], a["query_pre_attn_scalar"], a["rope_scaling_factor"], a["sliding_window"]) == \
+        (62, 168, 8.0, 1024)
+    groups = {g["group"]: g for g in m["quantization"]["groups"]}
+    assert m["quantization"]["file_type"] == "MOSTLY_Q4_K_M" and groups["attention"]["bits_per_weight"] == 4.5
+    assert r["rss_mb"] < 200 and r["cpu"] < 2.0, r  # CPU time: other processes cannot inflate it
+
