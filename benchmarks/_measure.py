@@ -1,22 +1,23 @@
-"""Run one command as a child process; print its wall time and peak RSS as JSON on the last line.
+"""Benchmark plumbing: run a contender as its own process and record its wall time and peak RSS.
 
-Usage: python benchmarks/_measure.py -- CMD ARGS...
-The peak RSS is the child's own (RUSAGE_CHILDREN with a single child), in bytes.
+As a script: `python benchmarks/_measure.py -- CMD ARGS...` runs CMD as its only child and prints
+{"rc", "seconds", "peak_rss_bytes", "stderr_tail"} as JSON on the last line (RUSAGE_CHILDREN with a
+single child is exactly that child's peak). As a module: `Runner` collects such results for a table.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 
-def main() -> int:
-    argv = sys.argv[1:]
-    if argv and argv[0] == "--":
-        argv = argv[1:]
+
+def _child(argv: list[str]) -> int:
     start = time.perf_counter()
     proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - start
@@ -26,5 +27,51 @@ def main() -> int:
     return 0
 
 
+def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict:
+    """Run `cmd` through this script in a fresh process; its result dict (plus "error" when it failed)."""
+    out = subprocess.run([sys.executable, os.path.join(HERE, "_measure.py"), "--", *cmd], capture_output=True,
+                         text=True, env=env)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    if res["rc"] != 0:
+        res["error"] = res["stderr_tail"].strip().splitlines()[-1] if res["stderr_tail"].strip() else "failed"
+    return res
+
+
+def du(path: str) -> int:
+    """Bytes of a file or of everything under a directory."""
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+
+
+def warm(path: str) -> None:
+    """Read a file or a tree once, so every contender starts from the same warm page cache."""
+    files = [path] if os.path.isfile(path) else [os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs]
+    for name in files:
+        with open(name, "rb") as fh:
+            while fh.read(64 * 1024 * 1024):
+                pass
+
+
+class Runner:
+    """Runs labelled contenders one after the other, printing a line each and keeping the results."""
+
+    def __init__(self, env: dict[str, str], width: int = 46):
+        self.env = env
+        self.width = width
+        self.rows: list[dict] = []
+
+    def run(self, label: str, cmd: list[str], output: str | None) -> dict:
+        res = measure(cmd, self.env)
+        res["label"] = label
+        res["output_bytes"] = du(output) if output and os.path.exists(output) else None
+        self.rows.append(res)
+        status = "ok" if res["rc"] == 0 else f"FAILED: {res.get('error')}"
+        print(f"  {label:<{self.width}} {res['seconds']:8.2f} s  {res['peak_rss_bytes'] / 1e9:6.2f} GB  {status}",
+              flush=True)
+        return res
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    args = sys.argv[1:]
+    sys.exit(_child(args[1:] if args and args[0] == "--" else args))

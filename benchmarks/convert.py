@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -27,6 +26,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import numpy as np  # noqa: E402
 
+from _measure import Runner, warm  # noqa: E402
 from gemma_inspect.spec import make_spec  # noqa: E402
 
 
@@ -59,23 +59,6 @@ def build_hf(spec, out: str, seed: int = 0) -> None:
     with open(os.path.join(tmp, "config.json"), "w") as f:
         json.dump(config_dict(spec), f, indent=2)
     os.replace(tmp, out)
-
-
-def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict:
-    out = subprocess.run([sys.executable, os.path.join(HERE, "_measure.py"), "--", *cmd], capture_output=True,
-                         text=True, env=env)
-    res = json.loads(out.stdout.strip().splitlines()[-1])
-    if res["rc"] != 0:
-        res["error"] = res["stderr_tail"].strip().splitlines()[-1] if res["stderr_tail"].strip() else "failed"
-    return res
-
-
-def warm(path: str) -> None:
-    for root, _, files in os.walk(path):
-        for f in files:
-            with open(os.path.join(root, f), "rb") as fh:
-                while fh.read(64 * 1024 * 1024):
-                    pass
 
 
 KERAS_EXPORT = """
@@ -123,16 +106,8 @@ def main() -> int:
     env = dict(os.environ, KERAS_BACKEND="torch", TF_CPP_MIN_LOG_LEVEL="3")
     cli = [sys.executable, "-m", "gemma_inspect"]
     size = os.path.getsize(os.path.join(keras_src, "model.weights.h5"))
-    rows = []
-
-    def run(label: str, cmd: list[str], output: str | None) -> dict:
-        res = measure(cmd, env)
-        res["label"] = label
-        res["output_bytes"] = _du(output) if output and os.path.exists(output) else None
-        rows.append(res)
-        status = "ok" if res["rc"] == 0 else f"FAILED: {res.get('error')}"
-        print(f"  {label:<46} {res['seconds']:8.2f} s  {res['peak_rss_bytes'] / 1e9:6.2f} GB  {status}", flush=True)
-        return res
+    runner = Runner(env)
+    run = runner.run
 
     print(f"\nGemma-2B-shaped, {args.layers} layers, {spec.num_parameters / 1e9:.2f} B parameters, bfloat16, "
           f"{size / 1e9:.2f} GB weights file")
@@ -175,15 +150,9 @@ def main() -> int:
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump({"date": str(datetime.date.today()), "machine": platform.machine(), "cores": os.cpu_count(),
-                       "parameters": spec.num_parameters, "weights_bytes": size, "results": rows}, f, indent=2)
+                       "parameters": spec.num_parameters, "weights_bytes": size, "results": runner.rows}, f, indent=2)
     shutil.rmtree(out, ignore_errors=True)
     return 0
-
-
-def _du(path: str) -> int:
-    if os.path.isfile(path):
-        return os.path.getsize(path)
-    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -32,6 +31,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, HERE)  # for _measure (this directory was dropped above because of gguf.py's name)
+from _measure import Runner, warm  # noqa: E402
 from gemma_inspect.spec import make_spec  # noqa: E402
 
 VOCAB = 262144
@@ -74,15 +75,6 @@ def build_gguf(spec, path: str, quant: str, workdir: str, seed: int = 0) -> None
     ckpt = Checkpoint(spec=spec, tensors=tensors, source="gemma3-270m-shaped-random", format="generated",
                       tokenizer=Tokenizer("generated", spm_bytes=bench_vocabulary(workdir)))
     convert(ckpt, path, "gguf", WriteOptions(dtype=quant.lower()))
-
-
-def measure(cmd: list[str], env: dict[str, str]) -> dict:
-    out = subprocess.run([sys.executable, os.path.join(HERE, "_measure.py"), "--", *cmd], capture_output=True,
-                         text=True, env=env)
-    res = json.loads(out.stdout.strip().splitlines()[-1])
-    if res["rc"] != 0:
-        res["error"] = res["stderr_tail"].strip().splitlines()[-1] if res["stderr_tail"].strip() else "failed"
-    return res
 
 
 TRANSFORMERS = """
@@ -139,22 +131,12 @@ def main() -> int:
     out = os.path.join(args.workdir, "out-gguf")
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
-    with open(src, "rb") as fh:  # warm the page cache for every contender alike
-        while fh.read(64 * 1024 * 1024):
-            pass
+    warm(src)  # the page cache, for every contender alike
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
     cli = [sys.executable, "-m", "gemma_inspect"]
     size = os.path.getsize(src)
-    rows = []
-
-    def run(label: str, cmd: list[str], output: str | None) -> dict:
-        res = measure(cmd, env)
-        res["label"] = label
-        res["output_bytes"] = _du(output) if output and os.path.exists(output) else None
-        rows.append(res)
-        status = "ok" if res["rc"] == 0 else f"FAILED: {res.get('error')}"
-        print(f"  {label:<58} {res['seconds']:8.2f} s  {res['peak_rss_bytes'] / 1e9:6.2f} GB  {status}", flush=True)
-        return res
+    runner = Runner(env, width=58)
+    run = runner.run
 
     print(f"\nGemma-3-270M-shaped, {args.layers} layers, {spec.num_parameters / 1e6:.0f} M parameters, "
           f"{args.quant}, {VOCAB:,}-token vocabulary, {size / 1e6:.0f} MB GGUF")
@@ -193,15 +175,9 @@ def main() -> int:
         with open(args.json_out, "w") as f:
             json.dump({"date": str(datetime.date.today()), "machine": platform.machine(), "cores": os.cpu_count(),
                        "parameters": spec.num_parameters, "gguf_bytes": size, "quant": args.quant,
-                       "max_abs_diff_sampled": diff, "results": rows}, f, indent=2)
+                       "max_abs_diff_sampled": diff, "results": runner.rows}, f, indent=2)
     shutil.rmtree(out, ignore_errors=True)
     return 0
-
-
-def _du(path: str) -> int:
-    if os.path.isfile(path):
-        return os.path.getsize(path)
-    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
 
 
 if __name__ == "__main__":
