@@ -64,16 +64,23 @@ def safe_child(directory: str, relname: Any, referrer: str) -> str:
     return full
 
 
-def require_int(cfg: dict[str, Any], key: str, path: str, default: Any = None) -> int:
+# More layers than any decoder has: a corrupt config, which must not make a reader build per-layer
+# tables of that length (10**9 layers would take gigabytes before a single tensor is compared).
+MAX_LAYERS = 1000
+
+
+def require_int(cfg: dict[str, Any], key: str, path: str, default: Any = None, maximum: int | None = None) -> int:
     v = cfg.get(key, default)
     if v is None:
         raise InputError(path, f"config has no {key!r}")
     if isinstance(v, bool) or not isinstance(v, int):
-        if isinstance(v, float) and v.is_integer():
-            return int(v)
-        raise InputError(path, f"config {key!r} must be an integer, got {v!r}")
+        if not (isinstance(v, float) and v.is_integer()):
+            raise InputError(path, f"config {key!r} must be an integer, got {v!r}")
+        v = int(v)
     if v <= 0:
         raise InputError(path, f"config {key!r} must be positive, got {v}")
+    if maximum is not None and v > maximum:
+        raise InputError(path, f"config {key!r} is {v}, more than the {maximum} this tool accepts")
     return v
 
 

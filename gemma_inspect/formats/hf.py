@@ -13,7 +13,7 @@ from typing import Any
 from ..checkpoint import ROLES, Checkpoint, TensorRef, check_against_spec, parse_canonical
 from ..errors import InputError, UnsupportedError
 from ..spec import FULL, SLIDING, GemmaSpec, gemma2_layer_types, gemma3_layer_types
-from .common import opt_float, read_json_object, require_int, safe_child
+from .common import MAX_LAYERS, opt_float, read_json_object, require_int, safe_child
 from .safetensors_io import StEntry, iter_bytes, read_array, read_header
 
 SUPPORTED_MODEL_TYPES = ("gemma", "gemma2", "gemma3_text", "gemma3")
@@ -212,7 +212,7 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
         act_raw = "gelu_pytorch_tanh"
         notes.append("hidden_act='gelu' is the legacy value of the Gemma 1 releases; it means the tanh "
                      "approximation, as transformers reads it")
-    if act_raw not in ACTIVATION_OF_HF:
+    if not isinstance(act_raw, str) or act_raw not in ACTIVATION_OF_HF:
         raise UnsupportedError(f"{path}: activation {act_key}={act_raw!r} is not supported "
                                f"(expected gelu_pytorch_tanh)")
     hidden = require_int(text, "hidden_size", path)
@@ -221,7 +221,7 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
     kv = heads if kv is None else require_int(text, "num_key_value_heads", path)
     head_dim = text.get("head_dim")
     head_dim = hidden // heads if head_dim is None else require_int(text, "head_dim", path)
-    n_layers = require_int(text, "num_hidden_layers", path)
+    n_layers = require_int(text, "num_hidden_layers", path, maximum=MAX_LAYERS)
     sliding = None
     if model_type != "gemma":
         sliding = text.get("sliding_window")

@@ -21,7 +21,7 @@ from ..arrays import transpose2d, transpose_last2
 from ..checkpoint import Checkpoint, TensorRef, canonical_name, check_against_spec, expected_tensors
 from ..errors import InputError, SpecError, UnsupportedError
 from ..spec import FULL, SLIDING, GemmaSpec, gemma2_layer_types, gemma3_layer_types
-from .common import opt_float, read_json_object, require_int, safe_child
+from .common import MAX_LAYERS, opt_float, read_json_object, require_int, safe_child
 from .safetensors_io import iter_bytes, numpy_dtype
 
 CONFIG = "config.json"
@@ -173,7 +173,7 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
     for flag in ("use_bidirectional_attention", "is_embedding_model"):
         if c.get(flag):
             raise UnsupportedError(f"{path}: {flag}=true is not a Gemma causal-LM configuration this tool supports")
-    n = require_int(c, "num_layers", path)
+    n = require_int(c, "num_layers", path, maximum=MAX_LAYERS)
     hidden = require_int(c, "hidden_dim", path)
     heads = require_int(c, "num_query_heads", path)
     head_dim = require_int(c, "head_dim", path)
@@ -203,8 +203,8 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
         layer_types = gemma3_layer_types(n) if sliding_on else (FULL,) * n
         # Gemma3Backbone hard-codes the bases: 10k on local layers, 1M on global ones.
         rope = dict(rope_theta=1_000_000.0, rope_local_theta=10_000.0,
-                    rope_scaling_factor=float(c.get("global_rope_scaling_factor", 1.0) or 1.0),
-                    rope_local_scaling_factor=float(c.get("local_rope_scaling_factor", 1.0) or 1.0))
+                    rope_scaling_factor=opt_float(c, "global_rope_scaling_factor", path) or 1.0,
+                    rope_local_scaling_factor=opt_float(c, "local_rope_scaling_factor", path) or 1.0)
     if c.get("query_head_dim_normalize") is False:
         notes.append(f"query_head_dim_normalize=false is stored, but keras-hub's decoder blocks ignore it: "
                      f"queries are scaled by head_dim^-0.5 (1/sqrt({head_dim})), not "
@@ -221,8 +221,8 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
             head_dim=head_dim, intermediate_size=ffn,
             norm_placement="pre+post" if family != "gemma" else "pre",
             qk_norm=family == "gemma3",
-            attention_logit_softcap=c.get("attention_logit_soft_cap"),
-            final_logit_softcap=c.get("final_logit_soft_cap"),
+            attention_logit_softcap=opt_float(c, "attention_logit_soft_cap", path),
+            final_logit_softcap=opt_float(c, "final_logit_soft_cap", path),
             sliding_window=require_int(c, "sliding_window_size", path, window) if sliding_on else None,
             layer_types=layer_types,
             query_pre_attn_scalar=head_dim,  # what keras-hub computes, whatever the flag says
