@@ -36,6 +36,11 @@ NORM_KINDS = ("rmsnorm", "layernorm_nonparametric")
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8, "int8": 1, "uint8": 1}
 
 
+def _is_number(v: Any) -> bool:
+    """A real number (not a bool, a string or None): what validation compares with 0."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def round_to_dtype(value: float, dtype: str) -> float:
     """`value` as the model dtype stores it (Gemma casts sqrt(d) to the activation dtype first)."""
     import numpy as np
@@ -150,18 +155,19 @@ class GemmaSpec:
             problems.append(f"unknown layer types {bad}")
         if SLIDING in self.layer_types and not self.sliding_window:
             problems.append("sliding-window layers are declared but sliding_window is not set")
-        if self.sliding_window is not None and self.sliding_window <= 0:
+        if self.sliding_window is not None and not (_is_number(self.sliding_window) and self.sliding_window > 0):
             problems.append(f"sliding_window must be positive, got {self.sliding_window}")
         for cap in ("attention_logit_softcap", "final_logit_softcap"):
             v = getattr(self, cap)
-            if v is not None and not v > 0:
+            if v is not None and not (_is_number(v) and v > 0):
                 problems.append(f"{cap} must be positive or absent, got {v}")
-        if self.query_pre_attn_scalar is not None and not self.query_pre_attn_scalar > 0:
+        if self.query_pre_attn_scalar is not None and not (_is_number(self.query_pre_attn_scalar)
+                                                           and self.query_pre_attn_scalar > 0):
             problems.append(f"query_pre_attn_scalar must be positive, got {self.query_pre_attn_scalar}")
         for f in ("rope_theta", "rope_scaling_factor", "rope_local_scaling_factor", "rms_norm_eps"):
-            if not getattr(self, f) > 0:
+            if not (_is_number(getattr(self, f)) and getattr(self, f) > 0):
                 problems.append(f"{f} must be positive, got {getattr(self, f)}")
-        if self.rope_local_theta is not None and not self.rope_local_theta > 0:
+        if self.rope_local_theta is not None and not (_is_number(self.rope_local_theta) and self.rope_local_theta > 0):
             problems.append(f"rope_local_theta must be positive, got {self.rope_local_theta}")
         if self.norm_kind == "layernorm_nonparametric" and (self.qk_norm or self.norm_offset):
             problems.append("a non-parametric LayerNorm has no weights to offset or to use for QK-norm")
