@@ -489,3 +489,45 @@ def test_debug_shows_the_traceback(tmp_path):
     assert result.exit_code != 0
     assert result.exception is not None
     assert type(result.exception).__name__ == "InputError"
+
+
+# --------------------------------------------------------------------------- configs found by fuzzing
+@pytest.mark.parametrize("which,key", [("hf", "num_hidden_layers"), ("keras", "num_layers")])
+def test_absurd_layer_count_is_refused_before_building_per_layer_tables(hf_dir, keras_dir, which, key):
+    d = hf_dir if which == "hf" else keras_dir
+    cfg = os.path.join(d, "config.json")
+    edit_json(cfg, lambda c: (c if which == "hf" else c["config"]).update({key: 10**9}))
+    assert summary_fails(d) == f"{cfg}: config '{key}' is 1000000000, more than the 1000 this tool accepts"
+
+
+def test_integral_float_sizes_are_still_checked_for_sign(hf_dir):
+    cfg = os.path.join(hf_dir, "config.json")
+    edit_json(cfg, lambda c: c.update(num_key_value_heads=-2.0))
+    assert summary_fails(hf_dir) == f"{cfg}: config 'num_key_value_heads' must be positive, got -2"
+
+
+def test_activation_that_is_not_a_string(hf_dir):
+    cfg = os.path.join(hf_dir, "config.json")
+    edit_json(cfg, lambda c: c.update(hidden_activation=[]))
+    assert summary_fails(hf_dir) == (f"{cfg}: activation hidden_activation=[] is not supported "
+                                     f"(expected gelu_pytorch_tanh)")
+
+
+@pytest.mark.parametrize("key", ["attention_logit_soft_cap", "final_logit_soft_cap"])
+def test_keras_soft_cap_that_is_not_a_number(keras_dir, key):
+    cfg = os.path.join(keras_dir, "config.json")
+    edit_json(cfg, lambda c: c["config"].update({key: "x"}))
+    assert summary_fails(keras_dir) == f"{cfg}: config '{key}' must be a number, got 'x'"
+
+
+def test_keras_rope_scaling_that_is_not_a_number(tiny_models, copy_dir):
+    d = copy_dir(tiny_models.get("gemma3", "keras", tokenizer=False))
+    cfg = os.path.join(d, "config.json")
+    edit_json(cfg, lambda c: c["config"].update(global_rope_scaling_factor=[8]))
+    assert summary_fails(d) == f"{cfg}: config 'global_rope_scaling_factor' must be a number, got [8]"
+
+
+def test_null_epsilon_is_named(hf_dir):
+    cfg = os.path.join(hf_dir, "config.json")
+    edit_json(cfg, lambda c: c.update(rms_norm_eps=None))
+    assert summary_fails(hf_dir) == f"{cfg}: inconsistent config: rms_norm_eps must be positive, got None"

@@ -79,7 +79,8 @@ def test_reader_gives_the_written_spec_and_tensors(tiny_models, family, fmt, dty
     assert ckpt.ignored == {}
     assert ckpt.tokenizer is not None and ckpt.tokenizer.has_spm
     assert_bit_identical(ckpt, tiny_models.weights(family, dtype), dtype)
-    assert ckpt.size_bytes == sum(a.size for a in tiny_models.weights(family).values()) * (4 if dtype == "float32" else 2)
+    numel = sum(a.size for a in tiny_models.weights(family).values())
+    assert ckpt.size_bytes == numel * (4 if dtype == "float32" else 2)
 
 
 @pytest.mark.parametrize("family", ["gemma", "gemma2", "gemma3"])
@@ -256,8 +257,8 @@ def test_multimodal_gemma3_reads_the_text_decoder(multimodal_gemma3, tiny_models
     prefixes = {".".join(n.split(".")[:2]) for n in entries}
     # transformers 5 writes the on-disk names of transformers 4: language_model.model.*, vision_tower.*
     assert prefixes == {"language_model.model", "vision_tower.embeddings", "vision_tower.encoder",
-                        "vision_tower.post_layernorm", "vision_tower.head", "multi_modal_projector.mm_input_projection_weight",
-                        "multi_modal_projector.mm_soft_emb_norm"}
+                        "vision_tower.post_layernorm", "vision_tower.head",
+                        "multi_modal_projector.mm_input_projection_weight", "multi_modal_projector.mm_soft_emb_norm"}
     with open(os.path.join(multimodal_gemma3, "config.json")) as f:
         assert json.load(f)["model_type"] == "gemma3"
 

@@ -249,3 +249,10 @@ def test_defaults_and_replace():
 
 def test_gemma3_layer_types_pattern():
     assert gemma3_layer_types(7) == (SLIDING,) * 5 + (FULL, SLIDING)
+
+
+def test_values_of_the_wrong_type_are_problems_not_crashes():
+    with pytest.raises(SpecError) as e:
+        GemmaSpec(**{**BASE, "rms_norm_eps": None, "final_logit_softcap": "30", "sliding_window": "4096"})
+    assert str(e.value) == ("sliding_window must be positive, got 4096; final_logit_softcap must be positive or "
+                            "absent, got 30; rms_norm_eps must be positive, got None")
