@@ -8,13 +8,16 @@ Every runtime returns the same points, so any two can be compared layer by layer
     hidden_states[1..L]   the output of each decoder block
     hidden_states[L + 1]  the output of the final norm (what the output projection reads)
 
+`load_model` keeps a model loaded for several forward passes and describes where its real modules are
+(`Anatomy`), so that `verify` can hook them; `run` is load + one forward pass.
+
 torch, transformers and keras are imported inside the functions that need them, never at import time.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..checkpoint import Checkpoint
 from ..errors import InputError, UnsupportedError
@@ -41,6 +44,56 @@ class RuntimeResult:
     @property
     def num_layers(self) -> int:
         return len(self.hidden_states) - 2
+
+
+@dataclass
+class Anatomy:
+    """Where the real modules of a loaded model are, for tracing. Every runtime's modules are
+    `torch.nn.Module`s (keras layers are too, on keras' torch backend), so one set of hooks serves all.
+
+    `roles` maps a role to a module path relative to a decoder block (a role the runtime lacks resolves to
+    nothing): attention, q, k, v, o, q_norm, k_norm, mlp (absent in keras-hub, whose FFN is three dense
+    layers called by the block itself), gate, up, down. `layouts` says how the q/k/v (and q/k norm)
+    outputs are laid out: "bt(hd)" [B, T, heads * D], "bthd" [B, T, heads, D], "bhtd" [B, heads, T, D].
+    """
+
+    root: Any  # the module that holds everything (model / backbone)
+    embedding: Any  # token ids -> embedding (scaled inside or not: the input of block 0 is what counts)
+    embedding_weight: Any  # E [V, d] as the runtime holds it
+    blocks: list[Any]
+    block_names: list[str]  # e.g. model.layers.0 / transformer_layers.0
+    final_norm: Any
+    output_weight: Any | None  # the matrix the output projection multiplies by (the embedding when tied)
+    roles: dict[str, str]
+    layouts: dict[str, str]
+    head_dim: int | None = None  # the runtime's own head_dim, for layouts that flatten heads
+
+    def part(self, block: int, role: str) -> Any | None:
+        """The module playing `role` in decoder block `block`, or None."""
+        path = self.roles.get(role)
+        if path is None:
+            return None
+        obj = self.blocks[block]
+        for attr in path.split("."):
+            obj = getattr(obj, attr, None)
+            if obj is None:
+                return None
+        return obj
+
+
+class LoadedModel(Protocol):
+    """A checkpoint loaded by one runtime, kept for several forward passes."""
+
+    runtime: str
+    device: str
+    dtype: str
+    source: str
+
+    def forward(self, token_ids: list[list[int]]) -> "RuntimeResult": ...
+
+    def anatomy(self) -> Anatomy: ...
+
+    def close(self) -> None: ...
 
 
 def to_cpu_float(t: Any) -> Any:
@@ -96,37 +149,56 @@ def as_token_batch(ckpt: Checkpoint, token_ids: Any) -> list[list[int]]:
     return arr.astype(np.int64).tolist()
 
 
-def run(ckpt: Checkpoint, token_ids: Any, runtime: str = "auto", device: str = "auto",
-        dtype: str = "float32", **options: Any) -> RuntimeResult:
-    """Run `ckpt` on `token_ids` ([T] or [B, T]) and return logits plus hidden states.
+ALLOWED_OPTIONS = {"reference": {"embedding_scale_dtype"},
+                   "transformers": {"device_map", "attn_implementation"},
+                   "keras": {"attn_implementation"}}
+
+
+def load_model(ckpt: Checkpoint, runtime: str = "auto", device: str = "auto", dtype: str = "float32",
+               **options: Any) -> LoadedModel:
+    """Load `ckpt` with a runtime and keep it for several forward passes (`model.forward(ids)`).
 
     Options: `device_map` (transformers: e.g. "auto" to spread a model over several GPUs with
-    accelerate), `attn_implementation` (transformers), `embedding_scale_dtype` (reference: "float32"
-    reproduces a porting bug, for tests).
+    accelerate), `attn_implementation` (transformers: any of its names; keras: "eager" keeps keras-hub
+    off its fused attention kernel), `embedding_scale_dtype` (reference: "float32" reproduces a porting
+    bug, for tests).
     """
     if dtype not in DTYPES:
         raise InputError(None, f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
     name = resolve_runtime(ckpt, runtime)
     dev = resolve_device(device)
-    ids = as_token_batch(ckpt, token_ids)
-    allowed = {"reference": {"embedding_scale_dtype"}, "transformers": {"device_map", "attn_implementation"},
-               "keras": set()}[name]
-    unknown = sorted(k for k, v in options.items() if v is not None and k not in allowed)
+    unknown = sorted(k for k, v in options.items() if v is not None and k not in ALLOWED_OPTIONS[name])
     if unknown:
         raise InputError(None, f"runtime {name} has no option {', '.join(unknown)}")
-    opts = {k: v for k, v in options.items() if k in allowed}
+    opts = {k: v for k, v in options.items() if k in ALLOWED_OPTIONS[name]}
     if name == "reference":
-        from .reference import run as run_reference
+        from .reference import ReferenceModel
 
-        return run_reference(ckpt, ids, dev, dtype, **opts)
+        return ReferenceModel(ckpt, dev, dtype, **opts)
     if name == "transformers":
-        from .transformers_rt import run as run_transformers
+        from .transformers_rt import TransformersModel
 
-        return run_transformers(ckpt, ids, dev, dtype, **opts)
-    from .keras_rt import run as run_keras
+        return TransformersModel(ckpt, dev, dtype, **opts)
+    from .keras_rt import KerasModel
 
-    return run_keras(ckpt, ids, dev, dtype)
+    return KerasModel(ckpt, dev, dtype, **opts)
 
 
-__all__ = ["RuntimeResult", "run", "resolve_runtime", "resolve_device", "as_token_batch", "RUNTIMES",
-           "DEVICES", "DTYPES"]
+def run(ckpt: Checkpoint, token_ids: Any, runtime: str = "auto", device: str = "auto",
+        dtype: str = "float32", **options: Any) -> RuntimeResult:
+    """Run `ckpt` on `token_ids` ([T] or [B, T]) and return logits plus hidden states (options: see
+    `load_model`)."""
+    if dtype not in DTYPES:
+        raise InputError(None, f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    name = resolve_runtime(ckpt, runtime)
+    resolve_device(device)
+    ids = as_token_batch(ckpt, token_ids)
+    model = load_model(ckpt, name, device, dtype, **options)
+    try:
+        return model.forward(ids)
+    finally:
+        model.close()
+
+
+__all__ = ["RuntimeResult", "Anatomy", "LoadedModel", "load_model", "run", "resolve_runtime", "resolve_device",
+           "as_token_batch", "RUNTIMES", "DEVICES", "DTYPES"]

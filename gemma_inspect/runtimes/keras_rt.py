@@ -23,7 +23,7 @@ from typing import Any
 
 from ..checkpoint import Checkpoint
 from ..errors import UnsupportedError
-from . import RuntimeResult, to_cpu_float
+from . import Anatomy, RuntimeResult, to_cpu_float
 
 
 def import_keras() -> Any:
@@ -61,35 +61,95 @@ def load_backbone(ckpt: Checkpoint, dtype: str) -> Any:
     return build_keras_backbone(ckpt.spec.replace(dtype=dtype), weights)
 
 
-def run(ckpt: Checkpoint, token_ids: list[list[int]], device: str, dtype: str) -> RuntimeResult:
-    import numpy as np
-    import torch
+class KerasModel:
+    """The keras runtime's loaded backbone (a `runtimes.LoadedModel`).
 
-    keras = import_keras()
-    from keras import ops
+    `attn_implementation="eager"` keeps every attention layer off keras-hub's fused kernel
+    (`ops.dot_product_attention`, chosen on GPUs for models without a soft cap), so that its scores pass
+    through its Softmax layer where `verify` can see them; the arithmetic is the same.
+    """
 
-    start = time.perf_counter()
-    with keras.device(device):
-        backbone = load_backbone(ckpt, dtype)
-        ids = ops.convert_to_tensor(np.asarray(token_ids, dtype="int32"))
-        padding_mask = ops.ones_like(ids)  # one unpadded sequence per row
-        gemma3 = type(backbone).__name__ == "Gemma3Backbone"
-        with torch.no_grad():
-            x = backbone.token_embedding(ids)
-            # Gemma's scale, cast to the activation dtype first (45.25 for d = 2048 in bfloat16).
-            x = x * ops.cast(ops.sqrt(backbone.hidden_dim), x.dtype)
-            hidden = [to_cpu_float(x)]
-            for block in backbone.transformer_layers:
-                if gemma3:  # text only: no vision mask
-                    x = block(x, padding_mask=padding_mask, vision_mask=None)
-                else:
-                    x = block(x, padding_mask=padding_mask)
+    runtime = "keras"
+
+    def __init__(self, ckpt: Checkpoint, device: str, dtype: str, attn_implementation: str | None = None):
+        if attn_implementation not in (None, "eager"):
+            raise UnsupportedError(f"the keras runtime has no attention implementation {attn_implementation!r} "
+                                   f"(only 'eager')")
+        self.keras = import_keras()
+        start = time.perf_counter()
+        self.source, self.device, self.dtype = ckpt.source, device, dtype
+        with self.keras.device(device):
+            self.backbone = load_backbone(ckpt, dtype)
+        if attn_implementation == "eager":
+            for block in self.backbone.transformer_layers:
+                block.attention._use_fused_attention_op = _never
+        self.load_seconds = time.perf_counter() - start
+
+    def forward(self, token_ids: list[list[int]]) -> RuntimeResult:
+        import numpy as np
+        import torch
+        from keras import ops
+
+        start = time.perf_counter()
+        backbone = self.backbone
+        with self.keras.device(self.device):
+            ids = ops.convert_to_tensor(np.asarray(token_ids, dtype="int32"))
+            padding_mask = ops.ones_like(ids)  # one unpadded sequence per row
+            gemma3 = type(backbone).__name__ == "Gemma3Backbone"
+            with torch.no_grad():
+                x = backbone.token_embedding(ids)
+                # Gemma's scale, cast to the activation dtype first (45.25 for d = 2048 in bfloat16).
+                x = x * ops.cast(ops.sqrt(backbone.hidden_dim), x.dtype)
+                hidden = [to_cpu_float(x)]
+                for block in backbone.transformer_layers:
+                    if gemma3:  # text only: no vision mask
+                        x = block(x, padding_mask=padding_mask, vision_mask=None)
+                    else:
+                        x = block(x, padding_mask=padding_mask)
+                    hidden.append(to_cpu_float(x))
+                x = backbone.layer_norm(x)
                 hidden.append(to_cpu_float(x))
-            x = backbone.layer_norm(x)
-            hidden.append(to_cpu_float(x))
-            logits = to_cpu_float(backbone.token_embedding(x, reverse=True))
-    del backbone, x
-    if device == "cuda":
-        torch.cuda.empty_cache()
-    return RuntimeResult(logits=logits, hidden_states=hidden, runtime="keras", device=device, dtype=dtype,
-                         source=ckpt.source, seconds=time.perf_counter() - start)
+                logits = to_cpu_float(backbone.token_embedding(x, reverse=True))
+        del x
+        return RuntimeResult(logits=logits, hidden_states=hidden, runtime="keras", device=self.device,
+                             dtype=self.dtype, source=self.source,
+                             seconds=self.load_seconds + time.perf_counter() - start)
+
+    def anatomy(self) -> Anatomy:
+        bb = self.backbone
+        emb = bb.token_embedding
+        out = emb.embeddings if getattr(emb, "tie_weights", True) else emb.reverse_embeddings
+        blocks = list(bb.transformer_layers)
+        return Anatomy(
+            root=bb, embedding=emb, embedding_weight=emb.embeddings.value, blocks=blocks,
+            block_names=[b.name for b in blocks], final_norm=bb.layer_norm, output_weight=out.value,
+            roles=KERAS_ROLES, layouts=KERAS_LAYOUTS, head_dim=getattr(bb, "head_dim", None))
+
+    def close(self) -> None:
+        device = self.device
+        del self.backbone
+        if device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+
+def _never() -> bool:
+    return False
+
+
+# Where `verify` finds each part of a keras-hub decoder block. The FFN is no layer of its own: the block
+# calls gating_ffw (gate), gating_ffw_2 (up), the GELU and ffw_linear (down) itself. EinsumDense layers
+# give [B, T, heads, D] for q, k and v, and the Gemma 3 query/key norms act in that layout.
+KERAS_ROLES = {"attention": "attention", "q": "attention.query_dense", "k": "attention.key_dense",
+               "v": "attention.value_dense", "o": "attention.output_dense", "q_norm": "attention.query_norm",
+               "k_norm": "attention.key_norm", "gate": "gating_ffw", "up": "gating_ffw_2", "down": "ffw_linear"}
+KERAS_LAYOUTS = {"q": "bthd", "k": "bthd", "v": "bthd", "q_norm": "bthd", "k_norm": "bthd"}
+
+
+def run(ckpt: Checkpoint, token_ids: list[list[int]], device: str, dtype: str) -> RuntimeResult:
+    model = KerasModel(ckpt, device, dtype)
+    try:
+        return model.forward(token_ids)
+    finally:
+        model.close()

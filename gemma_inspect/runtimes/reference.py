@@ -5,6 +5,10 @@ One module, meant to be read top to bottom like a textbook. It takes the canonic
 compute, with every Gemma quirk written out where it acts. Symbols in the shape comments: B batch,
 T tokens, d hidden size, H query heads, K key/value heads, D head_dim, F FFN width, V vocabulary.
 
+The math is in plain functions (`rms_norm`, `embed`, `apply_rope`, `soft_cap`, ...); small `nn.Module`s
+hold the weights and call them, so that `verify` can hook the real modules of this runtime exactly as it
+hooks transformers' and keras-hub's (the module names follow transformers': `model.layers.0.self_attn.q_proj`).
+
 It matches transformers to 1e-5 in float32 on tiny models of every family (tests/test_reference.py).
 """
 
@@ -16,13 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..checkpoint import Checkpoint, canonical_name, layer_roles
 from ..errors import UnsupportedError
 from ..spec import SLIDING, GemmaSpec
 
 if TYPE_CHECKING:  # pragma: no cover
-    from . import RuntimeResult
+    from . import Anatomy, RuntimeResult
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -128,85 +133,196 @@ def attention_mask(spec: GemmaSpec, layer: int, t: int, device: Any) -> torch.Te
     return allowed
 
 
-def attention(spec: GemmaSpec, w: dict[str, torch.Tensor], layer: int, x: torch.Tensor,
-              positions: torch.Tensor) -> torch.Tensor:
+def activation(kind: str, x: torch.Tensor) -> torch.Tensor:
+    """The FFN gate's activation. Gemma's GELU is the tanh approximation (HF `gelu_pytorch_tanh`); the
+    exact erf GELU, which some ports use, is a small but real error. SwiGLU peers use SiLU."""
+    if kind == "gelu_tanh":
+        return F.gelu(x, approximate="tanh")
+    if kind == "gelu":
+        return F.gelu(x)
+    return F.silu(x)
+
+
+# ----------------------------------------------------------------------------- modules holding the weights
+def _param(t: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(t, requires_grad=False)  # wraps the tensor, no copy
+
+
+class Linear(nn.Module):
+    """y = x @ W^T with W stored [out, in] (no bias anywhere in Gemma)."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.weight = _param(weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.T
+
+
+class RMSNorm(nn.Module):
+    """`rms_norm` with its stored (zero-centred) weight; the layer applies (offset + w)."""
+
+    def __init__(self, weight: torch.Tensor, eps: float, offset: int):
+        super().__init__()
+        self.weight = _param(weight)
+        self.eps, self.offset = eps, offset
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps, self.offset)
+
+
+class Embedding(nn.Module):
+    """Token ids -> `embed` (the lookup and Gemma's sqrt(d) scale)."""
+
+    def __init__(self, spec: GemmaSpec, weight: torch.Tensor, scale_dtype: str | None = None):
+        super().__init__()
+        self.spec, self.scale_dtype = spec, scale_dtype
+        self.weight = _param(weight)
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return embed(self.spec, self.weight, token_ids, self.scale_dtype)
+
+
+class Activation(nn.Module):
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return activation(self.kind, x)
+
+    def extra_repr(self) -> str:
+        return self.kind
+
+
+class Attention(nn.Module):
     """Self-attention of one layer: [B, T, d] -> [B, T, d]. MQA (K = 1), GQA (1 < K < H) and MHA (K = H)
     are one code path: query head h reads key/value head h // (H / K)."""
-    b, t, _ = x.shape
-    h, k, d = spec.num_attention_heads, spec.num_key_value_heads, spec.head_dim
-    name = lambda role: canonical_name(role, layer)  # noqa: E731
 
-    q = (x @ w[name("q")].T).view(b, t, h, d).transpose(1, 2)  # [B, H, T, D]
-    kk = (x @ w[name("k")].T).view(b, t, k, d).transpose(1, 2)  # [B, K, T, D]
-    v = (x @ w[name("v")].T).view(b, t, k, d).transpose(1, 2)  # [B, K, T, D]
+    def __init__(self, spec: GemmaSpec, w: dict[str, torch.Tensor], layer: int):
+        super().__init__()
+        self.spec, self.layer = spec, layer
+        name = lambda role: canonical_name(role, layer)  # noqa: E731
+        self.q_proj, self.k_proj = Linear(w[name("q")]), Linear(w[name("k")])
+        self.v_proj, self.o_proj = Linear(w[name("v")]), Linear(w[name("o")])
+        self.q_norm = self.k_norm = None
+        if spec.qk_norm:
+            self.q_norm = RMSNorm(w[name("q_norm")], spec.rms_norm_eps, spec.norm_offset)
+            self.k_norm = RMSNorm(w[name("k_norm")], spec.rms_norm_eps, spec.norm_offset)
 
-    if spec.qk_norm:  # Gemma 3: RMSNorm over D on every query and key head, before RoPE
-        q = rms_norm(q, w[name("q_norm")], spec.rms_norm_eps, spec.norm_offset)
-        kk = rms_norm(kk, w[name("k_norm")], spec.rms_norm_eps, spec.norm_offset)
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        spec = self.spec
+        b, t, _ = x.shape
+        h, k, d = spec.num_attention_heads, spec.num_key_value_heads, spec.head_dim
 
-    cos, sin = rope_cos_sin(spec, layer, positions, x.dtype)
-    q, kk = apply_rope(q, cos, sin), apply_rope(kk, cos, sin)
+        q = self.q_proj(x).view(b, t, h, d).transpose(1, 2)  # [B, H, T, D]
+        kk = self.k_proj(x).view(b, t, k, d).transpose(1, 2)  # [B, K, T, D]
+        v = self.v_proj(x).view(b, t, k, d).transpose(1, 2)  # [B, K, T, D]
 
-    # Share each K/V head among H / K query heads: [B, K, T, D] -> [B, H, T, D].
-    kk = kk.repeat_interleave(spec.queries_per_kv_head, dim=1)
-    v = v.repeat_interleave(spec.queries_per_kv_head, dim=1)
+        if self.q_norm is not None:  # Gemma 3: RMSNorm over D on every query and key head, before RoPE
+            q, kk = self.q_norm(q), self.k_norm(kk)
 
-    # Queries are scaled by query_pre_attn_scalar ** -0.5: head_dim for most models, but d / H for the
-    # Gemma 2 27B (144) and Gemma 3 27B (168).
-    scores = (q @ kk.transpose(-1, -2)) * spec.query_scale  # [B, H, T, T]
-    # Gemma 2 soft-caps the attention logits (c = 50) before the mask and the softmax.
-    scores = soft_cap(scores, spec.attention_logit_softcap)
-    scores = scores.masked_fill(~attention_mask(spec, layer, t, x.device), float("-inf"))
-    probs = torch.softmax(scores.float(), dim=-1).to(x.dtype)  # softmax in float32
-    out = (probs @ v).transpose(1, 2).reshape(b, t, h * d)  # [B, T, H*D]; H*D need not equal d
-    return out @ w[name("o")].T  # [B, T, d]
+        cos, sin = rope_cos_sin(spec, self.layer, positions, x.dtype)
+        q, kk = apply_rope(q, cos, sin), apply_rope(kk, cos, sin)
 
+        # Share each K/V head among H / K query heads: [B, K, T, D] -> [B, H, T, D].
+        kk = kk.repeat_interleave(spec.queries_per_kv_head, dim=1)
+        v = v.repeat_interleave(spec.queries_per_kv_head, dim=1)
 
-def feed_forward(spec: GemmaSpec, w: dict[str, torch.Tensor], layer: int, x: torch.Tensor) -> torch.Tensor:
-    """GeGLU: down(gelu(gate(x)) * up(x)), [B, T, d] -> [B, T, F] -> [B, T, d].
-
-    Gemma's GELU is the tanh approximation (HF `gelu_pytorch_tanh`); the exact erf GELU, which some
-    ports use, is a small but real error. SwiGLU peers use SiLU in the same place.
-    """
-    gate = x @ w[canonical_name("gate", layer)].T  # [B, T, F]
-    up = x @ w[canonical_name("up", layer)].T  # [B, T, F]
-    if spec.activation == "gelu_tanh":
-        act = F.gelu(gate, approximate="tanh")
-    elif spec.activation == "gelu":
-        act = F.gelu(gate)
-    else:
-        act = F.silu(gate)
-    return (act * up) @ w[canonical_name("down", layer)].T
+        # Queries are scaled by query_pre_attn_scalar ** -0.5: head_dim for most models, but d / H for the
+        # Gemma 2 27B (144) and Gemma 3 27B (168).
+        scores = (q @ kk.transpose(-1, -2)) * spec.query_scale  # [B, H, T, T]
+        # Gemma 2 soft-caps the attention logits (c = 50) before the mask and the softmax.
+        scores = soft_cap(scores, spec.attention_logit_softcap)
+        scores = scores.masked_fill(~attention_mask(spec, self.layer, t, x.device), float("-inf"))
+        probs = torch.softmax(scores.float(), dim=-1).to(x.dtype)  # softmax in float32
+        out = (probs @ v).transpose(1, 2).reshape(b, t, h * d)  # [B, T, H*D]; H*D need not equal d
+        return self.o_proj(out)  # [B, T, d]
 
 
-def decoder_block(spec: GemmaSpec, w: dict[str, torch.Tensor], layer: int, x: torch.Tensor,
-                  positions: torch.Tensor) -> torch.Tensor:
+class FeedForward(nn.Module):
+    """GeGLU: down(gelu(gate(x)) * up(x)), [B, T, d] -> [B, T, F] -> [B, T, d]."""
+
+    def __init__(self, spec: GemmaSpec, w: dict[str, torch.Tensor], layer: int):
+        super().__init__()
+        self.gate_proj = Linear(w[canonical_name("gate", layer)])
+        self.up_proj = Linear(w[canonical_name("up", layer)])
+        self.down_proj = Linear(w[canonical_name("down", layer)])
+        self.act_fn = Activation(spec.activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderBlock(nn.Module):
     """One decoder block, [B, T, d] -> [B, T, d].
 
     Gemma 1 (pre-norm):        x += attn(n1(x));        x += mlp(n2(x))
     Gemma 2/3 (sandwich norm): x += n1b(attn(n1(x)));   x += n2b(mlp(n2(x)))
     The post norms act on the sub-layer output before the residual add, not on the stream.
     """
-    eps, off = spec.rms_norm_eps, spec.norm_offset
-    norm = lambda role, v: rms_norm(v, w[canonical_name(role, layer)], eps, off)  # noqa: E731
-    sandwich = spec.norm_placement == "pre+post"
 
-    a = attention(spec, w, layer, norm("attn_norm", x), positions)
-    if sandwich:
-        a = norm("post_attn_norm", a)
-    x = x + a
+    def __init__(self, spec: GemmaSpec, w: dict[str, torch.Tensor], layer: int):
+        super().__init__()
+        norm = lambda role: RMSNorm(w[canonical_name(role, layer)], spec.rms_norm_eps, spec.norm_offset)  # noqa: E731
+        sandwich = spec.norm_placement == "pre+post"
+        self.input_layernorm = norm("attn_norm")
+        self.self_attn = Attention(spec, w, layer)
+        self.post_attention_layernorm = norm("post_attn_norm") if sandwich else None
+        self.pre_feedforward_layernorm = norm("ffn_norm")
+        self.mlp = FeedForward(spec, w, layer)
+        self.post_feedforward_layernorm = norm("post_ffn_norm") if sandwich else None
 
-    m = feed_forward(spec, w, layer, norm("ffn_norm", x))
-    if sandwich:
-        m = norm("post_ffn_norm", m)
-    return x + m
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        a = self.self_attn(self.input_layernorm(x), positions)
+        if self.post_attention_layernorm is not None:
+            a = self.post_attention_layernorm(a)
+        x = x + a
+
+        m = self.mlp(self.pre_feedforward_layernorm(x))
+        if self.post_feedforward_layernorm is not None:
+            m = self.post_feedforward_layernorm(m)
+        return x + m
 
 
-def output_logits(spec: GemmaSpec, w: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
-    """[B, T, d] -> [B, T, V]. Tied: logits = h @ E^T (Gemma has no lm_head tensor). Gemma 2 then
-    soft-caps the logits at 30, in the model dtype."""
-    out = w["lm_head.weight"] if not spec.tied_embeddings else w[canonical_name("embed")]
-    return soft_cap(h @ out.T, spec.final_logit_softcap)
+class OutputHead(nn.Module):
+    """[B, T, d] -> [B, T, V]. Tied: logits = h @ E^T, `weight` is the embedding's own Parameter (Gemma has
+    no lm_head tensor). Gemma 2 then soft-caps the logits at 30, in the model dtype."""
+
+    def __init__(self, weight: nn.Parameter | torch.Tensor, cap: float | None):
+        super().__init__()
+        self.weight = weight if isinstance(weight, nn.Parameter) else _param(weight)
+        self.cap = cap
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return soft_cap(h @ self.weight.T, self.cap)
+
+
+class GemmaModel(nn.Module):
+    """The whole decoder: embedding, L blocks, final norm, output head."""
+
+    def __init__(self, spec: GemmaSpec, w: dict[str, torch.Tensor], embedding_scale_dtype: str | None = None):
+        super().__init__()
+        check_supported(spec)
+        self.spec = spec
+        self.embed_tokens = Embedding(spec, w[canonical_name("embed")], embedding_scale_dtype)
+        self.layers = nn.ModuleList(DecoderBlock(spec, w, i) for i in range(spec.num_layers))
+        self.norm = RMSNorm(w[canonical_name("final_norm")], spec.rms_norm_eps, spec.norm_offset)
+        out = self.embed_tokens.weight if spec.tied_embeddings else w["lm_head.weight"]
+        self.lm_head = OutputHead(out, spec.final_logit_softcap)
+
+    def forward(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """token_ids [B, T] -> (logits [B, T, V], hidden states). Hidden states: [0] the scaled embedding,
+        [1..L] each block's output, [L+1] the final norm's output; each [B, T, d] in the model dtype."""
+        positions = torch.arange(token_ids.shape[1], device=token_ids.device)  # [T]; one sequence, no padding
+        x = self.embed_tokens(token_ids)
+        hidden = [x]
+        for block in self.layers:
+            x = block(x, positions)
+            hidden.append(x)
+        x = self.norm(x)
+        hidden.append(x)
+        return self.lm_head(x), hidden
 
 
 # ----------------------------------------------------------------------------- the forward pass
@@ -218,39 +334,68 @@ def check_supported(spec: GemmaSpec) -> None:
 @torch.no_grad()
 def forward(spec: GemmaSpec, w: dict[str, torch.Tensor], token_ids: torch.Tensor,
             embedding_scale_dtype: str | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """token_ids [B, T] -> (logits [B, T, V], hidden states). Hidden states: [0] the scaled embedding,
-    [1..L] each block's output, [L+1] the final norm's output; each [B, T, d] in the model dtype."""
-    check_supported(spec)
-    positions = torch.arange(token_ids.shape[1], device=token_ids.device)  # [T]; one sequence, no padding
-    x = embed(spec, w[canonical_name("embed")], token_ids, embedding_scale_dtype)
-    hidden = [x]
-    for i in range(spec.num_layers):
-        x = decoder_block(spec, w, i, x, positions)
-        hidden.append(x)
-    x = rms_norm(x, w[canonical_name("final_norm")], spec.rms_norm_eps, spec.norm_offset)
-    hidden.append(x)
-    return output_logits(spec, w, x), hidden
+    """token_ids [B, T] -> (logits [B, T, V], hidden states), see `GemmaModel.forward`."""
+    return GemmaModel(spec, w, embedding_scale_dtype)(token_ids)
+
+
+class ReferenceModel:
+    """The reference runtime's loaded model (a `runtimes.LoadedModel`): GemmaModel on a device."""
+
+    runtime = "reference"
+
+    def __init__(self, ckpt: Checkpoint, device: str, dtype: str, embedding_scale_dtype: str | None = None):
+        spec = ckpt.spec
+        check_supported(spec)
+        missing = [n for n in _required(spec) if n not in ckpt.tensors]
+        if missing:
+            raise UnsupportedError(f"{ckpt.source}: the reference runtime needs {', '.join(missing[:3])}")
+        start = time.perf_counter()
+        self.source, self.device, self.dtype = ckpt.source, device, dtype
+        self.model = GemmaModel(spec, load_weights(ckpt, device, TORCH_DTYPES[dtype]), embedding_scale_dtype).eval()
+        self.load_seconds = time.perf_counter() - start
+        self.notes: list[str] = []
+
+    def forward(self, token_ids: Any) -> "RuntimeResult":
+        from . import RuntimeResult, to_cpu_float
+
+        start = time.perf_counter()
+        ids = torch.as_tensor(token_ids, dtype=torch.long, device=self.device)
+        with torch.no_grad():
+            logits, hidden = self.model(ids)
+        return RuntimeResult(logits=to_cpu_float(logits), hidden_states=[to_cpu_float(h) for h in hidden],
+                             runtime="reference", device=self.device, dtype=self.dtype, source=self.source,
+                             seconds=self.load_seconds + time.perf_counter() - start, notes=list(self.notes))
+
+    def anatomy(self) -> "Anatomy":
+        from . import Anatomy
+
+        m = self.model
+        return Anatomy(
+            root=m, embedding=m.embed_tokens, embedding_weight=m.embed_tokens.weight, blocks=list(m.layers),
+            block_names=[f"model.layers.{i}" for i in range(len(m.layers))], final_norm=m.norm,
+            output_weight=m.lm_head.weight, roles=REFERENCE_ROLES, layouts=REFERENCE_LAYOUTS,
+            head_dim=m.spec.head_dim)
+
+    def close(self) -> None:
+        del self.model
+
+
+# Where `verify` finds each part of a block (names relative to the block) and how its output is laid out.
+REFERENCE_ROLES = {"attention": "self_attn", "q": "self_attn.q_proj", "k": "self_attn.k_proj",
+                   "v": "self_attn.v_proj", "o": "self_attn.o_proj", "q_norm": "self_attn.q_norm",
+                   "k_norm": "self_attn.k_norm", "mlp": "mlp", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
+                   "down": "mlp.down_proj"}
+REFERENCE_LAYOUTS = {"q": "bt(hd)", "k": "bt(hd)", "v": "bt(hd)", "q_norm": "bhtd", "k_norm": "bhtd"}
 
 
 def run(ckpt: Checkpoint, token_ids: Any, device: str, dtype: str,
         embedding_scale_dtype: str | None = None) -> "RuntimeResult":
     """Load `ckpt` onto `device` in `dtype` and run the reference forward pass on `token_ids` [B, T]."""
-    from . import RuntimeResult, to_cpu_float
-
-    spec = ckpt.spec
-    check_supported(spec)
-    missing = [n for n in _required(spec) if n not in ckpt.tensors]
-    if missing:
-        raise UnsupportedError(f"{ckpt.source}: the reference runtime needs {', '.join(missing[:3])}")
-    start = time.perf_counter()
-    w = load_weights(ckpt, device, TORCH_DTYPES[dtype])
-    ids = torch.as_tensor(token_ids, dtype=torch.long, device=device)
-    logits, hidden = forward(spec, w, ids, embedding_scale_dtype)
-    result = RuntimeResult(logits=to_cpu_float(logits), hidden_states=[to_cpu_float(h) for h in hidden],
-                           runtime="reference", device=device, dtype=dtype, source=ckpt.source,
-                           seconds=time.perf_counter() - start)
-    del w
-    return result
+    model = ReferenceModel(ckpt, device, dtype, embedding_scale_dtype)
+    try:
+        return model.forward(token_ids)
+    finally:
+        model.close()
 
 
 def _required(spec: GemmaSpec) -> list[str]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..checkpoint import Checkpoint
 from ..errors import UnsupportedError
-from . import RuntimeResult, to_cpu_float
+from . import Anatomy, RuntimeResult, to_cpu_float
 
 
 def _torch_dtype(dtype: str) -> Any:
@@ -87,38 +87,84 @@ def text_model(model: Any) -> Any:
     raise UnsupportedError(f"{type(model).__name__}: no decoder stack with embed_tokens, layers and norm")
 
 
+class TransformersModel:
+    """The transformers runtime's loaded model (a `runtimes.LoadedModel`)."""
+
+    runtime = "transformers"
+
+    def __init__(self, ckpt: Checkpoint, device: str, dtype: str, device_map: str | dict | None = None,
+                 attn_implementation: str | None = None):
+        start = time.perf_counter()
+        self.source, self.device, self.dtype = ckpt.source, device, dtype
+        self.model = load_model(ckpt, device, dtype, device_map, attn_implementation)
+        self.stack = text_model(self.model)
+        self.load_seconds = time.perf_counter() - start
+
+    def forward(self, token_ids: list[list[int]]) -> RuntimeResult:
+        import torch
+
+        start = time.perf_counter()
+        stack = self.stack
+        captured: dict[str, Any] = {}
+
+        def keep(key: str):
+            def hook(_module: Any, _args: Any, output: Any) -> None:
+                # Decoder layers return a tensor in transformers 5 and a tuple (hidden, ...) in 4.x.
+                captured[key] = to_cpu_float(output[0] if isinstance(output, tuple) else output)
+            return hook
+
+        handles = [stack.embed_tokens.register_forward_hook(keep("embed"))]  # the scaled embedding
+        handles += [layer.register_forward_hook(keep(f"layer{i}")) for i, layer in enumerate(stack.layers)]
+        handles.append(stack.norm.register_forward_hook(keep("norm")))
+        try:
+            ids = torch.as_tensor(token_ids, dtype=torch.long, device=stack.embed_tokens.weight.device)
+            with torch.no_grad():
+                out = self.model(input_ids=ids, use_cache=False)
+        finally:
+            for h in handles:
+                h.remove()
+        n = len(stack.layers)
+        hidden = [captured["embed"]] + [captured[f"layer{i}"] for i in range(n)] + [captured["norm"]]
+        logits = to_cpu_float(out.logits)
+        del out
+        attn = getattr(self.model.config, "_attn_implementation", None)
+        return RuntimeResult(logits=logits, hidden_states=hidden, runtime="transformers", device=self.device,
+                             dtype=self.dtype, source=self.source,
+                             seconds=self.load_seconds + time.perf_counter() - start,
+                             notes=[f"attention implementation: {attn}"] if attn else [])
+
+    def anatomy(self) -> Anatomy:
+        stack = self.stack
+        prefix = next(n for n, m in self.model.named_modules() if m is stack)
+        head = self.model.get_output_embeddings()
+        first = stack.layers[0].self_attn if len(stack.layers) else None
+        return Anatomy(
+            root=self.model, embedding=stack.embed_tokens, embedding_weight=stack.embed_tokens.weight,
+            blocks=list(stack.layers), block_names=[f"{prefix}.layers.{i}" for i in range(len(stack.layers))],
+            final_norm=stack.norm, output_weight=head.weight if head is not None else None,
+            roles=HF_ROLES, layouts=HF_LAYOUTS, head_dim=getattr(first, "head_dim", None))
+
+    def close(self) -> None:
+        device = self.device
+        del self.model, self.stack
+        if device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+
+# Where `verify` finds each part of a decoder layer (transformers' own names) and how outputs are laid out:
+# q/k/v_proj give [B, T, heads * D]; Gemma 3's q_norm/k_norm run after the transpose to [B, heads, T, D].
+HF_ROLES = {"attention": "self_attn", "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
+            "o": "self_attn.o_proj", "q_norm": "self_attn.q_norm", "k_norm": "self_attn.k_norm", "mlp": "mlp",
+            "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+HF_LAYOUTS = {"q": "bt(hd)", "k": "bt(hd)", "v": "bt(hd)", "q_norm": "bhtd", "k_norm": "bhtd"}
+
+
 def run(ckpt: Checkpoint, token_ids: list[list[int]], device: str, dtype: str,
         device_map: str | dict | None = None, attn_implementation: str | None = None) -> RuntimeResult:
-    import torch
-
-    start = time.perf_counter()
-    model = load_model(ckpt, device, dtype, device_map, attn_implementation)
-    stack = text_model(model)
-    captured: dict[str, Any] = {}
-
-    def keep(key: str):
-        def hook(_module: Any, _args: Any, output: Any) -> None:
-            # Decoder layers return a tensor in transformers 5 and a tuple (hidden, ...) in 4.x.
-            captured[key] = to_cpu_float(output[0] if isinstance(output, tuple) else output)
-        return hook
-
-    handles = [stack.embed_tokens.register_forward_hook(keep("embed"))]  # the scaled embedding
-    handles += [layer.register_forward_hook(keep(f"layer{i}")) for i, layer in enumerate(stack.layers)]
-    handles.append(stack.norm.register_forward_hook(keep("norm")))
+    model = TransformersModel(ckpt, device, dtype, device_map, attn_implementation)
     try:
-        ids = torch.as_tensor(token_ids, dtype=torch.long, device=stack.embed_tokens.weight.device)
-        with torch.no_grad():
-            out = model(input_ids=ids, use_cache=False)
+        return model.forward(token_ids)
     finally:
-        for h in handles:
-            h.remove()
-    n = len(stack.layers)
-    hidden = [captured["embed"]] + [captured[f"layer{i}"] for i in range(n)] + [captured["norm"]]
-    logits = to_cpu_float(out.logits)
-    attn = getattr(model.config, "_attn_implementation", None)
-    del model, stack, out
-    if device == "cuda":
-        torch.cuda.empty_cache()
-    return RuntimeResult(logits=logits, hidden_states=hidden, runtime="transformers", device=device, dtype=dtype,
-                         source=ckpt.source, seconds=time.perf_counter() - start,
-                         notes=[f"attention implementation: {attn}"] if attn else [])
+        model.close()
