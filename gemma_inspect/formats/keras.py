@@ -312,6 +312,13 @@ def _scan_h5(file: str, only: set[str] | None = None) -> tuple[dict[str, H5Var],
                     offset = ds.get_offset()
                     nbytes = int(ds.get_storage_size())
                     dcpl = ds.get_create_plist()
+                    # Virtual datasets and external storage keep their bytes in other files, which may lie
+                    # anywhere: refused, like an index entry that points outside the checkpoint.
+                    elsewhere = ("a virtual dataset" if dcpl.get_layout() == h5py.h5d.VIRTUAL
+                                 else "external storage" if dcpl.get_external_count() else None)
+                    if elsewhere:
+                        raise InputError(file, f"dataset {full} keeps its data in another file ({elsewhere}); "
+                                               f"a checkpoint must hold its own weights")
                     if dcpl.get_layout() != h5py.h5d.CONTIGUOUS or dcpl.get_nfilters():
                         offset = None  # chunked, compact or compressed: read through h5py
                     elif offset is None or offset + want > size or nbytes != want:
