@@ -531,3 +531,27 @@ def test_null_epsilon_is_named(hf_dir):
     cfg = os.path.join(hf_dir, "config.json")
     edit_json(cfg, lambda c: c.update(rms_norm_eps=None))
     assert summary_fails(hf_dir) == f"{cfg}: inconsistent config: rms_norm_eps must be positive, got None"
+
+
+@pytest.mark.parametrize("kind", ["virtual", "external"])
+def test_h5_dataset_whose_data_lives_in_another_file(keras_dir, tmp_path, kind):
+    """A virtual dataset or external storage would read bytes from anywhere on disk."""
+    import h5py
+    import numpy as np
+
+    h5 = os.path.join(keras_dir, "model.weights.h5")
+    name = "layers/rms_normalization/vars/0"
+    with h5py.File(h5, "a") as f:
+        del f[name]
+        if kind == "virtual":
+            with h5py.File(tmp_path / "elsewhere.h5", "w") as other:
+                other["data"] = np.full(64, 7.0, "f4")
+            layout = h5py.VirtualLayout(shape=(64,), dtype="f4")
+            layout[:] = h5py.VirtualSource(str(tmp_path / "elsewhere.h5"), "data", shape=(64,))
+            f.create_virtual_dataset(name, layout)
+        else:
+            np.arange(64, dtype="f4").tofile(tmp_path / "elsewhere.raw")
+            f.create_dataset(name, shape=(64,), dtype="f4", external=[(str(tmp_path / "elsewhere.raw"), 0, 256)])
+    what = "a virtual dataset" if kind == "virtual" else "external storage"
+    assert summary_fails(keras_dir) == (f"{h5}: dataset {name} keeps its data in another file ({what}); "
+                                        f"a checkpoint must hold its own weights")
