@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -152,12 +153,13 @@ def _describe_full(m: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def render_summary(console: Console, m: dict[str, Any]) -> None:
-    title = f"{m['source']}  [dim]({m['format']}{', built-in card' if m['format'] == 'card' else ''})[/dim]"
+    # Paths, notes and values are text, not markup: a directory named "run[/b]" must print as it is.
+    title = f"{escape(m['source'])}  [dim]({m['format']}{', built-in card' if m['format'] == 'card' else ''})[/dim]"
     table = Table(title=title, show_header=False, title_justify="left", box=None, pad_edge=False)
     table.add_column(style="bold cyan", no_wrap=True)
     table.add_column()
     for label, value in describe(m):
-        table.add_row(label, value)
+        table.add_row(label, escape(value))
     console.print(table)
     console.print()
     p = m["parameters"]
@@ -178,9 +180,9 @@ def render_summary(console: Console, m: dict[str, Any]) -> None:
         render_quantization(console, m["quantization"])
     if m.get("tokenizer"):
         files = ", ".join(m["tokenizer"]["files"]) or "embedded in the checkpoint"
-        console.print(f"[bold]Tokenizer[/bold]: {m['tokenizer']['backend']} ({files})")
+        console.print(f"[bold]Tokenizer[/bold]: {m['tokenizer']['backend']} ({escape(files)})")
     for note in m.get("notes", []):
-        console.print(f"[yellow]note[/yellow]: {note}")
+        console.print(f"[yellow]note[/yellow]: {escape(note)}")
 
 
 def render_quantization(console: Console, q: dict[str, Any]) -> None:
@@ -205,7 +207,7 @@ def render_compare(console: Console, result: dict[str, Any]) -> None:
     table = Table(title="Side by side (rows that differ are highlighted)", title_justify="left")
     table.add_column("", style="bold cyan", no_wrap=True)
     for m in models:
-        table.add_column(m["card"] or m["source"], overflow="fold")
+        table.add_column(escape(m["card"] or m["source"]), overflow="fold")
     described = [dict(describe(m, compact=True)) for m in models]
     labels = [label for label, _ in describe(models[0], compact=True)]
     for label in labels:
@@ -215,7 +217,7 @@ def render_compare(console: Console, result: dict[str, Any]) -> None:
     console.print(table)
     notes = [(m["card"] or m["source"], n) for m in models for n in m.get("notes", [])]
     for who, note in notes:
-        console.print(f"[yellow]note[/yellow] ({who}): {note}")
+        console.print(f"[yellow]note[/yellow] ({escape(who)}): {escape(note)}")
 
 
 def fmt_float(x: float | None, digits: int = 3) -> str:
@@ -392,3 +394,87 @@ def render_parity(console: Console, result: dict[str, Any]) -> None:
                     else f"decoder block {first}")
             where = f"first divergent layer {first} ({what})"
         console.print(f"[bold red]FAIL[/bold red]: {where}")
+
+
+# ----------------------------------------------------------------------------- verify
+STATUS_STYLE = {"pass": "green", "fail": "bold red", "warn": "yellow", "skip": "dim"}
+
+
+def _value(v: Any) -> str:
+    """A check's expected/observed value in a table cell."""
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return _num(v)
+    if isinstance(v, dict) and set(v) == {"window", "sliding_layers", "global_layers"}:
+        if not v["sliding_layers"]:
+            return "none (every layer global)"
+        return f"{v['window']} on layers {_ranges(v['sliding_layers'])}; global: {_ranges(v['global_layers'])}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_value(x)}" for k, x in v.items())
+    if isinstance(v, list):
+        return ", ".join(_value(x) for x in v)
+    return str(v)
+
+
+def render_verify(console: Console, result: dict[str, Any]) -> None:
+    """One row per check: name, status (coloured), expected, observed, evidence; then a verdict."""
+    console.print(f"{result['source']}  [dim]({result['runtime']})[/dim]", markup=True)
+    table = Table(title="Architecture observed in a traced forward pass, and config lint", title_justify="left")
+    table.add_column("check", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("expected", overflow="fold", max_width=26)
+    table.add_column("observed", overflow="fold", max_width=26)
+    table.add_column("evidence", overflow="fold", ratio=1)
+    for c in result["checks"]:
+        style = STATUS_STYLE.get(c["status"], "")
+        table.add_row(Text(c["name"], style="bold" if c["status"] == "fail" else ""), Text(c["status"], style=style),
+                      Text(_value(c["expected"])),
+                      Text(_value(c["observed"]), style=style if c["status"] != "pass" else ""),
+                      Text(c["evidence"]))
+    console.print(table)
+    counts = {s: sum(1 for c in result["checks"] if c["status"] == s) for s in ("pass", "fail", "warn", "skip")}
+    tally = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    if result["passed"]:
+        console.print(f"[bold green]PASS[/bold green]: {tally}")
+    else:
+        failed = ", ".join(c["name"] for c in result["checks"] if c["status"] == "fail")
+        console.print(f"[bold red]FAIL[/bold red]: {failed} ({tally})")
+
+
+def render_graph(console: Console, graph: dict[str, Any]) -> None:
+    """The recorded layer graph of one decoder block as a tree: its modules and its own arithmetic in call
+    order, each with the tensor it was fed (`<- ...`) and its output shape; residual additions in bold."""
+    from rich.markup import escape
+    from rich.tree import Tree
+
+    def shape(s: Any) -> str:
+        return f" [dim]{escape(str(list(s)))}[/dim]" if s else ""
+
+    tree = Tree(f"[bold]{escape(graph['block'])}[/bold] ({escape(graph['class'])})  input "
+                f"{escape(graph['input'])}{shape(graph['shape'])}")
+
+    def add(parent: Any, node: dict[str, Any], top: bool) -> None:
+        if node["kind"] == "residual":
+            parent.add(f"[bold magenta]+ residual[/bold magenta]  {escape(node['stream'])} + "
+                       f"{escape(node['branch'])}  -> [bold]{escape(node['output'])}[/bold]{shape(node['shape'])}")
+            return
+        if node["kind"] == "op":
+            fed = f"  <- {escape(', '.join(node['inputs']))}" if node.get("inputs") else ""
+            parent.add(f"[italic]{escape(node['name'])}[/italic]{fed}{shape(node['shape'])}")
+            return
+        role = node.get("role")
+        style = "cyan" if role == "norm" else ("bold" if role in ("attention", "mlp") else "")
+        label = escape(node["name"] if top else node["name"].rsplit(".", 1)[-1])
+        name = f"[{style}]{label}[/{style}]" if style else label
+        fed = f"  <- {escape(node['input'])}" if "input" in node else ""
+        branch = parent.add(f"{name}  [dim]{escape(node['class'])}[/dim]{fed}{shape(node.get('shape'))}")
+        for child in node.get("children", []):
+            add(branch, child, False)
+
+    for node in graph["nodes"]:
+        add(tree, node, True)
+    tree.add(f"output: [bold]{escape(str(graph['output']))}[/bold]")
+    console.print(tree)
