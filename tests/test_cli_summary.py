@@ -262,3 +262,24 @@ def test_command_help_has_an_example(cmd):
     result = run(cmd, "--help")
     assert result.exit_code == 0
     assert "Example:" in result.stdout and f"gemma-inspect {cmd} " in result.stdout
+
+
+def test_paths_that_look_like_markup_are_printed_as_they_are(tiny_models, tmp_path):
+    """Rich markup in a path (or a note quoting one) is text: `[red]` is kept, `[/b]` does not crash."""
+    import shutil
+
+    src = tiny_models.get("gemma", "hf")
+    (tmp_path / "run[").mkdir()
+    odd = tmp_path / "run[" / "b]"
+    red = tmp_path / "ckpt[red]"
+    shutil.copytree(src, odd)
+    shutil.copytree(src, red)
+    result = run("summary", str(odd))
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines()[0] == f"{odd}  (hf)"
+    out = run("summary", str(red)).stdout
+    assert out.splitlines()[0] == f"{red}  (hf)"
+    assert f"{red}/tokenizer.model" in out.replace("\n", "")
+    result = run("compare", str(red), str(odd))
+    assert result.exit_code == 0, result.stderr
+    assert "ckpt[red]" in result.stdout and "b]" in result.stdout
