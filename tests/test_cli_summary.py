@@ -280,6 +280,7 @@ def test_paths_that_look_like_markup_are_printed_as_they_are(tiny_models, tmp_pa
     out = run("summary", str(red)).stdout
     assert out.splitlines()[0] == f"{red}  (hf)"
     assert f"{red}/tokenizer.model" in out.replace("\n", "")
-    result = run("compare", str(red), str(odd))
+    result = CliRunner().invoke(main, ["compare", str(red), str(odd)], env={"COLUMNS": "400"})
     assert result.exit_code == 0, result.stderr
-    assert "ckpt[red]" in result.stdout and "b]" in result.stdout
+    header = next(line for line in result.stdout.splitlines() if "ckpt[red]" in line)
+    assert [c.strip() for c in header.split("┃")[2:4]] == [str(red), str(odd)]
