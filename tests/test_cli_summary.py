@@ -274,13 +274,14 @@ def test_paths_that_look_like_markup_are_printed_as_they_are(tiny_models, tmp_pa
     red = tmp_path / "ckpt[red]"
     shutil.copytree(src, odd)
     shutil.copytree(src, red)
-    result = run("summary", str(odd))
+    wide = {"COLUMNS": "400"}  # long temporary paths must not wrap
+    result = CliRunner().invoke(main, ["summary", str(odd)], env=wide)
     assert result.exit_code == 0, result.stderr
     assert result.stdout.splitlines()[0] == f"{odd}  (hf)"
-    out = run("summary", str(red)).stdout
+    out = CliRunner().invoke(main, ["summary", str(red)], env=wide).stdout
     assert out.splitlines()[0] == f"{red}  (hf)"
-    assert f"{red}/tokenizer.model" in out.replace("\n", "")
-    result = CliRunner().invoke(main, ["compare", str(red), str(odd)], env={"COLUMNS": "400"})
+    assert f"{red}/tokenizer.model" in out
+    result = CliRunner().invoke(main, ["compare", str(red), str(odd)], env=wide)
     assert result.exit_code == 0, result.stderr
     header = next(line for line in result.stdout.splitlines() if "ckpt[red]" in line)
     assert [c.strip() for c in header.split("┃")[2:4]] == [str(red), str(odd)]
