@@ -181,6 +181,56 @@ def parity_cmd(a: str, b: str, runtime_a: str, runtime_b: str, device: str, dtyp
         sys.exit(1)
 
 
+@main.command(name="verify")
+@click.argument("source")
+@click.option("--runtime", default="auto", show_default=True,
+              type=click.Choice(["auto", "reference", "transformers", "keras"]),
+              help="Runtime whose real modules are traced (auto: keras for a Keras preset, transformers for HF, "
+                   "reference otherwise).")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+              help="auto: cuda when torch sees a GPU.")
+@click.option("--graph", is_flag=True, help="Also show the recorded layer graph of decoder block 0 as a tree "
+                                            "(with --json: a \"graph\" key).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def verify_cmd(source: str, runtime: str, device: str, graph: bool, as_json: bool) -> None:
+    """Confirm Gemma's architecture from a traced forward pass of SOURCE, and lint its config.
+
+    Hooks the runtime's real modules and observes, rather than reads from the config: where the norms
+    sit (pre or pre+post), whether they apply (1 + w), the embedding scale and its rounding, whether the
+    output projection is the embedding, which GELU the FFN runs, how many K/V heads exist, the soft caps,
+    QK-norm, the sliding window of each layer and the query scale. Then `lint:` rules check the config,
+    tokenizer and tensors (exact gelu, an untied lm_head under a tie flag, norm weights stored as 1 + w,
+    missing soft caps, ...). Exit 0 when no check fails (warnings allowed), 1 otherwise.
+
+    \b
+    Example:
+      gemma-inspect verify ./gemma-2b-hf
+      gemma-inspect verify ./gemma2-keras --runtime reference --json
+      gemma-inspect verify ./gemma3.gguf --graph
+    """
+    from .formats import load
+    from .verify import verify
+
+    ckpt = load(source)
+    err = _console(stderr=True)
+    with err.status("loading", spinner="dots") as status:
+        result = verify(ckpt, runtime, device, graph=graph, progress=lambda message: status.update(message))
+    if as_json:
+        from .render import print_json
+
+        print_json(result)
+    else:
+        from .render import render_graph, render_verify
+
+        console = _console()
+        render_verify(console, result)
+        if graph:
+            console.print()
+            render_graph(console, result["graph"])
+    if not result["passed"]:
+        sys.exit(1)
+
+
 @main.command()
 @click.argument("source")
 @click.argument("dest")

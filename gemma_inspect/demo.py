@@ -25,6 +25,10 @@ def _steps(d: dict[str, str]) -> list[tuple[str, list[str]]]:
          ["parity", d["gemma2-keras"], d["gemma2-hf"], "--plot", d["plot"]]),
         ("Convert an HF Gemma 1 (multi-query attention) to Keras and check it the same way",
          ["convert", d["gemma-hf"], d["gemma-keras"], "--to", "keras", "--verify"]),
+        ("Verify the architecture from a running model, not from its config (keras-hub, Gemma 3)",
+         ["verify", d["gemma3-keras"]]),
+        ("Which norms run where: the recorded layer graph of a Gemma 1 block (transformers)",
+         ["verify", d["gemma-hf"], "--graph"]),
     ]
 
 
@@ -86,6 +90,7 @@ def run_demo(directory: str | None, console: Any) -> None:
         f"  gemma-inspect summary PATH            # any Keras preset, HF directory, .gguf or .ckpt\n"
         f"  gemma-inspect convert SRC DEST --to hf|keras|gguf|gemma-pytorch --verify\n"
         f"  gemma-inspect parity A B --json       # exit 1 on disagreement: use it in CI\n"
+        f"  gemma-inspect verify PATH --graph     # the architecture, observed from a traced forward pass\n"
         f"The plot of the parity step is {paths['plot']}.")
     if failures:
         raise OutputError("demo steps failed: " + ", ".join(f"{cmd} (exit {code})" for cmd, code in failures))
