@@ -421,7 +421,7 @@ def _value(v: Any) -> str:
 
 def render_verify(console: Console, result: dict[str, Any]) -> None:
     """One row per check: name, status (coloured), expected, observed, evidence; then a verdict."""
-    console.print(f"{result['source']}  [dim]({result['runtime']})[/dim]", markup=True)
+    console.print(f"{escape(result['source'])}  [dim]({result['runtime']})[/dim]")
     table = Table(title="Architecture observed in a traced forward pass, and config lint", title_justify="left")
     table.add_column("check", no_wrap=True)
     table.add_column("status", no_wrap=True)
@@ -447,7 +447,6 @@ def render_verify(console: Console, result: dict[str, Any]) -> None:
 def render_graph(console: Console, graph: dict[str, Any]) -> None:
     """The recorded layer graph of one decoder block as a tree: its modules and its own arithmetic in call
     order, each with the tensor it was fed (`<- ...`) and its output shape; residual additions in bold."""
-    from rich.markup import escape
     from rich.tree import Tree
 
     def shape(s: Any) -> str:
