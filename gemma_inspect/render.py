@@ -112,7 +112,7 @@ def _describe_full(m: dict[str, Any]) -> list[tuple[str, str]]:
         emb = "none"
     else:
         emb = f"x sqrt({d}) = {a['embedding_scale_exact']:.4f}"
-        if a["embedding_scale"] != a["embedding_scale_exact"]:
+        if f"{a['embedding_scale']:.4f}" != f"{a['embedding_scale_exact']:.4f}":  # visible rounding only
             emb += f" -> {_num(a['embedding_scale'])} in {a['dtype']}"
     caps = []
     if a["attention_logit_softcap"]:
@@ -265,22 +265,22 @@ def count_progress(console: Console, label: str, total: int) -> _Progress:
 
 # ----------------------------------------------------------------------------- convert / diff
 def render_convert(console: Console, report: dict[str, Any]) -> None:
-    console.print(f"[green]Converted[/green] {report['source']} ({report['source_format']}) -> "
-                  f"[bold]{report['dest']}[/bold] ({report['format']}): {report['tensors']} tensors, "
+    console.print(f"[green]Converted[/green] {escape(report['source'])} ({report['source_format']}) -> "
+                  f"[bold]{escape(report['dest'])}[/bold] ({report['format']}): {report['tensors']} tensors, "
                   f"{format_bytes(report['bytes_written'])} in {report['seconds']:.2f} s"
                   + ("" if report["dtype"] == "keep" else f", cast to {report['dtype']}"))
     for note in report.get("source_notes", []):
-        console.print(f"[yellow]note[/yellow] (source): {note}")
+        console.print(f"[yellow]note[/yellow] (source): {escape(note)}")
     for note in report["notes"]:
-        console.print(f"[yellow]note[/yellow]: {note}")
+        console.print(f"[yellow]note[/yellow]: {escape(note)}")
     if "parity" in report:
         render_parity(console, report["parity"])  # type: ignore[name-defined]  # noqa: F821
 
 
 def render_diff(console: Console, result: dict[str, Any]) -> None:
     c = result["counts"]
-    console.print(f"A: {result['a']['source']} ({result['a']['format']})")
-    console.print(f"B: {result['b']['source']} ({result['b']['format']})")
+    console.print(f"A: {escape(result['a']['source'])} ({result['a']['format']})")
+    console.print(f"B: {escape(result['b']['source'])} ({result['b']['format']})")
     if result["spec_differences"]:
         st = Table(title="Architecture differences", title_justify="left")
         st.add_column("field")

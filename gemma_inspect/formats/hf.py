@@ -176,6 +176,12 @@ def _first_id(v: Any) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
+def _id_or(v: Any, default: int) -> int:
+    """A token id from a config value (an int or a list of ints); `default` when there is none (0 is an id)."""
+    i = _first_id(v)
+    return default if i is None else i
+
+
 def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = None) -> tuple[GemmaSpec, list[str]]:
     """Build a GemmaSpec from an HF config dict. Returns (spec, notes)."""
     notes: list[str] = []
@@ -263,9 +269,9 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
             rms_norm_eps=opt_float(text, "rms_norm_eps", path, 1e-6),
             max_position_embeddings=require_int(text, "max_position_embeddings", path),
             dtype=dtype,
-            bos_token_id=_first_id(text.get("bos_token_id", cfg.get("bos_token_id"))) or 2,
-            eos_token_id=_first_id(eos) if _first_id(eos) is not None else 1,
-            pad_token_id=_first_id(text.get("pad_token_id", cfg.get("pad_token_id"))) or 0,
+            bos_token_id=_id_or(text.get("bos_token_id", cfg.get("bos_token_id")), 2),
+            eos_token_id=_id_or(eos, 1),
+            pad_token_id=_id_or(text.get("pad_token_id", cfg.get("pad_token_id")), 0),
             **_rope(text, model_type, path),
         )
     except (UnsupportedError, InputError):  # already name config.json (require_int, opt_float, _rope)
@@ -314,6 +320,10 @@ def read(path: str) -> Checkpoint:
                 where = "in no shard" if name not in headers else f"in {headers[name][0]}"
                 raise InputError(os.path.join(path, INDEX),
                                  f"maps {name!r} to {os.path.basename(fpath)} but it is {where}")
+        unlisted = [n for n in headers if n not in weight_map]
+        if unlisted:
+            raise InputError(os.path.join(path, INDEX), f"does not list {unlisted[0]!r}, which "
+                                                        f"{os.path.basename(headers[unlisted[0]][0])} holds")
     dtypes = [e.dtype for _, e in headers.values()]
     dtype_hint = max(set(dtypes), key=dtypes.count) if dtypes else None
     spec, notes = spec_from_config(cfg, config_path, dtype_hint)
