@@ -453,3 +453,43 @@ def test_norm_probe_values_are_numbers(tiny_models):
     for c in r["checks"]:
         json.dumps(c)
         assert not isinstance(c["observed"], np.generic)
+
+
+def test_tracer_leaves_no_hooks_behind(tiny_models):
+    """Every hook is removed on exit and the function mode is popped, also when the forward pass fails."""
+    import torch
+
+    from gemma_inspect.trace import Tracer
+
+    ckpt = load(tiny_models.get("gemma2", "hf"))
+    model = load_model(ckpt, "reference", "cpu", "float32")
+    try:
+        an = model.anatomy()
+        modules = list(an.root.modules())
+        with pytest.raises(RuntimeError, match="probe failure"):
+            with Tracer(an) as tr:
+                tr.record_block(0)
+                tr.on_softmax(lambda i, s, p: None)
+
+                def boom(_t):
+                    raise RuntimeError("probe failure")
+
+                tr.replace_output(an.part(1, "v"), boom)
+                model.forward([[2, 5, 6, 7]])
+        assert all(not m._forward_hooks and not m._forward_pre_hooks for m in modules)
+        assert torch.overrides._get_current_function_mode() is None
+        again = model.forward([[2, 5, 6, 7]])  # the model still runs, untouched
+        assert again.logits.shape == (1, 4, 384)
+    finally:
+        model.close()
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("fmt,runtime", [("hf", "reference"), ("hf", "transformers"), ("keras", "keras")])
+def test_verify_on_cuda(tiny_models, fmt, runtime):
+    """The same observations on a GPU (keras-hub would pick its fused kernel there: verify keeps it eager)."""
+    r = verify(tiny_models.get("gemma2", fmt), runtime, "cuda")
+    c = _by_name(r)
+    assert r["passed"] is True
+    for name, value in {**COMMON, **OBSERVED["gemma2"]}.items():
+        assert c[name]["observed"] == value, (name, c[name])
