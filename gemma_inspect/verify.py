@@ -167,7 +167,9 @@ def observe(model: Any, ids: list[int]) -> dict[str, Any]:
 
     with Tracer(an) as tr:
         tr.replace_output(an.final_norm, lambda t: t * PROBE_SCALE)
-        qpoint = an.part(0, "q_norm") or an.part(0, "q")  # after the QK-norm, which would undo the scale
+        qpoint = an.part(0, "q_norm")  # after the QK-norm, which would undo the scale
+        if qpoint is None:
+            qpoint = an.part(0, "q")
         tr.replace_output(qpoint, lambda t: t * PROBE_SCALE)
         gate, up, down = an.part(0, "gate"), an.part(0, "up"), an.part(0, "down")
         if gate is not None and up is not None and down is not None:
