@@ -447,7 +447,7 @@ def test_demo_runs_verify_steps():
     assert verify_steps == [["verify", "gemma3-keras"], ["verify", "gemma-hf", "--graph"]]
 
 
-def test_norm_probe_values_are_numbers(tiny_models):
+def test_check_values_are_plain_json(tiny_models):
     """Every check's expected/observed value is plain JSON data."""
     r = verify(tiny_models.get("gemma3", "keras"), "reference", "cpu")
     for c in r["checks"]:
