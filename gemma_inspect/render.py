@@ -336,8 +336,8 @@ def render_parity(console: Console, result: dict[str, Any]) -> None:
     a, b, tol = result["a"], result["b"], result["tolerance"]
     layers = result["layers"]
     n = len(layers) - 2
-    console.print(f"A: {a['source']}  [dim]({a['runtime']})[/dim]")
-    console.print(f"B: {b['source']}  [dim]({b['runtime']})[/dim]")
+    console.print(f"A: {escape(a['source'])}  [dim]({a['runtime']})[/dim]")
+    console.print(f"B: {escape(b['source'])}  [dim]({b['runtime']})[/dim]")
     console.print(f"{len(result['tokens'])} tokens on {result['device']} in {result['dtype']}")
     table = Table(title="Hidden states (max|A-B| / max|A| per layer)", title_justify="left")
     table.add_column("layer", no_wrap=True)
@@ -360,11 +360,12 @@ def render_parity(console: Console, result: dict[str, Any]) -> None:
     if "top1_agreement_outside_ties" in lg:
         line += f" ({100 * lg['top1_agreement_outside_ties']:.1f}% outside ties)"
     console.print(line + f", top-5 overlap {100 * lg['top5_overlap']:.1f}%")
-    if result["dtype"] == "float32":
+    if tol.get("mode", result["dtype"]) == "float32":
         console.print(f"[bold]Tolerance[/bold] (float32): max|A-B| <= {tol['atol']:g} x max|A| for every hidden "
                       f"state and the logits (logits: {fmt_float(tol.get('logits_max_abs_diff'))})")
     else:
-        console.print(f"[bold]Tolerance[/bold] ({result['dtype']}): top-1 agreement outside ties >= "
+        mode = "quantized weights" if tol.get("mode") == "quantized" else result["dtype"]
+        console.print(f"[bold]Tolerance[/bold] ({mode}): top-1 agreement outside ties >= "
                       f"{100 * tol['min_top1_agreement']:.0f}% (ties: within {fmt_float(tol.get('top1_tie_logits'))} "
                       f"logits), KL <= {tol['max_kl_divergence']:g}; hidden states <= {tol['atol']:g} x max|A|, "
                       f"embedding output <= {tol['embedding_atol']:g} x max|A|")

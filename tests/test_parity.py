@@ -168,6 +168,29 @@ def test_conversions_to_other_formats_run_on_the_reference_runtime(tiny_models, 
     assert same_lib["logits"]["max_abs_diff"] == 0.0  # the same float32 weights through the same library
 
 
+def test_quantized_side_is_judged_by_the_next_token_distribution(tiny_models, tmp_path):
+    """A Q8_0 GGUF differs from its source in every weight: strict float32 tolerances cannot hold, the
+    next-token distributions can. A weight that is really wrong still fails."""
+    from gemma_inspect.convert import WriteOptions, convert
+
+    src = tiny_models.get("gemma3", "hf")
+    dest = str(tmp_path / "q8.gguf")
+    convert(src, dest, "gguf", WriteOptions(dtype="q8_0"))
+    r = parity(load(src), load(dest), device="cpu")
+    assert r["tolerance"]["mode"] == "quantized" and r["tolerance"]["dtype"] == "float32"
+    assert r["passed"] is True, (r["logits"], [x["relative_diff"] for x in r["layers"]])
+    assert 0 < r["logits"]["kl_divergence"] <= 0.02
+    assert r["logits"]["top1_agreement_outside_ties"] >= 0.9
+    assert max(x["relative_diff"] for x in r["layers"]) < 0.25
+    # the same quantization of a checkpoint whose layer-2 FFN is scrambled does not pass
+    w = tiny_models.weights("gemma3")
+    w["model.layers.2.mlp.down_proj.weight"] = w["model.layers.2.mlp.down_proj.weight"][::-1].copy()
+    write_hf(tiny_models.spec("gemma3"), w, str(tmp_path / "bad-hf"))
+    convert(str(tmp_path / "bad-hf"), str(tmp_path / "bad.gguf"), "gguf", WriteOptions(dtype="q8_0"))
+    bad = parity(load(src), load(str(tmp_path / "bad.gguf")), device="cpu")
+    assert bad["passed"] is False and bad["first_divergent_layer"] == 2
+
+
 # ----------------------------------------------------------------------------- inputs and tokenizers
 def test_default_tokens_are_fixed_and_longer_than_the_window(tiny_models):
     ckpt = load(tiny_models.get("gemma3", "hf"))
