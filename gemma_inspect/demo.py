@@ -29,6 +29,12 @@ def _steps(d: dict[str, str]) -> list[tuple[str, list[str]]]:
          ["verify", d["gemma3-keras"]]),
         ("Which norms run where: the recorded layer graph of a Gemma 1 block (transformers)",
          ["verify", d["gemma-hf"], "--graph"]),
+        ("Ship it to llama.cpp: a Q8_0 GGUF (norms stored as 1 + w, tokenizer embedded)",
+         ["convert", d["gemma3-keras"], d["gemma3-gguf"], "--to", "gguf", "--dtype", "q8_0"]),
+        ("Quantization per tensor group, and what GGUF does not store",
+         ["summary", d["gemma3-gguf"]]),
+        ("The Q8_0 file against its source: judged by the next-token distribution",
+         ["parity", d["gemma3-keras"], d["gemma3-gguf"]]),
     ]
 
 
@@ -56,6 +62,7 @@ def build(root: str, progress: Any = None) -> dict[str, str]:
         paths[f"{family}-{fmt}"] = out
     for family, fmt in (("gemma2", "hf"), ("gemma", "keras")):
         paths[f"{family}-{fmt}"] = os.path.join(root, f"{family}-{fmt}")
+    paths["gemma3-gguf"] = os.path.join(root, "gemma3-q8_0.gguf")
     return paths
 
 

@@ -123,6 +123,9 @@ def write_hf(spec: GemmaSpec, weights: dict[str, np.ndarray], out_dir: str, spm_
         raise RuntimeError(f"tiny HF model: missing {missing}, unexpected {unexpected}")
     model = model.to(torch_dtype)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Writing model shards" bars are noise for a tiny model
     model.save_pretrained(out_dir, **kwargs)
     if spm_path:
         from .tokenizer import write_hf_fast_tokenizer
@@ -148,11 +151,11 @@ def _keras_variable(backbone: Any, role: str, layer: int | None) -> Any:
 
 def build_keras_backbone(spec: GemmaSpec, weights: dict[str, np.ndarray] | None = None) -> Any:
     """A keras-hub backbone of `spec` with the given canonical weights assigned (torch backend)."""
-    os.environ.setdefault("KERAS_BACKEND", "torch")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # tensorflow (imported by keras-hub) is chatty
-    import keras_hub
-
     from .formats.keras import config_dict, from_canonical_array
+    from .runtimes.keras_rt import import_keras
+
+    import_keras()  # keras-hub on the torch backend, tensorflow's start-up noise kept off stderr
+    import keras_hub
 
     cfg = config_dict(spec)
     cls = getattr(keras_hub.models, cfg["class_name"])
@@ -169,24 +172,35 @@ def build_keras_backbone(spec: GemmaSpec, weights: dict[str, np.ndarray] | None 
 def write_keras(spec: GemmaSpec, weights: dict[str, np.ndarray], out_dir: str, spm_path: str | None = None,
                 max_shard_size: float | None = None) -> str:
     """Save with keras-hub's own `save_to_preset` (a CausalLM with preprocessor when a tokenizer is given)."""
-    os.environ.setdefault("KERAS_BACKEND", "torch")
+    from .runtimes.keras_rt import import_keras
+
+    from .quiet import native_stderr_silenced
+
+    import_keras()
     import keras_hub
 
     backbone = build_keras_backbone(spec, weights)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     if spm_path:
-        if spec.family == "gemma3":
-            tok = keras_hub.models.Gemma3Tokenizer(proto=spm_path, has_vision_tokens=False)
-            pre = keras_hub.models.Gemma3CausalLMPreprocessor(tokenizer=tok, image_converter=None)
-            lm = keras_hub.models.Gemma3CausalLM(backbone=backbone, preprocessor=pre)
-        else:
-            tok = keras_hub.models.GemmaTokenizer(proto=spm_path)
-            pre = keras_hub.models.GemmaCausalLMPreprocessor(tokenizer=tok)
-            lm = keras_hub.models.GemmaCausalLM(backbone=backbone, preprocessor=pre)
-        lm.save_to_preset(out_dir, **kwargs)
+        with native_stderr_silenced():  # tensorflow-text's SentencePiece op logs on load
+            _save_causal_lm(keras_hub, spec, backbone, spm_path, out_dir, kwargs)
     else:
         backbone.save_to_preset(out_dir, **kwargs)
     return out_dir
+
+
+def _save_causal_lm(keras_hub: Any, spec: GemmaSpec, backbone: Any, spm_path: str, out_dir: str,
+                    kwargs: dict[str, Any]) -> None:
+    """A CausalLM (backbone + preprocessor + tokenizer) saved by keras-hub, as Kaggle presets are."""
+    if spec.family == "gemma3":
+        tok = keras_hub.models.Gemma3Tokenizer(proto=spm_path, has_vision_tokens=False)
+        pre = keras_hub.models.Gemma3CausalLMPreprocessor(tokenizer=tok, image_converter=None)
+        lm = keras_hub.models.Gemma3CausalLM(backbone=backbone, preprocessor=pre)
+    else:
+        tok = keras_hub.models.GemmaTokenizer(proto=spm_path)
+        pre = keras_hub.models.GemmaCausalLMPreprocessor(tokenizer=tok)
+        lm = keras_hub.models.GemmaCausalLM(backbone=backbone, preprocessor=pre)
+    lm.save_to_preset(out_dir, **kwargs)
 
 
 def write_hf_multimodal_gemma3(spec: GemmaSpec, weights: dict[str, np.ndarray], out_dir: str) -> str:

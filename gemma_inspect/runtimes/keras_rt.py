@@ -23,6 +23,7 @@ from typing import Any
 
 from ..checkpoint import Checkpoint
 from ..errors import UnsupportedError
+from ..quiet import native_stderr_silenced
 from . import Anatomy, RuntimeResult, to_cpu_float
 
 
@@ -32,8 +33,9 @@ def import_keras() -> Any:
     # keras_hub imports tensorflow (for its preprocessing layers) even on the torch backend: keep its
     # C++ log lines off stderr, and keep it away from the GPU, which belongs to torch here.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import keras
-    import keras_hub  # noqa: F401
+    with native_stderr_silenced("tensorflow" not in sys.modules):
+        import keras
+        import keras_hub  # noqa: F401
 
     if "tensorflow" in sys.modules:
         try:
