@@ -28,17 +28,32 @@ def module(fmt: str) -> ModuleType:
     return importlib.import_module(f"{__name__}.{_MODULES[fmt]}")
 
 
+# Files the readers open by their fixed names inside a checkpoint directory. Each must be a regular file that
+# stays inside the directory (see common.check_member); files named by an index go through safe_child.
+MEMBER_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "generation_config.json",
+                "tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                "model.weights.h5", "model.weights.json", "metadata.json", "preprocessor.json", "task.json",
+                os.path.join("assets", "tokenizer", "vocabulary.spm"), "pytorch_model.bin.index.json",
+                "gemma_inspect.json", os.path.join("tokenizer", "tokenizer.model"))
+
+
 def detect(source: str) -> str:
     """The format of `source`, or an InputError that says what was expected."""
+    from .common import check_member, regular_file
+
     path = str(source)
     if not os.path.exists(path):
         if is_card(path):
             return "card"
+        if os.path.islink(path):
+            raise InputError(path, f"a symlink to {os.readlink(path)}, which does not exist")
         raise InputError(path, f"no such file or directory; expected {EXPECTED}")
     if os.path.isdir(path):
         entries = os.listdir(path)
         if not entries:
             raise InputError(path, f"empty directory; expected {EXPECTED}")
+        for name in MEMBER_FILES + tuple(e for e in entries if e.endswith(".ckpt")):
+            check_member(path, name)
         config = os.path.join(path, "config.json")
         if os.path.isfile(config):
             from .common import read_json_object
@@ -55,6 +70,7 @@ def detect(source: str) -> str:
         if any(e == "pytorch_model.bin.index.json" or e.endswith(".ckpt") for e in entries):
             return "gemma-pytorch"
         raise InputError(path, f"no config.json in this directory; expected {EXPECTED}")
+    regular_file(path)  # not a FIFO (the read would block) or a device
     try:
         with open(path, "rb") as f:
             magic = f.read(4)

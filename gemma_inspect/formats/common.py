@@ -3,34 +3,79 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import stat
 from typing import Any
 
 from ..errors import InputError
 
 MAX_JSON_BYTES = 100 * 1024 * 1024
+# Python builds a 56-byte object for each `[]` of a `[[],[],...]` file: 30 MB of such JSON took 750 MB. The
+# values a text can hold are bounded by its commas and brackets (counted at memory speed, those inside
+# strings too, which only errs on the safe side), so a file with more than this many is refused unparsed.
+# Configs and indexes hold thousands; a 100,000-tensor index about 200,000.
+MAX_JSON_VALUES = 1_000_000
 
 
-def read_json(path: str, what: str = "JSON") -> Any:
+def regular_file(path: str) -> int:
+    """The size of `path`, which must be a regular file (symlinks followed): reading a FIFO blocks forever,
+    and a device such as /dev/zero never ends."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(path, "missing") from None
+    except OSError as e:
+        raise InputError(path, f"cannot read: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket")
+        raise InputError(path, f"is {kind}, not a regular file")
+    return st.st_size
+
+
+def json_values_bound(raw: bytes) -> int:
+    """An upper bound on the number of values a JSON text holds, from its commas and brackets."""
+    return raw.count(b",") + raw.count(b"[") + raw.count(b"{")
+
+
+def loads_bounded(raw: bytes, path: str, what: str, max_values: int = MAX_JSON_VALUES, **kwargs: Any) -> Any:
+    """json.loads of `raw` (UTF-8), refusing texts that would build more than `max_values` values and nesting
+    that exhausts the recursion limit (InputErrors naming `path`); UnicodeDecodeError and JSONDecodeError
+    are the caller's to word."""
+    bound = json_values_bound(raw)
+    if bound > max_values:
+        raise InputError(path, f"{what} holds up to {bound:,} JSON values, more than the {max_values:,} this tool "
+                               f"accepts")
+    try:
+        return json.loads(raw.decode("utf-8"), **kwargs)
+    except RecursionError:
+        raise InputError(path, "not valid JSON: nested too deeply") from None
+
+
+def read_json(path: str, what: str = "JSON", max_bytes: int = MAX_JSON_BYTES,
+              max_values: int = MAX_JSON_VALUES) -> Any:
     """Parse a JSON file; any problem is an InputError naming the file."""
     try:
-        size = os.path.getsize(path)
-        if size > MAX_JSON_BYTES:
-            raise InputError(path, f"{what} is {size} bytes, over the {MAX_JSON_BYTES // 2**20} MB limit")
+        size = regular_file(path)
+        if size > max_bytes:
+            raise InputError(path, f"{what} is {size} bytes, over the {max_bytes // 2**20} MB limit")
         with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise InputError(path, f"missing ({what} expected here)") from None
+            raw = f.read(max_bytes + 1)  # the size can grow between stat and read
+        if len(raw) > max_bytes:
+            raise InputError(path, f"{what} is over the {max_bytes // 2**20} MB limit")
+    except InputError as e:
+        if e.problem == "missing":
+            raise InputError(path, f"missing ({what} expected here)") from None
+        raise
     except OSError as e:
         raise InputError(path, f"cannot read: {e.strerror or e}") from None
     try:
-        return json.loads(raw.decode("utf-8"))
+        return loads_bounded(raw, path, what, max_values)
     except UnicodeDecodeError:
         raise InputError(path, f"{what} is not UTF-8 text") from None
     except json.JSONDecodeError as e:
         raise InputError(path, f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-    except RecursionError:
-        raise InputError(path, "not valid JSON: nested too deeply") from None
 
 
 def read_json_object(path: str, what: str = "JSON") -> dict[str, Any]:
@@ -43,7 +88,7 @@ def read_json_object(path: str, what: str = "JSON") -> dict[str, Any]:
 def safe_child(directory: str, relname: Any, referrer: str) -> str:
     """`directory/relname`, refusing names that are absolute, climb out with `..`, or resolve (through
     symlinks) to a place outside `directory`. `referrer` is the file that named it, for the message."""
-    if not isinstance(relname, str) or not relname:
+    if not isinstance(relname, str) or not relname or "\x00" in relname:
         raise InputError(referrer, f"invalid file name {relname!r}")
     if os.path.isabs(relname) or relname.startswith(("/", "\\")) or ":" in relname[:3]:
         raise InputError(referrer, f"refers to {relname!r}, an absolute path outside the checkpoint directory")
@@ -51,6 +96,15 @@ def safe_child(directory: str, relname: Any, referrer: str) -> str:
     if ".." in parts:
         raise InputError(referrer, f"refers to {relname!r}, which leaves the checkpoint directory")
     full = os.path.join(directory, relname)
+    real = _escapes(directory, full)
+    if real is not None:
+        raise InputError(referrer, f"refers to {relname!r}, which resolves outside the checkpoint "
+                                   f"directory (symlink to {real})")
+    return full
+
+
+def _escapes(directory: str, full: str) -> str | None:
+    """Where `full` really is when (through symlinks) that is outside `directory`; None when it is inside."""
     real_dir = os.path.realpath(directory)
     real = os.path.realpath(full)
     allowed = [real_dir]
@@ -58,10 +112,20 @@ def safe_child(directory: str, relname: Any, referrer: str) -> str:
         # Hugging Face hub cache: <repo>/snapshots/<rev>/<file> is a symlink to <repo>/blobs/<hash>,
         # which stays inside the cached repository (the directory snapshot_download returns).
         allowed.append(os.path.join(os.path.dirname(os.path.dirname(real_dir)), "blobs"))
-    if not any(os.path.commonpath([a, real]) == a for a in allowed):
-        raise InputError(referrer, f"refers to {relname!r}, which resolves outside the checkpoint "
-                                   f"directory (symlink to {real})")
-    return full
+    return None if any(os.path.commonpath([a, real]) == a for a in allowed) else real
+
+
+def check_member(directory: str, name: str) -> None:
+    """A file a reader opens by its fixed name (config.json, model.safetensors, tokenizer.model, ...), when
+    present, must be a regular file inside `directory` (the Hugging Face cache's links to its blobs count
+    as inside): never a link to elsewhere, a FIFO or a device."""
+    full = os.path.join(directory, name)
+    if not os.path.lexists(full):
+        return
+    real = _escapes(directory, full)
+    if real is not None:
+        raise InputError(full, f"is a symlink to {real}, outside the checkpoint directory")
+    regular_file(full)
 
 
 # More layers than any decoder has: a corrupt config, which must not make a reader build per-layer
@@ -90,4 +154,10 @@ def opt_float(cfg: dict[str, Any], key: str, path: str, default: Any = None) -> 
         return None
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise InputError(path, f"config {key!r} must be a number, got {v!r}")
-    return float(v)
+    try:
+        f = float(v)
+    except OverflowError:  # an integer beyond float's range
+        f = math.inf
+    if not math.isfinite(f):
+        raise InputError(path, f"config {key!r} must be a finite number, got {v!r}")
+    return f

@@ -18,7 +18,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ..arrays import transpose2d, transpose_last2
-from ..checkpoint import Checkpoint, TensorRef, canonical_name, check_against_spec, expected_tensors
+from ..checkpoint import (Checkpoint, TensorRef, canonical_name, check_against_spec, expected_tensors,
+                          parse_canonical)
 from ..errors import InputError, SpecError, UnsupportedError
 from ..spec import FULL, SLIDING, GemmaSpec, gemma2_layer_types, gemma3_layer_types
 from .common import MAX_LAYERS, opt_float, read_json_object, require_int, safe_child
@@ -248,6 +249,8 @@ def _published_context(family: str, hidden: int, layers: int) -> int:
 
 
 # ----------------------------------------------------------------------------- H5 reading
+MAX_EXPANSION = 1100  # deflate's ceiling is ~1032:1; HDF5's other filters stay below it
+MAX_ATTRIBUTE_BYTES = 64 * 1024
 @dataclass(frozen=True)
 class H5Var:
     file: str
@@ -258,7 +261,7 @@ class H5Var:
     nbytes: int
 
 
-def _h5_attr(oid: Any, key: str) -> Any:
+def _h5_attr(oid: Any, key: str, file: str) -> Any:
     """Attribute `key` of a low-level h5py object, or None when absent; byte strings come back as str."""
     import h5py
 
@@ -266,6 +269,10 @@ def _h5_attr(oid: Any, key: str) -> Any:
     if not h5py.h5a.exists(oid, k):
         return None
     aid = h5py.h5a.open(oid, k)
+    size = int(np.prod(aid.shape, dtype=np.int64)) * aid.dtype.itemsize
+    if size > MAX_ATTRIBUTE_BYTES:  # the attributes read here are short strings ('bfloat16', a layer name)
+        raise InputError(file, f"attribute {key!r} of {h5py.h5i.get_name(oid).decode('utf-8', 'replace')} holds "
+                               f"{size} bytes; expected a short string")
     value = np.empty(aid.shape, dtype=aid.dtype)
     aid.read(value)
     value = value[()] if value.ndim == 0 else value
@@ -306,7 +313,7 @@ def _scan_h5(file: str, only: set[str] | None = None) -> tuple[dict[str, H5Var],
                         continue
                     ds = h5py.h5d.open(layers, raw)
                     dt = ds.dtype
-                    dtype = _h5_dtype(dt, _h5_attr(ds, "dtype") if dt.kind == "V" else None, "/" + full, file)
+                    dtype = _h5_dtype(dt, _h5_attr(ds, "dtype", file) if dt.kind == "V" else None, "/" + full, file)
                     shape = tuple(int(s) for s in ds.shape)
                     want = int(np.prod(shape, dtype=np.int64)) * numpy_dtype(dtype).itemsize
                     offset = ds.get_offset()
@@ -321,12 +328,19 @@ def _scan_h5(file: str, only: set[str] | None = None) -> tuple[dict[str, H5Var],
                                                f"a checkpoint must hold its own weights")
                     if dcpl.get_layout() != h5py.h5d.CONTIGUOUS or dcpl.get_nfilters():
                         offset = None  # chunked, compact or compressed: read through h5py
+                        # Reading fills what is not stored (unwritten chunks) with zeros, and decompression can
+                        # grow bytes ~1000x at most: a dataset that declares more than that has lost its chunks
+                        # or is a decompression bomb, which would allocate its declared size from a tiny file.
+                        stored_enough = nbytes >= want if not dcpl.get_nfilters() else nbytes * MAX_EXPANSION >= want
+                        if want and not stored_enough:
+                            raise InputError(file, f"dataset {full} declares {want} bytes but stores {nbytes}: "
+                                                   f"chunks missing or compressed beyond belief")
                     elif offset is None or offset + want > size or nbytes != want:
                         raise InputError(file, f"dataset {full} claims {want} bytes at offset {offset}, beyond "
                                                f"the file's {size} bytes: truncated or corrupt")
                     datasets[full] = H5Var(file, full, shape, dtype, offset, want)
                 elif kind == h5py.h5o.TYPE_GROUP and full.endswith("vars"):
-                    n = _h5_attr(h5py.h5o.open(layers, raw), "name")
+                    n = _h5_attr(h5py.h5o.open(layers, raw), "name", file)
                     if n is not None:
                         names[full] = str(n)
     except InputError:
@@ -461,7 +475,14 @@ def read(path: str) -> Checkpoint:
             raise InputError(where, f"two datasets map to {canonical}: {tensors[canonical].origin} and {dpath}")
         tensors[canonical] = _ref(canonical, var)
     check_against_spec(spec, tensors, config_path, where)
-    tensors = {n: tensors[n] for n in expected_tensors(spec)}
+    expected = expected_tensors(spec)
+    for canonical, var in mapped.values():
+        # The canonical shape alone is not enough: a (D, d, H) query kernel also flattens to [H*D, d].
+        want = keras_shape(spec, parse_canonical(canonical)[0], expected[canonical])  # type: ignore[index]
+        if var.shape != want:
+            raise InputError(var.file, f"{var.path} has shape {list(var.shape)} but {config_path} implies "
+                                       f"{list(want)}")
+    tensors = {n: tensors[n] for n in expected}
     from ..tokenizer import find_tokenizer
 
     tokenizer = find_tokenizer(path, hf_json=False)

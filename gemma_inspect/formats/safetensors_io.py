@@ -16,9 +16,14 @@ from typing import BinaryIO, Iterable, Iterator
 import numpy as np
 
 from ..errors import InputError, OutputError
+from .common import loads_bounded, regular_file
 
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # a crafted file must not make us parse gigabytes of JSON
-MAX_TENSORS = 1_000_000
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
+# Tensors in one file: a Gemma 3 27B checkpoint holds about 1,250 in all its shards. The JSON of a header is
+# bounded before it is parsed (an entry is an object, two arrays and about a dozen items), so a crafted
+# 100 MB header cannot make Python build gigabytes of objects first.
+MAX_TENSORS = 100_000
+MAX_HEADER_VALUES = 16 * MAX_TENSORS
 CHUNK_BYTES = 64 * 1024 * 1024
 
 # safetensors dtype code <-> our dtype name
@@ -55,8 +60,8 @@ class StEntry:
 
 def read_header(path: str) -> tuple[dict[str, StEntry], dict[str, str]]:
     """Parse and validate a safetensors header. Returns (entries by name, __metadata__)."""
+    size = regular_file(path)
     try:
-        size = os.path.getsize(path)
         with open(path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
@@ -72,10 +77,12 @@ def read_header(path: str) -> tuple[dict[str, StEntry], dict[str, str]]:
     except OSError as e:
         raise InputError(path, f"cannot read: {e.strerror or e}") from None
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = loads_bounded(raw, path, "safetensors header", MAX_HEADER_VALUES, object_pairs_hook=_unique)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(path, f"safetensors header is not valid JSON ({e.__class__.__name__}: "
                                f"{str(e).splitlines()[0][:80]})") from None
+    except _Duplicate as e:
+        raise InputError(path, f"safetensors header names {e.args[0]!r} twice") from None
     if not isinstance(header, dict):
         raise InputError(path, "safetensors header is not a JSON object")
     if len(header) > MAX_TENSORS:
@@ -90,7 +97,7 @@ def read_header(path: str) -> tuple[dict[str, StEntry], dict[str, str]]:
         if not isinstance(info, dict):
             raise InputError(path, f"tensor {name!r}: header entry is not an object")
         code = info.get("dtype")
-        if code not in ST_DTYPES:
+        if not isinstance(code, str) or code not in ST_DTYPES:
             raise InputError(path, f"tensor {name!r}: unknown dtype {code!r}")
         shape = info.get("shape")
         if (not isinstance(shape, list) or len(shape) > 8
@@ -118,7 +125,31 @@ def read_header(path: str) -> tuple[dict[str, StEntry], dict[str, str]]:
     for (b0, e0, n0), (b1, _e1, n1) in zip(spans, spans[1:]):
         if b1 < e0:
             raise InputError(path, f"tensors {n0!r} and {n1!r} overlap in the data section")
+    # As the safetensors library requires: the tensors tile the data section exactly. A header length off by
+    # a few bytes would otherwise shift every tensor's bytes without a word.
+    covered = data_start
+    for b, e, n in spans:
+        if b != covered:
+            raise InputError(path, f"bytes {covered - data_start}..{b - data_start} of the data section belong to "
+                                   f"no tensor (before {n!r}): wrong header length or offsets")
+        covered = e
+    if covered != size:
+        raise InputError(path, f"the tensors end at byte {covered - data_start} of the data section, which has "
+                               f"{data_size} bytes: wrong header length or offsets")
     return entries, {str(k): str(v) for k, v in metadata.items()}
+
+
+class _Duplicate(Exception):
+    pass
+
+
+def _unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object that names no key twice (json.loads would silently keep the last)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        raise _Duplicate(next(k for k, _ in pairs if k in seen or seen.add(k)))  # type: ignore[func-returns-value]
+    return out
 
 
 def read_array(path: str, entry: StEntry) -> np.ndarray:
