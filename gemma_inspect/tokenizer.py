@@ -16,7 +16,10 @@ from .errors import InputError
 
 SPM_NAMES = ("tokenizer.model", os.path.join("assets", "tokenizer", "vocabulary.spm"))
 HF_JSON = "tokenizer.json"
-MAX_TOKENIZER_BYTES = 200 * 1024 * 1024
+# Gemma 3's tokenizer.model is 4.7 MB (262,144 pieces), its tokenizer.json 33 MB (about 1.3 million JSON values).
+MAX_TOKENIZER_BYTES = 100 * 1024 * 1024
+MAX_TOKENIZER_JSON_VALUES = 4_000_000
+MAX_PIECES = 2_000_000
 
 # Texts whose ids must agree between two tokenizers (parity, conversion tests).
 PARITY_TEXTS = (
@@ -50,32 +53,58 @@ class Tokenizer:
             return self.spm_bytes
         if self.spm_path is None:
             raise InputError(self.source, "no SentencePiece model")
-        size = os.path.getsize(self.spm_path)
+        from .formats.common import regular_file
+
+        size = regular_file(self.spm_path)
         if size > MAX_TOKENIZER_BYTES:
-            raise InputError(self.spm_path, f"tokenizer model is {size} bytes, over the limit")
+            raise InputError(self.spm_path, f"tokenizer model is {size} bytes, over the "
+                                            f"{MAX_TOKENIZER_BYTES // 2**20} MB limit")
         with open(self.spm_path, "rb") as f:
-            return f.read()
+            return f.read(MAX_TOKENIZER_BYTES)
 
     @cached_property
     def _spm(self) -> Any:
         import sentencepiece as spm
 
+        from .quiet import native_stderr_silenced
+
+        model = self.spm_model_bytes()
+        where = self.spm_path or self.source
+        try:
+            info = spm_pieces(model)
+        except ValueError as e:
+            raise InputError(where, str(e)) from None
+        if not info["complete"]:
+            # A model cut short between two fields still parses; without its trainer and normalizer specs it
+            # would tokenize with defaults (NFKC normalization), silently differently.
+            raise InputError(where, "not a complete SentencePiece model (no trainer_spec or normalizer_spec): "
+                                    "truncated?")
         proc = spm.SentencePieceProcessor()
         try:
-            proc.LoadFromSerializedProto(self.spm_model_bytes())
+            with native_stderr_silenced():  # its C++ logging writes to fd 2 ("precompiled_charsmap is empty")
+                proc.LoadFromSerializedProto(model)
         except Exception as e:  # sentencepiece raises RuntimeError/OSError for corrupt protos
-            raise InputError(self.spm_path or self.source,
-                             f"not a valid SentencePiece model ({str(e).splitlines()[0][:80]})") from None
+            raise InputError(where, f"not a valid SentencePiece model ({str(e).splitlines()[0][:80]})") from None
         return proc
 
     @cached_property
     def _hf(self) -> Any:
         from tokenizers import Tokenizer as HFTokenizer
 
+        from .formats.common import regular_file
+        from .quiet import native_stderr_silenced
+
+        size = regular_file(self.json_path)  # type: ignore[arg-type]
+        if size > MAX_TOKENIZER_BYTES:
+            raise InputError(self.json_path, f"tokenizer.json is {size} bytes, over the limit")
         try:
-            return HFTokenizer.from_file(self.json_path)
-        except Exception as e:
-            raise InputError(self.json_path, f"not a valid tokenizer.json ({str(e).splitlines()[0][:80]})") from None
+            with native_stderr_silenced():  # a Rust panic prints its message (and backtrace) on fd 2
+                return HFTokenizer.from_file(self.json_path)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # noqa: B036 - the Rust code panics on some files (PanicException)
+            raise InputError(self.json_path, f"not a valid tokenizer.json ({e.__class__.__name__}: "
+                                             f"{str(e).splitlines()[0][:80] if str(e) else ''})") from None
 
     @property
     def backend(self) -> str:
@@ -137,9 +166,15 @@ def write_hf_tokenizer(tok: Tokenizer, dest: str) -> list[str]:
     special_tokens_map.json into an HF directory. Returns notes for the user."""
     import shutil
 
+    from .formats.common import read_json_object
+
     notes: list[str] = []
     if tok.json_path:
-        # An HF source: its fast-tokenizer files travel as they are.
+        # An HF source: its fast-tokenizer files travel as they are, once they are known to parse (a corrupt
+        # tokenizer.json copied along would only fail later, in whatever loads the output).
+        tok._hf  # noqa: B018 - an InputError naming the file if the tokenizers library cannot load it
+        for path in tok.extra_files.values():
+            read_json_object(path, os.path.basename(path))
         shutil.copyfile(tok.json_path, os.path.join(dest, HF_JSON))
         for name, path in tok.extra_files.items():
             shutil.copyfile(path, os.path.join(dest, name))
@@ -251,25 +286,41 @@ def spm_from_tokenizer_json(tok: Tokenizer) -> bytes | None:
     import json
     import re
 
-    with open(tok.json_path, encoding="utf-8") as f:  # type: ignore[arg-type]
-        data = json.load(f)
-    model = data.get("model") or {}
-    if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+    from .formats.common import read_json
+
+    data = read_json(tok.json_path, "tokenizer.json", MAX_TOKENIZER_BYTES,  # type: ignore[arg-type]
+                     MAX_TOKENIZER_JSON_VALUES)
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
         return None
     vocab: dict[str, int] = model["vocab"]
+    if not vocab or not all(isinstance(i, int) and 0 <= i < MAX_PIECES for i in vocab.values()):
+        return None
     n = max(vocab.values()) + 1
     pieces: list[str | None] = [None] * n
     for piece, i in vocab.items():
         pieces[i] = piece
-    added = {t["content"]: t for t in data.get("added_tokens", [])}
+    tokens = data.get("added_tokens") or []
+    if not isinstance(tokens, list) or not all(isinstance(t, dict) and isinstance(t.get("content"), str)
+                                               and isinstance(t.get("id"), int) for t in tokens):
+        return None
+    added = {t["content"]: t for t in tokens}
     for content, t in added.items():
         if 0 <= t["id"] < n and pieces[t["id"]] is None:
             pieces[t["id"]] = content
     if any(p is None for p in pieces):
         return None
     first_rank: dict[str, int] = {}
-    for rank, merge in enumerate(model.get("merges") or []):
-        left, right = merge if isinstance(merge, list) else merge.split(" ", 1)
+    merges = model.get("merges") or []
+    if not isinstance(merges, list):
+        return None
+    for rank, merge in enumerate(merges):
+        if isinstance(merge, str) and " " in merge:
+            left, right = merge.split(" ", 1)
+        elif isinstance(merge, list) and len(merge) == 2 and all(isinstance(m, str) for m in merge):
+            left, right = merge
+        else:
+            return None
         first_rank.setdefault(left + right, rank)
     control = {"<pad>", "<eos>", "<bos>"}
     byte_re = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
@@ -367,10 +418,17 @@ def spm_from_pieces(pieces: "list[str] | tuple[str, ...]", scores: "list[float] 
 def spm_pieces(model_bytes: bytes) -> dict[str, Any]:
     """The vocabulary and settings of a serialized SentencePiece model: {"pieces", "scores", "types",
     "model_type", "byte_fallback", "add_dummy_prefix", "remove_extra_whitespaces", "unk_id", "bos_id",
-    "eos_id", "pad_id"}. Raises ValueError when the bytes are not a SentencePiece model."""
+    "eos_id", "pad_id", "complete" (both specs present)}. Raises ValueError when the bytes are not a
+    SentencePiece model."""
     from google.protobuf.message import DecodeError
     from sentencepiece import sentencepiece_model_pb2 as pb
 
+    # Every piece is a length-delimited field 1, whose tag is the byte 0x0a: their count bounds the pieces
+    # before the parser builds them (a crafted model of 2-byte pieces would make ~100 M of them).
+    bound = model_bytes.count(b"\n")
+    if bound > MAX_PIECES:
+        raise ValueError(f"a SentencePiece model of up to {bound:,} pieces, more than the {MAX_PIECES:,} this tool "
+                         f"accepts")
     model = pb.ModelProto()
     try:
         model.ParseFromString(model_bytes)
@@ -380,8 +438,12 @@ def spm_pieces(model_bytes: bytes) -> dict[str, Any]:
         raise ValueError("not a SentencePiece model (no pieces)")
     ts, ns = model.trainer_spec, model.normalizer_spec
     model_type = {v: k for k, v in SPM_MODEL_TYPES.items()}.get(ts.model_type, str(ts.model_type))
+    pieces = [p.piece for p in model.pieces]
+    bad = next((i for i, p in enumerate(pieces) if not isinstance(p, str)), None)
+    if bad is not None:  # protobuf hands back the raw bytes; SentencePiece's own lookups raise later
+        raise ValueError(f"piece {bad} ({pieces[bad]!r}) is not valid UTF-8")
     return {
-        "pieces": [p.piece for p in model.pieces],
+        "pieces": pieces,
         "scores": [p.score for p in model.pieces],
         "types": [int(p.type) for p in model.pieces],
         "model_type": model_type,
@@ -389,4 +451,5 @@ def spm_pieces(model_bytes: bytes) -> dict[str, Any]:
         "add_dummy_prefix": bool(ns.add_dummy_prefix),
         "remove_extra_whitespaces": bool(ns.remove_extra_whitespaces),
         "unk_id": int(ts.unk_id), "bos_id": int(ts.bos_id), "eos_id": int(ts.eos_id), "pad_id": int(ts.pad_id),
+        "complete": model.HasField("trainer_spec") and model.HasField("normalizer_spec"),
     }

@@ -153,6 +153,10 @@ def _state_of(obj: Any, path: str, sharded: bool) -> tuple[dict[str, Any], dict[
             raise InputError(path, f"state dict key {k!r} is not a string")
         if not isinstance(v, torch.Tensor):
             raise InputError(path, f"state dict entry {k!r} is a {type(v).__name__}, not a tensor")
+        # weights_only admits sparse and meta tensors too; neither holds values to read.
+        if v.layout != torch.strided or v.device.type != "cpu" or v.is_nested:
+            kind = f"on the {v.device.type} device" if v.device.type != "cpu" else f"a {v.layout} tensor"
+            raise InputError(path, f"state dict entry {k!r} is {kind}; expected dense tensors")
     return state, extra
 
 
@@ -184,6 +188,7 @@ def _numpy(t: Any) -> np.ndarray:
     """A view of a CPU tensor as numpy (bfloat16 as ml_dtypes.bfloat16); no copy for mapped tensors."""
     import torch
 
+    t = t.detach()  # an nn.Parameter unpickles with requires_grad
     if t.dtype == torch.bfloat16:
         import ml_dtypes
 
@@ -208,6 +213,10 @@ def _ref(canonical: str, tensor: Any, path: str, stored: str, rows: slice | None
     if tensor.dtype == torch.int8:
         if scaler is None:
             raise InputError(path, f"tensor {stored!r} is int8 but {stored.rsplit('.', 1)[0]}.weight_scaler is missing")
+        if tuple(scaler.shape) != tuple(tensor.shape[:1]) or not scaler.dtype.is_floating_point:
+            raise InputError(path, f"{stored.rsplit('.', 1)[0]}.weight_scaler is {str(scaler.dtype)[6:]} "
+                                   f"{list(scaler.shape)}; expected one float per row of {stored} "
+                                   f"({tensor.shape[0]})")
         # gemma_pytorch's quant=True: w = int8 * weight_scaler[:, None] (one scale per output row).
         nbytes = int(np.prod(shape)) + 4 * shape[0]
 
@@ -405,6 +414,9 @@ def read(path: str) -> Checkpoint:
         if needed not in shapes:
             raise InputError(where, f"no {NAMES['embed'] if needed == 'embed' else needed} tensor: not a "
                                     f"gemma_pytorch Gemma checkpoint")
+        if len(shapes[needed]) != 2:  # the spec is read from these shapes
+            raise InputError(where, f"{NAMES['embed'] if needed == 'embed' else needed} has shape "
+                                    f"{list(shapes[needed])}; expected a matrix")
     weight_dtypes = [FLOAT_DTYPES.get(str(v.dtype)) for (_r, _l, v, _f, _n) in located.values()]
     float_dtypes = [d for d in weight_dtypes if d]
     dtype = max(set(float_dtypes), key=float_dtypes.count) if float_dtypes else "float32"

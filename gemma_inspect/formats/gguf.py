@@ -612,7 +612,8 @@ def _dequantize(path: str, info: TensorInfo) -> np.ndarray:
                 raw = np.fromfile(f, dtype=np.uint8, count=rows * row_bytes)
                 if raw.size != rows * row_bytes:
                     raise InputError(path, f"file ends inside tensor {info.name}")
-                out[r:r + rows] = gguf.quants.dequantize(raw.reshape(rows, row_bytes), qtype)
+                with np.errstate(all="ignore"):  # NaN/inf scales make NaN values, not warnings on stderr
+                    out[r:r + rows] = gguf.quants.dequantize(raw.reshape(rows, row_bytes), qtype)
     except NotImplementedError:
         raise UnsupportedError(f"{path}: tensor {info.name} is stored as {info.type_name}, which the installed "
                                f"gguf package cannot dequantize") from None
@@ -1001,7 +1002,9 @@ def _add_tokenizer(w: Any, ckpt: Checkpoint, notes: list[str]) -> None:
     w.add_token_list(pieces)
     w.add_token_scores(scores)
     w.add_token_types(types)
-    unk = next(i for i, t in enumerate(types) if t == 2)
+    unk = next((i for i, t in enumerate(types) if t == 2), None)
+    if unk is None:
+        raise InputError(tok.spm_path or tok.source, "the SentencePiece model has no unknown piece (type 2)")
     w.add_bos_token_id(spec.bos_token_id)
     w.add_eos_token_id(spec.eos_token_id)
     w.add_unk_token_id(unk)

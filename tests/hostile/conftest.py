@@ -119,7 +119,8 @@ def apply(root: str, v: Variant, scratch: str) -> str:
 
 
 def sweep(fmt: str, root: str, variants: Iterable[Variant], scratch: str,
-          source_of: Callable[[str], str] | None = None) -> dict[str, list[tuple[Variant, str]]]:
+          source_of: Callable[[str], str] | None = None,
+          use: Callable[[Any], None] = use_checkpoint) -> dict[str, list[tuple[Variant, str]]]:
     """Run every variant against the checkpoint at `root` (a writable copy; restored after each variant).
     Returns {"error": [(variant, message)], "ok": [(variant, "")]}; fails listing every finding."""
     originals: dict[str, bytes] = {}
@@ -132,7 +133,7 @@ def sweep(fmt: str, root: str, variants: Iterable[Variant], scratch: str,
                 originals[target] = f.read()
         where = apply(root, v, scratch)
         try:
-            kind, msg = outcome(where, source_of(where) if source_of else None)
+            kind, msg = outcome(where, source_of(where) if source_of else None, use)
             if kind == "ok" and v.must_fail:
                 findings.append(f"{v.label}: accepted, but must be refused")
             results[kind].append((v, msg))

@@ -234,3 +234,73 @@ def tree_variants(file: str, outside: str, must_fail: bool = True) -> list[Varia
         Variant(f"{file}: a directory", file, edit=replace_with(os.mkdir), must_fail=must_fail),
         Variant(f"{file}: missing", file, edit=replace_with(lambda p: None), must_fail=must_fail),
     ]
+
+
+# ----------------------------------------------------------------------------- GGUF
+_GGUF_SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<B", 10: "<Q", 11: "<q", 12: "<d"}
+
+
+def gguf_fields(data: bytes) -> tuple[list[tuple[str, int, str]], int]:
+    """Every length, count, type, dimension and offset field of a GGUF header as (label, byte offset, struct
+    format), found by walking the header; and the end of the tensor infos."""
+    fields: list[tuple[str, int, str]] = [("version", 4, "<I"), ("tensor count", 8, "<Q"), ("key count", 16, "<Q")]
+    pos = 24
+    n_tensors, n_kv = struct.unpack_from("<QQ", data, 8)
+
+    def string(label: str) -> str:
+        nonlocal pos
+        (n,) = struct.unpack_from("<Q", data, pos)
+        fields.append((f"length of {label}", pos, "<Q"))
+        s = data[pos + 8:pos + 8 + n].decode()
+        pos += 8 + n
+        return s
+
+    for _ in range(n_kv):
+        key = string("a key")
+        (vtype,) = struct.unpack_from("<I", data, pos)
+        fields.append((f"value type of {key}", pos, "<I"))
+        pos += 4
+        if vtype == 8:
+            string(f"{key}")
+        elif vtype == 9:
+            itype, count = struct.unpack_from("<IQ", data, pos)
+            fields += [(f"element type of {key}", pos, "<I"), (f"element count of {key}", pos + 4, "<Q")]
+            pos += 12
+            if itype == 8:
+                for j in range(count):
+                    if j in (0, count // 2, count - 1):
+                        string(f"{key}[{j}]")
+                    else:
+                        (n,) = struct.unpack_from("<Q", data, pos)
+                        pos += 8 + n
+            else:
+                pos += count * struct.calcsize(_GGUF_SCALAR[itype])
+        else:
+            pos += struct.calcsize(_GGUF_SCALAR[vtype])
+    for _ in range(n_tensors):
+        name = string("a tensor name")
+        (n_dims,) = struct.unpack_from("<I", data, pos)
+        fields.append((f"dimension count of {name}", pos, "<I"))
+        pos += 4
+        for d in range(n_dims):
+            fields.append((f"dimension {d} of {name}", pos, "<Q"))
+            pos += 8
+        fields += [(f"type of {name}", pos, "<I"), (f"offset of {name}", pos + 4, "<Q")]
+        pos += 12
+    return fields, pos
+
+
+def gguf_variants(file: str, data: bytes, rng: random.Random, n: int, fields_per_run: int) -> list[Variant]:
+    """Truncations (inside the header, at tensor boundaries), header and data byte flips, and every kind of
+    header field - lengths, counts, value and tensor types, dimensions, offsets - set to hostile values."""
+    fields, header_end = gguf_fields(data)
+    out = truncations(file, data, rng, n, [4, 8, 16, 23, 24, 25, header_end - 1, header_end, header_end + 1])
+    out += flips(file, data, rng, n, 0, header_end, what="header ")
+    out += flips(file, data, rng, max(2, n // 4), header_end, len(data), what="tensor data ")
+    size = len(data)
+    u32 = (0, 1, 2, 3, 7, 8, 9, 12, 13, 14, 30, 31, 99, 2**31, 2**32 - 1)
+    picked = fields[:3] + rng.sample(fields[3:], min(len(fields) - 3, fields_per_run))
+    for label, offset, fmt in picked:
+        values = hostile_ints(size) if fmt == "<Q" else u32
+        out += patch_uint(file, data, offset, fmt, values, label, must_fail=False)
+    return out

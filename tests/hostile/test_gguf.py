@@ -1,0 +1,47 @@
+"""Hostile GGUF files: the header walked field by field (lengths, counts, value types, tensor types,
+dimensions, offsets) and each field set to hostile values; truncations, byte flips; metadata of the wrong
+type. Every variant is read and used (tensors dequantized, vocabulary rebuilt) through the library."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from gemma_inspect.convert import WriteOptions, convert
+
+from .conftest import sweep
+from .variants import gguf_variants
+
+N = 24
+
+
+@pytest.fixture(scope="module")
+def gguf_files(tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile-gguf")
+    out = {}
+    for dtype in ("float32", "q8_0"):
+        dest = str(root / f"gemma3-{dtype}.gguf")
+        convert(tiny_models.get("gemma3"), dest, "gguf", WriteOptions(dtype=dtype))
+        out[dtype] = dest
+    return out
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+@pytest.mark.parametrize("dtype", ("float32", "q8_0"))
+def test_gguf(gguf_files, writable, tmp_path, dtype):
+    path = writable(gguf_files[dtype], "model.gguf")
+    variants = gguf_variants("", _read(path), random.Random(21), N, fields_per_run=2 * N)
+    sweep(f"gguf ({dtype})", path, variants, str(tmp_path))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(22, 25))
+def test_larger_sweep(gguf_files, writable, tmp_path, seed):
+    for dtype, src in gguf_files.items():
+        path = writable(src, f"model-{dtype}.gguf")
+        sweep(f"gguf ({dtype})", path, gguf_variants("", _read(path), random.Random(seed), 150, 400), str(tmp_path))
