@@ -91,20 +91,28 @@ class Tokenizer:
     def _hf(self) -> Any:
         from tokenizers import Tokenizer as HFTokenizer
 
-        from .formats.common import regular_file
+        from .formats.common import read_bounded, regular_file
         from .quiet import native_stderr_silenced
 
-        size = regular_file(self.json_path)  # type: ignore[arg-type]
+        path: str = self.json_path  # type: ignore[assignment]
+        size = regular_file(path)
         if size > MAX_TOKENIZER_BYTES:
-            raise InputError(self.json_path, f"tokenizer.json is {size} bytes, over the limit")
+            raise InputError(path, f"tokenizer.json is {size} bytes, over the {MAX_TOKENIZER_BYTES // 2**20} MB "
+                                   f"limit")
+        with open(path, "rb") as f:  # bounded before the tokenizers library builds its tables from it
+            raw = read_bounded(f, MAX_TOKENIZER_BYTES, path, "tokenizer.json", MAX_TOKENIZER_JSON_VALUES)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError(path, "tokenizer.json is not UTF-8 text") from None
         try:
             with native_stderr_silenced():  # a Rust panic prints its message (and backtrace) on fd 2
-                return HFTokenizer.from_file(self.json_path)
+                return HFTokenizer.from_str(text)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as e:  # noqa: B036 - the Rust code panics on some files (PanicException)
-            raise InputError(self.json_path, f"not a valid tokenizer.json ({e.__class__.__name__}: "
-                                             f"{str(e).splitlines()[0][:80] if str(e) else ''})") from None
+            raise InputError(path, f"not a valid tokenizer.json ({e.__class__.__name__}: "
+                                   f"{str(e).splitlines()[0][:80] if str(e) else ''})") from None
 
     @property
     def backend(self) -> str:

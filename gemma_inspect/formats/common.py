@@ -43,14 +43,28 @@ def loads_bounded(raw: bytes, path: str, what: str, max_values: int = MAX_JSON_V
     """json.loads of `raw` (UTF-8), refusing texts that would build more than `max_values` values and nesting
     that exhausts the recursion limit (InputErrors naming `path`); UnicodeDecodeError and JSONDecodeError
     are the caller's to word."""
-    bound = json_values_bound(raw)
-    if bound > max_values:
-        raise InputError(path, f"{what} holds up to {bound:,} JSON values, more than the {max_values:,} this tool "
-                               f"accepts")
+    if json_values_bound(raw) > max_values:
+        raise InputError(path, f"{what} holds more than the {max_values:,} JSON values this tool accepts")
     try:
         return json.loads(raw.decode("utf-8"), **kwargs)
     except RecursionError:
         raise InputError(path, "not valid JSON: nested too deeply") from None
+
+
+def read_bounded(f: Any, n: int, path: str, what: str, max_values: int) -> bytes:
+    """Up to `n` bytes of the open file `f`, read 4 MB at a time and refused as soon as they could hold more than
+    `max_values` JSON values: a crafted file is turned away before it costs more memory than a real one."""
+    parts, bound, left = [], 0, n
+    while left:
+        piece = f.read(min(4 << 20, left))
+        if not piece:
+            break
+        bound += json_values_bound(piece)
+        if bound > max_values:
+            raise InputError(path, f"{what} holds more than the {max_values:,} JSON values this tool accepts")
+        parts.append(piece)
+        left -= len(piece)
+    return b"".join(parts)
 
 
 def read_json(path: str, what: str = "JSON", max_bytes: int = MAX_JSON_BYTES,
@@ -61,7 +75,7 @@ def read_json(path: str, what: str = "JSON", max_bytes: int = MAX_JSON_BYTES,
         if size > max_bytes:
             raise InputError(path, f"{what} is {size} bytes, over the {max_bytes // 2**20} MB limit")
         with open(path, "rb") as f:
-            raw = f.read(max_bytes + 1)  # the size can grow between stat and read
+            raw = read_bounded(f, max_bytes + 1, path, what, max_values)  # it can grow between stat and read
         if len(raw) > max_bytes:
             raise InputError(path, f"{what} is over the {max_bytes // 2**20} MB limit")
     except InputError as e:

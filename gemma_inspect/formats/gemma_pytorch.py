@@ -24,6 +24,7 @@ import collections
 import os
 import pickle
 import re
+import struct
 import warnings
 from typing import Any, Callable, Iterator
 
@@ -103,10 +104,88 @@ def _canonical(role: str, layer: int | None) -> str:
 
 
 # ----------------------------------------------------------------------------- unpickling, safely
+# weights_only stops code from running, not memory from being spent: it builds every list and dict a pickle
+# describes (a 2-byte opcode pair makes a 56-byte list), and torch's zip reader inflates compressed records.
+# A checkpoint's pickle holds ~25 opcodes per tensor; torch.save writes every record uncompressed.
+MAX_PICKLE_OPS = 1_000_000
+MAX_ZIP_ENTRIES = 100_000
+
+
+def _check_container(path: str) -> None:
+    """Refuse, before torch.load, what would make it allocate far more than the file holds: zip archives of
+    more than MAX_ZIP_ENTRIES records, compressed records, pickles of more than MAX_PICKLE_OPS opcodes."""
+    import pickletools
+    import zipfile
+
+    with open(path, "rb") as f:
+        entries = _zip_entries(f)
+        if entries is None:  # the legacy format: several pickles in a row, then the raw storages
+            pickles = 5
+        elif entries > MAX_ZIP_ENTRIES:
+            raise InputError(path, f"a zip archive of {entries} records, more than the {MAX_ZIP_ENTRIES} a "
+                                   f"checkpoint needs")
+        else:
+            pickles = 0
+        if pickles:
+            f.seek(0)
+            _count_ops(f, path, pickles, pickletools)
+            return
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+            packed = next((i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED), None)
+            if packed is not None:
+                raise InputError(path, f"record {packed!r} is compressed; torch.save stores records as they are "
+                                       f"(a compressed record would be inflated into memory)")
+            pkl = next((i for i in infos if i.filename.endswith("data.pkl")), None)
+            if pkl is not None:
+                with z.open(pkl) as stream:
+                    _count_ops(stream, path, 1, pickletools)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
+        raise InputError(path, f"not a readable PyTorch checkpoint ({str(e).splitlines()[0][:160]})") from None
+
+
+def _count_ops(stream: Any, path: str, pickles: int, pickletools: Any) -> None:
+    ops = 0
+    try:
+        for _ in range(pickles):
+            for _op in pickletools.genops(stream):
+                ops += 1
+                if ops > MAX_PICKLE_OPS:
+                    raise InputError(path, f"the pickle has more than {MAX_PICKLE_OPS} opcodes, far more than a "
+                                           f"checkpoint's (refused before unpickling)")
+    except InputError:
+        raise
+    except Exception:  # not a pickle there (or the legacy format's data): torch.load has the final word
+        return
+
+
+def _zip_entries(f: Any) -> int | None:
+    """The record count from a zip archive's end-of-central-directory record (zip64 included), without reading
+    the central directory itself; None when the file is no zip archive."""
+    size = f.seek(0, os.SEEK_END)
+    tail_len = min(size, 22 + 65535)
+    f.seek(size - tail_len)
+    tail = f.read(tail_len)
+    i = tail.rfind(b"PK\x05\x06")
+    if i < 0 or i + 22 > len(tail):
+        return None
+    (entries,) = struct.unpack_from("<H", tail, i + 10)
+    if entries == 0xFFFF and i >= 20 and tail[i - 20:i - 16] == b"PK\x06\x07":  # zip64: the locator precedes it
+        (eocd64,) = struct.unpack_from("<Q", tail, i - 20 + 8)
+        f.seek(eocd64)
+        rec = f.read(56)
+        if len(rec) == 56 and rec[:4] == b"PK\x06\x06":
+            (entries,) = struct.unpack_from("<Q", rec, 32)
+    return entries
+
+
 def _torch_load(path: str) -> Any:
     """`torch.load(weights_only=True, mmap=True)`, falling back to no mmap only for the legacy (non-zip)
     format, which cannot be mapped; errors become InputErrors naming the file."""
     import torch
+
+    _check_container(path)
 
     def load(mmap: bool) -> Any:
         with warnings.catch_warnings():  # e.g. "pickle protocol 4": the library never prints

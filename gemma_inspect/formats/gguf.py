@@ -37,7 +37,11 @@ ARCHITECTURES = ("gemma", "gemma2", "gemma3")  # general.architecture; the same 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
-MAX_COUNT = 1_000_000  # tensors, metadata keys: a crafted count must not make us loop for hours
+# Tensors, metadata keys, nested arrays: a Gemma 3 27B GGUF has ~800 tensors and ~40 keys. A crafted count must
+# not make us loop for hours or build a Python object per entry first (a TensorInfo is ~500 bytes).
+MAX_COUNT = 100_000
+# Metadata and tensor infos together: a 262k-token vocabulary with scores and types takes ~7 MB.
+MAX_HEADER_BYTES = 100 * 1024 * 1024
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_NESTING = 4  # arrays of arrays
 DEQUANT_CHUNK_ELEMENTS = 4 * 1024 * 1024  # dequantize this many values at a time
@@ -164,10 +168,16 @@ class _Cursor:
     """Reads little-endian values from the mapped header; every read is bounds-checked."""
 
     def __init__(self, buf: Any, size: int, path: str):
-        self.buf, self.size, self.path, self.pos = buf, size, path, 0
+        # Reads stop at the header limit as they stop at the end of the file.
+        self.buf, self.size, self.path, self.pos = buf, min(size, MAX_HEADER_BYTES), path, 0
+        self.file_size = size
+        self.nested = 0  # arrays inside arrays made so far
 
     def need(self, n: int, what: str) -> None:
         if n < 0 or self.pos + n > self.size:
+            if self.size < self.file_size and n >= 0:
+                raise InputError(self.path, f"{what} at byte {self.pos} runs past the {MAX_HEADER_BYTES // 2**20} MB "
+                                            f"limit of a GGUF header (metadata and tensor infos)")
             raise InputError(self.path, f"truncated: {what} at byte {self.pos} needs {n} bytes but the file "
                                         f"has {max(self.size - self.pos, 0)} left")
 
@@ -215,6 +225,9 @@ class _Cursor:
                 return self._strings(count, what), "ARRAY[STRING]"
             if itype == _ARRAY:
                 self.need(count * 12, f"{count} arrays of {what}")
+                self.nested += count
+                if self.nested > MAX_COUNT:
+                    raise InputError(self.path, f"{what}: more than {MAX_COUNT} nested arrays")
                 return [self.value(_ARRAY, f"{what}[{j}]", depth + 1)[0] for j in range(count)], "ARRAY[ARRAY]"
             raise InputError(self.path, f"{what}: unknown array element type {itype}")
         raise InputError(self.path, f"{what}: unknown value type {vtype}")

@@ -16,14 +16,14 @@ from typing import BinaryIO, Iterable, Iterator
 import numpy as np
 
 from ..errors import InputError, OutputError
-from .common import loads_bounded, regular_file
+from .common import loads_bounded, read_bounded, regular_file
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
 # Tensors in one file: a Gemma 3 27B checkpoint holds about 1,250 in all its shards. The JSON of a header is
 # bounded before it is parsed (an entry is an object, two arrays and about a dozen items), so a crafted
 # 100 MB header cannot make Python build gigabytes of objects first.
 MAX_TENSORS = 100_000
-MAX_HEADER_VALUES = 16 * MAX_TENSORS
+MAX_HEADER_VALUES = 12 * MAX_TENSORS  # 8 commas and brackets for an entry of a 2-D tensor
 CHUNK_BYTES = 64 * 1024 * 1024
 
 # safetensors dtype code <-> our dtype name
@@ -73,7 +73,7 @@ def read_header(path: str) -> tuple[dict[str, StEntry], dict[str, str]]:
             if 8 + hlen > size:
                 raise InputError(path, f"safetensors header length {hlen} is longer than the file "
                                        f"({size} bytes): truncated or not a safetensors file")
-            raw = f.read(hlen)
+            raw = read_bounded(f, hlen, path, "safetensors header", MAX_HEADER_VALUES)
     except OSError as e:
         raise InputError(path, f"cannot read: {e.strerror or e}") from None
     try:
