@@ -116,6 +116,8 @@ class TensorRef:
     `loader()` returns a numpy array in canonical layout and the stored dtype (bfloat16 as
     ml_dtypes.bfloat16). `chunks(max_bytes)`, when the stored layout already is the canonical one,
     yields the raw bytes in pieces so that large tensors can be copied without holding them.
+    `span` = (file, offset, nbytes) says where those raw bytes lie, so that a writer can have the kernel
+    copy them (copy_file_range) without them passing through Python at all; it implies `chunks`.
     """
 
     name: str
@@ -125,6 +127,18 @@ class TensorRef:
     nbytes: int = 0  # bytes as stored
     origin: str = ""  # "file:key" where it lives, for messages
     chunks: Callable[[int], Iterator[bytes]] | None = None
+    span: tuple[str, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.chunks is None and self.span is not None:
+            path, start, nbytes = self.span
+
+            def chunks(size: int) -> Iterator[bytes]:
+                from .formats.safetensors_io import iter_bytes
+
+                return iter_bytes(path, start, nbytes, size)
+
+            object.__setattr__(self, "chunks", chunks)
 
     def load(self) -> "np.ndarray":
         arr = self.loader()

@@ -656,9 +656,10 @@ def _tensor_ref(path: str, canonical: str, role: str, info: TensorInfo) -> Tenso
         return TensorRef(name=canonical, shape=info.shape, dtype="float32", nbytes=info.nbytes, origin=origin,
                          loader=lambda: _load_float32(path, info) - np.float32(1.0))
     chunks = lambda size: iter_bytes(path, info.start, info.nbytes, size)  # noqa: E731 - raw stored bytes
-    if info.type_name in FLOAT_TYPES:
+    if info.type_name in FLOAT_TYPES:  # stored row-major [out, in]: the canonical layout, byte for byte
         return TensorRef(name=canonical, shape=info.shape, dtype=FLOAT_TYPES[info.type_name], nbytes=info.nbytes,
-                         origin=origin, loader=lambda: _load_float(path, info), chunks=chunks)
+                         origin=origin, loader=lambda: _load_float(path, info),
+                         span=(path, info.start, info.nbytes))
     # Quantized: `load()` gives float32 values. The stored blocks are not values in canonical layout, so they
     # are not `chunks`; GGUF -> GGUF copies reach them through `blocks`.
     return QuantizedTensorRef(name=canonical, shape=info.shape, dtype=info.type_name, nbytes=info.nbytes,

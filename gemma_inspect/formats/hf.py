@@ -14,7 +14,7 @@ from ..checkpoint import ROLES, Checkpoint, TensorRef, check_against_spec, parse
 from ..errors import InputError, UnsupportedError
 from ..spec import FULL, SLIDING, GemmaSpec, gemma2_layer_types, gemma3_layer_types
 from .common import MAX_LAYERS, opt_float, read_json_object, require_int, safe_child
-from .safetensors_io import StEntry, iter_bytes, read_array, read_header
+from .safetensors_io import StEntry, read_array, read_header
 
 SUPPORTED_MODEL_TYPES = ("gemma", "gemma2", "gemma3_text", "gemma3")
 FAMILY_OF_MODEL_TYPE = {"gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3", "gemma3": "gemma3"}
@@ -394,7 +394,7 @@ def _ref(canonical: str, fpath: str, entry: StEntry, stored_name: str) -> Tensor
         name=canonical, shape=entry.shape, dtype=entry.dtype, nbytes=entry.nbytes,
         origin=f"{fpath}:{stored_name}",
         loader=lambda: read_array(fpath, entry),
-        chunks=lambda size: iter_bytes(fpath, entry.start, entry.nbytes, size),
+        span=(fpath, entry.start, entry.nbytes),
     )
 
 
@@ -533,7 +533,7 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
         layout = [(names[n], out_dtypes[n], ckpt.tensors[n].shape) for n in shard]
         with SafetensorsWriter(os.path.join(dest, fname), layout, {"format": "pt"}) as w:
             for n, pieces in prefetched((n, ckpt.tensors[n], out_dtypes[n], None) for n in shard):
-                progress(w.add(names[n], pieces))
+                w.add(names[n], pieces, progress)
                 weight_map[names[n]] = fname
     if len(files) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}

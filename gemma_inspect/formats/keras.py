@@ -23,7 +23,7 @@ from ..checkpoint import (Checkpoint, TensorRef, canonical_name, check_against_s
 from ..errors import InputError, SpecError, UnsupportedError
 from ..spec import FULL, SLIDING, GemmaSpec, gemma2_layer_types, gemma3_layer_types
 from .common import MAX_LAYERS, opt_float, read_json_object, require_int, safe_child
-from .safetensors_io import iter_bytes, numpy_dtype
+from .safetensors_io import numpy_dtype
 
 CONFIG = "config.json"
 WEIGHTS = "model.weights.h5"
@@ -353,10 +353,14 @@ def _scan_h5(file: str, only: set[str] | None = None) -> tuple[dict[str, H5Var],
     return datasets, names
 
 
-def _read_var(var: H5Var) -> np.ndarray:
+def _read_var(var: H5Var, mapped: bool = False) -> np.ndarray:
+    """The dataset as an array. `mapped`: a read-only memory map of the file instead of a copy, for a
+    caller that re-lays it out at once (the transpose then reads straight from the page cache)."""
     dt = numpy_dtype(var.dtype)
     if var.offset is not None:
         count = var.nbytes // dt.itemsize
+        if mapped and count and os.path.getsize(var.file) >= var.offset + var.nbytes:
+            return np.memmap(var.file, dtype=dt, mode="r", offset=var.offset, shape=var.shape)
         with open(var.file, "rb") as f:
             f.seek(var.offset)
             arr = np.fromfile(f, dtype=dt, count=count)
@@ -517,11 +521,10 @@ def _ref(canonical: str, var: H5Var) -> TensorRef:
         shape = (stored[1], stored[0])
     else:
         shape = stored
-    chunks = None
-    if layout == "same" and var.offset is not None:
-        chunks = lambda size: iter_bytes(var.file, var.offset, var.nbytes, size)  # noqa: E731
+    span = (var.file, var.offset, var.nbytes) if layout == "same" and var.offset is not None else None
     return TensorRef(name=canonical, shape=shape, dtype=var.dtype, nbytes=var.nbytes,
-                     origin=f"{var.file}:{var.path}", loader=lambda: transform(_read_var(var)), chunks=chunks)
+                     origin=f"{var.file}:{var.path}",
+                     loader=lambda: transform(_read_var(var, mapped=layout != "same")), span=span)
 
 
 # ----------------------------------------------------------------------------- spec -> config (writing)
@@ -645,7 +648,7 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
     import json
     from importlib import metadata
 
-    from ..convert import plan_shards, prefetched, target_nbytes
+    from ..convert import plan_shards, prefetched, target_nbytes, write_pieces
     from ..tokenizer import write_keras_tokenizer
 
     spec = ckpt.spec
@@ -694,9 +697,7 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
             for n, pieces in prefetched(jobs):
                 path = by_name[n][1]
                 f.seek(offsets[path])
-                for piece in pieces:
-                    f.write(piece)
-                    progress(len(piece) if isinstance(piece, bytes) else piece.nbytes)
+                write_pieces(f, pieces, progress)
                 weight_map["/" + path.rsplit("/", 1)[0]] = fname
     if len(files) > 1:
         with open(os.path.join(dest, SHARD_INDEX), "w", encoding="utf-8") as f:

@@ -11,7 +11,7 @@ import json
 import os
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -204,17 +204,17 @@ class SafetensorsWriter:
         self._f.write(raw)
         self._next = 0
 
-    def add(self, name: str, pieces: Iterable[bytes | memoryview]) -> int:
+    def add(self, name: str, pieces: Iterable[Any], progress: Callable[[int], None] | None = None) -> int:
+        """Write the next planned tensor from `pieces` (bytes, memoryviews or convert.Span); returns its bytes."""
+        from ..convert import write_pieces
+
         if self._next >= len(self._order):
             raise OutputError(f"{self.path}: tensor {name} written after the last planned tensor")
         want_name, want = self._order[self._next]
         if name != want_name:
             raise OutputError(f"{self.path}: expected tensor {want_name} next, got {name}")
-        got = 0
         try:
-            for piece in pieces:
-                self._f.write(piece)
-                got += len(piece) if isinstance(piece, bytes) else piece.nbytes
+            got = write_pieces(self._f, pieces, progress)
         except OSError as e:
             raise OutputError(f"{self.path}: cannot write: {e.strerror or e}") from None
         if got != want:
