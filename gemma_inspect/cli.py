@@ -302,20 +302,49 @@ def _planned_bytes(ckpt: Any, options: Any) -> int:
 
 @main.command(name="diff")
 @click.argument("a")
-@click.argument("b")
+@click.argument("b", required=False)
 @click.option("--atol", default=0.0, show_default=True, type=float,
               help="Tensors whose max absolute difference is at most this are 'close' (and pass).")
+@click.option("--manifest", "manifest", is_flag=False, flag_value="", default=None, metavar="[FILE]",
+              help="Check A against the manifest convert wrote (A/gemma-inspect-manifest.json, or A.manifest.json "
+                   "beside a single file), or against FILE: every file's size and SHA-256, every tensor.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-def diff_cmd(a: str, b: str, atol: float, as_json: bool) -> None:
-    """Compare two checkpoints tensor by tensor, in any formats (canonical names and layout).
+def diff_cmd(a: str, b: str | None, atol: float, manifest: str | None, as_json: bool) -> None:
+    """Compare two checkpoints tensor by tensor, in any formats (canonical names and layout); or check a
+    conversion's output against its manifest.
 
-    Exit 0 when identical (or every tensor within --atol and the specs equal), 1 otherwise.
+    Exit 0 when identical (or every tensor within --atol and the specs equal), 1 otherwise. Tensors that hold
+    NaN or infinite values are named in a warning.
 
     \b
     Example:
       gemma-inspect diff ./gemma-2b-keras ./gemma-2b-hf
       gemma-inspect diff ./orig-hf ./roundtrip-hf --atol 1e-6 --json
+      gemma-inspect diff ./gemma-2b-hf --manifest
+      gemma-inspect diff ./gemma-2b.gguf ./gemma-2b.gguf.manifest.json
     """
+    from .manifest import is_manifest
+
+    if manifest is None and b is not None and is_manifest(b):
+        manifest = b
+    elif manifest is not None and b is not None:
+        raise click.UsageError("give B or --manifest, not both")
+    if manifest is not None:
+        from .manifest import check
+        from .render import render_manifest_check
+
+        result = check(a, manifest or None)
+        if as_json:
+            from .render import print_json
+
+            print_json(result)
+        else:
+            render_manifest_check(_console(), result)
+        if not result["identical"]:
+            sys.exit(1)
+        return
+    if b is None:
+        raise click.UsageError("diff needs A and B, or A and --manifest")
     from .diff import diff
     from .formats import load
 
@@ -324,6 +353,8 @@ def diff_cmd(a: str, b: str, atol: float, as_json: bool) -> None:
 
     with count_progress(_console(stderr=True), "comparing tensors", max(len(ca.tensors), len(cb.tensors))) as step:
         result = diff(ca, cb, atol, progress=lambda _name: step(1))
+    for warning in result["warnings"]:
+        click.echo(f"Warning: {warning}", err=True)
     if as_json:
         from .render import print_json
 

@@ -9,10 +9,12 @@ a DEST that looks complete).
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import shutil
 import signal
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Iterable, Iterator
@@ -21,6 +23,7 @@ import numpy as np
 
 from .checkpoint import Checkpoint, TensorRef
 from .errors import InputError, OutputError, UnsupportedError
+from .manifest import SIBLING_SUFFIX, manifest_path
 
 TARGETS = ("hf", "keras", "gguf", "gemma-pytorch")
 DTYPES = ("keep", "float32", "bfloat16", "float16", "q8_0")
@@ -36,6 +39,7 @@ class WriteOptions:
     max_shard_size: int | None = None  # bytes; None = the target format's default
     force: bool = False  # convert even what the target can only approximate (with a warning note)
     notes: list[str] = field(default_factory=list)  # writers append what the user should know
+    manifest: bool = True  # write the output's manifest (file sizes and SHA-256, tensors); see manifest.py
 
     def target_dtype(self, ref: TensorRef) -> str:
         return ref.dtype if self.dtype == "keep" else self.dtype
@@ -234,11 +238,75 @@ def target_nbytes(ref: TensorRef, dtype: str) -> int:
 
 
 # ----------------------------------------------------------------------------- atomic output
+# A temporary sibling says who is writing it, so that a later convert to the same DEST can tell the leftovers
+# of a killed run (SIGKILL, a power cut: no `finally` runs) from the work of a conversion still running.
+OWNER_FILE = ".gemma-inspect-owner.json"
+
+
 def _temporary_sibling(dest: str) -> str:
     parent = os.path.dirname(os.path.abspath(dest)) or "."
     if not os.path.isdir(parent):
         raise OutputError(f"{dest}: parent directory {parent} does not exist")
-    return tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.partial-", dir=parent)
+    remove_stale_partials(dest)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.partial-", dir=parent)
+    with open(os.path.join(tmp, OWNER_FILE), "w", encoding="utf-8") as f:
+        json.dump({"host": socket.gethostname(), "pid": os.getpid()}, f)
+    return tmp
+
+
+def remove_stale_partials(dest: str) -> list[str]:
+    """Remove the `.DEST.partial-*` siblings left by conversions to `dest` that were killed: those whose owner
+    ran on this machine and is gone. Returns what was removed. A sibling whose owner is alive, on another
+    machine, or unknown (killed before it said) is left alone."""
+    parent = os.path.dirname(os.path.abspath(dest)) or "."
+    prefix = f".{os.path.basename(dest)}.partial-"
+    removed = []
+    for entry in os.listdir(parent):
+        path = os.path.join(parent, entry)
+        if not entry.startswith(prefix) or os.path.islink(path) or not os.path.isdir(path):
+            continue
+        try:
+            with open(os.path.join(path, OWNER_FILE), encoding="utf-8") as f:
+                owner = json.loads(f.read(4096))
+            host, pid = owner["host"], owner["pid"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if host == socket.gethostname() and isinstance(pid, int) and pid > 0 and not _alive(pid):
+            _remove(path)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _write_failure(e: OSError, dest: str) -> OutputError:
+    """One line that says why writing failed. numpy's short writes carry no errno ("4096 requested and 1460
+    written"): a full disk or the file size limit is the likely cause, and is said when it can be seen."""
+    import resource
+
+    if e.errno:
+        reason = os.strerror(e.errno)
+    else:
+        reason = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+        parent = os.path.dirname(os.path.abspath(dest)) or "."
+        try:
+            full = shutil.disk_usage(parent).free < 1024 * 1024
+        except OSError:
+            full = False
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if full:
+            reason = f"{os.strerror(errno.ENOSPC)}: {reason}"
+        elif soft != resource.RLIM_INFINITY:
+            reason = f"{os.strerror(errno.EFBIG)} (file size limit {soft} bytes): {reason}"
+    return OutputError(f"{dest}: cannot write ({reason})")
 
 
 def _remove(path: str) -> None:
@@ -324,14 +392,24 @@ def convert(source: Checkpoint | str, dest: str, to: str, options: WriteOptions 
     _reuse_freed_memory()
     tmp = _temporary_sibling(dest)
     target = os.path.join(tmp, os.path.basename(dest))
+    manifest_file = None
     try:
         with _InterruptToException():
             writer.write(ckpt, target, options, counted)
+            if options.manifest:
+                manifest_file = _write_manifest(target, to, ckpt.source)
+            sibling = dest + SIBLING_SUFFIX
+            if os.path.lexists(sibling) and options.force:  # the manifest of the output being replaced
+                _remove(sibling)
             if os.path.lexists(dest):  # --force: replace only once the new output is complete
                 _remove(dest)
             os.replace(target, dest)
+            if manifest_file is not None and not os.path.isdir(dest):
+                os.replace(manifest_file, sibling)  # a single-file output keeps its manifest beside it
     except OSError as e:
-        raise OutputError(f"{dest}: cannot write ({e.strerror or e})") from None
+        raise _write_failure(e, dest) from None
+    except OutputError as e:  # a writer's message names the file inside the temporary sibling
+        raise OutputError(str(e).replace(target, dest)) from None
     finally:
         _remove(tmp)
     notes = list(options.notes)
@@ -339,6 +417,24 @@ def convert(source: Checkpoint | str, dest: str, to: str, options: WriteOptions 
     if vision:
         notes.insert(0, f"multimodal source: only the text decoder was converted ({len(vision)} vision tower "
                         f"and projector tensors left out)")
+    manifest = None
+    if manifest_file is not None:
+        manifest = manifest_path(dest)
+        notes.append(f"manifest: {manifest} (every file's size and SHA-256, every tensor); check the output "
+                     f"against it with `gemma-inspect diff {dest} --manifest`")
     return {"source": ckpt.source, "dest": dest, "format": to, "dtype": options.dtype,
             "tensors": len(ckpt.tensors), "bytes_written": written[0], "notes": notes,
-            "source_format": ckpt.format, "source_notes": list(ckpt.notes)}
+            "source_format": ckpt.format, "source_notes": list(ckpt.notes), "manifest": manifest}
+
+
+def _write_manifest(target: str, to: str, source: str) -> str:
+    """Write the manifest of the finished output `target` (inside a directory output, or beside a single
+    file, both still in the temporary sibling); returns its path."""
+    from .manifest import build
+
+    path = manifest_path(target)
+    obj = build(target, to, source)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+    return path

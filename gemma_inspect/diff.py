@@ -50,8 +50,12 @@ def _max_abs_diff_arrays(x: np.ndarray, y: np.ndarray) -> float:
     return worst
 
 
-def compare_tensors(ra: TensorRef, rb: TensorRef) -> tuple[bool, float]:
-    """(bit-identical, max absolute difference) of two tensors of the same shape."""
+def compare_tensors(ra: TensorRef, rb: TensorRef, nonfinite: list[int] | None = None) -> tuple[bool, float]:
+    """(bit-identical, max absolute difference) of two tensors of the same shape. `nonfinite`, when given, gets
+    [NaNs in A, infinities in A, NaNs in B, infinities in B] added, counted from the values read anyway."""
+    from .scan import count_array, count_bits
+
+    counts = nonfinite if nonfinite is not None else [0, 0, 0, 0]
     if ra.dtype == rb.dtype and ra.chunks is not None and rb.chunks is not None:
         from .formats.safetensors_io import numpy_dtype
 
@@ -59,11 +63,21 @@ def compare_tensors(ra: TensorRef, rb: TensorRef) -> tuple[bool, float]:
         size = (COMPARE_CHUNK // dt.itemsize) * dt.itemsize
         identical, worst = True, 0.0
         for pa, pb in zip(ra.chunks(size), rb.chunks(size)):
+            na, ia = count_bits(pa, ra.dtype)
+            nb, ib = (na, ia) if pa == pb else count_bits(pb, rb.dtype)
+            counts[0] += na
+            counts[1] += ia
+            counts[2] += nb
+            counts[3] += ib
             if pa != pb:
                 identical = False
                 worst = max(worst, _max_abs_diff_arrays(np.frombuffer(pa, dt), np.frombuffer(pb, dt)))
         return identical, worst
     xa, xb = ra.load(), rb.load()
+    for offset, arr in ((0, xa), (2, xb)):
+        nan, inf = count_array(arr)
+        counts[offset] += nan
+        counts[offset + 1] += inf
     identical = xa.dtype == xb.dtype and xa.tobytes() == xb.tobytes()
     return identical, 0.0 if identical else _max_abs_diff_arrays(xa, xb)
 
@@ -89,14 +103,26 @@ def diff(a: Checkpoint, b: Checkpoint, atol: float = 0.0,
         elif tuple(ra.shape) != tuple(rb.shape):
             row["status"] = "shape_mismatch"
         else:
-            identical, worst = compare_tensors(ra, rb)
+            counts4 = [0, 0, 0, 0]
+            identical, worst = compare_tensors(ra, rb, counts4)
             row["max_abs_diff"] = worst
             row["bit_identical"] = identical
             row["status"] = "equal" if worst == 0.0 else ("close" if worst <= atol else "different")
+            if any(counts4):  # NaN/inf values: not a difference when both sides hold them alike, but a warning
+                row["nonfinite_a"] = {"nan": counts4[0], "inf": counts4[1]}
+                row["nonfinite_b"] = {"nan": counts4[2], "inf": counts4[3]}
         rows.append(row)
         if progress is not None:
             progress(name)
     counts = {s: sum(1 for r in rows if r["status"] == s) for s in STATUSES}
+    warnings = []
+    for side, ck in (("a", a), ("b", b)):
+        found = [{"name": r["name"], **r[f"nonfinite_{side}"]} for r in rows
+                 if r.get(f"nonfinite_{side}") and any(r[f"nonfinite_{side}"].values())]
+        if found:
+            from .scan import describe
+
+            warnings.append(describe(found, f"{side.upper()} ({ck.source})"))
     spec_diff = spec_differences(a, b)
     identical = not spec_diff and counts["equal"] + counts["close"] == len(rows)
     return {
@@ -107,4 +133,5 @@ def diff(a: Checkpoint, b: Checkpoint, atol: float = 0.0,
         "spec_differences": spec_diff,
         "counts": counts,
         "tensors": rows,
+        "warnings": warnings,
     }

@@ -330,6 +330,39 @@ def render_diff(console: Console, result: dict[str, Any]) -> None:
     console.print(f"{summary}: {verdict}{atol}")
 
 
+def render_manifest_check(console: Console, result: dict[str, Any]) -> None:
+    """`diff DEST --manifest`: the files and tensors that do not match, then the verdict."""
+    console.print(Text(f"A: {result['a']['source']} ({result['a']['format']})"))
+    console.print(Text(f"manifest: {result['manifest']}"))
+    style = {"different": "red", "missing_a": "red", "missing_b": "red", "shape_mismatch": "red"}
+    bad = [f for f in result["files"] if f["status"] != "equal"]
+    if bad:
+        ft = Table(title=f"Files that do not match ({len(bad)} of {len(result['files'])})", title_justify="left")
+        for col in ("file", "status", "size", "expected size"):
+            ft.add_column(col, no_wrap=col != "file")
+        for f in bad:
+            ft.add_row(Text(f["name"]), Text(f["status"], style=style.get(f["status"], "")),
+                       "-" if f["size"] is None else f"{f['size']:,}",
+                       "-" if f["expected_size"] is None else f"{f['expected_size']:,}")
+        console.print(ft)
+    bad_t = [t for t in result["tensors"] if t["status"] != "equal"]
+    if bad_t:
+        tt = Table(title=f"Tensors that do not match ({len(bad_t)} of {len(result['tensors'])})", title_justify="left")
+        for col in ("tensor (canonical name)", "status", "A", "manifest"):
+            tt.add_column(col)
+        for t in bad_t[:200]:
+            tt.add_row(Text(t["name"]), Text(t["status"], style=style.get(t["status"], "")),
+                       f"{t['dtype_a'] or '-'} {t['shape_a'] or ''}", f"{t['dtype_b'] or '-'} {t['shape_b'] or ''}")
+        console.print(tt)
+    if result["error"]:
+        console.print(Text(f"A does not read: {result['error']}", style="red"))
+    c = result["counts"]
+    files = ", ".join(f"{n} {s}" for s, n in c.items() if n)
+    verdict = Text("matches its manifest", style="green") if result["identical"] else Text("does not match",
+                                                                                            style="red")
+    console.print(Text(f"files: {files}; tensors: {len(result['tensors'])}: ").append(verdict))
+
+
 # ----------------------------------------------------------------------------- parity
 def render_parity(console: Console, result: dict[str, Any]) -> None:
     """Per-layer differences (ok / mismatch), the logits metrics, the tolerance, the tokenizer, a verdict."""

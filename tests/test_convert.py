@@ -65,8 +65,9 @@ def test_keras_hub_loads_a_converted_causal_lm(tiny_models, tmp_path):
     lm = keras_hub.models.CausalLM.from_preset(str(tmp_path / "k"))
     assert type(lm).__name__ == "GemmaCausalLM"
     assert lm.backbone.num_layers == 4 and lm.backbone.sliding_window_size == 6
-    assert sorted(os.listdir(tmp_path / "k")) == ["assets", "config.json", "metadata.json", "model.weights.h5",
-                                                  "preprocessor.json", "task.json", "tokenizer.json"]
+    assert sorted(os.listdir(tmp_path / "k")) == ["assets", "config.json", "gemma-inspect-manifest.json",
+                                                  "metadata.json", "model.weights.h5", "preprocessor.json",
+                                                  "task.json", "tokenizer.json"]
 
 
 # ----------------------------------------------------------------------------- bit-exact round trips
@@ -216,7 +217,8 @@ def test_source_without_tokenizer_converts_weights_and_says_so(tiny_models, tmp_
     src = tiny_models.get("gemma", "keras", tokenizer=False)
     r = convert(src, str(tmp_path / "hf"), "hf")
     assert "note: the source has no tokenizer: weights and config converted, no tokenizer files written" in r.output
-    assert sorted(os.listdir(tmp_path / "hf")) == ["config.json", "generation_config.json", "model.safetensors"]
+    assert sorted(os.listdir(tmp_path / "hf")) == ["config.json", "gemma-inspect-manifest.json",
+                                                   "generation_config.json", "model.safetensors"]
     np.testing.assert_allclose(hf_logits(str(tmp_path / "hf")), keras_logits(src), atol=1e-5, rtol=0)
 
 

@@ -592,20 +592,57 @@ def _save_streaming(dest: str, obj: Any, records: list[tuple[str, int, Callable[
     _Pickler(buf, protocol=2).dump(obj)
     data = buf.getvalue()
     with open(dest, "wb") as f:
-        writer = torch._C.PyTorchFileWriter(f, True, 64)
-        writer.write_record("data.pkl", data, len(data))
-        writer.write_record(".format_version", "1", 1)
-        writer.write_record(".storage_alignment", "64", 2)
-        writer.write_record("byteorder", "little", 6)
-        for key, nbytes, produce in records:
-            arr = np.ascontiguousarray(produce())
-            if arr.nbytes != nbytes:  # pragma: no cover - a planning bug
-                raise UnsupportedError(f"record {key}: produced {arr.nbytes} bytes, planned {nbytes}")
-            storage = torch.from_numpy(arr.reshape(-1).view(np.uint8)).untyped_storage()
-            writer.write_record(f"data/{key}", storage, arr.nbytes)
-            progress(arr.nbytes)
-            del arr
+        out = _WriteGuard(f)
+        writer = torch._C.PyTorchFileWriter(out, True, 64)
+        try:
+            writer.write_record("data.pkl", data, len(data))
+            writer.write_record(".format_version", "1", 1)
+            writer.write_record(".storage_alignment", "64", 2)
+            writer.write_record("byteorder", "little", 6)
+            for key, nbytes, produce in records:
+                out.check()
+                arr = np.ascontiguousarray(produce())
+                if arr.nbytes != nbytes:  # pragma: no cover - a planning bug
+                    raise UnsupportedError(f"record {key}: produced {arr.nbytes} bytes, planned {nbytes}")
+                storage = torch.from_numpy(arr.reshape(-1).view(np.uint8)).untyped_storage()
+                writer.write_record(f"data/{key}", storage, arr.nbytes)
+                progress(arr.nbytes)
+                del arr
+            out.check()
+        except BaseException:
+            out.discard = True  # finish the archive into the void, so that the destructor has nothing to do
+            writer.write_end_of_file()
+            raise
         writer.write_end_of_file()
+        out.check()
+
+
+class _WriteGuard:
+    """The file torch's zip writer writes through. An unfinished writer finishes the archive in its C++
+    destructor, and an error there (a closed file, a full disk, Ctrl-C inside a write) is thrown from a
+    destructor: std::terminate, the process aborts with a C++ trace. So nothing raises into the writer: the
+    first error (KeyboardInterrupt included) is kept and raised by `check()`, later writes are dropped, and the
+    writer is always finished."""
+
+    def __init__(self, f: Any):
+        self.f, self.error, self.discard = f, None, False
+
+    def write(self, b: Any) -> int:
+        n = len(b) if isinstance(b, (bytes, bytearray)) else memoryview(b).nbytes
+        if self.error is None and not self.discard:
+            try:
+                self.f.write(b)
+            except BaseException as e:  # noqa: B036 - see the class docstring
+                self.error = e
+        return n
+
+    def flush(self) -> None:
+        pass
+
+    def check(self) -> None:
+        if self.error is not None:
+            self.discard = True
+            raise self.error
 
 
 def write(ckpt: Checkpoint, dest: str, options: Any, progress: Callable[[int], None]) -> None:

@@ -1,0 +1,191 @@
+"""Manifests: what `convert` wrote - every file's size and SHA-256, every tensor's canonical name, shape and dtype
+as the output reads back - kept with the output, and the check of an output against it (`diff DEST --manifest`).
+
+A directory output holds its manifest as `gemma-inspect-manifest.json`; a single-file output (`.gguf`, `.ckpt`)
+has it beside it as `DEST.manifest.json`. The hashes are computed from the finished files, so they cover the
+bytes on disk, including those the kernel copied without them passing through Python.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .errors import InputError
+
+MANIFEST_NAME = "gemma-inspect-manifest.json"
+SIBLING_SUFFIX = ".manifest.json"
+KIND = "gemma-inspect manifest"
+VERSION = 1
+HASH_BLOCK = 8 * 1024 * 1024
+FILE_STATUSES = ("equal", "different", "missing_a", "missing_b")
+
+
+def manifest_path(dest: str, is_dir: bool | None = None) -> str:
+    """Where the manifest of the output `dest` lives: inside a directory, beside a single file."""
+    if is_dir is None:
+        is_dir = os.path.isdir(dest)
+    return os.path.join(dest, MANIFEST_NAME) if is_dir else dest + SIBLING_SUFFIX
+
+
+def sha256_of(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(HASH_BLOCK):
+            h.update(block)  # releases the GIL: files hash in parallel threads
+    return h.hexdigest()
+
+
+def _files_of(root: str) -> list[str]:
+    """Relative paths of the regular files of a directory output (its manifest excluded), sorted."""
+    out = []
+    for d, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in files:
+            full = os.path.join(d, name)
+            rel = os.path.relpath(full, root).replace(os.sep, "/")
+            if rel != MANIFEST_NAME:
+                out.append(rel)
+    return sorted(out)
+
+
+def _hashes(paths: list[str]) -> list[str]:
+    if len(paths) <= 1:
+        return [sha256_of(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=min(len(paths), os.cpu_count() or 1)) as pool:
+        return list(pool.map(sha256_of, paths))
+
+
+def build(output: str, fmt: str, source: str) -> dict[str, Any]:
+    """The manifest of a finished output (a directory or a file): its files, and its tensors as our reader
+    reads them back (which also proves the output readable)."""
+    from . import __version__
+    from .formats import module
+
+    is_dir = os.path.isdir(output)
+    root = output if is_dir else os.path.dirname(os.path.abspath(output))
+    names = _files_of(output) if is_dir else [os.path.basename(output)]
+    paths = [os.path.join(root, n) for n in names]
+    written = module(fmt).read(output)
+    return {
+        "kind": KIND,
+        "version": VERSION,
+        "created_by": f"gemma-inspect {__version__}",
+        "format": fmt,
+        "source": source,
+        "files": [{"name": n, "size": os.path.getsize(p), "sha256": h}
+                  for n, p, h in zip(names, paths, _hashes(paths))],
+        "tensors": [{"name": r.name, "shape": list(r.shape), "dtype": r.dtype} for r in written.tensors.values()],
+    }
+
+
+def is_manifest(path: str) -> bool:
+    """Whether `path` is a manifest file (by name, then by its `kind`)."""
+    if not (os.path.basename(path) == MANIFEST_NAME or path.endswith(SIBLING_SUFFIX)) or not os.path.isfile(path):
+        return False
+    try:
+        return read(path)["kind"] == KIND
+    except InputError:
+        return False
+
+
+def read(path: str) -> dict[str, Any]:
+    """A manifest file, validated: an InputError names the file and what is wrong with it."""
+    from .formats.common import read_json_object
+
+    m = read_json_object(path, "manifest")
+    if m.get("kind") != KIND:
+        raise InputError(path, f"not a gemma-inspect manifest (kind {m.get('kind')!r})")
+    if m.get("version") != VERSION:
+        raise InputError(path, f"manifest version {m.get('version')!r} is not {VERSION}")
+    files = m.get("files")
+    if not isinstance(files, list) or not all(
+            isinstance(f, dict) and isinstance(f.get("name"), str) and isinstance(f.get("size"), int)
+            and not isinstance(f.get("size"), bool) and isinstance(f.get("sha256"), str) and len(f["sha256"]) == 64
+            for f in files):
+        raise InputError(path, "manifest 'files' must list objects with a name, a size and a sha256")
+    tensors = m.get("tensors")
+    if not isinstance(tensors, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("shape"), list)
+            and isinstance(t.get("dtype"), str) for t in tensors):
+        raise InputError(path, "manifest 'tensors' must list objects with a name, a shape and a dtype")
+    return m
+
+
+def check(dest: str, manifest: str | None = None) -> dict[str, Any]:
+    """Check the output `dest` against its manifest (default: where convert wrote it). The JSON object of
+    `diff DEST --manifest`: {"identical", "a": {"source", "format"}, "manifest", "counts", "files": [{"name",
+    "status", "size", "sha256", "expected_size", "expected_sha256"}], "tensors": [{"name", "status", "shape_a",
+    "shape_b", "dtype_a", "dtype_b"}], "error"}. Statuses follow `diff`: missing_a is listed by the manifest but
+    absent from DEST, missing_b present in DEST but not in the manifest."""
+    from .formats.common import safe_child
+
+    if not os.path.lexists(dest):
+        raise InputError(dest, "no such file or directory")
+    is_dir = os.path.isdir(dest)
+    mpath = manifest or manifest_path(dest, is_dir)
+    if not os.path.lexists(mpath):
+        raise InputError(mpath, "missing: no manifest here (convert writes one; or pass --manifest FILE)")
+    m = read(mpath)
+    root = dest if is_dir else os.path.dirname(os.path.abspath(dest))
+    listed = {f["name"]: f for f in m["files"]}
+    present = _files_of(dest) if is_dir else [os.path.basename(dest)]
+    rows: list[dict[str, Any]] = []
+    to_hash: list[tuple[dict[str, Any], str]] = []
+    for name in sorted(set(listed) | set(present)):
+        want = listed.get(name)
+        row: dict[str, Any] = {"name": name, "status": None, "size": None, "sha256": None,
+                               "expected_size": want["size"] if want else None,
+                               "expected_sha256": want["sha256"] if want else None}
+        rows.append(row)
+        if want is None:
+            row["status"] = "missing_b"
+            continue
+        full = safe_child(root, name, mpath)  # a manifest must not make us read outside the output
+        if not os.path.isfile(full) or (is_dir and name not in present):
+            row["status"] = "missing_a"
+            continue
+        row["size"] = os.path.getsize(full)
+        if row["size"] != want["size"]:
+            row["status"] = "different"
+            continue
+        to_hash.append((row, full))
+    for (row, _full), digest in zip(to_hash, _hashes([full for _row, full in to_hash])):
+        row["sha256"] = digest
+        row["status"] = "equal" if digest == row["expected_sha256"] else "different"
+    tensors, error = _tensor_rows(dest, m)
+    counts = {s: sum(1 for r in rows if r["status"] == s) for s in FILE_STATUSES}
+    identical = (counts["equal"] == len(rows) and error is None
+                 and all(t["status"] == "equal" for t in tensors))
+    return {"identical": identical, "a": {"source": dest, "format": m["format"]}, "manifest": mpath,
+            "counts": counts, "files": rows, "tensors": tensors, "error": error}
+
+
+def _tensor_rows(dest: str, m: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+    """The manifest's tensor table against DEST as our reader reads it now (headers only)."""
+    from .errors import GemmaInspectError
+    from .formats import load
+
+    try:
+        got = load(dest)
+    except GemmaInspectError as e:  # the file check already says which file is wrong; this says why it fails
+        return [], str(e)
+    have = {r.name: r for r in got.tensors.values()}
+    want = {t["name"]: t for t in m["tensors"]}
+    rows = []
+    for name in list(want) + [n for n in have if n not in want]:
+        w, h = want.get(name), have.get(name)
+        row = {"name": name, "shape_a": list(h.shape) if h else None, "shape_b": w["shape"] if w else None,
+               "dtype_a": h.dtype if h else None, "dtype_b": w["dtype"] if w else None}
+        if h is None:
+            row["status"] = "missing_a"
+        elif w is None:
+            row["status"] = "missing_b"
+        elif row["shape_a"] != row["shape_b"]:
+            row["status"] = "shape_mismatch"
+        else:
+            row["status"] = "equal" if row["dtype_a"] == row["dtype_b"] else "different"
+        rows.append(row)
+    return rows, None
