@@ -889,7 +889,8 @@ def _quantize(arr: np.ndarray, qtype: Any) -> np.ndarray:
     out = np.empty((rows.shape[0], rows.shape[1] // block * type_size), dtype=np.uint8)
     step = max(1, DEQUANT_CHUNK_ELEMENTS // rows.shape[1])
     for r in range(0, rows.shape[0], step):
-        out[r:r + step] = gguf.quants.quantize(rows[r:r + step], qtype)
+        with np.errstate(all="ignore"):  # a NaN/inf weight makes a NaN block, not a RuntimeWarning on stderr
+            out[r:r + step] = gguf.quants.quantize(rows[r:r + step], qtype)
     return out
 
 
