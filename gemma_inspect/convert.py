@@ -238,9 +238,13 @@ def target_nbytes(ref: TensorRef, dtype: str) -> int:
 
 
 # ----------------------------------------------------------------------------- atomic output
-# A temporary sibling says who is writing it, so that a later convert to the same DEST can tell the leftovers
-# of a killed run (SIGKILL, a power cut: no `finally` runs) from the work of a conversion still running.
-OWNER_FILE = ".gemma-inspect-owner.json"
+# A temporary sibling's name says who writes it - `.DEST.partial-<host tag>-<pid>-<random>`, given atomically by
+# mkdtemp - so that a later convert to the same DEST can tell the leftovers of a killed run (SIGKILL, a power
+# cut: no `finally` runs) from the work of a conversion still running.
+def host_tag() -> str:
+    import hashlib
+
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 
 
 def _temporary_sibling(dest: str) -> str:
@@ -248,30 +252,22 @@ def _temporary_sibling(dest: str) -> str:
     if not os.path.isdir(parent):
         raise OutputError(f"{dest}: parent directory {parent} does not exist")
     remove_stale_partials(dest)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.partial-", dir=parent)
-    with open(os.path.join(tmp, OWNER_FILE), "w", encoding="utf-8") as f:
-        json.dump({"host": socket.gethostname(), "pid": os.getpid()}, f)
-    return tmp
+    return tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.partial-{host_tag()}-{os.getpid()}-", dir=parent)
 
 
 def remove_stale_partials(dest: str) -> list[str]:
-    """Remove the `.DEST.partial-*` siblings left by conversions to `dest` that were killed: those whose owner
-    ran on this machine and is gone. Returns what was removed. A sibling whose owner is alive, on another
-    machine, or unknown (killed before it said) is left alone."""
+    """Remove the `.DEST.partial-*` siblings left by conversions to `dest` that were killed: those made on this
+    machine by a process that is gone. Returns what was removed. A sibling whose owner is alive, on another
+    machine, or unknown (not named by this version) is left alone."""
     parent = os.path.dirname(os.path.abspath(dest)) or "."
-    prefix = f".{os.path.basename(dest)}.partial-"
+    prefix = f".{os.path.basename(dest)}.partial-{host_tag()}-"
     removed = []
     for entry in os.listdir(parent):
         path = os.path.join(parent, entry)
         if not entry.startswith(prefix) or os.path.islink(path) or not os.path.isdir(path):
             continue
-        try:
-            with open(os.path.join(path, OWNER_FILE), encoding="utf-8") as f:
-                owner = json.loads(f.read(4096))
-            host, pid = owner["host"], owner["pid"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if host == socket.gethostname() and isinstance(pid, int) and pid > 0 and not _alive(pid):
+        pid = entry[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) > 0 and not _alive(int(pid)):
             _remove(path)
             removed.append(path)
     return removed
@@ -317,22 +313,31 @@ def _remove(path: str) -> None:
 
 
 class _InterruptToException:
-    """SIGTERM becomes KeyboardInterrupt while writing, so the temporary output is removed."""
+    """SIGTERM (like SIGINT) becomes KeyboardInterrupt while writing, so the temporary output is removed. `hit`
+    records that a signal came: raised from inside a library call, the KeyboardInterrupt can surface as another
+    exception (numpy's fromfile turned one into "TypeError: expected str, bytes or os.PathLike object")."""
 
-    def __enter__(self) -> None:
-        self._old = None
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.hit = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_InterruptToException":
         try:
-            self._old = signal.signal(signal.SIGTERM, self._handler)
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handler)
         except ValueError:  # not in the main thread
             pass
+        return self
 
-    @staticmethod
-    def _handler(signum: int, frame: Any) -> None:
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.hit = True
         raise KeyboardInterrupt
 
     def __exit__(self, *exc: object) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 _MALLOC_TUNED = False
@@ -393,8 +398,9 @@ def convert(source: Checkpoint | str, dest: str, to: str, options: WriteOptions 
     tmp = _temporary_sibling(dest)
     target = os.path.join(tmp, os.path.basename(dest))
     manifest_file = None
+    interrupt = _InterruptToException()
     try:
-        with _InterruptToException():
+        with interrupt:
             writer.write(ckpt, target, options, counted)
             if options.manifest:
                 manifest_file = _write_manifest(target, to, ckpt.source)
@@ -406,10 +412,14 @@ def convert(source: Checkpoint | str, dest: str, to: str, options: WriteOptions 
             os.replace(target, dest)
             if manifest_file is not None and not os.path.isdir(dest):
                 os.replace(manifest_file, sibling)  # a single-file output keeps its manifest beside it
-    except OSError as e:
-        raise _write_failure(e, dest) from None
-    except OutputError as e:  # a writer's message names the file inside the temporary sibling
-        raise OutputError(str(e).replace(target, dest)) from None
+    except BaseException as e:
+        if interrupt.hit and not isinstance(e, KeyboardInterrupt):
+            raise KeyboardInterrupt from None  # the signal, whatever shape it surfaced in
+        if isinstance(e, OSError):
+            raise _write_failure(e, dest) from None
+        if isinstance(e, OutputError):  # a writer's message names the file inside the temporary sibling
+            raise OutputError(str(e).replace(target, dest)) from None
+        raise
     finally:
         _remove(tmp)
     notes = list(options.notes)

@@ -212,7 +212,10 @@ def test_h5_huge_declared_datasets_and_attributes(tiny_models, baseline, tmp_pat
         g = f.create_group("layers/rms_normalization/vars")
         f.move("tmp", "layers/rms_normalization/vars/0")
         g.attrs["name"] = np.zeros(4 * MB)  # 32 MB in dense attribute storage
-    refused(["summary", d], str(tmp_path), baseline["keras"], "holds 33554432 bytes; expected a short string", 10)
+    # HDF5 reads an attribute whole when it is opened (before its size can be asked), so this one costs its own
+    # 32 MB (twice, with HDF5's copy): bounded by the file's size, not amplified, and refused before numpy adds more.
+    refused(["summary", d], str(tmp_path), baseline["keras"], "holds 33554432 bytes; expected a short string", 10,
+            slack=SLACK + 2 * 32 * MB)
 
 
 # ----------------------------------------------------------------------------- tokenizer files

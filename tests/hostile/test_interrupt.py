@@ -139,23 +139,20 @@ def test_sigkill_at_several_points_leaves_no_dest_and_the_next_run_cleans_up(big
 
 
 def test_a_partial_sibling_of_a_live_or_foreign_process_is_left_alone(tiny_models, tmp_path):
-    from gemma_inspect.convert import OWNER_FILE, convert, remove_stale_partials
+    from gemma_inspect.convert import convert, host_tag, remove_stale_partials
 
     dest = str(tmp_path / "out.gguf")
-    owners = {"live": {"host": os.uname().nodename, "pid": os.getpid()},
-              "dead": {"host": os.uname().nodename, "pid": 2**22 + 7},  # above the default pid_max
-              "foreign": {"host": "another-machine", "pid": 2**22 + 7}}
-    made = {}
-    for name, owner in owners.items():
-        p = tmp_path / f".out.gguf.partial-{name}"
-        p.mkdir()
-        (p / OWNER_FILE).write_text(json.dumps(owner))
-        made[name] = str(p)
-    (tmp_path / ".out.gguf.partial-unknown").mkdir()  # no owner file: killed before it said, or not ours
-    assert remove_stale_partials(dest) == [made["dead"]]
+    here = host_tag()
+    names = {"live": f".out.gguf.partial-{here}-{os.getpid()}-abc",
+             "dead": f".out.gguf.partial-{here}-{2**22 + 7}-abc",  # above the default pid_max
+             "foreign": ".out.gguf.partial-0badc0de-12345-abc",  # another machine sharing the directory
+             "unknown": ".out.gguf.partial-xyz"}  # not named by this version
+    for name in names.values():
+        (tmp_path / name).mkdir()
+    assert remove_stale_partials(dest) == [str(tmp_path / names["dead"])]
     convert(tiny_models.get("gemma2"), dest, "gguf")
-    assert sorted(os.path.basename(p) for p in partials(dest)) == [".out.gguf.partial-foreign", ".out.gguf.partial-live",
-                                                                   ".out.gguf.partial-unknown"]
+    assert sorted(os.path.basename(p) for p in partials(dest)) == sorted(
+        names[k] for k in ("live", "foreign", "unknown"))
 
 
 # ----------------------------------------------------------------------------- SIGINT, SIGTERM
