@@ -45,7 +45,8 @@ NORM_ROLES = frozenset({"final_norm", "attn_norm", "post_attn_norm", "ffn_norm",
                         "q_norm", "k_norm"})
 
 _ROLE_PATTERNS = [
-    (role, re.compile("^" + re.escape(t).replace(r"\{i\}", r"(?P<i>\d+)") + "$")) for role, t in ROLES.items()
+    # At most 6 digits: a layer index of 5000 digits is no layer (and int() refuses to parse it).
+    (role, re.compile("^" + re.escape(t).replace(r"\{i\}", r"(?P<i>\d{1,6})") + "$")) for role, t in ROLES.items()
 ]
 
 

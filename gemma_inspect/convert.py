@@ -274,6 +274,8 @@ def remove_stale_partials(dest: str) -> list[str]:
 
 
 def _alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would terminate it there
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -286,8 +288,6 @@ def _alive(pid: int) -> bool:
 def _write_failure(e: OSError, dest: str) -> OutputError:
     """One line that says why writing failed. numpy's short writes carry no errno ("4096 requested and 1460
     written"): a full disk or the file size limit is the likely cause, and is said when it can be seen."""
-    import resource
-
     if e.errno:
         reason = os.strerror(e.errno)
     else:
@@ -297,10 +297,16 @@ def _write_failure(e: OSError, dest: str) -> OutputError:
             full = shutil.disk_usage(parent).free < 1024 * 1024
         except OSError:
             full = False
-        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        try:
+            import resource
+
+            soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+            limited = soft != resource.RLIM_INFINITY
+        except ImportError:  # not on Windows
+            soft, limited = None, False
         if full:
             reason = f"{os.strerror(errno.ENOSPC)}: {reason}"
-        elif soft != resource.RLIM_INFINITY:
+        elif limited:
             reason = f"{os.strerror(errno.EFBIG)} (file size limit {soft} bytes): {reason}"
     return OutputError(f"{dest}: cannot write ({reason})")
 

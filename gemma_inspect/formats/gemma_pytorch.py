@@ -81,7 +81,7 @@ def names_for(family: str) -> dict[str, str]:
 
 def _reverse(family: str) -> dict[str, tuple[str, re.Pattern[str]]]:
     # derived, not written twice: gemma_pytorch name pattern -> role
-    return {role: (t, re.compile("^" + re.escape(t).replace(r"\{i\}", r"(?P<i>\d+)") + "$"))
+    return {role: (t, re.compile("^" + re.escape(t).replace(r"\{i\}", r"(?P<i>\d{1,6})") + "$"))
             for role, t in names_for(family).items()}
 
 
@@ -92,7 +92,7 @@ def _role_of(name: str, family: str) -> tuple[str, int | None] | None:
         m = pattern.match(name)
         if m:
             return role, (int(m.group("i")) if "i" in pattern.groupindex else None)
-    m = re.match(r"^model\.layers\.(\d+)\.self_attn\.qkv_proj\.weight$", name)
+    m = re.match(r"^model\.layers\.(\d{1,6})\.self_attn\.qkv_proj\.weight$", name)
     if m:
         return "qkv", int(m.group(1))
     return None

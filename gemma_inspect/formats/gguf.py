@@ -28,6 +28,7 @@ from ..checkpoint import (LAYER_ROLES, NORM_ROLES, ROLES, Checkpoint, TensorRef,
 from ..errors import InputError, UnsupportedError
 from ..spec import FULL, SLIDING, GemmaSpec, gemma2_layer_types, gemma3_layer_types
 from ..tokenizer import Tokenizer
+from .common import MAX_LAYERS
 from .safetensors_io import iter_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -70,7 +71,7 @@ GGUF_NAMES: dict[str, str] = {
     "down": "blk.{i}.ffn_down.weight",
 }
 # The reverse, derived: GGUF name -> (role, layer).
-_GGUF_PATTERNS = [(role, re.compile("^" + re.escape(t).replace(r"\{i\}", r"(?P<i>\d+)") + "$"))
+_GGUF_PATTERNS = [(role, re.compile("^" + re.escape(t).replace(r"\{i\}", r"(?P<i>\d{1,6})") + "$"))
                   for role, t in GGUF_NAMES.items()]
 
 
@@ -465,6 +466,9 @@ def spec_from_metadata(header: Header, path: str) -> tuple[GemmaSpec, list[str],
     assumed: set[str] = set()
     hidden = m.integer(K.LLM.EMBEDDING_LENGTH)
     n_layers = m.integer(K.LLM.BLOCK_COUNT)
+    if n_layers > MAX_LAYERS:  # before per-layer tables are built (9 million layers took minutes)
+        raise InputError(path, f"metadata {m.key(K.LLM.BLOCK_COUNT)!r} is {n_layers}, more than the {MAX_LAYERS} "
+                               f"this tool accepts")
     heads = m.integer(K.Attention.HEAD_COUNT)
     kv_heads = m.integer(K.Attention.HEAD_COUNT_KV, heads)
     head_dim = m.integer(K.Attention.KEY_LENGTH, hidden // heads if hidden % heads == 0 else None)

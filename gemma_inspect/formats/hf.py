@@ -94,7 +94,7 @@ def _match(template: str, name: str) -> int | None:
     pre, _, post = template.partition("{i}")
     if name.startswith(pre) and name.endswith(post):
         mid = name[len(pre):len(name) - len(post)]
-        if mid.isdigit():
+        if mid.isdigit() and len(mid) <= 6:  # a layer index, not a 5000-digit number int() refuses
             return int(mid)
     return None
 

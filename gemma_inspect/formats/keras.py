@@ -409,8 +409,8 @@ def _all_vars(path: str) -> tuple[dict[str, H5Var], dict[str, str], list[str], s
     raise InputError(path, f"no {WEIGHTS} or {SHARD_INDEX} in this Keras preset")
 
 
-_BLOCK_RE = re.compile(r"^layers/(gemma3?_decoder_block)(?:_(\d+))?$")
-_BLOCK_NAME_RE = re.compile(r"^decoder_block_(\d+)$")
+_BLOCK_RE = re.compile(r"^layers/(gemma3?_decoder_block)(?:_(\d{1,6}))?$")  # at most 6 digits: int() takes them
+_BLOCK_NAME_RE = re.compile(r"^decoder_block_(\d{1,6})$")
 
 
 def _map_datasets(datasets: dict[str, H5Var], names: dict[str, str], where: str) -> tuple[

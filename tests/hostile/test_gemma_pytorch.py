@@ -94,6 +94,9 @@ def state_variants(obj: dict) -> list[tuple[str, dict, bool]]:
     changed("a weight_scaler of the wrong shape", lambda sd, o: sd.update(
         {QKV: qkv.to(torch.int8), QKV.replace(".weight", ".weight_scaler"): torch.ones(3)}))
     changed("an integer key", lambda sd, o: sd.update({7: qkv}))
+    for index in ("9" * 5000, "999999"):
+        changed(f"a layer index of {len(index)} digits", lambda sd, o, x=index: sd.update(
+            {QKV.replace(".1.", f".{x}."): sd.pop(QKV)}))
     changed("state dict is a list", lambda sd, o: o.update(model_state_dict=list(sd.values())))
     changed("gemma_inspect is a list", lambda sd, o: o.update(gemma_inspect=[1]))
     changed("gemma_inspect config is a string", lambda sd, o: o.update(gemma_inspect={"config": "x"}), False)

@@ -13,7 +13,7 @@ from gemma_inspect.convert import WriteOptions, convert
 from .conftest import sweep
 from .variants import gguf_variants
 
-N = 24
+N = 16
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def _read(path: str) -> bytes:
 @pytest.mark.parametrize("dtype", ("float32", "q8_0"))
 def test_gguf(gguf_files, writable, tmp_path, dtype):
     path = writable(gguf_files[dtype], "model.gguf")
-    variants = gguf_variants("", _read(path), random.Random(21), N, fields_per_run=2 * N)
+    variants = gguf_variants("", _read(path), random.Random(21), N, fields_per_run=N)
     sweep(f"gguf ({dtype})", path, variants, str(tmp_path))
 
 
@@ -45,3 +45,25 @@ def test_larger_sweep(gguf_files, writable, tmp_path, seed):
     for dtype, src in gguf_files.items():
         path = writable(src, f"model-{dtype}.gguf")
         sweep(f"gguf ({dtype})", path, gguf_variants("", _read(path), random.Random(seed), 150, 400), str(tmp_path))
+
+
+def test_absurd_block_count_is_refused_before_per_layer_tables(gguf_files, writable):
+    """Found by the slow sweep: one flipped byte made block_count 9,043,975, and building the per-layer tables
+    of that many layers ran for minutes."""
+    import struct
+
+    from gemma_inspect.errors import InputError
+    from gemma_inspect.formats import load
+
+    from .variants import gguf_fields
+
+    path = writable(gguf_files["q8_0"], "model.gguf")
+    data = bytearray(_read(path))
+    fields, _ = gguf_fields(bytes(data))
+    at = next(offset for label, offset, _ in fields if label == "value type of gemma3.block_count") + 4
+    struct.pack_into("<I", data, at, 9_043_975)
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+    with pytest.raises(InputError, match=r"metadata 'gemma3.block_count' is 9043975, more than the 1000 this "
+                                         r"tool accepts"):
+        load(path)

@@ -130,6 +130,10 @@ def h5_edits() -> list[tuple[str, Callable[[object], None], bool]]:
         ("'layers' removed", lambda f: f.__delitem__("layers"), True),
         ("block 1 duplicated as block 9", lambda f: f.copy("layers/gemma_decoder_block_1",
                                                             "layers/gemma_decoder_block_9"), True),
+        ("block 1 renamed with a 5000-digit index", lambda f: f.move("layers/gemma_decoder_block_1",
+                                                                      "layers/gemma_decoder_block_" + "9" * 5000), True),
+        ("block 1 named decoder_block_<5000 digits>", set_attr(block, "name", "decoder_block_" + "9" * 5000),
+         False),  # no layer name: mapped by its path, as Keras loads it
     ]
     return edits
 
@@ -173,7 +177,7 @@ def single_variants(root: str, scratch: str, n: int, seed: int) -> list[Variant]
     data = _read(path)
     structure = structure_positions(path)
     out = truncations(WEIGHTS, data, rng, n, [0, 8, 512, 2048, structure[-1]])
-    for _ in range(4 * n):  # most structure bytes are free space; flip many
+    for _ in range(3 * n):  # most structure bytes are free space; flip many
         pos, x = rng.choice(structure), rng.randrange(1, 256)
         b = bytearray(data)
         b[pos] ^= x

@@ -146,6 +146,12 @@ def safetensors_variants(file: str, data: bytes, rng: random.Random, n: int) -> 
     mutated("__metadata__ holds objects", lambda h: h.update(__metadata__={"format": {"a": [1]}}), must_fail=False)
     mutated("header is not UTF-8", lambda h: json.dumps(h).encode().replace(b'"', b'"\xff', 1))
     mutated("NUL bytes in a name", lambda h: _rename(h, names[0], names[0] + "\x00"))
+    layered = next((n for n in names if n.startswith("model.layers.")), None)
+    if layered is not None:
+        i = layered.split(".")[2]
+        for index in ("9" * 5000, "999999", "-1", "01"):
+            mutated(f"{layered}: layer index {index[:12]}{'...' if len(index) > 12 else ''}",
+                    lambda h, x=index: _rename(h, layered, layered.replace(f".{i}.", f".{x}.", 1)))
     return out
 
 
