@@ -68,9 +68,10 @@ def cast_array(arr: np.ndarray, dtype: str) -> np.ndarray:
     target = numpy_dtype(dtype)
     if arr.dtype == target:
         return arr
-    if arr.dtype != np.float32 and target != np.float32:
-        arr = arr.astype(np.float32)  # bf16 <-> f16 goes through f32, exactly
-    return arr.astype(target)
+    with np.errstate(all="ignore"):  # NaN/inf (and overflow to inf) are cast as they are, without warnings
+        if arr.dtype != np.float32 and target != np.float32:
+            arr = arr.astype(np.float32)  # bf16 <-> f16 goes through f32, exactly
+        return arr.astype(target)
 
 
 @dataclass(frozen=True)

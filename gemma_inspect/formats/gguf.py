@@ -653,12 +653,18 @@ class QuantizedTensorRef(TensorRef):
     blocks: Callable[[int], Any] | None = None
 
 
+def _minus_one(a: np.ndarray, sign: int = 1) -> np.ndarray:
+    """a - 1 (the reader) or a + 1 (sign -1, the writer) in float32: llama.cpp's norm offset."""
+    with np.errstate(invalid="ignore"):  # a signalling NaN stays NaN, without a RuntimeWarning on stderr
+        return a - np.float32(sign)
+
+
 def _tensor_ref(path: str, canonical: str, role: str, info: TensorInfo) -> TensorRef:
     origin = f"{path}:{info.name}"
     if role in NORM_ROLES:
         # llama.cpp stores Gemma norms as 1 + w (q/k norms included); canonical w is zero-centred.
         return TensorRef(name=canonical, shape=info.shape, dtype="float32", nbytes=info.nbytes, origin=origin,
-                         loader=lambda: _load_float32(path, info) - np.float32(1.0))
+                         loader=lambda: _minus_one(_load_float32(path, info)))
     chunks = lambda size: iter_bytes(path, info.start, info.nbytes, size)  # noqa: E731 - raw stored bytes
     if info.type_name in FLOAT_TYPES:  # stored row-major [out, in]: the canonical layout, byte for byte
         return TensorRef(name=canonical, shape=info.shape, dtype=FLOAT_TYPES[info.type_name], nbytes=info.nbytes,
@@ -928,7 +934,7 @@ def _plan_tensor(ref: TensorRef, role: str, layer: int | None, options: "WriteOp
     if role in NORM_ROLES:
         # llama.cpp applies Gemma norms as x * w, so it stores 1 + w, always in float32.
         return _Planned(name, shape, Q.F32, nbytes(Q.F32),
-                        lambda: ref.load().astype(np.float32) + np.float32(1.0))
+                        lambda: _minus_one(ref.load().astype(np.float32), -1))
     want = options.dtype
     src_quant = isinstance(ref, QuantizedTensorRef) and ref.blocks is not None and ref.dtype in Q.__members__
     if want == "keep":
