@@ -10,6 +10,7 @@ Reading never imports keras: h5py and numpy only.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -269,7 +270,7 @@ def _h5_attr(oid: Any, key: str, file: str) -> Any:
     if not h5py.h5a.exists(oid, k):
         return None
     aid = h5py.h5a.open(oid, k)
-    size = int(np.prod(aid.shape, dtype=np.int64)) * aid.dtype.itemsize
+    size = math.prod(aid.shape) * aid.dtype.itemsize
     if size > MAX_ATTRIBUTE_BYTES:  # the attributes read here are short strings ('bfloat16', a layer name)
         raise InputError(file, f"attribute {key!r} of {h5py.h5i.get_name(oid).decode('utf-8', 'replace')} holds "
                                f"{size} bytes; expected a short string")
@@ -315,7 +316,7 @@ def _scan_h5(file: str, only: set[str] | None = None) -> tuple[dict[str, H5Var],
                     dt = ds.dtype
                     dtype = _h5_dtype(dt, _h5_attr(ds, "dtype", file) if dt.kind == "V" else None, "/" + full, file)
                     shape = tuple(int(s) for s in ds.shape)
-                    want = int(np.prod(shape, dtype=np.int64)) * numpy_dtype(dtype).itemsize
+                    want = math.prod(shape) * numpy_dtype(dtype).itemsize  # math.prod: 1000s of calls, no numpy
                     offset = ds.get_offset()
                     nbytes = int(ds.get_storage_size())
                     dcpl = ds.get_create_plist()
