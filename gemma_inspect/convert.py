@@ -23,7 +23,7 @@ import numpy as np
 
 from .checkpoint import Checkpoint, TensorRef
 from .errors import InputError, OutputError, UnsupportedError
-from .manifest import SIBLING_SUFFIX, manifest_path
+from .manifest import SIBLING_SUFFIX, Follower, manifest_path
 
 TARGETS = ("hf", "keras", "gguf", "gemma-pytorch")
 DTYPES = ("keep", "float32", "bfloat16", "float16", "q8_0")
@@ -408,9 +408,15 @@ def convert(source: Checkpoint | str, dest: str, to: str, options: WriteOptions 
     interrupt = _InterruptToException()
     try:
         with interrupt:
-            writer.write(ckpt, target, options, counted)
-            if options.manifest:
-                manifest_file = _write_manifest(target, to, ckpt.source)
+            follower = Follower(target) if options.manifest else None
+            try:
+                writer.write(ckpt, target, options, counted)
+            except BaseException:
+                if follower is not None:
+                    follower.finish(ok=False)
+                raise
+            if follower is not None:
+                manifest_file = _write_manifest(target, to, ckpt.source, follower.finish())
             sibling = dest + SIBLING_SUFFIX
             if os.path.lexists(sibling) and options.force:  # the manifest of the output being replaced
                 _remove(sibling)
@@ -444,13 +450,13 @@ def convert(source: Checkpoint | str, dest: str, to: str, options: WriteOptions 
             "source_format": ckpt.format, "source_notes": list(ckpt.notes), "manifest": manifest}
 
 
-def _write_manifest(target: str, to: str, source: str) -> str:
+def _write_manifest(target: str, to: str, source: str, streamed: dict[str, tuple[int, str]]) -> str:
     """Write the manifest of the finished output `target` (inside a directory output, or beside a single
     file, both still in the temporary sibling); returns its path."""
     from .manifest import build
 
     path = manifest_path(target)
-    obj = build(target, to, source)
+    obj = build(target, to, source, streamed)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=1)
         f.write("\n")

@@ -2,8 +2,9 @@
 as the output reads back - kept with the output, and the check of an output against it (`diff DEST --manifest`).
 
 A directory output holds its manifest as `gemma-inspect-manifest.json`; a single-file output (`.gguf`, `.ckpt`)
-has it beside it as `DEST.manifest.json`. The hashes are computed from the finished files, so they cover the
-bytes on disk, including those the kernel copied without them passing through Python.
+has it beside it as `DEST.manifest.json`. The hashes are computed from the files themselves (those written front
+to back while they are written, the others when they are finished), so they cover the bytes on disk, including
+those the kernel copied without them passing through Python.
 """
 
 from __future__ import annotations
@@ -58,16 +59,86 @@ def _hashes(paths: list[str]) -> list[str]:
         return list(pool.map(sha256_of, paths))
 
 
-def build(output: str, fmt: str, source: str) -> dict[str, Any]:
+# Files our writers only ever append to, front to back: hashed while they are written (Follower). An HDF5 file
+# is not one of them (the library rewrites its superblock and headers), nor are the small JSON files.
+APPENDED = (".safetensors", ".gguf", ".ckpt")
+
+
+class Follower:
+    """Hashes the output files that are written front to back while the writer writes them, in a thread that
+    reads each one from where it left off to its current end (from the page cache) and waits when it has caught
+    up. Hashing then overlaps converting: on a machine whose SHA-256 is faster than its disk the manifest costs
+    next to nothing. Call `finish()` when the writer has returned (or failed): it hashes what is left and
+    returns {path: (size, sha256)} for the followed files."""
+
+    def __init__(self, output: str):
+        import threading
+
+        self.output = output
+        self.done = threading.Event()
+        self.stop = threading.Event()
+        self.digests: dict[str, tuple[int, str]] = {}
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="gemma-inspect-hash", daemon=True)
+        self._thread.start()
+
+    def _candidates(self) -> list[str]:
+        if os.path.isdir(self.output):
+            return sorted(os.path.join(self.output, e) for e in os.listdir(self.output) if e.endswith(APPENDED))
+        return [self.output] if self.output.endswith(APPENDED) and os.path.isfile(self.output) else []
+
+    def _run(self) -> None:
+        import time
+
+        states: dict[str, tuple[Any, Any, int]] = {}  # path -> (file, hash, bytes hashed)
+        try:
+            while not self.stop.is_set():
+                finished = self.done.is_set()  # read before the last pass: nothing is written after it is set
+                progressed = False
+                for path in self._candidates():
+                    if path not in states:
+                        states[path] = (open(path, "rb"), hashlib.sha256(), 0)
+                    f, h, n = states[path]
+                    while block := f.read(HASH_BLOCK):
+                        h.update(block)
+                        n += len(block)
+                        progressed = True
+                    states[path] = (f, h, n)
+                if finished:
+                    break
+                if not progressed:
+                    time.sleep(0.002)
+            for path, (f, h, n) in states.items():
+                self.digests[path] = (n, h.hexdigest())
+        except BaseException as e:  # noqa: B036 - handed to finish(), which falls back to hashing afterwards
+            self.error = e
+        finally:
+            for f, _h, _n in states.values():
+                f.close()
+
+    def finish(self, ok: bool = True) -> dict[str, tuple[int, str]]:
+        (self.done if ok else self.stop).set()
+        self._thread.join()
+        if not ok or self.error is not None:
+            return {}
+        # A file that does not end where the hashing ended was not written front to back: hash it again.
+        return {p: d for p, d in self.digests.items() if os.path.getsize(p) == d[0]}
+
+
+def build(output: str, fmt: str, source: str, streamed: dict[str, tuple[int, str]] | None = None) -> dict[str, Any]:
     """The manifest of a finished output (a directory or a file): its files, and its tensors as our reader
-    reads them back (which also proves the output readable)."""
+    reads them back (which also proves the output readable). `streamed` holds the (size, sha256) of files
+    already hashed while they were written (Follower); the others are hashed now, in parallel."""
     from . import __version__
     from .formats import module
 
+    streamed = streamed or {}
     is_dir = os.path.isdir(output)
     root = output if is_dir else os.path.dirname(os.path.abspath(output))
     names = _files_of(output) if is_dir else [os.path.basename(output)]
     paths = [os.path.join(root, n) for n in names]
+    todo = [p for p in paths if p not in streamed]
+    hashed = dict(zip(todo, _hashes(todo)))
     written = module(fmt).read(output)
     return {
         "kind": KIND,
@@ -75,8 +146,8 @@ def build(output: str, fmt: str, source: str) -> dict[str, Any]:
         "created_by": f"gemma-inspect {__version__}",
         "format": fmt,
         "source": source,
-        "files": [{"name": n, "size": os.path.getsize(p), "sha256": h}
-                  for n, p, h in zip(names, paths, _hashes(paths))],
+        "files": [{"name": n, "size": os.path.getsize(p), "sha256": streamed[p][1] if p in streamed else hashed[p]}
+                  for n, p in zip(names, paths)],
         "tensors": [{"name": r.name, "shape": list(r.shape), "dtype": r.dtype} for r in written.tensors.values()],
     }
 
