@@ -365,3 +365,14 @@ def test_hf_with_only_tokenizer_json_still_gives_keras_a_sentencepiece_model(tin
     with open(os.path.join(src, "tokenizer.json"), "rb") as a, open(tmp_path / "hf" / "tokenizer.json", "rb") as b:
         assert a.read() == b.read()
     assert "tokenizer.model" not in os.listdir(tmp_path / "hf")
+
+
+def test_no_manifest_flag_writes_only_the_model(tiny_models, tmp_path):
+    src = tiny_models.get("gemma", "keras", tokenizer=False)
+    r = convert(src, str(tmp_path / "hf"), "hf", "--no-manifest")
+    assert "note: manifest:" not in r.output
+    assert sorted(os.listdir(tmp_path / "hf")) == ["config.json", "generation_config.json", "model.safetensors"]
+    r = convert(src, str(tmp_path / "hf2"), "hf", "--json")
+    report = json.loads(r.output)
+    assert report["manifest"] == str(tmp_path / "hf2" / "gemma-inspect-manifest.json")
+    assert run("diff", str(tmp_path / "hf2"), "--manifest").exit_code == 0
