@@ -68,19 +68,32 @@ def main(debug: bool) -> None:
 
 @main.command()
 @click.argument("source")
+@click.option("--scan", is_flag=True,
+              help="Also read every tensor's values and warn about NaN or infinite ones (no longer headers only).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-def summary(source: str, as_json: bool) -> None:
+def summary(source: str, scan: bool, as_json: bool) -> None:
     """Architecture and parameter breakdown of SOURCE, from headers alone.
 
     \b
     Example:
       gemma-inspect summary ./gemma-2b-keras
       gemma-inspect summary gemma-7b --json
+      gemma-inspect summary ./finetune-hf --scan     # also look for NaN/inf weights
     """
     from .formats import load
     from .summary import summarize
 
-    result = summarize(load(source))
+    ckpt = load(source)
+    result = summarize(ckpt)
+    if scan:
+        from .render import count_progress
+        from .scan import describe, nonfinite
+
+        with count_progress(_console(stderr=True), "scanning values", len(ckpt.tensors)) as step:
+            found = nonfinite(ckpt, progress=lambda _name: step(1))
+        result["nonfinite"] = found
+        if found:
+            click.echo(f"Warning: {describe(found, source)}", err=True)
     if as_json:
         from .render import print_json
 

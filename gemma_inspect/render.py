@@ -181,6 +181,14 @@ def render_summary(console: Console, m: dict[str, Any]) -> None:
     if m.get("tokenizer"):
         files = ", ".join(m["tokenizer"]["files"]) or "embedded in the checkpoint"
         console.print(f"[bold]Tokenizer[/bold]: {m['tokenizer']['backend']} ({escape(files)})")
+    if "nonfinite" in m:
+        bad = m["nonfinite"]
+        if bad:
+            console.print(f"[bold red]Values[/bold red]: {len(bad)} tensors hold NaN or infinite values: "
+                          + escape(", ".join(f"{f['name']} ({f['nan']} NaN, {f['inf']} inf)" for f in bad[:5]))
+                          + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""))
+        else:
+            console.print(f"[bold]Values[/bold]: all {m['num_tensors']} tensors read, no NaN or infinite values")
     for note in m.get("notes", []):
         console.print(f"[yellow]note[/yellow]: {escape(note)}")
 

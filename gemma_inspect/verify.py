@@ -1007,10 +1007,24 @@ def _lint_float16(ckpt: Checkpoint) -> dict[str, Any] | None:
     return check("lint:float16", "pass", "bfloat16 or float32", spec.dtype, f"declared dtype {spec.dtype}")
 
 
+def _lint_nonfinite(ckpt: Checkpoint) -> dict[str, Any] | None:
+    """NaN or infinite weights: the file is fine, the model is not (every logit downstream becomes NaN)."""
+    from .scan import describe, nonfinite
+
+    if ckpt.is_card:
+        return None
+    found = nonfinite(ckpt)
+    if not found:
+        return check("lint:nonfinite", "pass", "finite weights", "finite weights",
+                     f"all {len(ckpt.tensors)} tensors read: no NaN or infinite values")
+    observed = {f["name"]: {"nan": f["nan"], "inf": f["inf"]} for f in found}
+    return check("lint:nonfinite", "fail", "finite weights", observed, describe(found, ckpt.source))
+
+
 LINT_RULES: list[Callable[[Checkpoint], dict[str, Any] | None]] = [
     _lint_exact_gelu, _lint_activation_key, _lint_tied_lm_head, _lint_norm_weights, _lint_softcaps,
     _lint_query_pre_attn_scalar, _lint_rope_scaling, _lint_vocab_size, _lint_special_ids, _lint_end_of_turn,
-    _lint_float16,
+    _lint_float16, _lint_nonfinite,
 ]
 
 __all__ = ["verify", "lint", "observe", "architecture_checks", "block_branches", "placement_of", "CHECK_NAMES",

@@ -78,3 +78,25 @@ def test_quantized_nan_scale_is_counted_after_dequantizing(tiny_models, tmp_path
     found = {f["name"]: f for f in scan.nonfinite(load(out))}
     assert "model.layers.1.mlp.up_proj.weight" in found  # a NaN in a block makes its scale NaN: the whole block
     assert found["model.layers.1.mlp.up_proj.weight"]["nan"] >= 3
+
+
+def test_summary_scan_warns_and_verify_fails_on_nonfinite_weights(tiny_models, tmp_path):
+    """summary stays header-only unless asked (--scan); verify, which runs the model, always looks."""
+    d = poison(tiny_models.get("gemma2", tokenizer=False), str(tmp_path / "p"))
+    r = CliRunner().invoke(main, ["summary", d, "--scan", "--json"])
+    assert r.exit_code == 0
+    assert r.stderr == (f"Warning: {d}: 2 tensors hold NaN or infinite values: model.layers.1.mlp.up_proj.weight "
+                        f"(3 NaN, 2 inf), model.norm.weight (0 NaN, 1 inf)\n")
+    assert [(f["name"], f["nan"], f["inf"]) for f in json.loads(r.stdout)["nonfinite"]] == [
+        ("model.layers.1.mlp.up_proj.weight", 3, 2), ("model.norm.weight", 0, 1)]
+    text = CliRunner().invoke(main, ["summary", d, "--scan"]).stdout
+    assert ("Values: 2 tensors hold NaN or infinite values: model.layers.1.mlp.up_proj.weight (3 NaN, 2 inf), "
+            "model.norm.weight (0 NaN, 1 inf)") in text
+    clean = CliRunner().invoke(main, ["summary", tiny_models.get("gemma2", tokenizer=False), "--scan"])
+    assert clean.stderr == "" and "Values: all 46 tensors read, no NaN or infinite values" in clean.stdout
+    r = CliRunner().invoke(main, ["verify", d, "--runtime", "reference", "--json"])
+    assert r.exit_code == 1
+    lint = next(c for c in json.loads(r.stdout)["checks"] if c["name"] == "lint:nonfinite")
+    assert lint["status"] == "fail"
+    assert lint["observed"] == {"model.layers.1.mlp.up_proj.weight": {"nan": 3, "inf": 2},
+                                "model.norm.weight": {"nan": 0, "inf": 1}}
