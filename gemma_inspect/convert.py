@@ -40,6 +40,10 @@ class WriteOptions:
     force: bool = False  # convert even what the target can only approximate (with a warning note)
     notes: list[str] = field(default_factory=list)  # writers append what the user should know
     manifest: bool = True  # write the output's manifest (file sizes and SHA-256, tensors); see manifest.py
+    # Set by convert() while a manifest is being built: a writer that fills a file out of order (HDF5: metadata
+    # first, then the datasets at their offsets) calls final(path, n) once bytes [0, n) of it will not change,
+    # so that the file is hashed while it is written rather than read again afterwards.
+    final: Callable[[str, int], None] | None = None
 
     def target_dtype(self, ref: TensorRef) -> str:
         return ref.dtype if self.dtype == "keep" else self.dtype
@@ -409,6 +413,7 @@ def convert(source: Checkpoint | str, dest: str, to: str, options: WriteOptions 
     try:
         with interrupt:
             follower = Follower(target) if options.manifest else None
+            options.final = follower.final if follower is not None else None
             try:
                 writer.write(ckpt, target, options, counted)
             except BaseException:

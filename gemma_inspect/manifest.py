@@ -75,6 +75,7 @@ class Follower:
         import threading
 
         self.output = output
+        self.limits: dict[str, int] = {}  # files written out of order: how far they are final (see final())
         self.done = threading.Event()
         self.stop = threading.Event()
         self.digests: dict[str, tuple[int, str]] = {}
@@ -82,10 +83,16 @@ class Follower:
         self._thread = threading.Thread(target=self._run, name="gemma-inspect-hash", daemon=True)
         self._thread.start()
 
+    def final(self, path: str, upto: int) -> None:
+        """The writer of `path` (a file it does not write front to back) says bytes [0, upto) are final."""
+        self.limits[path] = max(upto, self.limits.get(path, 0))
+
     def _candidates(self) -> list[str]:
         if os.path.isdir(self.output):
-            return sorted(os.path.join(self.output, e) for e in os.listdir(self.output) if e.endswith(APPENDED))
-        return [self.output] if self.output.endswith(APPENDED) and os.path.isfile(self.output) else []
+            found = [os.path.join(self.output, e) for e in os.listdir(self.output) if e.endswith(APPENDED)]
+        else:
+            found = [self.output] if self.output.endswith(APPENDED) and os.path.isfile(self.output) else []
+        return sorted(set(found) | set(self.limits))
 
     def _run(self) -> None:
         import time
@@ -99,7 +106,8 @@ class Follower:
                     if path not in states:
                         states[path] = (open(path, "rb"), hashlib.sha256(), 0)
                     f, h, n = states[path]
-                    while block := f.read(HASH_BLOCK):
+                    limit = self.limits.get(path)
+                    while block := f.read(HASH_BLOCK if limit is None else max(0, min(HASH_BLOCK, limit - n))):
                         h.update(block)
                         n += len(block)
                         progressed = True

@@ -688,6 +688,12 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
         file = os.path.join(dest, fname)
         entries = [(n, by_name[n][1], by_name[n][2], by_name[n][3]) for n in shard]
         offsets = _create_h5(file, spec, entries)
+        # HDF5 metadata is final once h5py has closed the file; the datasets then fill in at increasing offsets,
+        # so after each tensor the file is final up to its end (the manifest hashes it meanwhile).
+        starts = [offsets[by_name[n][1]] for n in shard]
+        final = options.final if starts == sorted(starts) else None
+        if final is not None:
+            final(file, starts[0] if starts else os.path.getsize(file))
         jobs = []
         for n in shard:
             role = by_name[n][4]
@@ -699,7 +705,12 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
                 path = by_name[n][1]
                 f.seek(offsets[path])
                 write_pieces(f, pieces, progress)
+                if final is not None:
+                    f.flush()
+                    final(file, f.tell())
                 weight_map["/" + path.rsplit("/", 1)[0]] = fname
+        if final is not None:
+            final(file, os.path.getsize(file))
     if len(files) > 1:
         with open(os.path.join(dest, SHARD_INDEX), "w", encoding="utf-8") as f:
             json.dump({"metadata": {"total_size": float(sum(s for _, s in sizes))}, "weight_map": weight_map}, f,
