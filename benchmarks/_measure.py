@@ -62,9 +62,16 @@ class Runner:
         self.rows: list[dict] = []
 
     def run(self, label: str, cmd: list[str], output: str | None) -> dict:
+        # Every contender starts with no dirty pages waiting to be written back (the previous one's output is
+        # deleted and the rest synced), so none of them pays for another's writes.
+        os.sync()
         res = measure(cmd, self.env)
         res["label"] = label
         res["output_bytes"] = du(output) if output and os.path.exists(output) else None
+        if output and os.path.exists(output):
+            import shutil
+
+            shutil.rmtree(output) if os.path.isdir(output) else os.remove(output)
         self.rows.append(res)
         status = "ok" if res["rc"] == 0 else f"FAILED: {res.get('error')}"
         print(f"  {label:<{self.width}} {res['seconds']:8.2f} s  {res['peak_rss_bytes'] / 1e9:6.2f} GB  {status}",

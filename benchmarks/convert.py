@@ -112,7 +112,8 @@ def main() -> int:
     print(f"\nGemma-2B-shaped, {args.layers} layers, {spec.num_parameters / 1e9:.2f} B parameters, bfloat16, "
           f"{size / 1e9:.2f} GB weights file")
     copy = run("cp model.weights.h5 (baseline: same bytes)",
-               ["cp", os.path.join(keras_src, "model.weights.h5"), os.path.join(out, "copy.h5")], None)
+               ["cp", os.path.join(keras_src, "model.weights.h5"), os.path.join(out, "copy.h5")],
+               os.path.join(out, "copy.h5"))
     k2h = run("gemma-inspect convert Keras -> HF", [*cli, "convert", keras_src, os.path.join(out, "ours-hf"),
                                                     "--to", "hf"], os.path.join(out, "ours-hf"))
     h2k = run("gemma-inspect convert HF -> Keras", [*cli, "convert", hf_src, os.path.join(out, "ours-keras"),
