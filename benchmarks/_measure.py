@@ -61,14 +61,14 @@ class Runner:
         self.width = width
         self.rows: list[dict] = []
 
-    def run(self, label: str, cmd: list[str], output: str | None) -> dict:
+    def run(self, label: str, cmd: list[str], output: str | None, keep: bool = False) -> dict:
         # Every contender starts with no dirty pages waiting to be written back (the previous one's output is
         # deleted and the rest synced), so none of them pays for another's writes.
         os.sync()
         res = measure(cmd, self.env)
         res["label"] = label
         res["output_bytes"] = du(output) if output and os.path.exists(output) else None
-        if output and os.path.exists(output):
+        if output and os.path.exists(output) and not keep:
             import shutil
 
             shutil.rmtree(output) if os.path.isdir(output) else os.remove(output)

@@ -31,8 +31,20 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, HERE)  # for _measure (this directory was dropped above because of gguf.py's name)
-from _measure import Runner, warm  # noqa: E402
+
+def _load_measure():
+    """benchmarks/_measure.py, loaded by path: putting this directory back on sys.path would make this file
+    shadow the gguf package again."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_measure", os.path.join(HERE, "_measure.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_measure = _load_measure()
+Runner, warm = _measure.Runner, _measure.warm
 from gemma_inspect.spec import make_spec  # noqa: E402
 
 VOCAB = 262144
@@ -141,10 +153,10 @@ def main() -> int:
     print(f"\nGemma-3-270M-shaped, {args.layers} layers, {spec.num_parameters / 1e6:.0f} M parameters, "
           f"{args.quant}, {VOCAB:,}-token vocabulary, {size / 1e6:.0f} MB GGUF")
     ours = run("gemma-inspect convert GGUF -> HF", [*cli, "convert", src, os.path.join(out, "ours"), "--to", "hf"],
-               os.path.join(out, "ours"))
+               os.path.join(out, "ours"), keep=True)  # kept: the two outputs are compared below
     theirs = run("transformers from_pretrained(gguf_file=) + save_pretrained",
                  [sys.executable, "-c", TRANSFORMERS, src, os.path.join(out, "transformers")],
-                 os.path.join(out, "transformers"))
+                 os.path.join(out, "transformers"), keep=True)
     summ = run("gemma-inspect summary (headers only)", [*cli, "summary", src], None)
 
     diff = None
