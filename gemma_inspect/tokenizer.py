@@ -291,7 +291,6 @@ def spm_from_tokenizer_json(tok: Tokenizer) -> bytes | None:
     merge order. The result is checked: it must tokenize the parity texts to the same ids as the
     tokenizer.json itself (texts that spell control tokens such as "<bos>" are left out, since HF's
     fast tokenizers read those as the tokens themselves and SentencePiece never does)."""
-    import json
     import re
 
     from .formats.common import read_json

@@ -225,29 +225,10 @@ def test_hf_layer_types_explicit_override_the_pattern(tiny_models, copy_dir):
 @pytest.fixture(scope="module")
 def multimodal_gemma3(tmp_path_factory, tiny_models):
     """A tiny Gemma3ForConditionalGeneration saved by transformers itself (SigLIP vision tower included)."""
-    import torch
-    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+    from gemma_inspect.tiny import write_hf_multimodal_gemma3
 
-    from gemma_inspect.formats.hf import config_dict, from_canonical
-
-    spec = tiny_spec("gemma3")
-    text_cfg = config_dict(spec)
-    text_cfg.pop("model_type")
-    text_cfg.pop("torch_dtype")
-    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                image_size=28, patch_size=14)
-    cfg = Gemma3Config(text_config=Gemma3TextConfig(**text_cfg), vision_config=vision, mm_tokens_per_image=4,
-                       image_token_index=5, boi_token_index=6, eoi_token_index=7)
-    torch.manual_seed(0)
-    model = Gemma3ForConditionalGeneration(cfg)
-    # In memory the text decoder sits under model.language_model.
-    state = {"model.language_model." + from_canonical(n, "gemma3")[len("model."):]: torch.from_numpy(a)
-             for n, a in tiny_models.weights("gemma3").items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    assert not unexpected and not [m for m in missing if "language_model" in m and "lm_head" not in m]
     out = str(tmp_path_factory.mktemp("mm") / "gemma3-mm")
-    model.save_pretrained(out)
-    return out
+    return write_hf_multimodal_gemma3(tiny_spec("gemma3"), tiny_models.weights("gemma3"), out)
 
 
 def test_multimodal_gemma3_reads_the_text_decoder(multimodal_gemma3, tiny_models):

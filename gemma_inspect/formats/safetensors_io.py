@@ -8,7 +8,6 @@ the header from names, dtypes and shapes first, then accepts tensor bytes one te
 from __future__ import annotations
 
 import json
-import os
 import struct
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Iterable, Iterator

@@ -6,13 +6,11 @@ where the format allows, so the suite writes little."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import struct
 import subprocess
 import sys
-import time
 import zipfile
 
 import pytest
