@@ -9,11 +9,12 @@ checkpoint and names the problem itself (not the last-resort "cannot read as ...
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 from collections import defaultdict
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import pytest
 
@@ -118,6 +119,22 @@ def apply(root: str, v: Variant, scratch: str) -> str:
     return copy
 
 
+@contextlib.contextmanager
+def applied(root: str, v: Variant, scratch: str, originals: dict[str, bytes]) -> Iterator[str]:
+    """`apply` for the duration of a with-block: yields the root to read, then restores the edited file (its
+    original bytes are kept in `originals`, read once per file)."""
+    target = os.path.join(root, v.file) if v.file else root
+    if v.data is not None and target not in originals:
+        with open(target, "rb") as f:
+            originals[target] = f.read()
+    where = apply(root, v, scratch)
+    try:
+        yield where
+    finally:
+        if v.data is not None:
+            _write(target, originals[target])
+
+
 def sweep(fmt: str, root: str, variants: Iterable[Variant], scratch: str,
           source_of: Callable[[str], str] | None = None,
           use: Callable[[Any], None] = use_checkpoint) -> dict[str, list[tuple[Variant, str]]]:
@@ -127,21 +144,14 @@ def sweep(fmt: str, root: str, variants: Iterable[Variant], scratch: str,
     results: dict[str, list[tuple[Variant, str]]] = {"error": [], "ok": []}
     findings = []
     for v in variants:
-        target = os.path.join(root, v.file) if v.file else root
-        if v.data is not None and target not in originals:
-            with open(target, "rb") as f:
-                originals[target] = f.read()
-        where = apply(root, v, scratch)
-        try:
-            kind, msg = outcome(where, source_of(where) if source_of else None, use)
-            if kind == "ok" and v.must_fail:
-                findings.append(f"{v.label}: accepted, but must be refused")
-            results[kind].append((v, msg))
-        except AssertionError as e:
-            findings.append(f"{v.label}: {e}")
-        finally:
-            if v.data is not None:
-                _write(target, originals[target])
+        with applied(root, v, scratch, originals) as where:
+            try:
+                kind, msg = outcome(where, source_of(where) if source_of else None, use)
+                if kind == "ok" and v.must_fail:
+                    findings.append(f"{v.label}: accepted, but must be refused")
+                results[kind].append((v, msg))
+            except AssertionError as e:
+                findings.append(f"{v.label}: {e}")
     tally = TALLY[fmt]
     tally[0] += len(results["error"]) + len(results["ok"]) + len(findings)
     tally[1] += len(results["error"])

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from gemma_inspect.cli import main
 
-from .conftest import TALLY, apply, outcome, problem_with, use_checkpoint
+from .conftest import TALLY, applied, outcome, problem_with, use_checkpoint
 from .test_gemma_pytorch import single_variants as ckpt_variants
 from .test_gguf import gguf_variants
 from .test_keras_h5 import sharded_variants as keras_sharded_variants
@@ -53,12 +53,7 @@ def check_cli(fmt: str, root: str, good: str, variants: list[Variant], scratch: 
     checked = 0
     originals: dict[str, bytes] = {}
     for v in variants:
-        target = os.path.join(root, v.file) if v.file else root
-        if v.data is not None and target not in originals:
-            with open(target, "rb") as f:
-                originals[target] = f.read()
-        where = apply(root, v, scratch)
-        try:
+        with applied(root, v, scratch, originals) as where:
             kind, msg = outcome(where, use=use_checkpoint)
             if kind == "ok":
                 continue
@@ -88,10 +83,6 @@ def check_cli(fmt: str, root: str, good: str, variants: list[Variant], scratch: 
                 for leftover in (dest, dest + ".manifest.json"):
                     if os.path.lexists(leftover):
                         os.remove(leftover)
-        finally:
-            if v.data is not None:
-                with open(target, "wb") as f:
-                    f.write(originals[target])
     TALLY[f"{fmt} (CLI)"][0] += len(variants)
     TALLY[f"{fmt} (CLI)"][1] += checked
     TALLY[f"{fmt} (CLI)"][2] += len(variants) - checked
