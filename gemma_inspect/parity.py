@@ -107,26 +107,50 @@ def bf16_step(x: float) -> float:
     return 2.0 ** (math.floor(math.log2(abs(x))) - 7) if x else 2.0 ** -133
 
 
+METRIC_CHUNK_ELEMENTS = 1 << 23  # logits compared a block of positions at a time: ~64 MB per float64 temporary
+
+
 def logits_metrics(la: Any, lb: Any, tie: float | None = None) -> dict[str, float]:
     """Logits [B, T, V] of A and B -> the JSON `logits` object. KL(A || B) per position, averaged.
-    With `tie` (in logits), also the top-1 agreement over positions where A is not tied within `tie`."""
+    With `tie` (in logits), also the top-1 agreement over positions where A is not tied within `tie`.
+
+    Computed a block of positions at a time, in float64 for the softmaxes and the sums, so that the memory it
+    takes does not grow with the sequence: the default sequence for Gemma 2 (4,104 positions) over a
+    256,000-token vocabulary is 4.2 GB of logits per side, and whole-tensor temporaries would need ten times
+    that."""
     import torch
 
-    diff = (la - lb).abs()
-    pa = torch.log_softmax(la.double(), dim=-1)
-    pb = torch.log_softmax(lb.double(), dim=-1)
-    kl = (pa.exp() * (pa - pb)).sum(-1).mean()
-    top1 = (la.argmax(-1) == lb.argmax(-1)).double().mean()
-    k = min(5, la.shape[-1])
-    ta, tb = la.topk(k, dim=-1).indices, lb.topk(k, dim=-1).indices
-    overlap = (ta[..., :, None] == tb[..., None, :]).any(-1).double().sum(-1) / k
-    out = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-           "kl_divergence": max(0.0, float(kl)), "top1_agreement": float(top1),
-           "top5_overlap": float(overlap.mean())}
+    v = la.shape[-1]
+    fa, fb = la.reshape(-1, v), lb.reshape(-1, v)
+    rows = fa.shape[0]
+    step = max(1, METRIC_CHUNK_ELEMENTS // max(1, v))
+    k = min(5, v)
+    maxima = []
+    sum_abs = kl = top1 = overlap = outside = 0.0
+    for start in range(0, rows, step):
+        a, b = fa[start:start + step], fb[start:start + step]
+        diff = (a - b).abs()
+        maxima.append(diff.max())
+        sum_abs += float(diff.double().sum())
+        del diff
+        pa = torch.log_softmax(a.double(), dim=-1)
+        pb = torch.log_softmax(b.double(), dim=-1)
+        kl += float((pa.exp() * (pa - pb)).sum())
+        del pa, pb
+        top1 += float((a.argmax(-1) == b.argmax(-1)).double().sum())
+        ta, tb = a.topk(k, dim=-1).indices, b.topk(k, dim=-1).indices
+        overlap += float((ta[:, :, None] == tb[:, None, :]).any(-1).double().sum() / k)
+        if tie is not None:
+            # How much A prefers its own top-1 over B's pick; agreement counts every gap within the tie.
+            gap = a.max(-1).values - a.gather(-1, b.argmax(-1, keepdim=True)).squeeze(-1)
+            outside += float((gap <= tie).double().sum())
+    kl /= rows
+    out = {"max_abs_diff": float(torch.stack(maxima).max()),  # NaN in any block stays NaN
+           "mean_abs_diff": sum_abs / (rows * v),
+           "kl_divergence": kl if math.isnan(kl) else max(0.0, kl),  # (rounding can make it -1e-17)
+           "top1_agreement": top1 / rows, "top5_overlap": overlap / rows}
     if tie is not None:
-        # How much A prefers its own top-1 over B's pick; agreement counts every gap within the tie.
-        gap = la.max(-1).values - la.gather(-1, lb.argmax(-1, keepdim=True)).squeeze(-1)
-        out["top1_agreement_outside_ties"] = float((gap <= tie).double().mean())
+        out["top1_agreement_outside_ties"] = outside / rows
     return out
 
 

@@ -18,17 +18,26 @@ ACT_TEXT = {"gelu_tanh": "GELU, tanh approximation", "gelu": "GELU, exact (erf)"
 
 
 def print_json(obj: Any) -> None:
-    """One JSON object on stdout and nothing else there."""
+    """One JSON object on stdout and nothing else there. Strict JSON (RFC 8259): a non-finite number - a NaN or
+    an infinity met in weights or activations - is written as null; the status fields next to it say what
+    happened."""
     import sys
 
-    sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    sys.stdout.write(json.dumps(plain(obj), indent=2, allow_nan=False) + "\n")
 
 
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "item"):
-        return o.item()
-    if isinstance(o, (set, tuple)):
-        return list(o)
+def plain(o: Any) -> Any:
+    """`o` as plain JSON data: numpy/torch scalars as numbers, sets and tuples as lists, NaN/inf as None."""
+    if isinstance(o, dict):
+        return {str(k): plain(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple, set)):
+        return [plain(v) for v in o]
+    if isinstance(o, bool) or o is None or isinstance(o, (str, int)):
+        return o
+    if hasattr(o, "item") and not isinstance(o, float):
+        return plain(o.item())
+    if isinstance(o, float):
+        return float(o) if math.isfinite(o) else None
     return str(o)
 
 

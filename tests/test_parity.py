@@ -190,6 +190,56 @@ def test_quantized_side_is_judged_by_the_next_token_distribution(tiny_models, tm
     assert bad["passed"] is False and bad["first_divergent_layer"] == 2
 
 
+# ----------------------------------------------------------------------------- logits metrics
+def _whole_tensor_metrics(la, lb, tie):
+    """The metrics computed over the whole tensors at once, the plain way, to check the blockwise version."""
+    import torch
+
+    pa, pb = torch.log_softmax(la.double(), -1), torch.log_softmax(lb.double(), -1)
+    ta, tb = la.topk(5, -1).indices, lb.topk(5, -1).indices
+    gap = la.max(-1).values - la.gather(-1, lb.argmax(-1, keepdim=True)).squeeze(-1)
+    return {"max_abs_diff": float((la - lb).abs().max()), "mean_abs_diff": float((la - lb).abs().double().mean()),
+            "kl_divergence": float((pa.exp() * (pa - pb)).sum(-1).mean()),
+            "top1_agreement": float((la.argmax(-1) == lb.argmax(-1)).double().mean()),
+            "top5_overlap": float((ta[..., None] == tb[..., None, :]).any(-1).double().sum(-1).mean() / 5),
+            "top1_agreement_outside_ties": float((gap <= tie).double().mean())}
+
+
+@pytest.mark.parametrize("chunk_elements", [1, 7 * 50, 10**9])
+def test_logits_metrics_are_the_same_in_blocks_of_positions(monkeypatch, chunk_elements):
+    """Blocks of 1 position, of 7 (not dividing 2 x 23 positions) and all at once give the same figures."""
+    import torch
+
+    from gemma_inspect import parity as P
+
+    g = torch.Generator().manual_seed(7)
+    la = torch.randn(2, 23, 50, generator=g) * 3
+    lb = la + torch.randn(2, 23, 50, generator=g) * 0.3
+    monkeypatch.setattr(P, "METRIC_CHUNK_ELEMENTS", chunk_elements)
+    got = P.logits_metrics(la, lb, tie=0.1)
+    want = _whole_tensor_metrics(la, lb, 0.1)
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key] == pytest.approx(want[key], rel=1e-12, abs=1e-15), key
+    assert 0 < got["top1_agreement"] < 1 and 0 < got["top5_overlap"] < 1  # the sample exercises both
+
+
+def test_logits_metrics_keep_nan_visible(monkeypatch):
+    """A NaN in any block makes max_abs_diff and the KL divergence NaN (never a clamped 0)."""
+    import math
+
+    import torch
+
+    from gemma_inspect import parity as P
+
+    monkeypatch.setattr(P, "METRIC_CHUNK_ELEMENTS", 10)
+    la = torch.zeros(1, 6, 10)
+    lb = la.clone()
+    lb[0, 2, 3] = float("nan")
+    got = P.logits_metrics(la, lb)
+    assert math.isnan(got["max_abs_diff"]) and math.isnan(got["kl_divergence"])
+
+
 # ----------------------------------------------------------------------------- inputs and tokenizers
 def test_default_tokens_are_fixed_and_longer_than_the_window(tiny_models):
     ckpt = load(tiny_models.get("gemma3", "hf"))

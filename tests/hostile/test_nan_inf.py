@@ -100,3 +100,32 @@ def test_summary_scan_warns_and_verify_fails_on_nonfinite_weights(tiny_models, t
     assert lint["status"] == "fail"
     assert lint["observed"] == {"model.layers.1.mlp.up_proj.weight": {"nan": 3, "inf": 2},
                                 "model.norm.weight": {"nan": 0, "inf": 1}}
+
+
+def _strict(text: str):
+    """Parse as strict JSON (RFC 8259): NaN, Infinity and -Infinity are not JSON and must not appear."""
+
+    def refuse(token: str):
+        raise AssertionError(f"{token} in --json output")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_output_stays_strict_json_when_values_are_not_finite(tiny_models, tmp_path):
+    """diff, parity and verify on a checkpoint with NaN/inf weights: `--json` is still strict JSON that jq and
+    JavaScript parse; the non-finite figures are null and the statuses say what happened."""
+    src = tiny_models.get("gemma2", tokenizer=False)
+    d = poison(src, str(tmp_path / "p"))
+    r = CliRunner().invoke(main, ["diff", src, d, "--json"])
+    assert r.exit_code == 1
+    row = next(t for t in _strict(r.stdout)["tensors"] if t["name"] == "model.norm.weight")
+    assert row["status"] == "different" and row["max_abs_diff"] is None  # |w - inf| is inf
+    r = CliRunner().invoke(main, ["parity", src, d, "--runtime-a", "reference", "--runtime-b", "reference", "--json"])
+    assert r.exit_code == 1
+    result = _strict(r.stdout)
+    assert result["passed"] is False and result["first_divergent_layer"] == 1  # the poisoned FFN's block
+    assert result["layers"][2]["status"] == "mismatch" and result["layers"][2]["max_abs_diff"] is None
+    assert result["logits"]["max_abs_diff"] is None and result["logits"]["kl_divergence"] is None
+    r = CliRunner().invoke(main, ["verify", d, "--runtime", "reference", "--json"])
+    assert r.exit_code == 1
+    _strict(r.stdout)
