@@ -14,6 +14,7 @@ import numpy as np
 from .checkpoint import Checkpoint, TensorRef
 from .errors import InputError
 
+VOCAB_ROWS = ("model.embed_tokens.weight", "lm_head.weight")  # one row per token id
 STATUSES = ("equal", "close", "different", "missing_a", "missing_b", "shape_mismatch")
 COMPARE_CHUNK = 32 * 1024 * 1024
 # Spec fields that describe the file, not the model.
@@ -82,6 +83,28 @@ def compare_tensors(ra: TensorRef, rb: TensorRef, nonfinite: list[int] | None = 
     return identical, 0.0 if identical else _max_abs_diff_arrays(xa, xb)
 
 
+def shared_rows_diff(ra: TensorRef, rb: TensorRef, rows: int) -> float:
+    """max |A - B| over the first `rows` rows of two tensors that differ only in their number of rows (an
+    embedding with extra vocabulary rows on one side): raw chunks when both offer them in the same dtype, so
+    that only the shared bytes are read, else the values."""
+    if ra.dtype == rb.dtype and ra.chunks is not None and rb.chunks is not None:
+        from .formats.safetensors_io import numpy_dtype
+
+        dt = numpy_dtype(ra.dtype)
+        left = rows * int(np.prod(ra.shape[1:], dtype=np.int64)) * dt.itemsize
+        size = (COMPARE_CHUNK // dt.itemsize) * dt.itemsize
+        worst = 0.0
+        for pa, pb in zip(ra.chunks(size), rb.chunks(size)):
+            pa, pb = pa[:left], pb[:left]
+            if pa != pb:
+                worst = max(worst, _max_abs_diff_arrays(np.frombuffer(pa, dt), np.frombuffer(pb, dt)))
+            left -= len(pa)
+            if left <= 0:
+                break
+        return worst
+    return _max_abs_diff_arrays(ra.load()[:rows], rb.load()[:rows])
+
+
 def diff(a: Checkpoint, b: Checkpoint, atol: float = 0.0,
          progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The JSON object of `diff`: {"identical", "tensors": [...], "spec_differences": [...], ...}."""
@@ -102,6 +125,11 @@ def diff(a: Checkpoint, b: Checkpoint, atol: float = 0.0,
             row["status"] = "missing_b"
         elif tuple(ra.shape) != tuple(rb.shape):
             row["status"] = "shape_mismatch"
+            if name in VOCAB_ROWS and len(ra.shape) == len(rb.shape) == 2 and ra.shape[1] == rb.shape[1]:
+                # Vocabularies of different sizes (e.g. Gemma 3's 64 out-of-vocabulary rows, which llama.cpp
+                # drops): say how the rows both sides have compare.
+                row["shared_rows"] = min(ra.shape[0], rb.shape[0])
+                row["shared_rows_max_abs_diff"] = shared_rows_diff(ra, rb, row["shared_rows"])
         else:
             counts4 = [0, 0, 0, 0]
             identical, worst = compare_tensors(ra, rb, counts4)

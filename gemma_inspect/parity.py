@@ -15,6 +15,12 @@ Tolerances depend on the dtype:
   multiply by sqrt(d) rounded to bfloat16), so an embedding scale applied in float32 shows there.
 - a quantized side (e.g. a Q8_0 GGUF against its source) is judged the same way, whatever the compute
   dtype: its weights differ by design, so only the next-token distributions can say whether it holds.
+
+Vocabularies of different sizes are compared over the rows both have when the larger one only adds rows at
+the end - llama.cpp drops Gemma 3's 64 out-of-vocabulary embedding rows (262,208 -> 262,144), so the official
+HF and GGUF files differ this way. The logits are judged over the shared rows; top-1 and top-5 still look at
+every row (a side whose best token is one the other lacks disagrees); and neither side may put more than
+MAX_EXCLUDED_MASS of its probability on rows the other lacks, at any position.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ TOLERANCES: dict[str, dict[str, Any]] = {
 QUANTIZED = {"atol": 0.25, "embedding_atol": 0.25, "logits_atol": None, "min_top1_agreement": 0.9,
              "max_kl_divergence": 0.02, "top1_tie_fraction": 0.01}
 FLOAT_DTYPES = ("float32", "bfloat16", "float16")
+
+MAX_EXCLUDED_MASS = 0.01  # probability a side may put on vocabulary rows the other side does not have
 
 DEFAULT_SEED = 20240221  # the default token sequence is the same on every run and every machine
 MIN_DEFAULT_TOKENS = 32
@@ -75,7 +83,7 @@ def parse_tokens(text: str) -> list[int]:
 
 def check_compatible(a: Checkpoint, b: Checkpoint) -> None:
     """A and B must have the same shape of computation to be compared position by position."""
-    fields = ("num_layers", "hidden_size", "vocab_size")
+    fields = ("num_layers", "hidden_size")  # vocabularies may differ: compared over their shared rows
     diffs = [f"{f} {getattr(a.spec, f)} vs {getattr(b.spec, f)}" for f in fields
              if getattr(a.spec, f) != getattr(b.spec, f)]
     if diffs:
@@ -111,8 +119,13 @@ METRIC_CHUNK_ELEMENTS = 1 << 23  # logits compared a block of positions at a tim
 
 
 def logits_metrics(la: Any, lb: Any, tie: float | None = None) -> dict[str, float]:
-    """Logits [B, T, V] of A and B -> the JSON `logits` object. KL(A || B) per position, averaged.
-    With `tie` (in logits), also the top-1 agreement over positions where A is not tied within `tie`.
+    """Logits [B, T, Va] of A and [B, T, Vb] of B -> the JSON `logits` object. KL(A || B) per position,
+    averaged. With `tie` (in logits), also the top-1 agreement over positions where A is not tied within `tie`.
+
+    Differences and KL are over the V = min(Va, Vb) rows both sides have (each side's distribution
+    renormalised over them); top-1 and top-5 over every row. When Va != Vb, `vocab_compared` and
+    `excluded_mass_a` / `excluded_mass_b` (the most probability a side puts, at any position, on the rows the
+    other lacks) are added.
 
     Computed a block of positions at a time, in float64 for the softmaxes and the sums, so that the memory it
     takes does not grow with the sequence: the default sequence for Gemma 2 (4,104 positions) over a
@@ -120,15 +133,17 @@ def logits_metrics(la: Any, lb: Any, tie: float | None = None) -> dict[str, floa
     that."""
     import torch
 
-    v = la.shape[-1]
-    fa, fb = la.reshape(-1, v), lb.reshape(-1, v)
+    va, vb = la.shape[-1], lb.shape[-1]
+    v = min(va, vb)
+    fa, fb = la.reshape(-1, va), lb.reshape(-1, vb)
     rows = fa.shape[0]
-    step = max(1, METRIC_CHUNK_ELEMENTS // max(1, v))
+    step = max(1, METRIC_CHUNK_ELEMENTS // max(1, va, vb))
     k = min(5, v)
-    maxima = []
+    maxima, excluded_a, excluded_b = [], [], []
     sum_abs = kl = top1 = overlap = outside = 0.0
     for start in range(0, rows, step):
-        a, b = fa[start:start + step], fb[start:start + step]
+        full_a, full_b = fa[start:start + step], fb[start:start + step]
+        a, b = full_a[:, :v], full_b[:, :v]
         diff = (a - b).abs()
         maxima.append(diff.max())
         sum_abs += float(diff.double().sum())
@@ -137,13 +152,21 @@ def logits_metrics(la: Any, lb: Any, tie: float | None = None) -> dict[str, floa
         pb = torch.log_softmax(b.double(), dim=-1)
         kl += float((pa.exp() * (pa - pb)).sum())
         del pa, pb
-        top1 += float((a.argmax(-1) == b.argmax(-1)).double().sum())
-        ta, tb = a.topk(k, dim=-1).indices, b.topk(k, dim=-1).indices
+        for full, shared, out in ((full_a, a, excluded_a), (full_b, b, excluded_b)):
+            if full.shape[-1] > v:  # 1 - P(shared rows), from the log-sum-exps
+                lost = -torch.expm1(torch.logsumexp(shared.double(), -1) - torch.logsumexp(full.double(), -1))
+                out.append(lost.max())
+        best_a, best_b = full_a.argmax(-1), full_b.argmax(-1)  # an id only one side has never agrees
+        top1 += float((best_a == best_b).double().sum())
+        ta, tb = full_a.topk(k, dim=-1).indices, full_b.topk(k, dim=-1).indices
         overlap += float((ta[:, :, None] == tb[:, None, :]).any(-1).double().sum() / k)
         if tie is not None:
             # How much A prefers its own top-1 over B's pick; agreement counts every gap within the tie.
-            gap = a.max(-1).values - a.gather(-1, b.argmax(-1, keepdim=True)).squeeze(-1)
-            outside += float((gap <= tie).double().sum())
+            # A pick of B's that A does not have is a disagreement.
+            has = best_b < va
+            picked = full_a.gather(-1, torch.where(has, best_b, 0)[:, None]).squeeze(-1)
+            gap = full_a.max(-1).values - picked
+            outside += float(((gap <= tie) & has).double().sum())
     kl /= rows
     out = {"max_abs_diff": float(torch.stack(maxima).max()),  # NaN in any block stays NaN
            "mean_abs_diff": sum_abs / (rows * v),
@@ -151,6 +174,10 @@ def logits_metrics(la: Any, lb: Any, tie: float | None = None) -> dict[str, floa
            "top1_agreement": top1 / rows, "top5_overlap": overlap / rows}
     if tie is not None:
         out["top1_agreement_outside_ties"] = outside / rows
+    if va != vb:
+        out["vocab_compared"] = v
+        out["excluded_mass_a"] = float(torch.stack(excluded_a).max()) if excluded_a else 0.0
+        out["excluded_mass_b"] = float(torch.stack(excluded_b).max()) if excluded_b else 0.0
     return out
 
 
@@ -255,6 +282,10 @@ def parity(a: Checkpoint | str, b: Checkpoint | str, runtime_a: str = "auto", ru
         logits = logits_metrics(ra.logits, rb.logits, tie)
         logits_ok = (logits["top1_agreement_outside_ties"] >= tol["min_top1_agreement"]
                      and logits["kl_divergence"] <= tol["max_kl_divergence"])
+    if "vocab_compared" in logits:
+        tol["max_excluded_mass"] = MAX_EXCLUDED_MASS
+        logits_ok = (logits_ok and logits["excluded_mass_a"] <= MAX_EXCLUDED_MASS
+                     and logits["excluded_mass_b"] <= MAX_EXCLUDED_MASS)  # (a NaN fails)
     first = next((r["index"] for r in layers if r["status"] != "ok"), None)
     if first is None and not logits_ok:
         first = n  # only the output differs: the final norm / output projection / final soft cap
@@ -267,6 +298,8 @@ def parity(a: Checkpoint | str, b: Checkpoint | str, runtime_a: str = "auto", ru
         "device": dev,
         "dtype": dtype,
         "tokens": ids,
+        "vocab": {"a": int(ra.logits.shape[-1]), "b": int(rb.logits.shape[-1]),
+                  "compared": int(min(ra.logits.shape[-1], rb.logits.shape[-1]))},
         "logits": logits,
         "layers": layers,
         "first_divergent_layer": first,

@@ -331,6 +331,10 @@ def render_diff(console: Console, result: dict[str, Any]) -> None:
         if hidden:
             tt.add_row(f"... {hidden} more (see --json)", *[""] * (len(tt.columns) - 1))
         console.print(tt)
+    for r in result["tensors"]:
+        if "shared_rows" in r:
+            console.print(f"{escape(r['name'])}: A has {r['shape_a'][0]:,} rows, B {r['shape_b'][0]:,}; the "
+                          f"{r['shared_rows']:,} rows both have: max |A-B| {fmt_float(r['shared_rows_max_abs_diff'])}")
     pairs = sorted({(r["dtype_a"], r["dtype_b"]) for r in result["tensors"]
                     if r["dtype_a"] and r["dtype_b"] and r["dtype_a"] != r["dtype_b"]})
     for da, db in pairs:
@@ -410,6 +414,12 @@ def render_parity(console: Console, result: dict[str, Any]) -> None:
     if "top1_agreement_outside_ties" in lg:
         line += f" ({100 * lg['top1_agreement_outside_ties']:.1f}% outside ties)"
     console.print(line + f", top-5 overlap {100 * lg['top5_overlap']:.1f}%")
+    if "vocab_compared" in lg:
+        voc = result["vocab"]
+        console.print(f"[bold]Vocabulary[/bold]: A has {voc['a']:,} rows, B {voc['b']:,}: differences and KL over "
+                      f"the {voc['compared']:,} both have; probability on the rows only one side has: at most "
+                      f"{fmt_float(max(lg['excluded_mass_a'], lg['excluded_mass_b']))} "
+                      f"(limit {tol.get('max_excluded_mass', 0):g})")
     if tol.get("mode", result["dtype"]) == "float32":
         console.print(f"[bold]Tolerance[/bold] (float32): max|A-B| <= {tol['atol']:g} x max|A| for every hidden "
                       f"state and the logits (logits: {fmt_float(tol.get('logits_max_abs_diff'))})")

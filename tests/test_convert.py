@@ -335,6 +335,39 @@ def test_diff_missing_and_shape_mismatch_and_spec_fields(tiny_models):
     assert statuses["model.layers.2.self_attn.q_proj.weight"] == "missing_a"
 
 
+def test_diff_compares_the_shared_rows_of_vocabularies_of_different_sizes(tiny_models, tmp_path):
+    """An HF Gemma 3 with 64 rows beyond its tokenizer (as released) against the same weights without them, in
+    HF, Keras and GGUF: a shape mismatch that says how the rows both have compare."""
+    import dataclasses
+
+    from gemma_inspect import tiny
+
+    spec, w = tiny_models.spec("gemma3"), dict(tiny_models.weights("gemma3"))
+    emb = w["model.embed_tokens.weight"]
+    w["model.embed_tokens.weight"] = np.concatenate([emb, np.ones((64, emb.shape[1]), np.float32)])
+    big = tiny.write_hf(dataclasses.replace(spec, vocab_size=spec.vocab_size + 64), w, str(tmp_path / "big"))
+    gguf = convert(tiny_models.get("gemma3", "hf"), str(tmp_path / "small.gguf"), "gguf")
+    assert gguf.exit_code == 0
+    for small in (tiny_models.get("gemma3", "hf"), tiny_models.get("gemma3", "keras"), str(tmp_path / "small.gguf")):
+        r = run("diff", big, small, "--json", "--atol", "1e-6", ok=False)  # GGUF norms: w + 1 - 1 in float32
+        assert r.exit_code == 1
+        result = json.loads(r.output)
+        assert {"field": "vocab_size", "a": 448, "b": 384} in result["spec_differences"]
+        row = next(t for t in result["tensors"] if t["name"] == "model.embed_tokens.weight")
+        assert (row["status"], row["shared_rows"], row["shared_rows_max_abs_diff"]) == ("shape_mismatch", 384, 0.0)
+        assert result["counts"]["equal"] + result["counts"]["close"] == len(result["tensors"]) - 1
+    emb2 = w["model.embed_tokens.weight"].copy()
+    emb2[7, 3] += 0.25
+    w["model.embed_tokens.weight"] = emb2
+    edited = tiny.write_hf(dataclasses.replace(spec, vocab_size=448), w, str(tmp_path / "edited"))
+    human = run("diff", tiny_models.get("gemma3", "hf"), edited, ok=False).output
+    assert ("model.embed_tokens.weight: A has 384 rows, B 448; the 384 rows both have: max |A-B| 0.250"
+            in " ".join(human.split()))
+    # Only vocabulary-indexed tensors get a row comparison (K/V projections of MQA vs MHA do not).
+    r = run("diff", tiny_models.get("gemma", "hf"), tiny_models.get("gemma-mha", "hf"), "--json", ok=False)
+    assert not any("shared_rows" in t for t in json.loads(r.output)["tensors"])
+
+
 # ----------------------------------------------------------------------------- multimodal Gemma 3
 def test_multimodal_gemma3_converts_its_text_decoder(tiny_models, tmp_path):
     from gemma_inspect.tiny import write_hf_multimodal_gemma3

@@ -240,6 +240,70 @@ def test_logits_metrics_keep_nan_visible(monkeypatch):
     assert math.isnan(got["max_abs_diff"]) and math.isnan(got["kl_divergence"])
 
 
+def test_logits_metrics_over_vocabularies_of_different_sizes():
+    """B has 3 rows more than A: differences and KL over the shared rows; an argmax on a row only B has is a
+    disagreement; the probability B puts on its extra rows is reported."""
+    import math
+
+    import torch
+
+    from gemma_inspect.parity import logits_metrics
+
+    la = torch.tensor([[[2.0, 0.0, 0.0, 0.0], [0.0, 3.0, 0.0, 0.0]]])
+    extra = torch.tensor([[[-50.0, -50.0, -50.0], [5.0, -50.0, -50.0]]])
+    lb = torch.cat([la, extra], -1)  # the same shared logits; position 1's best token is row 4, which A lacks
+    m = logits_metrics(la, lb, tie=0.1)
+    assert (m["max_abs_diff"], m["mean_abs_diff"], m["kl_divergence"]) == (0.0, 0.0, 0.0)
+    assert m["top1_agreement"] == 0.5 and m["top1_agreement_outside_ties"] == 0.5
+    assert m["vocab_compared"] == 4 and m["excluded_mass_a"] == 0.0
+    z = math.exp(3) + 3 + math.exp(5) + 2 * math.exp(-50)  # position 1 of B
+    assert m["excluded_mass_b"] == pytest.approx((math.exp(5) + 2 * math.exp(-50)) / z, rel=1e-12)
+    assert set(logits_metrics(la, la)) == LOGIT_KEYS  # equal vocabularies: no extra keys
+
+
+def _with_extra_rows(tiny_models, tmp_path, rows, name):
+    """The gemma3 fixture's weights with 64 rows appended to the (tied) embedding, as the HF Gemma 3 releases
+    have beyond their tokenizer, written by transformers."""
+    import dataclasses
+
+    import numpy as np
+
+    spec = tiny_models.spec("gemma3")
+    w = dict(random_weights(spec, 0))
+    w["model.embed_tokens.weight"] = np.concatenate([w["model.embed_tokens.weight"], rows]).astype(np.float32)
+    return write_hf(dataclasses.replace(spec, vocab_size=spec.vocab_size + 64), w, str(tmp_path / name),
+                    tiny_models.spm)
+
+
+def test_parity_across_vocabulary_sizes(tiny_models, tmp_path):
+    """Gemma 3 as llama.cpp stores it (the out-of-vocabulary rows dropped) against the checkpoint with them:
+    it holds when the extra rows take no probability, and fails at the output when they do."""
+    import numpy as np
+
+    from gemma_inspect.runtimes import run
+
+    a = load(tiny_models.get("gemma3", "hf"))
+    ids = default_tokens(a)
+    h = run(a, ids, "reference", "cpu").hidden_states[-1][0].double().numpy()  # [T, d] after the final norm
+    row = np.linalg.lstsq(h, np.full(len(ids), -40.0), rcond=None)[0]  # a row whose logit is -40 everywhere
+    quiet = _with_extra_rows(tiny_models, tmp_path, np.tile(row, (64, 1)), "extra-quiet")
+    r = parity(a, load(quiet), "transformers", "transformers", "cpu", "float32")
+    assert r["passed"] is True and r["first_divergent_layer"] is None
+    assert r["vocab"] == {"a": 384, "b": 448, "compared": 384}
+    assert r["logits"]["max_abs_diff"] == 0.0 and r["logits"]["top1_agreement"] == 1.0
+    assert r["logits"]["excluded_mass_a"] == 0.0 and r["logits"]["excluded_mass_b"] < 1e-12
+    assert r["tolerance"]["max_excluded_mass"] == 0.01
+    zero = _with_extra_rows(tiny_models, tmp_path, np.zeros((64, a.spec.hidden_size)), "extra-zero")
+    r = parity(load(zero), a, "reference", "transformers", "cpu", "float32")
+    assert r["passed"] is False and r["first_divergent_layer"] == a.spec.num_layers  # only the output differs
+    assert all(row["status"] == "ok" for row in r["layers"])
+    assert r["logits"]["excluded_mass_a"] == pytest.approx(0.101, abs=0.001)  # 64 logits of 0 in a tiny model
+    text = CliRunner().invoke(main, ["parity", zero, tiny_models.get("gemma3", "hf")])
+    assert text.exit_code == 1
+    assert ("Vocabulary: A has 448 rows, B 384: differences and KL over the 384 both have; probability on the "
+            "rows only one side has: at most 0.101 (limit 0.01)") in " ".join(text.stdout.split())
+
+
 # ----------------------------------------------------------------------------- inputs and tokenizers
 def test_default_tokens_are_fixed_and_longer_than_the_window(tiny_models):
     ckpt = load(tiny_models.get("gemma3", "hf"))
