@@ -12,6 +12,7 @@ import struct
 import pytest
 from click.testing import CliRunner
 
+from files import edit_json
 from gemma_inspect.cli import main
 from gemma_inspect.formats import EXPECTED
 
@@ -33,14 +34,6 @@ def summary_fails(path: str) -> str:
     msg = fail("summary", path)
     assert fail("compare", "gemma-2b", path) == msg
     return msg
-
-
-def edit_json(path: str, edit) -> None:
-    with open(path) as f:
-        obj = json.load(f)
-    edit(obj)
-    with open(path, "w") as f:
-        json.dump(obj, f)
 
 
 def write_safetensors(path: str, header: bytes | dict, data: bytes = b"", hlen: int | None = None) -> str:

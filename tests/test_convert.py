@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from files import edit_json
 from gemma_inspect.cli import main
 from gemma_inspect.formats import load
 from gemma_inspect.tokenizer import PARITY_TEXTS
@@ -225,11 +226,7 @@ def test_source_without_tokenizer_converts_weights_and_says_so(tiny_models, tmp_
 # ----------------------------------------------------------------------------- refusals and bad input
 def _hf_with(tiny_models, copy_dir, family: str, **changes) -> str:
     path = copy_dir(tiny_models.get(family, "hf"))
-    with open(os.path.join(path, "config.json")) as f:
-        cfg = json.load(f)
-    cfg.update(changes)
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(cfg, f)
+    edit_json(os.path.join(path, "config.json"), lambda cfg: cfg.update(changes))
     return path
 
 

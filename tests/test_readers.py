@@ -12,6 +12,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from files import edit_json
 from gemma_inspect import load
 from gemma_inspect.checkpoint import expected_tensors
 from gemma_inspect.errors import InputError
@@ -37,14 +38,6 @@ def assert_bit_identical(ckpt, expected: dict[str, np.ndarray], dtype: str) -> N
         assert got.dtype == want.dtype, name
         assert got.shape == want.shape == tuple(ref.shape), name
         assert got.tobytes() == want.tobytes(), name
-
-
-def _edit_json(path: str, edit) -> None:
-    with open(path) as f:
-        obj = json.load(f)
-    edit(obj)
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2)
 
 
 # --------------------------------------------------------------------------- every family, format, dtype
@@ -137,7 +130,7 @@ def test_keras_nlp_preset_still_loads(tiny_models, copy_dir, family):
         cfg["registered_name"] = f"keras_nlp>{cls}"
         cfg["module"] = module
 
-    _edit_json(os.path.join(path, "config.json"), edit)
+    edit_json(os.path.join(path, "config.json"), edit)
     ckpt, orig = load(path), load(src)
     assert ckpt.format == "keras"
     assert ckpt.spec == orig.spec
@@ -175,7 +168,7 @@ def _old_spelling(family: str):
 def test_old_config_spellings_give_the_same_spec(tiny_models, copy_dir, family):
     src = tiny_models.get(family, "hf", "bfloat16", tokenizer=False)
     path = copy_dir(src)
-    _edit_json(os.path.join(path, "config.json"), _old_spelling(family))
+    edit_json(os.path.join(path, "config.json"), _old_spelling(family))
     with open(os.path.join(path, "config.json")) as f:
         cfg = json.load(f)
     assert "dtype" not in cfg and "rope_parameters" not in cfg and "layer_types" not in cfg
@@ -192,19 +185,19 @@ def test_gemma3_old_rope_scaling_with_type_key(tiny_models, copy_dir):
         cfg["rope_scaling"] = {"type": "linear", "factor": 8}
         del cfg["sliding_window_pattern"]  # transformers' default pattern is 6
 
-    _edit_json(os.path.join(path, "config.json"), edit)
+    edit_json(os.path.join(path, "config.json"), edit)
     assert load(path).spec == tiny_spec("gemma3")
 
 
 def test_gemma2_hidden_act_only(tiny_models, copy_dir):
     path = copy_dir(tiny_models.get("gemma2", "hf", tokenizer=False))
-    _edit_json(os.path.join(path, "config.json"), lambda c: c.pop("hidden_activation"))
+    edit_json(os.path.join(path, "config.json"), lambda c: c.pop("hidden_activation"))
     assert load(path).spec.activation == "gelu_tanh"
 
 
 def test_config_without_dtype_uses_the_tensor_dtype_and_says_so(tiny_models, copy_dir):
     path = copy_dir(tiny_models.get("gemma2", "hf", "bfloat16", tokenizer=False))
-    _edit_json(os.path.join(path, "config.json"), lambda c: c.pop("dtype"))
+    edit_json(os.path.join(path, "config.json"), lambda c: c.pop("dtype"))
     ckpt = load(path)
     assert ckpt.spec.dtype == "bfloat16"
     assert ckpt.notes == ["config.json declares no dtype; using the tensors' bfloat16"]
@@ -217,7 +210,7 @@ def test_hf_layer_types_explicit_override_the_pattern(tiny_models, copy_dir):
     def edit(cfg):
         cfg["layer_types"] = types
 
-    _edit_json(os.path.join(path, "config.json"), edit)
+    edit_json(os.path.join(path, "config.json"), edit)
     assert load(path).spec.global_layers == tuple(range(7))
 
 
@@ -256,7 +249,7 @@ def test_multimodal_gemma3_reads_the_text_decoder(multimodal_gemma3, tiny_models
 # --------------------------------------------------------------------------- config vs tensors
 def test_hf_config_that_disagrees_with_its_tensors(tiny_models, copy_dir):
     path = copy_dir(tiny_models.get("gemma2", "hf", tokenizer=False))
-    _edit_json(os.path.join(path, "config.json"), lambda c: c.update(num_key_value_heads=1))
+    edit_json(os.path.join(path, "config.json"), lambda c: c.update(num_key_value_heads=1))
     with pytest.raises(InputError) as e:
         load(path)
     assert str(e.value) == (
@@ -266,7 +259,7 @@ def test_hf_config_that_disagrees_with_its_tensors(tiny_models, copy_dir):
 
 def test_sharded_hf_config_that_disagrees_with_its_tensors(tiny_models, copy_dir):
     path = copy_dir(tiny_models.get("gemma3", "hf", tokenizer=False, shard=True))
-    _edit_json(os.path.join(path, "config.json"), lambda c: c.update(intermediate_size=128))
+    edit_json(os.path.join(path, "config.json"), lambda c: c.update(intermediate_size=128))
     with pytest.raises(InputError) as e:
         load(path)
     assert str(e.value) == (
@@ -276,7 +269,7 @@ def test_sharded_hf_config_that_disagrees_with_its_tensors(tiny_models, copy_dir
 
 def test_keras_config_that_disagrees_with_its_tensors(tiny_models, copy_dir):
     path = copy_dir(tiny_models.get("gemma2", "keras", tokenizer=False))
-    _edit_json(os.path.join(path, "config.json"), lambda c: c["config"].update(num_key_value_heads=1))
+    edit_json(os.path.join(path, "config.json"), lambda c: c["config"].update(num_key_value_heads=1))
     with pytest.raises(InputError) as e:
         load(path)
     assert str(e.value) == (
@@ -286,7 +279,7 @@ def test_keras_config_that_disagrees_with_its_tensors(tiny_models, copy_dir):
 
 def test_keras_config_that_contradicts_itself_names_the_config(tiny_models, copy_dir):
     path = copy_dir(tiny_models.get("gemma2", "keras", tokenizer=False))
-    _edit_json(os.path.join(path, "config.json"), lambda c: c["config"].update(num_key_value_heads=3))
+    edit_json(os.path.join(path, "config.json"), lambda c: c["config"].update(num_key_value_heads=3))
     with pytest.raises(InputError) as e:
         load(path)
     assert str(e.value) == (f"{path}/config.json: inconsistent config: num_attention_heads 4 is not a "
@@ -295,7 +288,7 @@ def test_keras_config_that_contradicts_itself_names_the_config(tiny_models, copy
 
 def test_hf_config_that_contradicts_itself_names_the_config(tiny_models, copy_dir):
     path = copy_dir(tiny_models.get("gemma2", "hf", tokenizer=False))
-    _edit_json(os.path.join(path, "config.json"), lambda c: c.update(num_key_value_heads=3))
+    edit_json(os.path.join(path, "config.json"), lambda c: c.update(num_key_value_heads=3))
     with pytest.raises(InputError) as e:
         load(path)
     assert str(e.value) == (f"{path}/config.json: inconsistent config: num_attention_heads 4 is not a "

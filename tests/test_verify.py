@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from files import edit_json
 from gemma_inspect import load
 from gemma_inspect.checkpoint import NORM_ROLES, Checkpoint, parse_canonical
 from gemma_inspect.cli import main
@@ -73,11 +74,7 @@ def _write(tiny_models, path, family: str, edit=None, config=None, **spec_change
         edit(w)
     out = write_hf(spec, w, str(path), tiny_models.spm)
     if config:
-        with open(os.path.join(out, "config.json")) as f:
-            cfg = json.load(f)
-        config(cfg)
-        with open(os.path.join(out, "config.json"), "w") as f:
-            json.dump(cfg, f)
+        edit_json(os.path.join(out, "config.json"), config)
     return out
 
 

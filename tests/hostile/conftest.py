@@ -160,18 +160,6 @@ def sweep(fmt: str, root: str, variants: Iterable[Variant], scratch: str,
     return results
 
 
-@pytest.fixture
-def writable(tmp_path: Any) -> Callable[[str], str]:
-    """A writable copy of a checkpoint (file or directory) under tmp_path."""
-
-    def copy(src: str, name: str = "ckpt") -> str:
-        dst = str(tmp_path / name)
-        (shutil.copytree if os.path.isdir(src) else shutil.copyfile)(src, dst)
-        return dst
-
-    return copy
-
-
 # With pytest-xdist the tallies live in the workers: each worker writes its own, the controller adds them up.
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:

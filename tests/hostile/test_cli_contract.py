@@ -102,45 +102,45 @@ def scratch(tmp_path):
     return str(tmp_path)
 
 
-def test_safetensors_and_hf_index(tiny_models, writable, scratch):
-    root = writable(tiny_models.get("gemma2", "hf", tokenizer=False), "hf")
+def test_safetensors_and_hf_index(tiny_models, copy_dir, scratch):
+    root = copy_dir(tiny_models.get("gemma2", "hf", tokenizer=False), "hf")
     good = tiny_models.get("gemma2", "hf", tokenizer=False)
     assert check_cli("safetensors (single)", root, good, spread(hf_variants(root, 8, 101), PER_FORMAT), scratch) > 6
-    root = writable(tiny_models.get("gemma3", "hf", tokenizer=False, shard=True), "hf-sharded")
+    root = copy_dir(tiny_models.get("gemma3", "hf", tokenizer=False, shard=True), "hf-sharded")
     good = tiny_models.get("gemma3", "hf", tokenizer=False, shard=True)
     assert check_cli("safetensors (sharded) + index", root, good,
                      spread(hf_sharded_variants(root, 8, 102), PER_FORMAT), scratch) > 6
 
 
-def test_keras_h5(tiny_models, writable, scratch):
-    root = writable(tiny_models.get("gemma2", "keras"), "keras")
+def test_keras_h5(tiny_models, copy_dir, scratch):
+    root = copy_dir(tiny_models.get("gemma2", "keras"), "keras")
     good = tiny_models.get("gemma2", "keras")
     assert check_cli("keras h5 (single)", root, good, spread(keras_variants(root, scratch, 8, 103), PER_FORMAT),
                      scratch) > 4
-    root = writable(tiny_models.get("gemma2", "keras", tokenizer=False, shard=True), "keras-sharded")
+    root = copy_dir(tiny_models.get("gemma2", "keras", tokenizer=False, shard=True), "keras-sharded")
     good = tiny_models.get("gemma2", "keras", tokenizer=False, shard=True)
     assert check_cli("keras h5 (sharded) + index", root, good,
                      spread(keras_sharded_variants(root, scratch, 8, 104), PER_FORMAT), scratch) > 4
 
 
-def test_gguf_and_ckpt(tiny_models, writable, scratch):
+def test_gguf_and_ckpt(tiny_models, copy_dir, scratch):
     from gemma_inspect.convert import convert
 
     good = convert(tiny_models.get("gemma2"), os.path.join(scratch, "good.gguf"), "gguf")["dest"]
-    root = writable(good, "model.gguf")
+    root = copy_dir(good, "model.gguf")
     with open(root, "rb") as f:
         data = f.read()
     assert check_cli("gguf", root, good, spread(gguf_variants("", data, random.Random(105), 8, 30), PER_FORMAT),
                      scratch) > 6
     good = convert(tiny_models.get("gemma2"), os.path.join(scratch, "good.ckpt"), "gemma-pytorch")["dest"]
-    root = writable(good, "model.ckpt")
+    root = copy_dir(good, "model.ckpt")
     assert check_cli("gemma_pytorch .ckpt", root, good, spread(ckpt_variants(root, scratch, 8, 106), PER_FORMAT),
                      scratch) > 6
 
 
-def test_tokenizer_and_config(tiny_models, writable, scratch):
+def test_tokenizer_and_config(tiny_models, copy_dir, scratch):
     good = tiny_models.get("gemma2", "hf")
-    root = writable(good, "hf")
+    root = copy_dir(good, "hf")
     with open(os.path.join(root, "tokenizer.model"), "rb") as f:
         spm = f.read()
     assert check_cli("tokenizer.model", root, good,

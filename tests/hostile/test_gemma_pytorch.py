@@ -18,6 +18,8 @@ import torch
 
 from gemma_inspect.convert import convert
 
+from files import read_bytes
+
 from .conftest import sweep
 from .variants import Variant, flips, json_variants, tree_variants, truncations
 
@@ -31,11 +33,6 @@ def ckpt_file(tiny_models, tmp_path_factory):
     dest = str(tmp_path_factory.mktemp("hostile-ckpt") / "gemma2.ckpt")
     convert(tiny_models.get("gemma2"), dest, "gemma-pytorch")
     return dest
-
-
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def _saved(obj: object) -> bytes:
@@ -159,7 +156,7 @@ def crafted_pickles() -> list[tuple[str, bytes]]:
 
 def single_variants(path: str, scratch: str, n: int, seed: int) -> list[Variant]:
     rng = random.Random(seed)
-    data = _read(path)
+    data = read_bytes(path)
     structure, records = zip_regions(data)
     out = truncations("", data, rng, n, [4, 30, structure[-1] - 22, len(data) - 22])
     for _ in range(2 * n):
@@ -180,21 +177,21 @@ def single_variants(path: str, scratch: str, n: int, seed: int) -> list[Variant]
     return out
 
 
-def test_ckpt(ckpt_file, writable, tmp_path):
-    path = writable(ckpt_file, "model.ckpt")
+def test_ckpt(ckpt_file, copy_dir, tmp_path):
+    path = copy_dir(ckpt_file, "model.ckpt")
     sweep("gemma_pytorch .ckpt", path, single_variants(path, str(tmp_path), N, 31), str(tmp_path))
 
 
 def sharded_variants(root: str, n: int, seed: int) -> list[Variant]:
     rng = random.Random(seed)
     index_name = "pytorch_model.bin.index.json"
-    index = json.loads(_read(os.path.join(root, index_name)))
+    index = json.loads(read_bytes(os.path.join(root, index_name)))
     shards = sorted(set(index["weight_map"].values()))
     out = []
     for shard in shards:
-        out += truncations(shard, _read(os.path.join(root, shard)), rng, max(3, n // 4))
+        out += truncations(shard, read_bytes(os.path.join(root, shard)), rng, max(3, n // 4))
         out += tree_variants(shard, os.path.join(os.path.dirname(root), "outside"))
-    out += json_variants(index_name, _read(os.path.join(root, index_name)), rng, n, values_per_key=5, depth=1)
+    out += json_variants(index_name, read_bytes(os.path.join(root, index_name)), rng, n, values_per_key=5, depth=1)
     first = next(iter(index["weight_map"]))
     for target in ("/etc/passwd", "../" + shards[0], "", index_name, ".", "\x00", "missing.bin"):
         ix = json.loads(json.dumps(index))

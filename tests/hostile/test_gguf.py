@@ -10,6 +10,8 @@ import pytest
 
 from gemma_inspect.convert import WriteOptions, convert
 
+from files import read_bytes
+
 from .conftest import sweep
 from .variants import gguf_variants
 
@@ -27,27 +29,22 @@ def gguf_files(tiny_models, tmp_path_factory):
     return out
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
 @pytest.mark.parametrize("dtype", ("float32", "q8_0"))
-def test_gguf(gguf_files, writable, tmp_path, dtype):
-    path = writable(gguf_files[dtype], "model.gguf")
-    variants = gguf_variants("", _read(path), random.Random(21), N, fields_per_run=N)
+def test_gguf(gguf_files, copy_dir, tmp_path, dtype):
+    path = copy_dir(gguf_files[dtype], "model.gguf")
+    variants = gguf_variants("", read_bytes(path), random.Random(21), N, fields_per_run=N)
     sweep(f"gguf ({dtype})", path, variants, str(tmp_path))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(22, 25))
-def test_larger_sweep(gguf_files, writable, tmp_path, seed):
+def test_larger_sweep(gguf_files, copy_dir, tmp_path, seed):
     for dtype, src in gguf_files.items():
-        path = writable(src, f"model-{dtype}.gguf")
-        sweep(f"gguf ({dtype})", path, gguf_variants("", _read(path), random.Random(seed), 150, 400), str(tmp_path))
+        path = copy_dir(src, f"model-{dtype}.gguf")
+        sweep(f"gguf ({dtype})", path, gguf_variants("", read_bytes(path), random.Random(seed), 150, 400), str(tmp_path))
 
 
-def test_absurd_block_count_is_refused_before_per_layer_tables(gguf_files, writable):
+def test_absurd_block_count_is_refused_before_per_layer_tables(gguf_files, copy_dir):
     """Found by the slow sweep: one flipped byte made block_count 9,043,975, and building the per-layer tables
     of that many layers ran for minutes."""
     import struct
@@ -57,8 +54,8 @@ def test_absurd_block_count_is_refused_before_per_layer_tables(gguf_files, writa
 
     from .variants import gguf_fields
 
-    path = writable(gguf_files["q8_0"], "model.gguf")
-    data = bytearray(_read(path))
+    path = copy_dir(gguf_files["q8_0"], "model.gguf")
+    data = bytearray(read_bytes(path))
     fields, _ = gguf_fields(bytes(data))
     at = next(offset for label, offset, _ in fields if label == "value type of gemma3.block_count") + 4
     struct.pack_into("<I", data, at, 9_043_975)

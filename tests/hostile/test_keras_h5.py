@@ -14,8 +14,10 @@ from typing import Callable
 import numpy as np
 import pytest
 
+from files import read_bytes
+
 from .conftest import sweep
-from .variants import Variant, json_variants, truncations, tree_variants
+from .variants import Variant, json_variants, tree_variants, truncations
 
 N = 24
 WEIGHTS = "model.weights.h5"
@@ -27,18 +29,13 @@ GATE = "layers/gemma_decoder_block_1/gating_ffw/vars/0"
 
 
 @pytest.fixture
-def keras_single(tiny_models, writable):
-    return writable(tiny_models.get("gemma2", "keras"), "keras")
+def keras_single(tiny_models, copy_dir):
+    return copy_dir(tiny_models.get("gemma2", "keras"), "keras")
 
 
 @pytest.fixture
-def keras_sharded(tiny_models, writable):
-    return writable(tiny_models.get("gemma2", "keras", tokenizer=False, shard=True), "keras-sharded")
-
-
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+def keras_sharded(tiny_models, copy_dir):
+    return copy_dir(tiny_models.get("gemma2", "keras", tokenizer=False, shard=True), "keras-sharded")
 
 
 def structure_positions(path: str) -> list[int]:
@@ -168,13 +165,13 @@ def edited(file: str, src: str, scratch: str, edit: Callable[[object], None]) ->
     shutil.copyfile(src, tmp)
     with h5py.File(tmp, "a", libver="latest") as f:  # "latest" allows attributes over 64 KB
         edit(f)
-    return _read(tmp)
+    return read_bytes(tmp)
 
 
 def single_variants(root: str, scratch: str, n: int, seed: int) -> list[Variant]:
     rng = random.Random(seed)
     path = os.path.join(root, WEIGHTS)
-    data = _read(path)
+    data = read_bytes(path)
     structure = structure_positions(path)
     out = truncations(WEIGHTS, data, rng, n, [0, 8, 512, 2048, structure[-1]])
     for _ in range(3 * n):  # most structure bytes are free space; flip many
@@ -196,11 +193,11 @@ def single_variants(root: str, scratch: str, n: int, seed: int) -> list[Variant]
 def sharded_variants(root: str, scratch: str, n: int, seed: int) -> list[Variant]:
     rng = random.Random(seed)
     index_name = "model.weights.json"
-    index = json.loads(_read(os.path.join(root, index_name)))
+    index = json.loads(read_bytes(os.path.join(root, index_name)))
     shards = sorted(set(index["weight_map"].values()))
     out: list[Variant] = []
     for shard in (shards[0], shards[-1]):
-        data = _read(os.path.join(root, shard))
+        data = read_bytes(os.path.join(root, shard))
         out += truncations(shard, data, rng, max(4, n // 3))
         structure = structure_positions(os.path.join(root, shard))
         for _ in range(n):
@@ -209,7 +206,7 @@ def sharded_variants(root: str, scratch: str, n: int, seed: int) -> list[Variant
             b[pos] ^= x
             out.append(Variant(f"{shard}: structure byte {pos} ^= {x:#04x}", shard, bytes(b), must_fail=False))
         out += tree_variants(shard, os.path.join(os.path.dirname(root), "outside"))
-    out += json_variants(index_name, _read(os.path.join(root, index_name)), rng, n, values_per_key=5, depth=1)
+    out += json_variants(index_name, read_bytes(os.path.join(root, index_name)), rng, n, values_per_key=5, depth=1)
     groups = list(index["weight_map"])
 
     def with_map(label: str, edit: Callable[[dict], None], must_fail: bool = True) -> None:

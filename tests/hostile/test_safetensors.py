@@ -9,6 +9,8 @@ import random
 
 import pytest
 
+from files import read_bytes
+
 from .conftest import sweep
 from .variants import Variant, json_variants, safetensors_variants, tree_variants
 
@@ -16,37 +18,32 @@ N = 16  # seeded draws per generator in the default run; the slow sweep draws mo
 
 
 @pytest.fixture
-def hf_single(tiny_models, writable):
+def hf_single(tiny_models, copy_dir):
     # Gemma 1: its HF names differ from the canonical ones (post_attention_layernorm), a path of its own.
-    return writable(tiny_models.get("gemma", "hf", tokenizer=False), "hf")
+    return copy_dir(tiny_models.get("gemma", "hf", tokenizer=False), "hf")
 
 
 @pytest.fixture
-def hf_sharded(tiny_models, writable):
-    return writable(tiny_models.get("gemma3", "hf", tokenizer=False, shard=True), "hf-sharded")
-
-
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+def hf_sharded(tiny_models, copy_dir):
+    return copy_dir(tiny_models.get("gemma3", "hf", tokenizer=False, shard=True), "hf-sharded")
 
 
 def single_variants(root: str, n: int, seed: int) -> list[Variant]:
     rng = random.Random(seed)
-    return (safetensors_variants("model.safetensors", _read(os.path.join(root, "model.safetensors")), rng, n)
+    return (safetensors_variants("model.safetensors", read_bytes(os.path.join(root, "model.safetensors")), rng, n)
             + tree_variants("model.safetensors", os.path.join(os.path.dirname(root), "outside")))
 
 
 def sharded_variants(root: str, n: int, seed: int) -> list[Variant]:
     rng = random.Random(seed)
     index_name = "model.safetensors.index.json"
-    index = json.loads(_read(os.path.join(root, index_name)))
+    index = json.loads(read_bytes(os.path.join(root, index_name)))
     shards = sorted(set(index["weight_map"].values()))
     out = []
     for shard in (shards[0], shards[-1]):
-        out += safetensors_variants(shard, _read(os.path.join(root, shard)), rng, max(4, n // 3))
+        out += safetensors_variants(shard, read_bytes(os.path.join(root, shard)), rng, max(4, n // 3))
         out += tree_variants(shard, os.path.join(os.path.dirname(root), "outside"))
-    out += json_variants(index_name, _read(os.path.join(root, index_name)), rng, n, values_per_key=6, depth=1)
+    out += json_variants(index_name, read_bytes(os.path.join(root, index_name)), rng, n, values_per_key=6, depth=1)
     names = list(index["weight_map"])
     outside = os.path.join(os.path.dirname(root), "outside")
 

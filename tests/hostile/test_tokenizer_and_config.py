@@ -15,16 +15,13 @@ import pytest
 
 from gemma_inspect.convert import convert
 
+from files import read_bytes
+
 from .conftest import sweep, use_checkpoint
 from .variants import Variant, flips, json_variants, tree_variants, truncations
 
 N = 24
 _outputs = itertools.count()
-
-
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def spm_variants(file: str, data: bytes, rng: random.Random, n: int) -> list[Variant]:
@@ -82,28 +79,28 @@ def scratch_env(tmp_path, monkeypatch):
     return str(tmp_path)
 
 
-def test_tokenizer_model(tiny_models, writable, scratch_env):
-    root = writable(tiny_models.get("gemma2", "hf"), "hf")
+def test_tokenizer_model(tiny_models, copy_dir, scratch_env):
+    root = copy_dir(tiny_models.get("gemma2", "hf"), "hf")
     name = "tokenizer.model"
-    variants = spm_variants(name, _read(os.path.join(root, name)), random.Random(41), N)
+    variants = spm_variants(name, read_bytes(os.path.join(root, name)), random.Random(41), N)
     variants += tree_variants(name, os.path.join(scratch_env, "outside"))[:4]  # missing: no tokenizer
     sweep("tokenizer.model", root, variants, scratch_env, use=use_tokenizer)
 
 
-def test_vocabulary_spm(tiny_models, writable, scratch_env):
-    root = writable(tiny_models.get("gemma3", "keras"), "keras")
+def test_vocabulary_spm(tiny_models, copy_dir, scratch_env):
+    root = copy_dir(tiny_models.get("gemma3", "keras"), "keras")
     name = os.path.join("assets", "tokenizer", "vocabulary.spm")
-    variants = spm_variants(name, _read(os.path.join(root, name)), random.Random(42), N // 2)
+    variants = spm_variants(name, read_bytes(os.path.join(root, name)), random.Random(42), N // 2)
     variants += tree_variants(name, os.path.join(scratch_env, "outside"))[:4]
     sweep("vocabulary.spm (keras)", root, variants, scratch_env, use=use_tokenizer)
 
 
-def test_tokenizer_json(tiny_models, writable, scratch_env):
+def test_tokenizer_json(tiny_models, copy_dir, scratch_env):
     """An HF directory whose only tokenizer is tokenizer.json: it is parsed, used, and rebuilt as SentencePiece."""
-    root = writable(tiny_models.get("gemma2", "hf"), "hf")
+    root = copy_dir(tiny_models.get("gemma2", "hf"), "hf")
     os.remove(os.path.join(root, "tokenizer.model"))
     name = "tokenizer.json"
-    data = _read(os.path.join(root, name))
+    data = read_bytes(os.path.join(root, name))
     rng = random.Random(43)
     variants = json_variants(name, data, rng, N, values_per_key=3, depth=2)
     obj = json.loads(data)
@@ -125,45 +122,45 @@ def test_tokenizer_json(tiny_models, writable, scratch_env):
     sweep("tokenizer.json", root, variants, scratch_env, use=use_tokenizer)
 
 
-def test_tokenizer_json_beside_tokenizer_model(tiny_models, writable, scratch_env):
+def test_tokenizer_json_beside_tokenizer_model(tiny_models, copy_dir, scratch_env):
     """With tokenizer.model present, tokenizer.json and tokenizer_config.json are copied by convert: a corrupt one
     is refused rather than copied into the output."""
-    root = writable(tiny_models.get("gemma2", "hf"), "hf")
+    root = copy_dir(tiny_models.get("gemma2", "hf"), "hf")
     rng = random.Random(48)
     variants = []
     for name in ("tokenizer.json", "tokenizer_config.json"):
-        data = _read(os.path.join(root, name))
+        data = read_bytes(os.path.join(root, name))
         variants += truncations(name, data, rng, N // 3, [1, len(data) // 2])
         variants += tree_variants(name, os.path.join(scratch_env, "outside"))[:4]
     sweep("tokenizer.json + tokenizer.model", root, variants, scratch_env, use=use_tokenizer)
 
 
-def test_hf_config(tiny_models, writable, tmp_path):
-    root = writable(tiny_models.get("gemma3", "hf", tokenizer=False), "hf")
+def test_hf_config(tiny_models, copy_dir, tmp_path):
+    root = copy_dir(tiny_models.get("gemma3", "hf", tokenizer=False), "hf")
     name = "config.json"
-    variants = json_variants(name, _read(os.path.join(root, name)), random.Random(44), N, values_per_key=5)
+    variants = json_variants(name, read_bytes(os.path.join(root, name)), random.Random(44), N, values_per_key=5)
     variants += tree_variants(name, str(tmp_path / "outside"))
     sweep("config.json (hf)", root, variants, str(tmp_path))
 
 
-def test_keras_config_and_metadata(tiny_models, writable, tmp_path):
-    root = writable(tiny_models.get("gemma2", "keras", tokenizer=False), "keras")
+def test_keras_config_and_metadata(tiny_models, copy_dir, tmp_path):
+    root = copy_dir(tiny_models.get("gemma2", "keras", tokenizer=False), "keras")
     rng = random.Random(45)
-    variants = json_variants("config.json", _read(os.path.join(root, "config.json")), rng, N, values_per_key=5)
+    variants = json_variants("config.json", read_bytes(os.path.join(root, "config.json")), rng, N, values_per_key=5)
     variants += tree_variants("config.json", str(tmp_path / "outside"))
     sweep("config.json (keras)", root, variants, str(tmp_path))
-    variants = json_variants("metadata.json", _read(os.path.join(root, "metadata.json")), rng, N // 2,
+    variants = json_variants("metadata.json", read_bytes(os.path.join(root, "metadata.json")), rng, N // 2,
                              values_per_key=3)
     variants += tree_variants("metadata.json", str(tmp_path / "outside"))[:4]
     sweep("metadata.json (keras)", root, variants, str(tmp_path))
 
 
 @pytest.mark.slow
-def test_larger_config_sweep(tiny_models, writable, tmp_path):
+def test_larger_config_sweep(tiny_models, copy_dir, tmp_path):
     for family in ("gemma", "gemma2", "gemma3"):
-        root = writable(tiny_models.get(family, "hf", tokenizer=False), f"hf-{family}")
-        data = _read(os.path.join(root, "config.json"))
+        root = copy_dir(tiny_models.get(family, "hf", tokenizer=False), f"hf-{family}")
+        data = read_bytes(os.path.join(root, "config.json"))
         sweep("config.json (hf)", root, json_variants("config.json", data, random.Random(46), 100), str(tmp_path))
-        root = writable(tiny_models.get(family, "keras", tokenizer=False), f"keras-{family}")
-        data = _read(os.path.join(root, "config.json"))
+        root = copy_dir(tiny_models.get(family, "keras", tokenizer=False), f"keras-{family}")
+        data = read_bytes(os.path.join(root, "config.json"))
         sweep("config.json (keras)", root, json_variants("config.json", data, random.Random(47), 100), str(tmp_path))
