@@ -51,9 +51,12 @@ def _max_abs_diff_arrays(x: np.ndarray, y: np.ndarray) -> float:
     return worst
 
 
-def compare_tensors(ra: TensorRef, rb: TensorRef, nonfinite: list[int] | None = None) -> tuple[bool, float]:
-    """(bit-identical, max absolute difference) of two tensors of the same shape. `nonfinite`, when given, gets
-    [NaNs in A, infinities in A, NaNs in B, infinities in B] added, counted from the values read anyway."""
+def compare_tensors(ra: TensorRef, rb: TensorRef, nonfinite: list[int] | None = None,
+                    rows: int | None = None) -> tuple[bool, float]:
+    """(bit-identical, max absolute difference) of two tensors of the same shape - or, with `rows`, of the first
+    `rows` rows of two tensors that differ only in their row count (only those rows' bytes are read where the
+    raw chunks allow). `nonfinite`, when given, gets [NaNs in A, infinities in A, NaNs in B, infinities in B]
+    added, counted from the values read anyway."""
     from .scan import count_array, count_bits
 
     counts = nonfinite if nonfinite is not None else [0, 0, 0, 0]
@@ -62,8 +65,14 @@ def compare_tensors(ra: TensorRef, rb: TensorRef, nonfinite: list[int] | None = 
 
         dt = numpy_dtype(ra.dtype)
         size = (COMPARE_CHUNK // dt.itemsize) * dt.itemsize
+        left = None if rows is None else rows * int(np.prod(ra.shape[1:], dtype=np.int64)) * dt.itemsize
         identical, worst = True, 0.0
         for pa, pb in zip(ra.chunks(size), rb.chunks(size)):
+            if left is not None:
+                if left <= 0:
+                    break
+                pa, pb = pa[:left], pb[:left]
+                left -= len(pa)
             na, ia = count_bits(pa, ra.dtype)
             nb, ib = (na, ia) if pa == pb else count_bits(pb, rb.dtype)
             counts[0] += na
@@ -74,35 +83,13 @@ def compare_tensors(ra: TensorRef, rb: TensorRef, nonfinite: list[int] | None = 
                 identical = False
                 worst = max(worst, _max_abs_diff_arrays(np.frombuffer(pa, dt), np.frombuffer(pb, dt)))
         return identical, worst
-    xa, xb = ra.load(), rb.load()
+    xa, xb = ra.load()[:rows], rb.load()[:rows]
     for offset, arr in ((0, xa), (2, xb)):
         nan, inf = count_array(arr)
         counts[offset] += nan
         counts[offset + 1] += inf
     identical = xa.dtype == xb.dtype and xa.tobytes() == xb.tobytes()
     return identical, 0.0 if identical else _max_abs_diff_arrays(xa, xb)
-
-
-def shared_rows_diff(ra: TensorRef, rb: TensorRef, rows: int) -> float:
-    """max |A - B| over the first `rows` rows of two tensors that differ only in their number of rows (an
-    embedding with extra vocabulary rows on one side): raw chunks when both offer them in the same dtype, so
-    that only the shared bytes are read, else the values."""
-    if ra.dtype == rb.dtype and ra.chunks is not None and rb.chunks is not None:
-        from .formats.safetensors_io import numpy_dtype
-
-        dt = numpy_dtype(ra.dtype)
-        left = rows * int(np.prod(ra.shape[1:], dtype=np.int64)) * dt.itemsize
-        size = (COMPARE_CHUNK // dt.itemsize) * dt.itemsize
-        worst = 0.0
-        for pa, pb in zip(ra.chunks(size), rb.chunks(size)):
-            pa, pb = pa[:left], pb[:left]
-            if pa != pb:
-                worst = max(worst, _max_abs_diff_arrays(np.frombuffer(pa, dt), np.frombuffer(pb, dt)))
-            left -= len(pa)
-            if left <= 0:
-                break
-        return worst
-    return _max_abs_diff_arrays(ra.load()[:rows], rb.load()[:rows])
 
 
 def diff(a: Checkpoint, b: Checkpoint, atol: float = 0.0,
@@ -129,7 +116,7 @@ def diff(a: Checkpoint, b: Checkpoint, atol: float = 0.0,
                 # Vocabularies of different sizes (e.g. Gemma 3's 64 out-of-vocabulary rows, which llama.cpp
                 # drops): say how the rows both sides have compare.
                 row["shared_rows"] = min(ra.shape[0], rb.shape[0])
-                row["shared_rows_max_abs_diff"] = shared_rows_diff(ra, rb, row["shared_rows"])
+                row["shared_rows_max_abs_diff"] = compare_tensors(ra, rb, rows=row["shared_rows"])[1]
         else:
             counts4 = [0, 0, 0, 0]
             identical, worst = compare_tensors(ra, rb, counts4)
