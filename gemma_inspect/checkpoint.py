@@ -44,10 +44,26 @@ LAYER_ROLES = tuple(r for r, t in ROLES.items() if "{i}" in t)
 NORM_ROLES = frozenset({"final_norm", "attn_norm", "post_attn_norm", "ffn_norm", "post_ffn_norm",
                         "q_norm", "k_norm"})
 
-_ROLE_PATTERNS = [
+
+
+def compile_names(templates: dict[str, str]) -> list[tuple[str, re.Pattern[str]]]:
+    """A name table {role: 'model.layers.{i}.x.weight'} -> matchers for `match_name`: every format's reverse
+    mapping (file name -> role and layer) is derived from its one table this way, never written twice."""
     # At most 6 digits: a layer index of 5000 digits is no layer (and int() refuses to parse it).
-    (role, re.compile("^" + re.escape(t).replace(r"\{i\}", r"(?P<i>\d{1,6})") + "$")) for role, t in ROLES.items()
-]
+    return [(role, re.compile("^" + re.escape(t).replace(r"\{i\}", r"(?P<i>\d{1,6})") + "$"))
+            for role, t in templates.items()]
+
+
+def match_name(patterns: list[tuple[str, re.Pattern[str]]], name: str) -> tuple[str, int | None] | None:
+    """(role, layer or None) of `name` under the matchers of `compile_names`; None when it is no role."""
+    for role, pattern in patterns:
+        m = pattern.match(name)
+        if m:
+            return role, (int(m.group("i")) if "i" in pattern.groupindex else None)
+    return None
+
+
+_ROLE_PATTERNS = compile_names(ROLES)
 
 
 def canonical_name(role: str, layer: int | None = None) -> str:
@@ -57,11 +73,7 @@ def canonical_name(role: str, layer: int | None = None) -> str:
 
 def parse_canonical(name: str) -> tuple[str, int | None] | None:
     """'model.layers.3.self_attn.q_proj.weight' -> ('q', 3); None for a name that is no role."""
-    for role, pattern in _ROLE_PATTERNS:
-        m = pattern.match(name)
-        if m:
-            return role, (int(m.group("i")) if "i" in pattern.groupindex else None)
-    return None
+    return match_name(_ROLE_PATTERNS, name)
 
 
 def layer_roles(spec: GemmaSpec) -> list[str]:

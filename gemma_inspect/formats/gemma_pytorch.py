@@ -21,6 +21,7 @@ Every value taken from 3 or 4 is listed in a note and in `Checkpoint.assumed`.
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import pickle
 import re
@@ -30,7 +31,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ..checkpoint import LAYER_ROLES, ROLES, Checkpoint, TensorRef, check_against_spec, expected_tensors
+from ..checkpoint import (LAYER_ROLES, ROLES, Checkpoint, TensorRef, check_against_spec, compile_names,
+                          expected_tensors, match_name)
 from ..errors import InputError, UnsupportedError
 from ..spec import CARD_NAMES, GemmaSpec, card
 from .common import read_json_object, safe_child
@@ -79,19 +81,17 @@ def names_for(family: str) -> dict[str, str]:
     return {role: t for role, t in merged.items() if t is not None}
 
 
-def _reverse(family: str) -> dict[str, tuple[str, re.Pattern[str]]]:
-    # derived, not written twice: gemma_pytorch name pattern -> role
-    return {role: (t, re.compile("^" + re.escape(t).replace(r"\{i\}", r"(?P<i>\d{1,6})") + "$"))
-            for role, t in names_for(family).items()}
+@functools.lru_cache(maxsize=None)
+def _reverse(family: str) -> list[tuple[str, re.Pattern[str]]]:
+    return compile_names(names_for(family))  # derived, not written twice: gemma_pytorch name -> role
 
 
 def _role_of(name: str, family: str) -> tuple[str, int | None] | None:
     if name in EMBED_ALIASES:
         return "embed", None
-    for role, (_t, pattern) in _reverse(family).items():
-        m = pattern.match(name)
-        if m:
-            return role, (int(m.group("i")) if "i" in pattern.groupindex else None)
+    found = match_name(_reverse(family), name)
+    if found is not None:
+        return found
     m = re.match(r"^model\.layers\.(\d{1,6})\.self_attn\.qkv_proj\.weight$", name)
     if m:
         return "qkv", int(m.group(1))

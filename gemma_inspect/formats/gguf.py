@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import mmap
 import os
-import re
 import struct
 from dataclasses import dataclass
 from functools import cached_property
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from ..checkpoint import (LAYER_ROLES, NORM_ROLES, ROLES, Checkpoint, TensorRef, check_against_spec,
-                          expected_tensors, parse_canonical)
+                          compile_names, expected_tensors, match_name, parse_canonical)
 from ..errors import InputError, UnsupportedError
 from ..spec import FULL, SLIDING, GemmaSpec, gemma2_layer_types, gemma3_layer_types
 from ..tokenizer import Tokenizer
@@ -71,8 +70,7 @@ GGUF_NAMES: dict[str, str] = {
     "down": "blk.{i}.ffn_down.weight",
 }
 # The reverse, derived: GGUF name -> (role, layer).
-_GGUF_PATTERNS = [(role, re.compile("^" + re.escape(t).replace(r"\{i\}", r"(?P<i>\d{1,6})") + "$"))
-                  for role, t in GGUF_NAMES.items()]
+_GGUF_PATTERNS = compile_names(GGUF_NAMES)
 
 
 def gguf_name(role: str, layer: int | None = None) -> str:
@@ -81,11 +79,7 @@ def gguf_name(role: str, layer: int | None = None) -> str:
 
 
 def parse_gguf_name(name: str) -> tuple[str, int | None] | None:
-    for role, pattern in _GGUF_PATTERNS:
-        m = pattern.match(name)
-        if m:
-            return role, (int(m.group("i")) if "i" in pattern.groupindex else None)
-    return None
+    return match_name(_GGUF_PATTERNS, name)
 
 
 def canonical_of(name: str) -> str | None:

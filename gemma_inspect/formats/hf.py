@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..checkpoint import ROLES, Checkpoint, TensorRef, check_against_spec, parse_canonical
+from ..checkpoint import (ROLES, Checkpoint, TensorRef, canonical_name, check_against_spec, compile_names, match_name,
+                          parse_canonical)
 from ..errors import InputError, UnsupportedError
 from ..spec import FULL, SLIDING, GemmaSpec, gemma2_layer_types, gemma3_layer_types
 from .common import MAX_LAYERS, opt_float, read_json_object, require_int, safe_child
@@ -48,6 +49,7 @@ ACTIVATION_OF_HF = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "
 # Canonical names are HF's Gemma 2/3 names; the one Gemma 1 difference: its pre-FFN norm is called
 # `post_attention_layernorm` (Gemma 1 has no post-attention norm at all).
 HF_NAME_OVERRIDES = {"gemma": {"ffn_norm": "model.layers.{i}.post_attention_layernorm.weight"}}
+_OVERRIDE_PATTERNS = {family: compile_names(table) for family, table in HF_NAME_OVERRIDES.items()}
 
 # Prefixes of a multimodal Gemma 3 checkpoint: on disk (transformers 4) and in memory (transformers 5).
 TEXT_PREFIXES = (("language_model.model.", "model."), ("language_model.lm_head.", "lm_head."),
@@ -71,10 +73,9 @@ def to_canonical(hf: str, family: str) -> str:
     overrides = HF_NAME_OVERRIDES.get(family, {})
     if overrides:
         # derive the reverse of the override table rather than writing it twice
-        for role, template in overrides.items():
-            parsed = _match(template, hf)
-            if parsed is not None:
-                return ROLES[role].format(i=parsed)
+        parsed = match_name(_OVERRIDE_PATTERNS[family], hf)
+        if parsed is not None:
+            return canonical_name(*parsed)
         parsed_c = parse_canonical(hf)
         if parsed_c and parsed_c[0] in overrides:  # the canonical spelling means something else here
             return "?" + hf
@@ -88,15 +89,6 @@ def from_canonical(name: str, family: str) -> str:
     role, layer = parsed
     t = hf_name(role, family)
     return t.format(i=layer) if "{i}" in t else t
-
-
-def _match(template: str, name: str) -> int | None:
-    pre, _, post = template.partition("{i}")
-    if name.startswith(pre) and name.endswith(post):
-        mid = name[len(pre):len(name) - len(post)]
-        if mid.isdigit() and len(mid) <= 6:  # a layer index, not a 5000-digit number int() refuses
-            return int(mid)
-    return None
 
 
 def is_hf_dir(path: str) -> bool:
