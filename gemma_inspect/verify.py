@@ -249,9 +249,16 @@ def _project(h: Any, weight: Any) -> Any:
     return torch.cat(parts, dim=-1)
 
 
+TIED_POSITIONS = 16  # whether logits = h @ E^T is settled by a few positions, not the whole sequence
+
+
 def _tied_observation(an: Any, final: Any, logits: Any) -> dict[str, Any]:
-    h = final.reshape(-1, final.shape[-1])
-    out = {"via_embedding": _project(h, an.embedding_weight), "logits": logits.reshape(-1, logits.shape[-1]).double()}
+    """The last TIED_POSITIONS positions' logits and their projections through the embedding (and a separate
+    output matrix): a few [16, V] float64 arrays, where the whole sequence (Gemma 2's default 4,104 positions x
+    256,000 rows) would be 8 GB each."""
+    h = final.reshape(-1, final.shape[-1])[-TIED_POSITIONS:]
+    logits = logits.reshape(-1, logits.shape[-1])[-TIED_POSITIONS:]
+    out = {"via_embedding": _project(h, an.embedding_weight), "logits": logits.double()}
     w = an.output_weight
     same = w is None or w is an.embedding_weight or (
         w.shape == an.embedding_weight.shape and w.data_ptr() == an.embedding_weight.data_ptr())
@@ -495,23 +502,31 @@ def _scales_embeddings(spec: GemmaSpec) -> bool:
 
 
 # ----------------------------------------------------------------------------- tied embeddings
-def _stored_lm_head(ckpt: Checkpoint) -> tuple[Any, str] | None:
+def _stored_lm_head(ckpt: Checkpoint) -> tuple[float, str] | None:
     """A separate output matrix stored in the checkpoint, used by the runtimes or not (an HF reader
-    with tie_word_embeddings true sets it aside in `ignored`): (array, where)."""
+    with tie_word_embeddings true sets it aside in `ignored`): (max |W - E| against the embedding, where);
+    inf when the shapes differ."""
+    import numpy as np
+
+    found = None
     if "lm_head.weight" in ckpt.tensors:
         ref = ckpt.tensors["lm_head.weight"]
-        return ref.load(), ref.origin or "lm_head.weight"
+        found = ref.load(), ref.origin or "lm_head.weight"
     names = [n for n in ckpt.ignored if n.endswith("lm_head.weight")]
-    if not names:
-        return None
-    from .formats.safetensors_io import read_array, read_header
+    if found is None and names:
+        from .formats.safetensors_io import read_array, read_header
 
-    for f in ckpt.files:
-        if f.endswith(".safetensors") and os.path.isfile(f):
-            entries, _ = read_header(f)
-            if names[0] in entries:
-                return read_array(f, entries[names[0]]), f"{f}:{names[0]}"
-    return None
+        for f in ckpt.files:
+            if f.endswith(".safetensors") and os.path.isfile(f):
+                entries, _ = read_header(f)
+                if names[0] in entries:
+                    found = read_array(f, entries[names[0]]), f"{f}:{names[0]}"
+                    break
+    if found is None:
+        return None
+    emb = np.asarray(ckpt.tensor("embed").load(), dtype=np.float32)
+    head = np.asarray(found[0], dtype=np.float32)
+    return (float(np.abs(head - emb).max()) if head.shape == emb.shape else float("inf")), found[1]
 
 
 def _max_rel(a: Any, b: Any) -> float:
@@ -520,8 +535,6 @@ def _max_rel(a: Any, b: Any) -> float:
 
 
 def _tied_embeddings(ckpt: Checkpoint, rules: Any, obs: dict[str, Any], cap: float | None) -> dict[str, Any]:
-    import numpy as np
-
     t = obs["tied"]
     logits = t["logits"]
     capped = (lambda z: cap * (z / cap).tanh()) if cap else (lambda z: z)
@@ -544,10 +557,7 @@ def _tied_embeddings(ckpt: Checkpoint, rules: Any, obs: dict[str, Any], cap: flo
     stored = _stored_lm_head(ckpt)
     status = "pass" if observed == rules.tied_embeddings else ("warn" if observed is None else "fail")
     if stored is not None:
-        arr, where = stored
-        emb = np.asarray(ckpt.tensor("embed").load(), dtype=np.float32)
-        head = np.asarray(arr, dtype=np.float32)
-        diff = float(np.abs(head - emb).max()) if head.shape == emb.shape else float("inf")
+        diff, where = stored
         if diff == 0:
             evidence += f"; a stored lm_head.weight equals the embedding ({where})"
         else:
@@ -823,8 +833,6 @@ def _lint_activation_key(ckpt: Checkpoint) -> dict[str, Any] | None:
 
 
 def _lint_tied_lm_head(ckpt: Checkpoint) -> dict[str, Any] | None:
-    import numpy as np
-
     if not ckpt.spec.is_gemma or "model.embed_tokens.weight" not in ckpt.tensors:
         return None
     tie = ckpt.spec.tied_embeddings
@@ -833,10 +841,7 @@ def _lint_tied_lm_head(ckpt: Checkpoint) -> dict[str, Any] | None:
     if stored is None:
         return check("lint:tied_lm_head", "pass", "tied, no lm_head.weight", f"{flag}, no lm_head.weight",
                      "the output projection is the embedding")
-    arr, where = stored
-    emb = np.asarray(ckpt.tensor("embed").load(), dtype=np.float32)
-    head = np.asarray(arr, dtype=np.float32)
-    diff = float(np.abs(head - emb).max()) if head.shape == emb.shape else float("inf")
+    diff, where = stored
     observed = f"{flag}, lm_head.weight {'equal to' if diff == 0 else 'different from'} the embedding"
     if tie and diff:
         return check("lint:tied_lm_head", "fail", "tied, no lm_head.weight", observed,
@@ -849,7 +854,7 @@ def _lint_tied_lm_head(ckpt: Checkpoint) -> dict[str, Any] | None:
                      f"{where} is a redundant copy of the embedding")
     if diff == 0:
         return check("lint:tied_lm_head", "warn", "tied, no lm_head.weight", observed,
-                     f"{flag} with an output matrix identical to the embedding: {emb.size:,} redundant "
+                     f"{flag} with an output matrix identical to the embedding: {ckpt.tensor('embed').numel:,} redundant "
                      f"parameters (Gemma ties them)")
     return check("lint:tied_lm_head", "warn", "tied, no lm_head.weight", observed,
                  f"an untied output matrix (max |W - E| = {diff:.3g}): Gemma ties its output to the embedding")
