@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # ----------------------------------------------------------------------------- canonical roles
 # role -> canonical name template. `{i}` is the layer index.
+FLOAT_DTYPES = ("float32", "bfloat16", "float16")  # every other stored dtype is a quantization
+
 ROLES: dict[str, str] = {
     "embed": "model.embed_tokens.weight",
     "final_norm": "model.norm.weight",
@@ -187,6 +189,11 @@ class Checkpoint:
     @property
     def is_card(self) -> bool:
         return self.format == "card"
+
+    @property
+    def is_quantized(self) -> bool:
+        """Whether any tensor is stored quantized (GGUF Q8_0, Q4_K, ...) rather than as a float dtype."""
+        return any(t.dtype not in FLOAT_DTYPES for t in self.tensors.values())
 
     def tensor(self, role: str, layer: int | None = None) -> TensorRef:
         return self.tensors[canonical_name(role, layer)]

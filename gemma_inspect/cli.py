@@ -310,11 +310,7 @@ def convert(source: str, dest: str, to: str, dtype: str, max_shard_size: str | N
 def _planned_bytes(ckpt: Any, options: Any) -> int:
     from .convert import target_nbytes
 
-    total = 0
-    for ref in ckpt.tensors.values():
-        want = options.target_dtype(ref)
-        total += target_nbytes(ref, want if want in ("float32", "bfloat16", "float16") else "float32")
-    return total
+    return sum(target_nbytes(ref, options.float_dtype(ref)) for ref in ckpt.tensors.values())
 
 
 @main.command(name="diff")

@@ -21,13 +21,13 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 
-from .checkpoint import Checkpoint, TensorRef
+from .checkpoint import FLOAT_DTYPES, Checkpoint, TensorRef
 from .errors import InputError, OutputError, UnsupportedError
 from .manifest import SIBLING_SUFFIX, Follower, manifest_path
 
 TARGETS = ("hf", "keras", "gguf", "gemma-pytorch")
 DTYPES = ("keep", "float32", "bfloat16", "float16", "q8_0")
-FLOAT_DTYPES = ("float32", "bfloat16", "float16")
+FLOAT_ONLY = {"hf": "HF", "keras": "Keras", "gemma-pytorch": "gemma_pytorch"}  # formats that store no quantization
 CHUNK_BYTES = 64 * 1024 * 1024
 
 Progress = Callable[[int], None]  # called with the number of bytes just written
@@ -47,6 +47,12 @@ class WriteOptions:
 
     def target_dtype(self, ref: TensorRef) -> str:
         return ref.dtype if self.dtype == "keep" else self.dtype
+
+    def float_dtype(self, ref: TensorRef) -> str:
+        """The dtype a format that stores floats only (FLOAT_ONLY) writes `ref` in: the cast asked for, or its own
+        float dtype; a quantized tensor's dequantized values are stored exactly in float32 unless cast."""
+        want = self.target_dtype(ref)
+        return want if want in FLOAT_DTYPES else "float32"
 
 
 def parse_size(text: str | int | None) -> int | None:
@@ -395,9 +401,13 @@ def convert(source: Checkpoint | str, dest: str, to: str, options: WriteOptions 
         raise OutputError(f"{dest}: already exists (use --force to replace it)")
     if os.path.abspath(dest) == os.path.abspath(ckpt.source):
         raise OutputError(f"{dest}: is the source itself")
+    if to in FLOAT_ONLY:
+        if options.dtype == "q8_0":
+            raise UnsupportedError(f"--dtype q8_0 is a GGUF quantization; choose one of "
+                                   f"{', '.join(d for d in DTYPES if d != 'q8_0')} for {FLOAT_ONLY[to]}")
+        if options.dtype == "keep" and ckpt.is_quantized:
+            options.notes.append("quantized tensors were dequantized and are stored as float32")
     writer = module(to)
-    if not hasattr(writer, "write"):
-        raise UnsupportedError(f"writing {to} is not supported")
     written = [0]
 
     def counted(n: int) -> None:

@@ -47,7 +47,6 @@ TOLERANCES: dict[str, dict[str, Any]] = {
 # hidden states drift by a few percent of their scale. Ties are gaps below 1% of the logits' scale.
 QUANTIZED = {"atol": 0.25, "embedding_atol": 0.25, "logits_atol": None, "min_top1_agreement": 0.9,
              "max_kl_divergence": 0.02, "top1_tie_fraction": 0.01}
-FLOAT_DTYPES = ("float32", "bfloat16", "float16")
 
 MAX_EXCLUDED_MASS = 0.01  # probability a side may put on vocabulary rows the other side does not have
 
@@ -222,10 +221,6 @@ def tolerance_for(dtype: str, atol: float | None, quantized: bool = False) -> di
     return tol
 
 
-def is_quantized(ckpt: Checkpoint) -> bool:
-    return any(t.dtype not in FLOAT_DTYPES for t in ckpt.tensors.values())
-
-
 # ----------------------------------------------------------------------------- parity
 def parity(a: Checkpoint | str, b: Checkpoint | str, runtime_a: str = "auto", runtime_b: str = "auto",
            device: str = "auto", dtype: str = "float32", tokens: list[int] | None = None,
@@ -250,7 +245,7 @@ def parity(a: Checkpoint | str, b: Checkpoint | str, runtime_a: str = "auto", ru
     check_compatible(ca, cb)
     rt_a, rt_b = resolve_runtime(ca, runtime_a), resolve_runtime(cb, runtime_b)
     dev = resolve_device(device)
-    quantized = is_quantized(ca) or is_quantized(cb)
+    quantized = ca.is_quantized or cb.is_quantized
     tol = tolerance_for(dtype, atol, quantized)
     if prompt is not None:
         if ca.tokenizer is None:

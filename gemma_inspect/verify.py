@@ -854,8 +854,8 @@ def _lint_tied_lm_head(ckpt: Checkpoint) -> dict[str, Any] | None:
                      f"{where} is a redundant copy of the embedding")
     if diff == 0:
         return check("lint:tied_lm_head", "warn", "tied, no lm_head.weight", observed,
-                     f"{flag} with an output matrix identical to the embedding: {ckpt.tensor('embed').numel:,} redundant "
-                     f"parameters (Gemma ties them)")
+                     f"{flag} with an output matrix identical to the embedding: "
+                     f"{ckpt.tensor('embed').numel:,} redundant parameters (Gemma ties them)")
     return check("lint:tied_lm_head", "warn", "tied, no lm_head.weight", observed,
                  f"an untied output matrix (max |W - E| = {diff:.3g}): Gemma ties its output to the embedding")
 

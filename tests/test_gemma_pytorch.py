@@ -205,10 +205,31 @@ def test_gemma3_shapes_tell_head_dim_and_the_rest_is_assumed_and_said(tiny_model
     assert "gemma_inspect.json" in note
     assert {"sliding_window", "query_pre_attn_scalar", "rope_theta", "rope_scaling_factor",
             "max_position_embeddings"} <= got.assumed
-    # An HF-style config.json next to the checkpoint works as well.
+    # An HF-style config.json next to the checkpoint works as well, opened by the file or by its directory.
     with open(tmp_path / "config.json", "w") as f:
         json.dump({"model_type": "gemma3_text", "sliding_window": 6}, f)
     assert load(path).spec.sliding_window == 6
+    assert (load(str(tmp_path)).format, load(str(tmp_path)).spec.sliding_window) == ("gemma-pytorch", 6)
+    with open(tmp_path / "config.json", "w") as f:  # gemma_pytorch's own keys, no model_type
+        json.dump({"sliding_window": 5}, f)
+    assert (load(str(tmp_path)).format, load(str(tmp_path)).spec.sliding_window) == ("gemma-pytorch", 5)
+
+
+def test_side_files_of_a_ckpt_opened_as_a_file_stay_inside_its_directory(tiny_models, tmp_path):
+    """The .ckpt is given as a file: its side config and tokenizer are checked where they are opened."""
+    d = tmp_path / "c"
+    d.mkdir()
+    path = str(d / "model.ckpt")
+    torch.save({"model_state_dict": google_state(tiny_models.get("gemma3"))}, path)
+    (tmp_path / "elsewhere.json").write_text(json.dumps({"sliding_window": 6}))
+    os.symlink(tmp_path / "elsewhere.json", d / "config.json")
+    with pytest.raises(InputError) as e:
+        load(path)
+    assert str(e.value) == f"{d}/config.json: is a symlink to {tmp_path}/elsewhere.json, outside the checkpoint directory"
+    os.remove(d / "config.json")
+    os.symlink(tiny_models.spm, d / "tokenizer.model")
+    with pytest.raises(InputError, match=r"tokenizer.model: is a symlink to .*, outside the checkpoint directory"):
+        load(path)
 
 
 def test_published_shapes_take_the_published_values():

@@ -316,6 +316,24 @@ def test_q8_0_output_is_close_and_keeps_top1(tiny_models, gguf_of, tmp_path, fam
     assert 0 < diff.mean() < 0.05 * np.abs(expected).mean() and diff.max() < 0.1 * np.abs(expected).max()
 
 
+@pytest.mark.parametrize("to", ["hf", "keras", "gemma-pytorch"])
+def test_dequantized_output_dtype_and_its_note(gguf_of, tmp_path, to):
+    """A Q8_0 source written by a float-only format: float32 (with a note saying so) unless a cast is asked for,
+    which is then what is stored (and no float32 note); q8_0 itself is refused by name."""
+    src = gguf_of("gemma3", dtype="q8_0")
+    note = "quantized tensors were dequantized and are stored as float32"
+    ext = ".ckpt" if to == "gemma-pytorch" else ""
+    for dtype, stored in (("keep", "float32"), ("bfloat16", "bfloat16")):
+        report = convert(src, str(tmp_path / f"{to}-{dtype}{ext}"), to, WriteOptions(dtype=dtype))
+        assert (note in report["notes"]) == (dtype == "keep")
+        assert set(load(report["dest"]).dtype_counts()) == {stored}
+    name = {"hf": "HF", "keras": "Keras", "gemma-pytorch": "gemma_pytorch"}[to]
+    with pytest.raises(UnsupportedError) as e:
+        convert(src, str(tmp_path / f"{to}-q8"), to, WriteOptions(dtype="q8_0"))
+    assert str(e.value) == ("--dtype q8_0 is a GGUF quantization; choose one of keep, float32, bfloat16, float16 "
+                            f"for {name}")
+
+
 def test_gguf_to_gguf_copies_quantized_blocks_as_they_are(gguf_of, tmp_path):
     src = gguf_of("gemma3", dtype="q8_0")
     for dtype in ("keep", "q8_0"):

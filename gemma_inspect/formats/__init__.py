@@ -30,6 +30,7 @@ def module(fmt: str) -> ModuleType:
 
 # Files the readers open by their fixed names inside a checkpoint directory. Each must be a regular file that
 # stays inside the directory (see common.check_member); files named by an index go through safe_child.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "model.weights.h5", "model.weights.json")
 MEMBER_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "generation_config.json",
                 "tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                 "model.weights.h5", "model.weights.json", "metadata.json", "preprocessor.json", "task.json",
@@ -54,6 +55,9 @@ def detect(source: str) -> str:
             raise InputError(path, f"empty directory; expected {EXPECTED}")
         for name in MEMBER_FILES + tuple(e for e in entries if e.endswith(".ckpt")):
             check_member(path, name)
+        torch_weights = any(e == "pytorch_model.bin.index.json" or e.endswith(".ckpt") for e in entries)
+        if any(e.endswith(".ckpt") for e in entries) and not any(e in entries for e in WEIGHT_FILES):
+            return "gemma-pytorch"  # a .ckpt with a side config.json (its own keys, or HF's) beside it
         config = os.path.join(path, "config.json")
         if os.path.isfile(config):
             from .common import read_json_object
@@ -65,9 +69,11 @@ def detect(source: str) -> str:
 
             if looks_like_keras_config(cfg):
                 return "keras"
+            if torch_weights:  # gemma_pytorch's own side config (head_dim, sliding_window, ...)
+                return "gemma-pytorch"
             raise InputError(config, "has neither 'model_type' (Hugging Face) nor 'class_name'/'config' "
                                      "(KerasHub preset)")
-        if any(e == "pytorch_model.bin.index.json" or e.endswith(".ckpt") for e in entries):
+        if torch_weights:
             return "gemma-pytorch"
         raise InputError(path, f"no config.json in this directory; expected {EXPECTED}")
     regular_file(path)  # not a FIFO (the read would block) or a device

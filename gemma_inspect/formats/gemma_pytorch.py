@@ -35,7 +35,7 @@ from ..checkpoint import (LAYER_ROLES, ROLES, Checkpoint, TensorRef, check_again
                           expected_tensors, match_name)
 from ..errors import InputError, UnsupportedError
 from ..spec import CARD_NAMES, GemmaSpec, card
-from .common import read_json_object, safe_child
+from .common import check_member, read_json_object, safe_child
 
 STATE_KEY = "model_state_dict"
 EXTRA_KEY = "gemma_inspect"  # our writer's self-description; gemma_pytorch's loader never looks at it
@@ -361,6 +361,7 @@ def _side_config(path: str) -> tuple[dict[str, Any], str | None]:
     directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     for name in SIDE_CONFIGS:
         p = os.path.join(directory, name)
+        check_member(directory, name)  # a .ckpt given as a file: its siblings are checked here, not in detect()
         if os.path.isfile(p):
             return read_json_object(p, name), p
     return {}, None
@@ -540,6 +541,7 @@ def _tokenizer(path: str, extra: dict[str, Any] | None) -> Any:
     directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     for rel in ("tokenizer.model", os.path.join("tokenizer", "tokenizer.model")):
         p = os.path.join(directory, rel)
+        check_member(directory, rel)
         if os.path.isfile(p):
             return Tokenizer(source=directory, spm_path=p)
     return None
@@ -650,6 +652,7 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Callable[[int], N
     qkv_proj, plus our configuration and tokenizer under "gemma_inspect" (which gemma_pytorch ignores).
     Streams one tensor at a time."""
     from ..convert import cast_array
+    from .safetensors_io import ITEMSIZE
     from .hf import config_dict
 
     spec = ckpt.spec
@@ -658,18 +661,9 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Callable[[int], N
     if not spec.tied_embeddings:
         raise UnsupportedError("gemma_pytorch always uses the embedding as the output projection; this checkpoint "
                                "has a separate lm_head")
-    if options.dtype == "q8_0":
-        raise UnsupportedError("--dtype q8_0 is a GGUF quantization; gemma_pytorch takes float32, bfloat16 or "
-                               "float16")
     cfg = config_dict(spec)  # refuses what the family layout cannot express
 
-    def out_dtype(ref: TensorRef) -> str:
-        want = options.target_dtype(ref)
-        return want if want in ("float32", "bfloat16", "float16") else "float32"
-
-    if options.dtype == "keep" and any(r.dtype not in ("float32", "bfloat16", "float16")
-                                       for r in ckpt.tensors.values()):
-        options.notes.append("quantized tensors were dequantized and are stored as float32")
+    out_dtype = options.float_dtype
     names = names_for(spec.family)
     state: dict[str, _TensorStub] = {}
     records: list[tuple[str, int, Callable[[], np.ndarray]]] = []
@@ -678,12 +672,10 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Callable[[int], N
         key = str(len(records))
         numel = int(np.prod(shape))
         state[name] = _TensorStub(_StorageStub(key, dtype, numel), shape)
-        itemsize = 4 if dtype == "float32" else 2
-        records.append((key, numel * itemsize, produce))
+        records.append((key, numel * ITEMSIZE[dtype], produce))
 
     def cast(ref: TensorRef, dtype: str) -> Callable[[], np.ndarray]:
-        return lambda: cast_array(ref.load(), dtype) if ref.dtype in ("float32", "bfloat16", "float16") \
-            else cast_array(ref.load().astype(np.float32), dtype)
+        return lambda: cast_array(ref.load(), dtype)  # quantized refs load as float32
 
     emb = ckpt.tensors[_canonical("embed", None)]
     add(names["embed"], tuple(emb.shape), out_dtype(emb), cast(emb, out_dtype(emb)))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..checkpoint import (ROLES, Checkpoint, TensorRef, canonical_name, check_against_spec, compile_names, match_name,
-                          parse_canonical)
+from ..checkpoint import (FLOAT_DTYPES, ROLES, Checkpoint, TensorRef, canonical_name, check_against_spec,
+                          compile_names, match_name, parse_canonical)
 from ..errors import InputError, UnsupportedError
 from ..spec import FULL, SLIDING, GemmaSpec, gemma2_layer_types, gemma3_layer_types
 from .common import MAX_LAYERS, opt_float, read_json_object, require_int, safe_child
@@ -232,7 +232,7 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
     if qpas is not None and float(qpas).is_integer():
         qpas = int(qpas)
     dtype = cfg.get("dtype") or cfg.get("torch_dtype") or text.get("dtype") or text.get("torch_dtype")
-    if dtype is not None and dtype not in ("float32", "bfloat16", "float16"):
+    if dtype is not None and dtype not in FLOAT_DTYPES:
         raise InputError(path, f"config dtype {dtype!r} is not float32, bfloat16 or float16")
     if dtype is None:
         dtype = dtype_hint or "float32"
@@ -480,14 +480,6 @@ def config_dict(spec: GemmaSpec) -> dict[str, Any]:
 DEFAULT_MAX_SHARD = 5 * 10**9
 
 
-def _output_dtype(ref: TensorRef, options: Any) -> str:
-    """The dtype a tensor is written in: the requested cast, or its own when it is a float dtype."""
-    want = options.target_dtype(ref)
-    if want in ("float32", "bfloat16", "float16"):
-        return want
-    return "float32"  # quantized source (GGUF): dequantized values, stored exactly in float32
-
-
 def generation_config(spec: GemmaSpec, tokenizer: Any) -> dict[str, Any]:
     """generation_config.json: generation stops on <eos> and, when the vocabulary has it, <end_of_turn>."""
     eos: list[int] = [spec.eos_token_id]
@@ -501,17 +493,12 @@ def generation_config(spec: GemmaSpec, tokenizer: Any) -> dict[str, Any]:
 
 def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
     """Write `ckpt` as a Hugging Face directory, streaming one tensor at a time into safetensors shards."""
-    from ..convert import DTYPES, plan_shards, prefetched, target_nbytes
+    from ..convert import plan_shards, prefetched, target_nbytes
     from .safetensors_io import SafetensorsWriter
 
     spec = ckpt.spec
-    out_dtypes = {n: _output_dtype(r, options) for n, r in ckpt.tensors.items()}
-    if any(r.dtype not in ("float32", "bfloat16", "float16") for r in ckpt.tensors.values()):
-        options.notes.append("quantized tensors were dequantized and are stored as float32")
-    declared = options.dtype if options.dtype in ("float32", "bfloat16", "float16") else spec.dtype
-    if options.dtype == "q8_0":
-        raise UnsupportedError(f"--dtype q8_0 is a GGUF quantization; choose one of "
-                               f"{', '.join(d for d in DTYPES if d != 'q8_0')} for HF")
+    out_dtypes = {n: options.float_dtype(r) for n, r in ckpt.tensors.items()}
+    declared = options.dtype if options.dtype != "keep" else spec.dtype
     cfg = config_dict(spec.replace(dtype=declared))
     os.makedirs(dest)
     sizes = [(n, target_nbytes(r, out_dtypes[n])) for n, r in ckpt.tensors.items()]

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..arrays import transpose2d, transpose_last2
-from ..checkpoint import (Checkpoint, TensorRef, canonical_name, check_against_spec, expected_tensors,
+from ..checkpoint import (FLOAT_DTYPES, Checkpoint, TensorRef, canonical_name, check_against_spec, expected_tensors,
                           parse_canonical)
 from ..errors import InputError, SpecError, UnsupportedError
 from ..spec import FULL, SLIDING, GemmaSpec, gemma2_layer_types, gemma3_layer_types
@@ -160,7 +160,7 @@ def _policy_dtype(v: Any, path: str) -> str | None:
         raise InputError(path, f"config dtype {v!r} is not a dtype policy")
     if v.startswith("mixed_"):
         v = v[len("mixed_"):]
-    if v not in ("float32", "bfloat16", "float16"):
+    if v not in FLOAT_DTYPES:
         raise InputError(path, f"config dtype {v!r} is not float32, bfloat16 or float16")
     return v
 
@@ -659,16 +659,7 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
             raise UnsupportedError(f"{ckpt.source}: keras-hub cannot express this checkpoint: {'; '.join(problems)}"
                                    f" (use --force to convert anyway)")
         options.notes.append("converted with --force although keras-hub cannot express: " + "; ".join(problems))
-    if options.dtype == "q8_0":
-        raise UnsupportedError("--dtype q8_0 is a GGUF quantization; Keras presets take float32, bfloat16 or float16")
     declared = options.dtype if options.dtype != "keep" else spec.dtype
-
-    def out_dtype(ref: TensorRef) -> str:
-        want = options.target_dtype(ref)
-        return want if want in ("float32", "bfloat16", "float16") else "float32"
-
-    if any(r.dtype not in ("float32", "bfloat16", "float16") for r in ckpt.tensors.values()):
-        options.notes.append("quantized tensors were dequantized and are stored as float32")
     from ..checkpoint import parse_canonical
 
     rows = []
@@ -676,7 +667,7 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
         role = parse_canonical(name)[0]  # type: ignore[index]
         if role == "lm_head":
             continue  # refused above unless --force: Keras ties the output to the embedding
-        dt = out_dtype(ref)
+        dt = options.float_dtype(ref)
         rows.append((name, _h5_path(spec, name), keras_shape(spec, role, ref.shape), dt, role))
     sizes = [(r[0], target_nbytes(ckpt.tensors[r[0]], r[3])) for r in rows]
     shards = plan_shards(sizes, options.max_shard_size or DEFAULT_MAX_SHARD)
