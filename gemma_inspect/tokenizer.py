@@ -91,16 +91,12 @@ class Tokenizer:
     def _hf(self) -> Any:
         from tokenizers import Tokenizer as HFTokenizer
 
-        from .formats.common import read_bounded, regular_file
+        from .formats.common import read_json_bytes
         from .quiet import native_stderr_silenced
 
         path: str = self.json_path  # type: ignore[assignment]
-        size = regular_file(path)
-        if size > MAX_TOKENIZER_BYTES:
-            raise InputError(path, f"tokenizer.json is {size} bytes, over the {MAX_TOKENIZER_BYTES // 2**20} MB "
-                                   f"limit")
-        with open(path, "rb") as f:  # bounded before the tokenizers library builds its tables from it
-            raw = read_bounded(f, MAX_TOKENIZER_BYTES, path, "tokenizer.json", MAX_TOKENIZER_JSON_VALUES)
+        # bounded before the tokenizers library builds its tables from it
+        raw = read_json_bytes(path, "tokenizer.json", MAX_TOKENIZER_BYTES, MAX_TOKENIZER_JSON_VALUES)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:

@@ -67,9 +67,10 @@ def read_bounded(f: Any, n: int, path: str, what: str, max_values: int) -> bytes
     return b"".join(parts)
 
 
-def read_json(path: str, what: str = "JSON", max_bytes: int = MAX_JSON_BYTES,
-              max_values: int = MAX_JSON_VALUES) -> Any:
-    """Parse a JSON file; any problem is an InputError naming the file."""
+def read_json_bytes(path: str, what: str = "JSON", max_bytes: int = MAX_JSON_BYTES,
+                    max_values: int = MAX_JSON_VALUES) -> bytes:
+    """The bytes of a JSON file - a regular file, at most `max_bytes`, refused early when it could hold more than
+    `max_values` values - not yet parsed (for a library that parses it itself); problems are InputErrors."""
     try:
         size = regular_file(path)
         if size > max_bytes:
@@ -84,6 +85,13 @@ def read_json(path: str, what: str = "JSON", max_bytes: int = MAX_JSON_BYTES,
         raise
     except OSError as e:
         raise InputError(path, f"cannot read: {e.strerror or e}") from None
+    return raw
+
+
+def read_json(path: str, what: str = "JSON", max_bytes: int = MAX_JSON_BYTES,
+              max_values: int = MAX_JSON_VALUES) -> Any:
+    """Parse a JSON file; any problem is an InputError naming the file."""
+    raw = read_json_bytes(path, what, max_bytes, max_values)
     try:
         return loads_bounded(raw, path, what, max_values)
     except UnicodeDecodeError:
