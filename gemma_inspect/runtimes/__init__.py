@@ -96,6 +96,23 @@ class LoadedModel(Protocol):
     def close(self) -> None: ...
 
 
+# Where `verify` finds each part of a decoder layer, named as transformers names its modules (the reference
+# runtime uses the same names), and how outputs are laid out: q/k/v_proj give [B, T, heads * D]; Gemma 3's
+# q_norm/k_norm run after the transpose to [B, heads, T, D].
+HF_MODULE_ROLES = {"attention": "self_attn", "q": "self_attn.q_proj", "k": "self_attn.k_proj",
+                   "v": "self_attn.v_proj", "o": "self_attn.o_proj", "q_norm": "self_attn.q_norm",
+                   "k_norm": "self_attn.k_norm", "mlp": "mlp", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
+                   "down": "mlp.down_proj"}
+HF_MODULE_LAYOUTS = {"q": "bt(hd)", "k": "bt(hd)", "v": "bt(hd)", "q_norm": "bhtd", "k_norm": "bhtd"}
+
+
+def torch_dtype(name: str) -> Any:
+    """torch's dtype of a dtype name (float32, bfloat16, float16)."""
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
 def to_cpu_float(t: Any) -> Any:
     """A tensor of any runtime as a detached float32 CPU torch tensor."""
     import torch
@@ -188,12 +205,8 @@ def run(ckpt: Checkpoint, token_ids: Any, runtime: str = "auto", device: str = "
         dtype: str = "float32", **options: Any) -> RuntimeResult:
     """Run `ckpt` on `token_ids` ([T] or [B, T]) and return logits plus hidden states (options: see
     `load_model`)."""
-    if dtype not in DTYPES:
-        raise InputError(None, f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
-    name = resolve_runtime(ckpt, runtime)
-    resolve_device(device)
-    ids = as_token_batch(ckpt, token_ids)
-    model = load_model(ckpt, name, device, dtype, **options)
+    ids = as_token_batch(ckpt, token_ids)  # before anything is loaded; load_model checks the rest
+    model = load_model(ckpt, runtime, device, dtype, **options)
     try:
         return model.forward(ids)
     finally:

@@ -147,11 +147,3 @@ KERAS_ROLES = {"attention": "attention", "q": "attention.query_dense", "k": "att
                "v": "attention.value_dense", "o": "attention.output_dense", "q_norm": "attention.query_norm",
                "k_norm": "attention.key_norm", "gate": "gating_ffw", "up": "gating_ffw_2", "down": "ffw_linear"}
 KERAS_LAYOUTS = {"q": "bthd", "k": "bthd", "v": "bthd", "q_norm": "bthd", "k_norm": "bthd"}
-
-
-def run(ckpt: Checkpoint, token_ids: list[list[int]], device: str, dtype: str) -> RuntimeResult:
-    model = KerasModel(ckpt, device, dtype)
-    try:
-        return model.forward(token_ids)
-    finally:
-        model.close()

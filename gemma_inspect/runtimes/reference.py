@@ -22,15 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import Checkpoint, canonical_name, layer_roles
+from ..checkpoint import Checkpoint, canonical_name, expected_tensors
 from ..errors import UnsupportedError
 from ..spec import SLIDING, GemmaSpec
+from . import torch_dtype
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import Anatomy, RuntimeResult
-
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 # ----------------------------------------------------------------------------- weights
 def load_weights(ckpt: Checkpoint, device: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -331,13 +329,6 @@ def check_supported(spec: GemmaSpec) -> None:
         raise UnsupportedError(f"the reference runtime implements RMSNorm models; this one uses {spec.norm_kind}")
 
 
-@torch.no_grad()
-def forward(spec: GemmaSpec, w: dict[str, torch.Tensor], token_ids: torch.Tensor,
-            embedding_scale_dtype: str | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """token_ids [B, T] -> (logits [B, T, V], hidden states), see `GemmaModel.forward`."""
-    return GemmaModel(spec, w, embedding_scale_dtype)(token_ids)
-
-
 class ReferenceModel:
     """The reference runtime's loaded model (a `runtimes.LoadedModel`): GemmaModel on a device."""
 
@@ -346,12 +337,12 @@ class ReferenceModel:
     def __init__(self, ckpt: Checkpoint, device: str, dtype: str, embedding_scale_dtype: str | None = None):
         spec = ckpt.spec
         check_supported(spec)
-        missing = [n for n in _required(spec) if n not in ckpt.tensors]
+        missing = [n for n in expected_tensors(spec) if n not in ckpt.tensors]
         if missing:
             raise UnsupportedError(f"{ckpt.source}: the reference runtime needs {', '.join(missing[:3])}")
         start = time.perf_counter()
         self.source, self.device, self.dtype = ckpt.source, device, dtype
-        self.model = GemmaModel(spec, load_weights(ckpt, device, TORCH_DTYPES[dtype]), embedding_scale_dtype).eval()
+        self.model = GemmaModel(spec, load_weights(ckpt, device, torch_dtype(dtype)), embedding_scale_dtype).eval()
         self.load_seconds = time.perf_counter() - start
         self.notes: list[str] = []
 
@@ -367,40 +358,14 @@ class ReferenceModel:
                              seconds=self.load_seconds + time.perf_counter() - start, notes=list(self.notes))
 
     def anatomy(self) -> "Anatomy":
-        from . import Anatomy
+        from . import HF_MODULE_LAYOUTS, HF_MODULE_ROLES, Anatomy
 
         m = self.model
         return Anatomy(
             root=m, embedding=m.embed_tokens, embedding_weight=m.embed_tokens.weight, blocks=list(m.layers),
             block_names=[f"model.layers.{i}" for i in range(len(m.layers))], final_norm=m.norm,
-            output_weight=m.lm_head.weight, roles=REFERENCE_ROLES, layouts=REFERENCE_LAYOUTS,
+            output_weight=m.lm_head.weight, roles=HF_MODULE_ROLES, layouts=HF_MODULE_LAYOUTS,
             head_dim=m.spec.head_dim)
 
     def close(self) -> None:
         del self.model
-
-
-# Where `verify` finds each part of a block (names relative to the block) and how its output is laid out.
-REFERENCE_ROLES = {"attention": "self_attn", "q": "self_attn.q_proj", "k": "self_attn.k_proj",
-                   "v": "self_attn.v_proj", "o": "self_attn.o_proj", "q_norm": "self_attn.q_norm",
-                   "k_norm": "self_attn.k_norm", "mlp": "mlp", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
-                   "down": "mlp.down_proj"}
-REFERENCE_LAYOUTS = {"q": "bt(hd)", "k": "bt(hd)", "v": "bt(hd)", "q_norm": "bhtd", "k_norm": "bhtd"}
-
-
-def run(ckpt: Checkpoint, token_ids: Any, device: str, dtype: str,
-        embedding_scale_dtype: str | None = None) -> "RuntimeResult":
-    """Load `ckpt` onto `device` in `dtype` and run the reference forward pass on `token_ids` [B, T]."""
-    model = ReferenceModel(ckpt, device, dtype, embedding_scale_dtype)
-    try:
-        return model.forward(token_ids)
-    finally:
-        model.close()
-
-
-def _required(spec: GemmaSpec) -> list[str]:
-    names = [canonical_name("embed"), canonical_name("final_norm")]
-    names += [canonical_name(r, i) for i in range(spec.num_layers) for r in layer_roles(spec)]
-    if not spec.tied_embeddings:
-        names.append(canonical_name("lm_head"))
-    return names

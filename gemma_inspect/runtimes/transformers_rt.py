@@ -19,13 +19,7 @@ from typing import Any
 
 from ..checkpoint import Checkpoint
 from ..errors import UnsupportedError
-from . import Anatomy, RuntimeResult, to_cpu_float
-
-
-def _torch_dtype(dtype: str) -> Any:
-    import torch
-
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+from . import HF_MODULE_LAYOUTS, HF_MODULE_ROLES, Anatomy, RuntimeResult, to_cpu_float, torch_dtype
 
 
 def load_model(ckpt: Checkpoint, device: str, dtype: str, device_map: str | dict | None = None,
@@ -34,7 +28,7 @@ def load_model(ckpt: Checkpoint, device: str, dtype: str, device_map: str | dict
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype)}
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype)}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if ckpt.format == "hf":
@@ -65,10 +59,10 @@ def load_model(ckpt: Checkpoint, device: str, dtype: str, device_map: str | dict
     if attn_implementation:
         config._attn_implementation = attn_implementation
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=_torch_dtype(dtype))
+        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype(dtype))
     from .reference import load_weights
 
-    weights = load_weights(ckpt, device, _torch_dtype(dtype))
+    weights = load_weights(ckpt, device, torch_dtype(dtype))
     state = {from_canonical(n, ckpt.spec.family): t for n, t in weights.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if not (m == "lm_head.weight" and ckpt.spec.tied_embeddings)]
@@ -142,7 +136,7 @@ class TransformersModel:
             root=self.model, embedding=stack.embed_tokens, embedding_weight=stack.embed_tokens.weight,
             blocks=list(stack.layers), block_names=[f"{prefix}.layers.{i}" for i in range(len(stack.layers))],
             final_norm=stack.norm, output_weight=head.weight if head is not None else None,
-            roles=HF_ROLES, layouts=HF_LAYOUTS, head_dim=getattr(first, "head_dim", None))
+            roles=HF_MODULE_ROLES, layouts=HF_MODULE_LAYOUTS, head_dim=getattr(first, "head_dim", None))
 
     def close(self) -> None:
         device = self.device
@@ -151,20 +145,3 @@ class TransformersModel:
             import torch
 
             torch.cuda.empty_cache()
-
-
-# Where `verify` finds each part of a decoder layer (transformers' own names) and how outputs are laid out:
-# q/k/v_proj give [B, T, heads * D]; Gemma 3's q_norm/k_norm run after the transpose to [B, heads, T, D].
-HF_ROLES = {"attention": "self_attn", "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
-            "o": "self_attn.o_proj", "q_norm": "self_attn.q_norm", "k_norm": "self_attn.k_norm", "mlp": "mlp",
-            "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
-HF_LAYOUTS = {"q": "bt(hd)", "k": "bt(hd)", "v": "bt(hd)", "q_norm": "bhtd", "k_norm": "bhtd"}
-
-
-def run(ckpt: Checkpoint, token_ids: list[list[int]], device: str, dtype: str,
-        device_map: str | dict | None = None, attn_implementation: str | None = None) -> RuntimeResult:
-    model = TransformersModel(ckpt, device, dtype, device_map, attn_implementation)
-    try:
-        return model.forward(token_ids)
-    finally:
-        model.close()
