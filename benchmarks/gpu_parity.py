@@ -95,17 +95,10 @@ def main() -> int:
         write_keras(spec, random_weights_fast(spec, device), keras_dir)  # keras-hub's own save_to_preset
         print(f"wrote the Keras preset in {time.perf_counter() - t:.1f} s")
         t = time.perf_counter()
-        try:
-            from gemma_inspect.convert import convert
+        from gemma_inspect.convert import convert
 
-            convert(keras_dir, hf_dir, "hf")
-            how = "gemma-inspect convert"
-        except ImportError:  # a tree without the converter: transformers writes the same weights
-            from gemma_inspect.tiny import write_hf
-
-            write_hf(spec, {n: r.load().astype(np.float32) for n, r in load(keras_dir).tensors.items()}, hf_dir)
-            how = "transformers save_pretrained"
-        print(f"wrote its HF conversion ({how}) in {time.perf_counter() - t:.1f} s")
+        convert(keras_dir, hf_dir, "hf")
+        print(f"wrote its HF conversion (gemma-inspect convert) in {time.perf_counter() - t:.1f} s")
 
         rng = np.random.default_rng(0)
         tokens = [2] + [int(i) for i in rng.integers(4, spec.vocab_size, size=args.tokens - 1)]

@@ -208,9 +208,6 @@ class Checkpoint:
             counts[t.dtype] = counts.get(t.dtype, 0) + 1
         return counts
 
-    def parameter_count_from_tensors(self) -> int:
-        return sum(t.numel for t in self.tensors.values())
-
 
 def check_against_spec(spec: GemmaSpec, tensors: dict[str, TensorRef], config_path: str,
                        tensors_path: str) -> None:

@@ -14,6 +14,7 @@ import click
 
 from . import __version__
 from .errors import GemmaInspectError
+from .formats import FORMATS
 
 
 class _Group(click.Group):
@@ -247,7 +248,7 @@ def verify_cmd(source: str, runtime: str, device: str, graph: bool, as_json: boo
 @main.command()
 @click.argument("source")
 @click.argument("dest")
-@click.option("--to", "to", required=True, type=click.Choice(["hf", "keras", "gguf", "gemma-pytorch"]),
+@click.option("--to", "to", required=True, type=click.Choice(FORMATS),
               help="Target format.")
 @click.option("--dtype", default="keep", show_default=True,
               type=click.Choice(["keep", "float32", "bfloat16", "float16", "q8_0"]),

@@ -23,9 +23,9 @@ import numpy as np
 
 from .checkpoint import FLOAT_DTYPES, Checkpoint, TensorRef
 from .errors import InputError, OutputError, UnsupportedError
+from .formats import FORMATS as TARGETS  # every format is written as well as read
 from .manifest import SIBLING_SUFFIX, Follower, manifest_path
 
-TARGETS = ("hf", "keras", "gguf", "gemma-pytorch")
 DTYPES = ("keep", "float32", "bfloat16", "float16", "q8_0")
 FLOAT_ONLY = {"hf": "HF", "keras": "Keras", "gemma-pytorch": "gemma_pytorch"}  # formats that store no quantization
 CHUNK_BYTES = 64 * 1024 * 1024

@@ -291,7 +291,7 @@ def render_convert(console: Console, report: dict[str, Any]) -> None:
     for note in report["notes"]:
         console.print(f"[yellow]note[/yellow]: {escape(note)}")
     if "parity" in report:
-        render_parity(console, report["parity"])  # type: ignore[name-defined]  # noqa: F821
+        render_parity(console, report["parity"])
 
 
 def render_diff(console: Console, result: dict[str, Any]) -> None:

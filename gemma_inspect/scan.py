@@ -34,9 +34,7 @@ def count_bits(raw: Any, dtype: str) -> tuple[int, int]:
 
 def count_array(arr: np.ndarray) -> tuple[int, int]:
     """(NaNs, infinities) in a float array of any dtype (bfloat16 as ml_dtypes.bfloat16)."""
-    from .formats.safetensors_io import dtype_name
-
-    name = dtype_name(arr.dtype)
+    name = arr.dtype.name  # ml_dtypes' bfloat16 is named "bfloat16" too
     if name in _LAYOUT:
         return count_bits(np.ascontiguousarray(arr).reshape(-1).view(np.uint8), name)
     if arr.dtype.kind != "f":

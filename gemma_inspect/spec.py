@@ -33,7 +33,8 @@ ACTIVATIONS = ("gelu_tanh", "gelu", "silu")
 NORM_KINDS = ("rmsnorm", "layernorm_nonparametric")
 
 # Bytes per element of the dtypes a checkpoint can declare.
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8, "int8": 1, "uint8": 1}
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8, "int8": 1, "uint8": 1, "int16": 2,
+               "int32": 4, "int64": 8, "bool": 1}
 
 
 def _is_number(v: Any) -> bool:
@@ -66,16 +67,15 @@ class FamilyRules:
     qk_norm: bool
     attention_logit_softcap: float | None
     final_logit_softcap: float | None
-    has_sliding_window: bool
 
 
 FAMILY_RULES: dict[str, FamilyRules] = {
     # Gemma 1: plain pre-norm, whatever the paper says about normalising sub-layer outputs.
-    "gemma": FamilyRules("pre", 1, True, "gelu_tanh", True, False, None, None, False),
+    "gemma": FamilyRules("pre", 1, True, "gelu_tanh", True, False, None, None),
     # Gemma 2: sandwich norms, soft caps 50 (attention logits) and 30 (final logits), sliding on even layers.
-    "gemma2": FamilyRules("pre+post", 1, True, "gelu_tanh", True, False, 50.0, 30.0, True),
+    "gemma2": FamilyRules("pre+post", 1, True, "gelu_tanh", True, False, 50.0, 30.0),
     # Gemma 3: soft caps replaced by QK-norm; 5 local layers to 1 global.
-    "gemma3": FamilyRules("pre+post", 1, True, "gelu_tanh", True, True, None, None, True),
+    "gemma3": FamilyRules("pre+post", 1, True, "gelu_tanh", True, True, None, None),
 }
 
 

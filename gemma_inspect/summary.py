@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from .checkpoint import Checkpoint, expected_tensors
-from .spec import DTYPE_BYTES
 
 
 def summarize(ckpt: Checkpoint) -> dict[str, Any]:
@@ -15,13 +14,10 @@ def summarize(ckpt: Checkpoint) -> dict[str, Any]:
     if ckpt.is_card:
         # A card has no tensors: describe the published checkpoint in its declared dtype.
         dtypes = {spec.dtype: len(expected_tensors(spec))}
-        size = params["total"] * DTYPE_BYTES.get(spec.dtype, 2)
+        size = params["total"] * spec.dtype_bytes
     else:
         dtypes = dict(sorted(ckpt.dtype_counts().items()))
         size = ckpt.size_bytes
-        stored = ckpt.parameter_count_from_tensors()
-        if stored != params["total"]:  # pragma: no cover - check_against_spec makes this impossible
-            params["stored"] = stored
     tok = None
     if ckpt.tokenizer is not None:
         tok = {"backend": ckpt.tokenizer.backend,

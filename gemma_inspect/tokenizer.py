@@ -126,11 +126,6 @@ class Tokenizer:
             return None if (i == self._spm.unk_id() and token != self._spm.IdToPiece(i)) else int(i)
         return self._hf.token_to_id(token)
 
-    def id_to_token(self, i: int) -> str:
-        if self.has_spm:
-            return self._spm.IdToPiece(int(i))
-        return self._hf.id_to_token(int(i))
-
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
         """Token ids of `text` with BOS prepended (Gemma never appends EOS). Control tokens such as
         `<start_of_turn>` are user-defined symbols in Gemma's model, so they come out as single ids."""

@@ -91,11 +91,6 @@ def from_canonical(name: str, family: str) -> str:
     return t.format(i=layer) if "{i}" in t else t
 
 
-def is_hf_dir(path: str) -> bool:
-    return os.path.isdir(path) and os.path.isfile(os.path.join(path, CONFIG)) and (
-        os.path.exists(os.path.join(path, SINGLE)) or os.path.exists(os.path.join(path, INDEX)))
-
-
 # ----------------------------------------------------------------------------- config -> spec
 def _rope(text: dict[str, Any], model_type: str, path: str) -> dict[str, float]:
     """RoPE bases and linear factors from either spelling (rope_parameters, or rope_theta/rope_scaling)."""

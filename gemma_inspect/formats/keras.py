@@ -126,12 +126,6 @@ def from_canonical_array(spec: GemmaSpec, role: str, arr: np.ndarray) -> np.ndar
     return arr
 
 
-def is_keras_preset(path: str) -> bool:
-    if not (os.path.isdir(path) and os.path.isfile(os.path.join(path, CONFIG))):
-        return False
-    return any(os.path.exists(os.path.join(path, f)) for f in (WEIGHTS, SHARD_INDEX))
-
-
 def looks_like_keras_config(cfg: dict[str, Any]) -> bool:
     return "class_name" in cfg and isinstance(cfg.get("config"), dict) and "model_type" not in cfg
 

@@ -15,6 +15,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator
 import numpy as np
 
 from ..errors import InputError, OutputError
+from ..spec import DTYPE_BYTES
 from .common import loads_bounded, read_bounded, regular_file
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
@@ -29,8 +30,7 @@ CHUNK_BYTES = 64 * 1024 * 1024
 ST_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
              "I8": "int8", "U8": "uint8", "I16": "int16", "I32": "int32", "I64": "int64", "BOOL": "bool"}
 ST_CODES = {v: k for k, v in ST_DTYPES.items()}
-ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int8": 1, "uint8": 1,
-            "int16": 2, "int32": 4, "int64": 8, "bool": 1}
+ITEMSIZE = DTYPE_BYTES  # bytes per element of each dtype name
 
 
 def numpy_dtype(name: str) -> np.dtype:
@@ -39,13 +39,6 @@ def numpy_dtype(name: str) -> np.dtype:
 
         return np.dtype(ml_dtypes.bfloat16)
     return np.dtype(name)
-
-
-def dtype_name(dt: np.dtype) -> str:
-    dt = np.dtype(dt)
-    if dt.name == "bfloat16":
-        return "bfloat16"
-    return dt.name
 
 
 @dataclass(frozen=True)
