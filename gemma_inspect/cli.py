@@ -293,7 +293,7 @@ def convert(source: str, dest: str, to: str, dtype: str, max_shard_size: str | N
     if verify_after:
         from .parity import parity
 
-        result = parity(load(source), load(dest), "auto", "auto", "auto", "float32")
+        result = parity(ckpt, load(dest), "auto", "auto", "auto", "float32")
         report["parity"] = result
         failed = not result["passed"]
     if as_json:
@@ -365,7 +365,8 @@ def diff_cmd(a: str, b: str | None, atol: float, manifest: str | None, as_json: 
     ca, cb = load(a), load(b)
     from .render import count_progress
 
-    with count_progress(_console(stderr=True), "comparing tensors", max(len(ca.tensors), len(cb.tensors))) as step:
+    total = len(ca.tensors.keys() | cb.tensors.keys())  # diff walks the tensors of either side
+    with count_progress(_console(stderr=True), "comparing tensors", total) as step:
         result = diff(ca, cb, atol, progress=lambda _name: step(1))
     for warning in result["warnings"]:
         click.echo(f"Warning: {warning}", err=True)

@@ -8,6 +8,7 @@ a DEST that looks complete).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -389,7 +390,9 @@ def convert(source: Checkpoint | str, dest: str, to: str, options: WriteOptions 
     {"source", "dest", "format", "dtype", "tensors", "bytes_written", "notes"}."""
     from .formats import load, module
 
-    options = options or WriteOptions()
+    # The writers report into options.notes and convert() sets options.final: a run works on its own copy, so a
+    # WriteOptions reused for several conversions never carries one run's notes into the next report.
+    options = dataclasses.replace(options or WriteOptions(), notes=[], final=None)
     if to not in TARGETS:
         raise InputError(None, f"unknown target format {to!r}; choose from {', '.join(TARGETS)}")
     if options.dtype not in DTYPES:

@@ -334,6 +334,15 @@ def test_dequantized_output_dtype_and_its_note(gguf_of, tmp_path, to):
                             f"for {name}")
 
 
+def test_write_options_reused_for_several_conversions_carry_no_notes_over(gguf_of, tiny_models, tmp_path):
+    options = WriteOptions()
+    first = convert(gguf_of("gemma3", dtype="q8_0"), str(tmp_path / "a"), "hf", options)
+    second = convert(tiny_models.get("gemma3"), str(tmp_path / "b"), "hf", options)
+    note = "quantized tensors were dequantized and are stored as float32"
+    assert note in first["notes"] and note not in second["notes"]
+    assert options.notes == [] and options.final is None  # the caller's object is left as it was
+
+
 def test_gguf_to_gguf_copies_quantized_blocks_as_they_are(gguf_of, tmp_path):
     src = gguf_of("gemma3", dtype="q8_0")
     for dtype in ("keep", "q8_0"):
