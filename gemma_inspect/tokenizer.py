@@ -48,6 +48,14 @@ class Tokenizer:
     def has_spm(self) -> bool:
         return self.spm_path is not None or self.spm_bytes is not None
 
+    def spm_or_rebuilt(self) -> tuple[bytes | None, bool]:
+        """(SentencePiece model bytes, rebuilt): the stored model; else one rebuilt from tokenizer.json, accepted
+        only if it tokenizes the parity texts to the same ids (see spm_from_tokenizer_json); else (None, False)."""
+        if self.has_spm:
+            return self.spm_model_bytes(), False
+        rebuilt = spm_from_tokenizer_json(self) if self.json_path else None
+        return rebuilt, rebuilt is not None
+
     def spm_model_bytes(self) -> bytes:
         if self.spm_bytes is not None:
             return self.spm_bytes
@@ -255,15 +263,13 @@ def write_keras_tokenizer(tok: Tokenizer, dest: str, family: str, dtype: str, ba
     """assets/tokenizer/vocabulary.spm plus the Keras tokenizer/preprocessor/task configs."""
     import json
 
-    if not tok.has_spm:
-        rebuilt = spm_from_tokenizer_json(tok) if tok.json_path else None
-        if rebuilt is None:
-            return ["the source tokenizer has no SentencePiece model and it could not be rebuilt from "
-                    "tokenizer.json: Keras needs one, so no tokenizer was written (Backbone loads; CausalLM does not)"]
-        tok = Tokenizer(source=tok.source, spm_bytes=rebuilt)
-        notes = ["rebuilt the SentencePiece model from tokenizer.json (ids checked equal on the parity texts)"]
-    else:
-        notes = []
+    model_bytes, rebuilt = tok.spm_or_rebuilt()
+    if model_bytes is None:
+        return ["the source tokenizer has no SentencePiece model and it could not be rebuilt from "
+                "tokenizer.json: Keras needs one, so no tokenizer was written (Backbone loads; CausalLM does not)"]
+    notes = ["rebuilt the SentencePiece model from tokenizer.json (ids checked equal on the parity texts)"] \
+        if rebuilt else []
+    tok = Tokenizer(source=tok.source, spm_bytes=model_bytes)
     assets = os.path.join(dest, "assets", "tokenizer")
     os.makedirs(assets, exist_ok=True)
     with open(os.path.join(assets, "vocabulary.spm"), "wb") as f:

@@ -697,11 +697,7 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Callable[[int], N
     tok = ckpt.tokenizer
     model_bytes = None
     if tok is not None:
-        model_bytes = tok.spm_model_bytes() if tok.has_spm else None
-        if model_bytes is None and tok.json_path:
-            from ..tokenizer import spm_from_tokenizer_json
-
-            model_bytes = spm_from_tokenizer_json(tok)
+        model_bytes, _rebuilt = tok.spm_or_rebuilt()
     if model_bytes is not None:
         extra["tokenizer.model"] = model_bytes
         options.notes.append(f"the SentencePiece model is embedded in the .ckpt under {EXTRA_KEY!r} "

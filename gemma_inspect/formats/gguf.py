@@ -988,14 +988,10 @@ def _add_tokenizer(w: Any, ckpt: Checkpoint, notes: list[str]) -> None:
         notes.append("the source has no tokenizer: the GGUF has no tokenizer metadata, and llama.cpp will refuse "
                      "to load it (it needs tokenizer.ggml.model, tokens, scores and token types)")
         return
-    model_bytes = tok.spm_model_bytes() if tok.has_spm else None
-    if model_bytes is None and tok.json_path:
-        from ..tokenizer import spm_from_tokenizer_json
-
-        model_bytes = spm_from_tokenizer_json(tok)
-        if model_bytes is not None:
-            notes.append("rebuilt the SentencePiece vocabulary from tokenizer.json (ids checked equal on the "
-                         "parity texts)")
+    model_bytes, rebuilt = tok.spm_or_rebuilt()
+    if rebuilt:
+        notes.append("rebuilt the SentencePiece vocabulary from tokenizer.json (ids checked equal on the "
+                     "parity texts)")
     if model_bytes is None:
         notes.append("the source tokenizer has no SentencePiece model and none could be rebuilt from "
                      "tokenizer.json: the GGUF has no tokenizer metadata, and llama.cpp will refuse to load it")
