@@ -68,9 +68,14 @@ def match_name(patterns: list[tuple[str, re.Pattern[str]]], name: str) -> tuple[
 _ROLE_PATTERNS = compile_names(ROLES)
 
 
-def canonical_name(role: str, layer: int | None = None) -> str:
-    template = ROLES[role]
+def fill_name(template: str, layer: int | None = None) -> str:
+    """A name table's template for one layer ('model.layers.{i}.x' -> 'model.layers.3.x'); top-level names as
+    they are."""
     return template.format(i=layer) if "{i}" in template else template
+
+
+def canonical_name(role: str, layer: int | None = None) -> str:
+    return fill_name(ROLES[role], layer)
 
 
 def parse_canonical(name: str) -> tuple[str, int | None] | None:

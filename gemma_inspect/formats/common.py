@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
@@ -135,6 +136,15 @@ def _escapes(directory: str, full: str) -> str | None:
         # which stays inside the cached repository (the directory snapshot_download returns).
         allowed.append(os.path.join(os.path.dirname(os.path.dirname(real_dir)), "blobs"))
     return None if any(os.path.commonpath([a, real]) == a for a in allowed) else real
+
+
+def most_common(values: list[str]) -> str | None:
+    """The value that occurs most often (the first of them on a tie, so the answer never depends on hashing);
+    None for no values. Readers take the checkpoint's dtype from its tensors this way."""
+    if not values:
+        return None
+    counts = collections.Counter(values)
+    return max(counts, key=counts.__getitem__)
 
 
 def check_member(directory: str, name: str) -> None:

@@ -31,11 +31,11 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ..checkpoint import (LAYER_ROLES, ROLES, Checkpoint, TensorRef, check_against_spec, compile_names,
-                          expected_tensors, match_name)
+from ..checkpoint import (Checkpoint, TensorRef, canonical_name, check_against_spec, compile_names, expected_tensors,
+                          match_name)
 from ..errors import InputError, UnsupportedError
 from ..spec import CARD_NAMES, GemmaSpec, card
-from .common import check_member, read_json_object, safe_child
+from .common import check_member, most_common, read_json_object, safe_child
 
 STATE_KEY = "model_state_dict"
 EXTRA_KEY = "gemma_inspect"  # our writer's self-description; gemma_pytorch's loader never looks at it
@@ -96,11 +96,6 @@ def _role_of(name: str, family: str) -> tuple[str, int | None] | None:
     if m:
         return "qkv", int(m.group(1))
     return None
-
-
-def _canonical(role: str, layer: int | None) -> str:
-    t = ROLES[role]
-    return t.format(i=layer) if role in LAYER_ROLES else t
 
 
 # ----------------------------------------------------------------------------- unpickling, safely
@@ -499,7 +494,7 @@ def read(path: str) -> Checkpoint:
                                     f"{list(shapes[needed])}; expected a matrix")
     weight_dtypes = [FLOAT_DTYPES.get(str(v.dtype)) for (_r, _l, v, _f, _n) in located.values()]
     float_dtypes = [d for d in weight_dtypes if d]
-    dtype = max(set(float_dtypes), key=float_dtypes.count) if float_dtypes else "float32"
+    dtype = most_common(float_dtypes) or "float32"
     if len(float_dtypes) != len(weight_dtypes):
         notes.append("int8 weights (gemma_pytorch quant=True) are dequantized with their weight_scaler to float32")
         dtype = "float32"
@@ -518,10 +513,10 @@ def read(path: str) -> Checkpoint:
             bounds = {"q": slice(0, q_out), "k": slice(q_out, q_out + kv_out),
                       "v": slice(q_out + kv_out, q_out + 2 * kv_out)}
             for r in QKV_ROLES:
-                name = _canonical(r, layer)
+                name = canonical_name(r, layer)
                 tensors[name] = _ref(name, v, f, stored, bounds[r], scaler)
         else:
-            name = _canonical(role, layer)
+            name = canonical_name(role, layer)
             if name in tensors:
                 raise InputError(f, f"two tensors map to {name} ({stored})")
             tensors[name] = _ref(name, v, f, stored, None, scaler)
@@ -677,20 +672,20 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Callable[[int], N
     def cast(ref: TensorRef, dtype: str) -> Callable[[], np.ndarray]:
         return lambda: cast_array(ref.load(), dtype)  # quantized refs load as float32
 
-    emb = ckpt.tensors[_canonical("embed", None)]
+    emb = ckpt.tensors[canonical_name("embed", None)]
     add(names["embed"], tuple(emb.shape), out_dtype(emb), cast(emb, out_dtype(emb)))
     for i in range(spec.num_layers):
         for role in _layer_roles_in_order(spec):
             if role == "qkv":
-                refs = [ckpt.tensors[_canonical(r, i)] for r in QKV_ROLES]
+                refs = [ckpt.tensors[canonical_name(r, i)] for r in QKV_ROLES]
                 dtype = out_dtype(refs[0])
                 rows = sum(r.shape[0] for r in refs)
                 add(QKV.format(i=i), (rows, spec.hidden_size), dtype,
                     lambda refs=refs, dtype=dtype: np.concatenate([cast(r, dtype)() for r in refs], axis=0))
             else:
-                ref = ckpt.tensors[_canonical(role, i)]
+                ref = ckpt.tensors[canonical_name(role, i)]
                 add(names[role].format(i=i), tuple(ref.shape), out_dtype(ref), cast(ref, out_dtype(ref)))
-    norm = ckpt.tensors[_canonical("final_norm", None)]
+    norm = ckpt.tensors[canonical_name("final_norm", None)]
     add(names["final_norm"], tuple(norm.shape), out_dtype(norm), cast(norm, out_dtype(norm)))
 
     extra: dict[str, Any] = {"config": cfg}

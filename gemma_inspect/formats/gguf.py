@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from ..checkpoint import (LAYER_ROLES, NORM_ROLES, ROLES, Checkpoint, TensorRef, check_against_spec,
-                          compile_names, expected_tensors, match_name, parse_canonical)
+from ..checkpoint import (NORM_ROLES, Checkpoint, TensorRef, canonical_name, check_against_spec, compile_names,
+                          expected_tensors, fill_name, match_name, parse_canonical)
 from ..errors import InputError, UnsupportedError
 from ..spec import FULL, SLIDING, GemmaSpec, gemma2_layer_types, gemma3_layer_types
 from ..tokenizer import Tokenizer
@@ -74,8 +74,7 @@ _GGUF_PATTERNS = compile_names(GGUF_NAMES)
 
 
 def gguf_name(role: str, layer: int | None = None) -> str:
-    t = GGUF_NAMES[role]
-    return t.format(i=layer) if role in LAYER_ROLES else t
+    return fill_name(GGUF_NAMES[role], layer)
 
 
 def parse_gguf_name(name: str) -> tuple[str, int | None] | None:
@@ -84,11 +83,7 @@ def parse_gguf_name(name: str) -> tuple[str, int | None] | None:
 
 def canonical_of(name: str) -> str | None:
     parsed = parse_gguf_name(name)
-    if parsed is None:
-        return None
-    role, layer = parsed
-    t = ROLES[role]
-    return t.format(i=layer) if "{i}" in t else t
+    return None if parsed is None else canonical_name(*parsed)
 
 
 # Stored float types keep their dtype; every other weight type is a quantization, dequantized to float32.

@@ -11,10 +11,10 @@ import os
 from typing import Any
 
 from ..checkpoint import (FLOAT_DTYPES, ROLES, Checkpoint, TensorRef, canonical_name, check_against_spec,
-                          compile_names, match_name, parse_canonical)
+                          compile_names, fill_name, match_name, parse_canonical)
 from ..errors import InputError, UnsupportedError
 from ..spec import FULL, SLIDING, GemmaSpec, gemma2_layer_types, gemma3_layer_types
-from .common import MAX_LAYERS, opt_float, read_json_object, require_int, safe_child
+from .common import MAX_LAYERS, most_common, opt_float, read_json_object, require_int, safe_child
 from .safetensors_io import StEntry, read_array, read_header
 
 SUPPORTED_MODEL_TYPES = ("gemma", "gemma2", "gemma3_text", "gemma3")
@@ -87,8 +87,7 @@ def from_canonical(name: str, family: str) -> str:
     if not parsed:
         return name
     role, layer = parsed
-    t = hf_name(role, family)
-    return t.format(i=layer) if "{i}" in t else t
+    return fill_name(hf_name(role, family), layer)
 
 
 # ----------------------------------------------------------------------------- config -> spec
@@ -312,8 +311,7 @@ def read(path: str) -> Checkpoint:
             raise InputError(os.path.join(path, INDEX), f"does not list {unlisted[0]!r}, which "
                                                         f"{os.path.basename(headers[unlisted[0]][0])} holds")
     dtypes = [e.dtype for _, e in headers.values()]
-    dtype_hint = max(set(dtypes), key=dtypes.count) if dtypes else None
-    spec, notes = spec_from_config(cfg, config_path, dtype_hint)
+    spec, notes = spec_from_config(cfg, config_path, most_common(dtypes))
 
     tensors: dict[str, TensorRef] = {}
     ignored: dict[str, tuple[tuple[int, ...], str]] = {}

@@ -23,7 +23,7 @@ from ..checkpoint import (FLOAT_DTYPES, Checkpoint, TensorRef, canonical_name, c
                           parse_canonical)
 from ..errors import InputError, SpecError, UnsupportedError
 from ..spec import FULL, SLIDING, GemmaSpec, gemma2_layer_types, gemma3_layer_types
-from .common import MAX_LAYERS, opt_float, read_json_object, require_int, safe_child
+from .common import MAX_LAYERS, most_common, opt_float, read_json_object, require_int, safe_child
 from .safetensors_io import numpy_dtype
 
 CONFIG = "config.json"
@@ -450,7 +450,7 @@ def read(path: str) -> Checkpoint:
     _class_of(cfg, config_path)
     datasets, names, files, where = _all_vars(path)
     dtypes = [v.dtype for v in datasets.values()]
-    spec, notes = spec_from_config(cfg, config_path, max(set(dtypes), key=dtypes.count) if dtypes else None)
+    spec, notes = spec_from_config(cfg, config_path, most_common(dtypes))
     assumed = {"max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id"}
     meta_path = os.path.join(path, "metadata.json")
     if os.path.exists(meta_path):
@@ -495,8 +495,6 @@ def read(path: str) -> Checkpoint:
 
 
 def _ref(canonical: str, var: H5Var) -> TensorRef:
-    from ..checkpoint import parse_canonical
-
     parsed = parse_canonical(canonical)
     role = parsed[0] if parsed else "embed"
     layout = VAR_BY_ROLE[role].layout
@@ -597,8 +595,6 @@ DEFAULT_MAX_SHARD = 10 * 10**9  # keras-hub's save_to_preset default (10 GB)
 
 
 def _h5_path(spec: GemmaSpec, canonical: str) -> str:
-    from ..checkpoint import parse_canonical
-
     role, layer = parse_canonical(canonical)  # type: ignore[misc]
     var = VAR_BY_ROLE[role]
     return f"layers/{var.path}" if layer is None else f"{block_group(spec, layer)}/{var.path}"
@@ -611,8 +607,6 @@ def _create_h5(file: str, spec: GemmaSpec, entries: list[tuple[str, str, tuple[i
     so the file reads back through the same mapping. Storage is allocated early and contiguous, so the
     data can then be streamed straight into the file at known offsets without going through h5py."""
     import h5py
-
-    from ..checkpoint import parse_canonical
 
     offsets: dict[str, int] = {}
     with h5py.File(file, "w") as f:
@@ -654,7 +648,6 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
                                    f" (use --force to convert anyway)")
         options.notes.append("converted with --force although keras-hub cannot express: " + "; ".join(problems))
     declared = options.dtype if options.dtype != "keep" else spec.dtype
-    from ..checkpoint import parse_canonical
 
     rows = []
     for name, ref in ckpt.tensors.items():
