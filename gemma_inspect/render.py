@@ -193,9 +193,9 @@ def render_summary(console: Console, m: dict[str, Any]) -> None:
     if "nonfinite" in m:
         bad = m["nonfinite"]
         if bad:
-            console.print(f"[bold red]Values[/bold red]: {len(bad)} tensors hold NaN or infinite values: "
-                          + escape(", ".join(f"{f['name']} ({f['nan']} NaN, {f['inf']} inf)" for f in bad[:5]))
-                          + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""))
+            from .scan import findings
+
+            console.print("[bold red]Values[/bold red]: " + escape(findings(bad, limit=5)))
         else:
             console.print(f"[bold]Values[/bold]: all {m['num_tensors']} tensors read, no NaN or infinite values")
     for note in m.get("notes", []):

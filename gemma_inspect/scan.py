@@ -69,8 +69,13 @@ def nonfinite(ckpt: Any, progress: Callable[[str], None] | None = None) -> list[
     return out
 
 
+def findings(found: list[dict[str, Any]], limit: int = 3) -> str:
+    """How many tensors hold NaN/inf values and which (the first `limit` of them)."""
+    names = ", ".join(f"{f['name']} ({f['nan']} NaN, {f['inf']} inf)" for f in found[:limit])
+    more = f" and {len(found) - limit} more" if len(found) > limit else ""
+    return f"{len(found)} tensors hold NaN or infinite values: {names}{more}"
+
+
 def describe(found: list[dict[str, Any]], where: str) -> str:
-    """One line for a warning: how many tensors hold NaN/inf values and which."""
-    names = ", ".join(f"{f['name']} ({f['nan']} NaN, {f['inf']} inf)" for f in found[:3])
-    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
-    return f"{where}: {len(found)} tensors hold NaN or infinite values: {names}{more}"
+    """One line for a warning: where, how many tensors hold NaN/inf values and which."""
+    return f"{where}: {findings(found)}"
