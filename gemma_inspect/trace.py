@@ -63,7 +63,7 @@ def _with_main_output(output: Any, new: Any) -> Any:
     return new
 
 
-def _is_norm(module: Any) -> bool:
+def is_norm(module: Any) -> bool:
     return "norm" in type(module).__name__.lower()
 
 
@@ -137,7 +137,7 @@ class BlockRecord:
         if self.calls != 1:  # only the first forward pass is recorded
             return
         node: dict[str, Any] = {"kind": "module", "name": rel, "class": type(module).__name__,
-                                "role": self.roles.get(id(module)) or ("norm" if _is_norm(module) else None),
+                                "role": self.roles.get(id(module)) or ("norm" if is_norm(module) else None),
                                 "children": []}
         if not self._stack:  # a part of the block itself: follow its input
             node["input"] = self.label_of(first_tensor(args, kwargs)) or "?"

@@ -31,6 +31,7 @@ import os
 from typing import Any, Callable
 
 from .checkpoint import NORM_ROLES, Checkpoint, parse_canonical
+from .trace import is_norm
 from .spec import (CARD_NAMES, FAMILY_RULES, FULL, SLIDING, GemmaSpec, card, gemma2_layer_types,
                    gemma3_layer_types, round_to_dtype)
 
@@ -198,7 +199,7 @@ def _weight_of(module: Any) -> Any:
 
 def _norm_modules(an: Any, block: int) -> list[tuple[str, Any]]:
     """The norms a block calls directly (by the runtime's class names), then its q/k norms."""
-    out = [(n, m) for n, m in an.blocks[block].named_children() if "norm" in type(m).__name__.lower()]
+    out = [(n, m) for n, m in an.blocks[block].named_children() if is_norm(m)]
     for role in ("q_norm", "k_norm"):
         m = an.part(block, role)
         if m is not None:
@@ -723,7 +724,7 @@ def _query_scale_and_qk_norm(spec: GemmaSpec, rules: Any, obs: dict[str, Any],
 
     raw = fit("q", "k")
     normed = fit("q_norm", "k_norm")
-    tol = 1e-4 if obs["dtype"] == "float32" else 3e-2
+    tol = _tol(obs["dtype"])
     candidates = [(n, f) for n, f in (("normed", normed), ("raw", raw)) if f is not None]
     good = [(n, f) for n, f in candidates if f[1] <= tol]
     detail = ", ".join(f"{'q_norm/k_norm outputs' if n == 'normed' else 'projections'}: "

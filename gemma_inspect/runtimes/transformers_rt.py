@@ -19,6 +19,7 @@ from typing import Any
 
 from ..checkpoint import Checkpoint
 from ..errors import UnsupportedError
+from ..trace import main_output
 from . import HF_MODULE_LAYOUTS, HF_MODULE_ROLES, Anatomy, RuntimeResult, to_cpu_float, torch_dtype
 
 
@@ -104,7 +105,7 @@ class TransformersModel:
         def keep(key: str):
             def hook(_module: Any, _args: Any, output: Any) -> None:
                 # Decoder layers return a tensor in transformers 5 and a tuple (hidden, ...) in 4.x.
-                captured[key] = to_cpu_float(output[0] if isinstance(output, tuple) else output)
+                captured[key] = to_cpu_float(main_output(output))
             return hook
 
         handles = [stack.embed_tokens.register_forward_hook(keep("embed"))]  # the scaled embedding
