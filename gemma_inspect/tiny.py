@@ -105,23 +105,11 @@ def write_hf(spec: GemmaSpec, weights: dict[str, np.ndarray], out_dir: str, spm_
     import shutil
 
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
 
-    from .formats.hf import config_dict, from_canonical
+    from .runtimes.transformers_rt import build_model
 
-    cfg = config_dict(spec)
-    model_type = cfg.pop("model_type")
-    cfg.pop("torch_dtype", None)
-    config = AutoConfig.for_model(model_type, **cfg)
-    torch_dtype = getattr(torch, spec.dtype)
-    with torch.device("cpu"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    state = {from_canonical(n, spec.family): torch.from_numpy(a.copy()) for n, a in weights.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [m for m in missing if m != "lm_head.weight"]
-    if missing or unexpected:
-        raise RuntimeError(f"tiny HF model: missing {missing}, unexpected {unexpected}")
-    model = model.to(torch_dtype)
+    state = {n: torch.from_numpy(a.copy()) for n, a in weights.items()}
+    model = build_model(spec, state, "cpu", "float32", where="tiny HF model").to(getattr(torch, spec.dtype))
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     from transformers.utils import logging as hf_logging
 

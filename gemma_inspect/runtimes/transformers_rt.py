@@ -26,8 +26,7 @@ from . import HF_MODULE_LAYOUTS, HF_MODULE_ROLES, Anatomy, RuntimeResult, to_cpu
 def load_model(ckpt: Checkpoint, device: str, dtype: str, device_map: str | dict | None = None,
                attn_implementation: str | None = None) -> Any:
     """A transformers CausalLM holding `ckpt`'s weights, in eval mode, on `device` (or per device_map)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype)}
     if attn_implementation:
@@ -50,9 +49,22 @@ def load_model(ckpt: Checkpoint, device: str, dtype: str, device_map: str | dict
     if device_map is not None:
         raise UnsupportedError(f"{ckpt.source}: device_map needs a Hugging Face directory; this is {ckpt.format}")
 
+    from .reference import load_weights
+
+    weights = load_weights(ckpt, device, torch_dtype(dtype))
+    return build_model(ckpt.spec, weights, device, dtype, attn_implementation, ckpt.source).eval()
+
+
+def build_model(spec: Any, weights: dict[str, Any], device: str, dtype: str, attn_implementation: str | None = None,
+                where: str | None = None) -> Any:
+    """A transformers CausalLM built from `spec` (its HF config) holding `weights` ({canonical name: torch
+    tensor}); an UnsupportedError (naming `where`) when HF cannot express the spec or the tensors do not fit."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     from ..formats.hf import config_dict, from_canonical
 
-    cfg = config_dict(ckpt.spec)  # UnsupportedError when HF cannot express the architecture
+    cfg = config_dict(spec)  # UnsupportedError when HF cannot express the architecture
     model_type = cfg.pop("model_type")
     for key in ("torch_dtype", "dtype", "architectures"):
         cfg.pop(key, None)
@@ -61,16 +73,13 @@ def load_model(ckpt: Checkpoint, device: str, dtype: str, device_map: str | dict
         config._attn_implementation = attn_implementation
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype(dtype))
-    from .reference import load_weights
-
-    weights = load_weights(ckpt, device, torch_dtype(dtype))
-    state = {from_canonical(n, ckpt.spec.family): t for n, t in weights.items()}
+    state = {from_canonical(n, spec.family): t for n, t in weights.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [m for m in missing if not (m == "lm_head.weight" and ckpt.spec.tied_embeddings)]
+    missing = [m for m in missing if not (m == "lm_head.weight" and spec.tied_embeddings)]
     if missing or unexpected:
-        raise UnsupportedError(f"{ckpt.source}: tensors do not fit the transformers model "
+        raise UnsupportedError(f"{where + ': ' if where else ''}tensors do not fit the transformers model "
                                f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return model.eval()
+    return model
 
 
 def text_model(model: Any) -> Any:
