@@ -9,10 +9,12 @@ import os
 import pytest
 from click.testing import CliRunner
 
+from defects import embedding_scale_in_float32
 from gemma_inspect import load
 from gemma_inspect.cli import main
 from gemma_inspect.errors import InputError, UnsupportedError
 from gemma_inspect.parity import default_tokens, parity, plot_layers
+from gemma_inspect.runtimes import reference
 from gemma_inspect.tiny import random_weights, tiny_spec, train_tokenizer, write_hf
 
 FAMILIES = ("gemma", "gemma-mha", "gemma2", "gemma3")
@@ -122,15 +124,15 @@ def test_defect_two_query_heads_swapped(tiny_models, tmp_path, family, layer):
     assert r["layers"][layer + 1]["relative_diff"] > 1e-2
 
 
-def test_defect_embedding_scale_in_float32_in_a_bfloat16_model(tmp_path, tiny_tokenizer):
+def test_defect_embedding_scale_in_float32_in_a_bfloat16_model(tmp_path, tiny_tokenizer, monkeypatch):
     """sqrt(48) applied exactly (6.9282) instead of as bfloat16 (6.9375): the 0.13% of Gemma 7B's
     55.4256 -> 55.5. Caught at the embedding output (-1), where correct implementations agree exactly."""
     spec = tiny_spec("gemma", hidden_size=48, dtype="bfloat16")
     ckpt = load(write_hf(spec, random_weights(spec, 0), str(tmp_path / "hf48"), tiny_tokenizer))
     good = parity(ckpt, ckpt, "transformers", "reference", "cpu", "bfloat16")
     assert good["passed"] is True and good["layers"][0]["max_abs_diff"] == 0.0
-    bad = parity(ckpt, ckpt, "transformers", "reference", "cpu", "bfloat16",
-                 options_b={"embedding_scale_dtype": "float32"})
+    monkeypatch.setattr(reference, "embed", embedding_scale_in_float32)  # B, the reference runtime, has the bug
+    bad = parity(ckpt, ckpt, "transformers", "reference", "cpu", "bfloat16")
     assert bad["passed"] is False
     assert bad["first_divergent_layer"] == -1
     assert bad["layers"][0]["status"] == "mismatch"

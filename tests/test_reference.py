@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from defects import embedding_scale_in_float32
 from gemma_inspect import load
 from gemma_inspect.errors import InputError, UnsupportedError
 from gemma_inspect.parity import default_tokens
-from gemma_inspect.runtimes import resolve_device, resolve_runtime, run
+from gemma_inspect.runtimes import reference, resolve_device, resolve_runtime, run
 from gemma_inspect.tiny import random_weights, tiny_spec, write_hf
 
 FAMILIES = ("gemma", "gemma-mha", "gemma2", "gemma3")
@@ -89,7 +90,7 @@ def test_reference_follows_spec_quirks_like_transformers(tmp_path, changes):
     _assert_matches(run(ckpt, ids, "reference", "cpu", "float32"), run(ckpt, ids, "transformers", "cpu", "float32"))
 
 
-def test_embedding_scale_is_rounded_to_bfloat16(tmp_path):
+def test_embedding_scale_is_rounded_to_bfloat16(tmp_path, monkeypatch):
     """sqrt(48) = 6.9282 is applied as 6.9375 in bfloat16 (as sqrt(3072) = 55.4256 becomes 55.5)."""
     import ml_dtypes
 
@@ -102,7 +103,8 @@ def test_embedding_scale_is_rounded_to_bfloat16(tmp_path):
     table = w["model.embed_tokens.weight"].astype(ml_dtypes.bfloat16)
     expected = (table[ids].astype(np.float32) * np.float32(6.9375)).astype(ml_dtypes.bfloat16).astype(np.float32)
     assert np.array_equal(res.hidden_states[0][0].numpy(), expected)
-    buggy = run(ckpt, ids, "reference", "cpu", "bfloat16", embedding_scale_dtype="float32")
+    monkeypatch.setattr(reference, "embed", embedding_scale_in_float32)
+    buggy = run(ckpt, ids, "reference", "cpu", "bfloat16")
     exact = (table[ids].astype(np.float32) * np.float32(math.sqrt(48))).astype(ml_dtypes.bfloat16)
     assert np.array_equal(buggy.hidden_states[0][0].numpy(), exact.astype(np.float32))
     assert not np.array_equal(buggy.hidden_states[0][0].numpy(), expected)

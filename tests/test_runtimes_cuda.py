@@ -8,10 +8,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from defects import embedding_scale_in_float32
 from gemma_inspect import load
 from gemma_inspect.cli import main
 from gemma_inspect.parity import default_tokens, parity
-from gemma_inspect.runtimes import run
+from gemma_inspect.runtimes import reference, run
 from gemma_inspect.tiny import random_weights, tiny_spec, write_hf
 
 pytestmark = [
@@ -67,13 +68,13 @@ def test_cuda_defect_norm_offset_found_at_layer_1(tiny_models, tmp_path):
     assert r["passed"] is False and r["first_divergent_layer"] == 1
 
 
-def test_cuda_defect_embedding_scale_in_float32(tmp_path, tiny_tokenizer):
+def test_cuda_defect_embedding_scale_in_float32(tmp_path, tiny_tokenizer, monkeypatch):
     spec = tiny_spec("gemma", hidden_size=48, dtype="bfloat16")
     ckpt = load(write_hf(spec, random_weights(spec, 0), str(tmp_path / "hf48"), tiny_tokenizer))
     good = parity(ckpt, ckpt, "transformers", "reference", "cuda", "bfloat16")
     assert good["passed"] is True
-    bad = parity(ckpt, ckpt, "transformers", "reference", "cuda", "bfloat16",
-                 options_b={"embedding_scale_dtype": "float32"})
+    monkeypatch.setattr(reference, "embed", embedding_scale_in_float32)  # B, the reference runtime, has the bug
+    bad = parity(ckpt, ckpt, "transformers", "reference", "cuda", "bfloat16")
     assert bad["passed"] is False and bad["first_divergent_layer"] == -1
 
 

@@ -14,12 +14,13 @@ import pytest
 from click.testing import CliRunner
 
 from files import edit_json
+from defects import embedding_scale_in_float32
 from gemma_inspect import load
 from gemma_inspect.checkpoint import NORM_ROLES, Checkpoint, parse_canonical
 from gemma_inspect.cli import main
 from gemma_inspect.errors import InputError
 from gemma_inspect.parity import default_tokens
-from gemma_inspect.runtimes import load_model
+from gemma_inspect.runtimes import load_model, reference
 from gemma_inspect.spec import card
 from gemma_inspect.tiny import random_weights, tiny_spec, write_hf
 from gemma_inspect.verify import CHECK_NAMES, architecture_checks, lint, observe, verify
@@ -154,9 +155,9 @@ def test_healthy_gemma2_evidence_numbers(tiny_models):
     assert "soft cap 50 undone first" in checks["query_scale"]["evidence"]
 
 
-def test_bfloat16_embedding_scale_rounding_and_the_float32_factor_bug(tiny_tokenizer, tmp_path):
+def test_bfloat16_embedding_scale_rounding_and_the_float32_factor_bug(tiny_tokenizer, tmp_path, monkeypatch):
     """d = 48 in bfloat16: sqrt(48) = 6.9282 is applied as 6.9375. A runtime multiplying by the exact factor
-    in float32 (the porting bug, seeded through the reference runtime's option) is observed doing so."""
+    in float32 (the porting bug, seeded into the reference runtime) is observed doing so."""
     spec = tiny_spec("gemma", hidden_size=48, dtype="bfloat16")
     ckpt = load(write_hf(spec, random_weights(spec, 0), str(tmp_path / "hf48"), tiny_tokenizer))
     r = _by_name(verify(ckpt, "transformers", "cpu"))
@@ -164,7 +165,8 @@ def test_bfloat16_embedding_scale_rounding_and_the_float32_factor_bug(tiny_token
     assert "sqrt(48) = 6.9282, 6.9375 in bfloat16; the runtime used sqrt(48) rounded to bfloat16 (bit-exact)" \
            in r["embedding_scale"]["evidence"]
     assert (r["activation"]["status"], r["activation"]["observed"]) == ("pass", "gelu_tanh")  # tanh vs erf in bf16
-    model = load_model(ckpt, "reference", "cpu", "bfloat16", embedding_scale_dtype="float32")
+    monkeypatch.setattr(reference, "embed", embedding_scale_in_float32)
+    model = load_model(ckpt, "reference", "cpu", "bfloat16")
     try:
         bad = _by_name(architecture_checks(ckpt, observe(model, default_tokens(ckpt))))
     finally:
@@ -270,9 +272,7 @@ def test_defect_every_norm_stored_as_one_plus_w(defects):
 
 def test_defect_runtime_patched_to_skip_the_embedding_scale(tiny_models, monkeypatch):
     """The reference runtime's modules call `reference.embed` at run time: patch it to a bare lookup."""
-    from gemma_inspect.runtimes import reference
-
-    monkeypatch.setattr(reference, "embed", lambda spec, table, token_ids, scale_dtype=None: table[token_ids])
+    monkeypatch.setattr(reference, "embed", lambda spec, table, token_ids: table[token_ids])
     r = verify(tiny_models.get("gemma3", "hf"), "reference", "cpu")
     c = _by_name(r)
     assert (c["embedding_scale"]["status"], c["embedding_scale"]["expected"], c["embedding_scale"]["observed"]) == \

@@ -166,7 +166,7 @@ def as_token_batch(ckpt: Checkpoint, token_ids: Any) -> list[list[int]]:
     return arr.astype(np.int64).tolist()
 
 
-ALLOWED_OPTIONS = {"reference": {"embedding_scale_dtype"},
+ALLOWED_OPTIONS = {"reference": set(),
                    "transformers": {"device_map", "attn_implementation"},
                    "keras": {"attn_implementation"}}
 
@@ -177,8 +177,7 @@ def load_model(ckpt: Checkpoint, runtime: str = "auto", device: str = "auto", dt
 
     Options: `device_map` (transformers: e.g. "auto" to spread a model over several GPUs with
     accelerate), `attn_implementation` (transformers: any of its names; keras: "eager" keeps keras-hub
-    off its fused attention kernel), `embedding_scale_dtype` (reference: "float32" reproduces a porting
-    bug, for tests).
+    off its fused attention kernel). The reference runtime takes none.
     """
     if dtype not in DTYPES:
         raise InputError(None, f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")

@@ -62,19 +62,16 @@ def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float, offset: int) -> torch
     return (normed * (offset + w.float())).to(x.dtype)
 
 
-def embed(spec: GemmaSpec, table: torch.Tensor, token_ids: torch.Tensor,
-          scale_dtype: str | None = None) -> torch.Tensor:
+def embed(spec: GemmaSpec, table: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
     """E[tok] * sqrt(d): [B, T] -> [B, T, d].
 
     Gemma casts the factor to the activation dtype before multiplying: in bfloat16 sqrt(3072) = 55.4256
-    becomes 55.5 and sqrt(2048) = 45.2548 becomes 45.25. `scale_dtype="float32"` reproduces the common
-    porting bug of multiplying by the exact factor instead (for the seeded-defect tests only).
+    becomes 55.5 and sqrt(2048) = 45.2548 becomes 45.25 (the common porting bug multiplies by the exact
+    factor instead). Modules call it through this module's name at run time, so a test can swap in a defect.
     """
     x = table[token_ids]  # [B, T, d], model dtype
     if not spec.scale_embeddings:
         return x
-    if scale_dtype == "float32":  # the bug: exact factor, float32 product, rounded afterwards
-        return (x.float() * math.sqrt(spec.hidden_size)).to(x.dtype)
     factor = torch.tensor(math.sqrt(spec.hidden_size), dtype=torch.float32, device=x.device).to(x.dtype)
     return x * factor
 
@@ -172,13 +169,13 @@ class RMSNorm(nn.Module):
 class Embedding(nn.Module):
     """Token ids -> `embed` (the lookup and Gemma's sqrt(d) scale)."""
 
-    def __init__(self, spec: GemmaSpec, weight: torch.Tensor, scale_dtype: str | None = None):
+    def __init__(self, spec: GemmaSpec, weight: torch.Tensor):
         super().__init__()
-        self.spec, self.scale_dtype = spec, scale_dtype
+        self.spec = spec
         self.weight = _param(weight)
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
-        return embed(self.spec, self.weight, token_ids, self.scale_dtype)
+        return embed(self.spec, self.weight, token_ids)
 
 
 class Activation(nn.Module):
@@ -299,11 +296,11 @@ class OutputHead(nn.Module):
 class GemmaModel(nn.Module):
     """The whole decoder: embedding, L blocks, final norm, output head."""
 
-    def __init__(self, spec: GemmaSpec, w: dict[str, torch.Tensor], embedding_scale_dtype: str | None = None):
+    def __init__(self, spec: GemmaSpec, w: dict[str, torch.Tensor]):
         super().__init__()
         check_supported(spec)
         self.spec = spec
-        self.embed_tokens = Embedding(spec, w[canonical_name("embed")], embedding_scale_dtype)
+        self.embed_tokens = Embedding(spec, w[canonical_name("embed")])
         self.layers = nn.ModuleList(DecoderBlock(spec, w, i) for i in range(spec.num_layers))
         self.norm = RMSNorm(w[canonical_name("final_norm")], spec.rms_norm_eps, spec.norm_offset)
         out = self.embed_tokens.weight if spec.tied_embeddings else w["lm_head.weight"]
@@ -334,7 +331,7 @@ class ReferenceModel:
 
     runtime = "reference"
 
-    def __init__(self, ckpt: Checkpoint, device: str, dtype: str, embedding_scale_dtype: str | None = None):
+    def __init__(self, ckpt: Checkpoint, device: str, dtype: str):
         spec = ckpt.spec
         check_supported(spec)
         missing = [n for n in expected_tensors(spec) if n not in ckpt.tensors]
@@ -342,7 +339,7 @@ class ReferenceModel:
             raise UnsupportedError(f"{ckpt.source}: the reference runtime needs {', '.join(missing[:3])}")
         start = time.perf_counter()
         self.source, self.device, self.dtype = ckpt.source, device, dtype
-        self.model = GemmaModel(spec, load_weights(ckpt, device, torch_dtype(dtype)), embedding_scale_dtype).eval()
+        self.model = GemmaModel(spec, load_weights(ckpt, device, torch_dtype(dtype))).eval()
         self.load_seconds = time.perf_counter() - start
         self.notes: list[str] = []
 
