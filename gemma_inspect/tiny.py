@@ -123,51 +123,16 @@ def write_hf(spec: GemmaSpec, weights: dict[str, np.ndarray], out_dir: str, spm_
     return out_dir
 
 
-def _keras_variable(backbone: Any, role: str, layer: int | None) -> Any:
-    from .formats.keras import VAR_BY_ROLE
-
-    if role == "embed":
-        return backbone.token_embedding.embeddings
-    if role == "final_norm":
-        return backbone.layer_norm.weights[0]
-    block = backbone.transformer_layers[layer]
-    obj = block
-    for attr in VAR_BY_ROLE[role].path.split("/vars/")[0].split("/"):
-        obj = getattr(obj, attr)
-    return obj.weights[0]
-
-
-def build_keras_backbone(spec: GemmaSpec, weights: dict[str, np.ndarray] | None = None) -> Any:
-    """A keras-hub backbone of `spec` with the given canonical weights assigned (torch backend)."""
-    from .formats.keras import config_dict, from_canonical_array
-    from .runtimes.keras_rt import import_keras
-
-    import_keras()  # keras-hub on the torch backend, tensorflow's start-up noise kept off stderr
-    import keras_hub
-
-    cfg = config_dict(spec)
-    cls = getattr(keras_hub.models, cfg["class_name"])
-    kwargs = {k: v for k, v in cfg["config"].items() if k not in ("name", "trainable", "dtype")}
-    backbone = cls(dtype=spec.dtype, **kwargs)
-    if weights is not None:
-        for name, arr in weights.items():
-            role, layer = parse_canonical(name)  # type: ignore[misc]
-            var = _keras_variable(backbone, role, layer)
-            var.assign(from_canonical_array(spec, role, arr).astype(np.float32))
-    return backbone
-
-
 def write_keras(spec: GemmaSpec, weights: dict[str, np.ndarray], out_dir: str, spm_path: str | None = None,
                 max_shard_size: float | None = None) -> str:
     """Save with keras-hub's own `save_to_preset` (a CausalLM with preprocessor when a tokenizer is given)."""
-    from .runtimes.keras_rt import import_keras
-
     from .quiet import native_stderr_silenced
+    from .runtimes.keras_rt import build_backbone, import_keras
 
     import_keras()
     import keras_hub
 
-    backbone = build_keras_backbone(spec, weights)
+    backbone = build_backbone(spec, {name: (lambda a=a: a) for name, a in weights.items()})
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     if spm_path:
         with native_stderr_silenced():  # tensorflow-text's SentencePiece op logs on load

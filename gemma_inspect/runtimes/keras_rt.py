@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from ..checkpoint import Checkpoint
 from ..errors import UnsupportedError
@@ -54,13 +54,46 @@ def load_backbone(ckpt: Checkpoint, dtype: str) -> Any:
     if ckpt.format == "keras":
         return keras_hub.models.Backbone.from_preset(ckpt.source, dtype=dtype)
     from ..formats.keras import keras_problems
-    from ..tiny import build_keras_backbone
 
     problems = keras_problems(ckpt.spec)
     if problems:
         raise UnsupportedError(f"{ckpt.source}: keras-hub cannot run this checkpoint: {'; '.join(problems)}")
-    weights = {name: ref.load() for name, ref in ckpt.tensors.items()}
-    return build_keras_backbone(ckpt.spec.replace(dtype=dtype), weights)
+    return build_backbone(ckpt.spec.replace(dtype=dtype), {name: ref.load for name, ref in ckpt.tensors.items()})
+
+
+def build_backbone(spec: Any, tensors: dict[str, Callable[[], Any]]) -> Any:
+    """A keras-hub backbone of `spec` (keras-hub's own class, built from our Keras config) with canonical tensors
+    assigned, each loaded (`tensors[name]()`) and converted to Keras' layout one at a time."""
+    import numpy as np
+
+    from ..checkpoint import parse_canonical
+    from ..formats.keras import config_dict, from_canonical_array
+
+    import_keras()  # keras-hub on the torch backend, tensorflow's start-up noise kept off stderr
+    import keras_hub
+
+    cfg = config_dict(spec)
+    cls = getattr(keras_hub.models, cfg["class_name"])
+    kwargs = {k: v for k, v in cfg["config"].items() if k not in ("name", "trainable", "dtype")}
+    backbone = cls(dtype=spec.dtype, **kwargs)
+    for name, load in tensors.items():
+        role, layer = parse_canonical(name)  # type: ignore[misc]
+        _variable(backbone, role, layer).assign(from_canonical_array(spec, role, load()).astype(np.float32))
+    return backbone
+
+
+def _variable(backbone: Any, role: str, layer: int | None) -> Any:
+    """The keras-hub variable that holds a canonical role (the H5 path of formats/keras.py, walked as attributes)."""
+    from ..formats.keras import VAR_BY_ROLE
+
+    if role == "embed":
+        return backbone.token_embedding.embeddings
+    if role == "final_norm":
+        return backbone.layer_norm.weights[0]
+    obj = backbone.transformer_layers[layer]
+    for attr in VAR_BY_ROLE[role].path.split("/vars/")[0].split("/"):
+        obj = getattr(obj, attr)
+    return obj.weights[0]
 
 
 class KerasModel:
