@@ -159,7 +159,10 @@ def _policy_dtype(v: Any, path: str) -> str | None:
     return v
 
 
-def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = None) -> tuple[GemmaSpec, list[str]]:
+def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = None,
+                     max_position_embeddings: int | None = None) -> tuple[GemmaSpec, list[str]]:
+    """The spec of a Keras backbone config. Keras stores no context length: `max_position_embeddings` (kept in
+    metadata.json by our writer) or else the published one, said in a note."""
     notes: list[str] = []
     cls = _class_of(cfg, path)
     c = cfg["config"]
@@ -206,8 +209,10 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
                      f"queries are scaled by head_dim^-0.5 (1/sqrt({head_dim})), not "
                      f"(d/H)^-0.5 = 1/sqrt({hidden // heads})")
     dtype = _policy_dtype(c.get("dtype"), path) or dtype_hint or "float32"
-    max_pos = _published_context(family, hidden, n)
-    notes.append(f"max_position_embeddings is not stored in a Keras config; assuming {max_pos}")
+    max_pos = max_position_embeddings
+    if max_pos is None:
+        max_pos = _published_context(family, hidden, n)
+        notes.append(f"max_position_embeddings is not stored in a Keras config; assuming {max_pos}")
     try:
         spec = GemmaSpec(
             family=family,
@@ -450,18 +455,17 @@ def read(path: str) -> Checkpoint:
     _class_of(cfg, config_path)
     datasets, names, files, where = _all_vars(path)
     dtypes = [v.dtype for v in datasets.values()]
-    spec, notes = spec_from_config(cfg, config_path, most_common(dtypes))
-    assumed = {"max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id"}
+    # What Keras configs do not store, kept by our writer in metadata.json.
+    restore: dict[str, int] = {}
     meta_path = os.path.join(path, "metadata.json")
     if os.path.exists(meta_path):
         kept = read_json_object(meta_path, "metadata.json").get("gemma_inspect")
         if isinstance(kept, dict):
             restore = {k: kept[k] for k in ("max_position_embeddings", "bos_token_id", "eos_token_id",
                                             "pad_token_id") if isinstance(kept.get(k), int) and kept[k] >= 0}
-            spec = spec.replace(**restore)
-            assumed -= set(restore)
-            if "max_position_embeddings" in restore:
-                notes[:] = [n for n in notes if not n.startswith("max_position_embeddings")]
+    spec, notes = spec_from_config(cfg, config_path, most_common(dtypes), restore.get("max_position_embeddings"))
+    spec = spec.replace(**restore)
+    assumed = {"max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id"} - set(restore)
     mapped, unknown = _map_datasets(datasets, names, where)
     vision = {k: v for k, v in unknown.items() if "vision" in k}
     if set(unknown) - set(vision):
