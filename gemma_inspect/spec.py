@@ -323,17 +323,29 @@ def gemma3_layer_types(num_layers: int, pattern: int = 6) -> tuple[str, ...]:
     return tuple(FULL if (i + 1) % pattern == 0 else SLIDING for i in range(num_layers))
 
 
+def family_layer_types(family: str, num_layers: int) -> tuple[str, ...]:
+    """The attention kind of each layer as the family lays them out (Gemma 1 and the peers: all global)."""
+    if family == "gemma2":
+        return gemma2_layer_types(num_layers)
+    if family == "gemma3":
+        return gemma3_layer_types(num_layers)
+    return (FULL,) * num_layers
+
+
 def make_spec(family: str, **fields: Any) -> GemmaSpec:
-    """A spec with the family's defaults filled in; explicit fields win."""
+    """A spec with the family's defaults filled in (the architecture from FAMILY_RULES); explicit fields win."""
     defaults: dict[str, Any] = {}
     n = fields.get("num_layers", 0)
+    rules = FAMILY_RULES.get(family)
+    if rules is not None:
+        defaults = dict(norm_placement=rules.norm_placement, qk_norm=rules.qk_norm,
+                        attention_logit_softcap=rules.attention_logit_softcap,
+                        final_logit_softcap=rules.final_logit_softcap, layer_types=family_layer_types(family, n))
     if family == "gemma2":
-        defaults = dict(norm_placement="pre+post", attention_logit_softcap=50.0, final_logit_softcap=30.0,
-                        sliding_window=4096, layer_types=gemma2_layer_types(n))
+        defaults.update(sliding_window=4096)
     elif family == "gemma3":
-        defaults = dict(norm_placement="pre+post", qk_norm=True, sliding_window=1024,
-                        layer_types=gemma3_layer_types(n), rope_theta=1_000_000.0,
-                        rope_local_theta=10_000.0, max_position_embeddings=131072)
+        defaults.update(sliding_window=1024, rope_theta=1_000_000.0, rope_local_theta=10_000.0,
+                        max_position_embeddings=131072)
     elif family in PEER_FAMILIES:
         defaults = dict(activation="silu", norm_offset=0, scale_embeddings=False, tied_embeddings=False,
                         max_position_embeddings=4096)

@@ -31,9 +31,9 @@ import os
 from typing import Any, Callable
 
 from .checkpoint import NORM_ROLES, Checkpoint, parse_canonical
+from .spec import (CARD_NAMES, FAMILY_RULES, FULL, SLIDING, GemmaSpec, card, family_layer_types,
+                   round_to_dtype)
 from .trace import is_norm
-from .spec import (CARD_NAMES, FAMILY_RULES, FULL, SLIDING, GemmaSpec, card, gemma2_layer_types,
-                   gemma3_layer_types, round_to_dtype)
 
 STATUSES = ("pass", "fail", "skip", "warn")
 CHECK_NAMES = ("norm_placement", "norm_offset", "embedding_scale", "tied_embeddings", "activation",
@@ -291,13 +291,7 @@ def _expected_query_scalar(spec: GemmaSpec) -> tuple[float, str]:
 
 
 def _expected_layers(spec: GemmaSpec) -> dict[str, Any]:
-    n = spec.num_layers
-    if spec.family == "gemma2":
-        types = gemma2_layer_types(n)
-    elif spec.family == "gemma3":
-        types = gemma3_layer_types(n)
-    else:
-        types = (FULL,) * n
+    types = family_layer_types(spec.family, spec.num_layers)
     window = None
     if SLIDING in types:
         c = _card_of_shape(spec)
