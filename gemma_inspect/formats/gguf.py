@@ -584,19 +584,15 @@ def _declared_dtype(tensors: list[TensorInfo]) -> str:
 
 # ----------------------------------------------------------------------------- tensors
 def _read_raw(path: str, start: int, nbytes: int) -> np.ndarray:
-    try:
-        arr = np.fromfile(path, dtype=np.uint8, count=nbytes, offset=start)
-    except OSError as e:
-        raise InputError(path, f"cannot read: {e.strerror or e}") from None
-    if arr.size != nbytes:
-        raise InputError(path, "file ends inside the tensor data (truncated since it was opened?)")
-    return arr
+    from .safetensors_io import read_at
+
+    return read_at(path, start, nbytes, "uint8", None, "the tensor data")
 
 
 def _load_float(path: str, info: TensorInfo) -> np.ndarray:
-    from .safetensors_io import numpy_dtype
+    from .safetensors_io import read_at
 
-    return _read_raw(path, info.start, info.nbytes).view(numpy_dtype(FLOAT_TYPES[info.type_name])).reshape(info.shape)
+    return read_at(path, info.start, info.nbytes, FLOAT_TYPES[info.type_name], info.shape, f"tensor {info.name}")
 
 
 def _dequantize(path: str, info: TensorInfo) -> np.ndarray:

@@ -24,7 +24,7 @@ from ..checkpoint import (FLOAT_DTYPES, Checkpoint, TensorRef, canonical_name, c
 from ..errors import InputError, SpecError, UnsupportedError
 from ..spec import FULL, SLIDING, GemmaSpec, gemma2_layer_types, gemma3_layer_types
 from .common import MAX_LAYERS, most_common, opt_float, read_json_object, require_int, safe_child
-from .safetensors_io import numpy_dtype
+from .safetensors_io import numpy_dtype, read_at
 
 CONFIG = "config.json"
 WEIGHTS = "model.weights.h5"
@@ -361,12 +361,7 @@ def _read_var(var: H5Var, mapped: bool = False) -> np.ndarray:
         count = var.nbytes // dt.itemsize
         if mapped and count and os.path.getsize(var.file) >= var.offset + var.nbytes:
             return np.memmap(var.file, dtype=dt, mode="r", offset=var.offset, shape=var.shape)
-        with open(var.file, "rb") as f:
-            f.seek(var.offset)
-            arr = np.fromfile(f, dtype=dt, count=count)
-        if arr.size != count:
-            raise InputError(var.file, f"file ends inside dataset {var.path}")
-        return arr.reshape(var.shape)
+        return read_at(var.file, var.offset, var.nbytes, var.dtype, var.shape, f"dataset {var.path}")
     import h5py
 
     try:

@@ -144,19 +144,24 @@ def _unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return out
 
 
+def read_at(path: str, start: int, nbytes: int, dtype: str, shape: tuple[int, ...] | None, what: str) -> np.ndarray:
+    """Bytes [start, start + nbytes) of a file as an array of `dtype` (a dtype name) and `shape` (None: flat), a
+    fresh copy; an unreadable or short file (truncated since its header was read) is an InputError naming
+    `what` was being read."""
+    dt = numpy_dtype(dtype)
+    count = nbytes // dt.itemsize
+    try:
+        arr = np.fromfile(path, dtype=dt, count=count, offset=start)
+    except OSError as e:
+        raise InputError(path, f"cannot read {what}: {e.strerror or e}") from None
+    if arr.size != count:
+        raise InputError(path, f"file ends inside {what}")
+    return arr if shape is None else arr.reshape(shape)
+
+
 def read_array(path: str, entry: StEntry) -> np.ndarray:
     """One tensor's bytes as a numpy array of its shape (a fresh copy, no mmap kept)."""
-    dt = numpy_dtype(entry.dtype)
-    count = entry.nbytes // dt.itemsize
-    try:
-        with open(path, "rb") as f:
-            f.seek(entry.start)
-            arr = np.fromfile(f, dtype=dt, count=count)
-    except OSError as e:
-        raise InputError(path, f"cannot read tensor {entry.name}: {e.strerror or e}") from None
-    if arr.size != count:
-        raise InputError(path, f"tensor {entry.name}: file ends before its data")
-    return arr.reshape(entry.shape)
+    return read_at(path, entry.start, entry.nbytes, entry.dtype, entry.shape, f"tensor {entry.name}")
 
 
 def iter_bytes(path: str, start: int, nbytes: int, chunk: int = CHUNK_BYTES) -> Iterator[bytes]:
