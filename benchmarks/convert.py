@@ -27,13 +27,13 @@ sys.path.insert(0, os.path.dirname(HERE))
 import numpy as np  # noqa: E402
 
 from _measure import Runner, warm  # noqa: E402
-from gemma_inspect.spec import make_spec  # noqa: E402
+from gemma_inspect.spec import card  # noqa: E402
+from gemma_inspect.tiny import weight_std  # noqa: E402
 
 
 def bench_spec(layers: int):
     # Gemma 2B's shapes (V=256000, d=2048, MQA 8/1 heads of 256, F=16384) with fewer layers.
-    return make_spec("gemma", vocab_size=256000, hidden_size=2048, num_layers=layers, num_attention_heads=8,
-                     num_key_value_heads=1, head_dim=256, intermediate_size=16384, dtype="bfloat16")
+    return card("gemma-2b", num_layers=layers, dtype="bfloat16")
 
 
 def build_hf(spec, out: str, seed: int = 0) -> None:
@@ -50,10 +50,11 @@ def build_hf(spec, out: str, seed: int = 0) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     layout = [(from_canonical(n, spec.family), "bfloat16", s) for n, s in shapes.items()]
+    canonical_of = {from_canonical(n, spec.family): n for n in shapes}
     with SafetensorsWriter(os.path.join(tmp, "model.safetensors"), layout, {"format": "pt"}) as w:
         for (name, _, shape) in layout:
-            scale = 0.3 if len(shape) == 1 else 1.0 / np.sqrt(shape[-1])
-            arr = (rng.standard_normal(shape, dtype=np.float32) * scale).astype(ml_dtypes.bfloat16)
+            std = np.float32(weight_std(spec, canonical_of[name], shape))
+            arr = (rng.standard_normal(shape, dtype=np.float32) * std).astype(ml_dtypes.bfloat16)
             w.add(name, [memoryview(arr.reshape(-1).view(np.uint8))])
             del arr
     with open(os.path.join(tmp, "config.json"), "w") as f:

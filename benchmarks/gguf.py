@@ -45,16 +45,15 @@ def _load_measure():
 
 _measure = _load_measure()
 Runner, warm = _measure.Runner, _measure.warm
-from gemma_inspect.spec import make_spec  # noqa: E402
+from gemma_inspect.spec import card  # noqa: E402
+from gemma_inspect.tiny import weight_std  # noqa: E402
 
 VOCAB = 262144
 
 
 def bench_spec(layers: int):
     # Gemma 3 270M's shapes; its published sliding window and context length.
-    return make_spec("gemma3", vocab_size=VOCAB, hidden_size=640, num_layers=layers, num_attention_heads=4,
-                     num_key_value_heads=1, head_dim=256, intermediate_size=2048, sliding_window=512,
-                     query_pre_attn_scalar=256, max_position_embeddings=32768, dtype="float32")
+    return card("gemma3-270m", num_layers=layers, dtype="float32")
 
 
 def bench_vocabulary(workdir: str) -> bytes:
@@ -75,14 +74,13 @@ def build_gguf(spec, path: str, quant: str, workdir: str, seed: int = 0) -> None
     from gemma_inspect.convert import WriteOptions, convert
     from gemma_inspect.tokenizer import Tokenizer
 
-    def loader(i: int, shape: tuple[int, ...]):
+    def loader(i: int, name: str, shape: tuple[int, ...]):
         def make() -> np.ndarray:
             rng = np.random.default_rng([seed, i])
-            scale = 0.3 if len(shape) == 1 else 1.0 / np.sqrt(shape[-1])
-            return (rng.standard_normal(shape, dtype=np.float32) * np.float32(scale))
+            return rng.standard_normal(shape, dtype=np.float32) * np.float32(weight_std(spec, name, shape))
         return make
 
-    tensors = {name: TensorRef(name, shape, "float32", loader(i, shape), nbytes=4 * int(np.prod(shape)))
+    tensors = {name: TensorRef(name, shape, "float32", loader(i, name, shape), nbytes=4 * int(np.prod(shape)))
                for i, (name, shape) in enumerate(expected_tensors(spec).items())}
     ckpt = Checkpoint(spec=spec, tensors=tensors, source="gemma3-270m-shaped-random", format="generated",
                       tokenizer=Tokenizer("generated", spm_bytes=bench_vocabulary(workdir)))

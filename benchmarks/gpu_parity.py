@@ -25,34 +25,26 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def gemma_2b_shaped(layers: int, small: bool):
-    from gemma_inspect.spec import make_spec
+    from gemma_inspect.spec import card, make_spec
 
     if small:
         return make_spec("gemma", vocab_size=4096, hidden_size=256, num_layers=layers, num_attention_heads=8,
                          num_key_value_heads=1, head_dim=32, intermediate_size=1024, dtype="bfloat16")
     # Gemma 2B: MQA (8 query heads, 1 K/V head), head_dim 256, FFN 16384, 256000-token vocabulary.
-    return make_spec("gemma", vocab_size=256000, hidden_size=2048, num_layers=layers, num_attention_heads=8,
-                     num_key_value_heads=1, head_dim=256, intermediate_size=16384, dtype="bfloat16")
+    return card("gemma-2b", num_layers=layers, dtype="bfloat16")
 
 
 def random_weights_fast(spec, device: str, seed: int = 0):
-    """The distribution of gemma_inspect.tiny.random_weights (norms N(0, 0.3), matrices N(0, 1/fan_in)),
-    drawn with torch on `device`: numpy's generator needs half a minute for 1.18 B numbers."""
+    """The distribution of gemma_inspect.tiny.random_weights (tiny.weight_std), drawn with torch on `device`:
+    numpy's generator needs half a minute for 1.18 B numbers."""
     import torch
 
     from gemma_inspect.checkpoint import expected_tensors
+    from gemma_inspect.tiny import weight_std
 
     gen = torch.Generator(device=device).manual_seed(seed)
-    out = {}
-    for name, shape in expected_tensors(spec).items():
-        if len(shape) == 1:
-            std = 0.3
-        elif name == "model.embed_tokens.weight":
-            std = spec.hidden_size ** -0.5
-        else:
-            std = shape[1] ** -0.5
-        out[name] = (torch.randn(shape, generator=gen, device=device) * std).cpu().numpy()
-    return out
+    return {name: (torch.randn(shape, generator=gen, device=device) * weight_std(spec, name, shape)).cpu().numpy()
+            for name, shape in expected_tensors(spec).items()}
 
 
 def main() -> int:

@@ -407,14 +407,16 @@ _CARDS: dict[str, dict[str, Any]] = {
 CARD_NAMES = tuple(_CARDS)
 
 
-def card(name: str) -> GemmaSpec:
-    """A built-in card by name (case-insensitive)."""
+def card(name: str, **overrides: Any) -> GemmaSpec:
+    """A built-in card by name (case-insensitive). `overrides` change fields through `make_spec` (e.g. the card's
+    shapes with fewer layers, whose layer layout then follows); the result is no longer the card and has no name."""
     key = name.lower()
     if key not in _CARDS:
         raise KeyError(name)
     fields = dict(_CARDS[key])
     family = fields.pop("family")
-    return make_spec(family, name=key, **fields)
+    fields.update(overrides)
+    return make_spec(family, name=None if overrides else key, **fields)
 
 
 def is_card(name: str) -> bool:

@@ -81,21 +81,22 @@ def tiny_spec(name: str, vocab_size: int = TINY_VOCAB, dtype: str = "float32", *
     return make_spec(family, **fields)
 
 
+def weight_std(spec: GemmaSpec, name: str, shape: tuple[int, ...]) -> float:
+    """The standard deviation of random weights: norm weights 0.3 (non-trivial), the embedding and output
+    1/sqrt(d), other matrices 1/sqrt(fan_in). The tiny checkpoints and the benchmarks draw from it."""
+    parsed = parse_canonical(name)
+    if len(shape) == 1:
+        return 0.3
+    if parsed is not None and parsed[0] in ("embed", "lm_head"):
+        return 1.0 / float(np.sqrt(spec.hidden_size))
+    return 1.0 / float(np.sqrt(shape[1]))
+
+
 def random_weights(spec: GemmaSpec, seed: int = 0) -> dict[str, np.ndarray]:
-    """Canonical-name float32 weights: matrices ~ N(0, 1/fan_in), norm weights ~ N(0, 0.3) (non-trivial)."""
+    """Canonical-name float32 weights ~ N(0, weight_std) (see there)."""
     rng = np.random.default_rng(seed)
-    out: dict[str, np.ndarray] = {}
-    for name, shape in expected_tensors(spec).items():
-        parsed = parse_canonical(name)
-        role = parsed[0] if parsed else ""
-        if len(shape) == 1:
-            arr = rng.normal(0.0, 0.3, size=shape)
-        elif role in ("embed", "lm_head"):
-            arr = rng.normal(0.0, 1.0 / np.sqrt(spec.hidden_size), size=shape)
-        else:
-            arr = rng.normal(0.0, 1.0 / np.sqrt(shape[1]), size=shape)
-        out[name] = arr.astype(np.float32)
-    return out
+    return {name: rng.normal(0.0, weight_std(spec, name, shape), size=shape).astype(np.float32)
+            for name, shape in expected_tensors(spec).items()}
 
 
 # ----------------------------------------------------------------------------- writers via the real libraries

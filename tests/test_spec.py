@@ -188,6 +188,16 @@ def test_card_lookup_is_case_insensitive_and_rejects_unknown_names():
         card("gemma-8b")
 
 
+def test_card_with_overrides_is_that_shape_with_the_family_layout():
+    """A card's shapes with fewer layers (what the benchmarks build): the layer layout follows the new depth,
+    and the result no longer claims the card's name."""
+    small = card("gemma2-9b", num_layers=4, dtype="float32")
+    assert (small.name, small.num_layers, small.hidden_size, small.dtype) == (None, 4, 3584, "float32")
+    assert small.layer_types == (SLIDING, FULL, SLIDING, FULL)
+    assert card("gemma3-270m", num_layers=7).layer_types == (SLIDING,) * 5 + (FULL, SLIDING)
+    assert card("gemma-2b").name == "gemma-2b"
+
+
 def test_format_count():
     assert format_count(8_537_680_896) == "8.54B"
     assert format_count(268_098_176) == "268.1M"
