@@ -133,7 +133,7 @@ def open_source(source: str, need: str = "full", revision: str | None = None,
     say = say or _stderr
     text = str(source)
     if os.path.lexists(text):
-        if HF_ID.match(text) or text.startswith(("hf://", "kaggle://")) or _is_preset_name(text):
+        if HF_ID.match(text) or ("_" in text and os.sep not in text and _is_preset_name(text)):
             say(f"source: {text} is the local path {os.path.abspath(text)} (a local path wins over the hub "
                 f"model of the same name)")
         return load(text)
@@ -291,15 +291,16 @@ def _hf_snapshot(ref: HubRef) -> str:
     has_weights = any(e.endswith((".safetensors", ".ckpt")) or e in ("model.weights.h5", "model.weights.json")
                       for e in entries)
     if not has_weights:
+        ggufs = sorted(e for e in entries if e.endswith(".gguf")) or ([] if _hf_offline() else _hf_repo_ggufs(ref))
+        if ggufs:
+            raise InputError(ref.text, "the hub model holds no safetensors, Keras or .ckpt weights; name one of its "
+                                       ".gguf files: " + ", ".join(f"hf://{ref.repo_id}/{g}" for g in ggufs[:4]))
         if _hf_offline():
             held = ", ".join(sorted(entries)) or "nothing"
             raise InputError(ref.text, f"the Hugging Face cache holds only {held} of revision "
                                        f"{ref.revision or 'main'} ({path}), not the weights, and the machine is "
                                        f"offline (HF_HUB_OFFLINE=1)")
-        ggufs = _hf_repo_ggufs(ref)
-        hint = (f"; name one of its .gguf files: " + ", ".join(f"hf://{ref.repo_id}/{g}" for g in ggufs[:4])
-                if ggufs else "")
-        raise InputError(ref.text, f"the hub model has no safetensors, Keras or .ckpt weights{hint}")
+        raise InputError(ref.text, "the hub model holds no safetensors, Keras or .ckpt weights")
     return path
 
 

@@ -199,6 +199,26 @@ def test_uncached_fails_cleanly(offline):
                         "mean gemma3_instruct_1b or gemma3_instruct_12b or gemma3_instruct_4b?\n")
 
 
+def test_gguf_file_in_a_hub_repository(offline, tmp_path, monkeypatch):
+    """hf://org/name/FILE.gguf downloads (here: finds in the cache) that one file; the bare id says which."""
+    gguf_dir = tmp_path / "repo"
+    gguf_dir.mkdir()
+    run("convert", offline["hf_dir"], str(gguf_dir / "tiny.gguf"), "--to", "gguf", "--no-manifest")
+    snap = hubfake.populate_hf_cache(str(tmp_path / "cache"), "ggml-org/tiny-gguf", str(gguf_dir))
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    by_path, _ = run_json("summary", str(gguf_dir / "tiny.gguf"))
+    by_id, err = run_json("summary", "hf://ggml-org/tiny-gguf/tiny.gguf")
+    assert without(by_id, "source", "hub") == without(by_path, "source")
+    assert by_id["hub"]["downloaded"] == "file" and by_id["source"] == os.path.join(snap, "tiny.gguf")
+    assert err.startswith("source: hf://ggml-org/tiny-gguf/tiny.gguf is the file tiny.gguf of the Hugging Face "
+                          "model ggml-org/tiny-gguf (revision main, commit ")
+    r = run("convert", "ggml-org/tiny-gguf", str(tmp_path / "out"), "--to", "hf", code=2)
+    assert r.stderr == ("Error: ggml-org/tiny-gguf: the hub model holds no safetensors, Keras or .ckpt weights; name "
+                        "one of its .gguf files: hf://ggml-org/tiny-gguf/tiny.gguf\n")
+
+
 def test_local_path_wins_over_hub_id(offline, tiny_models, tmp_path, monkeypatch):
     """A directory ./google/tiny-gemma3 holding a Gemma 2 model is read, not the cached Gemma 3 of that id."""
     import shutil
