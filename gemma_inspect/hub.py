@@ -202,12 +202,18 @@ def _short(error: BaseException) -> str:
 
 
 def _hf_errors() -> tuple[type[BaseException], ...]:
-    import httpx2
+    """What huggingface_hub raises for a model it cannot find, fetch or reach (its own errors, OSError, and
+    the HTTP library it is built on: httpx2, httpx or requests depending on its version)."""
     from huggingface_hub import errors
 
-    return (errors.RepositoryNotFoundError, errors.RevisionNotFoundError, errors.GatedRepoError,
-            errors.EntryNotFoundError, errors.LocalEntryNotFoundError, errors.HfHubHTTPError,
-            errors.OfflineModeIsEnabled, httpx2.HTTPError, OSError)
+    found: list[type[BaseException]] = [errors.HfHubHTTPError, errors.LocalEntryNotFoundError,
+                                        errors.OfflineModeIsEnabled, OSError]
+    for module, name in (("httpx2", "HTTPError"), ("httpx", "HTTPError"), ("requests", "RequestException")):
+        try:
+            found.append(getattr(__import__(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
 
 
 def _hf_error(ref: HubRef, what: str, e: BaseException) -> InputError:
@@ -228,9 +234,9 @@ def _hf_error(ref: HubRef, what: str, e: BaseException) -> InputError:
 
 
 def _is_connection(e: BaseException) -> bool:
-    import httpx2
-
-    return isinstance(e, (httpx2.ConnectError, httpx2.TimeoutException))
+    """A connection refused, a name that does not resolve, a timeout: the hub could not be reached."""
+    names = {c.__name__ for c in type(e).__mro__}
+    return bool(names & {"ConnectError", "ConnectionError", "ConnectTimeout", "TimeoutException", "Timeout"})
 
 
 def _endpoint() -> str:
@@ -251,8 +257,8 @@ def _open_hf(ref: HubRef, need: str, say: Callable[[str], None]) -> Checkpoint:
     if need == "headers" and not _hf_offline():
         try:
             path = _hf_complete_snapshot(ref)
-        except _Unreachable:  # the hub cannot be reached: snapshot_download falls back on the cache
-            path = _hf_snapshot(ref)
+        except _UseSnapshot:  # no safetensors to read headers of, or the hub cannot be reached
+            path = _hf_snapshot(ref)  # (then snapshot_download looks in its cache)
         else:
             if path is None:
                 return _hf_headers(ref, hub, say)
@@ -313,25 +319,26 @@ def _hf_repo_ggufs(ref: HubRef) -> list[str]:
         return []
 
 
-class _Unreachable(Exception):
+class _UseSnapshot(Exception):
     pass
 
 
 def _hf_complete_snapshot(ref: HubRef) -> str | None:
     """The cached snapshot of the revision's current commit when it already holds config.json and every
-    safetensors file the hub lists (then summary reads it like any directory), else None."""
+    safetensors file the hub lists (then summary reads it like any directory), else None. _UseSnapshot when
+    there are no safetensors headers to read (a KerasHub or gemma_pytorch repository) or no hub to ask."""
     from huggingface_hub import HfApi, try_to_load_from_cache
 
     try:
         info = HfApi().model_info(ref.repo_id, revision=ref.revision)
     except _hf_errors() as e:
         if _is_connection(e):
-            raise _Unreachable() from None
+            raise _UseSnapshot() from None
         raise _hf_error(ref, "the model's file list", e) from None
     names = [s.rfilename for s in (info.siblings or [])]
     wanted = ["config.json"] + [n for n in names if n.endswith(".safetensors") and "/" not in n]
     if len(wanted) == 1:
-        return None
+        raise _UseSnapshot()
     found = [try_to_load_from_cache(ref.repo_id, n, revision=info.sha) for n in wanted]
     if all(isinstance(p, str) for p in found):
         return os.path.dirname(found[0])
@@ -468,7 +475,7 @@ def kaggle_download(ref: HubRef) -> str:
         handle = parse_model_handle(ref.handle)
     except ValueError as e:
         raise InputError(ref.text, f"not a Kaggle model handle ({e})") from None
-    if handle.is_versioned():
+    if handle.is_versioned():  # kagglehub's own cache lookup (marker + directory), no request
         cached = Cache().load_from_cache(handle)
         if cached:
             return cached

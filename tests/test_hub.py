@@ -305,10 +305,12 @@ def test_summary_reads_headers_only_then_convert_downloads(tiny_models, tmp_path
     assert json.loads(p.stdout)["hub"]["path"] == snap
 
 
-def test_sharded_headers_and_missing_repo(tiny_models, tmp_path):
+def test_sharded_headers_keras_repo_and_missing_repo(tiny_models, tmp_path):
     sharded = tiny_models.get("gemma3", "hf", shard=True)
+    keras_dir = tiny_models.get("gemma3", "keras")
     with hubfake.FakeHub() as hub:
         hub.add("google/tiny-sharded", sharded)
+        hub.add("keras/tiny-gemma3", keras_dir)
         env = dict(os.environ, HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_HUB_CACHE=str(tmp_path / "c"),
                    PYTHONPATH=ROOT, HF_HUB_DISABLE_PROGRESS_BARS="1", HF_TOKEN="", HF_HUB_DISABLE_XET="1")
         p = _cli(env, "summary", "google/tiny-sharded", "--json")
@@ -318,6 +320,12 @@ def test_sharded_headers_and_missing_repo(tiny_models, tmp_path):
         assert (out["parameters"], out["size_bytes"]) == (by_path["parameters"], by_path["size_bytes"])
         shards = [f for f in os.listdir(sharded) if f.endswith(".safetensors")]
         assert len(shards) > 1 and f"read config.json and {len(shards)} safetensors headers" in p.stderr
+        # a KerasHub preset on the hub has no safetensors headers to read: summary downloads its files
+        p = _cli(env, "summary", "keras/tiny-gemma3", "--json")
+        assert p.returncode == 0, p.stderr
+        out, by_path = json.loads(p.stdout), json.loads(_cli(env, "summary", keras_dir, "--json").stdout)
+        assert out["hub"]["downloaded"] == "snapshot"
+        assert without(out, "source", "hub", "tokenizer") == without(by_path, "source", "tokenizer")
         p = _cli(env, "summary", "google/no-such-model")
         assert p.returncode == 2
         assert p.stderr == (f"Error: google/no-such-model: no such model on the hub {hub.url} (or it is private: log "
