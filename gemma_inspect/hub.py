@@ -224,7 +224,8 @@ def _hf_error(ref: HubRef, what: str, e: BaseException) -> InputError:
         return InputError(ref.text, f"gated on the hub: accept its license on the model page and log in "
                                     f"(`hf auth login` or HF_TOKEN) ({_short(e)})")
     if isinstance(e, errors.RepositoryNotFoundError):
-        return InputError(ref.text, f"no such model on the hub {_endpoint()} (or it is private: log in with "
+        what = "no such model" if ref.text.startswith("hf://") else "no such file or directory, nor a model"
+        return InputError(ref.text, f"{what} on the hub {_endpoint()} (or it is private: log in with "
                                     f"`hf auth login` or HF_TOKEN)")
     if isinstance(e, errors.RevisionNotFoundError):
         return InputError(ref.text, f"the hub model has no revision {rev!r}")

@@ -194,6 +194,9 @@ def test_uncached_fails_cleanly(offline):
     where = os.path.join(offline["kaggle"], "models", "keras", "tiny-gemma3", "keras", "tiny_gemma3", "3")
     assert r.stderr == (f"Error: {handle}: not cached (kagglehub cache {where}) and kaggle.com could not be "
                         f"reached: the machine is offline\n")
+    r = run("summary", "kaggle://keras/gemma3", code=2)
+    assert r.stderr == ("Error: kaggle://keras/gemma3: not a Kaggle model handle; expected "
+                        "kaggle://owner/model/framework/variation[/version]\n")
     r = run("summary", "gemma3_instruct_1bb", code=2)
     assert r.stderr == ("Error: gemma3_instruct_1bb: no such file or directory, card or KerasHub preset; did you "
                         "mean gemma3_instruct_1b or gemma3_instruct_12b or gemma3_instruct_4b?\n")
@@ -328,8 +331,11 @@ def test_sharded_headers_keras_repo_and_missing_repo(tiny_models, tmp_path):
         assert without(out, "source", "hub", "tokenizer") == without(by_path, "source", "tokenizer")
         p = _cli(env, "summary", "google/no-such-model")
         assert p.returncode == 2
-        assert p.stderr == (f"Error: google/no-such-model: no such model on the hub {hub.url} (or it is private: log "
-                            f"in with `hf auth login` or HF_TOKEN)\n")
+        assert p.stderr == (f"Error: google/no-such-model: no such file or directory, nor a model on the hub "
+                            f"{hub.url} (or it is private: log in with `hf auth login` or HF_TOKEN)\n")
+        p = _cli(env, "summary", "hf://google/no-such-model")
+        assert p.stderr == (f"Error: hf://google/no-such-model: no such model on the hub {hub.url} (or it is private: "
+                            f"log in with `hf auth login` or HF_TOKEN)\n")
 
 
 @pytest.mark.slow
