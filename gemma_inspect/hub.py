@@ -162,7 +162,7 @@ def _is_preset_name(text: str) -> bool:
     return bool(PRESET_NAME.match(text)) and text in keras_hub_presets()
 
 
-def _load_resolved(path: str, text: str, hub: dict[str, Any]) -> Checkpoint:
+def _load_resolved(path: str, hub: dict[str, Any]) -> Checkpoint:
     from .formats import load
 
     ckpt = load(path)
@@ -253,7 +253,7 @@ def _open_hf(ref: HubRef, need: str, say: Callable[[str], None]) -> Checkpoint:
         hub.update(path=path, commit=_commit_of(path), downloaded="file")
         say(f"source: {ref.text} is the file {ref.filename} of the Hugging Face model {ref.repo_id} "
             f"(revision {hub['revision']}, commit {hub['commit']}): {path}")
-        return _load_resolved(path, ref.text, hub)
+        return _load_resolved(path, hub)
     path = None
     if need == "headers" and not _hf_offline():
         try:
@@ -268,7 +268,7 @@ def _open_hf(ref: HubRef, need: str, say: Callable[[str], None]) -> Checkpoint:
     hub.update(path=path, commit=_commit_of(path), downloaded="snapshot")
     say(f"source: {ref.text} is the Hugging Face model {ref.repo_id} (revision {hub['revision']}, commit "
         f"{hub['commit']}), snapshot {path}")
-    return _load_resolved(path, ref.text, hub)
+    return _load_resolved(path, hub)
 
 
 def _commit_of(path: str) -> str | None:
@@ -461,7 +461,7 @@ def _open_kaggle(ref: HubRef, say: Callable[[str], None]) -> Checkpoint:
     if ref.kind == "preset":
         hub["preset"] = ref.text
     say(f"source: {what}, from {path}")
-    return _load_resolved(path, ref.text, hub)
+    return _load_resolved(path, hub)
 
 
 def kaggle_download(ref: HubRef) -> str:
