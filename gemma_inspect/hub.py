@@ -395,6 +395,15 @@ def headers_checkpoint(source: str, config_path: str, meta: Any) -> Checkpoint:
             if name in entries:
                 raise InputError(where, f"tensor {name!r} is also stored in {entries[name][0]}")
             entries[name] = (fname, dtype, shape, end - begin)
+    if meta.sharded:  # as formats/hf.py checks a local index against its shards
+        index = f"{source}/model.safetensors.index.json"
+        for name, fname in meta.weight_map.items():
+            if name not in entries or entries[name][0] != fname:
+                where = "in no shard" if name not in entries else f"in {entries[name][0]}"
+                raise InputError(index, f"maps {name!r} to {fname} but it is {where}")
+        unlisted = [n for n in entries if n not in meta.weight_map]
+        if unlisted:
+            raise InputError(index, f"does not list {unlisted[0]!r}, which {entries[unlisted[0]][0]} holds")
     spec, notes = hf.spec_from_config(cfg, config_path, most_common([e[1] for e in entries.values()]))
 
     def headers_only(name: str) -> Callable[[], Any]:

@@ -117,6 +117,7 @@ class FakeHub:
 
     def __init__(self) -> None:
         self.repos: dict[str, tuple[str, dict[str, bytes]]] = {}
+        self.gated: set[str] = set()  # repositories whose files answer 403 GatedRepo (as Gemma's do without a token)
         self.log: list[tuple[str, str, str | None, int]] = []
         self._lock = threading.Lock()
         hub = self
@@ -208,6 +209,9 @@ class FakeHub:
             commit, files = repo
             if m.group(2) not in ("main", commit):
                 return self._missing(h, head, "RevisionNotFound")
+            if m.group(1) in self.gated:
+                msg = f"Access to model {m.group(1)} is restricted. You must have access to it and be authenticated."
+                return self._json(h, {"error": msg}, head, 403, {"X-Error-Code": "GatedRepo", "X-Error-Message": msg})
             data = files.get(m.group(3))
             if data is None:
                 return self._missing(h, head, "EntryNotFound")

@@ -329,6 +329,14 @@ def test_sharded_headers_keras_repo_and_missing_repo(tiny_models, tmp_path):
         out, by_path = json.loads(p.stdout), json.loads(_cli(env, "summary", keras_dir, "--json").stdout)
         assert out["hub"]["downloaded"] == "snapshot"
         assert without(out, "source", "hub", "tokenizer") == without(by_path, "source", "tokenizer")
+        # Gemma's repositories are gated: without an accepted license and a token, the files answer 403
+        hub.add("google/gated", sharded)
+        hub.gated.add("google/gated")
+        p = _cli(env, "summary", "google/gated")
+        assert p.returncode == 2
+        assert p.stderr.startswith("Error: google/gated: gated on the hub: accept its license on the model page and "
+                                   "log in (`hf auth login` or HF_TOKEN) (GatedRepoError: ")
+        assert len(p.stderr.splitlines()) == 1
         p = _cli(env, "summary", "google/no-such-model")
         assert p.returncode == 2
         assert p.stderr == (f"Error: google/no-such-model: no such file or directory, nor a model on the hub "
