@@ -507,18 +507,23 @@ def kaggle_download(ref: HubRef) -> str:
 
 
 class _kagglehub_logs_to_stderr:
-    """kagglehub logs its progress lines to stdout, where they would corrupt `--json`: point its handlers
-    at stderr while it runs."""
+    """kagglehub logs its progress lines to stdout (and kagglesdk prints there when verbose), where they would
+    corrupt `--json`: while it runs, its handlers and print() write to stderr."""
 
     def __enter__(self) -> None:
+        import contextlib
         import logging
 
+        stdout = sys.stdout
         self.saved = []
         for h in logging.getLogger("kagglehub").handlers:
-            if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stdout:
-                self.saved.append(h)
+            if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in (stdout, sys.__stdout__):
+                self.saved.append((h, h.stream))
                 h.setStream(sys.stderr)
+        self.redirect = contextlib.redirect_stdout(sys.stderr)
+        self.redirect.__enter__()
 
     def __exit__(self, *exc: object) -> None:
-        for h in self.saved:
-            h.setStream(sys.stdout)
+        self.redirect.__exit__(*exc)
+        for h, stream in self.saved:
+            h.setStream(stream)

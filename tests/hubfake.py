@@ -229,3 +229,65 @@ class FakeHub:
                 return self._send(h, 206, data[start:end + 1], headers, head)
             return self._send(h, 200, data, headers, head)
         return self._missing(h, head, "NotFound")
+
+
+class FakeKaggle:
+    """A threaded HTTP server on 127.0.0.1 answering the two calls kagglehub makes to download a model version
+    (kagglesdk's JSON-over-POST API): models.ModelApiService/ListModelInstanceVersionFiles and
+    /DownloadModelInstanceVersion (one file's bytes). Requests are logged as (method name, request body)."""
+
+    def __init__(self) -> None:
+        self.models: dict[tuple[str, str, str, int], dict[str, bytes]] = {}
+        self.log: list[tuple[str, dict]] = []
+        kaggle = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                method = self.path.rsplit("/", 1)[-1]
+                kaggle.log.append((method, body))
+                key = (body.get("ownerSlug"), body.get("modelSlug"), body.get("instanceSlug"),
+                       body.get("versionNumber"))
+                files = kaggle.models.get(key)
+                if files is None or (method == "DownloadModelInstanceVersion" and body.get("path") not in files):
+                    out, status, ctype = json.dumps({"code": 404, "message": "Not found"}).encode(), 404, \
+                        "application/json"
+                elif method == "ListModelInstanceVersionFiles":
+                    out, status, ctype = json.dumps({"files": [{"name": n, "size": len(d)} for n, d in files.items()],
+                                                     "nextPageToken": ""}).encode(), 200, "application/json"
+                else:
+                    out, status, ctype = files[body["path"]], 200, "application/octet-stream"
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def add(self, handle: str, src: str) -> None:
+        owner, model, _framework, variation, version = handle.removeprefix("kaggle://").split("/")
+        self.models[(owner, model, variation, int(version))] = repo_files(src)
+
+    def __enter__(self) -> "FakeKaggle":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+# kagglesdk has no endpoint variable: KAGGLE_API_ENVIRONMENT=LOCALHOST selects its "http://localhost" entry,
+# which this prelude points at the fake server (FAKE_KAGGLE_URL) before the CLI runs.
+KAGGLE_CLI = ("import os, kagglesdk.kaggle_env as e; e._env_to_endpoint[e.KaggleEnv.LOCAL] = os.environ['FAKE_KAGGLE_URL']; "
+              "from gemma_inspect.cli import main; main()")

@@ -346,6 +346,38 @@ def test_sharded_headers_keras_repo_and_missing_repo(tiny_models, tmp_path):
                             f"log in with `hf auth login` or HF_TOKEN)\n")
 
 
+def test_kaggle_handle_and_preset_download_through_kagglehub(tiny_models, tmp_path):
+    """kagglehub downloads into its cache (files and completion marker); its log lines stay off stdout."""
+    keras_dir = tiny_models.get("gemma3", "keras")
+    cache = str(tmp_path / "kagglehub")
+    with hubfake.FakeKaggle() as kaggle:
+        kaggle.add(KAGGLE, keras_dir)
+        kaggle.add(PRESET_HANDLE, keras_dir)
+        env = dict(os.environ, KAGGLEHUB_CACHE=cache, KAGGLE_API_ENVIRONMENT="LOCALHOST", FAKE_KAGGLE_URL=kaggle.url,
+                   PYTHONPATH=ROOT)
+        by_path = json.loads(_cli(env, "summary", keras_dir, "--json").stdout)
+        for source, handle in ((KAGGLE, KAGGLE), (PRESET, PRESET_HANDLE)):
+            p = subprocess.run([sys.executable, "-c", hubfake.KAGGLE_CLI, "summary", source, "--json"],
+                               capture_output=True, text=True, env=env, timeout=120)
+            assert p.returncode == 0, p.stderr
+            out = json.loads(p.stdout)  # nothing but the JSON object on stdout
+            path = os.path.join(cache, "models", *handle.removeprefix("kaggle://").split("/"))
+            assert out["hub"]["path"] == path and out["source"] == path
+            assert without(out, "source", "hub", "tokenizer") == without(by_path, "source", "tokenizer")
+            assert hubfake.repo_files(path) == hubfake.repo_files(keras_dir)
+            assert os.path.isfile(path + ".complete")
+            assert "Downloading" in p.stderr
+        methods = [m for m, _ in kaggle.log]
+        n = len(hubfake.repo_files(keras_dir))
+        assert methods.count("ListModelInstanceVersionFiles") == 2
+        assert methods.count("DownloadModelInstanceVersion") == 2 * n
+        # cached now: a second run makes no request at all
+        kaggle.log.clear()
+        p = subprocess.run([sys.executable, "-c", hubfake.KAGGLE_CLI, "summary", PRESET, "--json"],
+                           capture_output=True, text=True, env=env, timeout=120)
+        assert p.returncode == 0 and kaggle.log == []
+
+
 @pytest.mark.slow
 def test_preset_registry_is_keras_hubs():
     """The preset names read from keras-hub's files are exactly those keras_hub registers, same handles."""
