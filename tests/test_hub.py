@@ -275,7 +275,7 @@ def test_summary_reads_headers_only_then_convert_downloads(tiny_models, tmp_path
                               "commit": commit, "downloaded": "headers"}
         assert p.stderr.endswith(f"source: {REPO} is the Hugging Face model {REPO} (revision main, commit {commit}): "
                                  f"read config.json and 1 safetensors header, not the weights\n")
-        by_path = json.loads(_cli(env, "summary", hf_dir, "--json").stdout)
+        by_path = run_json("summary", hf_dir)[0]
         same = ("family", "architecture", "parameters", "dtypes", "size_bytes", "num_tensors", "ignored_tensors")
         assert {k: out[k] for k in same} == {k: by_path[k] for k in same}
         assert out["tokenizer"] is None and out["tensors_read"] is True
@@ -319,14 +319,14 @@ def test_sharded_headers_keras_repo_and_missing_repo(tiny_models, tmp_path):
         p = _cli(env, "summary", "google/tiny-sharded", "--json")
         assert p.returncode == 0, p.stderr
         out = json.loads(p.stdout)
-        by_path = json.loads(_cli(env, "summary", sharded, "--json").stdout)
+        by_path = run_json("summary", sharded)[0]
         assert (out["parameters"], out["size_bytes"]) == (by_path["parameters"], by_path["size_bytes"])
         shards = [f for f in os.listdir(sharded) if f.endswith(".safetensors")]
         assert len(shards) > 1 and f"read config.json and {len(shards)} safetensors headers" in p.stderr
         # a KerasHub preset on the hub has no safetensors headers to read: summary downloads its files
         p = _cli(env, "summary", "keras/tiny-gemma3", "--json")
         assert p.returncode == 0, p.stderr
-        out, by_path = json.loads(p.stdout), json.loads(_cli(env, "summary", keras_dir, "--json").stdout)
+        out, by_path = json.loads(p.stdout), run_json("summary", keras_dir)[0]
         assert out["hub"]["downloaded"] == "snapshot"
         assert without(out, "source", "hub", "tokenizer") == without(by_path, "source", "tokenizer")
         # Gemma's repositories are gated: without an accepted license and a token, the files answer 403
@@ -355,7 +355,7 @@ def test_kaggle_handle_and_preset_download_through_kagglehub(tiny_models, tmp_pa
         kaggle.add(PRESET_HANDLE, keras_dir)
         env = dict(os.environ, KAGGLEHUB_CACHE=cache, KAGGLE_API_ENVIRONMENT="LOCALHOST", FAKE_KAGGLE_URL=kaggle.url,
                    PYTHONPATH=ROOT)
-        by_path = json.loads(_cli(env, "summary", keras_dir, "--json").stdout)
+        by_path = run_json("summary", keras_dir)[0]
         for source, handle in ((KAGGLE, KAGGLE), (PRESET, PRESET_HANDLE)):
             p = subprocess.run([sys.executable, "-c", hubfake.KAGGLE_CLI, "summary", source, "--json"],
                                capture_output=True, text=True, env=env, timeout=120)
