@@ -101,6 +101,7 @@ def summary(source: str, scan: bool, as_json: bool) -> None:
       gemma-inspect summary ./gemma-2b-keras
       gemma-inspect summary gemma-7b --json
       gemma-inspect summary ./finetune-hf --scan     # also look for NaN/inf weights
+      gemma-inspect summary google/gemma-3-270m      # a hub id: config.json + safetensors headers only
     """
     from .summary import summarize
 
@@ -295,6 +296,7 @@ def convert(source: str, dest: str, to: str, dtype: str, max_shard_size: str | N
       gemma-inspect convert ./gemma-2b-keras ./gemma-2b-hf --to hf
       gemma-inspect convert ./gemma2-hf ./gemma2-keras --to keras --dtype bfloat16
       gemma-inspect convert ./gemma-7b-hf ./gemma-7b.gguf --to gguf --dtype q8_0
+      gemma-inspect convert kaggle://keras/gemma3/keras/gemma3_instruct_1b/3 ./gemma3-1b-hf --to hf
     """
     import time
 
