@@ -293,6 +293,11 @@ def test_summary_reads_headers_only_then_convert_downloads(tiny_models, tmp_path
         assert os.path.islink(os.path.join(snap, "model.safetensors"))
         ref = open(os.path.join(cache, "models--google--tiny-gemma3", "refs", "main")).read()
         assert ref == commit
+        # the layout the offline tests build by hand is the one huggingface_hub itself writes
+        hubfake.populate_hf_cache(str(tmp_path / "by-hand"), REPO, hf_dir)
+        for part in ("blobs", "snapshots", "refs"):
+            assert hubfake.tree_snapshot(os.path.join(cache, "models--google--tiny-gemma3", part)) == \
+                hubfake.tree_snapshot(os.path.join(tmp_path, "by-hand", "models--google--tiny-gemma3", part))
         # ... and writes what converting the directory writes
         assert _cli(env, "convert", hf_dir, str(tmp_path / "keras-path"), "--to", "keras").returncode == 0
         assert written(dest) == written(str(tmp_path / "keras-path"))
