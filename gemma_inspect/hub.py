@@ -272,8 +272,12 @@ def _open_hf(ref: HubRef, need: str, say: Callable[[str], None]) -> Checkpoint:
 
 
 def _commit_of(path: str) -> str | None:
+    """The commit of a path in the HF cache: .../models--org--name/snapshots/<commit>/..."""
     parts = os.path.normpath(path).split(os.sep)
-    return parts[parts.index("snapshots") + 1] if "snapshots" in parts[:-1] else None
+    for i in range(1, len(parts) - 1):
+        if parts[i] == "snapshots" and parts[i - 1].startswith("models--"):
+            return parts[i + 1]
+    return None
 
 
 def _hf_file(ref: HubRef) -> str:
