@@ -190,6 +190,7 @@ class Checkpoint:
     files: list[str] = field(default_factory=list)  # the files that make up the checkpoint
     quantization: dict[str, Any] | None = None  # GGUF: storage types and bits per weight per tensor group
     assumed: frozenset[str] = frozenset()  # spec fields the format does not store (filled with defaults)
+    hub: dict[str, Any] | None = None  # how a hub id / handle / preset name was resolved (hub.py)
 
     @property
     def is_card(self) -> bool:

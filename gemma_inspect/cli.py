@@ -53,15 +53,35 @@ def _console(stderr: bool = False) -> Any:
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
+def _store_revision(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    ctx.meta["gemma_inspect.revision"] = value
+
+
+# SOURCE may be a hub id (org/name), hf:// or kaggle:// handle or KerasHub preset name (hub.py); --revision
+# pins the Hugging Face revision of those ids. `need`: "headers" reads a hub model's headers only.
+_revision_option = click.option("--revision", default=None, metavar="REV", expose_value=False,
+                                callback=_store_revision, is_eager=False,
+                                help="Branch, tag or commit of Hugging Face hub ids in SOURCE (default: main).")
+
+
+def _open(source: str, need: str = "full") -> Any:
+    from .hub import open_source
+
+    revision = click.get_current_context().meta.get("gemma_inspect.revision")
+    return open_source(source, need=need, revision=revision)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--debug", is_flag=True, help="Show Python tracebacks instead of one-line errors.")
 @click.version_option(__version__, prog_name="gemma-inspect")
 def main(debug: bool) -> None:
     """Inspect, convert and verify Gemma checkpoints (KerasHub, Hugging Face, GGUF, gemma_pytorch).
 
-    SOURCE is a checkpoint path or a built-in card name (gemma-2b, gemma-7b, gemma2-2b, gemma2-9b,
+    SOURCE is a checkpoint path, a built-in card name (gemma-2b, gemma-7b, gemma2-2b, gemma2-9b,
     gemma2-27b, gemma3-270m, gemma3-1b, gemma3-4b, gemma3-12b, gemma3-27b, llama2-7b, olmo-7b,
-    mistral-7b).
+    mistral-7b), a Hugging Face hub id (google/gemma-3-270m, hf://org/name[@rev][/file.gguf]), a Kaggle
+    handle (kaggle://owner/model/framework/variation/version) or a KerasHub preset name
+    (gemma3_instruct_1b). A local path wins over a hub id of the same spelling.
 
     Exit codes: 0 ok, 1 a check failed, 2 unusable input or usage error.
     """
@@ -72,6 +92,7 @@ def main(debug: bool) -> None:
 @click.option("--scan", is_flag=True,
               help="Also read every tensor's values and warn about NaN or infinite ones (no longer headers only).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@_revision_option
 def summary(source: str, scan: bool, as_json: bool) -> None:
     """Architecture and parameter breakdown of SOURCE, from headers alone.
 
@@ -80,11 +101,11 @@ def summary(source: str, scan: bool, as_json: bool) -> None:
       gemma-inspect summary ./gemma-2b-keras
       gemma-inspect summary gemma-7b --json
       gemma-inspect summary ./finetune-hf --scan     # also look for NaN/inf weights
+      gemma-inspect summary google/gemma-3-270m      # a hub id: config.json + safetensors headers only
     """
-    from .formats import load
     from .summary import summarize
 
-    ckpt = load(source)
+    ckpt = _open(source, "full" if scan else "headers")
     result = summarize(ckpt)
     if scan:
         from .render import count_progress
@@ -108,6 +129,7 @@ def summary(source: str, scan: bool, as_json: bool) -> None:
 @main.command()
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@_revision_option
 def compare(sources: tuple[str, ...], as_json: bool) -> None:
     """Side-by-side architecture table of two or more checkpoints or cards.
 
@@ -118,10 +140,9 @@ def compare(sources: tuple[str, ...], as_json: bool) -> None:
     """
     if len(sources) < 2:
         raise click.UsageError("compare needs at least two sources")
-    from .formats import load
     from .summary import compare as compare_models
 
-    result = compare_models([load(s) for s in sources])
+    result = compare_models([_open(s, "headers") for s in sources])
     if as_json:
         from .render import print_json
 
@@ -152,6 +173,7 @@ def compare(sources: tuple[str, ...], as_json: bool) -> None:
 @click.option("--plot", "plot_path", default=None, metavar="FILE.png",
               help="Write a PNG of the relative difference per layer (log scale, tolerance line).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@_revision_option
 def parity_cmd(a: str, b: str, runtime_a: str, runtime_b: str, device: str, dtype: str, prompt: str | None,
                tokens: str | None, atol: float | None, plot_path: str | None, as_json: bool) -> None:
     """Run A and B on the same tokens and compare logits and every layer's hidden state.
@@ -169,11 +191,10 @@ def parity_cmd(a: str, b: str, runtime_a: str, runtime_b: str, device: str, dtyp
     """
     if prompt is not None and tokens is not None:
         raise click.UsageError("give --prompt or --tokens, not both")
-    from .formats import load
     from .parity import parse_tokens, parity, plot_layers
 
     ids = parse_tokens(tokens) if tokens is not None else None
-    ca, cb = load(a), load(b)
+    ca, cb = _open(a), _open(b)
     err = _console(stderr=True)
     with err.status("loading", spinner="dots") as status:
         result = parity(ca, cb, runtime_a, runtime_b, device, dtype, tokens=ids, prompt=prompt, atol=atol,
@@ -206,6 +227,7 @@ def parity_cmd(a: str, b: str, runtime_a: str, runtime_b: str, device: str, dtyp
 @click.option("--graph", is_flag=True, help="Also show the recorded layer graph of decoder block 0 as a tree "
                                             "(with --json: a \"graph\" key).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@_revision_option
 def verify_cmd(source: str, runtime: str, device: str, graph: bool, as_json: bool) -> None:
     """Confirm Gemma's architecture from a traced forward pass of SOURCE, and lint its config.
 
@@ -222,10 +244,9 @@ def verify_cmd(source: str, runtime: str, device: str, graph: bool, as_json: boo
       gemma-inspect verify ./gemma2-keras --runtime reference --json
       gemma-inspect verify ./gemma3.gguf --graph
     """
-    from .formats import load
     from .verify import verify
 
-    ckpt = load(source)
+    ckpt = _open(source)
     err = _console(stderr=True)
     with err.status("loading", spinner="dots") as status:
         result = verify(ckpt, runtime, device, graph=graph, progress=lambda message: status.update(message))
@@ -262,6 +283,7 @@ def verify_cmd(source: str, runtime: str, device: str, graph: bool, as_json: boo
               help="Do not write the manifest (every output file's SHA-256 and every tensor). Hashing costs about "
                    "4 s per GB on CPUs without SHA-256 instructions.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the conversion report).")
+@_revision_option
 def convert(source: str, dest: str, to: str, dtype: str, max_shard_size: str | None, force: bool,
             verify_after: bool, no_manifest: bool, as_json: bool) -> None:
     """Convert SOURCE into DEST in another format, streaming one tensor at a time.
@@ -274,13 +296,14 @@ def convert(source: str, dest: str, to: str, dtype: str, max_shard_size: str | N
       gemma-inspect convert ./gemma-2b-keras ./gemma-2b-hf --to hf
       gemma-inspect convert ./gemma2-hf ./gemma2-keras --to keras --dtype bfloat16
       gemma-inspect convert ./gemma-7b-hf ./gemma-7b.gguf --to gguf --dtype q8_0
+      gemma-inspect convert kaggle://keras/gemma3/keras/gemma3_instruct_1b/3 ./gemma3-1b-hf --to hf
     """
     import time
 
     from .convert import WriteOptions, convert as run_convert, parse_size
     from .formats import load
 
-    ckpt = load(source)
+    ckpt = _open(source)  # DEST stays a local path
     options = WriteOptions(dtype=dtype, max_shard_size=parse_size(max_shard_size), force=force,
                            manifest=not no_manifest)
     from .render import byte_progress
@@ -323,6 +346,7 @@ def _planned_bytes(ckpt: Any, options: Any) -> int:
               help="Check A against the manifest convert wrote (A/gemma-inspect-manifest.json, or A.manifest.json "
                    "beside a single file), or against FILE: every file's size and SHA-256, every tensor.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@_revision_option
 def diff_cmd(a: str, b: str | None, atol: float, manifest: str | None, as_json: bool) -> None:
     """Compare two checkpoints tensor by tensor, in any formats (canonical names and layout); or check a
     conversion's output against its manifest.
@@ -360,9 +384,8 @@ def diff_cmd(a: str, b: str | None, atol: float, manifest: str | None, as_json: 
     if b is None:
         raise click.UsageError("diff needs A and B, or A and --manifest")
     from .diff import diff
-    from .formats import load
 
-    ca, cb = load(a), load(b)
+    ca, cb = _open(a), _open(b)
     from .render import count_progress
 
     total = len(ca.tensors.keys() | cb.tensors.keys())  # diff walks the tensors of either side

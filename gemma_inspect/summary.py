@@ -39,6 +39,8 @@ def summarize(ckpt: Checkpoint) -> dict[str, Any]:
         "ignored_tensors": len(ckpt.ignored),
         "notes": list(ckpt.notes),
     }
+    if ckpt.hub:  # SOURCE was a hub id, handle or preset name: what it resolved to
+        out["hub"] = ckpt.hub
     if ckpt.quantization:  # GGUF: storage types and bits per weight per tensor group
         out["quantization"] = ckpt.quantization
     return out
