@@ -173,13 +173,20 @@ def parity_cmd(a: str, b: str, runtime_a: str, runtime_b: str, device: str, dtyp
     from .parity import parse_tokens, parity, plot_layers
 
     ids = parse_tokens(tokens) if tokens is not None else None
-    ca, cb = load(a), load(b)
-    err = _console(stderr=True)
-    with err.status("loading", spinner="dots") as status:
-        result = parity(ca, cb, runtime_a, runtime_b, device, dtype, tokens=ids, prompt=prompt, atol=atol,
-                        progress=lambda message: status.update(message))
     if plot_path:
-        plot_layers(result, plot_path)
+        _check_output_file(plot_path, "--plot")  # before minutes of forward passes, not after
+    ca, cb = load(a), load(b)
+    from .render import StepProgress
+
+    with StepProgress(_console(stderr=True), "parity") as say:
+        result = parity(ca, cb, runtime_a, runtime_b, device, dtype, tokens=ids, prompt=prompt, atol=atol,
+                        progress=say)
+    plot_error = None
+    if plot_path:
+        try:
+            plot_layers(result, plot_path)
+        except Exception as e:  # the report below is printed whatever happens to the plot
+            plot_error = f"{plot_path}: could not write the plot: {e.__class__.__name__}: {e}"
     if as_json:
         from .render import print_json
 
@@ -189,10 +196,29 @@ def parity_cmd(a: str, b: str, runtime_a: str, runtime_b: str, device: str, dtyp
 
         console = _console()
         render_parity(console, result)
-        if plot_path:
-            console.print(f"plot: {plot_path}")
+        if plot_path and plot_error is None:
+            console.print(f"plot: {plot_path}", markup=False)
+    if plot_error is not None:
+        _fail(plot_error, 2)
     if not result["passed"]:
         sys.exit(1)
+
+
+def _check_output_file(path: str, option: str) -> None:
+    """An output file named by an option must be writable where it is: its directory exists and is a directory,
+    and the path itself is not a directory. Checked before any work (exit 2 with one line)."""
+    import os
+
+    from .errors import InputError
+
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise InputError(path, f"{option} names a directory; give a file name such as {os.path.join(path, 'parity.png')}")
+    if not os.path.isdir(parent):
+        what = "is not a directory" if os.path.exists(parent) else "does not exist"
+        raise InputError(path, f"cannot write {option} here: {parent} {what}")
+    if not os.access(parent, os.W_OK):
+        raise InputError(path, f"cannot write {option} here: {parent} is not writable")
 
 
 @main.command(name="verify")
@@ -226,9 +252,10 @@ def verify_cmd(source: str, runtime: str, device: str, graph: bool, as_json: boo
     from .verify import verify
 
     ckpt = load(source)
-    err = _console(stderr=True)
-    with err.status("loading", spinner="dots") as status:
-        result = verify(ckpt, runtime, device, graph=graph, progress=lambda message: status.update(message))
+    from .render import StepProgress
+
+    with StepProgress(_console(stderr=True), "verify") as say:
+        result = verify(ckpt, runtime, device, graph=graph, progress=say)
     if as_json:
         from .render import print_json
 
@@ -248,10 +275,10 @@ def verify_cmd(source: str, runtime: str, device: str, graph: bool, as_json: boo
 @main.command()
 @click.argument("source")
 @click.argument("dest")
-@click.option("--to", "to", required=True, type=click.Choice(FORMATS),
-              help="Target format.")
+@click.option("--to", "to", required=True, type=click.Choice(FORMATS, case_sensitive=False),
+              help="Target format (any case, as card names are).")
 @click.option("--dtype", default="keep", show_default=True,
-              type=click.Choice(["keep", "float32", "bfloat16", "float16", "q8_0"]),
+              type=click.Choice(["keep", "float32", "bfloat16", "float16", "q8_0"], case_sensitive=False),
               help="keep = bit-exact; anything else casts every tensor explicitly (q8_0: GGUF only).")
 @click.option("--max-shard-size", default=None, metavar="SIZE",
               help="Split weights into shards of at most SIZE (e.g. 5GB, 500MB). Default: 5GB (HF), 10GB (Keras).")
