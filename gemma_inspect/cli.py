@@ -313,7 +313,7 @@ def convert(source: str, dest: str, to: str, dtype: str, max_shard_size: str | N
     from .render import byte_progress
 
     start = time.perf_counter()
-    with byte_progress(_console(stderr=True), f"{ckpt.format} -> {to}", _planned_bytes(ckpt, options)) as advance:
+    with byte_progress(_console(stderr=True), f"{ckpt.format} -> {to}", _planned_bytes(ckpt, options, to)) as advance:
         report = run_convert(ckpt, dest, to, options, advance)
     report["seconds"] = round(time.perf_counter() - start, 3)
     failed = False
@@ -335,9 +335,15 @@ def convert(source: str, dest: str, to: str, dtype: str, max_shard_size: str | N
         sys.exit(1)
 
 
-def _planned_bytes(ckpt: Any, options: Any) -> int:
+def _planned_bytes(ckpt: Any, options: Any, to: str = "hf") -> int:
+    """What the writer's progress will count, in the same unit: the bytes of the tensors as written (a Q8_0 GGUF
+    is about a quarter of its float32 source), so that the bar ends at 100%."""
     from .convert import target_nbytes
 
+    if to == "gguf":
+        from .formats.gguf import planned_nbytes
+
+        return planned_nbytes(ckpt, options)
     return sum(target_nbytes(ref, options.float_dtype(ref)) for ref in ckpt.tensors.values())
 
 

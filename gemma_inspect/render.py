@@ -343,8 +343,8 @@ class StepProgress:
     line per step as it starts, with the seconds elapsed so far, and one line at the end. Used as
     `with StepProgress(console, "parity") as say: say("[1/4] running A ...")`."""
 
-    def __init__(self, console: Console, label: str):
-        self.console, self.label = console, label
+    def __init__(self, console: Console, label: str, lines: bool = False):
+        self.console, self.label, self.lines = console, label, lines  # lines: one line per step, always
         self.progress: Any = None
         self.start = 0.0
 
@@ -352,7 +352,7 @@ class StepProgress:
         import time
 
         self.start = time.perf_counter()
-        if self.console.is_terminal:
+        if self.console.is_terminal and not self.lines:
             from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
             self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
@@ -391,8 +391,10 @@ def count_progress(console: Console, label: str, total: int) -> _Progress:
 def render_convert(console: Console, report: dict[str, Any]) -> None:
     console.print(f"[green]Converted[/green] {escape(report['source'])} ({report['source_format']}) -> "
                   f"[bold]{escape(report['dest'])}[/bold] ({report['format']}): {report['tensors']} tensors, "
-                  f"{format_bytes(report['bytes_written'])} in {report['seconds']:.2f} s"
-                  + ("" if report["dtype"] == "keep" else f", cast to {report['dtype']}"))
+                  f"{format_bytes(report['bytes_written'])}"
+                  + ("" if report["dtype"] == "keep" else f", cast to {report['dtype']}")
+                  + f", in {report['seconds']:.2f} s of conversion (reading the source's headers, start-up and "
+                    f"imports not counted)")
     for note in report.get("source_notes", []):
         console.print(f"[yellow]note[/yellow] (source): {escape(note)}")
     for note in report["notes"]:
@@ -535,21 +537,22 @@ def render_parity(console: Console, result: dict[str, Any]) -> None:
                       f"{fmt_float(max(lg['excluded_mass_a'], lg['excluded_mass_b']))} "
                       f"(limit {tol.get('max_excluded_mass', 0):g})")
     mode = tol.get("mode", result["dtype"])
-    reason = f"; {escape(tol['reason'])}" if tol.get("reason") else ""
     if mode == "noise floor":
-        console.print(f"[bold]Tolerance[/bold] (measured noise floor{reason}): max|A-B| <= "
-                      f"{tol['noise_factor']:g} x noise floor + {tol['floor_relative']:.2g} x max|O| per layer "
-                      f"and for the logits (logits: noise floor {fmt_float(lg.get('noise_floor'))}, bound "
-                      f"{fmt_float(tol.get('logits_max_abs_diff'))})")
+        console.print(f"[bold]Tolerance[/bold] (measured noise floor): max|A-B| <= {tol['noise_factor']:g} x noise + "
+                      f"{tol['floor_relative']:.2g} x max|O| at every layer and for the logits (logits: noise "
+                      f"{fmt_float(lg.get('noise_floor'))}, bound {fmt_float(tol.get('logits_max_abs_diff'))}); "
+                      f"noise = min(max|A-O|, max|B-O|), O = the reference runtime in float64 on A's weights")
     elif mode in ("fixed", "float32"):
-        console.print(f"[bold]Tolerance[/bold] (fixed{reason}): max|A-B| <= {tol['atol']:g} x max|A| for every "
-                      f"hidden state and the logits (logits: {fmt_float(tol.get('logits_max_abs_diff'))})")
+        console.print(f"[bold]Tolerance[/bold] (fixed): max|A-B| <= {tol['atol']:g} x max|A| for every hidden state "
+                      f"and the logits (logits: {fmt_float(tol.get('logits_max_abs_diff'))})")
     else:
         label = "quantized weights" if mode == "quantized" else mode
-        console.print(f"[bold]Tolerance[/bold] ({label}{reason}): top-1 agreement outside ties >= "
+        console.print(f"[bold]Tolerance[/bold] ({label}): top-1 agreement outside ties >= "
                       f"{100 * tol['min_top1_agreement']:.0f}% (ties: within {fmt_float(tol.get('top1_tie_logits'))} "
                       f"logits), KL <= {tol['max_kl_divergence']:g}; hidden states <= {tol['atol']:g} x max|A|, "
-                      f"embedding output <= {tol['embedding_atol']:g} x max|A|")
+                      f"embedding output <= {tol['embedding_atol']:.3g} x max|A|")
+    if tol.get("reason"):
+        console.print(f"  why: {escape(tol['reason'])}")
     tok = result["tokenizer"]
     if tok is None:
         console.print("[bold]Tokenizer[/bold]: not compared (a side has no tokenizer)")

@@ -176,3 +176,29 @@ def test_to_values_take_any_case_as_card_names_do(tiny_models, tmp_path):
                                     "--no-manifest", "--json"])
     assert res.exit_code == 0, res.output
     assert '"format": "keras"' in res.stdout
+
+
+# ----------------------------------------------------------------------------- progress
+@pytest.mark.parametrize("dtype", ["q8_0", "keep"])
+def test_gguf_progress_counts_what_it_planned_and_ends_at_100_percent(tiny_models, tmp_path, dtype):
+    """The bar's total and its advances are the same unit - bytes of tensors as written - so a Q8_0 conversion
+    (about a quarter of its float32 source) ends at 100%, not at 25%."""
+    from gemma_inspect.cli import _planned_bytes
+    from gemma_inspect.convert import WriteOptions, convert
+
+    ckpt = load(tiny_models.get("gemma3", "hf"))
+    planned = _planned_bytes(ckpt, WriteOptions(dtype=dtype, manifest=False), "gguf")
+    seen: list[int] = []
+    convert(ckpt, str(tmp_path / "out.gguf"), "gguf", WriteOptions(dtype=dtype, manifest=False), seen.append)
+    assert sum(seen) == planned
+    source = sum(ref.numel * 4 for ref in ckpt.tensors.values())
+    if dtype == "q8_0":
+        assert planned < 0.3 * source
+
+
+def test_convert_report_says_what_its_time_measures(tiny_models, tmp_path):
+    res = CliRunner().invoke(main, ["convert", tiny_models.get("gemma", "hf"), str(tmp_path / "k"), "--to", "keras",
+                                    "--no-manifest"])
+    assert res.exit_code == 0, res.output
+    assert re.search(r"\d+ tensors, [\d.]+ kB, in [\d.]+ s of conversion \(reading the source's headers, "
+                     r"start-up and imports not counted\)", res.stdout), res.stdout
