@@ -494,6 +494,15 @@ def render_manifest_check(console: Console, result: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------- parity
+def _hanging(console: Console, label: str, text: str) -> None:
+    """`label text`, the text wrapped to the console's width under itself (a hanging indent), whole words only."""
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True)
+    grid.add_column()
+    grid.add_row(label, Text(text))
+    console.print(Trimmed(grid))
+
+
 def render_parity(console: Console, result: dict[str, Any]) -> None:
     """Per-layer differences (ok / mismatch), the logits metrics, the tolerance, the tokenizer, a verdict."""
     a, b, tol = result["a"], result["b"], result["tolerance"]
@@ -523,7 +532,7 @@ def render_parity(console: Console, result: dict[str, Any]) -> None:
             cells.append(fmt_float(r.get("noise_floor")))
         cells.append(Text(r["status"] + (" <- first divergent" if i == first else ""), style="green" if ok else style))
         table.add_row(*cells)
-    console.print(table)
+    console.print(Trimmed(table))
     lg = result["logits"]
     line = (f"[bold]Logits[/bold]: max |A-B| {fmt_float(lg['max_abs_diff'])}, mean {fmt_float(lg['mean_abs_diff'])}, "
             f"KL(A||B) {fmt_float(lg['kl_divergence'])}, top-1 agreement {_pct(lg['top1_agreement'])}")
@@ -552,7 +561,7 @@ def render_parity(console: Console, result: dict[str, Any]) -> None:
                       f"logits), KL <= {tol['max_kl_divergence']:g}; hidden states <= {tol['atol']:g} x max|A|, "
                       f"embedding output <= {tol['embedding_atol']:.3g} x max|A|")
     if tol.get("reason"):
-        console.print(f"  why: {escape(tol['reason'])}")
+        _hanging(console, "  why:", tol["reason"])
     tok = result["tokenizer"]
     if tok is None:
         console.print("[bold]Tokenizer[/bold]: not compared (a side has no tokenizer)")
@@ -580,8 +589,7 @@ def render_parity(console: Console, result: dict[str, Any]) -> None:
             where = f"first divergent layer {first} ({what})"
         console.print(f"[bold red]FAIL[/bold red]: {where}")
         for hint in result.get("advice", []):
-            console.print(f"  try: {escape(hint)}" if hint.startswith(("a fixed", "gemma-inspect diff"))
-                          else f"  {escape(hint)}")
+            _hanging(console, "  try:" if hint.startswith(("a fixed", "gemma-inspect diff")) else " ", hint)
 
 
 # ----------------------------------------------------------------------------- verify

@@ -87,7 +87,8 @@ def test_a_bfloat16_copy_of_a_float32_model_is_judged_by_bfloat16s_tolerance(tin
     res = CliRunner().invoke(main, ["parity", src, dest, "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert "Tolerance (stored bfloat16): top-1 agreement outside ties >= 95%" in res.stdout
-    assert "  why: B is stored in bfloat16, A in float32: B's weights differ by up to one bfloat16 rounding" in res.stdout
+    flat = " ".join(res.stdout.split())  # the why line wraps under itself at the terminal's width
+    assert "why: B is stored in bfloat16, A in float32: B's weights differ by up to one bfloat16 rounding" in flat
     # the same bfloat16 copy of a model whose block-2 FFN is scrambled still fails at block 2
     w = tiny_models.weights("gemma3")
     w["model.layers.2.mlp.down_proj.weight"] = w["model.layers.2.mlp.down_proj.weight"][::-1].copy()
@@ -132,9 +133,11 @@ def test_a_fail_says_what_to_try(tiny_models, tmp_path):
     assert res.exit_code == 1
     out = res.stdout
     assert "FAIL: first divergent layer 1 (decoder block 1)" in out
-    assert "block 1 differs by" in out and "the measured float32 noise floor there" in out
-    assert "  try: a fixed tolerance accepts it with --atol 1 " in out
-    assert f"  try: gemma-inspect diff {good} {bad} says whether the weights are bit-identical" in out
+    assert "block 1 differs by" in out and "the measured float32 noise floor there" in " ".join(out.split())
+    flat = " ".join(out.split())  # advice wraps under itself at 80 columns
+    assert "try: a fixed tolerance accepts it with --atol 1 " in flat
+    assert f"try: gemma-inspect diff {good} {bad} says whether the weights are bit-identical" in flat
+    assert all(len(line) <= 80 for line in out.splitlines() if line.startswith("  "))
     table = [line for line in out.splitlines() if line.startswith(("│", "┃", "┏", "└", "┗", "┡", "┌"))]
     assert table and all(len(line) <= 80 for line in table)
     obj = json.loads(CliRunner().invoke(main, ["parity", good, bad, "--device", "cpu", "--json"]).stdout)

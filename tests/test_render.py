@@ -202,3 +202,15 @@ def test_convert_report_says_what_its_time_measures(tiny_models, tmp_path):
     assert res.exit_code == 0, res.output
     assert re.search(r"\d+ tensors, [\d.]+ kB, in [\d.]+ s of conversion \(reading the source's headers, "
                      r"start-up and imports not counted\)", res.stdout), res.stdout
+
+
+def test_parity_report_at_80_columns_has_no_trailing_spaces_and_whole_numbers(tiny_models):
+    from gemma_inspect.parity import parity
+    from gemma_inspect.render import fmt_float, render_parity
+
+    r = parity(load(tiny_models.get("gemma2", "hf")), load(tiny_models.get("gemma2", "keras")), device="cpu")
+    out = _render(render_parity, r)
+    texts = [row["name"] for row in r["layers"]] + [fmt_float(row["max_abs_diff"]) for row in r["layers"]]
+    texts += [fmt_float(row["noise_floor"]) for row in r["layers"]]
+    assert_no_split(out, texts)
+    assert "Hidden states (max|A-B| against the measured float32 noise floor)" in out.splitlines()
