@@ -214,3 +214,14 @@ def test_parity_report_at_80_columns_has_no_trailing_spaces_and_whole_numbers(ti
     texts += [fmt_float(row["noise_floor"]) for row in r["layers"]]
     assert_no_split(out, texts)
     assert "Hidden states (max|A-B| against the measured float32 noise floor)" in out.splitlines()
+
+
+def test_verify_shows_its_steps_and_elapsed_time_on_stderr_in_a_pipe(tiny_models):
+    res = CliRunner().invoke(main, ["verify", tiny_models.get("gemma", "hf"), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.stderr.splitlines() if line.startswith("verify ")]
+    steps = [re.match(r"verify +\d+\.\d s  (\S+)", line).group(1) for line in lines]
+    assert steps == ["[1/3]", "[2/3]", "[3/3]", "done"]
+    assert "[2/3] loading with transformers on cpu (float32)" in lines[1]
+    out = res.stdout.splitlines()
+    assert out[2] == "pass norm_placement" and out[3].startswith("     expected pre; observed pre")
