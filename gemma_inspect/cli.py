@@ -164,14 +164,18 @@ def compare(sources: tuple[str, ...], as_json: bool) -> None:
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
               help="auto: cuda when torch sees a GPU.")
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16"]),
-              help="float32 is judged strictly; bfloat16 by top-1 agreement and KL divergence.")
+              help="float32 is judged against the measured float32 noise floor (a float64 oracle run); bfloat16 "
+                   "by top-1 agreement and KL divergence. A side stored in lower precision than the other is "
+                   "judged by that precision's tolerance.")
 @click.option("--prompt", default=None, metavar="TEXT", help="Text to run, tokenized with A's tokenizer (BOS first).")
 @click.option("--tokens", default=None, metavar="IDS", help="Comma-separated token ids, e.g. 2,651,1234.")
 @click.option("--atol", default=None, type=float,
-              help="Tolerance on max|A-B| / max|A| of each hidden state (float32: default 1e-4, logits too; "
-                   "bfloat16: default 0.1).")
+              help="A fixed tolerance on max|A-B| / max|A| of each hidden state instead of the measured noise "
+                   "floor (float32: the logits too); bfloat16, stored-lower-precision and quantized: the per-layer "
+                   "bound (default 0.1, 0.25 quantized).")
 @click.option("--plot", "plot_path", default=None, metavar="FILE.png",
-              help="Write a PNG of the relative difference per layer (log scale, tolerance line).")
+              help="Write a PNG of max|A-B| per layer and for the logits (log scale, with each bound). The "
+                   "directory must exist; it is checked before the run.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @_revision_option
 def parity_cmd(a: str, b: str, runtime_a: str, runtime_b: str, device: str, dtype: str, prompt: str | None,
@@ -194,13 +198,20 @@ def parity_cmd(a: str, b: str, runtime_a: str, runtime_b: str, device: str, dtyp
     from .parity import parse_tokens, parity, plot_layers
 
     ids = parse_tokens(tokens) if tokens is not None else None
-    ca, cb = _open(a), _open(b)
-    err = _console(stderr=True)
-    with err.status("loading", spinner="dots") as status:
-        result = parity(ca, cb, runtime_a, runtime_b, device, dtype, tokens=ids, prompt=prompt, atol=atol,
-                        progress=lambda message: status.update(message))
     if plot_path:
-        plot_layers(result, plot_path)
+        _check_output_file(plot_path, "--plot")  # before minutes of forward passes, not after
+    ca, cb = _open(a), _open(b)
+    from .render import StepProgress
+
+    with StepProgress(_console(stderr=True), "parity") as say:
+        result = parity(ca, cb, runtime_a, runtime_b, device, dtype, tokens=ids, prompt=prompt, atol=atol,
+                        progress=say)
+    plot_error = None
+    if plot_path:
+        try:
+            plot_layers(result, plot_path)
+        except Exception as e:  # the report below is printed whatever happens to the plot
+            plot_error = f"{plot_path}: could not write the plot: {e.__class__.__name__}: {e}"
     if as_json:
         from .render import print_json
 
@@ -210,10 +221,29 @@ def parity_cmd(a: str, b: str, runtime_a: str, runtime_b: str, device: str, dtyp
 
         console = _console()
         render_parity(console, result)
-        if plot_path:
-            console.print(f"plot: {plot_path}")
+        if plot_path and plot_error is None:
+            console.print(f"plot: {plot_path}", markup=False)
+    if plot_error is not None:
+        _fail(plot_error, 2)
     if not result["passed"]:
         sys.exit(1)
+
+
+def _check_output_file(path: str, option: str) -> None:
+    """An output file named by an option must be writable where it is: its directory exists and is a directory,
+    and the path itself is not a directory. Checked before any work (exit 2 with one line)."""
+    import os
+
+    from .errors import InputError
+
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise InputError(path, f"{option} names a directory; give a file name such as {os.path.join(path, 'parity.png')}")
+    if not os.path.isdir(parent):
+        what = "is not a directory" if os.path.exists(parent) else "does not exist"
+        raise InputError(path, f"cannot write {option} here: {parent} {what}")
+    if not os.access(parent, os.W_OK):
+        raise InputError(path, f"cannot write {option} here: {parent} is not writable")
 
 
 @main.command(name="verify")
@@ -247,9 +277,10 @@ def verify_cmd(source: str, runtime: str, device: str, graph: bool, as_json: boo
     from .verify import verify
 
     ckpt = _open(source)
-    err = _console(stderr=True)
-    with err.status("loading", spinner="dots") as status:
-        result = verify(ckpt, runtime, device, graph=graph, progress=lambda message: status.update(message))
+    from .render import StepProgress
+
+    with StepProgress(_console(stderr=True), "verify") as say:
+        result = verify(ckpt, runtime, device, graph=graph, progress=say)
     if as_json:
         from .render import print_json
 
@@ -269,10 +300,10 @@ def verify_cmd(source: str, runtime: str, device: str, graph: bool, as_json: boo
 @main.command()
 @click.argument("source")
 @click.argument("dest")
-@click.option("--to", "to", required=True, type=click.Choice(FORMATS),
-              help="Target format.")
+@click.option("--to", "to", required=True, type=click.Choice(FORMATS, case_sensitive=False),
+              help="Target format (any case, as card names are).")
 @click.option("--dtype", default="keep", show_default=True,
-              type=click.Choice(["keep", "float32", "bfloat16", "float16", "q8_0"]),
+              type=click.Choice(["keep", "float32", "bfloat16", "float16", "q8_0"], case_sensitive=False),
               help="keep = bit-exact; anything else casts every tensor explicitly (q8_0: GGUF only).")
 @click.option("--max-shard-size", default=None, metavar="SIZE",
               help="Split weights into shards of at most SIZE (e.g. 5GB, 500MB). Default: 5GB (HF), 10GB (Keras).")
@@ -309,14 +340,17 @@ def convert(source: str, dest: str, to: str, dtype: str, max_shard_size: str | N
     from .render import byte_progress
 
     start = time.perf_counter()
-    with byte_progress(_console(stderr=True), f"{ckpt.format} -> {to}", _planned_bytes(ckpt, options)) as advance:
+    with byte_progress(_console(stderr=True), f"{ckpt.format} -> {to}", _planned_bytes(ckpt, options, to)) as advance:
         report = run_convert(ckpt, dest, to, options, advance)
     report["seconds"] = round(time.perf_counter() - start, 3)
     failed = False
     if verify_after:
         from .parity import parity
 
-        result = parity(ckpt, load(dest), "auto", "auto", "auto", "float32")
+        from .render import StepProgress
+
+        with StepProgress(_console(stderr=True), "parity") as say:
+            result = parity(ckpt, load(dest), "auto", "auto", "auto", "float32", progress=say)
         report["parity"] = result
         failed = not result["passed"]
     if as_json:
@@ -331,9 +365,15 @@ def convert(source: str, dest: str, to: str, dtype: str, max_shard_size: str | N
         sys.exit(1)
 
 
-def _planned_bytes(ckpt: Any, options: Any) -> int:
+def _planned_bytes(ckpt: Any, options: Any, to: str = "hf") -> int:
+    """What the writer's progress will count, in the same unit: the bytes of the tensors as written (a Q8_0 GGUF
+    is about a quarter of its float32 source), so that the bar ends at 100%."""
     from .convert import target_nbytes
 
+    if to == "gguf":
+        from .formats.gguf import planned_nbytes
+
+        return planned_nbytes(ckpt, options)
     return sum(target_nbytes(ref, options.float_dtype(ref)) for ref in ckpt.tensors.values())
 
 

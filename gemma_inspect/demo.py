@@ -67,8 +67,6 @@ def build(root: str, progress: Any = None) -> dict[str, str]:
 
 
 def run_demo(directory: str | None, console: Any) -> None:
-    from .cli import main
-
     root = directory or f"gemma-inspect-demo-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     if os.path.exists(root) and os.listdir(root):
         raise OutputError(f"{root}: exists and is not empty; give the demo an empty or new directory")
@@ -76,20 +74,14 @@ def run_demo(directory: str | None, console: Any) -> None:
     console.rule("[bold]gemma-inspect demo")
     console.print(f"Building tiny seeded checkpoints in [bold]{root}[/bold] (real keras-hub and transformers "
                   f"files, random weights, non-trivial norm weights, a SentencePiece tokenizer)")
-    with console.status("building", spinner="dots") as status:
-        paths = build(root, progress=lambda m: status.update(m))
-    failures = []
-    for title, args in _steps(paths):
-        console.print()
-        console.rule(f"[bold]{title}")
-        console.print(f"[bold green]$ gemma-inspect {' '.join(shlex.quote(a) for a in args)}[/bold green]")
-        code = 0
-        try:
-            main.main(args=args, prog_name="gemma-inspect", standalone_mode=False)
-        except SystemExit as e:
-            code = int(e.code or 0)
-        if code:
-            failures.append((args[0], code))
+    from rich.console import Console
+
+    from .render import StepProgress
+
+    # Lines, not a spinner: the steps' own commands show their progress while a demo step runs.
+    progress = StepProgress(Console(stderr=True, highlight=False, soft_wrap=True), "demo", lines=True)
+    with progress as say:  # steps and elapsed time on stderr, in a terminal and in a pipe
+        failures = _run_steps(root, console, say)
     console.print()
     console.rule("[bold]next")
     console.print(
@@ -98,6 +90,27 @@ def run_demo(directory: str | None, console: Any) -> None:
         f"  gemma-inspect convert SRC DEST --to hf|keras|gguf|gemma-pytorch --verify\n"
         f"  gemma-inspect parity A B --json       # exit 1 on disagreement: use it in CI\n"
         f"  gemma-inspect verify PATH --graph     # the architecture, observed from a traced forward pass\n"
-        f"The plot of the parity step is {paths['plot']}.")
+        f"The plot of the parity step is {os.path.join(root, 'parity-gemma2.png')}.")
     if failures:
         raise OutputError("demo steps failed: " + ", ".join(f"{cmd} (exit {code})" for cmd, code in failures))
+
+
+def _run_steps(root: str, console: Any, say: Any) -> list[tuple[str, int]]:
+    from .cli import main
+
+    paths = build(root, progress=lambda m: say(f"[build] {m}"))
+    failures = []
+    steps = _steps(paths)
+    for k, (title, args) in enumerate(steps, 1):
+        say(f"[{k}/{len(steps)}] gemma-inspect {args[0]}")
+        console.print()
+        console.rule(f"[bold]{k}/{len(steps)} {title}")
+        console.print(f"[bold green]$ gemma-inspect {' '.join(shlex.quote(a) for a in args)}[/bold green]")
+        code = 0
+        try:
+            main.main(args=args, prog_name="gemma-inspect", standalone_mode=False)
+        except SystemExit as e:
+            code = int(e.code or 0)
+        if code:
+            failures.append((args[0], code))
+    return failures

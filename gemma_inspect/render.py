@@ -17,6 +17,34 @@ NORM_TEXT = {"rmsnorm": "RMSNorm", "layernorm_nonparametric": "LayerNorm (no wei
 ACT_TEXT = {"gelu_tanh": "GELU, tanh approximation", "gelu": "GELU, exact (erf)", "silu": "SiLU"}
 
 
+class Trimmed:
+    """A renderable printed without the trailing spaces rich pads table rows with (a summary line in a log or
+    a diff then ends where its text ends)."""
+
+    def __init__(self, renderable: Any):
+        self.renderable = renderable
+
+    def __rich_console__(self, console: Console, options: Any) -> Any:
+        from rich.segment import Segment
+
+        for line in console.render_lines(self.renderable, options, pad=False):
+            while line and not line[-1].text.strip() and not line[-1].control:
+                line.pop()
+            if line:
+                last = line[-1]
+                line[-1] = Segment(last.text.rstrip(), last.style, last.control)
+            yield from line
+            yield Segment.line()
+
+
+GGUF_FLOAT_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+
+
+def dtype_name(t: str) -> str:
+    """One spelling of float dtypes everywhere (GGUF's F32 is float32); quantized types keep their names."""
+    return GGUF_FLOAT_NAMES.get(t, t)
+
+
 def print_json(obj: Any) -> None:
     """One JSON object on stdout and nothing else there. Strict JSON (RFC 8259): a non-finite number - a NaN or
     an infinity met in weights or activations - is written as null; the status fields next to it say what
@@ -85,9 +113,8 @@ def describe(m: dict[str, Any], compact: bool = False) -> list[tuple[str, str]]:
         return rows
     a, p = m["architecture"], m["parameters"]
     short = {
-        "Parameters": f"{p['total'] / 1e9:.1f}B" if p["total"] >= 1e8 else format_count(p["total"]),
-        "  if output untied": f"{p['total_if_untied'] / 1e9:.1f}B" if p["total"] >= 1e8
-        else format_count(p["total_if_untied"]),
+        "Parameters": _short_count(p["total"]),
+        "  if output untied": _short_count(p["total_if_untied"]),
         "Attention": f"{a['attention']} {a['num_attention_heads']}q / {a['num_key_value_heads']}kv",
         "Head dim": str(a["head_dim"]) + ("" if a["head_dim"] * a["num_attention_heads"] == a["hidden_size"]
                                           else f" (H x D = {a['head_dim'] * a['num_attention_heads']})"),
@@ -103,10 +130,16 @@ def describe(m: dict[str, Any], compact: bool = False) -> list[tuple[str, str]]:
         "Tied embeddings": "yes" if a["tied_embeddings"] else "no",
         "Sliding window": _sliding(a).replace(" tokens on", ",").replace(" (every layer global)", ""),
         "KV cache / token": format_bytes(m["kv_cache_bytes_per_token"]),
-        "Dtype": a["dtype"] if m.get("tensors_read") is False else ", ".join(m["dtypes"]) or a["dtype"],
+        "Dtype": a["dtype"] if m.get("tensors_read") is False
+        else ", ".join(dtype_name(t) for t in m["dtypes"]) or a["dtype"],
         "Size": format_bytes(m["size_bytes"]),
     }
     return [(label, short.get(label, value)) for label, value in rows]
+
+
+def _short_count(n: int) -> str:
+    """Compact parameter counts: 8.5B, 2.5B, 302.9M (M below a billion), 1.2K."""
+    return f"{n / 1e9:.1f}B" if n >= 1e9 else format_count(n)
 
 
 def _describe_full(m: dict[str, Any]) -> list[tuple[str, str]]:
@@ -134,7 +167,7 @@ def _describe_full(m: dict[str, Any]) -> list[tuple[str, str]]:
         ("Parameters", f"{format_count(p['total'])} ({p['total']:,})"
                        + (" tied" if a["tied_embeddings"] else "")),
         ("  if output untied", f"{format_count(p['total_if_untied'])} ({p['total_if_untied']:,})"),
-        ("  embedding", f"{format_count(p['embedding'])} ({100 * p['embedding'] / p['total']:.1f}%)"),
+        ("  embedding", f"{format_count(p['embedding'])} ({_pct(p['embedding'] / p['total'])})"),
         ("Layers", str(a["num_layers"])),
         ("Hidden size d", str(d)),
         ("Attention", f"{a['attention']}: {h} query heads, {k} K/V head{'s' if k != 1 else ''}"),
@@ -155,7 +188,7 @@ def _describe_full(m: dict[str, Any]) -> list[tuple[str, str]]:
         ("RoPE", _rope(a)),
         ("Context length", f"{a['max_position_embeddings']:,}"),
         ("KV cache / token", format_bytes(m["kv_cache_bytes_per_token"]) + f" ({a['dtype']})"),
-        ("Dtype", ", ".join(f"{k} x{v}" for k, v in m["dtypes"].items()) or a["dtype"]),
+        ("Dtype", ", ".join(f"{dtype_name(k)} x{v}" for k, v in m["dtypes"].items()) or a["dtype"]),
         ("Size", format_bytes(m["size_bytes"]) + ("" if m.get("tensors_read", True) else " (published dtype)")),
     ]
     return rows
@@ -163,13 +196,14 @@ def _describe_full(m: dict[str, Any]) -> list[tuple[str, str]]:
 
 def render_summary(console: Console, m: dict[str, Any]) -> None:
     # Paths, notes and values are text, not markup: a directory named "run[/b]" must print as it is.
-    title = f"{escape(m['source'])}  [dim]({m['format']}{', built-in card' if m['format'] == 'card' else ''})[/dim]"
+    title = f"{escape(m['source'])}  [dim]({'built-in card' if m['format'] == 'card' else m['format']})[/dim]"
     table = Table(title=title, show_header=False, title_justify="left", box=None, pad_edge=False)
+    # (the title wraps with the table; Trimmed drops the spaces rich leaves where it breaks a line)
     table.add_column(style="bold cyan", no_wrap=True)
     table.add_column()
     for label, value in describe(m):
         table.add_row(label, escape(value))
-    console.print(table)
+    console.print(Trimmed(table))
     console.print()
     p = m["parameters"]
     pt = Table(title="Parameters", title_justify="left")
@@ -179,12 +213,12 @@ def render_summary(console: Console, m: dict[str, Any]) -> None:
     for role in ("embedding", "attention", "feedforward", "norms", "output"):
         if role == "output" and not p["output"]:
             continue
-        pt.add_row(role, f"{p[role]:,}", f"{100 * p[role] / p['total']:.1f}%")
+        pt.add_row(role, f"{p[role]:,}", _pct(p[role] / p['total']))
     pt.add_row("per decoder layer", f"{p['per_layer']:,}", "")
     pt.add_row(Text("total (tied counted once)", style="bold"), Text(f"{p['total']:,}", style="bold"), "100%")
     pt.add_row("total if the output were untied", f"{p['total_if_untied']:,}",
-               f"+{100 * (p['total_if_untied'] - p['total']) / p['total']:.1f}%")
-    console.print(pt)
+               f"+{_pct((p['total_if_untied'] - p['total']) / p['total'])}")
+    console.print(Trimmed(pt))
     if m.get("quantization"):
         render_quantization(console, m["quantization"])
     if m.get("tokenizer"):
@@ -211,30 +245,61 @@ def render_quantization(console: Console, q: dict[str, Any]) -> None:
     qt.add_column("size", justify="right")
     qt.add_column("bits/weight", justify="right")
     for g in q["groups"]:
-        types = ", ".join(f"{t} x{n}" for t, n in g["types"].items())
+        types = ", ".join(f"{dtype_name(t)} x{n}" for t, n in g["types"].items())
         qt.add_row(g["group"], types, format_bytes(g["bytes"]), f"{g['bits_per_weight']:.2f}")
     if q.get("bits_per_weight") is not None:
         qt.add_row(Text("all weights", style="bold"), "", Text(format_bytes(sum(g["bytes"] for g in q["groups"])),
                    style="bold"), Text(f"{q['bits_per_weight']:.2f}", style="bold"))
-    console.print(qt)
+    console.print(Trimmed(qt))
+
+
+def _short_source(source: str, width: int = 24) -> str:
+    """A column header for a checkpoint: its last path component, shortened in the middle when long."""
+    import os
+
+    name = os.path.basename(source.rstrip("/\\")) or source
+    return name if len(name) <= width else name[: width // 2 - 1] + "..." + name[-(width // 2 - 2):]
+
+
+def _longest_word(text: str) -> int:
+    return max((len(w) for w in text.split()), default=0)
 
 
 def render_compare(console: Console, result: dict[str, Any]) -> None:
+    """Side by side: one column per model, headed by its card name or its path's last component (the full
+    paths follow the table). No cell breaks inside a word or a number: each column is at least as wide as its
+    longest word, and a cell wraps only between words."""
     models = result["models"]
-    table = Table(title="Side by side (rows that differ are highlighted)", title_justify="left")
-    table.add_column("", style="bold cyan", no_wrap=True)
-    for m in models:
-        table.add_column(escape(m["card"] or m["source"]), overflow="fold")
     described = [dict(describe(m, compact=True)) for m in models]
     labels = [label for label, _ in describe(models[0], compact=True)]
+    headers = [m["card"] or _short_source(m["source"]) for m in models]
+    table = Table(title="Side by side (rows that differ are highlighted)", title_justify="left")
+    table.add_column("", style="bold cyan", no_wrap=True)
+    for header, d in zip(headers, described):
+        widest = max([_longest_word(header)] + [_longest_word(v) for v in d.values()])
+        table.add_column(escape(header), min_width=widest)
     for label in labels:
         values = [d[label] for d in described]
         differs = len(set(values)) > 1
         table.add_row(label, *[Text(v, style="bold yellow" if differs else "") for v in values])
-    console.print(table)
-    notes = [(m["card"] or m["source"], n) for m in models for n in m.get("notes", [])]
+    console.print(Trimmed(table))
+    for header, m in zip(headers, models):
+        if not m["card"] and header != m["source"]:
+            console.print(f"{escape(header)}: {escape(m['source'])}")
+    notes = [(h, n) for h, m in zip(headers, models) for n in m.get("notes", [])]
     for who, note in notes:
         console.print(f"[yellow]note[/yellow] ({escape(who)}): {escape(note)}")
+
+
+def _pct(x: float) -> str:
+    """A share as a percentage with one decimal, never a non-zero share shown as 0.0% nor a partial one as
+    100.0%."""
+    p = 100 * x
+    if 0 < p < 0.05:
+        return "<0.1%"
+    if 99.95 <= p < 100:
+        return ">99.9%"
+    return f"{p:.1f}%"
 
 
 def fmt_float(x: float | None, digits: int = 3) -> str:
@@ -272,6 +337,48 @@ class _Progress:
         self.progress.stop()
 
 
+class StepProgress:
+    """The steps of a long command on stderr, with the time elapsed: on a terminal one spinner line
+    ("[2/4] running B with keras on cpu  0:00:12"); in a pipe or a CI log, where a spinner shows nothing, one
+    line per step as it starts, with the seconds elapsed so far, and one line at the end. Used as
+    `with StepProgress(console, "parity") as say: say("[1/4] running A ...")`."""
+
+    def __init__(self, console: Console, label: str, lines: bool = False):
+        self.console, self.label, self.lines = console, label, lines  # lines: one line per step, always
+        self.progress: Any = None
+        self.start = 0.0
+
+    def __enter__(self) -> Any:
+        import time
+
+        self.start = time.perf_counter()
+        if self.console.is_terminal and not self.lines:
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                                     console=self.console, transient=True)
+            self.task = self.progress.add_task(self.label, total=None)
+            self.progress.start()
+        return self.update
+
+    def elapsed(self) -> float:
+        import time
+
+        return time.perf_counter() - self.start
+
+    def update(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, description=f"{self.label}: {message}")
+        else:
+            self.console.print(f"{self.label} {self.elapsed():6.1f} s  {message}", markup=False, highlight=False)
+
+    def __exit__(self, exc_type: Any, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        elif exc_type is None:
+            self.console.print(f"{self.label} {self.elapsed():6.1f} s  done", markup=False, highlight=False)
+
+
 def byte_progress(console: Console, label: str, total: int) -> _Progress:
     return _Progress(console, label, total, "bytes")
 
@@ -284,8 +391,10 @@ def count_progress(console: Console, label: str, total: int) -> _Progress:
 def render_convert(console: Console, report: dict[str, Any]) -> None:
     console.print(f"[green]Converted[/green] {escape(report['source'])} ({report['source_format']}) -> "
                   f"[bold]{escape(report['dest'])}[/bold] ({report['format']}): {report['tensors']} tensors, "
-                  f"{format_bytes(report['bytes_written'])} in {report['seconds']:.2f} s"
-                  + ("" if report["dtype"] == "keep" else f", cast to {report['dtype']}"))
+                  f"{format_bytes(report['bytes_written'])}"
+                  + ("" if report["dtype"] == "keep" else f", cast to {report['dtype']}")
+                  + f", in {report['seconds']:.2f} s of conversion (reading the source's headers, start-up and "
+                    f"imports not counted)")
     for note in report.get("source_notes", []):
         console.print(f"[yellow]note[/yellow] (source): {escape(note)}")
     for note in report["notes"]:
@@ -385,6 +494,15 @@ def render_manifest_check(console: Console, result: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------- parity
+def _hanging(console: Console, label: str, text: str) -> None:
+    """`label text`, the text wrapped to the console's width under itself (a hanging indent), whole words only."""
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True)
+    grid.add_column()
+    grid.add_row(label, Text(text))
+    console.print(Trimmed(grid))
+
+
 def render_parity(console: Console, result: dict[str, Any]) -> None:
     """Per-layer differences (ok / mismatch), the logits metrics, the tolerance, the tokenizer, a verdict."""
     a, b, tol = result["a"], result["b"], result["tolerance"]
@@ -393,42 +511,57 @@ def render_parity(console: Console, result: dict[str, Any]) -> None:
     console.print(f"A: {escape(a['source'])}  [dim]({a['runtime']})[/dim]")
     console.print(f"B: {escape(b['source'])}  [dim]({b['runtime']})[/dim]")
     console.print(f"{len(result['tokens'])} tokens on {result['device']} in {result['dtype']}")
-    table = Table(title="Hidden states (max|A-B| / max|A| per layer)", title_justify="left")
+    noise_mode = tol.get("mode") == "noise floor"
+    title = ("Hidden states (max|A-B| against the measured float32 noise floor)" if noise_mode
+             else "Hidden states (max|A-B| / max|A| per layer)")
+    table = Table(title=title, title_justify="left")
     table.add_column("layer", no_wrap=True)
-    table.add_column("max |A-B|", justify="right")
-    table.add_column("relative", justify="right")
-    table.add_column("status")
+    table.add_column("max |A-B|", justify="right", no_wrap=True)
+    table.add_column("relative", justify="right", no_wrap=True)
+    if noise_mode:
+        table.add_column("noise", justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
     first = result["first_divergent_layer"]
     for r in layers:
         i = r["index"]
-        label = "embedding" if i == -1 else ("final norm" if i == n else f"block {i}")
+        label = r.get("name") or ("embedding" if i == -1 else ("final norm" if i == n else f"block {i}"))
         ok = r["status"] == "ok"
         style = "" if ok else ("bold red" if i == first else "red")
-        table.add_row(Text(label, style=style), fmt_float(r["max_abs_diff"]), fmt_float(r["relative_diff"]),
-                      Text(r["status"] + ("  <- first divergent" if i == first else ""),
-                           style="green" if ok else style))
-    console.print(table)
+        cells = [Text(label, style=style), fmt_float(r["max_abs_diff"]), fmt_float(r["relative_diff"])]
+        if noise_mode:
+            cells.append(fmt_float(r.get("noise_floor")))
+        cells.append(Text(r["status"] + (" <- first divergent" if i == first else ""), style="green" if ok else style))
+        table.add_row(*cells)
+    console.print(Trimmed(table))
     lg = result["logits"]
     line = (f"[bold]Logits[/bold]: max |A-B| {fmt_float(lg['max_abs_diff'])}, mean {fmt_float(lg['mean_abs_diff'])}, "
-            f"KL(A||B) {fmt_float(lg['kl_divergence'])}, top-1 agreement {100 * lg['top1_agreement']:.1f}%")
+            f"KL(A||B) {fmt_float(lg['kl_divergence'])}, top-1 agreement {_pct(lg['top1_agreement'])}")
     if "top1_agreement_outside_ties" in lg:
-        line += f" ({100 * lg['top1_agreement_outside_ties']:.1f}% outside ties)"
-    console.print(line + f", top-5 overlap {100 * lg['top5_overlap']:.1f}%")
+        line += f" ({_pct(lg['top1_agreement_outside_ties'])} outside ties)"
+    console.print(line + f", top-5 overlap {_pct(lg['top5_overlap'])}")
     if "vocab_compared" in lg:
         voc = result["vocab"]
         console.print(f"[bold]Vocabulary[/bold]: A has {voc['a']:,} rows, B {voc['b']:,}: differences and KL over "
                       f"the {voc['compared']:,} both have; probability on the rows only one side has: at most "
                       f"{fmt_float(max(lg['excluded_mass_a'], lg['excluded_mass_b']))} "
                       f"(limit {tol.get('max_excluded_mass', 0):g})")
-    if tol.get("mode", result["dtype"]) == "float32":
-        console.print(f"[bold]Tolerance[/bold] (float32): max|A-B| <= {tol['atol']:g} x max|A| for every hidden "
-                      f"state and the logits (logits: {fmt_float(tol.get('logits_max_abs_diff'))})")
+    mode = tol.get("mode", result["dtype"])
+    if mode == "noise floor":
+        console.print(f"[bold]Tolerance[/bold] (measured noise floor): max|A-B| <= {tol['noise_factor']:g} x noise + "
+                      f"{tol['floor_relative']:.2g} x max|O| at every layer and for the logits (logits: noise "
+                      f"{fmt_float(lg.get('noise_floor'))}, bound {fmt_float(tol.get('logits_max_abs_diff'))}); "
+                      f"noise = min(max|A-O|, max|B-O|), O = the reference runtime in float64 on A's weights")
+    elif mode in ("fixed", "float32"):
+        console.print(f"[bold]Tolerance[/bold] (fixed): max|A-B| <= {tol['atol']:g} x max|A| for every hidden state "
+                      f"and the logits (logits: {fmt_float(tol.get('logits_max_abs_diff'))})")
     else:
-        mode = "quantized weights" if tol.get("mode") == "quantized" else result["dtype"]
-        console.print(f"[bold]Tolerance[/bold] ({mode}): top-1 agreement outside ties >= "
+        label = "quantized weights" if mode == "quantized" else mode
+        console.print(f"[bold]Tolerance[/bold] ({label}): top-1 agreement outside ties >= "
                       f"{100 * tol['min_top1_agreement']:.0f}% (ties: within {fmt_float(tol.get('top1_tie_logits'))} "
                       f"logits), KL <= {tol['max_kl_divergence']:g}; hidden states <= {tol['atol']:g} x max|A|, "
-                      f"embedding output <= {tol['embedding_atol']:g} x max|A|")
+                      f"embedding output <= {tol['embedding_atol']:.3g} x max|A|")
+    if tol.get("reason"):
+        _hanging(console, "  why:", tol["reason"])
     tok = result["tokenizer"]
     if tok is None:
         console.print("[bold]Tokenizer[/bold]: not compared (a side has no tokenizer)")
@@ -455,6 +588,8 @@ def render_parity(console: Console, result: dict[str, Any]) -> None:
                     else f"decoder block {first}")
             where = f"first divergent layer {first} ({what})"
         console.print(f"[bold red]FAIL[/bold red]: {where}")
+        for hint in result.get("advice", []):
+            _hanging(console, "  try:" if hint.startswith(("a fixed", "gemma-inspect diff")) else " ", hint)
 
 
 # ----------------------------------------------------------------------------- verify
@@ -480,22 +615,43 @@ def _value(v: Any) -> str:
     return str(v)
 
 
+WIDE_VERIFY = 120  # below this width, `verify` prints each check as a block instead of a table row
+
+
 def render_verify(console: Console, result: dict[str, Any]) -> None:
-    """One row per check: name, status (coloured), expected, observed, evidence; then a verdict."""
-    console.print(f"{escape(result['source'])}  [dim]({result['runtime']})[/dim]")
-    table = Table(title="Architecture observed in a traced forward pass, and config lint", title_justify="left")
-    table.add_column("check", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    table.add_column("expected", overflow="fold", max_width=26)
-    table.add_column("observed", overflow="fold", max_width=26)
-    table.add_column("evidence", overflow="fold", ratio=1)
-    for c in result["checks"]:
-        style = STATUS_STYLE.get(c["status"], "")
-        table.add_row(Text(c["name"], style="bold" if c["status"] == "fail" else ""), Text(c["status"], style=style),
-                      Text(_value(c["expected"])),
-                      Text(_value(c["observed"]), style=style if c["status"] != "pass" else ""),
-                      Text(c["evidence"]))
-    console.print(table)
+    """Each check: name, status (coloured), expected, observed, evidence; then a verdict. A table on a wide
+    terminal; below WIDE_VERIFY columns (a pipe, a CI log, an 80-column terminal) one block per check - the
+    status and name on one line, expected and observed on the next, the evidence wrapped under them - so that
+    no word is split and each check reads as a sentence."""
+    console.print(Trimmed(Text.from_markup(f"{escape(result['source'])}  [dim]({result['runtime']})[/dim]")))
+    title = "Architecture observed in a traced forward pass, and config lint"
+    if console.width >= WIDE_VERIFY:
+        table = Table(title=title, title_justify="left")
+        table.add_column("check", no_wrap=True)
+        table.add_column("status", no_wrap=True)
+        table.add_column("expected", max_width=26)
+        table.add_column("observed", max_width=26)
+        table.add_column("evidence", ratio=1)
+        for c in result["checks"]:
+            style = STATUS_STYLE.get(c["status"], "")
+            table.add_row(Text(c["name"], style="bold" if c["status"] == "fail" else ""),
+                          Text(c["status"], style=style), Text(_value(c["expected"])),
+                          Text(_value(c["observed"]), style=style if c["status"] != "pass" else ""),
+                          Text(c["evidence"]))
+        console.print(Trimmed(table))
+    else:
+        console.print(f"[bold]{title}[/bold]")
+        for c in result["checks"]:
+            style = STATUS_STYLE.get(c["status"], "")
+            grid = Table.grid(padding=(0, 1))
+            grid.add_column(no_wrap=True, width=4)
+            grid.add_column()
+            grid.add_row(Text(c["status"], style=style), Text(c["name"], style="bold"))
+            grid.add_row("", Text.assemble(("expected ", "dim"), _value(c["expected"]), ("; observed ", "dim"),
+                                           (_value(c["observed"]), style if c["status"] != "pass" else "")))
+            if c["evidence"]:
+                grid.add_row("", Text(c["evidence"], style="dim"))
+            console.print(Trimmed(grid))
     counts = {s: sum(1 for c in result["checks"] if c["status"] == s) for s in ("pass", "fail", "warn", "skip")}
     tally = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     if result["passed"]:

@@ -420,7 +420,27 @@ def card(name: str, **overrides: Any) -> GemmaSpec:
 
 
 def is_card(name: str) -> bool:
+    """Whether `name` is a built-in card's name, in any case (Gemma-7B is gemma-7b)."""
     return str(name).lower() in _CARDS
+
+
+def _card_key(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())  # gemma3_27b, Gemma3-27B -> gemma327b
+
+
+def suggest_card(name: str) -> str | None:
+    """The built-in card a mistyped name most likely meant (gema-7b -> gemma-7b, gemma3_27b -> gemma3-27b,
+    gemma3-27 -> gemma3-27b), or None when nothing is close. Compared case-insensitively, ignoring - and _."""
+    import difflib
+
+    keys = {_card_key(c): c for c in _CARDS}
+    key = _card_key(str(name))
+    if not key:
+        return None
+    if key in keys:
+        return keys[key]
+    hit = difflib.get_close_matches(key, list(keys), n=1, cutoff=0.75)
+    return keys[hit[0]] if hit else None
 
 
 def format_count(n: int) -> str:
@@ -435,7 +455,8 @@ def format_count(n: int) -> str:
 
 
 def format_bytes(n: int | float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
+    """Decimal units, spelled as the progress bars spell them: 594180 -> '594.18 kB'."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1000
@@ -443,7 +464,7 @@ def format_bytes(n: int | float) -> str:
 
 
 __all__ = [
-    "GemmaSpec", "FamilyRules", "FAMILY_RULES", "make_spec", "card", "is_card", "CARD_NAMES",
+    "GemmaSpec", "FamilyRules", "FAMILY_RULES", "make_spec", "card", "is_card", "suggest_card", "CARD_NAMES",
     "gemma2_layer_types", "gemma3_layer_types", "SLIDING", "FULL", "round_to_dtype",
     "format_count", "format_bytes",
 ]

@@ -87,15 +87,15 @@ def verify(source: Checkpoint | str, runtime: str = "auto", device: str = "auto"
     dev = resolve_device(device)
     dtype = run_dtype(ckpt.spec)
     say = progress or (lambda _msg: None)
-    say("linting the config")
+    say("[1/3] linting the config")
     lint_checks = lint(ckpt)
     ids = default_tokens(ckpt)
-    say(f"loading with {name} on {dev} ({dtype})")
+    say(f"[2/3] loading with {name} on {dev} ({dtype})")
     # Eager attention: transformers' SDPA and keras-hub's fused kernel hide the scores verify looks at.
     options = {"attn_implementation": "eager"} if name in ("transformers", "keras") else {}
     model = load_model(ckpt, name, dev, dtype, **options)
     try:
-        say("tracing the forward pass")
+        say("[3/3] tracing the forward pass")
         obs = observe(model, ids)
     finally:
         model.close()
@@ -451,7 +451,9 @@ def _norm_offset(rules: Any, obs: dict[str, Any]) -> dict[str, Any]:
             return check("norm_offset", "fail", rules.norm_offset, 0,
                          evidence + f"; but every stored norm weight has a mean near -1 ({lo:.2f}..{hi:.2f} "
                                     f"over {len(means)}): the weights are w - 1, an effective w")
-        evidence += f"; stored weights zero-centred (means {lo:.2f}..{hi:.2f} over {len(means)})"
+        near = sum(abs(m - 1) <= NEAR_ONE for m in means)
+        evidence += (f"; the stored weights do not hold the +1 themselves ({near} of {len(means)} means near 1, "
+                     f"means {lo:.2f}..{hi:.2f})")
     return check("norm_offset", status, rules.norm_offset, observed, evidence)
 
 
@@ -871,7 +873,7 @@ def _lint_norm_weights(ckpt: Checkpoint) -> dict[str, Any] | None:
     near_one = sum(abs(m - 1) <= NEAR_ONE for m in means)
     near_minus = sum(abs(m + 1) <= NEAR_ONE for m in means)
     observed = f"means {lo:.3f}..{hi:.3f} over {len(means)} norm weights"
-    expected = "zero-centred (the layer adds 1)"
+    expected = "stored without the +1 (the layer adds 1)"
     if near_one == len(means):
         return check("lint:norm_weights", "fail", expected, observed,
                      "every norm weight has a mean near 1: the (1 + w) offset is baked into the stored weights "
@@ -882,7 +884,9 @@ def _lint_norm_weights(ckpt: Checkpoint) -> dict[str, Any] | None:
     if near_one > len(means) / 2:
         return check("lint:norm_weights", "warn", expected, observed,
                      f"{near_one} of {len(means)} norm weights have a mean near 1: possibly (1 + w) stored")
-    return check("lint:norm_weights", "pass", expected, observed, f"{near_one} of {len(means)} means near 1")
+    return check("lint:norm_weights", "pass", expected, observed,
+                 f"{near_one} of {len(means)} means near 1 (within {NEAR_ONE:g}): trained norm weights spread "
+                 f"widely and some land near 1 by chance; a baked-in +1 moves all or most of them there")
 
 
 def _lint_softcaps(ckpt: Checkpoint) -> dict[str, Any] | None:
@@ -988,7 +992,11 @@ def _lint_end_of_turn(ckpt: Checkpoint) -> dict[str, Any] | None:
     from .formats.common import read_json_object
 
     eos = read_json_object(path, "generation_config.json").get("eos_token_id")
-    ids = eos if isinstance(eos, list) else ([eos] if eos is not None else [])
+    if eos is None:
+        return check("lint:end_of_turn", "warn", f"eos ids include {eot}", None,
+                     "generation_config.json has no eos_token_id: generation stops wherever the runtime's "
+                     "default says")
+    ids = eos if isinstance(eos, list) else [eos]
     if eot in ids:
         return check("lint:end_of_turn", "pass", f"eos ids include {eot}", ids, "<end_of_turn> stops generation")
     return check("lint:end_of_turn", "warn", f"eos ids include {eot}", ids,

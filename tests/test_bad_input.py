@@ -74,9 +74,12 @@ def test_missing_path(tmp_path):
 
 
 def test_misspelt_card_lists_the_cards():
+    from gemma_inspect.spec import CARD_NAMES
+
     msg = fail("summary", "gemma-7")
-    assert msg == f"gemma-7: no such file or directory; expected {EXPECTED}"
-    assert "mistral-7b)" in msg
+    assert msg == (f"gemma-7: no such file or directory, and not a built-in card; did you mean 'gemma-7b'? "
+                   f"cards: {', '.join(CARD_NAMES)}")
+    assert msg.endswith("mistral-7b")
 
 
 def test_empty_directory(tmp_path):

@@ -284,4 +284,6 @@ def test_paths_that_look_like_markup_are_printed_as_they_are(tiny_models, tmp_pa
     result = CliRunner().invoke(main, ["compare", str(red), str(odd)], env=wide)
     assert result.exit_code == 0, result.stderr
     header = next(line for line in result.stdout.splitlines() if "ckpt[red]" in line)
-    assert [c.strip() for c in header.split("┃")[2:4]] == [str(red), str(odd)]
+    # columns are headed by the last path component, printed as it is; the full paths follow the table
+    assert [c.strip() for c in header.split("┃")[2:4]] == ["ckpt[red]", "b]"]
+    assert f"ckpt[red]: {red}" in result.stdout and f"b]: {odd}" in result.stdout

@@ -19,9 +19,10 @@ from gemma_inspect.tiny import random_weights, tiny_spec, train_tokenizer, write
 
 FAMILIES = ("gemma", "gemma-mha", "gemma2", "gemma3")
 PAIRS = (("transformers", "reference"), ("transformers", "keras"), ("reference", "keras"))
-LAYER_KEYS = {"index", "max_abs_diff", "relative_diff", "status"}
+LAYER_KEYS = {"index", "name", "max_abs_diff", "relative_diff", "bound", "status"}
+NOISE_LAYER_KEYS = LAYER_KEYS | {"noise_floor", "error_a", "error_b"}  # float32 judged on the measured noise
 TOP_KEYS = {"passed", "a", "b", "device", "dtype", "tokens", "logits", "layers", "first_divergent_layer",
-            "tokenizer", "tolerance"}
+            "first_divergent_name", "tokenizer", "tolerance", "advice"}
 LOGIT_KEYS = {"max_abs_diff", "mean_abs_diff", "kl_divergence", "top1_agreement", "top5_overlap"}
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -49,16 +50,23 @@ def test_runtime_pairs_agree_float32(tiny_models, family, runtime_a, runtime_b):
     assert (r["device"], r["dtype"]) == ("cpu", "float32")
     n = hf.spec.num_layers
     assert [row["index"] for row in r["layers"]] == list(range(-1, n + 1))
-    assert all(set(row) == LAYER_KEYS and row["status"] == "ok" for row in r["layers"])
+    assert [row["name"] for row in r["layers"]] == ["embedding"] + [f"block {i}" for i in range(n)] + ["final norm"]
+    assert all(set(row) == NOISE_LAYER_KEYS and row["status"] == "ok" for row in r["layers"])
+    assert all(row["max_abs_diff"] <= row["bound"] for row in r["layers"])
     assert all(row["relative_diff"] < 1e-5 for row in r["layers"])
     assert r["layers"][0]["max_abs_diff"] == 0.0  # the embedding output is bit-identical
-    assert set(r["logits"]) == LOGIT_KEYS
+    assert set(r["logits"]) == LOGIT_KEYS | {"noise_floor", "error_a", "error_b", "bound"}
     assert r["logits"]["max_abs_diff"] < 1e-4
     assert r["logits"]["top1_agreement"] == 1.0 and r["logits"]["top5_overlap"] == 1.0
     assert r["logits"]["kl_divergence"] < 1e-9
     assert r["tokens"][0] == 2 and len(r["tokens"]) == 32
     assert r["tokenizer"]["passed"] is True and r["tokenizer"]["mismatches"] == []
-    assert r["tolerance"]["atol"] == 1e-4 and r["tolerance"]["dtype"] == "float32"
+    tol = r["tolerance"]
+    assert (tol["mode"], tol["dtype"], tol["noise_factor"]) == ("noise floor", "float32", 10.0)
+    assert tol["oracle"]["runtime"] == "reference" and tol["oracle"]["dtype"] == "float64"
+    assert "float64" in tol["reason"] and r["advice"] == []
+    # correct implementations sit within a few times the measured noise, far below the factor of 10
+    assert all(row["max_abs_diff"] <= row["bound"] / 3 for row in r["layers"])
     json.dumps(r)  # the JSON object is plain data
 
 

@@ -12,7 +12,7 @@ from types import ModuleType
 
 from ..checkpoint import Checkpoint, card_checkpoint
 from ..errors import GemmaInspectError, InputError
-from ..spec import CARD_NAMES, is_card
+from ..spec import CARD_NAMES, is_card, suggest_card
 
 FORMATS = ("hf", "keras", "gguf", "gemma-pytorch")
 _MODULES = {"hf": "hf", "keras": "keras", "gguf": "gguf", "gemma-pytorch": "gemma_pytorch"}
@@ -48,6 +48,11 @@ def detect(source: str) -> str:
             return "card"
         if os.path.islink(path):
             raise InputError(path, f"a symlink to {os.readlink(path)}, which does not exist")
+        if os.sep not in path and "/" not in path and "." not in path:  # a name, not a path: a mistyped card?
+            guess = suggest_card(path)
+            hint = f"did you mean {guess!r}? " if guess else ""
+            raise InputError(path, f"no such file or directory, and not a built-in card; {hint}"
+                                   f"cards: {', '.join(CARD_NAMES)}")
         raise InputError(path, f"no such file or directory; expected {EXPECTED}")
     if os.path.isdir(path):
         entries = os.listdir(path)

@@ -1025,6 +1025,17 @@ def _add_tokenizer(w: Any, ckpt: Checkpoint, notes: list[str]) -> None:
         w.add_bool(gguf.Keys.Tokenizer.REMOVE_EXTRA_WS, True)
 
 
+def planned_nbytes(ckpt: Checkpoint, options: "WriteOptions") -> int:
+    """The tensor bytes `write` will write (what its progress counts): each tensor in the type it is planned
+    in (Q8_0 blocks, norms in float32, rows Q8_0 cannot split in float16), without producing any."""
+    total = 0
+    for name, ref in ckpt.tensors.items():
+        parsed = parse_canonical(name)
+        if parsed is not None:
+            total += _plan_tensor(ref, parsed[0], parsed[1], options, set()).nbytes
+    return total
+
+
 def write(ckpt: Checkpoint, dest: str, options: "WriteOptions", progress: Callable[[int], None]) -> None:
     """Write `ckpt` as one GGUF file: llama.cpp's names and metadata, norms as 1 + w in float32, the tied
     embedding once, the tokenizer from the source's SentencePiece model; tensor data streamed one tensor

@@ -107,10 +107,12 @@ HF_MODULE_LAYOUTS = {"q": "bt(hd)", "k": "bt(hd)", "v": "bt(hd)", "q_norm": "bht
 
 
 def torch_dtype(name: str) -> Any:
-    """torch's dtype of a dtype name (float32, bfloat16, float16)."""
+    """torch's dtype of a dtype name (float32, bfloat16, float16; float64 for the reference runtime's
+    round-off measurement in `parity`)."""
     import torch
 
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+            "float64": torch.float64}[name]
 
 
 def to_cpu_float(t: Any) -> Any:

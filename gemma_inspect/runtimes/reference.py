@@ -57,9 +57,14 @@ def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float, offset: int) -> torch
     float32 and is cast to the model dtype only at the very end: (x * (1 + w)).to(bf16), not
     x.to(bf16) * (1 + w) as Llama does.
     """
-    x32 = x.float()
+    x32 = _wide(x)
     normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return (normed * (offset + w.float())).to(x.dtype)
+    return (normed * (offset + _wide(w))).to(x.dtype)
+
+
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """x in float32, or in float64 when it already is (the float64 run `parity` measures round-off against)."""
+    return x if x.dtype == torch.float64 else x.float()
 
 
 def embed(spec: GemmaSpec, table: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
@@ -230,7 +235,7 @@ class Attention(nn.Module):
         # Gemma 2 soft-caps the attention logits (c = 50) before the mask and the softmax.
         scores = soft_cap(scores, spec.attention_logit_softcap)
         scores = scores.masked_fill(~attention_mask(spec, self.layer, t, x.device), float("-inf"))
-        probs = torch.softmax(scores.float(), dim=-1).to(x.dtype)  # softmax in float32
+        probs = torch.softmax(_wide(scores), dim=-1).to(x.dtype)  # softmax in float32 (or float64)
         out = (probs @ v).transpose(1, 2).reshape(b, t, h * d)  # [B, T, H*D]; H*D need not equal d
         return self.o_proj(out)  # [B, T, d]
 
@@ -309,15 +314,19 @@ class GemmaModel(nn.Module):
     def forward(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """token_ids [B, T] -> (logits [B, T, V], hidden states). Hidden states: [0] the scaled embedding,
         [1..L] each block's output, [L+1] the final norm's output; each [B, T, d] in the model dtype."""
+        hidden = self.hidden_states(token_ids)
+        return self.lm_head(hidden[-1]), hidden
+
+    def hidden_states(self, token_ids: torch.Tensor) -> list[torch.Tensor]:
+        """The hidden states of `forward` without the logits (whose [B, T, V] the caller may want in pieces)."""
         positions = torch.arange(token_ids.shape[1], device=token_ids.device)  # [T]; one sequence, no padding
         x = self.embed_tokens(token_ids)
         hidden = [x]
         for block in self.layers:
             x = block(x, positions)
             hidden.append(x)
-        x = self.norm(x)
-        hidden.append(x)
-        return self.lm_head(x), hidden
+        hidden.append(self.norm(x))
+        return hidden
 
 
 # ----------------------------------------------------------------------------- the forward pass
