@@ -166,6 +166,8 @@ def test_every_command_from_ids_equals_from_paths(offline, tmp_path):
     p_paths, _ = run_json("parity", hf_dir, keras_dir, "--runtime-a", "reference", "--runtime-b", "reference",
                           "--device", "cpu")
     assert p_ids["passed"] is True
+    for p in (p_ids, p_paths):  # the float64 oracle's run time is the one figure that differs run to run
+        p["tolerance"]["oracle"].pop("seconds")
     assert without(p_ids, "a", "b") == without(p_paths, "a", "b")
     assert p_ids["a"] == {"source": offline["snap"], "runtime": "reference"}
     assert p_ids["b"] == {"source": offline["kaggle_dir"], "runtime": "reference"}
