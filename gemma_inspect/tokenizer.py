@@ -506,6 +506,8 @@ def _count_fields(b: bytes) -> int:
                                  f"pieces (a model holds a few)")
     return pieces
 
+
+def spm_pieces(model_bytes: bytes) -> dict[str, Any]:
     """The vocabulary and settings of a serialized SentencePiece model: {"pieces", "scores", "types",
     "model_type", "byte_fallback", "add_dummy_prefix", "remove_extra_whitespaces", "unk_id", "bos_id",
     "eos_id", "pad_id", "complete" (both specs present)}. Raises ValueError when the bytes are not a
