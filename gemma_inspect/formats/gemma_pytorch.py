@@ -26,6 +26,7 @@ import os
 import pickle
 import re
 import struct
+import sys
 import warnings
 from typing import Any, Callable, Iterator
 
@@ -130,6 +131,13 @@ def _check_container(path: str) -> None:
                 f.seek(0)
                 scan = _PickleScan(_Window(f, 0, size), path)
                 scan.run(LEGACY_PICKLES)
+                # torch.load swaps a zip archive's bytes when its `byteorder` record differs from the machine's,
+                # but reads a legacy file's storages as they are, whatever its sys_info says.
+                if scan.little_endian is not None and scan.little_endian != (sys.byteorder == "little"):
+                    raise InputError(path, f"a legacy checkpoint written on a "
+                                           f"{'little' if scan.little_endian else 'big'}-endian machine "
+                                           f"(sys_info little_endian={scan.little_endian}); torch.load would read "
+                                           f"its bytes unswapped")
     except OSError as e:
         raise InputError(path, f"cannot read: {e.strerror or e}") from None
     declared = sum(scan.storages.values())
@@ -303,6 +311,8 @@ class _PickleScan:
         self.stream, self.path = stream, path
         self.ops = 0
         self.storages: dict[str, int] = {}  # storage key -> declared bytes
+        self.pickle = 0  # which pickle of the file is being read
+        self.little_endian: bool | None = None  # sys_info["little_endian"] of a legacy file (its third pickle)
 
     def fail(self, problem: str) -> InputError:
         return InputError(self.path, problem)
@@ -311,6 +321,7 @@ class _PickleScan:
         for n in range(pickles):
             if n and not self.stream.left:  # the file ends between two pickles: torch says why
                 return
+            self.pickle = n
             try:
                 value = self.one()
             except UnicodeDecodeError:
@@ -342,7 +353,10 @@ class _PickleScan:
                 raise self.fail("the pickle pops an empty stack (refused before unpickling)")
             return stack.pop()
 
-        def set_items(target: Any, keys: list[Any]) -> None:
+        def set_items(target: Any, keys: list[Any], values: list[Any]) -> None:
+            if self.pickle == 2 and "little_endian" in keys:
+                v = values[keys.index("little_endian")]
+                self.little_endian = v if isinstance(v, bool) else None
             for k in keys:
                 if not isinstance(k, str):
                     raise self.fail(f"a dict key is {_describe(k)}, not a string; a checkpoint's keys are names "
@@ -383,12 +397,12 @@ class _PickleScan:
             elif op == 0x65:  # APPENDS
                 pop_mark()
             elif op == 0x73:  # SETITEM
-                pop()
+                value = pop()
                 key = pop()
-                set_items(stack[-1] if stack else None, [key])
+                set_items(stack[-1] if stack else None, [key], [value])
             elif op == 0x75:  # SETITEMS
                 items = pop_mark()
-                set_items(stack[-1] if stack else None, items[0::2])
+                set_items(stack[-1] if stack else None, items[0::2], items[1::2])
             elif op == 0x28:  # MARK
                 metastack.append(stack)
                 stack = []
