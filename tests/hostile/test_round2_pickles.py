@@ -176,6 +176,8 @@ def test_the_pickle_record_is_the_one_torch_reads(ckpt_file, copy_dir, tmp_path)
     path = copy_dir(ckpt_file, "model.ckpt")
     results = sweep("gemma_pytorch pickle record (round 2)", path, decoy_variants(read_bytes(path)), str(tmp_path))
     assert not results["ok"]
+    for v, msg in results["error"]:  # refused from the archive's layout, before torch opens it
+        assert "not a readable PyTorch checkpoint (zip archive: " in msg, (v.label, msg)
 
 
 def _zip_end(entries: int = 0, cd_size: int = 0, cd_offset: int = 0) -> bytes:
@@ -320,6 +322,8 @@ def test_central_directory_must_match_its_end_record(ckpt_file, copy_dir, tmp_pa
     os.mkdir(scratch)
     results = sweep("gemma_pytorch zip directory (round 2)", path, directory_variants(scratch), str(tmp_path))
     assert not results["ok"]
+    for v, msg in results["error"]:
+        assert "(zip archive: the end record counts" in msg, (v.label, msg)
 
 
 def test_under_counted_central_directory_is_refused_small(baseline, tmp_path):
