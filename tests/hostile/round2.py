@@ -51,6 +51,9 @@ def refused(args: list[str], cwd: str, message: str, baseline: Run, seconds: flo
     """`args` must exit 2 with one `Error:` line holding `message`, in at most `seconds` more than `baseline`
     took, its peak memory within `slack` of `baseline`'s (resident and virtual)."""
     r = run(args, cwd)
+    print(f"{' '.join(args[:1] + args[2:])}: exit {r.code}, {r.seconds:.1f} s (baseline {baseline.seconds:.1f} s), peak RSS "
+          f"{r.rss / MB:.0f} MB (baseline {baseline.rss / MB:.0f} MB), peak virtual {r.vm / MB:.0f} MB (baseline "
+          f"{baseline.vm / MB:.0f} MB)")
     assert r.code == 2, (r.code, r.err[-2000:])
     assert r.err.startswith("Error: ") and r.err.count("\n") == 1 and message in r.err, r.err[-2000:]
     # The machine may be shared: the allowance is on top of what the normal checkpoint took.
