@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Callable
 
-from .errors import InputError
+from .errors import GemmaInspectError, InputError
 
 SPM_NAMES = ("tokenizer.model", os.path.join("assets", "tokenizer", "vocabulary.spm"))
 HF_JSON = "tokenizer.json"
@@ -118,6 +118,23 @@ class Tokenizer:
             raise InputError(path, f"not a valid tokenizer.json ({e.__class__.__name__}: "
                                    f"{str(e).splitlines()[0][:80] if str(e) else ''})") from None
 
+    def _run_hf(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """`fn(*args)` of the tokenizers library on this tokenizer.json. Its Rust code panics on some files (a
+        normalizer regex that exceeds the regex engine's backtracking limit raises pyo3's PanicException, a
+        BaseException, when text is encoded): one InputError naming the file instead, the backtrace kept off
+        the terminal."""
+        from .quiet import native_stderr_silenced
+
+        try:
+            with native_stderr_silenced():
+                return fn(*args, **kwargs)
+        except (KeyboardInterrupt, SystemExit, GeneratorExit):
+            raise
+        except BaseException as e:  # noqa: B036 - PanicException derives from BaseException
+            first = str(e).splitlines()[0][:120] if str(e) else ""
+            raise InputError(self.json_path, f"the tokenizers library failed on this tokenizer.json "
+                                             f"({e.__class__.__name__}: {first})") from None
+
     @property
     def backend(self) -> str:
         return "sentencepiece" if self.has_spm else "tokenizers"
@@ -126,13 +143,13 @@ class Tokenizer:
     def vocab_size(self) -> int:
         if self.has_spm:
             return int(self._spm.GetPieceSize())
-        return int(self._hf.get_vocab_size(with_added_tokens=True))
+        return int(self._run_hf(self._hf.get_vocab_size, with_added_tokens=True))
 
     def token_to_id(self, token: str) -> int | None:
         if self.has_spm:
             i = self._spm.PieceToId(token)
             return None if (i == self._spm.unk_id() and token != self._spm.IdToPiece(i)) else int(i)
-        return self._hf.token_to_id(token)
+        return self._run_hf(self._hf.token_to_id, token)
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
         """Token ids of `text` with BOS prepended (Gemma never appends EOS). Control tokens such as
@@ -141,8 +158,8 @@ class Tokenizer:
             ids = [int(i) for i in self._spm.EncodeAsIds(text)]
             bos = int(self._spm.bos_id())
         else:
-            ids = list(self._hf.encode(text, add_special_tokens=False).ids)
-            bos = self._hf.token_to_id("<bos>")
+            ids = list(self._run_hf(self._hf.encode, text, add_special_tokens=False).ids)
+            bos = self._run_hf(self._hf.token_to_id, "<bos>")
         return ([bos] if add_bos and bos is not None and bos >= 0 else []) + ids
 
     def special_ids(self) -> dict[str, int | None]:
@@ -174,6 +191,7 @@ def write_hf_tokenizer(tok: Tokenizer, dest: str) -> list[str]:
     import shutil
 
     from .formats.common import read_json_object
+    from .quiet import native_stderr_silenced
 
     notes: list[str] = []
     if tok.json_path:
@@ -190,7 +208,17 @@ def write_hf_tokenizer(tok: Tokenizer, dest: str) -> list[str]:
         with open(spm_file, "wb") as f:
             f.write(tok.spm_model_bytes())
         if not tok.json_path:
-            write_hf_fast_tokenizer(spm_file, dest, has_mask=tok.token_to_id("<mask>") is not None)
+            has_mask = tok.token_to_id("<mask>") is not None
+            try:
+                with native_stderr_silenced():
+                    write_hf_fast_tokenizer(spm_file, dest, has_mask=has_mask)
+            except (KeyboardInterrupt, SystemExit, GeneratorExit, GemmaInspectError):
+                raise
+            except BaseException as e:  # noqa: B036 - a Rust panic in the tokenizers library (PanicException)
+                first = str(e).splitlines()[0][:120] if str(e) else ""
+                raise InputError(tok.spm_path or tok.source, f"transformers could not build a fast tokenizer from "
+                                                             f"this SentencePiece model ({e.__class__.__name__}: "
+                                                             f"{first})") from None
     else:
         notes.append("the source tokenizer has no SentencePiece model: tokenizer.json copied, no tokenizer.model")
     return notes
@@ -419,6 +447,66 @@ def spm_from_pieces(pieces: "list[str] | tuple[str, ...]", scores: "list[float] 
     return model.SerializeToString()
 
 
+MAX_SPM_OTHER_FIELDS = 1000  # besides its pieces a model holds a trainer, a normalizer and a denormalizer spec
+
+
+def _count_fields(b: bytes) -> int:
+    """The number of pieces (top-level field 1) of a serialized ModelProto, read from its wire format; ValueError
+    beyond MAX_PIECES pieces or MAX_SPM_OTHER_FIELDS other fields, for a field tag written in more bytes than it
+    needs (protobuf accepts `8a 00` for `0a`, so such tags would hide pieces from any count of tag bytes), or
+    when the bytes are no protobuf message."""
+    pos, end, pieces, other = 0, len(b), 0, 0
+
+    def varint(pos: int) -> tuple[int, int]:
+        value = shift = 0
+        for i in range(pos, min(pos + 10, end)):
+            byte = b[i]
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return value, i + 1
+            shift += 7
+        raise ValueError("not a SentencePiece model (a varint runs past 10 bytes or the end)")
+
+    while pos < end:
+        tag = b[pos]
+        if tag < 0x80:  # a tag is written in its shortest form: a one-byte tag is one byte
+            pos += 1
+        else:
+            tag, after = varint(pos)
+            if b[after - 1] == 0:  # `8a 00`: field 1 written in two bytes; protobuf accepts it, no writer does
+                raise ValueError(f"not a SentencePiece model as protobuf writes one (the field tag at byte {pos} is "
+                                 f"written in more bytes than it needs)")
+            pos = after
+        field, wire = tag >> 3, tag & 7
+        if wire == 0:
+            pos = varint(pos)[1]
+        elif wire == 2:
+            if b[pos:pos + 1] and b[pos] < 0x80:
+                length, pos = b[pos], pos + 1
+            else:
+                length, pos = varint(pos)
+            pos += length
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        else:
+            raise ValueError(f"not a SentencePiece model (wire type {wire} at top level)")
+        if pos > end:
+            raise ValueError("not a SentencePiece model (a field runs past the end: truncated?)")
+        if field == 1:
+            pieces += 1
+            if pieces > MAX_PIECES:
+                raise ValueError(f"a SentencePiece model of more than {MAX_PIECES:,} pieces, more than the "
+                                 f"{MAX_PIECES:,} this tool accepts")
+        else:
+            other += 1
+            if other > MAX_SPM_OTHER_FIELDS:
+                raise ValueError(f"a SentencePiece model of more than {MAX_SPM_OTHER_FIELDS} fields besides its "
+                                 f"pieces (a model holds a few)")
+    return pieces
+
+
 def spm_pieces(model_bytes: bytes) -> dict[str, Any]:
     """The vocabulary and settings of a serialized SentencePiece model: {"pieces", "scores", "types",
     "model_type", "byte_fallback", "add_dummy_prefix", "remove_extra_whitespaces", "unk_id", "bos_id",
@@ -427,12 +515,10 @@ def spm_pieces(model_bytes: bytes) -> dict[str, Any]:
     from google.protobuf.message import DecodeError
     from sentencepiece import sentencepiece_model_pb2 as pb
 
-    # Every piece is a length-delimited field 1, whose tag is the byte 0x0a: their count bounds the pieces
-    # before the parser builds them (a crafted model of 2-byte pieces would make ~100 M of them).
-    bound = model_bytes.count(b"\n")
-    if bound > MAX_PIECES:
-        raise ValueError(f"a SentencePiece model of up to {bound:,} pieces, more than the {MAX_PIECES:,} this tool "
-                         f"accepts")
+    # The pieces are counted before the parser builds them (a crafted model of 2-byte pieces would make
+    # ~100 M of them), by walking the wire format: a tag may be written in more bytes than it needs (`8a 00` is
+    # field 1 as well as `0a`), so counting 0x0a bytes is not enough.
+    _count_fields(model_bytes)
     model = pb.ModelProto()
     try:
         model.ParseFromString(model_bytes)

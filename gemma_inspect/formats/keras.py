@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -251,6 +252,7 @@ def _published_context(family: str, hidden: int, layers: int) -> int:
 # ----------------------------------------------------------------------------- H5 reading
 MAX_EXPANSION = 1100  # deflate's ceiling is ~1032:1; HDF5's other filters stay below it
 MAX_ATTRIBUTE_BYTES = 64 * 1024
+_NATIVE = "<" if sys.byteorder == "little" else ">"
 @dataclass(frozen=True)
 class H5Var:
     file: str
@@ -301,6 +303,7 @@ def _scan_h5(file: str, only: set[str] | None = None) -> tuple[dict[str, H5Var],
     try:
         size = os.path.getsize(file)
         with h5py.File(file, "r") as f:
+            _refuse_links(f, file)  # before anything is opened by name: a path may run through a link
             if "layers" not in f:
                 raise InputError(file, "no 'layers' group: not a Keras weights file")
             layers = h5py.h5g.open(f.id, b"layers")
@@ -314,6 +317,10 @@ def _scan_h5(file: str, only: set[str] | None = None) -> tuple[dict[str, H5Var],
                     ds = h5py.h5d.open(layers, raw)
                     dt = ds.dtype
                     dtype = _h5_dtype(dt, _h5_attr(ds, "dtype", file) if dt.kind == "V" else None, "/" + full, file)
+                    # h5py hands back big-endian data (">f4") as such, and its dtype's name is "float32" all the
+                    # same; the fast path reads the file's raw bytes as native ones. Such datasets are read through
+                    # h5py and byte-swapped instead.
+                    swapped = dt.byteorder not in ("=", "|", _NATIVE)
                     shape = tuple(int(s) for s in ds.shape)
                     want = math.prod(shape) * numpy_dtype(dtype).itemsize  # math.prod: 1000s of calls, no numpy
                     offset = ds.get_offset()
@@ -326,6 +333,8 @@ def _scan_h5(file: str, only: set[str] | None = None) -> tuple[dict[str, H5Var],
                     if elsewhere:
                         raise InputError(file, f"dataset {full} keeps its data in another file ({elsewhere}); "
                                                f"a checkpoint must hold its own weights")
+                    if dcpl.get_layout() == h5py.h5d.CHUNKED:
+                        _check_chunks(dcpl, shape, full, file)
                     if dcpl.get_layout() != h5py.h5d.CONTIGUOUS or dcpl.get_nfilters():
                         offset = None  # chunked, compact or compressed: read through h5py
                         # Reading fills what is not stored (unwritten chunks) with zeros, and decompression can
@@ -338,6 +347,8 @@ def _scan_h5(file: str, only: set[str] | None = None) -> tuple[dict[str, H5Var],
                     elif offset is None or offset + want > size or nbytes != want:
                         raise InputError(file, f"dataset {full} claims {want} bytes at offset {offset}, beyond "
                                                f"the file's {size} bytes: truncated or corrupt")
+                    if swapped:
+                        offset = None
                     datasets[full] = H5Var(file, full, shape, dtype, offset, want)
                 elif kind == h5py.h5o.TYPE_GROUP and full.endswith("vars"):
                     n = _h5_attr(h5py.h5o.open(layers, raw), "name", file)
@@ -351,6 +362,53 @@ def _scan_h5(file: str, only: set[str] | None = None) -> tuple[dict[str, H5Var],
         msg = str(e).splitlines()[0][:200] if str(e) else e.__class__.__name__
         raise InputError(file, f"not a readable HDF5 weights file ({msg})") from None
     return datasets, names
+
+
+def _refuse_links(f: Any, file: str) -> None:
+    """Every link in the file must be a hard link. A soft link makes two paths one dataset; an external link
+    (or a user-defined one) opens another file - anywhere on the machine, or a FIFO that blocks forever - and
+    HDF5 follows it as soon as a path through it is opened. H5Lvisit reads the links' descriptions without
+    following any, so this walk runs before the file is read by name."""
+    import h5py
+
+    root = h5py.h5g.open(f.id, b"/")
+    bad: list[tuple[bytes, int]] = []
+
+    def visit(name: bytes, info: Any) -> int | None:
+        if info.type != h5py.h5l.TYPE_HARD:
+            bad.append((name, info.type))
+            return 1  # stop at the first
+        return None
+
+    root.links.visit(visit, info=True)
+    if not bad:
+        return
+    name, kind = bad[0]
+    shown = "/" + name.decode("utf-8", "replace")
+    if kind == h5py.h5l.TYPE_SOFT:
+        target = root.links.get_val(name).decode("utf-8", "replace")
+        raise InputError(file, f"{shown} is a soft link to {target}; a Keras weights file holds only hard links")
+    if kind == h5py.h5l.TYPE_EXTERNAL:
+        other, obj = (v.decode("utf-8", "replace") for v in root.links.get_val(name))
+        raise InputError(file, f"{shown} is an external link to {obj} in {other}; a checkpoint must hold its own "
+                               f"weights (not followed)")
+    raise InputError(file, f"{shown} is a link of type {kind} (user-defined); a Keras weights file holds only "
+                           f"hard links")
+
+
+def _check_chunks(dcpl: Any, shape: tuple[int, ...], full: str, file: str) -> None:
+    """A chunk is decompressed whole: one larger than its dataset, or run through the same filter twice, makes a
+    few stored bytes inflate into gigabytes before HDF5 notices that they do not fit. Chunk dimensions must fit
+    inside the dataset's (so a chunk holds at most the dataset's declared bytes) and each filter run once."""
+    chunk = tuple(int(c) for c in dcpl.get_chunk())
+    if len(chunk) != len(shape) or any(c > max(s, 1) for c, s in zip(chunk, shape)):
+        raise InputError(file, f"dataset {full} is stored in chunks of {list(chunk)}, larger than its shape "
+                               f"{list(shape)}")
+    codes = [dcpl.get_filter(i)[0] for i in range(dcpl.get_nfilters())]
+    twice = next((c for c in codes if codes.count(c) > 1), None)
+    if twice is not None:
+        raise InputError(file, f"dataset {full} runs filter {twice} {codes.count(twice)} times over each chunk "
+                               f"(nested compression)")
 
 
 def _read_var(var: H5Var, mapped: bool = False) -> np.ndarray:
@@ -369,7 +427,11 @@ def _read_var(var: H5Var, mapped: bool = False) -> np.ndarray:
             raw = f[var.path][()]
     except (OSError, KeyError, ValueError) as e:
         raise InputError(var.file, f"cannot read dataset {var.path} ({e})") from None
-    return raw.view(dt) if var.dtype == "bfloat16" else raw
+    if var.dtype == "bfloat16":
+        return raw.view(dt)
+    if raw.dtype.byteorder not in ("=", "|", _NATIVE):
+        raw = raw.astype(raw.dtype.newbyteorder("="))
+    return raw
 
 
 def _all_vars(path: str) -> tuple[dict[str, H5Var], dict[str, str], list[str], str]:

@@ -150,12 +150,17 @@ def read_at(path: str, start: int, nbytes: int, dtype: str, shape: tuple[int, ..
     `what` was being read."""
     dt = numpy_dtype(dtype)
     count = nbytes // dt.itemsize
+    # safetensors (and the raw spans of H5 datasets read here) are little-endian whatever the host: read as such,
+    # and swapped to native order on a big-endian host.
+    stored = dt.newbyteorder("<") if dt.byteorder not in ("|",) and dt.kind != "V" else dt
     try:
-        arr = np.fromfile(path, dtype=dt, count=count, offset=start)
+        arr = np.fromfile(path, dtype=stored, count=count, offset=start)
     except OSError as e:
         raise InputError(path, f"cannot read {what}: {e.strerror or e}") from None
     if arr.size != count:
         raise InputError(path, f"file ends inside {what}")
+    if not arr.dtype.isnative:
+        arr = arr.astype(dt)
     return arr if shape is None else arr.reshape(shape)
 
 
