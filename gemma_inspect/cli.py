@@ -15,6 +15,7 @@ import click
 from . import __version__
 from .errors import GemmaInspectError
 from .formats import FORMATS
+from .terminal import printable
 
 
 class _Group(click.Group):
@@ -43,7 +44,8 @@ class _Group(click.Group):
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"Error: {message}", err=True)
+    # Names in a message come from the input: a newline or an escape sequence in one must not reach the terminal.
+    click.echo(f"Error: {printable(message)}", err=True)
     sys.exit(code)
 
 
@@ -94,7 +96,7 @@ def summary(source: str, scan: bool, as_json: bool) -> None:
             found = nonfinite(ckpt, progress=lambda _name: step(1))
         result["nonfinite"] = found
         if found:
-            click.echo(f"Warning: {describe(found, source)}", err=True)
+            click.echo(f"Warning: {printable(describe(found, source))}", err=True)
     if as_json:
         from .render import print_json
 
@@ -369,7 +371,7 @@ def diff_cmd(a: str, b: str | None, atol: float, manifest: str | None, as_json: 
     with count_progress(_console(stderr=True), "comparing tensors", total) as step:
         result = diff(ca, cb, atol, progress=lambda _name: step(1))
     for warning in result["warnings"]:
-        click.echo(f"Warning: {warning}", err=True)
+        click.echo(f"Warning: {printable(warning)}", err=True)
     if as_json:
         from .render import print_json
 

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .spec import format_bytes, format_count
+from .terminal import printable_tree
 
 NORM_TEXT = {"rmsnorm": "RMSNorm", "layernorm_nonparametric": "LayerNorm (no weights, no bias)"}
 ACT_TEXT = {"gelu_tanh": "GELU, tanh approximation", "gelu": "GELU, exact (erf)", "silu": "SiLU"}
@@ -162,6 +163,7 @@ def _describe_full(m: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def render_summary(console: Console, m: dict[str, Any]) -> None:
+    m = printable_tree(m)  # names and notes come from the input: no control characters reach the terminal
     # Paths, notes and values are text, not markup: a directory named "run[/b]" must print as it is.
     title = f"{escape(m['source'])}  [dim]({m['format']}{', built-in card' if m['format'] == 'card' else ''})[/dim]"
     table = Table(title=title, show_header=False, title_justify="left", box=None, pad_edge=False)
@@ -220,6 +222,7 @@ def render_quantization(console: Console, q: dict[str, Any]) -> None:
 
 
 def render_compare(console: Console, result: dict[str, Any]) -> None:
+    result = printable_tree(result)
     models = result["models"]
     table = Table(title="Side by side (rows that differ are highlighted)", title_justify="left")
     table.add_column("", style="bold cyan", no_wrap=True)
@@ -282,6 +285,7 @@ def count_progress(console: Console, label: str, total: int) -> _Progress:
 
 # ----------------------------------------------------------------------------- convert / diff
 def render_convert(console: Console, report: dict[str, Any]) -> None:
+    report = printable_tree(report)
     console.print(f"[green]Converted[/green] {escape(report['source'])} ({report['source_format']}) -> "
                   f"[bold]{escape(report['dest'])}[/bold] ({report['format']}): {report['tensors']} tensors, "
                   f"{format_bytes(report['bytes_written'])} in {report['seconds']:.2f} s"
@@ -295,6 +299,7 @@ def render_convert(console: Console, report: dict[str, Any]) -> None:
 
 
 def render_diff(console: Console, result: dict[str, Any]) -> None:
+    result = printable_tree(result)
     c = result["counts"]
     console.print(f"A: {escape(result['a']['source'])} ({result['a']['format']})")
     console.print(f"B: {escape(result['b']['source'])} ({result['b']['format']})")
@@ -353,6 +358,7 @@ def render_diff(console: Console, result: dict[str, Any]) -> None:
 
 def render_manifest_check(console: Console, result: dict[str, Any]) -> None:
     """`diff DEST --manifest`: the files and tensors that do not match, then the verdict."""
+    result = printable_tree(result)
     console.print(Text(f"A: {result['a']['source']} ({result['a']['format']})"))
     console.print(Text(f"manifest: {result['manifest']}"))
     style = {"different": "red", "missing_a": "red", "missing_b": "red", "shape_mismatch": "red"}
@@ -387,6 +393,8 @@ def render_manifest_check(console: Console, result: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- parity
 def render_parity(console: Console, result: dict[str, Any]) -> None:
     """Per-layer differences (ok / mismatch), the logits metrics, the tolerance, the tokenizer, a verdict."""
+    texts = [m["text"] for m in (result.get("tokenizer") or {}).get("mismatches", [])]  # shown with repr()
+    result = printable_tree(result)
     a, b, tol = result["a"], result["b"], result["tolerance"]
     layers = result["layers"]
     n = len(layers) - 2
@@ -439,9 +447,9 @@ def render_parity(console: Console, result: dict[str, Any]) -> None:
         console.print(f"[bold]Tokenizer[/bold]: [red]{len(tok['mismatches'])} of {tok['texts']} texts differ[/red]"
                       + (f", vocabulary {tok['vocab_size']['a']} vs {tok['vocab_size']['b']}"
                          if tok["vocab_size"]["a"] != tok["vocab_size"]["b"] else ""))
-        for m in tok["mismatches"]:
+        for text, m in zip(texts, tok["mismatches"]):
             k = m["first_difference"]
-            console.print(f"  {m['text']!r}: first difference at id #{k}: A {m['a'][k:k + 4]} vs B {m['b'][k:k + 4]}",
+            console.print(f"  {text!r}: first difference at id #{k}: A {m['a'][k:k + 4]} vs B {m['b'][k:k + 4]}",
                           markup=False)
         for m in tok["special_token_mismatches"]:
             console.print(f"  {m['token']}: A {m['a']} vs B {m['b']}", markup=False)
@@ -482,6 +490,7 @@ def _value(v: Any) -> str:
 
 def render_verify(console: Console, result: dict[str, Any]) -> None:
     """One row per check: name, status (coloured), expected, observed, evidence; then a verdict."""
+    result = printable_tree(result)
     console.print(f"{escape(result['source'])}  [dim]({result['runtime']})[/dim]")
     table = Table(title="Architecture observed in a traced forward pass, and config lint", title_justify="left")
     table.add_column("check", no_wrap=True)
@@ -509,6 +518,8 @@ def render_graph(console: Console, graph: dict[str, Any]) -> None:
     """The recorded layer graph of one decoder block as a tree: its modules and its own arithmetic in call
     order, each with the tensor it was fed (`<- ...`) and its output shape; residual additions in bold."""
     from rich.tree import Tree
+
+    graph = printable_tree(graph)
 
     def shape(s: Any) -> str:
         return f" [dim]{escape(str(list(s)))}[/dim]" if s else ""
