@@ -176,12 +176,21 @@ def parity_cmd(a: str, b: str, runtime_a: str, runtime_b: str, device: str, dtyp
 
     ids = parse_tokens(tokens) if tokens is not None else None
     ca, cb = load(a), load(b)
+    if plot_path:
+        from .convert import check_output
+
+        check_output(plot_path, (ca, cb), "--plot")  # before the forward passes, never over an input
     err = _console(stderr=True)
     with err.status("loading", spinner="dots") as status:
         result = parity(ca, cb, runtime_a, runtime_b, device, dtype, tokens=ids, prompt=prompt, atol=atol,
                         progress=lambda message: status.update(message))
     if plot_path:
-        plot_layers(result, plot_path)
+        try:
+            plot_layers(result, plot_path)
+        except OSError as e:
+            from .errors import OutputError
+
+            raise OutputError(f"{plot_path}: cannot write the plot ({e.strerror or e})") from None
     if as_json:
         from .render import print_json
 
