@@ -72,6 +72,15 @@ def _strict_int(path: str) -> Any:
     return parse
 
 
+def _finite_float(path: str) -> Any:
+    def parse(text: str) -> float:
+        f = float(text)
+        if not math.isfinite(f):  # 1e999: as infinite as `Infinity`, and as impossible to write back as JSON
+            raise InputError(path, f"holds the number {text[:40]}, which overflows to infinity")
+        return f
+    return parse
+
+
 def _no_constant(path: str) -> Any:
     def parse(name: str) -> Any:
         raise InputError(path, f"not valid JSON: {name} is not a JSON number (RFC 8259)")
@@ -121,7 +130,7 @@ def read_json(path: str, what: str = "JSON", max_bytes: int = MAX_JSON_BYTES,
     raw = read_json_bytes(path, what, max_bytes, max_values)
     try:
         return loads_bounded(raw, path, what, max_values, parse_int=_strict_int(path),
-                             parse_constant=_no_constant(path))
+                             parse_float=_finite_float(path), parse_constant=_no_constant(path))
     except UnicodeDecodeError:
         raise InputError(path, f"{what} is not UTF-8 text") from None
     except json.JSONDecodeError as e:

@@ -116,6 +116,8 @@ def _rope(text: dict[str, Any], model_type: str, path: str) -> dict[str, float]:
         return float(v)
 
     rp = text.get("rope_parameters")
+    if rp is not None and not isinstance(rp, dict):
+        raise InputError(path, f"config rope_parameters must be an object, got {show(rp)}")
     if model_type == "gemma3_text":
         if isinstance(rp, dict) and ("full_attention" in rp or "sliding_attention" in rp):
             full = rp.get("full_attention") or {}
@@ -182,7 +184,12 @@ def _check_token_ids(text: dict[str, Any], cfg: dict[str, Any], vocab: int, path
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         v = text.get(key, cfg.get(key))
         for i in v if isinstance(v, list) else [v]:
-            if isinstance(i, int) and not isinstance(i, bool) and not 0 <= i < vocab:
+            if i is None and not isinstance(v, list):
+                continue
+            if isinstance(i, bool) or not isinstance(i, int):
+                raise InputError(path, f"config {key} must be a token id (an integer, or a list of them), "
+                                       f"got {show(v)}")
+            if not 0 <= i < vocab:
                 raise InputError(path, f"config {key} {show(i)} is outside the vocabulary (ids 0..{vocab - 1})")
 
 
