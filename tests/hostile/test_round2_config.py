@@ -246,7 +246,9 @@ def test_verify_with_a_huge_window_is_fast_small_and_says_so(tiny_models, tmp_pa
     1 GB of memory."""
     root = _edited(tiny_models, tmp_path, lambda c, t: c.update(sliding_window=20000))
     # The peak is VmHWM, this process's own: ru_maxrss would carry over the forking pytest process's.
-    code = ("import json\n"
+    # An address-space limit keeps a regression from taking the machine (the old code reached 16 GB here).
+    code = ("import json, resource\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))\n"
             "from click.testing import CliRunner\n"
             "from gemma_inspect.cli import main\n"
             f"r = CliRunner().invoke(main, ['verify', {root!r}, '--json'])\n"
@@ -254,6 +256,7 @@ def test_verify_with_a_huge_window_is_fast_small_and_says_so(tiny_models, tmp_pa
             "print(json.dumps({'code': r.exit_code, 'out': r.stdout, 'err': r.stderr, 'rss': hwm}))\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.stdout.strip(), proc.stderr[-2000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["code"] == 0, got
     check = next(c for c in json.loads(got["out"])["checks"] if c["name"] == "sliding_window")
