@@ -203,8 +203,9 @@ def test_cli_refuses_each_config_class_with_one_line(tiny_models, tmp_path):
         root = _edited(tiny_models, tmp_path, edit, name=f"cfg{i}")
         config = os.path.join(root, "config.json")
         lines = set()
-        for args in (("summary", root), ("diff", root, tiny_models.get("gemma2", "hf")), ("verify", root),
-                     ("parity", root, tiny_models.get("gemma2", "hf")), ("convert", root, tmp_path / "o", "--to", "hf")):
+        good = tiny_models.get("gemma2", "hf")
+        for args in (("summary", root), ("diff", root, good), ("verify", root), ("parity", root, good),
+                     ("convert", root, tmp_path / "o", "--to", "hf")):
             r = invoke(*args)
             lines.add(one_error_line(r, config + ": ", fragment))
             n += 1
