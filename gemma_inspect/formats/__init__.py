@@ -64,6 +64,11 @@ def detect(source: str) -> str:
                 # the index would compare, convert and diff other weights than the runtimes run.
                 raise InputError(os.path.join(path, single), f"is beside the shard index {index}: which of the two "
                                                              f"holds the weights is ambiguous; remove one of them")
+        if "adapter_config.json" in entries:
+            # transformers, with peft installed, loads the base model an adapter names and applies the adapter
+            raise InputError(os.path.join(path, "adapter_config.json"), "a PEFT adapter: the runtimes would load "
+                                                                        "the base model it names and apply it; "
+                                                                        "merge the adapter into a full checkpoint")
         torch_weights = any(e == "pytorch_model.bin.index.json" or e.endswith(".ckpt") for e in entries)
         if any(e.endswith(".ckpt") for e in entries) and not any(e in entries for e in WEIGHT_FILES):
             return "gemma-pytorch"  # a .ckpt with a side config.json (its own keys, or HF's) beside it

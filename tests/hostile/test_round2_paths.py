@@ -123,6 +123,21 @@ def test_single_file_beside_an_index_is_refused_by_every_command(tiny_models, tm
     tally("round 2: single file beside an index (CLI)", len(commands))
 
 
+def test_peft_adapter_directory_is_refused(tiny_models, tmp_path):
+    """With peft installed, transformers loads the base model an adapter_config.json names (from the hub) and
+    applies the adapter: the runtimes would run other weights than the files here."""
+    root = str(tmp_path / "adapter")
+    shutil.copytree(tiny_models.get("gemma2", "hf"), root)
+    with open(os.path.join(root, "adapter_config.json"), "w") as f:
+        json.dump({"base_model_name_or_path": "google/gemma-2-2b", "peft_type": "LORA"}, f)
+    clean = tiny_models.get("gemma2", "hf")
+    commands = [("summary", root), ("diff", clean, root), ("parity", root, clean), ("verify", root),
+                ("convert", root, tmp_path / "out", "--to", "keras")]
+    for args in commands:
+        one_error_line(invoke(*args), os.path.join(root, "adapter_config.json") + ": a PEFT adapter")
+    tally("round 2: single file beside an index (CLI)", len(commands))
+
+
 @pytest.mark.parametrize("fmt", ["hf", "keras"])
 def test_index_alone_and_single_alone_still_read_the_same_weights(tiny_models, fmt):
     """The refusal is for the pair only: the sharded and the single-file checkpoint of the same weights read,
