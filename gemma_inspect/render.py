@@ -285,6 +285,7 @@ def count_progress(console: Console, label: str, total: int) -> _Progress:
 
 # ----------------------------------------------------------------------------- convert / diff
 def render_convert(console: Console, report: dict[str, Any]) -> None:
+    parity = report.get("parity")  # render_parity escapes its own (and shows tokenizer texts with repr)
     report = printable_tree(report)
     console.print(f"[green]Converted[/green] {escape(report['source'])} ({report['source_format']}) -> "
                   f"[bold]{escape(report['dest'])}[/bold] ({report['format']}): {report['tensors']} tensors, "
@@ -294,8 +295,8 @@ def render_convert(console: Console, report: dict[str, Any]) -> None:
         console.print(f"[yellow]note[/yellow] (source): {escape(note)}")
     for note in report["notes"]:
         console.print(f"[yellow]note[/yellow]: {escape(note)}")
-    if "parity" in report:
-        render_parity(console, report["parity"])
+    if parity is not None:
+        render_parity(console, parity)
 
 
 def render_diff(console: Console, result: dict[str, Any]) -> None:
