@@ -498,9 +498,9 @@ def convert(source: Checkpoint | str, dest: str, to: str, options: WriteOptions 
     ckpt = load(source) if isinstance(source, str) else source
     if ckpt.is_card:
         raise InputError(ckpt.source, "a built-in card has no tensors to convert")
+    check_dest(dest, ckpt)  # first: --force would not make such a DEST acceptable
     if os.path.lexists(dest) and not options.force:
         raise OutputError(f"{dest}: already exists (use --force to replace it)")
-    check_dest(dest, ckpt)
     check_name_length(dest, options.manifest)
     if to in FLOAT_ONLY:
         if options.dtype == "q8_0":
