@@ -15,6 +15,7 @@ import click
 from . import __version__
 from .errors import GemmaInspectError
 from .formats import FORMATS
+from .terminal import printable
 
 
 class _Group(click.Group):
@@ -43,7 +44,8 @@ class _Group(click.Group):
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"Error: {message}", err=True)
+    # Names in a message come from the input: a newline or an escape sequence in one must not reach the terminal.
+    click.echo(f"Error: {printable(message)}", err=True)
     sys.exit(code)
 
 
@@ -115,7 +117,7 @@ def summary(source: str, scan: bool, as_json: bool) -> None:
             found = nonfinite(ckpt, progress=lambda _name: step(1))
         result["nonfinite"] = found
         if found:
-            click.echo(f"Warning: {describe(found, source)}", err=True)
+            click.echo(f"Warning: {printable(describe(found, source))}", err=True)
     if as_json:
         from .render import print_json
 
@@ -201,6 +203,10 @@ def parity_cmd(a: str, b: str, runtime_a: str, runtime_b: str, device: str, dtyp
     if plot_path:
         _check_output_file(plot_path, "--plot")  # before minutes of forward passes, not after
     ca, cb = _open(a), _open(b)
+    if plot_path:
+        from .convert import check_output
+
+        check_output(plot_path, (ca, cb), "--plot")  # never over an input
     from .render import StepProgress
 
     with StepProgress(_console(stderr=True), "parity") as say:
@@ -432,7 +438,7 @@ def diff_cmd(a: str, b: str | None, atol: float, manifest: str | None, as_json: 
     with count_progress(_console(stderr=True), "comparing tensors", total) as step:
         result = diff(ca, cb, atol, progress=lambda _name: step(1))
     for warning in result["warnings"]:
-        click.echo(f"Warning: {warning}", err=True)
+        click.echo(f"Warning: {printable(warning)}", err=True)
     if as_json:
         from .render import print_json
 

@@ -259,12 +259,110 @@ def host_tag() -> str:
     return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 
 
+def _partial_name(base: str) -> str:
+    """DEST's name as it appears in its temporary siblings' names: shortened (a prefix and a hash of the whole
+    name) when it is long, so that `.NAME.partial-<host>-<pid>-<random>` stays within the 255-byte limit."""
+    if len(base.encode("utf-8", "surrogateescape")) <= 120:
+        return base
+    import hashlib
+
+    short = base
+    while len(short.encode("utf-8", "surrogateescape")) > 80:
+        short = short[:-1]
+    return f"{short}~{hashlib.sha1(base.encode('utf-8', 'surrogateescape')).hexdigest()[:12]}"
+
+
+def check_name_length(dest: str, manifest: bool) -> None:
+    """DEST's own name, and `DEST.manifest.json` beside it, must fit the file system's name limit: found out only at
+    the final rename, a name that is too long would fail a finished conversion (or leave DEST without its manifest)."""
+    parent = os.path.dirname(os.path.abspath(dest)) or "."
+    base = os.path.basename(os.path.abspath(dest))
+    try:
+        limit = os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        limit = 255
+    size = len(base.encode("utf-8", "surrogateescape"))
+    if size > limit:
+        raise OutputError(f"{dest}: the name is {size} bytes, over the file system's limit of {limit}")
+    if manifest and size + len(SIBLING_SUFFIX) > limit:
+        raise OutputError(f"{dest}: the name is {size} bytes: with {SIBLING_SUFFIX} added (the manifest beside a "
+                          f"single-file output) it is over the file system's limit of {limit}; choose a shorter "
+                          f"name or pass --no-manifest")
+
+
 def _temporary_sibling(dest: str) -> str:
     parent = os.path.dirname(os.path.abspath(dest)) or "."
     if not os.path.isdir(parent):
         raise OutputError(f"{dest}: parent directory {parent} does not exist")
     remove_stale_partials(dest)
-    return tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.partial-{host_tag()}-{os.getpid()}-", dir=parent)
+    name = _partial_name(os.path.basename(os.path.abspath(dest)))
+    try:
+        return tempfile.mkdtemp(prefix=f".{name}.partial-{host_tag()}-{os.getpid()}-", dir=parent)
+    except OSError as e:
+        raise OutputError(f"{dest}: cannot create a temporary directory beside it in {parent} "
+                          f"({e.strerror or e})") from None
+
+
+def _real(path: str) -> str:
+    return os.path.realpath(os.path.abspath(path))
+
+
+def _inside(path: str, directory: str) -> bool:
+    """Whether `path` is `directory` or below it (both real, absolute paths)."""
+    try:
+        return os.path.commonpath([path, directory]) == directory
+    except ValueError:  # different drives
+        return False
+
+
+def check_output(dest: str, ckpts: Iterable[Checkpoint], what: str = "DEST") -> None:
+    """Refuse an output path whose writing would destroy or change an input: `dest` (as written, or where its
+    symlinks lead) is an input or one of its files, holds one (replacing DEST removes it), or lies inside an
+    input directory. Real paths are compared, so a symlinked spelling of the source is the source."""
+    for ckpt in ckpts:
+        if not ckpt.is_card:
+            _check_output(dest, ckpt, what)
+
+
+def check_dest(dest: str, ckpt: Checkpoint) -> None:
+    """`check_output` for convert's DEST, and the other paths convert removes: `DEST.manifest.json` and the
+    leftovers of killed conversions to DEST."""
+    _check_output(dest, ckpt, "DEST")
+    parent = _real(os.path.dirname(os.path.abspath(dest)) or ".")
+    base = os.path.basename(os.path.abspath(dest))
+    sources = sorted({_real(ckpt.source), *(_real(p) for p in ckpt.files)})
+    removed = os.path.join(parent, base) + SIBLING_SUFFIX
+    for src in sources:
+        if _inside(src, removed):
+            raise OutputError(f"{dest}: --force would remove {removed}, which is (or holds) the source")
+    prefix = f".{_partial_name(base)}.partial-"
+    for src in sources:
+        if _inside(src, parent) and src != parent:
+            top = os.path.relpath(src, parent).split(os.sep)[0]
+            if top.startswith(prefix):
+                raise OutputError(f"{dest}: the source {src} lies in {os.path.join(parent, top)}, a temporary "
+                                  f"sibling of DEST that convert may remove")
+
+
+def _check_output(dest: str, ckpt: Checkpoint, what: str) -> None:
+    root = _real(ckpt.source)
+    sources = sorted({root, *(_real(p) for p in ckpt.files)})
+    source_dirs = [p for p in sources if os.path.isdir(p)]
+    parent = _real(os.path.dirname(os.path.abspath(dest)) or ".")
+    base = os.path.basename(os.path.abspath(dest))
+    lexical = os.path.join(parent, base)  # what --force removes and the rename replaces (a symlink itself)
+    for where in dict.fromkeys((lexical, _real(dest))):
+        link = " (through a symlink)" if where != lexical else ""
+        for src in sources:
+            if src == where:
+                what_src = "the source" if src == root else f"{src}, a file of the source"
+                raise OutputError(f"{dest}: {what} is {what_src}{link}; writing it would destroy the source")
+            if _inside(src, where):
+                raise OutputError(f"{dest}: {what} contains the source {src}{link}; replacing it would destroy "
+                                  f"the source")
+        for d in source_dirs:
+            if _inside(where, d):
+                raise OutputError(f"{dest}: {what} is inside the source directory {d}; choose a place outside it")
 
 
 def remove_stale_partials(dest: str) -> list[str]:
@@ -272,7 +370,7 @@ def remove_stale_partials(dest: str) -> list[str]:
     machine by a process that is gone. Returns what was removed. A sibling whose owner is alive, on another
     machine, or unknown (not named by this version) is left alone."""
     parent = os.path.dirname(os.path.abspath(dest)) or "."
-    prefix = f".{os.path.basename(dest)}.partial-{host_tag()}-"
+    prefix = f".{_partial_name(os.path.basename(os.path.abspath(dest)))}.partial-{host_tag()}-"
     removed = []
     for entry in os.listdir(parent):
         path = os.path.join(parent, entry)
@@ -400,10 +498,10 @@ def convert(source: Checkpoint | str, dest: str, to: str, options: WriteOptions 
     ckpt = load(source) if isinstance(source, str) else source
     if ckpt.is_card:
         raise InputError(ckpt.source, "a built-in card has no tensors to convert")
+    check_dest(dest, ckpt)  # first: --force would not make such a DEST acceptable
     if os.path.lexists(dest) and not options.force:
         raise OutputError(f"{dest}: already exists (use --force to replace it)")
-    if os.path.abspath(dest) == os.path.abspath(ckpt.source):
-        raise OutputError(f"{dest}: is the source itself")
+    check_name_length(dest, options.manifest)
     if to in FLOAT_ONLY:
         if options.dtype == "q8_0":
             raise UnsupportedError(f"--dtype q8_0 is a GGUF quantization; choose one of "

@@ -209,6 +209,7 @@ def check(dest: str, manifest: str | None = None) -> dict[str, Any]:
         raise InputError(mpath, "missing: no manifest here (convert writes one; or pass --manifest FILE)")
     m = read(mpath)
     root = dest if is_dir else os.path.dirname(os.path.abspath(dest))
+    _check_names(m["files"], mpath, None if is_dir else os.path.basename(os.path.abspath(dest)))
     listed = {f["name"]: f for f in m["files"]}
     present = _files_of(dest) if is_dir else [os.path.basename(dest)]
     rows: list[dict[str, Any]] = []
@@ -240,6 +241,24 @@ def check(dest: str, manifest: str | None = None) -> dict[str, Any]:
                  and all(t["status"] == "equal" for t in tensors))
     return {"identical": identical, "a": {"source": dest, "format": m["format"]}, "manifest": mpath,
             "counts": counts, "files": rows, "tensors": tensors, "error": error}
+
+
+def _check_names(files: list[dict[str, Any]], mpath: str, single: str | None) -> None:
+    """A manifest may list only the output's own files, each once, by its plain relative name: `single` itself
+    beside a single-file output; paths below the output directory, without `.`/`..` parts, empty parts or
+    backslashes, otherwise. Anything else would make `diff --manifest` size, hash and print files that are
+    not the output's (a sibling secret.txt), or hash one file under many aliases (./x.gguf, ././x.gguf)."""
+    seen: set[str] = set()
+    for f in files:
+        name = f["name"]
+        parts = name.split("/")
+        if single is not None and name != single:
+            raise InputError(mpath, f"lists {name!r}, which is not the output's own file {single!r}")
+        if not name or "\\" in name or "\x00" in name or any(p in ("", ".", "..") for p in parts):
+            raise InputError(mpath, f"lists {name!r}, which is not a plain relative path inside the output")
+        if name in seen:
+            raise InputError(mpath, f"lists {name!r} twice")
+        seen.add(name)
 
 
 def _tensor_rows(dest: str, m: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:

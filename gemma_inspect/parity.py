@@ -78,6 +78,11 @@ MAX_EXCLUDED_MASS = 0.01  # probability a side may put on vocabulary rows the ot
 
 DEFAULT_SEED = 20240221  # the default token sequence is the same on every run and every machine
 MIN_DEFAULT_TOKENS = 32
+# The default sequence follows the longest sliding window (window + 8 tokens) up to Gemma 2's 4,096-token window,
+# the longest of the released models. A config's larger window is not followed: `sliding_window: 20000` would
+# make eager attention hold 20,008^2 scores per head (9.6 GB on a tiny model). Such a window cannot be seen at
+# work within the bound, so it does not lengthen the sequence at all; verify warns that it was not observed.
+MAX_DEFAULT_TOKENS = 4096 + 8
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -88,7 +93,8 @@ def default_tokens(a: Checkpoint, b: Checkpoint | None = None) -> list[int]:
 
     specs = [s for s in (a.spec, b.spec if b is not None else None) if s is not None]
     windows = [s.sliding_window for s in specs if s.sliding_window and s.sliding_layers]
-    n = max([MIN_DEFAULT_TOKENS] + [w + 8 for w in windows])
+    # A window the bound does not allow cannot be seen at work anyway: the sequence stays short then.
+    n = max([MIN_DEFAULT_TOKENS] + [w + 8 for w in windows if w + 8 <= MAX_DEFAULT_TOKENS])
     vocab = min(s.vocab_size for s in specs)
     rng = np.random.default_rng(DEFAULT_SEED)
     low = 4 if vocab > 8 else 0
@@ -419,6 +425,11 @@ def parity(a: Checkpoint | str, b: Checkpoint | str, runtime_a: str = "auto", ru
     else:
         ids = default_tokens(ca, cb)
 
+    from .runtimes.memory import check_fits
+
+    for c in (ca, cb):  # before anything is loaded: refuse a forward pass that cannot fit
+        check_fits(c, len(ids), dtype, dev, window_driven=tokens is None and prompt is None
+                   and len(ids) > MIN_DEFAULT_TOKENS)
     oracle = tol["mode"] == "noise floor"
     steps = 4 if oracle else 3
     say = progress or (lambda _msg: None)

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .spec import format_bytes, format_count
+from .terminal import printable_tree
 
 NORM_TEXT = {"rmsnorm": "RMSNorm", "layernorm_nonparametric": "LayerNorm (no weights, no bias)"}
 ACT_TEXT = {"gelu_tanh": "GELU, tanh approximation", "gelu": "GELU, exact (erf)", "silu": "SiLU"}
@@ -195,6 +196,7 @@ def _describe_full(m: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def render_summary(console: Console, m: dict[str, Any]) -> None:
+    m = printable_tree(m)  # names and notes come from the input: no control characters reach the terminal
     # Paths, notes and values are text, not markup: a directory named "run[/b]" must print as it is.
     title = f"{escape(m['source'])}  [dim]({'built-in card' if m['format'] == 'card' else m['format']})[/dim]"
     table = Table(title=title, show_header=False, title_justify="left", box=None, pad_edge=False)
@@ -269,6 +271,7 @@ def render_compare(console: Console, result: dict[str, Any]) -> None:
     """Side by side: one column per model, headed by its card name or its path's last component (the full
     paths follow the table). No cell breaks inside a word or a number: each column is at least as wide as its
     longest word, and a cell wraps only between words."""
+    result = printable_tree(result)
     models = result["models"]
     described = [dict(describe(m, compact=True)) for m in models]
     labels = [label for label, _ in describe(models[0], compact=True)]
@@ -389,6 +392,8 @@ def count_progress(console: Console, label: str, total: int) -> _Progress:
 
 # ----------------------------------------------------------------------------- convert / diff
 def render_convert(console: Console, report: dict[str, Any]) -> None:
+    parity = report.get("parity")  # render_parity escapes its own (and shows tokenizer texts with repr)
+    report = printable_tree(report)
     console.print(f"[green]Converted[/green] {escape(report['source'])} ({report['source_format']}) -> "
                   f"[bold]{escape(report['dest'])}[/bold] ({report['format']}): {report['tensors']} tensors, "
                   f"{format_bytes(report['bytes_written'])}"
@@ -399,11 +404,12 @@ def render_convert(console: Console, report: dict[str, Any]) -> None:
         console.print(f"[yellow]note[/yellow] (source): {escape(note)}")
     for note in report["notes"]:
         console.print(f"[yellow]note[/yellow]: {escape(note)}")
-    if "parity" in report:
-        render_parity(console, report["parity"])
+    if parity is not None:
+        render_parity(console, parity)
 
 
 def render_diff(console: Console, result: dict[str, Any]) -> None:
+    result = printable_tree(result)
     c = result["counts"]
     console.print(f"A: {escape(result['a']['source'])} ({result['a']['format']})")
     console.print(f"B: {escape(result['b']['source'])} ({result['b']['format']})")
@@ -462,6 +468,7 @@ def render_diff(console: Console, result: dict[str, Any]) -> None:
 
 def render_manifest_check(console: Console, result: dict[str, Any]) -> None:
     """`diff DEST --manifest`: the files and tensors that do not match, then the verdict."""
+    result = printable_tree(result)
     console.print(Text(f"A: {result['a']['source']} ({result['a']['format']})"))
     console.print(Text(f"manifest: {result['manifest']}"))
     style = {"different": "red", "missing_a": "red", "missing_b": "red", "shape_mismatch": "red"}
@@ -505,6 +512,8 @@ def _hanging(console: Console, label: str, text: str) -> None:
 
 def render_parity(console: Console, result: dict[str, Any]) -> None:
     """Per-layer differences (ok / mismatch), the logits metrics, the tolerance, the tokenizer, a verdict."""
+    texts = [m["text"] for m in (result.get("tokenizer") or {}).get("mismatches", [])]  # shown with repr()
+    result = printable_tree(result)
     a, b, tol = result["a"], result["b"], result["tolerance"]
     layers = result["layers"]
     n = len(layers) - 2
@@ -572,9 +581,9 @@ def render_parity(console: Console, result: dict[str, Any]) -> None:
         console.print(f"[bold]Tokenizer[/bold]: [red]{len(tok['mismatches'])} of {tok['texts']} texts differ[/red]"
                       + (f", vocabulary {tok['vocab_size']['a']} vs {tok['vocab_size']['b']}"
                          if tok["vocab_size"]["a"] != tok["vocab_size"]["b"] else ""))
-        for m in tok["mismatches"]:
+        for text, m in zip(texts, tok["mismatches"]):
             k = m["first_difference"]
-            console.print(f"  {m['text']!r}: first difference at id #{k}: A {m['a'][k:k + 4]} vs B {m['b'][k:k + 4]}",
+            console.print(f"  {text!r}: first difference at id #{k}: A {m['a'][k:k + 4]} vs B {m['b'][k:k + 4]}",
                           markup=False)
         for m in tok["special_token_mismatches"]:
             console.print(f"  {m['token']}: A {m['a']} vs B {m['b']}", markup=False)
@@ -623,6 +632,7 @@ def render_verify(console: Console, result: dict[str, Any]) -> None:
     terminal; below WIDE_VERIFY columns (a pipe, a CI log, an 80-column terminal) one block per check - the
     status and name on one line, expected and observed on the next, the evidence wrapped under them - so that
     no word is split and each check reads as a sentence."""
+    result = printable_tree(result)
     console.print(Trimmed(Text.from_markup(f"{escape(result['source'])}  [dim]({result['runtime']})[/dim]")))
     title = "Architecture observed in a traced forward pass, and config lint"
     if console.width >= WIDE_VERIFY:
@@ -665,6 +675,8 @@ def render_graph(console: Console, graph: dict[str, Any]) -> None:
     """The recorded layer graph of one decoder block as a tree: its modules and its own arithmetic in call
     order, each with the tensor it was fed (`<- ...`) and its output shape; residual additions in bold."""
     from rich.tree import Tree
+
+    graph = printable_tree(graph)
 
     def shape(s: Any) -> str:
         return f" [dim]{escape(str(list(s)))}[/dim]" if s else ""

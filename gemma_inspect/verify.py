@@ -90,6 +90,10 @@ def verify(source: Checkpoint | str, runtime: str = "auto", device: str = "auto"
     say("[1/3] linting the config")
     lint_checks = lint(ckpt)
     ids = default_tokens(ckpt)
+    from .parity import MIN_DEFAULT_TOKENS
+    from .runtimes.memory import check_fits
+
+    check_fits(ckpt, len(ids), dtype, dev, window_driven=len(ids) > MIN_DEFAULT_TOKENS)  # before loading
     say(f"[2/3] loading with {name} on {dev} ({dtype})")
     # Eager attention: transformers' SDPA and keras-hub's fused kernel hide the scores verify looks at.
     options = {"attn_implementation": "eager"} if name in ("transformers", "keras") else {}
@@ -766,8 +770,12 @@ def _sliding_window(spec: GemmaSpec, obs: dict[str, Any]) -> dict[str, Any]:
     shown = ", ".join(f"{i}: {keys[i]}" for i in range(min(n, 12))) + (" ..." if n > 12 else "")
     evidence = f"keys attended by the last of {t} queries, per layer: {shown}"
     if expected["window"] is not None and expected["window"] >= t:
+        from .parity import MAX_DEFAULT_TOKENS
+
+        longer = (f"; the default sequence is not lengthened past {MAX_DEFAULT_TOKENS:,} tokens"
+                  if expected["window"] + 8 > MAX_DEFAULT_TOKENS else "")
         return check("sliding_window", "warn", expected, observed,
-                     evidence + f" (the sequence is not longer than the window {expected['window']})")
+                     evidence + f" (the sequence is not longer than the window {expected['window']}{longer})")
     return check("sliding_window", "pass" if observed == expected else "fail", expected, observed, evidence)
 
 

@@ -36,6 +36,9 @@ MEMBER_FILES = ("config.json", "model.safetensors", "model.safetensors.index.jso
                 "model.weights.h5", "model.weights.json", "metadata.json", "preprocessor.json", "task.json",
                 os.path.join("assets", "tokenizer", "vocabulary.spm"), "pytorch_model.bin.index.json",
                 "gemma_inspect.json", os.path.join("tokenizer", "tokenizer.model"))
+# A single weights file and a shard index side by side: the native loaders (transformers, keras-hub) read the
+# single file, an index-first reader the shards. Such a directory is refused, so every command sees one set.
+AMBIGUOUS_WEIGHTS = (("model.safetensors", "model.safetensors.index.json"), ("model.weights.h5", "model.weights.json"))
 
 
 def detect(source: str) -> str:
@@ -60,6 +63,17 @@ def detect(source: str) -> str:
             raise InputError(path, f"empty directory; expected {EXPECTED}")
         for name in MEMBER_FILES + tuple(e for e in entries if e.endswith(".ckpt")):
             check_member(path, name)
+        for single, index in AMBIGUOUS_WEIGHTS:
+            if single in entries and index in entries:
+                # transformers and keras-hub read the single file and ignore the index; a reader that followed
+                # the index would compare, convert and diff other weights than the runtimes run.
+                raise InputError(os.path.join(path, single), f"is beside the shard index {index}: which of the two "
+                                                             f"holds the weights is ambiguous; remove one of them")
+        if "adapter_config.json" in entries:
+            # transformers, with peft installed, loads the base model an adapter names and applies the adapter
+            raise InputError(os.path.join(path, "adapter_config.json"), "a PEFT adapter: the runtimes would load "
+                                                                        "the base model it names and apply it; "
+                                                                        "merge the adapter into a full checkpoint")
         torch_weights = any(e == "pytorch_model.bin.index.json" or e.endswith(".ckpt") for e in entries)
         if any(e.endswith(".ckpt") for e in entries) and not any(e in entries for e in WEIGHT_FILES):
             return "gemma-pytorch"  # a .ckpt with a side config.json (its own keys, or HF's) beside it

@@ -50,6 +50,41 @@ def loads_bounded(raw: bytes, path: str, what: str, max_values: int = MAX_JSON_V
         return json.loads(raw.decode("utf-8"), **kwargs)
     except RecursionError:
         raise InputError(path, "not valid JSON: nested too deeply") from None
+    except ValueError as e:
+        if isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)):
+            raise
+        # Python refuses to parse an integer of more than 4,300 digits (int_max_str_digits).
+        raise InputError(path, f"{what} holds a number this tool cannot read ({str(e).split(':')[0]})") from None
+
+
+# The largest integer a JSON file read with read_json may hold, in digits. Real files hold ids, sizes and
+# tokenizer_config's model_max_length (1e30, 31 digits); beyond this a number is an attack on the parser,
+# the arithmetic or the error message (a 5,000-digit integer cannot even be printed).
+MAX_INT_DIGITS = 64
+
+
+def _strict_int(path: str) -> Any:
+    def parse(text: str) -> int:
+        digits = len(text) - text.startswith("-")
+        if digits > MAX_INT_DIGITS:
+            raise InputError(path, f"holds an integer of {digits} digits (at most {MAX_INT_DIGITS} are accepted)")
+        return int(text)
+    return parse
+
+
+def _finite_float(path: str) -> Any:
+    def parse(text: str) -> float:
+        f = float(text)
+        if not math.isfinite(f):  # 1e999: as infinite as `Infinity`, and as impossible to write back as JSON
+            raise InputError(path, f"holds the number {text[:40]}, which overflows to infinity")
+        return f
+    return parse
+
+
+def _no_constant(path: str) -> Any:
+    def parse(name: str) -> Any:
+        raise InputError(path, f"not valid JSON: {name} is not a JSON number (RFC 8259)")
+    return parse
 
 
 def read_bounded(f: Any, n: int, path: str, what: str, max_values: int) -> bytes:
@@ -94,7 +129,8 @@ def read_json(path: str, what: str = "JSON", max_bytes: int = MAX_JSON_BYTES,
     """Parse a JSON file; any problem is an InputError naming the file."""
     raw = read_json_bytes(path, what, max_bytes, max_values)
     try:
-        return loads_bounded(raw, path, what, max_values)
+        return loads_bounded(raw, path, what, max_values, parse_int=_strict_int(path),
+                             parse_float=_finite_float(path), parse_constant=_no_constant(path))
     except UnicodeDecodeError:
         raise InputError(path, f"{what} is not UTF-8 text") from None
     except json.JSONDecodeError as e:
@@ -165,18 +201,37 @@ def check_member(directory: str, name: str) -> None:
 MAX_LAYERS = 1000
 
 
+_SHOW = None
+
+
+def show(value: Any) -> str:
+    """A config value for an error message: repr() cut short in length and nesting depth, so that a deeply
+    nested or huge value gives a short line (plain repr() of 900 nested lists exhausts the recursion limit)."""
+    global _SHOW
+    if _SHOW is None:
+        import reprlib
+
+        _SHOW = reprlib.Repr()
+        _SHOW.maxlevel, _SHOW.maxstring, _SHOW.maxother, _SHOW.maxlong = 3, 80, 80, 40
+        _SHOW.maxlist = _SHOW.maxdict = _SHOW.maxtuple = _SHOW.maxset = 6
+    try:
+        return _SHOW.repr(value)
+    except (RecursionError, ValueError):
+        return f"<a {type(value).__name__}>"
+
+
 def require_int(cfg: dict[str, Any], key: str, path: str, default: Any = None, maximum: int | None = None) -> int:
     v = cfg.get(key, default)
     if v is None:
         raise InputError(path, f"config has no {key!r}")
     if isinstance(v, bool) or not isinstance(v, int):
         if not (isinstance(v, float) and v.is_integer()):
-            raise InputError(path, f"config {key!r} must be an integer, got {v!r}")
+            raise InputError(path, f"config {key!r} must be an integer, got {show(v)}")
         v = int(v)
     if v <= 0:
-        raise InputError(path, f"config {key!r} must be positive, got {v}")
+        raise InputError(path, f"config {key!r} must be positive, got {show(v)}")
     if maximum is not None and v > maximum:
-        raise InputError(path, f"config {key!r} is {v}, more than the {maximum} this tool accepts")
+        raise InputError(path, f"config {key!r} is {show(v)}, more than the {maximum} this tool accepts")
     return v
 
 
@@ -185,11 +240,11 @@ def opt_float(cfg: dict[str, Any], key: str, path: str, default: Any = None) -> 
     if v is None:
         return None
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise InputError(path, f"config {key!r} must be a number, got {v!r}")
+        raise InputError(path, f"config {key!r} must be a number, got {show(v)}")
     try:
         f = float(v)
     except OverflowError:  # an integer beyond float's range
         f = math.inf
     if not math.isfinite(f):
-        raise InputError(path, f"config {key!r} must be a finite number, got {v!r}")
+        raise InputError(path, f"config {key!r} must be a finite number, got {show(v)}")
     return f

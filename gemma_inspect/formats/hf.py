@@ -7,6 +7,7 @@ the vision tower is reported and ignored).
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -14,7 +15,7 @@ from ..checkpoint import (FLOAT_DTYPES, ROLES, Checkpoint, TensorRef, canonical_
                           compile_names, fill_name, match_name, parse_canonical)
 from ..errors import InputError, UnsupportedError
 from ..spec import FULL, SLIDING, GemmaSpec, gemma2_layer_types, gemma3_layer_types
-from .common import MAX_LAYERS, most_common, opt_float, read_json_object, require_int, safe_child
+from .common import MAX_LAYERS, most_common, opt_float, read_json_object, require_int, safe_child, show
 from .safetensors_io import StEntry, read_array, read_header
 
 SUPPORTED_MODEL_TYPES = ("gemma", "gemma2", "gemma3_text", "gemma3")
@@ -98,23 +99,25 @@ def _rope(text: dict[str, Any], model_type: str, path: str) -> dict[str, float]:
         if not params:
             return 1.0
         if not isinstance(params, dict):
-            raise InputError(path, f"config {where} must be an object, got {params!r}")
+            raise InputError(path, f"config {where} must be an object, got {show(params)}")
         kind = params.get("rope_type", params.get("type", "default"))
         if kind in ("default", None):
             return 1.0
         if kind == "linear":
             f = params.get("factor", 1.0)
-            if isinstance(f, bool) or not isinstance(f, (int, float)) or f <= 0:
-                raise InputError(path, f"config {where}.factor must be a positive number, got {f!r}")
+            if not _positive_finite(f):
+                raise InputError(path, f"config {where}.factor must be a positive number, got {show(f)}")
             return float(f)
-        raise UnsupportedError(f"{path}: RoPE type {kind!r} in {where} is not supported (default or linear)")
+        raise UnsupportedError(f"{path}: RoPE type {show(kind)} in {where} is not supported (default or linear)")
 
     def theta(v: Any, where: str) -> float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-            raise InputError(path, f"config {where} must be a positive number, got {v!r}")
+        if not _positive_finite(v):
+            raise InputError(path, f"config {where} must be a positive finite number, got {show(v)}")
         return float(v)
 
     rp = text.get("rope_parameters")
+    if rp is not None and not isinstance(rp, dict):
+        raise InputError(path, f"config rope_parameters must be an object, got {show(rp)}")
     if model_type == "gemma3_text":
         if isinstance(rp, dict) and ("full_attention" in rp or "sliding_attention" in rp):
             full = rp.get("full_attention") or {}
@@ -139,19 +142,70 @@ def _rope(text: dict[str, Any], model_type: str, path: str) -> dict[str, float]:
                 rope_local_scaling_factor=factor)
 
 
+def _positive_finite(v: Any) -> bool:
+    """A number > 0 that is finite as a float (Infinity and 1e999 are not: they would be written back as the
+    non-standard JSON `Infinity`)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return v > 0 and math.isfinite(float(v))
+    except OverflowError:
+        return False
+
+
+# Keys of an HF config that transformers acts on as it loads the model and this tool's readers would not
+# follow: a quantization_config makes transformers quantize (or dequantize) the weights on load, an
+# attn_implementation other than its own eager/sdpa kernels makes it import or download another kernel.
+ATTN_KEYS = ("attn_implementation", "_attn_implementation")
+ATTN_ALLOWED = ("eager", "sdpa")
+
+
+def _check_loader_keys(cfg: dict[str, Any], path: str) -> None:
+    subs = [("", cfg)] + [(f"{k}.", v) for k, v in cfg.items() if k.endswith("_config") and isinstance(v, dict)]
+    for prefix, c in subs:
+        q = c.get("quantization_config")
+        if q is not None:
+            method = show(q.get("quant_method")) if isinstance(q, dict) else show(q)
+            raise UnsupportedError(f"{path}: {prefix}quantization_config (quant_method {method}) is not supported: "
+                                   f"transformers would quantize or dequantize the weights as it loads them, so "
+                                   f"its forward pass would not run the weights this tool reads")
+        for key in ATTN_KEYS:
+            v = c.get(key)
+            if v is not None and v not in ATTN_ALLOWED:
+                raise UnsupportedError(f"{path}: {prefix}{key} {show(v)} is not supported (only "
+                                       f"{' or '.join(ATTN_ALLOWED)}): transformers would load that attention "
+                                       f"kernel instead of its own")
+
+
+def _check_token_ids(text: dict[str, Any], cfg: dict[str, Any], vocab: int, path: str) -> None:
+    """bos/eos/pad ids (ints or lists of them) must be rows of the embedding: transformers builds its
+    embedding with padding_idx = pad_token_id (an assertion fails outside the vocabulary) and verify and
+    parity start their sequences with BOS."""
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        v = text.get(key, cfg.get(key))
+        for i in v if isinstance(v, list) else [v]:
+            if i is None and not isinstance(v, list):
+                continue
+            if isinstance(i, bool) or not isinstance(i, int):
+                raise InputError(path, f"config {key} must be a token id (an integer, or a list of them), "
+                                       f"got {show(v)}")
+            if not 0 <= i < vocab:
+                raise InputError(path, f"config {key} {show(i)} is outside the vocabulary (ids 0..{vocab - 1})")
+
+
 def _layer_types(text: dict[str, Any], model_type: str, n: int, path: str) -> tuple[str, ...]:
     lt = text.get("layer_types")
     if lt is not None:
         if not isinstance(lt, list) or len(lt) != n or any(t not in (SLIDING, FULL) for t in lt):
             raise InputError(path, f"config layer_types must list {n} entries of "
-                                   f"'{SLIDING}'/'{FULL}', got {str(lt)[:80]}")
+                                   f"'{SLIDING}'/'{FULL}', got {show(lt)}")
         return tuple(lt)
     if model_type == "gemma2":
         return gemma2_layer_types(n)
     if model_type == "gemma3_text":
         pattern = text.get("sliding_window_pattern", text.get("_sliding_window_pattern", 6))
         if isinstance(pattern, bool) or not isinstance(pattern, int) or pattern <= 0:
-            raise InputError(path, f"config sliding_window_pattern must be a positive integer, got {pattern!r}")
+            raise InputError(path, f"config sliding_window_pattern must be a positive integer, got {show(pattern)}")
         return gemma3_layer_types(n, pattern)
     return (FULL,) * n
 
@@ -173,7 +227,7 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
     notes: list[str] = []
     model_type = cfg.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise InputError(path, f"unsupported model_type {model_type!r}; supported: "
+        raise InputError(path, f"unsupported model_type {show(model_type)}; supported: "
                                f"{', '.join(SUPPORTED_MODEL_TYPES)}")
     text = cfg
     if model_type == "gemma3":
@@ -183,13 +237,14 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
         if not isinstance(text, dict):
             raise InputError(path, "config text_config must be an object")
         if text.get("model_type", "gemma3_text") != "gemma3_text":
-            raise InputError(path, f"unsupported text_config model_type {text.get('model_type')!r}")
+            raise InputError(path, f"unsupported text_config model_type {show(text.get('model_type'))}")
         model_type = "gemma3_text"
     merged = dict(HF_DEFAULTS[model_type])
     merged.update(text)
     text = merged
     family = FAMILY_OF_MODEL_TYPE[model_type]
 
+    _check_loader_keys(cfg, path)
     for flag in ("use_bidirectional_attention", "attention_bias"):
         if text.get(flag):
             raise UnsupportedError(f"{path}: {flag}=true is not a Gemma causal-LM configuration this tool supports")
@@ -205,7 +260,7 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
         notes.append("hidden_act='gelu' is the legacy value of the Gemma 1 releases; it means the tanh "
                      "approximation, as transformers reads it")
     if not isinstance(act_raw, str) or act_raw not in ACTIVATION_OF_HF:
-        raise UnsupportedError(f"{path}: activation {act_key}={act_raw!r} is not supported "
+        raise UnsupportedError(f"{path}: activation {act_key}={show(act_raw)} is not supported "
                                f"(expected gelu_pytorch_tanh)")
     hidden = require_int(text, "hidden_size", path)
     heads = require_int(text, "num_attention_heads", path)
@@ -227,7 +282,7 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
         qpas = int(qpas)
     dtype = cfg.get("dtype") or cfg.get("torch_dtype") or text.get("dtype") or text.get("torch_dtype")
     if dtype is not None and dtype not in FLOAT_DTYPES:
-        raise InputError(path, f"config dtype {dtype!r} is not float32, bfloat16 or float16")
+        raise InputError(path, f"config dtype {show(dtype)} is not float32, bfloat16 or float16")
     if dtype is None:
         dtype = dtype_hint or "float32"
         notes.append(f"config.json declares no dtype; using the tensors' {dtype}")
@@ -264,6 +319,7 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
         raise
     except Exception as e:  # SpecError and friends: the config contradicts itself
         raise InputError(path, f"inconsistent config: {e}") from None
+    _check_token_ids(text, cfg, spec.vocab_size, path)
     return spec, notes
 
 

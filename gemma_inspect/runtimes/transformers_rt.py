@@ -14,11 +14,12 @@ is not in it. The hooks give all L + 2 points in every version.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 from ..checkpoint import Checkpoint
-from ..errors import UnsupportedError
+from ..errors import InputError, UnsupportedError
 from ..trace import main_output
 from . import HF_MODULE_LAYOUTS, HF_MODULE_ROLES, Anatomy, RuntimeResult, to_cpu_float, torch_dtype
 
@@ -40,6 +41,13 @@ def load_model(ckpt: Checkpoint, device: str, dtype: str, device_map: str | dict
         hf_logging.disable_progress_bar()  # the caller shows its own progress; no tqdm lines on stderr
         try:
             model = AutoModelForCausalLM.from_pretrained(ckpt.source, **kwargs)
+        except MemoryError:
+            raise
+        except Exception as e:  # transformers reads config.json itself, more strictly in places (1e9 for an int)
+            msg = " ".join(str(e).split())[:240]
+            raise InputError(os.path.join(ckpt.source, "config.json"),
+                             f"transformers cannot load this checkpoint ({e.__class__.__name__}"
+                             f"{': ' + msg if msg else ''})") from e
         finally:
             if bars:
                 hf_logging.enable_progress_bar()

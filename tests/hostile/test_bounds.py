@@ -130,6 +130,8 @@ def test_safetensors_header_of_a_million_tensors(hf_base, baseline, tmp_path):
 ])
 def test_json_of_empty_arrays(hf_base, baseline, tmp_path, name, message):
     d = hf_copy(hf_base, tmp_path)
+    if name == "model.safetensors.index.json":  # the index as the weights' only description (beside the single
+        os.remove(os.path.join(d, "model.safetensors"))  # file it is refused as ambiguous before it is parsed)
     with open(os.path.join(d, name), "wb") as f:
         f.write(b"[" + b"[]," * (30 * MB) + b"[]]")
     refused(["summary", d], str(tmp_path), baseline["summary"], message, 5)
