@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
@@ -32,6 +33,18 @@ FLOAT_ONLY = {"hf": "HF", "keras": "Keras", "gemma-pytorch": "gemma_pytorch"}  #
 CHUNK_BYTES = 64 * 1024 * 1024  # the bands tensors are streamed in (one FFN kernel of Gemma 2B in bf16)
 
 Progress = Callable[[int], None]  # called with the number of bytes just written
+HASH_NAMES = {"blake3": "BLAKE3", "sha256": "SHA-256"}
+
+# Seconds spent in each stage of the conversion in progress, summed over the threads that do it (read and
+# transform: the producer thread; write: the writer, kernel copies included; hash: the manifest's). The stages
+# overlap in time, so they do not add up to the wall time; convert() reports them so a slow machine explains
+# itself (benchmarks/convert.py prints them).
+STAGES = ("read", "transform", "write", "hash")
+_stage_times: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+
+
+def add_stage(stage: str, seconds: float) -> None:
+    _stage_times[stage] = _stage_times.get(stage, 0.0) + seconds
 
 
 @dataclass
@@ -40,7 +53,8 @@ class WriteOptions:
     max_shard_size: int | None = None  # bytes; None = the target format's default
     force: bool = False  # convert even what the target can only approximate (with a warning note)
     notes: list[str] = field(default_factory=list)  # writers append what the user should know
-    manifest: bool = True  # write the output's manifest (file sizes and SHA-256, tensors); see manifest.py
+    manifest: bool = True  # write the output's manifest (file sizes and hashes, tensors); see manifest.py
+    hash: str = "blake3"  # the manifest's hash: blake3 (fast everywhere) or sha256 (what the HF hub publishes)
     # Set by convert() while a manifest is being built: a writer that fills a file out of order (HDF5: metadata
     # first, then the datasets at their offsets) calls final(path, n) once bytes [0, n) of it will not change,
     # so that the file is hashed while it is written rather than read again afterwards.
@@ -211,6 +225,7 @@ class Buffers:
 
 def _read_into(fd: int, path: str, offset: int, dst: np.ndarray) -> None:
     """Fill `dst` (a uint8 buffer) with the file's bytes from `offset`; a short file is an InputError."""
+    start = time.perf_counter()
     view = memoryview(dst)
     done = 0
     while done < view.nbytes:
@@ -218,6 +233,7 @@ def _read_into(fd: int, path: str, offset: int, dst: np.ndarray) -> None:
         if n == 0:
             raise InputError(path, f"file ends {view.nbytes - done} bytes before the end of a tensor")
         done += n
+    add_stage("read", time.perf_counter() - start)
 
 
 def _typed(buf: np.ndarray, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
@@ -274,10 +290,14 @@ def tensor_pieces(ref: TensorRef, dtype: str, layout: Any = None, buffers: Buffe
             out = cast_array(np.frombuffer(piece, dtype=src), dtype)
             yield memoryview(out.view(np.uint8))
         return
+    start = time.perf_counter()
     arr = ref.load()
+    add_stage("read", time.perf_counter() - start)
+    start = time.perf_counter()
     if layout is not None:
         arr = layout.apply(arr) if hasattr(layout, "apply") else layout(arr)
     arr = np.ascontiguousarray(cast_array(arr, dtype))
+    add_stage("transform", time.perf_counter() - start)
     yield memoryview(arr.reshape(-1).view(np.uint8))  # bytes without a copy (bfloat16 has no buffer code)
 
 
@@ -309,13 +329,15 @@ def _stream(ref: TensorRef, dtype: str, source: tuple[str, int, Any], buffers: B
                 band = (min(rows, view[0] - r0), *view[1:])
                 src = _typed(scratch.get("read", band[0] * inner * sdt.itemsize), sdt, band)
                 _read_into(fd, path, offset + r0 * inner * sdt.itemsize, src.reshape(-1).view(np.uint8))
-                if cast:
-                    src = cast_into(src, _typed(scratch.get("cast", src.size * ddt.itemsize), ddt, band))
                 out = buffers.out(src.size * ddt.itemsize)
+                start = time.perf_counter()
                 if perm == tuple(range(len(perm))):
-                    np.copyto(_typed(out, ddt, band), src)
+                    cast_into(src, _typed(out, ddt, band))
                 else:
+                    if cast:
+                        src = cast_into(src, _typed(scratch.get("cast", src.size * ddt.itemsize), ddt, band))
                     permute(src, perm, _typed(out, ddt, tuple(band[p] for p in perm)))
+                add_stage("transform", time.perf_counter() - start)
                 yield Pooled(pool, out, src.size * ddt.itemsize)
             return
         if len(view) != 2 or perm != (1, 0):  # pragma: no cover - every Layout we build is one of the two
@@ -324,10 +346,12 @@ def _stream(ref: TensorRef, dtype: str, source: tuple[str, int, Any], buffers: B
         if rows * cols * width <= chunk:  # the whole matrix in one kernel call
             src = _typed(scratch.get("read", rows * cols * sdt.itemsize), sdt, view)
             _read_into(fd, path, offset, src.reshape(-1).view(np.uint8))
+            out = buffers.out(src.size * ddt.itemsize)
+            start = time.perf_counter()
             if cast:
                 src = cast_into(src, _typed(scratch.get("cast", src.size * ddt.itemsize), ddt, view))
-            out = buffers.out(src.size * ddt.itemsize)
             transpose2d(src, _typed(out, ddt, (cols, rows)))
+            add_stage("transform", time.perf_counter() - start)
             yield Pooled(pool, out, src.size * ddt.itemsize)
             return
         out_rows = max(1, chunk // (rows * width))  # output rows (source columns) per band
@@ -340,10 +364,12 @@ def _stream(ref: TensorRef, dtype: str, source: tuple[str, int, Any], buffers: B
                 r1 = min(rows, r0 + in_rows)
                 src = _typed(scratch.get("read", (r1 - r0) * cols * sdt.itemsize), sdt, (r1 - r0, cols))
                 _read_into(fd, path, offset + r0 * cols * sdt.itemsize, src.reshape(-1).view(np.uint8))
+                start = time.perf_counter()
                 block = _typed(scratch.get("block", (r1 - r0) * (c1 - c0) * ddt.itemsize), ddt, (r1 - r0, c1 - c0))
                 cast_into(src[:, c0:c1], block)  # the band's columns, contiguous (and cast)
                 flipped = transpose2d(block, _typed(scratch.get("flip", block.nbytes), ddt, (c1 - c0, r1 - r0)))
                 band[:, r0:r1] = flipped
+                add_stage("transform", time.perf_counter() - start)
             yield Pooled(pool, out, band.nbytes)
     finally:
         os.close(fd)
@@ -360,6 +386,7 @@ def write_pieces(f: BinaryIO, pieces: Iterable[Piece], progress: Progress | None
     in 1.1 s, against 2-6 s through read() and write(). A `Pooled` buffer goes back to its pool once written."""
     total = 0
     for piece in pieces:
+        start = time.perf_counter()
         if isinstance(piece, Span):
             n = _copy_span(f, piece, progress)
         elif isinstance(piece, Pooled):
@@ -375,6 +402,7 @@ def write_pieces(f: BinaryIO, pieces: Iterable[Piece], progress: Progress | None
             n = len(piece) if isinstance(piece, bytes) else piece.nbytes
             if progress is not None:
                 progress(n)
+        add_stage("write", time.perf_counter() - start)
         total += n
     return total
 
@@ -652,6 +680,8 @@ def convert(source: Checkpoint | str, dest: str, to: str, options: WriteOptions 
         raise InputError(None, f"unknown target format {to!r}; choose from {', '.join(TARGETS)}")
     if options.dtype not in DTYPES:
         raise InputError(None, f"unknown dtype {options.dtype!r}; choose from {', '.join(DTYPES)}")
+    if options.hash not in HASH_NAMES:
+        raise InputError(None, f"unknown hash {options.hash!r}; choose from {', '.join(HASH_NAMES)}")
     ckpt = load(source) if isinstance(source, str) else source
     if ckpt.is_card:
         raise InputError(ckpt.source, "a built-in card has no tensors to convert")
@@ -674,13 +704,14 @@ def convert(source: Checkpoint | str, dest: str, to: str, options: WriteOptions 
             progress(n)
 
     _reuse_freed_memory()
+    _stage_times.update(dict.fromkeys(STAGES, 0.0))
     tmp = _temporary_sibling(dest)
     target = os.path.join(tmp, os.path.basename(dest))
     manifest_file = None
     interrupt = _InterruptToException()
     try:
         with interrupt:
-            follower = Follower(target) if options.manifest else None
+            follower = Follower(target, options.hash) if options.manifest else None
             options.final = follower.final if follower is not None else None
             try:
                 writer.write(ckpt, target, options, counted)
@@ -689,7 +720,7 @@ def convert(source: Checkpoint | str, dest: str, to: str, options: WriteOptions 
                     follower.finish(ok=False)
                 raise
             if follower is not None:
-                manifest_file = _write_manifest(target, to, ckpt.source, follower.finish())
+                manifest_file = _write_manifest(target, to, ckpt.source, follower.finish(), options.hash)
             sibling = dest + SIBLING_SUFFIX
             if os.path.lexists(sibling) and options.force:  # the manifest of the output being replaced
                 _remove(sibling)
@@ -716,20 +747,22 @@ def convert(source: Checkpoint | str, dest: str, to: str, options: WriteOptions 
     manifest = None
     if manifest_file is not None:
         manifest = manifest_path(dest)
-        notes.append(f"manifest: {manifest} (every file's size and SHA-256, every tensor); check the output "
-                     f"against it with `gemma-inspect diff {dest} --manifest`")
+        notes.append(f"manifest: {manifest} (every file's size and {HASH_NAMES[options.hash]}, every tensor); "
+                     f"check the output against it with `gemma-inspect diff {dest} --manifest`")
     return {"source": ckpt.source, "dest": dest, "format": to, "dtype": options.dtype,
             "tensors": len(ckpt.tensors), "bytes_written": written[0], "notes": notes,
-            "source_format": ckpt.format, "source_notes": list(ckpt.notes), "manifest": manifest}
+            "source_format": ckpt.format, "source_notes": list(ckpt.notes), "manifest": manifest,
+            "stages": {k: round(_stage_times.get(k, 0.0), 3) for k in STAGES}}
 
 
-def _write_manifest(target: str, to: str, source: str, streamed: dict[str, tuple[int, str]]) -> str:
+def _write_manifest(target: str, to: str, source: str, streamed: dict[str, tuple[int, str]],
+                    algorithm: str) -> str:
     """Write the manifest of the finished output `target` (inside a directory output, or beside a single
     file, both still in the temporary sibling); returns its path."""
     from .manifest import build
 
     path = manifest_path(target)
-    obj = build(target, to, source, streamed)
+    obj = build(target, to, source, streamed, algorithm)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=1)
         f.write("\n")
