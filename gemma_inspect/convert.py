@@ -30,7 +30,7 @@ from .manifest import SIBLING_SUFFIX, Follower, manifest_path
 
 DTYPES = ("keep", "float32", "bfloat16", "float16", "q8_0")
 FLOAT_ONLY = {"hf": "HF", "keras": "Keras", "gemma-pytorch": "gemma_pytorch"}  # formats that store no quantization
-CHUNK_BYTES = 64 * 1024 * 1024  # the bands tensors are streamed in (one FFN kernel of Gemma 2B in bf16)
+CHUNK_BYTES = 32 * 1024 * 1024  # the bands tensors are streamed in, and the size of each reused buffer
 
 Progress = Callable[[int], None]  # called with the number of bytes just written
 HASH_NAMES = {"blake3": "BLAKE3", "sha256": "SHA-256"}
@@ -354,23 +354,26 @@ def _stream(ref: TensorRef, dtype: str, source: tuple[str, int, Any], buffers: B
             add_stage("transform", time.perf_counter() - start)
             yield Pooled(pool, out, src.size * ddt.itemsize)
             return
-        out_rows = max(1, chunk // (rows * width))  # output rows (source columns) per band
-        in_rows = max(1, chunk // (cols * width))  # source rows read at a time
+        # Bands of output rows: the band's source columns are gathered (and cast) from the source read a block of
+        # rows at a time, then transposed into the pool buffer in one kernel call. The source is read once per
+        # band (from the page cache); memory is the band, a block of a quarter chunk, and the pool.
+        out_rows = max(1, chunk // (rows * width))
+        in_rows = max(1, (chunk // 4) // (cols * sdt.itemsize))
         for c0 in range(0, cols, out_rows):
             c1 = min(cols, c0 + out_rows)
-            out = buffers.out((c1 - c0) * rows * ddt.itemsize)
-            band = _typed(out, ddt, (c1 - c0, rows))
+            gathered = _typed(scratch.get("band", rows * (c1 - c0) * ddt.itemsize), ddt, (rows, c1 - c0))
             for r0 in range(0, rows, in_rows):
                 r1 = min(rows, r0 + in_rows)
                 src = _typed(scratch.get("read", (r1 - r0) * cols * sdt.itemsize), sdt, (r1 - r0, cols))
                 _read_into(fd, path, offset + r0 * cols * sdt.itemsize, src.reshape(-1).view(np.uint8))
                 start = time.perf_counter()
-                block = _typed(scratch.get("block", (r1 - r0) * (c1 - c0) * ddt.itemsize), ddt, (r1 - r0, c1 - c0))
-                cast_into(src[:, c0:c1], block)  # the band's columns, contiguous (and cast)
-                flipped = transpose2d(block, _typed(scratch.get("flip", block.nbytes), ddt, (c1 - c0, r1 - r0)))
-                band[:, r0:r1] = flipped
+                cast_into(src[:, c0:c1], gathered[r0:r1])
                 add_stage("transform", time.perf_counter() - start)
-            yield Pooled(pool, out, band.nbytes)
+            out = buffers.out(gathered.nbytes)
+            start = time.perf_counter()
+            transpose2d(gathered, _typed(out, ddt, (c1 - c0, rows)))
+            add_stage("transform", time.perf_counter() - start)
+            yield Pooled(pool, out, gathered.nbytes)
     finally:
         os.close(fd)
 
