@@ -442,7 +442,7 @@ def _copy_span(f: BinaryIO, span: Span, progress: Progress | None) -> int:
 
 
 def prefetched(jobs: Iterable[tuple[str, TensorRef, str, Any]], depth: int = 2,
-               chunk: int = CHUNK_BYTES) -> Iterator[tuple[str, Iterable[Piece]]]:
+               chunk: int | None = None) -> Iterator[tuple[str, Iterable[Piece]]]:
     """(name, pieces) for each (name, ref, dtype, layout) job, in order, the pieces made by a background thread
     while the caller writes the previous ones: reading, casting and re-laying-out overlap writing.
 
@@ -453,7 +453,7 @@ def prefetched(jobs: Iterable[tuple[str, TensorRef, str, Any]], depth: int = 2,
     import threading
 
     stop = threading.Event()
-    buffers = Buffers(chunk, depth, stop)
+    buffers = Buffers(chunk or CHUNK_BYTES, depth, stop)
     q: queue.Queue = queue.Queue(maxsize=depth)
     end, done = object(), object()
 
