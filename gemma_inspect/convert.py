@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -39,10 +40,10 @@ Progress = Callable[[int], None]  # called with the number of bytes just written
 HASH_NAMES = {"blake3": "BLAKE3", "sha256": "SHA-256"}
 
 # Seconds spent in each stage of the conversion in progress, summed over the threads that do it (read and
-# transform: the producer thread; write: the writer, kernel copies included; hash: the manifest's). The stages
-# overlap in time, so they do not add up to the wall time; convert() reports them so a slow machine explains
-# itself (benchmarks/convert.py prints them).
-STAGES = ("read", "transform", "write", "hash")
+# transform: the producer thread; write: the writer, kernel copies included; hash: the manifest's; import: torch,
+# imported by the producer on the first re-layout). The stages overlap in time, so they do not add up to the wall
+# time; convert() reports them so a slow machine explains itself (benchmarks/convert.py prints them).
+STAGES = ("read", "transform", "write", "hash", "import")
 _stage_times: dict[str, float] = dict.fromkeys(STAGES, 0.0)
 
 
@@ -314,6 +315,11 @@ def _stream(ref: TensorRef, dtype: str, source: tuple[str, int, Any], buffers: B
     from .formats.safetensors_io import numpy_dtype
 
     path, offset, layout = source
+    if layout is not None and "torch" not in sys.modules:
+        start = time.perf_counter()
+        import torch  # noqa: F401 - the layout kernels' library, imported once
+
+        add_stage("import", time.perf_counter() - start)
     sdt, ddt = numpy_dtype(ref.dtype), numpy_dtype(dtype)
     width = max(sdt.itemsize, ddt.itemsize)
     cast = sdt != ddt
