@@ -1,7 +1,7 @@
 """Benchmark plumbing: run a contender as its own process and record its wall time and peak RSS.
 
 As a script: `python benchmarks/_measure.py -- CMD ARGS...` runs CMD as its only child and prints
-{"rc", "seconds", "peak_rss_bytes", "stderr_tail"} as JSON on the last line (RUSAGE_CHILDREN with a
+{"rc", "seconds", "peak_rss_bytes", "stderr_tail", "stdout_tail"} as JSON on the last line (RUSAGE_CHILDREN with a
 single child is exactly that child's peak). As a module: `Runner` collects such results for a table.
 """
 
@@ -19,11 +19,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def _child(argv: list[str]) -> int:
     start = time.perf_counter()
-    proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - start
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # Linux: kilobytes
     print(json.dumps({"rc": proc.returncode, "seconds": wall, "peak_rss_bytes": peak_kb * 1024,
-                      "stderr_tail": proc.stderr[-2000:] if proc.returncode else ""}))
+                      "stderr_tail": proc.stderr[-2000:] if proc.returncode else "",
+                      "stdout_tail": proc.stdout[-100_000:]}))
     return 0
 
 
@@ -67,6 +68,11 @@ class Runner:
         os.sync()
         res = measure(cmd, self.env)
         res["label"] = label
+        try:  # a contender that prints a JSON report (`convert --json`): its per-stage seconds
+            res["stages"] = json.loads(res.get("stdout_tail") or "null").get("stages")
+        except (ValueError, AttributeError):
+            res["stages"] = None
+        res.pop("stdout_tail", None)
         res["output_bytes"] = du(output) if output and os.path.exists(output) else None
         if output and os.path.exists(output) and not keep:
             import shutil

@@ -1,7 +1,10 @@
 """Benchmark: Keras <-> HF conversion of a Gemma-2B-shaped, 6-layer, 1.18 B parameter bfloat16 checkpoint.
 
-Prints, in one run, wall time and peak RSS of:
-  - gemma-inspect convert Keras -> HF, and HF -> Keras;
+Prints the machine first (CPU model, cores, the flags that matter: sha_ni, avx2, avx512*; the transpose and
+hash candidates of benchmarks/kernels.py measured here), then, in one run, wall time and peak RSS of:
+  - gemma-inspect convert Keras -> HF, and HF -> Keras (default: BLAKE3 manifest; also --hash sha256 and
+    --no-manifest), with each stage's seconds (read, transform, write, hash; summed over the threads that
+    overlap them, so they do not add up to the wall time);
   - keras-hub's own path: Backbone.from_preset(keras) + export_to_transformers;
   - keras-hub's own path: Backbone.from_preset(hf_dir) + save_to_preset;
   - a plain copy of the weights file (the floor: reading and writing the same bytes).
@@ -27,6 +30,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import numpy as np  # noqa: E402
 
 from _measure import Runner, warm  # noqa: E402
+from kernels import cpu_info, describe_cpu, hashes, transposes  # noqa: E402
 from gemma_inspect.spec import card  # noqa: E402
 from gemma_inspect.tiny import weight_std  # noqa: E402
 
@@ -84,9 +88,18 @@ def main() -> int:
     ap.add_argument("--workdir", default="bench-data")
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--skip-keras-hub", action="store_true", help="only our converter and the copy")
+    ap.add_argument("--skip-kernels", action="store_true", help="do not time the transpose and hash candidates")
     ap.add_argument("--json", dest="json_out", help="also write the results to this JSON file")
     args = ap.parse_args()
 
+    cpu = cpu_info()
+    print(f"CPU: {describe_cpu(cpu)}; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
+    kernel_rows: dict = {}
+    if not args.skip_kernels:
+        tr, hs = transposes(), hashes()
+        kernel_rows = {"transpose_seconds": dict(tr), "hash_mb_per_s": dict(hs)}
+        print("  transpose [2048, 16384] bf16: " + "; ".join(f"{n} {t * 1000:.0f} ms" for n, t in tr[:4]))
+        print("  hash: " + "; ".join(f"{n} {r:.0f} MB/s" for n, r in hs), flush=True)
     spec = bench_spec(args.layers)
     os.makedirs(args.workdir, exist_ok=True)
     hf_src = os.path.join(args.workdir, f"gemma2b-{args.layers}l-hf")
@@ -115,15 +128,16 @@ def main() -> int:
     copy = run("cp model.weights.h5 (baseline: same bytes)",
                ["cp", os.path.join(keras_src, "model.weights.h5"), os.path.join(out, "copy.h5")],
                os.path.join(out, "copy.h5"))
-    k2h = run("gemma-inspect convert Keras -> HF", [*cli, "convert", keras_src, os.path.join(out, "ours-hf"),
-                                                    "--to", "hf"], os.path.join(out, "ours-hf"))
-    h2k = run("gemma-inspect convert HF -> Keras", [*cli, "convert", hf_src, os.path.join(out, "ours-keras"),
-                                                    "--to", "keras"], os.path.join(out, "ours-keras"))
-    # The manifest hashes every output byte (SHA-256); without SHA-256 CPU instructions that dominates.
-    k2h_nm = run("  the same, --no-manifest", [*cli, "convert", keras_src, os.path.join(out, "ours-hf-nm"),
-                                               "--to", "hf", "--no-manifest"], os.path.join(out, "ours-hf-nm"))
-    h2k_nm = run("  the same, --no-manifest", [*cli, "convert", hf_src, os.path.join(out, "ours-keras-nm"),
-                                               "--to", "keras", "--no-manifest"], os.path.join(out, "ours-keras-nm"))
+    def ours(label: str, src: str, name: str, to: str, *extra: str) -> dict:
+        dest = os.path.join(out, name)
+        return run(label, [*cli, "convert", src, dest, "--to", to, "--json", *extra], dest)
+
+    k2h = ours("gemma-inspect convert Keras -> HF", keras_src, "ours-hf", "hf")
+    k2h_sha = ours("  the same, --hash sha256", keras_src, "ours-hf-sha", "hf", "--hash", "sha256")
+    k2h_nm = ours("  the same, --no-manifest", keras_src, "ours-hf-nm", "hf", "--no-manifest")
+    h2k = ours("gemma-inspect convert HF -> Keras", hf_src, "ours-keras", "keras")
+    h2k_sha = ours("  the same, --hash sha256", hf_src, "ours-keras-sha", "keras", "--hash", "sha256")
+    h2k_nm = ours("  the same, --no-manifest", hf_src, "ours-keras-nm", "keras", "--no-manifest")
     kh_k2h = kh_h2k = None
     if not args.skip_keras_hub:
         kh_k2h = run("keras-hub from_preset + export_to_transformers",
@@ -136,9 +150,11 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"Keras <-> HF conversion, measured {datetime.date.today()} on {platform.machine()}, "
+    t = Table(title=f"Keras <-> HF conversion, measured {datetime.date.today()} on {cpu['model']}, "
                     f"{os.cpu_count()} cores, Python {platform.python_version()}")
-    for col in ("path", "wall s", "peak RSS", "output", "vs keras-hub", "vs cp"):
+    stage_names = ("read", "transform", "write", "hash", "import")
+    for col in ("path", "wall s", "peak RSS", "output", "vs keras-hub", "vs cp",
+                "read / transform / write / hash / import torch s"):
         t.add_column(col, justify="left" if col == "path" else "right")
 
     def ratio(a: dict | None, b: dict | None) -> str:
@@ -146,18 +162,22 @@ def main() -> int:
             return "-"
         return f"{b['seconds'] / a['seconds']:.1f}x faster"
 
-    for r, base in ((k2h, kh_k2h), (k2h_nm, kh_k2h), (h2k, kh_h2k), (h2k_nm, kh_h2k), (kh_k2h, None),
-                    (kh_h2k, None), (copy, None)):
+    for r, base in ((k2h, kh_k2h), (k2h_sha, kh_k2h), (k2h_nm, kh_k2h), (h2k, kh_h2k), (h2k_sha, kh_h2k),
+                    (h2k_nm, kh_h2k), (kh_k2h, None), (kh_h2k, None), (copy, None)):
         if r is None:
             continue
         vs_cp = f"{r['seconds'] / copy['seconds']:.1f}x cp" if r is not copy and not r["rc"] else ""
+        st = r.get("stages")
+        stages = " / ".join(f"{st.get(k, 0):.2f}" for k in stage_names) if st else ""
         t.add_row(r["label"], f"{r['seconds']:.2f}" if not r["rc"] else "failed",
                   f"{r['peak_rss_bytes'] / 1e9:.2f} GB",
-                  f"{r['output_bytes'] / 1e9:.2f} GB" if r["output_bytes"] else "-", ratio(r, base), vs_cp)
-    Console().print(t)
+                  f"{r['output_bytes'] / 1e9:.2f} GB" if r["output_bytes"] else "-", ratio(r, base), vs_cp, stages)
+    Console(width=160).print(t)
+    print(f"load average after the run: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump({"date": str(datetime.date.today()), "machine": platform.machine(), "cores": os.cpu_count(),
+                       "cpu": cpu, "kernels": kernel_rows, "load_average": os.getloadavg(),
                        "parameters": spec.num_parameters, "weights_bytes": size, "results": runner.rows}, f, indent=2)
     shutil.rmtree(out, ignore_errors=True)
     return 0

@@ -138,6 +138,8 @@ class TensorRef:
     yields the raw bytes in pieces so that large tensors can be copied without holding them.
     `span` = (file, offset, nbytes) says where those raw bytes lie, so that a writer can have the kernel
     copy them (copy_file_range) without them passing through Python at all; it implies `chunks`.
+    `stored` = (file, offset, nbytes, arrays.Layout): where the bytes of a tensor stored in another layout lie,
+    and the re-layout to the canonical one, so that a converter can stream it band by band.
     """
 
     name: str
@@ -148,6 +150,7 @@ class TensorRef:
     origin: str = ""  # "file:key" where it lives, for messages
     chunks: Callable[[int], Iterator[bytes]] | None = None
     span: tuple[str, int, int] | None = None
+    stored: tuple[str, int, int, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.chunks is None and self.span is not None:

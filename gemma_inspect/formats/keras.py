@@ -15,11 +15,11 @@ import os
 import re
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from ..arrays import transpose2d, transpose_last2
+from ..arrays import Layout
 from ..checkpoint import (FLOAT_DTYPES, Checkpoint, TensorRef, canonical_name, check_against_spec, expected_tensors,
                           parse_canonical)
 from ..errors import InputError, SpecError, UnsupportedError
@@ -38,27 +38,30 @@ REGISTRIES = ("keras_hub", "keras_nlp")
 #   query/key/value (N, d, D) -> [N*D, d]     output (H, D, d) -> [d, H*D]     dense (in, out) -> [out, in]
 
 
-def _heads_in(a: np.ndarray) -> np.ndarray:
-    n, d, hd = a.shape
-    return transpose_last2(a).reshape(n * hd, d)
+def stored_layout(layout: str, stored: tuple[int, ...]) -> Layout | None:
+    """The re-layout from a Keras variable of shape `stored` to the canonical layout (None: the same bytes)."""
+    if layout == "heads_in":  # (N, d, D) -> [N*D, d]
+        n, d, hd = stored
+        return Layout((n, d, hd), (0, 2, 1), (n * hd, d))
+    if layout == "heads_out":  # (H, D, d) -> (d, H, D): the transpose of the same bytes seen as (H*D, d)
+        h, hd, d = stored
+        return Layout((h * hd, d), (1, 0), (d, h * hd))
+    if layout == "T":
+        return Layout(tuple(stored), (1, 0), tuple(reversed(stored)))
+    return None
 
 
-def _heads_in_inv(a: np.ndarray, spec: GemmaSpec, heads: int) -> np.ndarray:
-    return transpose_last2(a.reshape(heads, spec.head_dim, -1))
-
-
-def _heads_out(a: np.ndarray) -> np.ndarray:
-    # (H, D, d) -> (d, H, D) is the transpose of the same bytes seen as (H*D, d).
-    h, hd, d = a.shape
-    return transpose2d(a.reshape(h * hd, d))
-
-
-def _heads_out_inv(a: np.ndarray, spec: GemmaSpec, heads: int) -> np.ndarray:
-    return transpose2d(a).reshape(heads, spec.head_dim, a.shape[0])
-
-
-def _t(a: np.ndarray) -> np.ndarray:
-    return transpose2d(a)
+def write_layout(spec: GemmaSpec, role: str, canonical: tuple[int, ...]) -> Layout | None:
+    """The re-layout from the canonical layout to the Keras variable of `role` (None: the same bytes)."""
+    layout = VAR_BY_ROLE[role].layout
+    if layout == "heads_in":  # [N*D, d] -> (N, d, D)
+        heads = spec.num_attention_heads if role == "q" else spec.num_key_value_heads
+        return Layout((heads, spec.head_dim, canonical[1]), (0, 2, 1), (heads, canonical[1], spec.head_dim))
+    if layout == "heads_out":  # [d, H*D] -> (H, D, d)
+        return Layout(tuple(canonical), (1, 0), (spec.num_attention_heads, spec.head_dim, canonical[0]))
+    if layout == "T":
+        return Layout(tuple(canonical), (1, 0), tuple(reversed(canonical)))
+    return None
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,6 @@ BLOCK_VARS = (
 )
 VAR_BY_ROLE = {v.role: v for v in TOP_VARS + BLOCK_VARS}
 _BY_PATH = {v.path: v for v in BLOCK_VARS}
-TO_CANONICAL: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "same": lambda a: a, "heads_in": _heads_in, "heads_out": _heads_out, "T": _t}
 
 
 def block_group(spec: GemmaSpec, index: int) -> str:
@@ -117,14 +118,8 @@ def keras_shape(spec: GemmaSpec, role: str, canonical: tuple[int, ...]) -> tuple
 
 def from_canonical_array(spec: GemmaSpec, role: str, arr: np.ndarray) -> np.ndarray:
     """Canonical layout -> Keras layout (the writer's direction)."""
-    layout = VAR_BY_ROLE[role].layout
-    if layout == "heads_in":
-        return _heads_in_inv(arr, spec, spec.num_attention_heads if role == "q" else spec.num_key_value_heads)
-    if layout == "heads_out":
-        return _heads_out_inv(arr, spec, spec.num_attention_heads)
-    if layout == "T":
-        return _t(arr)
-    return arr
+    layout = write_layout(spec, role, tuple(arr.shape))
+    return arr if layout is None else layout.apply(arr)
 
 
 def looks_like_keras_config(cfg: dict[str, Any]) -> bool:
@@ -559,26 +554,26 @@ def _ref(canonical: str, var: H5Var) -> TensorRef:
     parsed = parse_canonical(canonical)
     role = parsed[0] if parsed else "embed"
     layout = VAR_BY_ROLE[role].layout
-    transform = TO_CANONICAL[layout]
     stored = var.shape
-    if layout == "heads_in":
-        if len(stored) != 3:
-            raise InputError(var.file, f"{var.path} has shape {list(stored)}, expected (heads, hidden, head_dim)")
-        shape = (stored[0] * stored[2], stored[1])
-    elif layout == "heads_out":
-        if len(stored) != 3:
-            raise InputError(var.file, f"{var.path} has shape {list(stored)}, expected (heads, head_dim, hidden)")
-        shape = (stored[2], stored[0] * stored[1])
-    elif layout == "T":
-        if len(stored) != 2:
-            raise InputError(var.file, f"{var.path} has shape {list(stored)}, expected a matrix")
-        shape = (stored[1], stored[0])
-    else:
-        shape = stored
-    span = (var.file, var.offset, var.nbytes) if layout == "same" and var.offset is not None else None
+    if layout == "heads_in" and len(stored) != 3:
+        raise InputError(var.file, f"{var.path} has shape {list(stored)}, expected (heads, hidden, head_dim)")
+    if layout == "heads_out" and len(stored) != 3:
+        raise InputError(var.file, f"{var.path} has shape {list(stored)}, expected (heads, head_dim, hidden)")
+    if layout == "T" and len(stored) != 2:
+        raise InputError(var.file, f"{var.path} has shape {list(stored)}, expected a matrix")
+    relayout = stored_layout(layout, stored)
+    shape = relayout.shape if relayout is not None else stored
+    span = (var.file, var.offset, var.nbytes) if relayout is None and var.offset is not None else None
+    # A re-laid-out variable whose bytes lie contiguous in the file: the converter streams it band by band
+    # from there (convert.tensor_pieces) rather than loading it whole.
+    raw = (var.file, var.offset, var.nbytes, relayout) if relayout is not None and var.offset is not None else None
+
+    def load() -> np.ndarray:
+        arr = _read_var(var, mapped=relayout is not None)
+        return arr if relayout is None else relayout.apply(arr)
+
     return TensorRef(name=canonical, shape=shape, dtype=var.dtype, nbytes=var.nbytes,
-                     origin=f"{var.file}:{var.path}",
-                     loader=lambda: transform(_read_var(var, mapped=layout != "same")), span=span)
+                     origin=f"{var.file}:{var.path}", loader=load, span=span, stored=raw)
 
 
 # ----------------------------------------------------------------------------- spec -> config (writing)
@@ -736,9 +731,7 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
         jobs = []
         for n in shard:
             role = by_name[n][4]
-            transform = (None if VAR_BY_ROLE[role].layout == "same"
-                         else (lambda a, role=role: from_canonical_array(spec, role, a)))
-            jobs.append((n, ckpt.tensors[n], by_name[n][3], transform))
+            jobs.append((n, ckpt.tensors[n], by_name[n][3], write_layout(spec, role, ckpt.tensors[n].shape)))
         with open(file, "r+b") as f:
             for n, pieces in prefetched(jobs):
                 path = by_name[n][1]

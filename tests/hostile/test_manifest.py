@@ -1,5 +1,6 @@
-"""Verifiable outputs: `convert` writes a manifest (every file's size and SHA-256, every tensor's canonical name,
-shape and dtype as the output reads back) and `diff DEST --manifest` checks an output against it."""
+"""Verifiable outputs: `convert` writes a manifest (every file's size and BLAKE3 - or SHA-256 on request -, every
+tensor's canonical name, shape and dtype as the output reads back) and `diff DEST --manifest` checks an output against
+it, whichever algorithm the manifest records (version 1 manifests, SHA-256 only, included)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import hashlib
 import json
 import os
 
+import blake3
 import pytest
 from click.testing import CliRunner
 
@@ -38,14 +40,19 @@ def _sha256(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
+def _blake3(path: str) -> str:
+    with open(path, "rb") as f:
+        return blake3.blake3(f.read()).hexdigest()
+
+
 @pytest.mark.parametrize("to", TARGETS)
 def test_convert_writes_a_manifest_of_every_file_and_tensor(outputs, to):
     dest = outputs[to]
     path = _manifest_of(dest)
     with open(path) as f:
         m = json.load(f)
-    assert set(m) == {"kind", "version", "created_by", "format", "source", "files", "tensors"}
-    assert (m["kind"], m["version"], m["format"]) == ("gemma-inspect manifest", 1, to)
+    assert set(m) == {"kind", "version", "created_by", "format", "source", "hash", "files", "tensors"}
+    assert (m["kind"], m["version"], m["format"], m["hash"]) == ("gemma-inspect manifest", 2, to, "blake3")
     if os.path.isdir(dest):
         on_disk = sorted(os.path.relpath(os.path.join(d, f), dest) for d, _, fs in os.walk(dest) for f in fs)
         assert [f["name"] for f in m["files"]] == [n for n in on_disk if n != MANIFEST_NAME]
@@ -55,7 +62,8 @@ def test_convert_writes_a_manifest_of_every_file_and_tensor(outputs, to):
         root = os.path.dirname(dest)
     for f in m["files"]:
         full = os.path.join(root, f["name"])
-        assert (f["size"], f["sha256"]) == (os.path.getsize(full), _sha256(full))
+        assert set(f) == {"name", "size", "blake3"}
+        assert (f["size"], f["blake3"]) == (os.path.getsize(full), _blake3(full))
     read = load(dest)  # the manifest does not confuse format detection
     assert m["tensors"] == [{"name": r.name, "shape": list(r.shape), "dtype": r.dtype} for r in read.tensors.values()]
     assert len(m["tensors"]) == 46
@@ -71,7 +79,10 @@ def test_diff_manifest_passes_on_the_output(outputs, to):
     r2 = run("diff", dest, _manifest_of(dest), "--json")  # the manifest as B, detected by its content
     assert r2.exit_code == 0
     result = json.loads(r2.stdout)
-    assert set(result) == {"identical", "a", "manifest", "counts", "files", "tensors", "error"}
+    assert set(result) == {"identical", "a", "manifest", "hash", "counts", "files", "tensors", "error"}
+    assert result["hash"] == "blake3"
+    assert [(f["digest"], f["expected_digest"]) for f in result["files"]] == [
+        (f["blake3"], f["blake3"]) for f in json.load(open(_manifest_of(dest)))["files"]]
     assert result["identical"] and result["counts"] == {"equal": n, "different": 0, "missing_a": 0, "missing_b": 0}
     assert {t["status"] for t in result["tensors"]} == {"equal"}
 
@@ -148,3 +159,89 @@ def test_library_can_skip_the_manifest_and_the_cli_needs_b_or_manifest(tiny_mode
     assert r.exit_code == 2 and "diff needs A and B, or A and --manifest" in r.output
     r = run("diff", str(tmp_path / "x.gguf"), str(tmp_path / "x.gguf"), "--manifest")
     assert r.exit_code == 2 and "give B or --manifest, not both" in r.output
+
+
+def _flip_last_weight_bit(path: str) -> None:
+    with open(path, "r+b") as f:  # one bit of one weight, same size
+        f.seek(os.path.getsize(path) - 3)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 1]))
+
+
+@pytest.mark.parametrize("to", ["hf", "gguf"])
+def test_sha256_on_request_is_what_sha256sum_says_and_is_checked(tiny_models, tmp_path, to):
+    dest = str(tmp_path / ("out" + TARGETS[to]))
+    report = convert(tiny_models.get("gemma2", "keras"), dest, to, WriteOptions(hash="sha256"))
+    assert any("every file's size and SHA-256" in n for n in report["notes"])
+    with open(_manifest_of(dest)) as f:
+        m = json.load(f)
+    assert (m["version"], m["hash"]) == (2, "sha256")
+    root = dest if os.path.isdir(dest) else os.path.dirname(dest)
+    for f in m["files"]:
+        assert set(f) == {"name", "size", "sha256"}
+        assert f["sha256"] == _sha256(os.path.join(root, f["name"]))
+    result = check(dest)
+    assert result["identical"] and result["hash"] == "sha256"
+    weights = os.path.join(dest, "model.safetensors") if os.path.isdir(dest) else dest
+    _flip_last_weight_bit(weights)
+    result = check(dest)
+    row = next(r for r in result["files"] if r["name"] == os.path.basename(weights))
+    assert (result["identical"], row["status"]) == (False, "different")
+    assert (row["digest"], row["expected_digest"]) == (_sha256(weights), next(
+        f["sha256"] for f in m["files"] if f["name"] == row["name"]))
+
+
+def test_cli_hash_option(tiny_models, tmp_path):
+    dest = str(tmp_path / "cli-hf")
+    r = run("convert", tiny_models.get("gemma2", "keras"), dest, "--to", "hf", "--hash", "sha256", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.load(open(_manifest_of(dest)))["hash"] == "sha256"
+    r = run("convert", tiny_models.get("gemma2", "keras"), str(tmp_path / "x"), "--to", "hf", "--hash", "md5")
+    assert r.exit_code == 2 and "'md5' is not one of 'blake3', 'sha256'" in r.output
+    with pytest.raises(Exception, match="unknown hash 'md5'; choose from blake3, sha256"):
+        convert(tiny_models.get("gemma2", "keras"), str(tmp_path / "y"), "hf", WriteOptions(hash="md5"))
+    assert not os.path.exists(tmp_path / "y")
+
+
+def test_version_1_manifests_are_still_checked(tiny_models, tmp_path):
+    """A manifest written before BLAKE3 became the default (version 1: a "sha256" per file, no "hash")."""
+    dest = str(tmp_path / "old-hf")
+    convert(tiny_models.get("gemma2", "keras"), dest, "hf", WriteOptions(manifest=False))
+    names = sorted(os.listdir(dest))
+    old = {"kind": "gemma-inspect manifest", "version": 1, "created_by": "gemma-inspect 0.1.0", "format": "hf",
+           "source": "somewhere",
+           "files": [{"name": n, "size": os.path.getsize(os.path.join(dest, n)), "sha256": _sha256(os.path.join(dest, n))}
+                     for n in names],
+           "tensors": [{"name": r.name, "shape": list(r.shape), "dtype": r.dtype}
+                       for r in load(dest).tensors.values()]}
+    with open(os.path.join(dest, MANIFEST_NAME), "w") as f:
+        json.dump(old, f)
+    result = check(dest)
+    assert result["identical"] and result["hash"] == "sha256"
+    assert result["counts"] == {"equal": len(names), "different": 0, "missing_a": 0, "missing_b": 0}
+    r = run("diff", dest, "--manifest")
+    assert r.exit_code == 0 and r.stdout.splitlines()[-1] == f"files: {len(names)} equal; tensors: 46: matches its manifest"
+    _flip_last_weight_bit(os.path.join(dest, "model.safetensors"))
+    r = run("diff", dest, "--manifest")
+    assert r.exit_code == 1 and r.stdout.splitlines()[-1] == (
+        f"files: {len(names) - 1} equal, 1 different; tensors: 46: does not match")
+
+
+def test_manifests_that_lie_about_their_hash_are_input_errors(outputs, tmp_path):
+    dest = outputs["hf"]
+    with open(_manifest_of(dest)) as f:
+        m = json.load(f)
+    cases = {
+        "unknown hash": ({**m, "hash": "md5"}, "manifest hash 'md5' is not one of blake3, sha256"),
+        "digest of another algorithm": ({**m, "hash": "sha256"}, "manifest 'files' must list objects with a name, "
+                                                                 "a size and a sha256"),
+        "version 3": ({**m, "version": 3}, "manifest version 3 is not one of 1, 2"),
+        "version 1 with blake3": ({**m, "version": 1}, "manifest 'files' must list objects with a name, a size and a "
+                                                       "sha256"),
+    }
+    for name, (obj, message) in cases.items():
+        p = tmp_path / f"{name}.json"
+        p.write_text(json.dumps(obj))
+        r = run("diff", dest, "--manifest", str(p))
+        assert (r.exit_code, r.stderr) == (2, f"Error: {p}: {message}\n"), name
