@@ -74,8 +74,8 @@ def without(d: dict, *keys: str) -> dict:
 
 
 def report(r: dict, src: str, dest: str) -> dict:
-    """A convert report with its timing left out and the paths it names replaced by SRC and DEST."""
-    return json.loads(json.dumps(without(r, "seconds")).replace(dest, "DEST").replace(src, "SRC"))
+    """A convert report with its timings left out and the paths it names replaced by SRC and DEST."""
+    return json.loads(json.dumps(without(r, "seconds", "stages")).replace(dest, "DEST").replace(src, "SRC"))
 
 
 def written(dest: str) -> dict:
@@ -85,7 +85,7 @@ def written(dest: str) -> dict:
     manifest = without(json.loads(files.pop("gemma-inspect-manifest.json")), "source")
     if "metadata.json" in files:
         files["metadata.json"] = without(json.loads(files["metadata.json"]), "date_saved")
-        manifest["files"] = [without(f, "sha256") if f["name"] == "metadata.json" else f for f in manifest["files"]]
+        manifest["files"] = [without(f, manifest["hash"]) if f["name"] == "metadata.json" else f for f in manifest["files"]]
     return {**files, "manifest": manifest}
 
 
