@@ -100,7 +100,7 @@ def describe(m: dict[str, Any], compact: bool = False) -> list[tuple[str, str]]:
         "Norm placement": a["norm_placement"],
         "Embedding scale": "none" if a["embedding_scale_exact"] == 1.0
         else f"x{_num(a['embedding_scale'])} (sqrt {a['hidden_size']})",
-        "Tied embeddings": "yes" if a["tied_embeddings"] else "no",
+        "Tied embeddings": "no LM head" if m.get("lm_head") == "none" else "yes" if a["tied_embeddings"] else "no",
         "Sliding window": _sliding(a).replace(" tokens on", ",").replace(" (every layer global)", ""),
         "KV cache / token": format_bytes(m["kv_cache_bytes_per_token"]),
         "Dtype": a["dtype"] if m.get("tensors_read") is False else ", ".join(m["dtypes"]) or a["dtype"],
@@ -148,7 +148,8 @@ def _describe_full(m: dict[str, Any]) -> list[tuple[str, str]]:
         ("Norm placement", placement),
         ("QK-norm", "yes" if a["qk_norm"] else "no"),
         ("Embedding scale", emb),
-        ("Tied embeddings", "yes (logits = h @ E^T)" if a["tied_embeddings"] else "no (separate output matrix)"),
+        ("Tied embeddings", "no LM head: a base model, neither stored nor tied" if m.get("lm_head") == "none"
+         else "yes (logits = h @ E^T)" if a["tied_embeddings"] else "no (separate output matrix)"),
         ("Vocabulary", f"{a['vocab_size']:,}"),
         ("Soft caps", ", ".join(caps) if caps else "none"),
         ("Sliding window", _sliding(a)),

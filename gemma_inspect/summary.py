@@ -38,6 +38,7 @@ def summarize(ckpt: Checkpoint) -> dict[str, Any]:
         "tokenizer": tok,
         "ignored_tensors": len(ckpt.ignored),
         "notes": list(ckpt.notes),
+        "lm_head": ckpt.lm_head,
     }
     if ckpt.quantization:  # GGUF: storage types and bits per weight per tensor group
         out["quantization"] = ckpt.quantization
