@@ -211,7 +211,9 @@ def write_hf_fast_tokenizer(spm_file: str, dest: str, has_mask: bool = True) -> 
     model_bytes = Tokenizer(source=spm_file, spm_path=spm_file).spm_model_bytes()
     proto = _spm_proto(model_bytes)
     vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
-    tok = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab, legacy=True)
+    # a dict builds a BPE model, a list of (piece, score) a Unigram one (spm_train's default model type)
+    model_vocab: Any = [(p.piece, p.score) for p in proto.pieces] if proto.trainer_spec.model_type == 1 else vocab
+    tok = SpmConverter.build_tokenizer_from_spm_proto(proto, model_vocab, legacy=True)
     if tok is None:
         raise InputError(spm_file, "transformers cannot convert this SentencePiece model to a fast tokenizer")
     ts = proto.trainer_spec
@@ -311,7 +313,19 @@ def spm_from_tokenizer_json(tok: Tokenizer) -> bytes | None:
     data = read_json(tok.json_path, "tokenizer.json", MAX_TOKENIZER_BYTES,  # type: ignore[arg-type]
                      MAX_TOKENIZER_JSON_VALUES)
     model = data.get("model") if isinstance(data, dict) else None
-    if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+    unigram: list[tuple[str, float]] | None = None
+    if isinstance(model, dict) and model.get("type") == "Unigram" and isinstance(model.get("vocab"), list):
+        # spm_train's default model type: pieces with their log-probabilities, as SentencePiece keeps them
+        if not all(isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], (int, float))
+                   for v in model["vocab"]) or len(model["vocab"]) > MAX_PIECES:
+            return None
+        unigram = [(v[0], float(v[1])) for v in model["vocab"]]
+        model = {"vocab": {p: i for i, (p, _) in enumerate(unigram)}, "merges": [],
+                 "byte_fallback": model.get("byte_fallback"),
+                 "unk_token": unigram[model["unk_id"]][0] if isinstance(model.get("unk_id"), int)
+                 and 0 <= model["unk_id"] < len(unigram) else "<unk>"}
+    if not isinstance(model, dict) or not (unigram is not None or model.get("type") == "BPE") \
+            or not isinstance(model.get("vocab"), dict):
         return None
     vocab: dict[str, int] = model["vocab"]
     if not vocab or not all(isinstance(i, int) and 0 <= i < MAX_PIECES for i in vocab.values()):
@@ -360,9 +374,11 @@ def spm_from_tokenizer_json(tok: Tokenizer) -> bytes | None:
             types.append(PIECE_USER_DEFINED)
         else:
             types.append(PIECE_NORMAL)
-        scores.append(-float(first_rank[p]) if p in first_rank else 0.0)
+        scores.append(unigram[len(scores)][1] if unigram is not None else
+                      -float(first_rank[p]) if p in first_rank else 0.0)
     try:
         rebuilt = spm_from_pieces(pieces, scores, types,  # type: ignore[arg-type]
+                                  model_type="unigram" if unigram is not None else "bpe",
                                   byte_fallback=bool(model.get("byte_fallback")),
                                   bos_id=vocab.get("<bos>", added.get("<bos>", {}).get("id")),
                                   eos_id=vocab.get("<eos>", added.get("<eos>", {}).get("id")),
