@@ -299,7 +299,8 @@ def write_keras_tokenizer(tok: Tokenizer, dest: str, family: str, dtype: str, ba
 
 
 def spm_from_tokenizer_json(tok: Tokenizer) -> bytes | None:
-    """Rebuild a SentencePiece BPE model from a Gemma tokenizer.json, or None when that is not possible.
+    """Rebuild a SentencePiece model (BPE, or Unigram) from a tokenizer.json, with the normalizer spec it encodes
+    (see _normalizer_settings), or None when that is not possible.
 
     HF's BPE applies merges by rank; SentencePiece's BPE merges the adjacent pair whose result scores
     highest. Scoring each piece by minus the rank of the first merge that produces it gives the same
@@ -356,12 +357,16 @@ def spm_from_tokenizer_json(tok: Tokenizer) -> bytes | None:
         else:
             return None
         first_rank.setdefault(left + right, rank)
-    control = {"<pad>", "<eos>", "<bos>"}
     byte_re = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
     norm = _normalizer_settings(data)
     if norm is None:
         return None
     user_defined: set[str] = norm.pop("user_defined")
+    names = _special_names(tok, data)
+    control = {"<pad>", "<eos>", "<bos>"} | {v for v in names.values() if v}
+    if norm.pop("converter"):
+        # written by transformers' SentencePiece converter: its special added tokens are the model's control pieces
+        control |= {c for c, t in added.items() if t.get("special") and c not in user_defined}
     types, scores = [], []
     for p in pieces:
         if p == (model.get("unk_token") or "<unk>"):
@@ -380,18 +385,39 @@ def spm_from_tokenizer_json(tok: Tokenizer) -> bytes | None:
         rebuilt = spm_from_pieces(pieces, scores, types,  # type: ignore[arg-type]
                                   model_type="unigram" if unigram is not None else "bpe",
                                   byte_fallback=bool(model.get("byte_fallback")),
-                                  bos_id=vocab.get("<bos>", added.get("<bos>", {}).get("id")),
-                                  eos_id=vocab.get("<eos>", added.get("<eos>", {}).get("id")),
-                                  pad_id=vocab.get("<pad>", added.get("<pad>", {}).get("id")), **norm)
+                                  bos_id=vocab.get(names["bos"]) if names["bos"] else None,
+                                  eos_id=vocab.get(names["eos"]) if names["eos"] else None,
+                                  pad_id=vocab.get(names["pad"]) if names["pad"] else None, **norm)
     except ValueError:
         return None
     check = Tokenizer(source=tok.source, spm_bytes=rebuilt)
     for text in PARITY_TEXTS:
         if any(c in text for c in control):
             continue
-        if check.encode(text) != tok.encode(text):
+        if check.encode(text, add_bos=False) != tok.encode(text, add_bos=False):
             return None
     return rebuilt
+
+
+def _special_names(tok: Tokenizer, data: dict[str, Any]) -> dict[str, str | None]:
+    """The bos/eos/pad token strings: tokenizer_config.json's, else the BOS that tokenizer.json's post-processor
+    prepends, else Gemma's (<bos>, <eos>, <pad>)."""
+    from .formats.common import read_json_object
+
+    names: dict[str, str | None] = {"bos": "<bos>", "eos": "<eos>", "pad": "<pad>"}
+    post = data.get("post_processor")
+    single = post.get("single") if isinstance(post, dict) and post.get("type") == "TemplateProcessing" else None
+    first = single[0] if isinstance(single, list) and single and isinstance(single[0], dict) else {}
+    if isinstance(first.get("SpecialToken"), dict) and isinstance(first["SpecialToken"].get("id"), str):
+        names["bos"] = first["SpecialToken"]["id"]
+    cfg_path = tok.extra_files.get("tokenizer_config.json")
+    cfg = read_json_object(cfg_path, "tokenizer_config.json") if cfg_path else {}
+    for key in names:
+        v = cfg.get(f"{key}_token")
+        v = v.get("content") if isinstance(v, dict) else v
+        if isinstance(v, str):
+            names[key] = v
+    return names
 
 
 def _flatten(node: Any, key: str) -> list[dict[str, Any]]:
@@ -444,7 +470,8 @@ def _normalizer_settings(data: dict[str, Any]) -> dict[str, Any] | None:
             return None
     return {"precompiled_charsmap": charsmap, "add_dummy_prefix": bool(add_prefix),
             "remove_extra_whitespaces": remove_ws, "escape_whitespaces": escape or not norms,
-            "user_defined": user_defined}
+            "user_defined": user_defined,
+            "converter": any(s.get("type") == "Metaspace" or s.get("behavior") == "Isolated" for s in pres)}
 
 
 # ----------------------------------------------------------------------------- SentencePiece model <-> pieces
