@@ -24,6 +24,9 @@ from gemma_inspect.tokenizer import PARITY_TEXTS, spm_pieces
 PROMPT = "The capital of France is"
 CONTROL = ("<bos>", "<eos>", "<pad>", "<unk>")
 TEXTS = [t for t in PARITY_TEXTS if not any(c in t for c in CONTROL)] + [PROMPT]
+# parity on a real sentence rather than its default sequence longer than the sliding window (520 tokens of a
+# 262,144-token vocabulary: 0.5 GB of logits per side); the sliding window is tested on the tiny models.
+PARITY_TEXT = "The capital of France is Paris. The capital of Germany is Berlin, and the capital of Italy is"
 
 
 class RealOutputs:
@@ -120,7 +123,8 @@ def test_transformers_reading_of_the_gguf_agrees_with_our_hf_output(real, real_g
 def test_parity_of_the_hf_output_against_the_gguf(real, real_gguf_270m):
     from gemma_inspect.parity import parity
 
-    r = parity(load(real_gguf_270m), load(real.get("hf")), device="cpu")
+    src = load(real_gguf_270m)
+    r = parity(src, load(real.get("hf")), device="cpu", tokens=src.tokenizer.encode(PARITY_TEXT))
     assert r["passed"] is True, (r["logits"], r["first_divergent_layer"])
     tok = r["tokenizer"]
     assert tok["passed"] is True and tok["mismatches"] == []
@@ -133,7 +137,8 @@ def test_convert_to_keras_runs_in_keras_hub_and_tokenizes_alike(real):
     from gemma_inspect.parity import parity
 
     keras, hf = load(real.get("keras")), load(real.get("hf"))
-    r = parity(hf, keras, "transformers", "transformers", "cpu", "float32")
+    r = parity(hf, keras, "transformers", "transformers", "cpu", "float32",
+               tokens=hf.tokenizer.encode(PARITY_TEXT))
     assert r["passed"] is True and r["logits"]["max_abs_diff"] == 0.0  # the same float32 weights, one library
     tok = r["tokenizer"]
     assert tok["passed"] is True, tok["mismatches"]
@@ -167,7 +172,9 @@ def test_convert_back_to_gguf(real, real_gguf_270m, dtype):
         # tokens identical; types differ only where llama.cpp's converter marked special added tokens CONTROL
         assert same == 262144 if key.endswith("tokens") else same == 262144 - 6246  # and <unk>, CONTROL there, UNKNOWN here
     assert out_md.fields["tokenizer.ggml.unknown_token_id"].contents() == 3
-    r = parity(load(real_gguf_270m), load(out), device="cpu", dtype="bfloat16" if dtype == "bfloat16" else "float32")
+    src = load(real_gguf_270m)
+    r = parity(src, load(out), device="cpu", dtype="bfloat16" if dtype == "bfloat16" else "float32",
+               tokens=src.tokenizer.encode(PARITY_TEXT))
     assert r["passed"] is True, (r["logits"], r["first_divergent_layer"])
     assert r["tokenizer"]["passed"] is True
     back = load(out)
