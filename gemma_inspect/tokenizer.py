@@ -539,7 +539,8 @@ def spm_from_pieces(pieces: "list[str] | tuple[str, ...]", scores: "list[float] 
 
 def spm_pieces(model_bytes: bytes) -> dict[str, Any]:
     """The vocabulary and settings of a serialized SentencePiece model: {"pieces", "scores", "types",
-    "model_type", "byte_fallback", "add_dummy_prefix", "remove_extra_whitespaces", "unk_id", "bos_id",
+    "model_type", "byte_fallback", "add_dummy_prefix", "remove_extra_whitespaces", "normalizer" (its name),
+    "precompiled_charsmap" (whether it has one), "unk_id", "bos_id",
     "eos_id", "pad_id", "complete" (both specs present)}. Raises ValueError when the bytes are not a
     SentencePiece model."""
     from google.protobuf.message import DecodeError
@@ -572,6 +573,7 @@ def spm_pieces(model_bytes: bytes) -> dict[str, Any]:
         "byte_fallback": bool(ts.byte_fallback),
         "add_dummy_prefix": bool(ns.add_dummy_prefix),
         "remove_extra_whitespaces": bool(ns.remove_extra_whitespaces),
+        "normalizer": ns.name, "precompiled_charsmap": bool(ns.precompiled_charsmap),
         "unk_id": int(ts.unk_id), "bos_id": int(ts.bos_id), "eos_id": int(ts.eos_id), "pad_id": int(ts.pad_id),
         "complete": model.HasField("trainer_spec") and model.HasField("normalizer_spec"),
     }

@@ -1037,6 +1037,10 @@ def _add_tokenizer(w: Any, ckpt: Checkpoint, notes: list[str]) -> None:
     except ValueError as e:
         raise InputError(tok.spm_path or tok.source, str(e)) from None
     pieces, scores, types = info["pieces"], info["scores"], info["types"]
+    if info["precompiled_charsmap"] or info["model_type"] != "bpe":
+        notes.append(f"the SentencePiece model is {info['model_type']} with the {info['normalizer']!r} normalizer; "
+                     f"GGUF keeps neither its model type nor its normalization rules, and llama.cpp tokenizes with "
+                     f"score-ranked merges on unnormalized text: ids can differ from SentencePiece's")
     if len(pieces) > spec.vocab_size:
         raise UnsupportedError(f"the tokenizer has {len(pieces)} pieces but the embedding only {spec.vocab_size} "
                                f"rows: llama.cpp cannot load such a GGUF")
