@@ -159,20 +159,19 @@ def test_convert_back_to_gguf(real, real_gguf_270m, dtype):
     """Our GGUF of the real model: llama.cpp's tensor names, the vocabulary as llama.cpp's converter writes it
     (unk typed by its id, whitespace runs with spaces), and parity with the source (run in bfloat16 for the
     bfloat16 file, judged as quantized for q8_0)."""
-    import gguf as gg
-
+    from gemma_inspect.formats.gguf import read_header
     from gemma_inspect.parity import parity
 
     out = real.get("gguf", dtype)
-    src_md, out_md = gg.GGUFReader(real_gguf_270m), gg.GGUFReader(out)
+    src_md, out_md = read_header(real_gguf_270m).metadata, read_header(out).metadata
     for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type"):
-        a, b = src_md.fields[key].contents(), out_md.fields[key].contents()
+        a, b = list(src_md[key]), list(out_md[key])
         same = sum(x == y for x, y in zip(a, b))
         assert len(a) == len(b) == 262144
         # tokens identical; types differ only where llama.cpp's converter marked special added tokens CONTROL
         # (6245 pieces that are user-defined in the SentencePiece model, and <unk>, which is its unknown piece)
         assert same == 262144 if key.endswith("tokens") else same == 262144 - 6246
-    assert out_md.fields["tokenizer.ggml.unknown_token_id"].contents() == 3
+    assert out_md["tokenizer.ggml.unknown_token_id"] == 3
     src = load(real_gguf_270m)
     r = parity(src, load(out), device="cpu", dtype="bfloat16" if dtype == "bfloat16" else "float32",
                tokens=src.tokenizer.encode(PARITY_TEXT))
