@@ -221,3 +221,32 @@ def test_llama_cpp_reads_our_gguf_outputs_like_transformers(real):
         got.append(int(tok))
     assert got == want
     assert np.isfinite(np.asarray(llm.scores)).all()
+
+
+# ----------------------------------------------------------------------------- without the download
+def test_a_vocabulary_typed_as_llama_cpps_converter_types_it_rebuilds_the_original(tiny_tokenizer):
+    """The property of the real file, on the session's tokenizer: every special added token typed CONTROL
+    (<unk> included), user-defined pieces written with spaces. The rebuilt SentencePiece model is the original."""
+    import sentencepiece as spm
+
+    from gemma_inspect.formats.gguf import _sentencepiece_pieces, _sentencepiece_types
+    from gemma_inspect.tokenizer import spm_from_pieces
+
+    orig = open(tiny_tokenizer, "rb").read()
+    info = spm_pieces(orig)
+    types = np.array(info["types"], dtype=np.int32)
+    assert types[3] == 2 and (types == 4).sum() == 2  # <unk>; <start_of_turn>, <end_of_turn>
+    converted = np.where((types == 2) | (types == 4), 3, types)  # llama.cpp's converter: special -> CONTROL
+    tokens = [p.replace("\u2581", " ") if t == 4 else p for p, t in zip(info["pieces"], types)]
+    notes: list[str] = []
+    back = _sentencepiece_types(tokens, converted, 3, [2, 1, 0], notes)
+    assert back.tolist() == info["types"]
+    assert notes == ["vocabulary read as llama.cpp's converter writes it: the unknown token (id 3, "
+                     "tokenizer.ggml.unknown_token_id) is typed 3; 2 control tokens besides bos/eos/pad (e.g. "
+                     "'<start_of_turn>') become user-defined pieces, matched whole in text as llama.cpp and "
+                     "transformers match them"]
+    assert _sentencepiece_pieces(["a b", "c d"], np.array([4, 1])) == ["a\u2581b", "c d"]
+    rebuilt = spm_from_pieces(_sentencepiece_pieces(tokens, back), info["scores"], back.tolist())
+    a, b = spm.SentencePieceProcessor(model_proto=rebuilt), spm.SentencePieceProcessor(model_file=tiny_tokenizer)
+    for text in PARITY_TEXTS:
+        assert a.EncodeAsIds(text) == b.EncodeAsIds(text), text
