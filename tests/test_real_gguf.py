@@ -20,6 +20,9 @@ from gemma_inspect.convert import WriteOptions, convert
 from gemma_inspect.formats import load
 from gemma_inspect.tokenizer import PARITY_TEXTS, spm_pieces
 
+# `make test` runs with --dist loadgroup: the whole tier on one worker, so the session's conversions are made once.
+pytestmark = pytest.mark.xdist_group("real-gemma3-270m")
+
 # A real prompt, tokenized by the real tokenizer.
 PROMPT = "The capital of France is"
 CONTROL = ("<bos>", "<eos>", "<pad>", "<unk>")
