@@ -194,6 +194,15 @@ class Checkpoint:
     quantization: dict[str, Any] | None = None  # GGUF: storage types and bits per weight per tensor group
     assumed: frozenset[str] = frozenset()  # spec fields the format does not store (filled with defaults)
     hub: dict[str, Any] | None = None  # how a hub id / handle / preset name was resolved (hub.py)
+    base_model: bool = False  # a decoder without an LM head (HF GemmaModel & co.): logits only by tying
+
+    @property
+    def lm_head(self) -> str:
+        """Where the logits come from: "stored" (an lm_head matrix), "tied" (the embedding), "none" (a base model
+        that has no LM head at all)."""
+        if self.base_model:
+            return "none"
+        return "tied" if self.spec.tied_embeddings else "stored"
 
     @property
     def is_card(self) -> bool:

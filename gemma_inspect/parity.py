@@ -122,22 +122,10 @@ def check_compatible(a: Checkpoint, b: Checkpoint) -> None:
 
 
 def tokenizer_parity(a: Checkpoint, b: Checkpoint) -> dict[str, Any] | None:
-    """Ids of the fixed PARITY_TEXTS under both tokenizers (None unless both sides have one)."""
-    if a.tokenizer is None or b.tokenizer is None:
-        return None
-    from .tokenizer import PARITY_TEXTS
+    """Each side's native tokenizer on the fixed PARITY_TEXTS (gemma_inspect/tokenizer_check.py)."""
+    from .tokenizer_check import tokenizer_parity as native_parity
 
-    mismatches = []
-    for text in PARITY_TEXTS:
-        ia, ib = a.tokenizer.encode(text), b.tokenizer.encode(text)
-        if ia != ib:
-            first = next((k for k, (x, y) in enumerate(zip(ia, ib)) if x != y), min(len(ia), len(ib)))
-            mismatches.append({"text": text, "a": ia, "b": ib, "first_difference": first})
-    sa, sb = a.tokenizer.special_ids(), b.tokenizer.special_ids()
-    special = [{"token": t, "a": sa[t], "b": sb[t]} for t in sa if sa[t] != sb[t]]
-    return {"passed": not mismatches and not special and a.tokenizer.vocab_size == b.tokenizer.vocab_size,
-            "texts": len(PARITY_TEXTS), "mismatches": mismatches, "special_token_mismatches": special,
-            "vocab_size": {"a": a.tokenizer.vocab_size, "b": b.tokenizer.vocab_size}}
+    return native_parity(a, b)
 
 
 # ----------------------------------------------------------------------------- metrics

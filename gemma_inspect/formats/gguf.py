@@ -720,6 +720,45 @@ class _EmbeddedTokenizer(Tokenizer):
         return Tokenizer._spm.func(self)  # type: ignore[attr-defined]
 
 
+# How llama.cpp's converter (convert_hf_to_gguf.py, _create_vocab_sentencepiece) writes a SentencePiece vocabulary:
+# the model's own piece types (normal 1, unknown 2, control 3, user-defined 4, unused 5, byte 6), then every token
+# of tokenizer_config.json's added_tokens_decoder retyped: CONTROL when it is marked special (Gemma's <unk>,
+# <mask>, <start_of_turn>, <unusedN>, ... all are), USER_DEFINED otherwise with U+2581 written back as a space
+# ("\n\n", "  ", "<table>"), score -1000. tokenizer.ggml.unknown_token_id names the unknown token. Rebuilding the
+# SentencePiece model undoes that: the unknown token is the one the metadata names; a CONTROL token other than
+# bos/eos/pad was a piece SentencePiece matches whole in text (user-defined: Gemma's own model types them so, and
+# llama.cpp, parsing special tokens, and transformers match them whole too); user-defined pieces get U+2581 back.
+_SPACE_PIECE = "\u2581"
+
+
+def _sentencepiece_types(tokens: Any, types: np.ndarray, unk: int, special: list[int], notes: list[str]) -> np.ndarray:
+    types = types.copy()
+    retyped = []
+    if types[unk] != 2:
+        retyped.append(f"the unknown token (id {unk}, tokenizer.ggml.unknown_token_id) is typed {int(types[unk])}")
+    others = np.flatnonzero(types == 2)
+    types[others[others != unk]] = 3
+    types[unk] = 2
+    control = np.flatnonzero(types == 3)
+    added = control[~np.isin(control, special)]
+    if len(added):
+        types[added] = 4
+        retyped.append(f"{len(added)} control tokens besides bos/eos/pad (e.g. {tokens[int(added[0])]!r}) become "
+                       f"user-defined pieces, matched whole in text as llama.cpp and transformers match them")
+    if retyped:
+        notes.append("vocabulary read as llama.cpp's converter writes it: " + "; ".join(retyped))
+    return types
+
+
+def _sentencepiece_pieces(tokens: Any, types: np.ndarray) -> list[str]:
+    """The pieces, with U+2581 back in user-defined ones (llama.cpp's converter writes it as a space)."""
+    pieces = list(tokens)
+    for i in np.flatnonzero(types == 4).tolist():
+        if " " in pieces[i]:
+            pieces[i] = pieces[i].replace(" ", _SPACE_PIECE)
+    return pieces
+
+
 def _embedded_tokenizer(header: Header, path: str, spec: GemmaSpec, notes: list[str]) -> Tokenizer | None:
     import gguf
 
@@ -746,13 +785,18 @@ def _embedded_tokenizer(header: Header, path: str, spec: GemmaSpec, notes: list[
         notes.append("the vocabulary has no scores: merges of the rebuilt SentencePiece model follow id order")
         scores = -np.arange(n, dtype=np.float32)
     meta = _Meta(header, path, "")
-    unk = meta.integer(K.UNK_ID, 3 if n > 3 else 0, positive=False)
+    types = None if types is None else np.asarray(types, dtype=np.int32)
+    typed_unknown = [] if types is None else np.flatnonzero(types == 2).tolist()
+    unk = meta.integer(K.UNK_ID, typed_unknown[0] if len(typed_unknown) == 1 else (3 if n > 3 else 0), positive=False)
     if not 0 <= unk < n:
         raise InputError(path, f"metadata {K.UNK_ID!r} is {unk}, outside the {n}-token vocabulary")
+    special = [i for i in (spec.bos_token_id, spec.eos_token_id, spec.pad_token_id) if 0 <= i < n]
     if types is None:
         types = np.full(n, 1, dtype=np.int32)
-        types[[i for i in (spec.bos_token_id, spec.eos_token_id, spec.pad_token_id) if 0 <= i < n]] = 3
+        types[special] = 3
         types[unk] = 2
+    else:
+        types = _sentencepiece_types(tokens, types, unk, special, notes)
     add_prefix = meta.flag(K.ADD_PREFIX, True)
     if K.ADD_PREFIX not in md:
         notes.append("tokenizer.ggml.add_space_prefix is absent: llama.cpp's default (true) is used")
@@ -766,7 +810,8 @@ def _embedded_tokenizer(header: Header, path: str, spec: GemmaSpec, notes: list[
 
         try:
             # Gemma's SentencePiece model is BPE; GGUF keeps pieces, scores and types but not the model type.
-            return spm_from_pieces(list(tokens), scores.tolist(), types.tolist(), model_type="bpe",
+            return spm_from_pieces(_sentencepiece_pieces(tokens, types), scores.tolist(), types.tolist(),
+                                   model_type="bpe",
                                    add_dummy_prefix=add_prefix, remove_extra_whitespaces=remove_ws,
                                    bos_id=ids[0], eos_id=ids[1], pad_id=ids[2])
         except ValueError as e:
@@ -971,7 +1016,7 @@ def _add_tokenizer(w: Any, ckpt: Checkpoint, notes: list[str]) -> None:
     SentencePiece tokenizer works from exactly these), padded with unused tokens up to the embedding rows."""
     import gguf
 
-    from ..tokenizer import PIECE_UNUSED, spm_pieces
+    from ..tokenizer import PIECE_UNUSED, PIECE_USER_DEFINED, spm_pieces
 
     spec = ckpt.spec
     tok = ckpt.tokenizer
@@ -992,6 +1037,10 @@ def _add_tokenizer(w: Any, ckpt: Checkpoint, notes: list[str]) -> None:
     except ValueError as e:
         raise InputError(tok.spm_path or tok.source, str(e)) from None
     pieces, scores, types = info["pieces"], info["scores"], info["types"]
+    if info["precompiled_charsmap"] or info["model_type"] != "bpe":
+        notes.append(f"the SentencePiece model is {info['model_type']} with the {info['normalizer']!r} normalizer; "
+                     f"GGUF keeps neither its model type nor its normalization rules, and llama.cpp tokenizes with "
+                     f"score-ranked merges on unnormalized text: ids can differ from SentencePiece's")
     if len(pieces) > spec.vocab_size:
         raise UnsupportedError(f"the tokenizer has {len(pieces)} pieces but the embedding only {spec.vocab_size} "
                                f"rows: llama.cpp cannot load such a GGUF")
@@ -1003,6 +1052,9 @@ def _add_tokenizer(w: Any, ckpt: Checkpoint, notes: list[str]) -> None:
         types = types + [PIECE_UNUSED] * extra
         notes.append(f"the vocabulary has {len(pieces) - extra} pieces for {spec.vocab_size} embedding rows: "
                      f"{extra} unused [PAD] tokens added")
+    # As llama.cpp's converter writes user-defined pieces: U+2581 as a space, since llama.cpp matches them in the
+    # raw text (the reader turns them back, see _sentencepiece_pieces).
+    pieces = [p.replace(_SPACE_PIECE, " ") if t == PIECE_USER_DEFINED else p for p, t in zip(pieces, types)]
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")
     w.add_token_list(pieces)

@@ -372,8 +372,9 @@ def read(path: str) -> Checkpoint:
     tensors: dict[str, TensorRef] = {}
     ignored: dict[str, tuple[tuple[int, ...], str]] = {}
     vision_params = 0
+    base = _is_base_model(headers)
     for hf, (fpath, entry) in headers.items():
-        name = hf
+        name = BASE_PREFIX + hf if base and hf.startswith(BASE_NAMES) else hf
         if any(name.startswith(p) for p in VISION_PREFIXES):
             ignored[hf] = (entry.shape, entry.dtype)
             vision_params += _numel(entry.shape)
@@ -389,6 +390,9 @@ def read(path: str) -> Checkpoint:
                          "embedding instead (see `verify` lint)")
             continue
         tensors[canonical] = _ref(canonical, fpath, entry, hf)
+    if base:
+        notes.append("a base model (tensors named without the `model.` prefix, as GemmaModel / Gemma2Model / "
+                     "Gemma3TextModel save them): no LM head, neither stored nor tied; read as transformers reads it")
     if vision_params:
         n_vision = sum(1 for k in ignored if any(k.startswith(p) for p in VISION_PREFIXES))
         notes.append(f"multimodal Gemma 3: vision tower and projector ({n_vision} tensors, "
@@ -405,7 +409,22 @@ def read(path: str) -> Checkpoint:
     present = [os.path.join(path, f) for f in (CONFIG, INDEX, "generation_config.json", *TOKENIZER_FILES)
                if os.path.exists(os.path.join(path, f))]
     return Checkpoint(spec=spec, tensors=ordered, source=path, format="hf", tokenizer=tokenizer, notes=notes,
-                      ignored=ignored, config=cfg, files=present + files)
+                      ignored=ignored, config=cfg, files=present + files, base_model=base)
+
+
+# A base model (GemmaModel, Gemma2Model, Gemma3TextModel: `AutoModel.save_pretrained`, e.g. an embedding model)
+# names its tensors without the `model.` prefix that the causal LM's decoder has. transformers loads either naming
+# into either class (base_model_prefix = "model"); so does this reader.
+BASE_PREFIX = "model."
+BASE_NAMES = ("embed_tokens.", "layers.", "norm.")
+
+
+def _is_base_model(headers: dict[str, Any]) -> bool:
+    """Whether the tensors are named as a base model saves them: the decoder's names without `model.` and no
+    `lm_head`."""
+    return (any(n.startswith(BASE_NAMES) for n in headers)
+            and not any(n.startswith((BASE_PREFIX, "lm_head.")) or any(n.startswith(p) for p, _ in TEXT_PREFIXES)
+                        for n in headers))
 
 
 def _name_unmapped(tensors: dict[str, TensorRef], where: str) -> None:
