@@ -418,6 +418,8 @@ def parity(a: Checkpoint | str, b: Checkpoint | str, runtime_a: str = "auto", ru
     for c in (ca, cb):  # before anything is loaded: refuse a forward pass that cannot fit
         check_fits(c, len(ids), dtype, dev, window_driven=tokens is None and prompt is None
                    and len(ids) > MIN_DEFAULT_TOKENS)
+    # Each side's own tokenizer first: seconds, and a tokenizer that cannot run fails before minutes of forward passes
+    tok = tokenizer_parity(ca, cb)
     oracle = tol["mode"] == "noise floor"
     steps = 4 if oracle else 3
     say = progress or (lambda _msg: None)
@@ -476,7 +478,6 @@ def parity(a: Checkpoint | str, b: Checkpoint | str, runtime_a: str = "auto", ru
     first = next((r["index"] for r in layers if r["status"] != "ok"), None)
     if first is None and not logits_ok:
         first = n  # only the output differs: the final norm / output projection / final soft cap
-    tok = tokenizer_parity(ca, cb)
     passed = first is None and logits_ok and (tok is None or tok["passed"])
     result = {
         "passed": passed,

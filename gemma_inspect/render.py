@@ -589,9 +589,9 @@ def render_parity(console: Console, result: dict[str, Any]) -> None:
         for m in tok["special_token_mismatches"]:
             console.print(f"  {m['token']}: A {m['a']} vs B {m['b']}", markup=False)
     if tok is not None and tok.get("native"):
-        console.print(f"  tokenized by A: {tok['native']['a']}; B: {tok['native']['b']}"
-                      + (f"; {len(tok['skipped'])} text(s) spelling control tokens skipped (only one side reads "
-                         f"them as tokens)" if tok.get("skipped") else ""), markup=False)
+        _hanging(console, " ", f"tokenized by A: {tok['native']['a']}; B: {tok['native']['b']}"
+                 + (f"; {len(tok['skipped'])} text(s) spelling control tokens skipped (only one side reads "
+                    f"them as tokens)" if tok.get("skipped") else ""))
     if result["passed"]:
         console.print("[bold green]PASS[/bold green]: A and B compute the same thing within tolerance")
     else:

@@ -50,6 +50,17 @@ def _hf_side(ckpt: "Checkpoint") -> NativeTokenizer:
     from .quiet import native_stderr_silenced
 
     hf_logging.set_verbosity_error()
+    from transformers import AutoConfig
+
+    try:  # AutoTokenizer reads config.json too, more strictly than our reader in places (1e9 for an int)
+        AutoConfig.from_pretrained(ckpt.source)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:
+        msg = " ".join(str(e).split())[:200]
+        raise InputError(os.path.join(ckpt.source, "config.json"), f"transformers cannot load this checkpoint's "
+                         f"config, so neither its tokenizer ({e.__class__.__name__}{': ' + msg if msg else ''})") \
+            from None
     try:
         with native_stderr_silenced():
             tok = AutoTokenizer.from_pretrained(ckpt.source)
@@ -62,7 +73,9 @@ def _hf_side(ckpt: "Checkpoint") -> NativeTokenizer:
     bos = tok.bos_token_id
 
     def encode(text: str) -> list[int]:
-        ids = [int(i) for i in tok(text)["input_ids"]]
+        # The Rust tokenizers panic on some files (a catastrophic normalizer regex): one line naming the file
+        run = ckpt.tokenizer._run_hf if ckpt.tokenizer is not None and ckpt.tokenizer.json_path else None
+        ids = [int(i) for i in (run(tok, text) if run else tok(text))["input_ids"]]
         # Gemma's tokenizer_config adds BOS; one that does not is compared as if it did (parity feeds BOS).
         return ids if ids[:1] == [bos] or bos is None else [int(bos)] + ids
 

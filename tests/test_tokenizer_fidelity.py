@@ -88,7 +88,7 @@ def test_convert_to_hf_keeps_the_dummy_prefix_and_normalizer(keras_with_default_
     r = CliRunner().invoke(main, ["parity", src, dest, "--runtime-a", "transformers", "--runtime-b", "transformers",
                                   "--json"])
     assert r.exit_code == 0, r.output[-3000:]
-    tok = json.loads(r.output)["tokenizer"]
+    tok = json.loads(r.stdout)["tokenizer"]
     assert tok["passed"] is True and tok["native"]["a"].startswith("keras-hub")
     assert tok["native"]["b"].startswith("transformers AutoTokenizer")
 
@@ -125,7 +125,7 @@ def test_parity_fails_when_a_sides_own_tokenizer_differs(keras_with_default_spm,
     r = CliRunner().invoke(main, ["parity", src, dest, "--runtime-a", "transformers", "--runtime-b", "transformers",
                                   "--json"])
     assert r.exit_code == 1, r.output[-3000:]
-    out = json.loads(r.output)
+    out = json.loads(r.stdout)
     tok = out["tokenizer"]
     assert out["passed"] is False and out["first_divergent_layer"] is None and tok["passed"] is False
     assert "Hello, world!" in [m["text"] for m in tok["mismatches"]]

@@ -283,7 +283,10 @@ def test_reference_runtime_runs_huge_windows_short(tiny_models, tmp_path, value)
     assert check["status"] == "warn" and check["evidence"].startswith("keys attended by the last of 32 queries")
     r = invoke("parity", root, tiny_models.get("gemma2", "hf"), "--runtime-a", "reference", "--runtime-b",
                "reference", "--json")
-    assert r.exit_code in (0, 1) and len(json.loads(r.stdout)["tokens"]) == 32, r.output
+    if value == "1e9":  # parity also tokenizes with transformers' AutoTokenizer, which reads config.json strictly
+        one_error_line(r, os.path.join(root, "config.json"), "transformers cannot load")
+    else:
+        assert r.exit_code in (0, 1) and len(json.loads(r.stdout)["tokens"]) == 32, r.output
     TALLY["round 2: sliding_window and memory (CLI)"][0] += 2
     TALLY["round 2: sliding_window and memory (CLI)"][2] += 2
 

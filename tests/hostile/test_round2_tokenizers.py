@@ -11,6 +11,9 @@ import os
 import shutil
 
 import pytest
+from click.testing import CliRunner
+
+from gemma_inspect.cli import main
 
 from files import read_bytes
 
@@ -146,12 +149,12 @@ def test_tokenizer_panics_are_one_error(tiny_models, copy_dir, scratch_env):  # 
             "PanicException" in msg, (v.label, msg)
 
 
-def _panicking(tiny_models, tmp_path) -> tuple[str, str]:
+def _panicking(tiny_models, tmp_path, variant: int = 0) -> tuple[str, str]:
     d = str(tmp_path / "hf")
     shutil.copytree(tiny_models.get("gemma2", "hf"), d)
     os.remove(os.path.join(d, "tokenizer.model"))
     path = os.path.join(d, "tokenizer.json")
-    v = panic_variants("tokenizer.json", read_bytes(path))[0]
+    v = panic_variants("tokenizer.json", read_bytes(path))[variant]
     with open(path, "wb") as f:
         f.write(v.data)  # type: ignore[arg-type]
     return d, path
@@ -161,7 +164,10 @@ def _panicking(tiny_models, tmp_path) -> tuple[str, str]:
 def test_tokenizer_panic_commands(tiny_models, tmp_path, command):
     """The issue's file through `convert` and `parity` (a 152-line Rust backtrace and a Python traceback, exit 1,
     before): one Error line naming tokenizer.json, nothing of the backtrace, nothing written."""
-    d, path = _panicking(tiny_models, tmp_path)
+    # convert runs the tokenizers library when it rebuilds a SentencePiece model from tokenizer.json and checks
+    # it: the catastrophic regex sits in a pre-tokenizer Split, which a SentencePiece model can hold (user-defined
+    # pieces), so the rebuild gets as far as encoding. parity runs each side's own tokenizer, normalizer and all.
+    d, path = _panicking(tiny_models, tmp_path, variant=0 if command == "parity" else 2)
     if command == "parity":
         args = ["parity", d, d, "--runtime-a", "reference", "--runtime-b", "reference"]
     else:
@@ -171,3 +177,22 @@ def test_tokenizer_panic_commands(tiny_models, tmp_path, command):
     assert r.err.count("\n") == 1 and r.err.startswith(f"Error: {path}: the tokenizers library failed"), r.err[-3000:]
     assert "PanicException" in r.err and "panicked" not in r.err
     assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.parametrize("to", ["gguf", "keras"])
+def test_an_unconvertible_normalizer_is_left_out_with_a_note(tiny_models, tmp_path, to):
+    """A normalizer no SentencePiece model can express (here the catastrophic regex) is never run by convert: the
+    weights convert, no tokenizer is written, and the report says why."""
+    d, _ = _panicking(tiny_models, tmp_path, variant=0)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["convert", d, str(out), "--to", to, "--json"])
+    assert r.exit_code == 0, r.output[-3000:]
+    notes = json.loads(r.stdout)["notes"]
+    assert any("could not be rebuilt from tokenizer.json" in n or "none could be rebuilt from tokenizer.json" in n
+               for n in notes), notes
+    written = [str(out)] if to == "gguf" else [os.path.join(dp, f) for dp, _, fs in os.walk(out) for f in fs]
+    assert not any(f.endswith((".model", "tokenizer.json")) for f in written)
+    if to == "gguf":
+        from gguf import GGUFReader
+
+        assert "tokenizer.ggml.tokens" not in GGUFReader(str(out)).fields
