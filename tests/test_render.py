@@ -196,6 +196,28 @@ def test_gguf_progress_counts_what_it_planned_and_ends_at_100_percent(tiny_model
         assert planned < 0.3 * source
 
 
+def test_q8_0_progress_moves_while_a_tensor_is_quantized(tiny_models, tmp_path, monkeypatch):
+    """Quantizing a large embedding takes seconds: the bar advances a block of rows at a time while it is made,
+    not once after it is written, and still adds up to exactly what was planned."""
+    from gemma_inspect.cli import _planned_bytes
+    from gemma_inspect.convert import WriteOptions, convert
+    from gemma_inspect.formats import gguf as gguf_format
+
+    monkeypatch.setattr(gguf_format, "DEQUANT_CHUNK_ELEMENTS", 256)  # blocks of a few rows in a tiny model
+    ckpt = load(tiny_models.get("gemma3", "hf"))
+    options = WriteOptions(dtype="q8_0", manifest=False)
+    planned = _planned_bytes(ckpt, options, "gguf")
+    seen: list[int] = []
+    convert(ckpt, str(tmp_path / "out.gguf"), "gguf", options, seen.append)
+    assert sum(seen) == planned
+    embed = ckpt.tensors["model.embed_tokens.weight"]
+    rows, width = embed.shape
+    row_bytes = width // 32 * 34  # Q8_0: 32 values in 34 bytes
+    step = max(1, 256 // width)
+    assert seen.count(step * row_bytes) >= rows // step  # the embedding's blocks, each as it was quantized
+    assert len(seen) > len(ckpt.tensors) + rows // step - 1
+
+
 def test_convert_report_says_what_its_time_measures(tiny_models, tmp_path):
     res = CliRunner().invoke(main, ["convert", tiny_models.get("gemma", "hf"), str(tmp_path / "k"), "--to", "keras",
                                     "--no-manifest"])

@@ -916,11 +916,13 @@ class _Planned:
     shape: tuple[int, ...]
     qtype: Any  # gguf.GGMLQuantizationType
     nbytes: int
-    produce: Callable[[], np.ndarray]
+    produce: Callable[..., np.ndarray]
+    ticks: bool = False  # produce(tick) reports its output bytes as it makes them (quantization takes seconds)
 
 
-def _quantize(arr: np.ndarray, qtype: Any) -> np.ndarray:
-    """Quantize a float array with the gguf package's own quantizer, a block of rows at a time."""
+def _quantize(arr: np.ndarray, qtype: Any, tick: Callable[[int], None] | None = None) -> np.ndarray:
+    """Quantize a float array with the gguf package's own quantizer, a block of rows at a time; `tick` gets each
+    block's output bytes, so that a progress bar moves while a large embedding is quantized."""
     import gguf
 
     arr = np.ascontiguousarray(arr, dtype=np.float32) if arr.dtype != np.float32 else arr
@@ -931,6 +933,8 @@ def _quantize(arr: np.ndarray, qtype: Any) -> np.ndarray:
     for r in range(0, rows.shape[0], step):
         with np.errstate(all="ignore"):  # a NaN/inf weight makes a NaN block, not a RuntimeWarning on stderr
             out[r:r + step] = gguf.quants.quantize(rows[r:r + step], qtype)
+        if tick is not None:
+            tick(out[r:r + step].nbytes)
     return out
 
 
@@ -987,7 +991,8 @@ def _plan_tensor(ref: TensorRef, role: str, layer: int | None, options: "WriteOp
             # llama.cpp's converter does the same: a row that is not a whole number of blocks stays F16.
             notes.add(f"tensors with rows not a multiple of {block} values stay float16 (Q8_0 needs whole blocks)")
             return _Planned(name, shape, Q.F16, nbytes(Q.F16), lambda: cast_array(ref.load(), "float16"))
-        return _Planned(name, shape, Q.Q8_0, nbytes(Q.Q8_0), lambda: _quantize(ref.load(), Q.Q8_0))
+        return _Planned(name, shape, Q.Q8_0, nbytes(Q.Q8_0), lambda tick: _quantize(ref.load(), Q.Q8_0, tick),
+                        ticks=True)
     raise UnsupportedError(f"--dtype {want} is not supported for GGUF")
 
 
@@ -1140,11 +1145,17 @@ def write(ckpt: Checkpoint, dest: str, options: "WriteOptions", progress: Callab
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
         for p in plans:
-            arr = np.ascontiguousarray(p.produce())
+            reported = [0]
+
+            def tick(n: int) -> None:
+                reported[0] += n
+                progress(n)
+
+            arr = np.ascontiguousarray(p.produce(tick) if p.ticks else p.produce())
             if arr.nbytes != p.nbytes:  # pragma: no cover - a planning bug, not an input problem
                 raise UnsupportedError(f"{p.name}: produced {arr.nbytes} bytes, planned {p.nbytes}")
             w.write_tensor_data(arr)
-            progress(arr.nbytes)
+            progress(arr.nbytes - reported[0])  # the rest: all of it when nothing was reported while producing
             del arr
     finally:
         w.close()
