@@ -136,8 +136,12 @@ def open_source(source: str, need: str = "full", revision: str | None = None,
         if HF_ID.match(text) or ("_" in text and os.sep not in text and _is_preset_name(text)):
             say(f"source: {text} is the local path {os.path.abspath(text)} (a local path wins over the hub "
                 f"model of the same name)")
+        if revision:
+            say(f"source: --revision {revision} applies to Hugging Face hub ids only; {text} is a local path")
         return load(text)
     if is_card(text):
+        if revision:
+            say(f"source: --revision {revision} applies to Hugging Face hub ids only; {text} is a built-in card")
         return load(text)
     ref = parse(text, revision)
     if ref is None:
@@ -151,6 +155,9 @@ def open_source(source: str, need: str = "full", revision: str | None = None,
         return load(text)  # the usual "no such file or directory; expected ..." error
     if ref.kind == "hf":
         return _open_hf(ref, need, say)
+    if revision:
+        say(f"source: --revision {revision} applies to Hugging Face hub ids only; a Kaggle handle names its "
+            f"version in the handle")
     return _open_kaggle(ref, say)
 
 

@@ -117,6 +117,18 @@ def test_revision_option(offline):
                         f"(HF_HUB_OFFLINE=1)\n")
 
 
+def test_revision_of_a_source_it_cannot_apply_to_is_said(offline):
+    """--revision pins Hugging Face ids only: a local path, a card or a Kaggle handle is read as it is, and the
+    one stderr line says the option did not apply (never silently ignored)."""
+    _, err = run_json("summary", offline["hf_dir"], "--revision", "v1")
+    assert err == f"source: --revision v1 applies to Hugging Face hub ids only; {offline['hf_dir']} is a local path\n"
+    _, err = run_json("summary", "gemma-2b", "--revision", "v1")
+    assert err == "source: --revision v1 applies to Hugging Face hub ids only; gemma-2b is a built-in card\n"
+    _, err = run_json("summary", KAGGLE, "--revision", "v1")
+    assert err.startswith("source: --revision v1 applies to Hugging Face hub ids only; a Kaggle handle names its "
+                          "version in the handle\n")
+
+
 @pytest.mark.parametrize("source,handle", [(KAGGLE, KAGGLE), (PRESET, PRESET_HANDLE)])
 def test_summary_of_kaggle_handle_and_preset(offline, source, handle):
     by_path, _ = run_json("summary", offline["keras_dir"])
