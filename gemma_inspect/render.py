@@ -506,7 +506,7 @@ def _hanging(console: Console, label: str, text: str) -> None:
     """`label text`, the text wrapped to the console's width under itself (a hanging indent), whole words only."""
     grid = Table.grid(padding=(0, 1))
     grid.add_column(no_wrap=True)
-    grid.add_column()
+    grid.add_column(overflow="fold")  # a word longer than the line (a path) is folded, never cut short
     grid.add_row(label, Text(text))
     console.print(Trimmed(grid))
 
@@ -603,7 +603,13 @@ def render_parity(console: Console, result: dict[str, Any]) -> None:
             where = f"first divergent layer {first} ({what})"
         console.print(f"[bold red]FAIL[/bold red]: {where}")
         for hint in result.get("advice", []):
-            _hanging(console, "  try:" if hint.startswith(("a fixed", "gemma-inspect diff")) else " ", hint)
+            if hint.startswith("gemma-inspect diff ") and " says " in hint:
+                command, _, rest = hint.partition(" says ")
+                # a command to copy: on a line of its own, never wrapped or cut however long its paths are
+                console.print(Text(f"  try: {command}"), soft_wrap=True)
+                _hanging(console, " ", f"says {rest}")
+            else:
+                _hanging(console, "  try:" if hint.startswith("a fixed") else " ", hint)
 
 
 # ----------------------------------------------------------------------------- verify
