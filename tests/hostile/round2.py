@@ -1,4 +1,4 @@
-"""Measuring one command in a fresh process for the second round of hostile inputs: exit code, stderr, seconds,
+"""Measuring one command in a fresh process (the hostile tests' bounds, both rounds): exit code, stderr, seconds,
 peak resident memory (VmHWM) and peak virtual memory (VmPeak, which shows an allocation reserved but never
 touched). The address space is capped at 8 GB so that a regression fails the test, not the machine."""
 

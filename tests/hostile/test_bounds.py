@@ -9,11 +9,11 @@ import io
 import os
 import shutil
 import struct
-import subprocess
-import sys
 import zipfile
 
 import pytest
+
+from .round2 import run as measured
 
 MB = 1024 * 1024
 SLACK = 60 * MB  # what a refusal may cost above the baseline (the first megabytes read, Python's arenas)
@@ -21,31 +21,10 @@ SLACK = 60 * MB  # what a refusal may cost above the baseline (the first megabyt
 
 def run(args: list[str], cwd: str) -> tuple[int, str, float, int]:
     """(exit code, stderr, seconds, peak RSS in bytes) of `python -m gemma_inspect ARGS` in a fresh process,
-    its address space capped at 8 GB so that a regression fails the test instead of the machine."""
-    env = dict(os.environ, KERAS_BACKEND="torch", TF_CPP_MIN_LOG_LEVEL="3")
-    # The child reports its own VmHWM: ru_maxrss of a child started by fork or vfork counts this (large) test
-    # process's pages too, which it held until exec.
-    hwm = os.path.join(cwd, ".vmhwm")
-    p = subprocess.run([sys.executable, "-c", _CHILD, hwm, *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE, timeout=300)
-    with open(hwm) as f:
-        kb, secs = f.read().split()
-    os.remove(hwm)
-    return p.returncode, p.stderr.decode(), float(secs), int(kb) * 1024
-
-
-_CHILD = """
-import os, resource, runpy, sys, time
-resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
-out, sys.argv = sys.argv[1], ["gemma-inspect", *sys.argv[2:]]
-start = time.perf_counter()
-try:
-    runpy.run_module("gemma_inspect", run_name="__main__")
-finally:
-    kb = next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM"))
-    with open(out, "w") as f:
-        f.write(f"{kb} {time.perf_counter() - start}")
-"""
+    its address space capped at 8 GB so that a regression fails the test instead of the machine (round2.run:
+    the child reports its own VmHWM, since ru_maxrss of a forked child counts this large test process's pages)."""
+    r = measured(args, cwd, timeout=300)
+    return r.code, r.err, r.seconds, r.rss
 
 
 def refused(args: list[str], cwd: str, baseline: int, message: str, seconds: float = 15.0,
