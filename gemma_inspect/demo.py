@@ -67,7 +67,8 @@ def build(root: str, progress: Any = None) -> dict[str, str]:
 
 
 def run_demo(directory: str | None, console: Any) -> None:
-    root = directory or f"gemma-inspect-demo-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    # "./": a relative dir/name would also read as a hub id (org/name), and every step would say which it used
+    root = directory or f"./gemma-inspect-demo-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     if os.path.exists(root) and os.listdir(root):
         raise OutputError(f"{root}: exists and is not empty; give the demo an empty or new directory")
     os.makedirs(root, exist_ok=True)
