@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -247,7 +246,6 @@ def _published_context(family: str, hidden: int, layers: int) -> int:
 # ----------------------------------------------------------------------------- H5 reading
 MAX_EXPANSION = 1100  # deflate's ceiling is ~1032:1; HDF5's other filters stay below it
 MAX_ATTRIBUTE_BYTES = 64 * 1024
-_NATIVE = "<" if sys.byteorder == "little" else ">"
 @dataclass(frozen=True)
 class H5Var:
     file: str
@@ -312,10 +310,6 @@ def _scan_h5(file: str, only: set[str] | None = None) -> tuple[dict[str, H5Var],
                     ds = h5py.h5d.open(layers, raw)
                     dt = ds.dtype
                     dtype = _h5_dtype(dt, _h5_attr(ds, "dtype", file) if dt.kind == "V" else None, "/" + full, file)
-                    # h5py hands back big-endian data (">f4") as such, and its dtype's name is "float32" all the
-                    # same; the fast path reads the file's raw bytes as native ones. Such datasets are read through
-                    # h5py and byte-swapped instead.
-                    swapped = dt.byteorder not in ("=", "|", _NATIVE)
                     shape = tuple(int(s) for s in ds.shape)
                     want = math.prod(shape) * numpy_dtype(dtype).itemsize  # math.prod: 1000s of calls, no numpy
                     offset = ds.get_offset()
@@ -342,7 +336,10 @@ def _scan_h5(file: str, only: set[str] | None = None) -> tuple[dict[str, H5Var],
                     elif offset is None or offset + want > size or nbytes != want:
                         raise InputError(file, f"dataset {full} claims {want} bytes at offset {offset}, beyond "
                                                f"the file's {size} bytes: truncated or corrupt")
-                    if swapped:
+                    if not dt.isnative:
+                        # h5py hands back big-endian data (">f4") as such, and its dtype's name is "float32" all
+                        # the same; the fast path reads the file's raw bytes as native ones. Such datasets are
+                        # read through h5py and byte-swapped instead.
                         offset = None
                     datasets[full] = H5Var(file, full, shape, dtype, offset, want)
                 elif kind == h5py.h5o.TYPE_GROUP and full.endswith("vars"):
@@ -424,7 +421,7 @@ def _read_var(var: H5Var, mapped: bool = False) -> np.ndarray:
         raise InputError(var.file, f"cannot read dataset {var.path} ({e})") from None
     if var.dtype == "bfloat16":
         return raw.view(dt)
-    if raw.dtype.byteorder not in ("=", "|", _NATIVE):
+    if not raw.dtype.isnative:
         raw = raw.astype(raw.dtype.newbyteorder("="))
     return raw
 
