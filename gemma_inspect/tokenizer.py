@@ -33,6 +33,23 @@ PARITY_TEXTS = (
 )
 
 
+def run_native(path: str, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`fn(*args, **kwargs)` of a native tokenizer library (tokenizers, transformers) with its stderr silenced.
+    Its Rust code panics on some files (a normalizer regex that exceeds the regex engine's backtracking limit
+    raises pyo3's PanicException, a BaseException): one InputError naming `path`, "`what` (Class: first line)",
+    instead, the backtrace kept off the terminal. Our own errors pass through."""
+    from .quiet import native_stderr_silenced
+
+    try:
+        with native_stderr_silenced():
+            return fn(*args, **kwargs)
+    except (KeyboardInterrupt, SystemExit, GeneratorExit, GemmaInspectError):
+        raise
+    except BaseException as e:  # noqa: B036 - PanicException derives from BaseException
+        first = str(e).splitlines()[0][:120] if str(e) else ""
+        raise InputError(path, f"{what} ({e.__class__.__name__}: {first})") from None
+
+
 @dataclass
 class Tokenizer:
     """A checkpoint's tokenizer files. `spm_path` is the SentencePiece model; `json_path` a HF
@@ -119,21 +136,9 @@ class Tokenizer:
                                    f"{str(e).splitlines()[0][:80] if str(e) else ''})") from None
 
     def _run_hf(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """`fn(*args)` of the tokenizers library on this tokenizer.json. Its Rust code panics on some files (a
-        normalizer regex that exceeds the regex engine's backtracking limit raises pyo3's PanicException, a
-        BaseException, when text is encoded): one InputError naming the file instead, the backtrace kept off
-        the terminal."""
-        from .quiet import native_stderr_silenced
-
-        try:
-            with native_stderr_silenced():
-                return fn(*args, **kwargs)
-        except (KeyboardInterrupt, SystemExit, GeneratorExit):
-            raise
-        except BaseException as e:  # noqa: B036 - PanicException derives from BaseException
-            first = str(e).splitlines()[0][:120] if str(e) else ""
-            raise InputError(self.json_path, f"the tokenizers library failed on this tokenizer.json "
-                                             f"({e.__class__.__name__}: {first})") from None
+        """`fn(*args)` of the tokenizers library on this tokenizer.json, through run_native."""
+        return run_native(self.json_path or self.source, "the tokenizers library failed on this tokenizer.json",
+                          fn, *args, **kwargs)
 
     @property
     def backend(self) -> str:
@@ -191,7 +196,6 @@ def write_hf_tokenizer(tok: Tokenizer, dest: str) -> list[str]:
     import shutil
 
     from .formats.common import read_json_object
-    from .quiet import native_stderr_silenced
 
     notes: list[str] = []
     if tok.json_path:
@@ -209,16 +213,8 @@ def write_hf_tokenizer(tok: Tokenizer, dest: str) -> list[str]:
             f.write(tok.spm_model_bytes())
         if not tok.json_path:
             has_mask = tok.token_to_id("<mask>") is not None
-            try:
-                with native_stderr_silenced():
-                    write_hf_fast_tokenizer(spm_file, dest, has_mask=has_mask)
-            except (KeyboardInterrupt, SystemExit, GeneratorExit, GemmaInspectError):
-                raise
-            except BaseException as e:  # noqa: B036 - a Rust panic in the tokenizers library (PanicException)
-                first = str(e).splitlines()[0][:120] if str(e) else ""
-                raise InputError(tok.spm_path or tok.source, f"transformers could not build a fast tokenizer from "
-                                                             f"this SentencePiece model ({e.__class__.__name__}: "
-                                                             f"{first})") from None
+            run_native(tok.spm_path or tok.source, "transformers could not build a fast tokenizer from this "
+                       "SentencePiece model", write_hf_fast_tokenizer, spm_file, dest, has_mask=has_mask)
     else:
         notes.append("the source tokenizer has no SentencePiece model: tokenizer.json copied, no tokenizer.model")
     return notes

@@ -44,16 +44,14 @@ def _spm_side(ckpt: "Checkpoint", name: str) -> NativeTokenizer:
 
 
 def _hf_side(ckpt: "Checkpoint") -> NativeTokenizer:
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from .quiet import native_stderr_silenced
+    from .tokenizer import run_native
 
     hf_logging.set_verbosity_error()
-    from transformers import AutoConfig
-
     try:  # AutoTokenizer reads config.json too, more strictly than our reader in places (1e9 for an int)
-        AutoConfig.from_pretrained(ckpt.source)
+        config = AutoConfig.from_pretrained(ckpt.source)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as e:
@@ -61,21 +59,16 @@ def _hf_side(ckpt: "Checkpoint") -> NativeTokenizer:
         raise InputError(os.path.join(ckpt.source, "config.json"), f"transformers cannot load this checkpoint's "
                          f"config, so neither its tokenizer ({e.__class__.__name__}{': ' + msg if msg else ''})") \
             from None
-    try:
-        with native_stderr_silenced():
-            tok = AutoTokenizer.from_pretrained(ckpt.source)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as e:  # noqa: B036 - transformers and the Rust tokenizers raise anything here
-        raise InputError(ckpt.source, f"transformers' AutoTokenizer cannot load its tokenizer "
-                                      f"({e.__class__.__name__}: {str(e).splitlines()[0][:100] if str(e) else ''})") \
-            from None
+    # The config read above is handed over, so that AutoTokenizer does not read config.json a second time.
+    tok = run_native(ckpt.source, "transformers' AutoTokenizer cannot load its tokenizer",
+                     AutoTokenizer.from_pretrained, ckpt.source, config=config)
     bos = tok.bos_token_id
+    # The Rust tokenizers panic on some files (a catastrophic normalizer regex): one line naming the file
+    where = (ckpt.tokenizer.json_path if ckpt.tokenizer is not None else None) or ckpt.source
 
     def encode(text: str) -> list[int]:
-        # The Rust tokenizers panic on some files (a catastrophic normalizer regex): one line naming the file
-        run = ckpt.tokenizer._run_hf if ckpt.tokenizer is not None and ckpt.tokenizer.json_path else None
-        ids = [int(i) for i in (run(tok, text) if run else tok(text))["input_ids"]]
+        ids = [int(i) for i in run_native(where, "the tokenizers library failed on this tokenizer.json", tok,
+                                          text)["input_ids"]]
         # Gemma's tokenizer_config adds BOS; one that does not is compared as if it did (parity feeds BOS).
         return ids if ids[:1] == [bos] or bos is None else [int(bos)] + ids
 
