@@ -284,8 +284,10 @@ class _Opaque:
 
 
 class _Container:
-    def __init__(self, kind: str):
-        self.kind, self.items = kind, 0
+    """A dict, list or set the pickle builds: only its item count is kept."""
+
+    def __init__(self) -> None:
+        self.items = 0
 
 
 class _Global:
@@ -388,7 +390,7 @@ class _PickleScan:
                 func = stack[-1] if stack else None
                 if func is None:
                     raise self.fail("the pickle calls nothing (refused before unpickling)")
-                stack[-1] = (_Container("dict") if isinstance(func, _Global) and func.name in _DICT_CLASSES
+                stack[-1] = (_Container() if isinstance(func, _Global) and func.name in _DICT_CLASSES
                              else _OPAQUE)
             elif op == 0x62:  # BUILD
                 pop()
@@ -421,11 +423,11 @@ class _PickleScan:
             elif op == 0x29:  # EMPTY_TUPLE
                 stack.append(())
             elif op == 0x5D:  # EMPTY_LIST
-                stack.append(_Container("list"))
+                stack.append(_Container())
             elif op == 0x7D:  # EMPTY_DICT
-                stack.append(_Container("dict"))
+                stack.append(_Container())
             elif op == 0x8F:  # EMPTY_SET
-                stack.append(_Container("set"))
+                stack.append(_Container())
             elif op == 0x4A:  # BININT
                 stack.append(struct.unpack("<i", need(4))[0])
             elif op == 0x4B:  # BININT1
