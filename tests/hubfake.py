@@ -92,22 +92,6 @@ def populate_kaggle_cache(cache: str, handle: str, src: str) -> str:
     return dest
 
 
-def tree_snapshot(path: str) -> dict[str, tuple[str, int, str | None]]:
-    """Every entry under `path` -> (kind, size, link target): to show a cache was left untouched."""
-    out = {}
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            full = os.path.join(root, name)
-            rel = os.path.relpath(full, path)
-            if os.path.islink(full):
-                out[rel] = ("link", 0, os.readlink(full))
-            elif os.path.isdir(full):
-                out[rel] = ("dir", 0, None)
-            else:
-                out[rel] = ("file", os.path.getsize(full), None)
-    return out
-
-
 # ----------------------------------------------------------------------------- a local hub
 class FakeHub:
     """A threaded HTTP server on 127.0.0.1 serving model repositories the way huggingface.co does for

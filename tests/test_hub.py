@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 import hubfake
+from files import tree_digest
 from gemma_inspect.cli import main
 
 REPO = "google/tiny-gemma3"
@@ -52,10 +53,10 @@ def offline(caches, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("KAGGLEHUB_CACHE", caches["kaggle"])
     monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "LOCALHOST")  # http://localhost:80: refused at once
-    before = {k: hubfake.tree_snapshot(caches[k]) for k in ("hf", "kaggle")}
+    before = {k: tree_digest(caches[k]) for k in ("hf", "kaggle")}
     yield caches
     # nothing here downloads, so the caches must be exactly as they were
-    assert {k: hubfake.tree_snapshot(caches[k]) for k in ("hf", "kaggle")} == before
+    assert {k: tree_digest(caches[k]) for k in ("hf", "kaggle")} == before
 
 
 def run(*args: str, code: int = 0):
@@ -310,8 +311,8 @@ def test_summary_reads_headers_only_then_convert_downloads(tiny_models, tmp_path
         # the layout the offline tests build by hand is the one huggingface_hub itself writes
         hubfake.populate_hf_cache(str(tmp_path / "by-hand"), REPO, hf_dir)
         for part in ("blobs", "snapshots", "refs"):
-            assert hubfake.tree_snapshot(os.path.join(cache, "models--google--tiny-gemma3", part)) == \
-                hubfake.tree_snapshot(os.path.join(tmp_path, "by-hand", "models--google--tiny-gemma3", part))
+            assert tree_digest(os.path.join(cache, "models--google--tiny-gemma3", part)) == \
+                tree_digest(os.path.join(tmp_path, "by-hand", "models--google--tiny-gemma3", part))
         # ... and writes what converting the directory writes
         assert _cli(env, "convert", hf_dir, str(tmp_path / "keras-path"), "--to", "keras").returncode == 0
         assert written(dest) == written(str(tmp_path / "keras-path"))

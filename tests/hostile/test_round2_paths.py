@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 import shutil
@@ -23,6 +22,8 @@ import pytest
 from click.testing import CliRunner
 
 from gemma_inspect.cli import main
+
+from files import tree_digest
 
 from .conftest import TALLY
 
@@ -41,23 +42,6 @@ def one_error_line(r, *fragments: str) -> str:
     return r.stderr
 
 
-def tree_digest(root: str) -> dict[str, str]:
-    """Every entry below `root` (not following symlinks): its kind and content hash or link target."""
-    out = {}
-    for d, dirs, files in os.walk(root):
-        for name in dirs + files:
-            p = os.path.join(d, name)
-            rel = os.path.relpath(p, root)
-            if os.path.islink(p):
-                out[rel] = "link:" + os.readlink(p)
-            elif os.path.isdir(p):
-                out[rel] = "dir"
-            else:
-                with open(p, "rb") as f:
-                    out[rel] = hashlib.sha256(f.read()).hexdigest()
-    return out
-
-
 def tally(cls: str, refused: int, accepted: int = 0) -> None:
     TALLY[cls][0] += refused + accepted
     TALLY[cls][1] += refused
@@ -65,34 +49,25 @@ def tally(cls: str, refused: int, accepted: int = 0) -> None:
 
 
 # ============================================================================= 2. ambiguous weights
-def _hf_ambiguous(tiny_models, tmp_path, single_from: str) -> str:
-    """A sharded HF directory (seed 0) with a model.safetensors beside its index."""
-    root = str(tmp_path / f"hf-ambiguous-{single_from}")
-    shutil.copytree(tiny_models.get("gemma2", "hf", shard=True), root)
-    single = os.path.join(root, "model.safetensors")
+# (single weights file, the first shard's name) of each format whose shards sit beside an index
+SINGLE_AND_FIRST_SHARD = {"hf": ("model.safetensors", None), "keras": ("model.weights.h5", "model_00000.weights.h5")}
+
+
+def _ambiguous(tiny_models, tmp_path, fmt: str, single_from: str) -> str:
+    """A sharded directory (seed 0) of `fmt` with a single weights file beside its index."""
+    root = str(tmp_path / f"{fmt}-ambiguous-{single_from}")
+    shutil.copytree(tiny_models.get("gemma2", fmt, shard=True), root)
+    name, first_shard = SINGLE_AND_FIRST_SHARD[fmt]
+    single = os.path.join(root, name)
     if single_from == "same":
-        shutil.copyfile(os.path.join(tiny_models.get("gemma2", "hf"), "model.safetensors"), single)
-    elif single_from == "poisoned":  # other weights: what transformers would run
-        shutil.copyfile(os.path.join(tiny_models.get("gemma2", "hf", seed=1), "model.safetensors"), single)
+        shutil.copyfile(os.path.join(tiny_models.get("gemma2", fmt), name), single)
+    elif single_from == "poisoned":  # other weights: what transformers / keras-hub would run
+        shutil.copyfile(os.path.join(tiny_models.get("gemma2", fmt, seed=1), name), single)
     elif single_from == "empty":
         open(single, "wb").close()
     elif single_from == "symlink":
-        os.symlink(os.path.basename(sorted(glob.glob(os.path.join(root, "model-0*.safetensors")))[0]), single)
-    return root
-
-
-def _keras_ambiguous(tiny_models, tmp_path, single_from: str) -> str:
-    root = str(tmp_path / f"keras-ambiguous-{single_from}")
-    shutil.copytree(tiny_models.get("gemma2", "keras", shard=True), root)
-    single = os.path.join(root, "model.weights.h5")
-    if single_from == "same":
-        shutil.copyfile(os.path.join(tiny_models.get("gemma2", "keras"), "model.weights.h5"), single)
-    elif single_from == "poisoned":
-        shutil.copyfile(os.path.join(tiny_models.get("gemma2", "keras", seed=1), "model.weights.h5"), single)
-    elif single_from == "empty":
-        open(single, "wb").close()
-    elif single_from == "symlink":
-        os.symlink("model_00000.weights.h5", single)
+        os.symlink(first_shard or os.path.basename(sorted(glob.glob(os.path.join(root, "model-0*.safetensors")))[0]),
+                   single)
     return root
 
 
@@ -101,8 +76,7 @@ AMBIGUOUS = [(fmt, kind) for fmt in ("hf", "keras") for kind in ("same", "poison
 
 @pytest.mark.parametrize("fmt,kind", AMBIGUOUS)
 def test_single_file_beside_an_index_is_refused_by_every_command(tiny_models, tmp_path, fmt, kind):
-    make = _hf_ambiguous if fmt == "hf" else _keras_ambiguous
-    root = make(tiny_models, tmp_path, kind)
+    root = _ambiguous(tiny_models, tmp_path, fmt, kind)
     clean = tiny_models.get("gemma2", fmt)
     single, index = (("model.safetensors", "model.safetensors.index.json") if fmt == "hf"
                      else ("model.weights.h5", "model.weights.json"))
