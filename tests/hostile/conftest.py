@@ -198,3 +198,13 @@ def _merged_tally(config: Any) -> dict[str, list[int]]:
                     merged[fmt] = [a + b for a, b in zip(merged[fmt], counts)]
         shutil.rmtree(directory, ignore_errors=True)
     return merged
+
+
+@pytest.fixture(scope="session")
+def ckpt_file(tiny_models, tmp_path_factory):
+    """A gemma_pytorch .ckpt of the tiny Gemma 2, written by our converter: the base of the pickle variants."""
+    from gemma_inspect.convert import convert
+
+    dest = str(tmp_path_factory.mktemp("hostile-ckpt") / "gemma2.ckpt")
+    convert(tiny_models.get("gemma2"), dest, "gemma-pytorch")
+    return dest

@@ -13,10 +13,7 @@ import pickle
 import random
 import zipfile
 
-import pytest
 import torch
-
-from gemma_inspect.convert import convert
 
 from files import read_bytes
 
@@ -26,13 +23,6 @@ from .variants import Variant, flips, json_variants, tree_variants, truncations
 N = 24
 QKV = "model.layers.1.self_attn.qkv_proj.weight"
 NORM = "model.layers.0.input_layernorm.weight"
-
-
-@pytest.fixture(scope="module")
-def ckpt_file(tiny_models, tmp_path_factory):
-    dest = str(tmp_path_factory.mktemp("hostile-ckpt") / "gemma2.ckpt")
-    convert(tiny_models.get("gemma2"), dest, "gemma-pytorch")
-    return dest
 
 
 def _saved(obj: object) -> bytes:

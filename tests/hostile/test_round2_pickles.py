@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 
-from gemma_inspect.convert import convert
 
 from files import read_bytes
 
@@ -32,13 +31,6 @@ QKV = "model.layers.1.self_attn.qkv_proj.weight"
 NORM0 = "model.layers.0.input_layernorm.weight"
 NORM1 = "model.layers.1.input_layernorm.weight"
 GATE = "model.layers.0.mlp.gate_proj.weight"
-
-
-@pytest.fixture(scope="module")
-def ckpt_file(tiny_models, tmp_path_factory):
-    dest = str(tmp_path_factory.mktemp("round2-ckpt") / "gemma2.ckpt")
-    convert(tiny_models.get("gemma2"), dest, "gemma-pytorch")
-    return dest
 
 
 @pytest.fixture(scope="module")
