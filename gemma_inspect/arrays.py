@@ -99,7 +99,3 @@ class Layout:
     def apply(self, a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         flat = None if out is None else out.reshape(tuple(self.view[p] for p in self.perm))
         return permute(a.reshape(self.view), self.perm, flat).reshape(self.shape)
-
-    @property
-    def is_transpose(self) -> bool:
-        return len(self.perm) == 2 and tuple(self.perm) == (1, 0)

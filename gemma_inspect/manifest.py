@@ -68,10 +68,6 @@ def hash_of(path: str, algorithm: str = DEFAULT_HASH) -> str:
     return h.hexdigest()
 
 
-def sha256_of(path: str) -> str:
-    return hash_of(path, "sha256")
-
-
 def _files_of(root: str) -> list[str]:
     """Relative paths of the regular files of a directory output (its manifest excluded), sorted."""
     out = []
