@@ -27,7 +27,7 @@ import numpy as np
 from .checkpoint import FLOAT_DTYPES, Checkpoint, TensorRef
 from .errors import InputError, OutputError, UnsupportedError
 from .formats import FORMATS as TARGETS  # every format is written as well as read
-from .manifest import SIBLING_SUFFIX, Follower, manifest_path
+from .manifest import DEFAULT_HASH, HASH_NAMES, SIBLING_SUFFIX, Follower, manifest_path
 
 DTYPES = ("keep", "float32", "bfloat16", "float16", "q8_0")
 FLOAT_ONLY = {"hf": "HF", "keras": "Keras", "gemma-pytorch": "gemma_pytorch"}  # formats that store no quantization
@@ -37,7 +37,6 @@ FLOAT_ONLY = {"hf": "HF", "keras": "Keras", "gemma-pytorch": "gemma_pytorch"}  #
 CHUNK_BYTES = 64 * 1024 * 1024
 
 Progress = Callable[[int], None]  # called with the number of bytes just written
-HASH_NAMES = {"blake3": "BLAKE3", "sha256": "SHA-256"}
 
 # Seconds spent in each stage of the conversion in progress, summed over the threads that do it (read and
 # transform: the producer thread; write: the writer, kernel copies included; hash: the manifest's; import: torch,
@@ -58,7 +57,7 @@ class WriteOptions:
     force: bool = False  # convert even what the target can only approximate (with a warning note)
     notes: list[str] = field(default_factory=list)  # writers append what the user should know
     manifest: bool = True  # write the output's manifest (file sizes and hashes, tensors); see manifest.py
-    hash: str = "blake3"  # the manifest's hash: blake3 (fast everywhere) or sha256 (what the HF hub publishes)
+    hash: str = DEFAULT_HASH  # the manifest's hash: blake3 (fast everywhere) or sha256 (what the HF hub publishes)
     # Set by convert() while a manifest is being built: a writer that fills a file out of order (HDF5: metadata
     # first, then the datasets at their offsets) calls final(path, n) once bytes [0, n) of it will not change,
     # so that the file is hashed while it is written rather than read again afterwards.
