@@ -624,7 +624,7 @@ def check_dest(dest: str, ckpt: Checkpoint) -> None:
     _check_output(dest, ckpt, "DEST")
     parent = _real(os.path.dirname(os.path.abspath(dest)) or ".")
     base = os.path.basename(os.path.abspath(dest))
-    sources = sorted({_real(ckpt.source), *(_real(p) for p in ckpt.files)})
+    sources = _sources(ckpt)
     removed = os.path.join(parent, base) + SIBLING_SUFFIX
     for src in sources:
         if _inside(src, removed):
@@ -638,9 +638,14 @@ def check_dest(dest: str, ckpt: Checkpoint) -> None:
                                   f"sibling of DEST that convert may remove")
 
 
+def _sources(ckpt: Checkpoint) -> list[str]:
+    """The real paths of a checkpoint's source and of each of its files."""
+    return sorted({_real(ckpt.source), *(_real(p) for p in ckpt.files)})
+
+
 def _check_output(dest: str, ckpt: Checkpoint, what: str) -> None:
     root = _real(ckpt.source)
-    sources = sorted({root, *(_real(p) for p in ckpt.files)})
+    sources = _sources(ckpt)
     source_dirs = [p for p in sources if os.path.isdir(p)]
     parent = _real(os.path.dirname(os.path.abspath(dest)) or ".")
     base = os.path.basename(os.path.abspath(dest))
