@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 
 from _measure import Runner, warm  # noqa: E402
 from kernels import cpu_info, describe_cpu, hashes, transposes  # noqa: E402
+from gemma_inspect.convert import STAGES  # noqa: E402
 from gemma_inspect.spec import card  # noqa: E402
 from gemma_inspect.tiny import weight_std  # noqa: E402
 
@@ -152,7 +153,6 @@ def main() -> int:
 
     t = Table(title=f"Keras <-> HF conversion, measured {datetime.date.today()} on {cpu['model']}, "
                     f"{os.cpu_count()} cores, Python {platform.python_version()}")
-    stage_names = ("read", "transform", "write", "hash", "import")
     for col in ("path", "wall s", "peak RSS", "output", "vs keras-hub", "vs cp",
                 "read / transform / write / hash / import torch s"):
         t.add_column(col, justify="left" if col == "path" else "right")
@@ -168,7 +168,7 @@ def main() -> int:
             continue
         vs_cp = f"{r['seconds'] / copy['seconds']:.1f}x cp" if r is not copy and not r["rc"] else ""
         st = r.get("stages")
-        stages = " / ".join(f"{st.get(k, 0):.2f}" for k in stage_names) if st else ""
+        stages = " / ".join(f"{st.get(k, 0):.2f}" for k in STAGES) if st else ""
         t.add_row(r["label"], f"{r['seconds']:.2f}" if not r["rc"] else "failed",
                   f"{r['peak_rss_bytes'] / 1e9:.2f} GB",
                   f"{r['output_bytes'] / 1e9:.2f} GB" if r["output_bytes"] else "-", ratio(r, base), vs_cp, stages)
