@@ -200,13 +200,9 @@ def parity_cmd(a: str, b: str, runtime_a: str, runtime_b: str, device: str, dtyp
     from .parity import parse_tokens, parity, plot_layers
 
     ids = parse_tokens(tokens) if tokens is not None else None
-    if plot_path:
-        _check_output_file(plot_path, "--plot")  # before minutes of forward passes, not after
     ca, cb = _open(a), _open(b)
     if plot_path:
-        from .convert import check_output
-
-        check_output(plot_path, (ca, cb), "--plot")  # never over an input
+        _check_output_file(plot_path, "--plot", (ca, cb))  # before minutes of forward passes, not after
     from .render import StepProgress
 
     with StepProgress(_console(stderr=True), "parity") as say:
@@ -235,11 +231,13 @@ def parity_cmd(a: str, b: str, runtime_a: str, runtime_b: str, device: str, dtyp
         sys.exit(1)
 
 
-def _check_output_file(path: str, option: str) -> None:
+def _check_output_file(path: str, option: str, inputs: Any) -> None:
     """An output file named by an option must be writable where it is: its directory exists and is a directory,
-    and the path itself is not a directory. Checked before any work (exit 2 with one line)."""
+    and the path itself is not a directory; and it must not be (or lie inside) one of the opened `inputs`
+    (convert.check_output). Checked before any work (exit 2 with one line)."""
     import os
 
+    from .convert import check_output
     from .errors import InputError
 
     parent = os.path.dirname(os.path.abspath(path))
@@ -250,6 +248,7 @@ def _check_output_file(path: str, option: str) -> None:
         raise InputError(path, f"cannot write {option} here: {parent} {what}")
     if not os.access(parent, os.W_OK):
         raise InputError(path, f"cannot write {option} here: {parent} is not writable")
+    check_output(path, inputs, option)  # never over an input
 
 
 @main.command(name="verify")
