@@ -534,7 +534,7 @@ def render_parity(console: Console, result: dict[str, Any]) -> None:
     first = result["first_divergent_layer"]
     for r in layers:
         i = r["index"]
-        label = r.get("name") or ("embedding" if i == -1 else ("final norm" if i == n else f"block {i}"))
+        label = r["name"]  # parity.layer_label's
         ok = r["status"] == "ok"
         style = "" if ok else ("bold red" if i == first else "red")
         cells = [Text(label, style=style), fmt_float(r["max_abs_diff"]), fmt_float(r["relative_diff"])]
