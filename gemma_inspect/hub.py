@@ -397,12 +397,10 @@ def headers_checkpoint(source: str, config_path: str, meta: Any) -> Checkpoint:
                 raise InputError(where, f"tensor {name!r}: unknown dtype {info.dtype!r}")
             shape = tuple(int(s) for s in info.shape)
             begin, end = info.data_offsets
-            numel = 1
-            for s in shape:
-                numel *= s
-            if end - begin != numel * ITEMSIZE[dtype]:
+            want = hf._numel(shape) * ITEMSIZE[dtype]
+            if end - begin != want:
                 raise InputError(where, f"tensor {name!r}: {end - begin} bytes for shape {list(shape)} of {dtype} "
-                                        f"(expected {numel * ITEMSIZE[dtype]})")
+                                        f"(expected {want})")
             if name in entries:
                 raise InputError(where, f"tensor {name!r} is also stored in {entries[name][0]}")
             entries[name] = (fname, dtype, shape, end - begin)
@@ -429,7 +427,7 @@ def headers_checkpoint(source: str, config_path: str, meta: Any) -> Checkpoint:
     for stored, (fname, dtype, shape, nbytes) in entries.items():
         if any(stored.startswith(p) for p in hf.VISION_PREFIXES):
             ignored[stored] = (shape, dtype)
-            vision_params += _numel(shape)
+            vision_params += hf._numel(shape)
             continue
         name = stored
         for old, new in hf.TEXT_PREFIXES:
@@ -451,25 +449,12 @@ def headers_checkpoint(source: str, config_path: str, meta: Any) -> Checkpoint:
     if cfg.get("model_type") == "gemma3" and not vision_params:
         notes.append("multimodal Gemma 3 config: only the text decoder is read")
     where = f"{source}/{'model.safetensors.index.json' if meta.sharded else 'model.safetensors'}"
-    for n in tensors:
-        if n.startswith("?"):
-            raise InputError(where, f"tensor {n[1:]!r} does not belong in a Gemma 1 checkpoint "
-                                    f"(Gemma 1 stores its pre-FFN norm as post_attention_layernorm)")
+    hf._name_unmapped(tensors, where)  # formats/hf.py's own checks and order, as for a local directory
     check_against_spec(spec, tensors, config_path, where)
-    from .checkpoint import expected_tensors
-
-    order = [n for n in expected_tensors(spec) if n in tensors]
-    ordered = {n: tensors[n] for n in order + [n for n in tensors if n not in order]}
+    ordered = {n: tensors[n] for n in hf._canonical_order(spec, tensors)}
     notes.append("read from the hub's safetensors headers only: tokenizer and tensor values not downloaded")
     return Checkpoint(spec=spec, tensors=ordered, source=source, format="hf", tokenizer=None, notes=notes,
                       ignored=ignored, config=cfg, files=[config_path])
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 # ----------------------------------------------------------------------------- Kaggle
