@@ -82,7 +82,7 @@ def run_demo(directory: str | None, console: Any) -> None:
     # Lines, not a spinner: the steps' own commands show their progress while a demo step runs.
     progress = StepProgress(Console(stderr=True, highlight=False, soft_wrap=True), "demo", lines=True)
     with progress as say:  # steps and elapsed time on stderr, in a terminal and in a pipe
-        failures = _run_steps(root, console, say)
+        paths, failures = _run_steps(root, console, say)
     console.print()
     console.rule("[bold]next")
     console.print(
@@ -91,12 +91,13 @@ def run_demo(directory: str | None, console: Any) -> None:
         f"  gemma-inspect convert SRC DEST --to hf|keras|gguf|gemma-pytorch --verify\n"
         f"  gemma-inspect parity A B --json       # exit 1 on disagreement: use it in CI\n"
         f"  gemma-inspect verify PATH --graph     # the architecture, observed from a traced forward pass\n"
-        f"The plot of the parity step is {os.path.join(root, 'parity-gemma2.png')}.")
+        f"The plot of the parity step is {paths['plot']}.")
     if failures:
         raise OutputError("demo steps failed: " + ", ".join(f"{cmd} (exit {code})" for cmd, code in failures))
 
 
-def _run_steps(root: str, console: Any, say: Any) -> list[tuple[str, int]]:
+def _run_steps(root: str, console: Any, say: Any) -> tuple[dict[str, str], list[tuple[str, int]]]:
+    """Build the checkpoints, run every step; returns build()'s paths and the failed steps (command, exit code)."""
     from .cli import main
 
     paths = build(root, progress=lambda m: say(f"[build] {m}"))
@@ -114,4 +115,4 @@ def _run_steps(root: str, console: Any, say: Any) -> list[tuple[str, int]]:
             code = int(e.code or 0)
         if code:
             failures.append((args[0], code))
-    return failures
+    return paths, failures
