@@ -113,7 +113,8 @@ def _gguf_side(ckpt: "Checkpoint") -> NativeTokenizer:
     bos = int(llm.token_bos())
 
     def encode(text: str) -> list[int]:
-        ids = [int(i) for i in llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)]
+        with native_stderr_silenced():  # llama.cpp warns on stderr of a text that starts with "<bos>" (two BOS)
+            ids = [int(i) for i in llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)]
         return ids if ids[:1] == [bos] else [bos] + ids
 
     return NativeTokenizer(f"llama.cpp (llama-cpp-python {llama_cpp.__version__})", encode, reads_control_text=True)
