@@ -30,3 +30,16 @@ def exact_gelu(kind: str, x: Any) -> Any:
 def soft_cap_dropped(x: Any, cap: float | None) -> Any:
     """`reference.soft_cap` that ignores the cap: Gemma 2's attention (50) and final (30) soft caps dropped."""
     return x
+
+
+def scrambled_ffn_gguf(tiny_models: Any, tmp_path: Any, dtype: str) -> str:
+    """A GGUF (`dtype`: q8_0, bfloat16, ...) of the tiny Gemma 3 whose block-2 FFN down-projection has its rows
+    reversed: a defect that a lower-precision tolerance must still catch at block 2."""
+    from gemma_inspect.convert import WriteOptions, convert
+    from gemma_inspect.tiny import write_hf
+
+    w = tiny_models.weights("gemma3")
+    w["model.layers.2.mlp.down_proj.weight"] = w["model.layers.2.mlp.down_proj.weight"][::-1].copy()
+    write_hf(tiny_models.spec("gemma3"), w, str(tmp_path / "bad-hf"))
+    convert(str(tmp_path / "bad-hf"), str(tmp_path / "bad.gguf"), "gguf", WriteOptions(dtype=dtype))
+    return str(tmp_path / "bad.gguf")

@@ -93,7 +93,26 @@ def populate_kaggle_cache(cache: str, handle: str, src: str) -> str:
 
 
 # ----------------------------------------------------------------------------- a local hub
-class FakeHub:
+class _LocalServer:
+    """An HTTP server on 127.0.0.1 (a free port) serving `handler` on a thread while the `with` block runs."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Any:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+class FakeHub(_LocalServer):
     """A threaded HTTP server on 127.0.0.1 serving model repositories the way huggingface.co does for
     huggingface_hub: /api/models/<repo>[/revision/<rev>], /api/models/<repo>/tree/<rev>, and
     HEAD/GET /<repo>/resolve/<rev>/<file> with X-Repo-Commit, ETag/X-Linked-Etag and Range support.
@@ -118,10 +137,7 @@ class FakeHub:
             def do_GET(self) -> None:
                 hub._serve(self, head=False)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     def add(self, repo_id: str, src: str) -> str:
         files = repo_files(src)
@@ -129,14 +145,6 @@ class FakeHub:
         self.repos[repo_id] = (commit, files)
         return commit
 
-    def __enter__(self) -> "FakeHub":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
 
     def bytes_sent(self, suffix: str = "") -> int:
         return sum(n for _m, p, _r, n in self.log if p.split("?")[0].endswith(suffix))
@@ -215,7 +223,7 @@ class FakeHub:
         return self._missing(h, head, "NotFound")
 
 
-class FakeKaggle:
+class FakeKaggle(_LocalServer):
     """A threaded HTTP server on 127.0.0.1 answering the two calls kagglehub makes to download a model version
     (kagglesdk's JSON-over-POST API): models.ModelApiService/ListModelInstanceVersionFiles and
     /DownloadModelInstanceVersion (one file's bytes). Requests are logged as (method name, request body)."""
@@ -252,23 +260,12 @@ class FakeKaggle:
                 self.end_headers()
                 self.wfile.write(out)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     def add(self, handle: str, src: str) -> None:
         owner, model, _framework, variation, version = handle.removeprefix("kaggle://").split("/")
         self.models[(owner, model, variation, int(version))] = repo_files(src)
 
-    def __enter__(self) -> "FakeKaggle":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
 
 
 # kagglesdk has no endpoint variable: KAGGLE_API_ENVIRONMENT=LOCALHOST selects its "http://localhost" entry,

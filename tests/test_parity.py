@@ -9,7 +9,7 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from defects import embedding_scale_in_float32
+from defects import embedding_scale_in_float32, scrambled_ffn_gguf
 from gemma_inspect import load
 from gemma_inspect.cli import main
 from gemma_inspect.errors import InputError, UnsupportedError
@@ -208,11 +208,7 @@ def test_quantized_side_is_judged_by_the_next_token_distribution(tiny_models, tm
     assert r["logits"]["top1_agreement_outside_ties"] >= 0.9
     assert max(x["relative_diff"] for x in r["layers"]) < 0.25
     # the same quantization of a checkpoint whose layer-2 FFN is scrambled does not pass
-    w = tiny_models.weights("gemma3")
-    w["model.layers.2.mlp.down_proj.weight"] = w["model.layers.2.mlp.down_proj.weight"][::-1].copy()
-    write_hf(tiny_models.spec("gemma3"), w, str(tmp_path / "bad-hf"))
-    convert(str(tmp_path / "bad-hf"), str(tmp_path / "bad.gguf"), "gguf", WriteOptions(dtype="q8_0"))
-    bad = parity(load(src), load(str(tmp_path / "bad.gguf")), device="cpu")
+    bad = parity(load(src), load(scrambled_ffn_gguf(tiny_models, tmp_path, "q8_0")), device="cpu")
     assert bad["passed"] is False and bad["first_divergent_layer"] == 2
 
 

@@ -90,11 +90,7 @@ def test_a_bfloat16_copy_of_a_float32_model_is_judged_by_bfloat16s_tolerance(tin
     flat = " ".join(res.stdout.split())  # the why line wraps under itself at the terminal's width
     assert "why: B is stored in bfloat16, A in float32: B's weights differ by up to one bfloat16 rounding" in flat
     # the same bfloat16 copy of a model whose block-2 FFN is scrambled still fails at block 2
-    w = tiny_models.weights("gemma3")
-    w["model.layers.2.mlp.down_proj.weight"] = w["model.layers.2.mlp.down_proj.weight"][::-1].copy()
-    write_hf(tiny_models.spec("gemma3"), w, str(tmp_path / "bad-hf"))
-    convert(str(tmp_path / "bad-hf"), str(tmp_path / "bad.gguf"), "gguf", WriteOptions(dtype="bfloat16"))
-    bad = parity(load(src), load(str(tmp_path / "bad.gguf")), device="cpu")
+    bad = parity(load(src), load(defects.scrambled_ffn_gguf(tiny_models, tmp_path, "bfloat16")), device="cpu")
     assert bad["passed"] is False and bad["first_divergent_layer"] == 2
 
 
