@@ -382,9 +382,9 @@ def _hf_headers(ref: HubRef, hub: dict[str, Any], say: Callable[[str], None]) ->
 def headers_checkpoint(source: str, config_path: str, meta: Any) -> Checkpoint:
     """A Checkpoint of a Hugging Face model from config.json and huggingface_hub's SafetensorsRepoMetadata:
     the same spec, canonical names and checks as formats/hf.py's reader, tensors known by header only."""
-    from .checkpoint import TensorRef, check_against_spec
+    from .checkpoint import TensorRef
     from .formats import hf
-    from .formats.common import most_common, read_json_object
+    from .formats.common import read_json_object
     from .formats.safetensors_io import ITEMSIZE, ST_DTYPES
 
     cfg = read_json_object(config_path, "config.json")
@@ -413,7 +413,6 @@ def headers_checkpoint(source: str, config_path: str, meta: Any) -> Checkpoint:
         unlisted = [n for n in entries if n not in meta.weight_map]
         if unlisted:
             raise InputError(index, f"does not list {unlisted[0]!r}, which {entries[unlisted[0]][0]} holds")
-    spec, notes = hf.spec_from_config(cfg, config_path, most_common([e[1] for e in entries.values()]))
 
     def headers_only(name: str) -> Callable[[], Any]:
         def fail() -> Any:
@@ -421,40 +420,15 @@ def headers_checkpoint(source: str, config_path: str, meta: Any) -> Checkpoint:
                                    f"command that downloads the model (convert, diff, parity, verify)")
         return fail
 
-    tensors: dict[str, TensorRef] = {}
-    ignored: dict[str, tuple[tuple[int, ...], str]] = {}
-    vision_params = 0
-    for stored, (fname, dtype, shape, nbytes) in entries.items():
-        if any(stored.startswith(p) for p in hf.VISION_PREFIXES):
-            ignored[stored] = (shape, dtype)
-            vision_params += hf._numel(shape)
-            continue
-        name = stored
-        for old, new in hf.TEXT_PREFIXES:
-            if name.startswith(old):
-                name = new + name[len(old):]
-                break
-        canonical = hf.to_canonical(name, spec.family)
-        if canonical == "lm_head.weight" and spec.tied_embeddings:
-            ignored[stored] = (shape, dtype)
-            notes.append("lm_head.weight is stored but tie_word_embeddings is true: runtimes use the "
-                         "embedding instead (see `verify` lint)")
-            continue
-        tensors[canonical] = TensorRef(name=canonical, shape=shape, dtype=dtype, nbytes=nbytes,
-                                       origin=f"{source}/{fname}:{stored}", loader=headers_only(stored))
-    if vision_params:
-        n_vision = sum(1 for k in ignored if any(k.startswith(p) for p in hf.VISION_PREFIXES))
-        notes.append(f"multimodal Gemma 3: vision tower and projector ({n_vision} tensors, "
-                     f"{vision_params:,} parameters) reported and ignored; only the text decoder is read")
-    if cfg.get("model_type") == "gemma3" and not vision_params:
-        notes.append("multimodal Gemma 3 config: only the text decoder is read")
+    stored = {name: (dtype, shape, lambda canonical, f=fname, n=name, nb=nbytes, d=dtype, s=shape: TensorRef(
+        name=canonical, shape=s, dtype=d, nbytes=nb, origin=f"{source}/{f}:{n}", loader=headers_only(n)))
+        for name, (fname, dtype, shape, nbytes) in entries.items()}
     where = f"{source}/{'model.safetensors.index.json' if meta.sharded else 'model.safetensors'}"
-    hf._name_unmapped(tensors, where)  # formats/hf.py's own checks and order, as for a local directory
-    check_against_spec(spec, tensors, config_path, where)
-    ordered = {n: tensors[n] for n in hf._canonical_order(spec, tensors)}
+    # formats/hf.py's own mapping, checks and order, as for a local directory (base models included)
+    spec, ordered, ignored, notes, base = hf.from_headers(cfg, config_path, stored, where)
     notes.append("read from the hub's safetensors headers only: tokenizer and tensor values not downloaded")
     return Checkpoint(spec=spec, tensors=ordered, source=source, format="hf", tokenizer=None, notes=notes,
-                      ignored=ignored, config=cfg, files=[config_path])
+                      ignored=ignored, config=cfg, files=[config_path], base_model=base)
 
 
 # ----------------------------------------------------------------------------- Kaggle

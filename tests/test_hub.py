@@ -407,3 +407,22 @@ def test_preset_registry_is_keras_hubs():
     from gemma_inspect.hub import keras_hub_presets
 
     assert keras_hub_presets() == {k: v["kaggle_handle"] for k, v in BUILTIN_PRESETS.items()}
+
+
+def test_headers_only_summary_of_a_base_model_reads_as_the_directory_does(tiny_models, tmp_path):
+    """A base model (AutoModel.save_pretrained: no `model.` prefix, no LM head) summarised from the hub's headers
+    goes through formats/hf.py's own mapping: the same tensors, parameters and `lm_head: none` as its directory."""
+    from transformers import AutoModel
+
+    base = str(tmp_path / "base")
+    AutoModel.from_pretrained(tiny_models.get("gemma3", tokenizer=False)).save_pretrained(base)
+    with hubfake.FakeHub() as hub:
+        hub.add(REPO, base)
+        env = dict(os.environ, HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_HUB_CACHE=str(tmp_path / "hf-cache"),
+                   PYTHONPATH=ROOT, HF_HUB_DISABLE_PROGRESS_BARS="1", HF_TOKEN="", HF_HUB_DISABLE_XET="1")
+        p = _cli(env, "summary", REPO, "--json")
+    assert p.returncode == 0, p.stderr
+    out, by_path = json.loads(p.stdout), run_json("summary", base)[0]
+    assert out["hub"]["downloaded"] == "headers" and out["lm_head"] == by_path["lm_head"] == "none"
+    same = ("family", "architecture", "parameters", "dtypes", "num_tensors", "ignored_tensors")
+    assert {k: out[k] for k in same} == {k: by_path[k] for k in same}

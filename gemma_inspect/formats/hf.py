@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from typing import Any, Callable
 
 from ..checkpoint import (FLOAT_DTYPES, ROLES, Checkpoint, TensorRef, canonical_name, check_against_spec,
                           compile_names, fill_name, match_name, parse_canonical)
@@ -366,18 +366,36 @@ def read(path: str) -> Checkpoint:
         if unlisted:
             raise InputError(os.path.join(path, INDEX), f"does not list {unlisted[0]!r}, which "
                                                         f"{os.path.basename(headers[unlisted[0]][0])} holds")
-    dtypes = [e.dtype for _, e in headers.values()]
-    spec, notes = spec_from_config(cfg, config_path, most_common(dtypes))
+    where = os.path.join(path, INDEX) if weight_map is not None else files[0]
+    stored = {name: (entry.dtype, entry.shape, lambda canonical, f=fpath, e=entry, n=name: _ref(canonical, f, e, n))
+              for name, (fpath, entry) in headers.items()}
+    spec, ordered, ignored, notes, base = from_headers(cfg, config_path, stored, where)
+    from ..tokenizer import find_tokenizer
 
+    tokenizer = find_tokenizer(path)
+    present = [os.path.join(path, f) for f in (CONFIG, INDEX, "generation_config.json", *TOKENIZER_FILES)
+               if os.path.exists(os.path.join(path, f))]
+    return Checkpoint(spec=spec, tensors=ordered, source=path, format="hf", tokenizer=tokenizer, notes=notes,
+                      ignored=ignored, config=cfg, files=present + files, base_model=base)
+
+
+def from_headers(cfg: dict[str, Any], config_path: str,
+                 stored: dict[str, tuple[str, tuple[int, ...], Callable[[str], TensorRef]]],
+                 where: str) -> tuple[GemmaSpec, dict[str, TensorRef], dict[str, tuple[tuple[int, ...], str]],
+                                      list[str], bool]:
+    """The spec, canonical tensors (in canonical order), ignored tensors, notes and base-model flag of an HF
+    checkpoint from its config and its stored tensors ({stored name: (dtype, shape, make_ref(canonical))}):
+    what a local directory's headers and the hub's safetensors metadata (hub.py) both give."""
+    spec, notes = spec_from_config(cfg, config_path, most_common([d for d, _, _ in stored.values()]))
     tensors: dict[str, TensorRef] = {}
     ignored: dict[str, tuple[tuple[int, ...], str]] = {}
     vision_params = 0
-    base = _is_base_model(headers)
-    for hf, (fpath, entry) in headers.items():
+    base = _is_base_model(stored)
+    for hf, (dtype, shape, make_ref) in stored.items():
         name = BASE_PREFIX + hf if base and hf.startswith(BASE_NAMES) else hf
         if any(name.startswith(p) for p in VISION_PREFIXES):
-            ignored[hf] = (entry.shape, entry.dtype)
-            vision_params += _numel(entry.shape)
+            ignored[hf] = (shape, dtype)
+            vision_params += _numel(shape)
             continue
         for old, new in TEXT_PREFIXES:
             if name.startswith(old):
@@ -385,11 +403,11 @@ def read(path: str) -> Checkpoint:
                 break
         canonical = to_canonical(name, spec.family)
         if canonical == "lm_head.weight" and spec.tied_embeddings:
-            ignored[hf] = (entry.shape, entry.dtype)
+            ignored[hf] = (shape, dtype)
             notes.append("lm_head.weight is stored but tie_word_embeddings is true: runtimes use the "
                          "embedding instead (see `verify` lint)")
             continue
-        tensors[canonical] = _ref(canonical, fpath, entry, hf)
+        tensors[canonical] = make_ref(canonical)
     if base:
         notes.append("a base model (tensors named without the `model.` prefix, as GemmaModel / Gemma2Model / "
                      "Gemma3TextModel save them): no LM head, neither stored nor tied; read as transformers reads it")
@@ -399,18 +417,9 @@ def read(path: str) -> Checkpoint:
                      f"{vision_params:,} parameters) reported and ignored; only the text decoder is read")
     if cfg.get("model_type") == "gemma3" and not vision_params:
         notes.append("multimodal Gemma 3 config: only the text decoder is read")
-    where = os.path.join(path, INDEX) if weight_map is not None else files[0]
     _name_unmapped(tensors, where)
     check_against_spec(spec, tensors, config_path, where)
-    ordered = {n: tensors[n] for n in _canonical_order(spec, tensors)}
-    from ..tokenizer import find_tokenizer
-
-    tokenizer = find_tokenizer(path)
-    present = [os.path.join(path, f) for f in (CONFIG, INDEX, "generation_config.json", *TOKENIZER_FILES)
-               if os.path.exists(os.path.join(path, f))]
-    return Checkpoint(spec=spec, tensors=ordered, source=path, format="hf", tokenizer=tokenizer, notes=notes,
-                      ignored=ignored, config=cfg, files=present + files, base_model=base)
-
+    return spec, {n: tensors[n] for n in _canonical_order(spec, tensors)}, ignored, notes, base
 
 # A base model (GemmaModel, Gemma2Model, Gemma3TextModel: `AutoModel.save_pretrained`, e.g. an embedding model)
 # names its tensors without the `model.` prefix that the causal LM's decoder has. transformers loads either naming
