@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .errors import InputError
+from .roles import LAYER_ROLES, NORM_ROLES, ROLE_TABLE, ROLES, layer_roles, role_shape  # noqa: F401
 from .spec import GemmaSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -21,31 +22,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .tokenizer import Tokenizer
 
 # ----------------------------------------------------------------------------- canonical roles
-# role -> canonical name template. `{i}` is the layer index.
-FLOAT_DTYPES = ("float32", "bfloat16", "float16")  # every other stored dtype is a quantization
-
-ROLES: dict[str, str] = {
-    "embed": "model.embed_tokens.weight",
-    "final_norm": "model.norm.weight",
-    "lm_head": "lm_head.weight",
-    "attn_norm": "model.layers.{i}.input_layernorm.weight",
-    "post_attn_norm": "model.layers.{i}.post_attention_layernorm.weight",
-    "ffn_norm": "model.layers.{i}.pre_feedforward_layernorm.weight",
-    "post_ffn_norm": "model.layers.{i}.post_feedforward_layernorm.weight",
-    "q": "model.layers.{i}.self_attn.q_proj.weight",
-    "k": "model.layers.{i}.self_attn.k_proj.weight",
-    "v": "model.layers.{i}.self_attn.v_proj.weight",
-    "o": "model.layers.{i}.self_attn.o_proj.weight",
-    "q_norm": "model.layers.{i}.self_attn.q_norm.weight",
-    "k_norm": "model.layers.{i}.self_attn.k_norm.weight",
-    "gate": "model.layers.{i}.mlp.gate_proj.weight",
-    "up": "model.layers.{i}.mlp.up_proj.weight",
-    "down": "model.layers.{i}.mlp.down_proj.weight",
-}
-LAYER_ROLES = tuple(r for r, t in ROLES.items() if "{i}" in t)
-NORM_ROLES = frozenset({"final_norm", "attn_norm", "post_attn_norm", "ffn_norm", "post_ffn_norm",
-                        "q_norm", "k_norm"})
-
+# The roles, their name templates and shapes are rows of roles.ROLE_TABLE (imported above).
+# Stored dtypes that are plain floats; every other stored dtype (GGUF Q8_0, Q4_K, ...) is a quantization.
+FLOAT_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def compile_names(templates: dict[str, str]) -> list[tuple[str, re.Pattern[str]]]:
@@ -81,38 +60,6 @@ def canonical_name(role: str, layer: int | None = None) -> str:
 def parse_canonical(name: str) -> tuple[str, int | None] | None:
     """'model.layers.3.self_attn.q_proj.weight' -> ('q', 3); None for a name that is no role."""
     return match_name(_ROLE_PATTERNS, name)
-
-
-def layer_roles(spec: GemmaSpec) -> list[str]:
-    """The per-layer roles a checkpoint of this spec has, in a stable order."""
-    roles = ["attn_norm"]
-    if spec.norm_placement == "pre+post":
-        roles.append("post_attn_norm")
-    roles.append("ffn_norm")
-    if spec.norm_placement == "pre+post":
-        roles.append("post_ffn_norm")
-    roles += ["q", "k", "v", "o"]
-    if spec.qk_norm:
-        roles += ["q_norm", "k_norm"]
-    roles += ["gate", "up", "down"]
-    if spec.norm_kind == "layernorm_nonparametric":
-        roles = [r for r in roles if r not in NORM_ROLES]
-    return roles
-
-
-def role_shape(spec: GemmaSpec, role: str) -> tuple[int, ...]:
-    d, f = spec.hidden_size, spec.intermediate_size
-    q_out = spec.num_attention_heads * spec.head_dim
-    kv_out = spec.num_key_value_heads * spec.head_dim
-    return {
-        "embed": (spec.vocab_size, d),
-        "lm_head": (spec.vocab_size, d),
-        "final_norm": (d,),
-        "attn_norm": (d,), "post_attn_norm": (d,), "ffn_norm": (d,), "post_ffn_norm": (d,),
-        "q": (q_out, d), "k": (kv_out, d), "v": (kv_out, d), "o": (d, q_out),
-        "q_norm": (spec.head_dim,), "k_norm": (spec.head_dim,),
-        "gate": (f, d), "up": (f, d), "down": (d, f),
-    }[role]
 
 
 def expected_tensors(spec: GemmaSpec) -> dict[str, tuple[int, ...]]:
@@ -252,22 +199,11 @@ def check_against_spec(spec: GemmaSpec, tensors: dict[str, TensorRef], config_pa
 
 
 def describe_shape_source(spec: GemmaSpec, name: str) -> str:
+    """Which config values a tensor's expected shape comes from (its role row's shape formula)."""
     parsed = parse_canonical(name)
-    role = parsed[0] if parsed else ""
-    d, h, k, hd, f, v = (spec.hidden_size, spec.num_attention_heads, spec.num_key_value_heads,
-                         spec.head_dim, spec.intermediate_size, spec.vocab_size)
-    return {
-        "embed": f"vocab_size={v}, hidden_size={d}",
-        "lm_head": f"vocab_size={v}, hidden_size={d}",
-        "q": f"num_attention_heads={h} x head_dim={hd}, hidden_size={d}",
-        "o": f"hidden_size={d}, num_attention_heads={h} x head_dim={hd}",
-        "k": f"num_key_value_heads={k} x head_dim={hd}, hidden_size={d}",
-        "v": f"num_key_value_heads={k} x head_dim={hd}, hidden_size={d}",
-        "gate": f"intermediate_size={f}, hidden_size={d}",
-        "up": f"intermediate_size={f}, hidden_size={d}",
-        "down": f"hidden_size={d}, intermediate_size={f}",
-        "q_norm": f"head_dim={hd}", "k_norm": f"head_dim={hd}",
-    }.get(role, f"hidden_size={d}")
+    if parsed is None:
+        return f"hidden_size={spec.hidden_size}"
+    return ROLE_TABLE[parsed[0]].explain(spec)
 
 
 def card_checkpoint(name: str) -> Checkpoint:

@@ -13,21 +13,11 @@ from typing import Any
 
 from .errors import SpecError
 
-GEMMA_FAMILIES = ("gemma", "gemma2", "gemma3")
-PEER_FAMILIES = ("llama", "olmo", "mistral")
-FAMILIES = GEMMA_FAMILIES + PEER_FAMILIES
+from .families import (FAMILIES, FAMILY_TABLE, FULL, GEMMA_FAMILIES, PEER_FAMILIES, SLIDING,  # noqa: F401
+                       FamilyRules, family)
+from .roles import parameter_breakdown as _parameter_breakdown
 
-FAMILY_TITLES = {
-    "gemma": "Gemma 1",
-    "gemma2": "Gemma 2",
-    "gemma3": "Gemma 3 (text)",
-    "llama": "Llama 2",
-    "olmo": "OLMo",
-    "mistral": "Mistral",
-}
-
-SLIDING = "sliding_attention"
-FULL = "full_attention"
+FAMILY_TITLES = {k: f.title for k, f in FAMILY_TABLE.items()}
 
 ACTIVATIONS = ("gelu_tanh", "gelu", "silu")
 NORM_KINDS = ("rmsnorm", "layernorm_nonparametric")
@@ -55,28 +45,8 @@ def round_to_dtype(value: float, dtype: str) -> float:
     return float(value)
 
 
-@dataclass(frozen=True)
-class FamilyRules:
-    """What a family's reference implementation does; `verify` compares observations against these."""
-
-    norm_placement: str  # "pre" (x += f(norm(x))) or "pre+post" (x += post_norm(f(pre_norm(x))))
-    norm_offset: int  # 1: the layer applies (1 + w) to a zero-centred stored w
-    scale_embeddings: bool  # E[tok] * sqrt(d), the factor rounded to the model dtype
-    activation: str
-    tied_embeddings: bool
-    qk_norm: bool
-    attention_logit_softcap: float | None
-    final_logit_softcap: float | None
-
-
-FAMILY_RULES: dict[str, FamilyRules] = {
-    # Gemma 1: plain pre-norm, whatever the paper says about normalising sub-layer outputs.
-    "gemma": FamilyRules("pre", 1, True, "gelu_tanh", True, False, None, None),
-    # Gemma 2: sandwich norms, soft caps 50 (attention logits) and 30 (final logits), sliding on even layers.
-    "gemma2": FamilyRules("pre+post", 1, True, "gelu_tanh", True, False, 50.0, 30.0),
-    # Gemma 3: soft caps replaced by QK-norm; 5 local layers to 1 global.
-    "gemma3": FamilyRules("pre+post", 1, True, "gelu_tanh", True, True, None, None),
-}
+# What each family's reference implementation does (the `rules` of its row in families.FAMILY_TABLE).
+FAMILY_RULES: dict[str, FamilyRules] = {k: f.rules for k, f in FAMILY_TABLE.items()}
 
 
 @dataclass(frozen=True)
@@ -242,34 +212,9 @@ class GemmaSpec:
 
     # ----------------------------------------------------------------- parameter counting
     def parameter_breakdown(self) -> dict[str, int]:
-        """Counts by role, tied weights counted once (the JSON `parameters` object)."""
-        d, v, f = self.hidden_size, self.vocab_size, self.intermediate_size
-        q_out = self.num_attention_heads * self.head_dim
-        kv_out = self.num_key_value_heads * self.head_dim
-        attention = (d * q_out + 2 * d * kv_out + q_out * d) * self.num_layers
-        feedforward = 3 * d * f * self.num_layers  # gate, up, down
-        if self.norm_kind == "layernorm_nonparametric":
-            layer_norms, final_norm = 0, 0
-        else:
-            layer_norms = (4 if self.norm_placement == "pre+post" else 2) * d
-            if self.qk_norm:
-                layer_norms += 2 * self.head_dim
-            layer_norms *= self.num_layers
-            final_norm = d
-        norms = layer_norms + final_norm
-        embedding = v * d
-        output = 0 if self.tied_embeddings else v * d
-        total = embedding + attention + feedforward + norms + output
-        return {
-            "total": total,
-            "total_if_untied": total + (v * d if self.tied_embeddings else 0),
-            "embedding": embedding,
-            "output": output,
-            "attention": attention,
-            "feedforward": feedforward,
-            "norms": norms,
-            "per_layer": (attention + feedforward + layer_norms) // self.num_layers,
-        }
+        """Counts by role group, tied weights counted once (the JSON `parameters` object), summed over the rows
+        of roles.ROLE_TABLE that this spec has."""
+        return _parameter_breakdown(self)
 
     @property
     def num_parameters(self) -> int:
@@ -315,42 +260,34 @@ class GemmaSpec:
 # --------------------------------------------------------------------- family builders
 def gemma2_layer_types(num_layers: int) -> tuple[str, ...]:
     # Gemma 2: sliding window on even layers (i % 2 == 0), global on odd ones.
-    return tuple(SLIDING if i % 2 == 0 else FULL for i in range(num_layers))
+    return family("gemma2").layer_types(num_layers)
 
 
 def gemma3_layer_types(num_layers: int, pattern: int = 6) -> tuple[str, ...]:
     # Gemma 3: 5 local : 1 global; layer i is global when (i + 1) % 6 == 0.
-    return tuple(FULL if (i + 1) % pattern == 0 else SLIDING for i in range(num_layers))
+    return family("gemma3").layer_types(num_layers, pattern)
 
 
-def family_layer_types(family: str, num_layers: int) -> tuple[str, ...]:
-    """The attention kind of each layer as the family lays them out (Gemma 1 and the peers: all global)."""
-    if family == "gemma2":
-        return gemma2_layer_types(num_layers)
-    if family == "gemma3":
-        return gemma3_layer_types(num_layers)
-    return (FULL,) * num_layers
+def family_layer_types(family_key: str, num_layers: int) -> tuple[str, ...]:
+    """The attention kind of each layer as the family lays them out (its row's layer pattern)."""
+    return family(family_key).layer_types(num_layers)
 
 
-def make_spec(family: str, **fields: Any) -> GemmaSpec:
-    """A spec with the family's defaults filled in (the architecture from FAMILY_RULES); explicit fields win."""
+def make_spec(family_key: str, **fields: Any) -> GemmaSpec:
+    """A spec with the family's row applied: every rule, the layer pattern and the defaults; explicit fields
+    win. An unknown family gets no defaults (and GemmaSpec names the known ones)."""
     defaults: dict[str, Any] = {}
-    n = fields.get("num_layers", 0)
-    rules = FAMILY_RULES.get(family)
-    if rules is not None:
-        defaults = dict(norm_placement=rules.norm_placement, qk_norm=rules.qk_norm,
-                        attention_logit_softcap=rules.attention_logit_softcap,
-                        final_logit_softcap=rules.final_logit_softcap, layer_types=family_layer_types(family, n))
-    if family == "gemma2":
-        defaults.update(sliding_window=4096)
-    elif family == "gemma3":
-        defaults.update(sliding_window=1024, rope_theta=1_000_000.0, rope_local_theta=10_000.0,
-                        max_position_embeddings=131072)
-    elif family in PEER_FAMILIES:
-        defaults = dict(activation="silu", norm_offset=0, scale_embeddings=False, tied_embeddings=False,
-                        max_position_embeddings=4096)
+    row = FAMILY_TABLE.get(family_key)
+    if row is not None:
+        r = row.rules
+        defaults = dict(norm_placement=r.norm_placement, norm_offset=r.norm_offset,
+                        scale_embeddings=r.scale_embeddings, activation=r.activation,
+                        tied_embeddings=r.tied_embeddings, qk_norm=r.qk_norm,
+                        attention_logit_softcap=r.attention_logit_softcap, final_logit_softcap=r.final_logit_softcap,
+                        layer_types=row.layer_types(fields.get("num_layers", 0)))
+        defaults.update(row.defaults)
     defaults.update(fields)
-    return GemmaSpec(family=family, **defaults)
+    return GemmaSpec(family=family_key, **defaults)
 
 
 # --------------------------------------------------------------------- built-in cards
@@ -419,6 +356,18 @@ def card(name: str, **overrides: Any) -> GemmaSpec:
     return make_spec(family, name=None if overrides else key, **fields)
 
 
+def card_of_shape(family_key: str, **shape: Any) -> str | None:
+    """The name of the built-in card of `family_key` whose fields equal `shape` (e.g. hidden_size=2048,
+    num_layers=18), or None: what a reader assumes from when a format does not store a value."""
+    for name, fields in _CARDS.items():
+        if fields["family"] != family_key:
+            continue
+        c = card(name)
+        if all(getattr(c, k) == v for k, v in shape.items()):
+            return name
+    return None
+
+
 def is_card(name: str) -> bool:
     """Whether `name` is a built-in card's name, in any case (Gemma-7B is gemma-7b)."""
     return str(name).lower() in _CARDS
@@ -464,7 +413,7 @@ def format_bytes(n: int | float) -> str:
 
 
 __all__ = [
-    "GemmaSpec", "FamilyRules", "FAMILY_RULES", "make_spec", "card", "is_card", "suggest_card", "CARD_NAMES",
+    "GemmaSpec", "FamilyRules", "FAMILY_RULES", "make_spec", "card", "card_of_shape", "is_card", "suggest_card", "CARD_NAMES",
     "gemma2_layer_types", "gemma3_layer_types", "SLIDING", "FULL", "round_to_dtype",
     "format_count", "format_bytes",
 ]

@@ -1,0 +1,210 @@
+"""The family table: one row per model family, holding everything the rest of the package knows about it.
+
+A row says what the family's reference implementation computes (`FamilyRules`), how its layers alternate
+between sliding-window and global attention (`layer_pattern`, one period of the layout), the defaults a spec
+of the family starts from, and how each format spells the family (HF model_type and architecture, keras-hub
+backbone and decoder-block classes, GGUF architecture with llama.cpp's implicit values, gemma_pytorch's
+marker). Readers, writers, `verify` and the cards look things up here instead of branching on a family's name,
+so a new family is a new row (plus, where the computation differs, a runtime module).
+
+This module is a leaf: it imports nothing from the package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+SLIDING = "sliding_attention"
+FULL = "full_attention"
+
+
+@dataclass(frozen=True)
+class FamilyRules:
+    """What a family's reference implementation does; `verify` compares observations against these."""
+
+    norm_placement: str  # "pre" (x += f(norm(x))) or "pre+post" (x += post_norm(f(pre_norm(x))))
+    norm_offset: int  # 1: the layer applies (1 + w) to a zero-centred stored w
+    scale_embeddings: bool  # E[tok] * sqrt(d), the factor rounded to the model dtype
+    activation: str
+    tied_embeddings: bool
+    qk_norm: bool
+    attention_logit_softcap: float | None
+    final_logit_softcap: float | None
+
+
+@dataclass(frozen=True)
+class HFIds:
+    """How transformers spells the family."""
+
+    model_type: str  # what a writer puts in config.json (the text decoder's model_type)
+    architecture: str  # config.json "architectures"
+    activation_key: str  # "hidden_act" (Gemma 1) or "hidden_activation" (Gemma 2 on)
+    defaults: dict[str, Any]  # transformers' config defaults: a key absent from config.json takes these
+    multimodal_model_type: str | None = None  # a wrapper whose text_config holds this family (gemma3)
+    name_overrides: dict[str, str] = field(default_factory=dict)  # role -> HF name where it is not canonical
+    rope: str = "single"  # "single" (one RoPE) or "per_layer_type" (full/sliding rope_parameters)
+    windowed_keys: bool = True  # the config has query_pre_attn_scalar, sliding_window, soft caps, layer_types
+    pattern_key: bool = False  # sliding_window_pattern (every n-th layer global) is a config key
+
+
+@dataclass(frozen=True)
+class KerasIds:
+    """How keras-hub spells the family."""
+
+    backbone: str  # class name in config.json
+    module: str  # the backbone's module in config.json
+    prefix: str  # the model's folder and class prefix: keras_hub.src.models.<prefix>, <Prefix>Tokenizer
+    class_prefix: str  # GemmaTokenizer / Gemma3Tokenizer
+    block: str  # the H5 group of a decoder block: the block's class in snake case
+    hard_coded_rope: tuple[float, float] | None  # (local, global) RoPE bases the backbone hard-codes
+    intermediate_both_branches: bool  # GemmaBackbone.intermediate_dim counts both GeGLU branches (2 F)
+    rope_scaling_keys: bool  # global_/local_rope_scaling_factor are config keys
+
+
+@dataclass(frozen=True)
+class GGUFIds:
+    """How llama.cpp spells the family, and what it fills in when the file does not say."""
+
+    arch: str  # general.architecture
+    defaults: dict[str, Any] = field(default_factory=dict)  # values llama.cpp uses when a key is absent
+    big_model_layers: int | None = None  # the layer count by which llama.cpp recognises the 27B model
+    local_rope: tuple[float, float] | None = None  # (base, scaling) llama.cpp hard-codes on sliding layers
+
+
+@dataclass(frozen=True)
+class Family:
+    key: str  # the spec's `family` value
+    title: str
+    gemma: bool  # a Gemma family (the peers are cards for the side-by-side table only)
+    rules: FamilyRules
+    layer_pattern: tuple[str, ...]  # one period of the layer layout: layer i is pattern[i % len(pattern)]
+    defaults: dict[str, Any]  # spec fields a spec of this family starts from (explicit fields win)
+    hf: HFIds | None = None
+    keras: KerasIds | None = None
+    gguf: GGUFIds | None = None
+    gemma_pytorch: str | None = None  # gemma_pytorch's architecture marker (config.architecture)
+
+    def layer_types(self, num_layers: int, period: int | None = None) -> tuple[str, ...]:
+        """The attention kind of each layer as the family lays them out. `period` stretches a "global every
+        n-th layer" pattern (HF's sliding_window_pattern, GGUF's integer sliding_window_pattern)."""
+        pattern = self.layer_pattern
+        if period is not None:
+            pattern = (SLIDING,) * (period - 1) + (FULL,)
+        return tuple(pattern[i % len(pattern)] for i in range(num_layers))
+
+    @property
+    def windowed(self) -> bool:
+        """Whether the family's layout has sliding-window layers at all."""
+        return SLIDING in self.layer_pattern
+
+
+_GEMMA_HF_DEFAULTS = dict(bos_token_id=2, eos_token_id=1, pad_token_id=0, rms_norm_eps=1e-6,
+                          tie_word_embeddings=True)
+_PEER_DEFAULTS = dict(activation="silu", norm_offset=0, scale_embeddings=False, tied_embeddings=False,
+                      max_position_embeddings=4096)
+_PEER_RULES = FamilyRules("pre", 0, False, "silu", False, False, None, None)
+
+FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
+    # Gemma 1: plain pre-norm, whatever the paper says about normalising sub-layer outputs.
+    Family(
+        "gemma", "Gemma 1", True,
+        FamilyRules("pre", 1, True, "gelu_tanh", True, False, None, None),
+        layer_pattern=(FULL,), defaults={},
+        hf=HFIds("gemma", "GemmaForCausalLM", "hidden_act",
+                 dict(vocab_size=256000, hidden_size=3072, intermediate_size=24576, num_hidden_layers=28,
+                      num_attention_heads=16, num_key_value_heads=16, head_dim=256, hidden_act="gelu_pytorch_tanh",
+                      max_position_embeddings=8192, **_GEMMA_HF_DEFAULTS),
+                 # Gemma 1 has no post-attention norm; HF calls its pre-FFN norm `post_attention_layernorm`.
+                 name_overrides={"ffn_norm": "model.layers.{i}.post_attention_layernorm.weight"},
+                 windowed_keys=False),
+        keras=KerasIds("GemmaBackbone", "keras_hub.src.models.gemma.gemma_backbone", "gemma", "Gemma",
+                       "gemma_decoder_block", (10_000.0, 10_000.0), True, False),
+        gguf=GGUFIds("gemma"),
+        gemma_pytorch="GEMMA_1"),
+    # Gemma 2: sandwich norms, soft caps 50 (attention logits) and 30 (final logits), sliding on even layers.
+    Family(
+        "gemma2", "Gemma 2", True,
+        FamilyRules("pre+post", 1, True, "gelu_tanh", True, False, 50.0, 30.0),
+        layer_pattern=(SLIDING, FULL), defaults=dict(sliding_window=4096),
+        hf=HFIds("gemma2", "Gemma2ForCausalLM", "hidden_activation",
+                 dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                      num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+                      hidden_activation="gelu_pytorch_tanh", max_position_embeddings=8192,
+                      query_pre_attn_scalar=256, sliding_window=4096, final_logit_softcapping=30.0,
+                      attn_logit_softcapping=50.0, **_GEMMA_HF_DEFAULTS)),
+        keras=KerasIds("GemmaBackbone", "keras_hub.src.models.gemma.gemma_backbone", "gemma", "Gemma",
+                       "gemma_decoder_block", (10_000.0, 10_000.0), True, False),
+        gguf=GGUFIds("gemma2", defaults={"sliding_window": 4096, "attn_logit_softcapping": 50.0,
+                                         "final_logit_softcapping": 30.0}, big_model_layers=46),
+        gemma_pytorch="GEMMA_2"),
+    # Gemma 3: soft caps replaced by QK-norm; 5 local layers to 1 global, local RoPE base 10k, global 1M.
+    Family(
+        "gemma3", "Gemma 3 (text)", True,
+        FamilyRules("pre+post", 1, True, "gelu_tanh", True, True, None, None),
+        layer_pattern=(SLIDING,) * 5 + (FULL,),
+        defaults=dict(sliding_window=1024, rope_theta=1_000_000.0, rope_local_theta=10_000.0,
+                      max_position_embeddings=131072),
+        hf=HFIds("gemma3_text", "Gemma3ForCausalLM", "hidden_activation",
+                 dict(vocab_size=262208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                      num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+                      hidden_activation="gelu_pytorch_tanh", max_position_embeddings=131072,
+                      query_pre_attn_scalar=256, sliding_window=4096, final_logit_softcapping=None,
+                      attn_logit_softcapping=None, **_GEMMA_HF_DEFAULTS),
+                 multimodal_model_type="gemma3", rope="per_layer_type", pattern_key=True),
+        keras=KerasIds("Gemma3Backbone", "keras_hub.src.models.gemma3.gemma3_backbone", "gemma3", "Gemma3",
+                       "gemma3_decoder_block", (10_000.0, 1_000_000.0), False, True),
+        gguf=GGUFIds("gemma3", big_model_layers=62, local_rope=(10_000.0, 1.0)),
+        gemma_pytorch="GEMMA_3"),
+    # Peers for the side-by-side table: SwiGLU, no norm offset, no embedding scale, untied output.
+    Family("llama", "Llama 2", False, _PEER_RULES, (FULL,), _PEER_DEFAULTS),
+    Family("olmo", "OLMo", False, _PEER_RULES, (FULL,), _PEER_DEFAULTS),
+    Family("mistral", "Mistral", False, _PEER_RULES, (SLIDING,), {**_PEER_DEFAULTS, "sliding_window": 4096}),
+)}
+
+FAMILIES = tuple(FAMILY_TABLE)
+GEMMA_FAMILIES = tuple(k for k, f in FAMILY_TABLE.items() if f.gemma)
+PEER_FAMILIES = tuple(k for k, f in FAMILY_TABLE.items() if not f.gemma)
+
+
+def family(key: str) -> Family:
+    """The row of `key`; KeyError for an unknown family (GemmaSpec.validate names the known ones)."""
+    return FAMILY_TABLE[key]
+
+
+def by_hf_model_type(model_type: Any) -> Family | None:
+    """The family whose HF text model_type (or multimodal wrapper) is `model_type`."""
+    for f in FAMILY_TABLE.values():
+        if f.hf and model_type in (f.hf.model_type, f.hf.multimodal_model_type):
+            return f
+    return None
+
+
+def by_keras_backbone(class_name: Any) -> tuple[Family, ...]:
+    """The families a keras-hub backbone class can hold (GemmaBackbone: Gemma 1 and 2)."""
+    return tuple(f for f in FAMILY_TABLE.values() if f.keras and f.keras.backbone == class_name)
+
+
+def by_gguf_arch(arch: Any) -> Family | None:
+    for f in FAMILY_TABLE.values():
+        if f.gguf and f.gguf.arch == arch:
+            return f
+    return None
+
+
+def hf_model_types() -> tuple[str, ...]:
+    """Every model_type an HF reader accepts (text decoders and multimodal wrappers)."""
+    out: list[str] = []
+    for f in FAMILY_TABLE.values():
+        if f.hf:
+            out += [f.hf.model_type] + ([f.hf.multimodal_model_type] if f.hf.multimodal_model_type else [])
+    return tuple(out)
+
+
+def gguf_architectures() -> tuple[str, ...]:
+    return tuple(f.gguf.arch for f in FAMILY_TABLE.values() if f.gguf)
+
+
+__all__ = ["SLIDING", "FULL", "FamilyRules", "HFIds", "KerasIds", "GGUFIds", "Family", "FAMILY_TABLE", "FAMILIES",
+           "GEMMA_FAMILIES", "PEER_FAMILIES", "family", "by_hf_model_type", "by_keras_backbone", "by_gguf_arch",
+           "hf_model_types", "gguf_architectures"]
