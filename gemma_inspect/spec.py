@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator, Mapping
 
 from .errors import SpecError
 
@@ -17,7 +17,6 @@ from .families import (FAMILIES, FAMILY_TABLE, FULL, GEMMA_FAMILIES, PEER_FAMILI
                        FamilyRules, family)
 from .roles import parameter_breakdown as _parameter_breakdown
 
-FAMILY_TITLES = {k: f.title for k, f in FAMILY_TABLE.items()}
 
 ACTIVATIONS = ("gelu_tanh", "gelu", "silu")
 NORM_KINDS = ("rmsnorm", "layernorm_nonparametric")
@@ -45,8 +44,21 @@ def round_to_dtype(value: float, dtype: str) -> float:
     return float(value)
 
 
-# What each family's reference implementation does (the `rules` of its row in families.FAMILY_TABLE).
-FAMILY_RULES: dict[str, FamilyRules] = {k: f.rules for k, f in FAMILY_TABLE.items()}
+class _RulesView(Mapping[str, FamilyRules]):
+    """family -> the `rules` of its row in families.FAMILY_TABLE, read live (a row added at run time shows)."""
+
+    def __getitem__(self, key: str) -> FamilyRules:
+        return FAMILY_TABLE[key].rules
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(FAMILY_TABLE)
+
+    def __len__(self) -> int:
+        return len(FAMILY_TABLE)
+
+
+# What each family's reference implementation does.
+FAMILY_RULES: Mapping[str, FamilyRules] = _RulesView()
 
 
 @dataclass(frozen=True)
@@ -99,8 +111,8 @@ class GemmaSpec:
     # ----------------------------------------------------------------- validation
     def validate(self) -> None:
         problems = []
-        if self.family not in FAMILIES:
-            problems.append(f"unknown family {self.family!r} (known: {', '.join(FAMILIES)})")
+        if self.family not in FAMILY_TABLE:
+            problems.append(f"unknown family {self.family!r} (known: {', '.join(FAMILY_TABLE)})")
         for f in ("vocab_size", "hidden_size", "num_layers", "num_attention_heads",
                   "num_key_value_heads", "head_dim", "intermediate_size"):
             v = getattr(self, f)
@@ -150,11 +162,13 @@ class GemmaSpec:
     # ----------------------------------------------------------------- derived values
     @property
     def is_gemma(self) -> bool:
-        return self.family in GEMMA_FAMILIES
+        row = FAMILY_TABLE.get(self.family)
+        return row is not None and row.gemma
 
     @property
     def title(self) -> str:
-        return FAMILY_TITLES.get(self.family, self.family)
+        row = FAMILY_TABLE.get(self.family)
+        return row.title if row is not None else self.family
 
     @property
     def attention_kind(self) -> str:
