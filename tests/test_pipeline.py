@@ -16,6 +16,7 @@ from gemma_inspect.checkpoint import TensorRef
 from gemma_inspect.convert import Buffers, BufferPool, Pooled, Span, convert, tensor_pieces
 from gemma_inspect.formats import load
 from gemma_inspect.formats.keras import stored_layout, write_layout
+from gemma_inspect.tensorio import pipeline
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 ALL_DTYPES = [np.float32, BF16, np.float16, np.float64, np.int8, np.uint8, np.int16, np.int32, np.int64]
@@ -111,7 +112,7 @@ def test_pool_reuses_its_buffers_and_never_holds_more_than_count():
 
     stop = threading.Event()
     stop.set()
-    with pytest.raises(convert_module._Stopped):  # all out: waits, and gives up once told to stop
+    with pytest.raises(pipeline._Stopped):  # all out: waits, and gives up once told to stop
         pool.get(10, stop)
     piece = Pooled(pool, a, 7)
     assert piece.nbytes == 7
@@ -202,7 +203,7 @@ def test_round_trips_are_byte_exact_through_small_chunks(tiny_models, tmp_path, 
     hf = tiny_models.get(family, "hf")
     direct = str(tmp_path / "direct-keras")
     convert(hf, direct, "keras")
-    monkeypatch.setattr(convert_module, "CHUNK_BYTES", 2048)
+    monkeypatch.setattr(pipeline, "CHUNK_BYTES", 2048)
     banded = str(tmp_path / "banded-keras")
     convert(hf, banded, "keras")
     back = str(tmp_path / "back-hf")
