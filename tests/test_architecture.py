@@ -295,3 +295,63 @@ def test_the_line_count_sees_a_long_module(tmp_path, monkeypatch):
     (root / "long.py").write_text("x = 1\n" * (MAX_LINES + 1))
     monkeypatch.setattr(sys.modules[__name__], "ROOT", root)
     assert long_modules() == [f"{PACKAGE}{os.sep}long.py: {MAX_LINES + 1} lines"]
+
+
+# ----------------------------------------------------------------------------- layers and contracts
+LEAVES = {  # module -> the package modules it may import (besides its own submodules)
+    f"{PACKAGE}.tensorio": {f"{PACKAGE}.errors", f"{PACKAGE}.dtypes", f"{PACKAGE}.arrays"},
+    f"{PACKAGE}.dtypes": set(),
+    f"{PACKAGE}.safeio": {f"{PACKAGE}.errors"},
+    f"{PACKAGE}.arrays": set(),
+    f"{PACKAGE}.runtimes.types": set(),
+}
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        v = todo.pop()
+        for w in graph.get(v, ()):
+            if w not in seen:
+                seen.add(w)
+                todo.append(w)
+    return seen
+
+
+@pytest.mark.parametrize("leaf", sorted(LEAVES))
+def test_the_leaf_modules_import_nothing_above_them(leaf):
+    """tensorio (the byte pipeline, shard plans, hashing, WriteOptions), the dtype tables, safe file reading and
+    the runtimes' shared types sit below everything that uses them: what they reach is only what LEAVES allows."""
+    graph = import_graph()
+    below = {m for m in graph if m == leaf or m.startswith(leaf + ".")}
+    reached = set().union(*(_reachable(graph, m) for m in below)) - below
+    assert reached <= LEAVES[leaf], sorted(reached - LEAVES[leaf])
+
+
+def test_checkpoint_and_the_tokenizer_do_not_reach_the_formats():
+    """The formats import checkpoint and tokenizer; were either to import anything under formats/, the package's
+    __init__ (which imports every format) would run inside them."""
+    graph = import_graph()
+    for module in (f"{PACKAGE}.checkpoint", f"{PACKAGE}.tokenizer", f"{PACKAGE}.spec"):
+        assert not {m for m in _reachable(graph, module) if m.startswith(f"{PACKAGE}.formats")}, module
+
+
+def test_every_format_declares_its_contract():
+    """Each registered format module declares FORMAT (common.FormatInfo) under its registry name, with a native
+    runtime the runtimes know; detection's tables derive from the declarations."""
+    from gemma_inspect import formats
+    from gemma_inspect.formats.common import FormatInfo
+    from gemma_inspect.runtimes import RUNTIMES
+
+    declared = formats.infos()
+    assert list(declared) == list(formats.FORMATS)
+    for name, info in declared.items():
+        assert isinstance(info, FormatInfo) and info.name == name
+        assert info.native_runtime is None or info.native_runtime in RUNTIMES
+        assert formats.module(name).FORMAT is info
+    assert [n for n, i in declared.items() if i.stores_quantization] == ["gguf"]
+    assert {n: i.native_runtime for n, i in declared.items() if i.native_runtime} == {"hf": "transformers",
+                                                                                        "keras": "keras"}
+    assert formats.MEMBER_FILES == tuple(dict.fromkeys(m for i in declared.values() for m in i.member_files))
+    assert ("model.safetensors", "model.safetensors.index.json") in formats.AMBIGUOUS_WEIGHTS
+    assert formats.EXPECTED.startswith(declared["hf"].description + ", " + declared["keras"].description)
