@@ -47,7 +47,6 @@ def parse_size(text: str | int | None) -> int | None:
     return n
 
 
-
 # ----------------------------------------------------------------------------- atomic output
 # A temporary sibling's name says who writes it - `.DEST.partial-<host tag>-<pid>-<random>`, given atomically by
 # mkdtemp - so that a later convert to the same DEST can tell the leftovers of a killed run (SIGKILL, a power

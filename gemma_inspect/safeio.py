@@ -177,7 +177,6 @@ def _escapes(directory: str, full: str) -> str | None:
     return None if any(os.path.commonpath([a, real]) == a for a in allowed) else real
 
 
-
 def check_member(directory: str, name: str) -> None:
     """A file a reader opens by its fixed name (config.json, model.safetensors, tokenizer.model, ...), when
     present, must be a regular file inside `directory` (the Hugging Face cache's links to its blobs count
@@ -189,4 +188,3 @@ def check_member(directory: str, name: str) -> None:
     if real is not None:
         raise InputError(full, f"is a symlink to {real}, outside the checkpoint directory")
     regular_file(full)
-

@@ -45,7 +45,6 @@ def hash_of(path: str, algorithm: str = DEFAULT_HASH) -> str:
     return h.hexdigest()
 
 
-
 def hash_files(paths: list[str], algorithm: str = DEFAULT_HASH) -> list[str]:
     """The hex digests of several files, hashed in parallel threads."""
     if len(paths) <= 1:
@@ -129,4 +128,3 @@ class Follower:
             return {}
         # A file that does not end where the hashing ended was not written front to back: hash it again.
         return {p: d for p, d in self.digests.items() if os.path.getsize(p) == d[0]}
-
