@@ -7,10 +7,8 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..arrays import aligned_empty
 from ..errors import InputError
 from .stages import add_stage
 
@@ -34,6 +32,8 @@ def new_hash(algorithm: str) -> Any:
 def hash_of(path: str, algorithm: str = DEFAULT_HASH) -> str:
     """The hex digest of a file, read into one reused buffer (both hashes release the GIL while they work:
     files hash in parallel threads)."""
+    from ..arrays import aligned_empty  # numpy: only once something is hashed (the constants stay light)
+
     h = new_hash(algorithm)
     buf = aligned_empty(HASH_BLOCK)
     view = memoryview(buf)
@@ -47,6 +47,8 @@ def hash_of(path: str, algorithm: str = DEFAULT_HASH) -> str:
 
 def hash_files(paths: list[str], algorithm: str = DEFAULT_HASH) -> list[str]:
     """The hex digests of several files, hashed in parallel threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
     if len(paths) <= 1:
         return [hash_of(p, algorithm) for p in paths]
     with ThreadPoolExecutor(max_workers=min(len(paths), os.cpu_count() or 1)) as pool:
@@ -92,6 +94,8 @@ class Follower:
 
     def _run(self) -> None:
         states: dict[str, tuple[Any, Any, int]] = {}  # path -> (file, hash, bytes hashed)
+        from ..arrays import aligned_empty
+
         view = memoryview(aligned_empty(HASH_BLOCK))
         try:
             while not self.stop.is_set():
