@@ -50,7 +50,7 @@ def expected() -> str:
 
 def member_files() -> tuple[str, ...]:
     """Files the readers open by their fixed names inside a checkpoint directory. Each must be a regular file that
-    stays inside the directory (see common.check_member); files named by an index go through safe_child."""
+    stays inside the directory (see safeio.check_member); files named by an index go through safe_child."""
     return tuple(dict.fromkeys(m for i in infos().values() for m in i.member_files))
 
 
