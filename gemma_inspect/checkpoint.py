@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from .dtypes import FLOAT_DTYPES  # noqa: F401 - re-exported for the readers
 from .errors import InputError
 from .roles import LAYER_ROLES, NORM_ROLES, ROLE_TABLE, ROLES, layer_roles, role_shape  # noqa: F401
 from .spec import GemmaSpec
@@ -22,9 +23,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .tokenizer import Tokenizer
 
 # ----------------------------------------------------------------------------- canonical roles
-# The roles, their name templates and shapes are rows of roles.ROLE_TABLE (imported above).
-# Stored dtypes that are plain floats; every other stored dtype (GGUF Q8_0, Q4_K, ...) is a quantization.
-FLOAT_DTYPES = ("float32", "bfloat16", "float16")
+# The roles, their name templates and shapes are rows of roles.ROLE_TABLE (imported above). FLOAT_DTYPES (stored
+# dtypes that are plain floats) is dtypes' table, re-exported here for the readers.
 
 
 def compile_names(templates: dict[str, str]) -> list[tuple[str, re.Pattern[str]]]:
@@ -104,7 +104,7 @@ class TensorRef:
             path, start, nbytes = self.span
 
             def chunks(size: int) -> Iterator[bytes]:
-                from .formats.safetensors_io import iter_bytes
+                from .tensorio import iter_bytes
 
                 return iter_bytes(path, start, nbytes, size)
 

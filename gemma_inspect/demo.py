@@ -66,7 +66,10 @@ def build(root: str, progress: Any = None) -> dict[str, str]:
     return paths
 
 
-def run_demo(directory: str | None, console: Any) -> None:
+def run_demo(directory: str | None, console: Any, cli: Any = None) -> None:
+    """Build the tiny checkpoints in `directory` and run every step through `cli` (the gemma-inspect click group;
+    by default the one whose `demo` command is running)."""
+    group = _command_group(cli)
     # "./": a relative dir/name would also read as a hub id (org/name), and every step would say which it used
     root = directory or f"./gemma-inspect-demo-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     if os.path.exists(root) and os.listdir(root):
@@ -82,7 +85,7 @@ def run_demo(directory: str | None, console: Any) -> None:
     # Lines, not a spinner: the steps' own commands show their progress while a demo step runs.
     progress = StepProgress(Console(stderr=True, highlight=False, soft_wrap=True), "demo", lines=True)
     with progress as say:  # steps and elapsed time on stderr, in a terminal and in a pipe
-        paths, failures = _run_steps(root, console, say)
+        paths, failures = _run_steps(root, console, say, group)
     console.print()
     console.rule("[bold]next")
     console.print(
@@ -96,10 +99,23 @@ def run_demo(directory: str | None, console: Any) -> None:
         raise OutputError("demo steps failed: " + ", ".join(f"{cmd} (exit {code})" for cmd, code in failures))
 
 
-def _run_steps(root: str, console: Any, say: Any) -> tuple[dict[str, str], list[tuple[str, int]]]:
-    """Build the checkpoints, run every step; returns build()'s paths and the failed steps (command, exit code)."""
-    from .cli import main
+def _command_group(cli: Any) -> Any:
+    """The click group the steps run through: `cli`, or the group whose `demo` command is running (demo never
+    imports the CLI module, which imports demo)."""
+    if cli is not None:
+        return cli
+    import click
 
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        raise OutputError("the demo runs its steps through the gemma-inspect command group: call it from the CLI "
+                          "(`gemma-inspect demo`) or pass cli=the group")
+    return ctx.find_root().command
+
+
+def _run_steps(root: str, console: Any, say: Any, main: Any) -> tuple[dict[str, str], list[tuple[str, int]]]:
+    """Build the checkpoints, run every step through the click group `main`; returns build()'s paths and the failed
+    steps (command, exit code)."""
     paths = build(root, progress=lambda m: say(f"[build] {m}"))
     failures = []
     steps = _steps(paths)

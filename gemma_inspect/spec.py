@@ -21,9 +21,7 @@ from .roles import parameter_breakdown as _parameter_breakdown
 ACTIVATIONS = ("gelu_tanh", "gelu", "silu")
 NORM_KINDS = ("rmsnorm", "layernorm_nonparametric")
 
-# Bytes per element of the dtypes a checkpoint can declare.
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8, "int8": 1, "uint8": 1, "int16": 2,
-               "int32": 4, "int64": 8, "bool": 1}
+from .dtypes import DTYPE_BYTES  # noqa: E402 - bytes per element of the dtypes a checkpoint can declare
 
 
 def _is_number(v: Any) -> bool:

@@ -78,7 +78,7 @@ class Tokenizer:
             return self.spm_bytes
         if self.spm_path is None:
             raise InputError(self.source, "no SentencePiece model")
-        from .formats.common import regular_file
+        from .safeio import regular_file
 
         size = regular_file(self.spm_path)
         if size > MAX_TOKENIZER_BYTES:
@@ -116,7 +116,7 @@ class Tokenizer:
     def _hf(self) -> Any:
         from tokenizers import Tokenizer as HFTokenizer
 
-        from .formats.common import read_json_bytes
+        from .safeio import read_json_bytes
         from .quiet import native_stderr_silenced
 
         path: str = self.json_path  # type: ignore[assignment]
@@ -195,7 +195,7 @@ def write_hf_tokenizer(tok: Tokenizer, dest: str) -> list[str]:
     special_tokens_map.json into an HF directory. Returns notes for the user."""
     import shutil
 
-    from .formats.common import read_json_object
+    from .safeio import read_json_object
 
     notes: list[str] = []
     if tok.json_path:
@@ -333,7 +333,7 @@ def spm_from_tokenizer_json(tok: Tokenizer) -> bytes | None:
     fast tokenizers read those as the tokens themselves and SentencePiece never does)."""
     import re
 
-    from .formats.common import read_json
+    from .safeio import read_json
 
     data = read_json(tok.json_path, "tokenizer.json", MAX_TOKENIZER_BYTES,  # type: ignore[arg-type]
                      MAX_TOKENIZER_JSON_VALUES)
@@ -426,7 +426,7 @@ def spm_from_tokenizer_json(tok: Tokenizer) -> bytes | None:
 def _special_names(tok: Tokenizer, data: dict[str, Any]) -> dict[str, str | None]:
     """The bos/eos/pad token strings: tokenizer_config.json's, else the BOS that tokenizer.json's post-processor
     prepends, else Gemma's (<bos>, <eos>, <pad>)."""
-    from .formats.common import read_json_object
+    from .safeio import read_json_object
 
     names: dict[str, str | None] = {"bos": "<bos>", "eos": "<eos>", "pad": "<pad>"}
     post = data.get("post_processor")

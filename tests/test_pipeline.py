@@ -16,6 +16,7 @@ from gemma_inspect.checkpoint import TensorRef
 from gemma_inspect.convert import Buffers, BufferPool, Pooled, Span, convert, tensor_pieces
 from gemma_inspect.formats import load
 from gemma_inspect.formats.keras import stored_layout, write_layout
+from gemma_inspect.tensorio import pipeline
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 ALL_DTYPES = [np.float32, BF16, np.float16, np.float64, np.int8, np.uint8, np.int16, np.int32, np.int64]
@@ -111,7 +112,7 @@ def test_pool_reuses_its_buffers_and_never_holds_more_than_count():
 
     stop = threading.Event()
     stop.set()
-    with pytest.raises(convert_module._Stopped):  # all out: waits, and gives up once told to stop
+    with pytest.raises(pipeline._Stopped):  # all out: waits, and gives up once told to stop
         pool.get(10, stop)
     piece = Pooled(pool, a, 7)
     assert piece.nbytes == 7
@@ -202,7 +203,7 @@ def test_round_trips_are_byte_exact_through_small_chunks(tiny_models, tmp_path, 
     hf = tiny_models.get(family, "hf")
     direct = str(tmp_path / "direct-keras")
     convert(hf, direct, "keras")
-    monkeypatch.setattr(convert_module, "CHUNK_BYTES", 2048)
+    monkeypatch.setattr(pipeline, "CHUNK_BYTES", 2048)
     banded = str(tmp_path / "banded-keras")
     convert(hf, banded, "keras")
     back = str(tmp_path / "back-hf")
@@ -256,3 +257,33 @@ def test_q8_0_from_keras_equals_q8_0_from_hf(tiny_models, tmp_path):
         quantized += ref.dtype == "Q8_0"
         assert _stored(ref) == _stored(other), name
     assert quantized >= 7
+
+
+# ----------------------------------------------------------------------------- sharded outputs
+def test_sharded_output_plans_names_and_indexes_the_shards(tmp_path):
+    import json
+
+    from gemma_inspect.tensorio import ShardedOutput, plan_shards
+
+    sizes = [("a", 6), ("b", 5), ("c", 5), ("d", 11)]
+    assert plan_shards(sizes, 10) == [["a"], ["b", "c"], ["d"]]  # an oversized tensor gets a shard of its own
+    assert plan_shards(sizes, None) == [["a", "b", "c", "d"]]
+    hf = ShardedOutput(sizes, 10, "model.safetensors", "model-{number:05d}-of-{count:05d}.safetensors")
+    assert list(hf) == [("model-00001-of-00003.safetensors", ["a"]), ("model-00002-of-00003.safetensors", ["b", "c"]),
+                        ("model-00003-of-00003.safetensors", ["d"])]
+    keras = ShardedOutput(sizes, 10, "model.weights.h5", "model_{index:05d}.weights.h5")
+    assert keras.files == ["model_00000.weights.h5", "model_00001.weights.h5", "model_00002.weights.h5"]
+    single = ShardedOutput(sizes, None, "model.safetensors", "model-{number:05d}-of-{count:05d}.safetensors")
+    assert list(single) == [("model.safetensors", ["a", "b", "c", "d"])] and not single.sharded
+    for file, names in hf:
+        for n in names:
+            hf.record(f"w.{n}", file)
+    path = hf.write_index(str(tmp_path), "model.safetensors.index.json", sort=True)
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    assert text.endswith("}\n")
+    assert json.loads(text) == {"metadata": {"total_size": 27},
+                                "weight_map": {"w.a": "model-00001-of-00003.safetensors",
+                                               "w.b": "model-00002-of-00003.safetensors",
+                                               "w.c": "model-00002-of-00003.safetensors",
+                                               "w.d": "model-00003-of-00003.safetensors"}}

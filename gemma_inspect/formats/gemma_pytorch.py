@@ -981,7 +981,7 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Callable[[int], N
     """Write a `.ckpt` that gemma_pytorch's `load_weights` accepts: {"model_state_dict": {...}} with the fused
     qkv_proj, plus our configuration and tokenizer under "gemma_inspect" (which gemma_pytorch ignores).
     Streams one tensor at a time."""
-    from ..convert import cast_array
+    from ..tensorio import cast_array
     from .safetensors_io import ITEMSIZE
     from .hf import config_dict
 
@@ -1051,3 +1051,13 @@ def _layer_roles_in_order(spec: GemmaSpec) -> list[str]:
         else:
             out.append(role)
     return out
+
+
+# ----------------------------------------------------------------------------- the format contract (common.FormatInfo)
+from .common import FormatInfo  # noqa: E402
+
+FORMAT = FormatInfo(
+    name="gemma-pytorch", title="gemma_pytorch", description="a gemma_pytorch .ckpt", stores_quantization=False,
+    native_runtime=None,
+    member_files=(INDEX, *SIDE_CONFIGS, "tokenizer.model", os.path.join("tokenizer", "tokenizer.model")),
+    weight_files=(INDEX,), weight_suffixes=(".ckpt",), file_suffixes=(".ckpt", ".pt", ".pth", ".bin"))

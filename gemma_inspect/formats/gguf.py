@@ -31,7 +31,7 @@ from .common import MAX_LAYERS
 from .safetensors_io import iter_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..convert import WriteOptions
+    from ..tensorio import WriteOptions
 
 ARCHITECTURES = ("gemma", "gemma2", "gemma3")  # general.architecture; the same words as our families
 MAGIC = b"GGUF"
@@ -954,7 +954,7 @@ def _plan_tensor(ref: TensorRef, role: str, layer: int | None, options: "WriteOp
                  notes: set[str]) -> _Planned:
     import gguf
 
-    from ..convert import cast_array
+    from ..tensorio import cast_array
 
     Q = gguf.GGMLQuantizationType
     name = gguf_name(role, layer)
@@ -1159,3 +1159,10 @@ def write(ckpt: Checkpoint, dest: str, options: "WriteOptions", progress: Callab
             del arr
     finally:
         w.close()
+
+
+# ----------------------------------------------------------------------------- the format contract (common.FormatInfo)
+from .common import FormatInfo  # noqa: E402
+
+FORMAT = FormatInfo(name="gguf", title="GGUF", description="a .gguf file", stores_quantization=True,
+                    native_runtime=None, magic=MAGIC, file_suffixes=(".gguf",))

@@ -570,7 +570,7 @@ def generation_config(spec: GemmaSpec, tokenizer: Any) -> dict[str, Any]:
 
 def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
     """Write `ckpt` as a Hugging Face directory, streaming one tensor at a time into safetensors shards."""
-    from ..convert import plan_shards, prefetched, target_nbytes
+    from ..tensorio import plan_shards, prefetched, target_nbytes
     from .safetensors_io import SafetensorsWriter
 
     spec = ckpt.spec
@@ -610,3 +610,15 @@ def _write_json(path: str, obj: Any) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2)
         f.write("\n")
+
+
+# ----------------------------------------------------------------------------- the format contract (common.FormatInfo)
+from .common import FormatInfo  # noqa: E402
+
+FORMAT = FormatInfo(
+    name="hf", title="HF", description="a Hugging Face directory (config.json + model.safetensors or an index)",
+    stores_quantization=False, native_runtime="transformers",
+    member_files=(CONFIG, SINGLE, INDEX, "generation_config.json", *TOKENIZER_FILES),
+    weight_files=(SINGLE, INDEX), ambiguous=((SINGLE, INDEX),),
+    config_sniff=lambda cfg: "model_type" in cfg, config_hint="'model_type' (Hugging Face)",
+    loose_suffixes=(".safetensors",))

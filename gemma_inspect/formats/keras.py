@@ -690,7 +690,7 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
     import json
     from importlib import metadata
 
-    from ..convert import plan_shards, prefetched, target_nbytes, write_pieces
+    from ..tensorio import plan_shards, prefetched, target_nbytes, write_pieces
     from ..tokenizer import write_keras_tokenizer
 
     spec = ckpt.spec
@@ -772,3 +772,16 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
                              "written (Backbone.from_preset works, CausalLM.from_preset needs a tokenizer)")
     else:
         options.notes.extend(write_keras_tokenizer(ckpt.tokenizer, dest, spec.family, declared, backbone))
+
+
+# ----------------------------------------------------------------------------- the format contract (common.FormatInfo)
+from .common import FormatInfo  # noqa: E402
+
+FORMAT = FormatInfo(
+    name="keras", title="Keras",
+    description="a KerasHub/Keras-NLP preset directory (config.json + model.weights.h5 or model.weights.json)",
+    stores_quantization=False, native_runtime="keras",
+    member_files=(CONFIG, WEIGHTS, SHARD_INDEX, "metadata.json", "tokenizer.json", "preprocessor.json", "task.json",
+                  os.path.join("assets", "tokenizer", "vocabulary.spm")),
+    weight_files=(WEIGHTS, SHARD_INDEX), ambiguous=((WEIGHTS, SHARD_INDEX),),
+    config_sniff=looks_like_keras_config, config_hint="'class_name'/'config' (KerasHub preset)")

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable
 
 import numpy as np
 
+from ..dtypes import DTYPE_BYTES, numpy_dtype  # noqa: F401 - numpy_dtype re-exported for the readers
 from ..errors import InputError, OutputError
-from ..spec import DTYPE_BYTES
-from .common import loads_bounded, read_bounded, regular_file
+from ..safeio import loads_bounded, read_bounded, regular_file
+from ..tensorio import iter_bytes, write_pieces  # noqa: F401 - iter_bytes re-exported for the readers
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
 # Tensors in one file: a Gemma 3 27B checkpoint holds about 1,250 in all its shards. The JSON of a header is
@@ -24,21 +25,12 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
 # 100 MB header cannot make Python build gigabytes of objects first.
 MAX_TENSORS = 100_000
 MAX_HEADER_VALUES = 12 * MAX_TENSORS  # 8 commas and brackets for an entry of a 2-D tensor
-CHUNK_BYTES = 64 * 1024 * 1024
 
 # safetensors dtype code <-> our dtype name
 ST_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
              "I8": "int8", "U8": "uint8", "I16": "int16", "I32": "int32", "I64": "int64", "BOOL": "bool"}
 ST_CODES = {v: k for k, v in ST_DTYPES.items()}
 ITEMSIZE = DTYPE_BYTES  # bytes per element of each dtype name
-
-
-def numpy_dtype(name: str) -> np.dtype:
-    if name == "bfloat16":
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)
 
 
 @dataclass(frozen=True)
@@ -169,19 +161,6 @@ def read_array(path: str, entry: StEntry) -> np.ndarray:
     return read_at(path, entry.start, entry.nbytes, entry.dtype, entry.shape, f"tensor {entry.name}")
 
 
-def iter_bytes(path: str, start: int, nbytes: int, chunk: int = CHUNK_BYTES) -> Iterator[bytes]:
-    """The raw bytes [start, start + nbytes) in pieces of at most `chunk` bytes."""
-    with open(path, "rb") as f:
-        f.seek(start)
-        left = nbytes
-        while left:
-            piece = f.read(min(chunk, left))
-            if not piece:
-                raise InputError(path, f"file ends {left} bytes before the expected end of a tensor")
-            left -= len(piece)
-            yield piece
-
-
 class SafetensorsWriter:
     """Streaming writer: `add()` each tensor's bytes in the order given to the constructor."""
 
@@ -207,9 +186,7 @@ class SafetensorsWriter:
         self._next = 0
 
     def add(self, name: str, pieces: Iterable[Any], progress: Callable[[int], None] | None = None) -> int:
-        """Write the next planned tensor from `pieces` (bytes, memoryviews or convert.Span); returns its bytes."""
-        from ..convert import write_pieces
-
+        """Write the next planned tensor from `pieces` (bytes, memoryviews or tensorio.Span); returns its bytes."""
         if self._next >= len(self._order):
             raise OutputError(f"{self.path}: tensor {name} written after the last planned tensor")
         want_name, want = self._order[self._next]

@@ -24,7 +24,7 @@ from typing import Any, Callable
 from ..checkpoint import Checkpoint
 from ..errors import UnsupportedError
 from ..quiet import native_stderr_silenced
-from . import Anatomy, RuntimeResult, to_cpu_float
+from .types import Anatomy, RuntimeResult, to_cpu_float
 
 
 def import_keras() -> Any:

@@ -25,10 +25,10 @@ from torch import nn
 from ..checkpoint import Checkpoint, canonical_name, expected_tensors
 from ..errors import UnsupportedError
 from ..spec import SLIDING, GemmaSpec
-from . import torch_dtype
+from .types import torch_dtype
 
 if TYPE_CHECKING:  # pragma: no cover
-    from . import Anatomy, RuntimeResult
+    from .types import Anatomy, RuntimeResult
 
 # ----------------------------------------------------------------------------- weights
 def load_weights(ckpt: Checkpoint, device: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -353,7 +353,7 @@ class ReferenceModel:
         self.notes: list[str] = []
 
     def forward(self, token_ids: Any) -> "RuntimeResult":
-        from . import RuntimeResult, to_cpu_float
+        from .types import RuntimeResult, to_cpu_float
 
         start = time.perf_counter()
         ids = torch.as_tensor(token_ids, dtype=torch.long, device=self.device)
@@ -364,7 +364,7 @@ class ReferenceModel:
                              seconds=self.load_seconds + time.perf_counter() - start, notes=list(self.notes))
 
     def anatomy(self) -> "Anatomy":
-        from . import HF_MODULE_LAYOUTS, HF_MODULE_ROLES, Anatomy
+        from .types import HF_MODULE_LAYOUTS, HF_MODULE_ROLES, Anatomy
 
         m = self.model
         return Anatomy(

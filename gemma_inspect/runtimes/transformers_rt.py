@@ -21,7 +21,7 @@ from typing import Any
 from ..checkpoint import Checkpoint
 from ..errors import InputError, UnsupportedError
 from ..trace import main_output
-from . import HF_MODULE_LAYOUTS, HF_MODULE_ROLES, Anatomy, RuntimeResult, to_cpu_float, torch_dtype
+from .types import HF_MODULE_LAYOUTS, HF_MODULE_ROLES, Anatomy, RuntimeResult, to_cpu_float, torch_dtype
 
 
 def load_model(ckpt: Checkpoint, device: str, dtype: str, device_map: str | dict | None = None,

@@ -1,0 +1,134 @@
+"""Hashing a conversion's output files: BLAKE3 by default (several GB/s on one core, see manifest.py), SHA-256 to
+compare with published hashes; files written front to back are hashed while they are written (`Follower`), the
+others afterwards, several files in parallel threads."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from typing import Any
+
+from ..errors import InputError
+from .stages import add_stage
+
+HASH_NAMES = {"blake3": "BLAKE3", "sha256": "SHA-256"}  # each hash, as notes name it
+HASHES = tuple(HASH_NAMES)
+DEFAULT_HASH = "blake3"
+HASH_BLOCK = 8 * 1024 * 1024
+
+
+def new_hash(algorithm: str) -> Any:
+    """A hash object (update, hexdigest) of `algorithm`, one of HASHES."""
+    if algorithm == "blake3":
+        from blake3 import blake3
+
+        return blake3()
+    if algorithm == "sha256":
+        return hashlib.sha256()
+    raise InputError(None, f"unknown hash {algorithm!r}; choose from {', '.join(HASHES)}")
+
+
+def hash_of(path: str, algorithm: str = DEFAULT_HASH) -> str:
+    """The hex digest of a file, read into one reused buffer (both hashes release the GIL while they work:
+    files hash in parallel threads)."""
+    from ..arrays import aligned_empty  # numpy: only once something is hashed (the constants stay light)
+
+    h = new_hash(algorithm)
+    buf = aligned_empty(HASH_BLOCK)
+    view = memoryview(buf)
+    start = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(view):
+            h.update(view[:n])
+    add_stage("hash", time.perf_counter() - start)
+    return h.hexdigest()
+
+
+def hash_files(paths: list[str], algorithm: str = DEFAULT_HASH) -> list[str]:
+    """The hex digests of several files, hashed in parallel threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if len(paths) <= 1:
+        return [hash_of(p, algorithm) for p in paths]
+    with ThreadPoolExecutor(max_workers=min(len(paths), os.cpu_count() or 1)) as pool:
+        return list(pool.map(lambda p: hash_of(p, algorithm), paths))
+
+
+# Files our writers only ever append to, front to back: hashed while they are written (Follower). An HDF5 file
+# is not one of them (the library rewrites its superblock and headers), nor are the small JSON files.
+APPENDED = (".safetensors", ".gguf", ".ckpt")
+
+
+class Follower:
+    """Hashes the output files that are written front to back while the writer writes them, in a thread that
+    reads each one from where it left off to its current end (from the page cache) and waits when it has caught
+    up. Hashing then overlaps converting, from one reused buffer: with BLAKE3 (several GB/s) the manifest costs
+    next to nothing. Call `finish()` when the writer has returned (or failed): it hashes what is left and
+    returns {path: (size, hex digest)} for the followed files."""
+
+    def __init__(self, output: str, algorithm: str = DEFAULT_HASH):
+        import threading
+
+        new_hash(algorithm)  # an unknown name fails here, before anything is written
+        self.algorithm = algorithm
+        self.output = output
+        self.limits: dict[str, int] = {}  # files written out of order: how far they are final (see final())
+        self.done = threading.Event()
+        self.stop = threading.Event()
+        self.digests: dict[str, tuple[int, str]] = {}
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="gemma-inspect-hash", daemon=True)
+        self._thread.start()
+
+    def final(self, path: str, upto: int) -> None:
+        """The writer of `path` (a file it does not write front to back) says bytes [0, upto) are final."""
+        self.limits[path] = max(upto, self.limits.get(path, 0))
+
+    def _candidates(self) -> list[str]:
+        if os.path.isdir(self.output):
+            found = [os.path.join(self.output, e) for e in os.listdir(self.output) if e.endswith(APPENDED)]
+        else:
+            found = [self.output] if self.output.endswith(APPENDED) and os.path.isfile(self.output) else []
+        return sorted(set(found) | set(self.limits))
+
+    def _run(self) -> None:
+        states: dict[str, tuple[Any, Any, int]] = {}  # path -> (file, hash, bytes hashed)
+        from ..arrays import aligned_empty
+
+        view = memoryview(aligned_empty(HASH_BLOCK))
+        try:
+            while not self.stop.is_set():
+                finished = self.done.is_set()  # read before the last pass: nothing is written after it is set
+                progressed = False
+                for path in self._candidates():
+                    if path not in states:
+                        states[path] = (open(path, "rb", buffering=0), new_hash(self.algorithm), 0)
+                    f, h, n = states[path]
+                    limit = self.limits.get(path)
+                    start = time.perf_counter()
+                    while got := f.readinto(view if limit is None else view[:max(0, min(HASH_BLOCK, limit - n))]):
+                        h.update(view[:got])
+                        n += got
+                        progressed = True
+                    add_stage("hash", time.perf_counter() - start)
+                    states[path] = (f, h, n)
+                if finished:
+                    break
+                if not progressed:
+                    time.sleep(0.002)
+            for path, (f, h, n) in states.items():
+                self.digests[path] = (n, h.hexdigest())
+        except BaseException as e:  # noqa: B036 - handed to finish(), which falls back to hashing afterwards
+            self.error = e
+        finally:
+            for f, _h, _n in states.values():
+                f.close()
+
+    def finish(self, ok: bool = True) -> dict[str, tuple[int, str]]:
+        (self.done if ok else self.stop).set()
+        self._thread.join()
+        if not ok or self.error is not None:
+            return {}
+        # A file that does not end where the hashing ended was not written front to back: hash it again.
+        return {p: d for p, d in self.digests.items() if os.path.getsize(p) == d[0]}
