@@ -22,14 +22,16 @@ from ..arrays import Layout
 from ..checkpoint import (FLOAT_DTYPES, Checkpoint, TensorRef, canonical_name, check_against_spec, expected_tensors,
                           parse_canonical)
 from ..errors import InputError, SpecError, UnsupportedError
-from ..spec import FULL, SLIDING, GemmaSpec, gemma2_layer_types, gemma3_layer_types
+from ..families import FAMILY_TABLE, FULL, SLIDING, Family, by_keras_backbone
+from ..spec import GemmaSpec, card, card_of_shape, make_spec
 from .common import MAX_LAYERS, most_common, opt_float, read_json_object, require_int, safe_child
 from .keras_h5 import H5Var, read_var, scan_h5
 
 CONFIG = "config.json"
 WEIGHTS = "model.weights.h5"
 SHARD_INDEX = "model.weights.json"
-BACKBONES = ("GemmaBackbone", "Gemma3Backbone")
+# The backbone classes of the family rows, in table order (GemmaBackbone holds Gemma 1 and 2).
+BACKBONES = tuple(dict.fromkeys(f.keras.backbone for f in FAMILY_TABLE.values() if f.keras))
 REGISTRIES = ("keras_hub", "keras_nlp")
 
 # ----------------------------------------------------------------------------- layout transforms
@@ -97,10 +99,32 @@ VAR_BY_ROLE = {v.role: v for v in TOP_VARS + BLOCK_VARS}
 _BY_PATH = {v.path: v for v in BLOCK_VARS}
 
 
+def _keras_row(family: str) -> Family:
+    """The family row of a spec that keras-hub can hold; UnsupportedError for a family without a backbone."""
+    row = FAMILY_TABLE.get(family)
+    if row is None or row.keras is None:
+        raise UnsupportedError(f"{family} checkpoints cannot be written as a keras-hub Gemma preset")
+    return row
+
+
+def _windowed_row(row: Family) -> Family:
+    """The family of the row's backbone whose layout has sliding-window layers: its pattern is the one the
+    backbone hard-codes, its window the backbone's default (GemmaBackbone: Gemma 2's; Gemma3Backbone: its own)."""
+    assert row.keras is not None
+    return next((f for f in by_keras_backbone(row.keras.backbone) if f.windowed), row)
+
+
+def _holds_windows(row: Family) -> bool:
+    """Whether checkpoints of the family can have sliding windows and soft caps: Gemma 1's cannot (its HF config
+    has no key for them, so a GemmaBackbone with them has no HF equivalent)."""
+    return row.hf is not None and row.hf.windowed_keys
+
+
 def block_group(spec: GemmaSpec, index: int) -> str:
     """H5 group of decoder block `index`: the class name in snake case plus Keras' de-dup suffix."""
-    base = "gemma3_decoder_block" if spec.family == "gemma3" else "gemma_decoder_block"
-    return f"layers/{base}" + (f"_{index}" if index else "")
+    keras = _keras_row(spec.family).keras
+    assert keras is not None
+    return f"layers/{keras.block}" + (f"_{index}" if index else "")
 
 
 def keras_shape(spec: GemmaSpec, role: str, canonical: tuple[int, ...]) -> tuple[int, ...]:
@@ -174,30 +198,27 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
     inter = require_int(c, "intermediate_dim", path)
     post_attn, post_ffw = bool(c.get("use_post_attention_norm")), bool(c.get("use_post_ffw_norm"))
     sliding_on = bool(c.get("use_sliding_window_attention"))
-    window = c.get("sliding_window_size", 4096 if cls == "GemmaBackbone" else 1024)
-    if cls == "GemmaBackbone":
-        # GemmaBackbone.intermediate_dim is 2 * F (both GeGLU branches together).
+    keras = by_keras_backbone(cls)[0].keras  # what the backbone class does, whichever family it holds
+    assert keras is not None
+    if keras.intermediate_both_branches:
+        # GemmaBackbone.intermediate_dim is 2 * F (both GeGLU branches together); Gemma3Backbone's is F.
         if inter % 2:
-            raise InputError(path, f"GemmaBackbone intermediate_dim {inter} must be even (it is 2 x the FFN width)")
+            raise InputError(path, f"{cls} intermediate_dim {inter} must be even (it is 2 x the FFN width)")
         ffn = inter // 2
-        if post_attn and post_ffw:
-            family = "gemma2"
-        elif post_attn or post_ffw or sliding_on or c.get("attention_logit_soft_cap") or c.get("final_logit_soft_cap"):
-            raise UnsupportedError(f"{path}: a GemmaBackbone with only some Gemma 2 features "
-                                   f"(post norms {post_attn}/{post_ffw}, sliding {sliding_on}) has no HF equivalent")
-        else:
-            family = "gemma"
-        layer_types = gemma2_layer_types(n) if sliding_on else (FULL,) * n
-        rope = dict(rope_theta=10_000.0, rope_local_theta=None)
     else:
-        ffn = inter  # Gemma3Backbone.intermediate_dim is F
-        family = "gemma3"
-        if not (post_attn and post_ffw and c.get("use_query_key_norm", True)):
-            raise UnsupportedError(f"{path}: a Gemma3Backbone without post norms or QK-norm is not supported")
-        layer_types = gemma3_layer_types(n) if sliding_on else (FULL,) * n
-        # Gemma3Backbone hard-codes the bases: 10k on local layers, 1M on global ones.
-        rope = dict(rope_theta=1_000_000.0, rope_local_theta=10_000.0,
-                    rope_scaling_factor=opt_float(c, "global_rope_scaling_factor", path) or 1.0,
+        ffn = inter
+    row = _family_of(cls, c, post_attn, post_ffw, sliding_on, path)
+    windowed = _windowed_row(row)
+    window = c.get("sliding_window_size", windowed.defaults.get("sliding_window"))
+    # keras-hub's fixed layout (the backbone's windowed family's pattern), or every layer global
+    layer_types = windowed.layer_types(n) if sliding_on else (FULL,) * n
+    # The backbone hard-codes the RoPE bases (Gemma3Backbone: 10k on local layers, 1M on global ones).
+    assert keras.hard_coded_rope is not None
+    local_base, global_base = keras.hard_coded_rope
+    rope: dict[str, Any] = dict(rope_theta=global_base,
+                                rope_local_theta=None if local_base == global_base else local_base)
+    if keras.rope_scaling_keys:
+        rope.update(rope_scaling_factor=opt_float(c, "global_rope_scaling_factor", path) or 1.0,
                     rope_local_scaling_factor=opt_float(c, "local_rope_scaling_factor", path) or 1.0)
     if c.get("query_head_dim_normalize") is False:
         notes.append(f"query_head_dim_normalize=false is stored, but keras-hub's decoder blocks ignore it: "
@@ -206,17 +227,16 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
     dtype = _policy_dtype(c.get("dtype"), path) or dtype_hint or "float32"
     max_pos = max_position_embeddings
     if max_pos is None:
-        max_pos = _published_context(family, hidden, n)
+        max_pos = _published_context(row, hidden, n)
         notes.append(f"max_position_embeddings is not stored in a Keras config; assuming {max_pos}")
     try:
-        spec = GemmaSpec(
-            family=family,
+        # make_spec applies the row's rules (norm placement, QK-norm, ...), which the config's flags matched
+        spec = make_spec(
+            row.key,
             vocab_size=require_int(c, "vocabulary_size", path),
             hidden_size=hidden, num_layers=n, num_attention_heads=heads,
             num_key_value_heads=require_int(c, "num_key_value_heads", path),
             head_dim=head_dim, intermediate_size=ffn,
-            norm_placement="pre+post" if family != "gemma" else "pre",
-            qk_norm=family == "gemma3",
             attention_logit_softcap=opt_float(c, "attention_logit_soft_cap", path),
             final_logit_softcap=opt_float(c, "final_logit_soft_cap", path),
             sliding_window=require_int(c, "sliding_window_size", path, window) if sliding_on else None,
@@ -232,15 +252,33 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
     return spec, notes
 
 
-def _published_context(family: str, hidden: int, layers: int) -> int:
-    """Context length of the published model with these sizes, else the family's usual value."""
-    from ..spec import CARD_NAMES, card
+def _family_of(cls: str, c: dict[str, Any], post_attn: bool, post_ffw: bool, sliding_on: bool, path: str) -> Family:
+    """The family a backbone config holds, from its fields compared with the rules of the families that backbone
+    class can hold (GemmaBackbone: Gemma 1 or 2, told apart by the norm placement)."""
+    rows = by_keras_backbone(cls)
+    placement = {(True, True): "pre+post", (False, False): "pre"}.get((post_attn, post_ffw))
+    row = next((f for f in rows if f.rules.norm_placement == placement), None)
+    if row is not None and row.rules.qk_norm and not c.get("use_query_key_norm", True):
+        row = None
+    if row is not None and not _holds_windows(row) and (
+            sliding_on or c.get("attention_logit_soft_cap") or c.get("final_logit_soft_cap")):
+        row = None
+    if row is not None:
+        return row
+    if len(rows) > 1:  # a config between two of the backbone's families
+        raise UnsupportedError(f"{path}: a {cls} with only some {_windowed_row(rows[0]).title} features "
+                               f"(post norms {post_attn}/{post_ffw}, sliding {sliding_on}) has no HF equivalent")
+    needs = ["post norms"] * (rows[0].rules.norm_placement == "pre+post") + ["QK-norm"] * rows[0].rules.qk_norm
+    raise UnsupportedError(f"{path}: a {cls} without {' or '.join(needs)} is not supported")
 
-    for name in CARD_NAMES:
-        c = card(name)
-        if (c.family, c.hidden_size, c.num_layers) == (family, hidden, layers):
-            return c.max_position_embeddings
-    return 131072 if family == "gemma3" else 8192
+
+def _published_context(row: Family, hidden: int, layers: int) -> int:
+    """Context length of the published model with these sizes, else the family's usual value."""
+    name = card_of_shape(row.key, hidden_size=hidden, num_layers=layers)
+    if name is not None:
+        return card(name).max_position_embeddings
+    return row.defaults.get("max_position_embeddings",
+                            GemmaSpec.__dataclass_fields__["max_position_embeddings"].default)
 
 
 # ----------------------------------------------------------------------------- H5 reading
@@ -279,7 +317,9 @@ def _all_vars(path: str) -> tuple[dict[str, H5Var], dict[str, str], list[str], s
     raise InputError(path, f"no {WEIGHTS} or {SHARD_INDEX} in this Keras preset")
 
 
-_BLOCK_RE = re.compile(r"^layers/(gemma3?_decoder_block)(?:_(\d{1,6}))?$")  # at most 6 digits: int() takes them
+# A decoder block's group: any backbone's block class (at most 6 digits of suffix: int() takes them).
+_BLOCK_RE = re.compile(r"^layers/(%s)(?:_(\d{1,6}))?$" % "|".join(
+    re.escape(b) for b in dict.fromkeys(f.keras.block for f in FAMILY_TABLE.values() if f.keras)))
 _BLOCK_NAME_RE = re.compile(r"^decoder_block_(\d{1,6})$")
 
 
@@ -398,8 +438,10 @@ def _ref(canonical: str, var: H5Var) -> TensorRef:
 def keras_problems(spec: GemmaSpec) -> list[str]:
     """What keras-hub's GemmaBackbone / Gemma3Backbone cannot express about `spec` (empty: all of it)."""
     problems = []
-    if spec.family not in ("gemma", "gemma2", "gemma3"):
+    row = FAMILY_TABLE.get(spec.family)
+    if row is None or row.keras is None:
         return [f"{spec.family} is not a Gemma family"]
+    keras = row.keras
     if spec.query_pre_attn_scalar != spec.head_dim:
         problems.append(f"query_pre_attn_scalar is {spec.query_pre_attn_scalar}, but keras-hub's decoder blocks "
                         f"always scale queries by head_dim^-0.5 ({spec.head_dim}^-0.5) and ignore "
@@ -408,28 +450,46 @@ def keras_problems(spec: GemmaSpec) -> list[str]:
         problems.append(f"activation {spec.activation}: keras-hub Gemma always runs the tanh-approximate GELU")
     if not spec.tied_embeddings:
         problems.append("an untied output matrix: keras-hub Gemma always ties it to the embedding")
-    want = (gemma3_layer_types(spec.num_layers) if spec.family == "gemma3"
-            else gemma2_layer_types(spec.num_layers))
-    if spec.layer_types not in (want, (FULL,) * spec.num_layers):
-        problems.append("a sliding-window layout other than keras-hub's fixed pattern "
-                        + ("(5 local : 1 global)" if spec.family == "gemma3" else "(even layers sliding)"))
-    if spec.family == "gemma3":
-        if spec.rope_theta != 1_000_000.0 or spec.local_rope_theta != 10_000.0:
-            problems.append(f"RoPE bases {spec.local_rope_theta:g}/{spec.rope_theta:g}: Gemma3Backbone hard-codes "
-                            f"10000 local / 1000000 global")
-    elif spec.rope_theta != 10_000.0 or spec.local_rope_theta != 10_000.0 or spec.rope_scaling_factor != 1.0:
-        problems.append("RoPE other than base 10000 without scaling: GemmaBackbone hard-codes it")
-    if spec.family == "gemma" and (spec.attention_logit_softcap or spec.final_logit_softcap):
-        problems.append("soft caps on a Gemma 1 layout")
+    windowed = _windowed_row(row)  # the backbone's fixed sliding-window pattern is this family's
+    if spec.layer_types not in (windowed.layer_types(spec.num_layers), (FULL,) * spec.num_layers):
+        problems.append(f"a sliding-window layout other than keras-hub's fixed pattern "
+                        f"({_pattern_text(windowed.layer_pattern)})")
+    assert keras.hard_coded_rope is not None
+    local, glob = keras.hard_coded_rope
+    if keras.rope_scaling_keys:  # the bases are fixed, the scaling factors are config keys
+        if spec.rope_theta != glob or spec.local_rope_theta != local:
+            problems.append(f"RoPE bases {spec.local_rope_theta:g}/{spec.rope_theta:g}: {keras.backbone} hard-codes "
+                            f"{local:.0f} local / {glob:.0f} global")
+    elif spec.rope_theta != glob or spec.local_rope_theta != local or spec.rope_scaling_factor != 1.0:
+        problems.append(f"RoPE other than base {glob:.0f} without scaling: {keras.backbone} hard-codes it")
+    if not _holds_windows(row) and (spec.attention_logit_softcap or spec.final_logit_softcap):
+        problems.append(f"soft caps on a {row.title} layout")
     return problems
+
+
+def _pattern_text(pattern: tuple[str, ...]) -> str:
+    """A layer pattern in words: (sliding, full) -> 'even layers sliding'; 5 sliding then a full one ->
+    '5 local : 1 global'."""
+    if len(pattern) == 2 and pattern.count(SLIDING) == 1:
+        return f"{'even' if pattern[0] == SLIDING else 'odd'} layers sliding"
+    return f"{pattern.count(SLIDING)} local : {pattern.count(FULL)} global"
 
 
 def _dtype_policy(dtype: str) -> dict[str, Any]:
     return {"module": "keras", "class_name": "DTypePolicy", "config": {"name": dtype}, "registered_name": None}
 
 
+# The order in which keras-hub's backbones write their own config keys (before the shared ones).
+_CONFIG_ORDER = ("name", "trainable", "dtype", "image_size", "intermediate_dim", "use_query_key_norm",
+                 "local_rope_scaling_factor", "global_rope_scaling_factor", "vision_encoder",
+                 "use_bidirectional_attention", "is_embedding_model", "pooling_intermediate_dim", "embedding_dim")
+
+
 def config_dict(spec: GemmaSpec) -> dict[str, Any]:
     """The backbone `config.json` keras-hub writes for such a model."""
+    row = _keras_row(spec.family)
+    keras = row.keras
+    assert keras is not None
     sliding = SLIDING in spec.layer_types
     common = {
         "vocabulary_size": spec.vocab_size,
@@ -445,23 +505,22 @@ def config_dict(spec: GemmaSpec) -> dict[str, Any]:
         "use_post_attention_norm": spec.norm_placement == "pre+post",
         "final_logit_soft_cap": spec.final_logit_softcap,
         "attention_logit_soft_cap": spec.attention_logit_softcap,
-        "sliding_window_size": spec.sliding_window or (1024 if spec.family == "gemma3" else 4096),
+        "sliding_window_size": spec.sliding_window or _windowed_row(row).defaults.get("sliding_window"),
         "use_sliding_window_attention": sliding,
     }
-    if spec.family == "gemma3":
-        cls, module = "Gemma3Backbone", "keras_hub.src.models.gemma3.gemma3_backbone"
-        config = {"name": "gemma3_backbone", "trainable": True, "dtype": _dtype_policy(spec.dtype),
-                  "image_size": 896, "intermediate_dim": spec.intermediate_size, "use_query_key_norm": True,
-                  "local_rope_scaling_factor": spec.rope_local_scaling_factor,
-                  "global_rope_scaling_factor": spec.rope_scaling_factor, "vision_encoder": None,
-                  "use_bidirectional_attention": False, "is_embedding_model": False,
-                  "pooling_intermediate_dim": None, "embedding_dim": None, **common}
-    else:
-        cls, module = "GemmaBackbone", "keras_hub.src.models.gemma.gemma_backbone"
+    own: dict[str, Any] = {
+        "name": f"{keras.prefix}_backbone", "trainable": True, "dtype": _dtype_policy(spec.dtype),
         # GemmaBackbone.intermediate_dim counts both GeGLU branches: 2 * F.
-        config = {"name": "gemma_backbone", "trainable": True, "dtype": _dtype_policy(spec.dtype),
-                  "intermediate_dim": 2 * spec.intermediate_size, **common}
-    return {"module": module, "class_name": cls, "config": config, "registered_name": f"keras_hub>{cls}"}
+        "intermediate_dim": spec.intermediate_size * (2 if keras.intermediate_both_branches else 1),
+        **keras.config_extras,
+    }
+    if keras.rope_scaling_keys:
+        own.update(local_rope_scaling_factor=spec.rope_local_scaling_factor,
+                   global_rope_scaling_factor=spec.rope_scaling_factor)
+    ordered = sorted(own, key=lambda k: _CONFIG_ORDER.index(k) if k in _CONFIG_ORDER else len(_CONFIG_ORDER))
+    config = {**{k: own[k] for k in ordered}, **common}
+    cls = keras.backbone
+    return {"module": keras.module, "class_name": cls, "config": config, "registered_name": f"keras_hub>{cls}"}
 
 
 # ----------------------------------------------------------------------------- writing
