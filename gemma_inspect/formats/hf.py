@@ -22,8 +22,6 @@ from ..spec import GemmaSpec, make_spec
 from .common import MAX_LAYERS, most_common, opt_float, read_json_object, require_int, safe_child, show
 from .safetensors_io import StEntry, read_array, read_header
 
-# Every model_type the reader accepts (text decoders and multimodal wrappers), from the family rows.
-SUPPORTED_MODEL_TYPES = hf_model_types()
 
 # HF activation strings -> spec activation
 ACTIVATION_OF_HF = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh",
@@ -38,9 +36,13 @@ def _overrides(family: str) -> dict[str, str]:
     return row.hf.name_overrides if row is not None and row.hf is not None else {}
 
 
-@lru_cache(maxsize=None)
 def _override_patterns(family: str) -> list[Any]:
-    return compile_names(_overrides(family))
+    return _compiled(tuple(_overrides(family).items()))
+
+
+@lru_cache(maxsize=None)
+def _compiled(table: tuple[tuple[str, str], ...]) -> list[Any]:
+    return compile_names(dict(table))
 
 # Prefixes of a multimodal Gemma 3 checkpoint: on disk (transformers 4) and in memory (transformers 5).
 TEXT_PREFIXES = (("language_model.model.", "model."), ("language_model.lm_head.", "lm_head."),
@@ -234,7 +236,7 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
     row = by_hf_model_type(model_type) if isinstance(model_type, str) else None
     if row is None or row.hf is None:
         raise InputError(path, f"unsupported model_type {show(model_type)}; supported: "
-                               f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+                               f"{', '.join(hf_model_types())}")
     ids = row.hf
     text = cfg
     if _is_wrapper(cfg):  # a multimodal wrapper: the text decoder's config is its text_config

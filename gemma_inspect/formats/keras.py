@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -24,14 +25,10 @@ from ..checkpoint import (FLOAT_DTYPES, Checkpoint, TensorRef, canonical_name, c
 from ..errors import InputError, SpecError, UnsupportedError
 from ..families import FAMILY_TABLE, FULL, SLIDING, Family, by_keras_backbone
 from ..spec import GemmaSpec, card, card_of_shape, make_spec
-from .common import MAX_LAYERS, most_common, opt_float, read_json_object, require_int, safe_child
-from .keras_h5 import H5Var, read_var, scan_h5
+from .common import MAX_LAYERS, most_common, opt_float, read_json_object, require_int
+from .keras_h5 import SHARD_INDEX, WEIGHTS, H5Var, preset_vars, read_var
 
 CONFIG = "config.json"
-WEIGHTS = "model.weights.h5"
-SHARD_INDEX = "model.weights.json"
-# The backbone classes of the family rows, in table order (GemmaBackbone holds Gemma 1 and 2).
-BACKBONES = tuple(dict.fromkeys(f.keras.backbone for f in FAMILY_TABLE.values() if f.keras))
 REGISTRIES = ("keras_hub", "keras_nlp")
 
 # ----------------------------------------------------------------------------- layout transforms
@@ -99,6 +96,12 @@ VAR_BY_ROLE = {v.role: v for v in TOP_VARS + BLOCK_VARS}
 _BY_PATH = {v.path: v for v in BLOCK_VARS}
 
 
+def _keras_ids(attr: str) -> tuple[Any, ...]:
+    """One KerasIds field over the family rows, each value once, in table order (backbone: GemmaBackbone,
+    Gemma3Backbone)."""
+    return tuple(dict.fromkeys(getattr(f.keras, attr) for f in FAMILY_TABLE.values() if f.keras))
+
+
 def _keras_row(family: str) -> Family:
     """The family row of a spec that keras-hub can hold; UnsupportedError for a family without a backbone."""
     row = FAMILY_TABLE.get(family)
@@ -158,9 +161,10 @@ def _class_of(cfg: dict[str, Any], path: str) -> str:
         if registry not in REGISTRIES:
             raise InputError(path, f"registered_name {reg!r} is not a keras_hub or keras_nlp class")
         cls = name
-    if cls not in BACKBONES:
+    backbones = _keras_ids("backbone")  # GemmaBackbone holds Gemma 1 and 2
+    if cls not in backbones:
         raise InputError(path, f"unsupported Keras class {cls or reg!r}; supported: "
-                               f"{', '.join(r + '>' + b for r in REGISTRIES for b in BACKBONES)}")
+                               f"{', '.join(r + '>' + b for r in REGISTRIES for b in backbones)}")
     return cls
 
 
@@ -281,45 +285,20 @@ def _published_context(row: Family, hidden: int, layers: int) -> int:
                             GemmaSpec.__dataclass_fields__["max_position_embeddings"].default)
 
 
-# ----------------------------------------------------------------------------- H5 reading
-# (the low-level walk and reads are keras_h5's)
+# ----------------------------------------------------------------------------- H5 datasets -> canonical tensors
+# (finding the weights files, walking them and reading datasets is keras_h5's)
 
 
-def _all_vars(path: str) -> tuple[dict[str, H5Var], dict[str, str], list[str], str]:
-    single = os.path.join(path, WEIGHTS)
-    index_path = os.path.join(path, SHARD_INDEX)
-    if os.path.exists(index_path):
-        index = read_json_object(index_path, "Keras sharded weights index")
-        wm = index.get("weight_map")
-        if not isinstance(wm, dict) or not wm:
-            raise InputError(index_path, "has no weight_map (an H5 group path -> shard file object)")
-        groups_by_file: dict[str, set[str]] = {}
-        for group, fname in wm.items():
-            if not isinstance(group, str):
-                raise InputError(index_path, f"invalid group path {group!r}")
-            full = safe_child(path, fname, index_path)
-            if not os.path.isfile(full):
-                raise InputError(index_path, f"names shard {fname!r}, which does not exist")
-            groups_by_file.setdefault(full, set()).add(group.strip("/"))
-        datasets: dict[str, H5Var] = {}
-        names: dict[str, str] = {}
-        for file, groups in sorted(groups_by_file.items()):
-            d, nm = scan_h5(file, groups)
-            for k in d:
-                if k in datasets:
-                    raise InputError(file, f"dataset {k} is also stored in {datasets[k].file}")
-            datasets.update(d)
-            names.update(nm)
-        return datasets, names, sorted(groups_by_file), index_path
-    if os.path.exists(single):
-        d, nm = scan_h5(single)
-        return d, nm, [single], single
-    raise InputError(path, f"no {WEIGHTS} or {SHARD_INDEX} in this Keras preset")
+def _block_re() -> re.Pattern[str]:
+    """A decoder block's group: any backbone's block class (at most 6 digits of suffix: int() takes them)."""
+    return _block_pattern(_keras_ids("block"))
 
 
-# A decoder block's group: any backbone's block class (at most 6 digits of suffix: int() takes them).
-_BLOCK_RE = re.compile(r"^layers/(%s)(?:_(\d{1,6}))?$" % "|".join(
-    re.escape(b) for b in dict.fromkeys(f.keras.block for f in FAMILY_TABLE.values() if f.keras)))
+@lru_cache(maxsize=None)
+def _block_pattern(blocks: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile(r"^layers/(%s)(?:_(\d{1,6}))?$" % "|".join(re.escape(b) for b in blocks))
+
+
 _BLOCK_NAME_RE = re.compile(r"^decoder_block_(\d{1,6})$")
 
 
@@ -328,6 +307,7 @@ def _map_datasets(datasets: dict[str, H5Var], names: dict[str, str], where: str)
     """Dataset path -> (canonical name, var); plus datasets that are not Gemma weights."""
     mapped: dict[str, tuple[str, H5Var]] = {}
     unknown: dict[str, H5Var] = {}
+    block_re = _block_re()
     for dpath, var in datasets.items():
         top = next((v for v in TOP_VARS if dpath == "layers/" + v.path), None)
         if top is not None:
@@ -338,7 +318,7 @@ def _map_datasets(datasets: dict[str, H5Var], names: dict[str, str], where: str)
             continue
         parts = dpath.split("/")
         block = "/".join(parts[:2])
-        m = _BLOCK_RE.match(block)
+        m = block_re.match(block)
         rel = "/".join(parts[2:])
         if not m:
             unknown[dpath] = var
@@ -363,7 +343,7 @@ def read(path: str) -> Checkpoint:
     if not looks_like_keras_config(cfg):
         raise InputError(config_path, "not a Keras backbone config (expected class_name, config, registered_name)")
     _class_of(cfg, config_path)
-    datasets, names, files, where = _all_vars(path)
+    datasets, names, files, where = preset_vars(path)
     dtypes = [v.dtype for v in datasets.values()]
     # What Keras configs do not store, kept by our writer in metadata.json.
     restore: dict[str, int] = {}

@@ -1,7 +1,8 @@
 """The low-level HDF5 reading of Keras weights files: walk a file's datasets and `vars` groups without h5py's
 high-level objects, refuse what a weights file must not hold (links, virtual or external storage, chunks larger
 than their dataset, nested filters, declared sizes the stored bytes cannot give), and read a dataset's bytes
-(straight from the file at its offset when it is contiguous and uncompressed).
+(straight from the file at its offset when it is contiguous and uncompressed); find a preset's weights file or
+its shards through the index.
 
 Knows nothing of Gemma: formats/keras.py maps the datasets this finds to canonical tensors.
 """
@@ -16,8 +17,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from .common import read_json_object, safe_child
 from .safetensors_io import numpy_dtype, read_at
 
+WEIGHTS = "model.weights.h5"
+SHARD_INDEX = "model.weights.json"  # sharded: H5 group path -> shard file
 MAX_EXPANSION = 1100  # deflate's ceiling is ~1032:1; HDF5's other filters stay below it
 MAX_ATTRIBUTE_BYTES = 64 * 1024
 
@@ -200,3 +204,37 @@ def read_var(var: H5Var, mapped: bool = False) -> np.ndarray:
     if not raw.dtype.isnative:
         raw = raw.astype(raw.dtype.newbyteorder("="))
     return raw
+
+
+def preset_vars(path: str) -> tuple[dict[str, H5Var], dict[str, str], list[str], str]:
+    """Every dataset of a preset directory's weights file (or of its shards, each read for the groups the index
+    gives it), the `vars` groups' layer names, the files read, and the file that errors name."""
+    single = os.path.join(path, WEIGHTS)
+    index_path = os.path.join(path, SHARD_INDEX)
+    if os.path.exists(index_path):
+        index = read_json_object(index_path, "Keras sharded weights index")
+        wm = index.get("weight_map")
+        if not isinstance(wm, dict) or not wm:
+            raise InputError(index_path, "has no weight_map (an H5 group path -> shard file object)")
+        groups_by_file: dict[str, set[str]] = {}
+        for group, fname in wm.items():
+            if not isinstance(group, str):
+                raise InputError(index_path, f"invalid group path {group!r}")
+            full = safe_child(path, fname, index_path)
+            if not os.path.isfile(full):
+                raise InputError(index_path, f"names shard {fname!r}, which does not exist")
+            groups_by_file.setdefault(full, set()).add(group.strip("/"))
+        datasets: dict[str, H5Var] = {}
+        names: dict[str, str] = {}
+        for file, groups in sorted(groups_by_file.items()):
+            d, nm = scan_h5(file, groups)
+            for k in d:
+                if k in datasets:
+                    raise InputError(file, f"dataset {k} is also stored in {datasets[k].file}")
+            datasets.update(d)
+            names.update(nm)
+        return datasets, names, sorted(groups_by_file), index_path
+    if os.path.exists(single):
+        d, nm = scan_h5(single)
+        return d, nm, [single], single
+    raise InputError(path, f"no {WEIGHTS} or {SHARD_INDEX} in this Keras preset")
