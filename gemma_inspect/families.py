@@ -46,6 +46,8 @@ class HFIds:
     rope: str = "single"  # "single" (one RoPE) or "per_layer_type" (full/sliding rope_parameters)
     windowed_keys: bool = True  # the config has query_pre_attn_scalar, sliding_window, soft caps, layer_types
     pattern_key: bool = False  # sliding_window_pattern (every n-th layer global) is a config key
+    # activation values the family's released configs use for another function: value -> what it means
+    activation_aliases: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,11 @@ class KerasIds:
     hard_coded_rope: tuple[float, float] | None  # (local, global) RoPE bases the backbone hard-codes
     intermediate_both_branches: bool  # GemmaBackbone.intermediate_dim counts both GeGLU branches (2 F)
     rope_scaling_keys: bool  # global_/local_rope_scaling_factor are config keys
+    # backbone config keys beyond the shared ones, with the values a text-only causal LM has (written as such)
+    config_extras: dict[str, Any] = field(default_factory=dict)
+    # the tokenizer's vision tokens: a multimodal preset (its tokenizer's has_vision_tokens, the
+    # preprocessor's image arguments); () for a text-only model
+    vision_tokens: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -117,7 +124,9 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
                       max_position_embeddings=8192, **_GEMMA_HF_DEFAULTS),
                  # Gemma 1 has no post-attention norm; HF calls its pre-FFN norm `post_attention_layernorm`.
                  name_overrides={"ffn_norm": "model.layers.{i}.post_attention_layernorm.weight"},
-                 windowed_keys=False),
+                 windowed_keys=False,
+                 # The released configs say hidden_act="gelu", which transformers reads as the tanh GELU.
+                 activation_aliases={"gelu": "gelu_pytorch_tanh"}),
         keras=KerasIds("GemmaBackbone", "keras_hub.src.models.gemma.gemma_backbone", "gemma", "Gemma",
                        "gemma_decoder_block", (10_000.0, 10_000.0), True, False),
         gguf=GGUFIds("gemma"),
@@ -153,7 +162,11 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
                       attn_logit_softcapping=None, **_GEMMA_HF_DEFAULTS),
                  multimodal_model_type="gemma3", rope="per_layer_type", pattern_key=True),
         keras=KerasIds("Gemma3Backbone", "keras_hub.src.models.gemma3.gemma3_backbone", "gemma3", "Gemma3",
-                       "gemma3_decoder_block", (10_000.0, 1_000_000.0), False, True),
+                       "gemma3_decoder_block", (10_000.0, 1_000_000.0), False, True,
+                       config_extras=dict(image_size=896, use_query_key_norm=True, vision_encoder=None,
+                                          use_bidirectional_attention=False, is_embedding_model=False,
+                                          pooling_intermediate_dim=None, embedding_dim=None),
+                       vision_tokens=("<img>", "<start_of_image>", "<end_of_image>")),
         gguf=GGUFIds("gemma3", big_model_layers=62, local_rope=(10_000.0, 1.0)),
         gemma_pytorch="GEMMA_3"),
     # Peers for the side-by-side table: SwiGLU, no norm offset, no embedding scale, untied output.
@@ -175,7 +188,8 @@ def family(key: str) -> Family:
 def by_hf_model_type(model_type: Any) -> Family | None:
     """The family whose HF text model_type (or multimodal wrapper) is `model_type`."""
     for f in FAMILY_TABLE.values():
-        if f.hf and model_type in (f.hf.model_type, f.hf.multimodal_model_type):
+        # (a row without a wrapper has multimodal_model_type None, which a config without model_type must not match)
+        if f.hf and model_type is not None and model_type in (f.hf.model_type, f.hf.multimodal_model_type):
             return f
     return None
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .checkpoint import expected_tensors, parse_canonical
+from .families import family
 from .spec import GemmaSpec, make_spec
 
 TINY_VOCAB = 384
@@ -145,15 +146,16 @@ def write_keras(spec: GemmaSpec, weights: dict[str, np.ndarray], out_dir: str, s
 
 def _save_causal_lm(keras_hub: Any, spec: GemmaSpec, backbone: Any, spm_path: str, out_dir: str,
                     kwargs: dict[str, Any]) -> None:
-    """A CausalLM (backbone + preprocessor + tokenizer) saved by keras-hub, as Kaggle presets are."""
-    if spec.family == "gemma3":
-        tok = keras_hub.models.Gemma3Tokenizer(proto=spm_path, has_vision_tokens=False)
-        pre = keras_hub.models.Gemma3CausalLMPreprocessor(tokenizer=tok, image_converter=None)
-        lm = keras_hub.models.Gemma3CausalLM(backbone=backbone, preprocessor=pre)
-    else:
-        tok = keras_hub.models.GemmaTokenizer(proto=spm_path)
-        pre = keras_hub.models.GemmaCausalLMPreprocessor(tokenizer=tok)
-        lm = keras_hub.models.GemmaCausalLM(backbone=backbone, preprocessor=pre)
+    """A CausalLM (backbone + preprocessor + tokenizer) saved by keras-hub, as Kaggle presets are; the classes are
+    the family row's (KerasIds.class_prefix), a multimodal one's told there are no images."""
+    ids = family(spec.family).keras
+    assert ids is not None, spec.family
+    name = ids.class_prefix
+    tok_args: dict[str, Any] = {"has_vision_tokens": False} if ids.vision_tokens else {}
+    pre_args: dict[str, Any] = {"image_converter": None} if ids.vision_tokens else {}
+    tok = getattr(keras_hub.models, f"{name}Tokenizer")(proto=spm_path, **tok_args)
+    pre = getattr(keras_hub.models, f"{name}CausalLMPreprocessor")(tokenizer=tok, **pre_args)
+    lm = getattr(keras_hub.models, f"{name}CausalLM")(backbone=backbone, preprocessor=pre)
     lm.save_to_preset(out_dir, **kwargs)
 
 
@@ -175,7 +177,7 @@ def write_hf_multimodal_gemma3(spec: GemmaSpec, weights: dict[str, np.ndarray], 
     torch.manual_seed(0)
     model = Gemma3ForConditionalGeneration(cfg)
     # In memory (transformers 5) the text decoder sits under model.language_model.
-    state = {"model.language_model." + from_canonical(n, "gemma3")[len("model."):]: torch.from_numpy(a.copy())
+    state = {"model.language_model." + from_canonical(n, spec.family)[len("model."):]: torch.from_numpy(a.copy())
              for n, a in weights.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or [m for m in missing if "language_model" in m and "lm_head" not in m]:

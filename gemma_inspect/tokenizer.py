@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import Any, Callable
 
 from .errors import GemmaInspectError, InputError
+from .families import family as family_row
 
 SPM_NAMES = ("tokenizer.model", os.path.join("assets", "tokenizer", "vocabulary.spm"))
 HF_JSON = "tokenizer.json"
@@ -276,26 +277,28 @@ def _policy(name: str) -> dict[str, Any]:
 
 
 def keras_tokenizer_configs(tok: Tokenizer, family: str, dtype: str, backbone: dict[str, Any]) -> dict[str, Any]:
-    """tokenizer.json, preprocessor.json and task.json of a keras-hub Gemma CausalLM preset."""
-    g3 = family == "gemma3"
-    prefix = "gemma3" if g3 else "gemma"
-    tok_cls = "Gemma3Tokenizer" if g3 else "GemmaTokenizer"
+    """tokenizer.json, preprocessor.json and task.json of a keras-hub Gemma CausalLM preset (module and class
+    names from the family row's KerasIds)."""
+    ids = family_row(family).keras
+    if ids is None:
+        raise ValueError(f"{family} has no keras-hub classes")
+    prefix, cls = ids.prefix, ids.class_prefix
+    tok_cls = f"{cls}Tokenizer"
     tok_cfg: dict[str, Any] = {"name": f"{prefix}_tokenizer", "trainable": True, "dtype": _policy("int32"),
                                "config_file": "tokenizer.json", "proto": None, "sequence_length": None,
                                "add_bos": False, "add_eos": False}
-    if g3:
+    if ids.vision_tokens:
         # keras-hub's Gemma3Tokenizer needs <img>, <start_of_image>, <end_of_image> unless told otherwise.
-        tok_cfg["has_vision_tokens"] = all(tok.token_to_id(t) is not None
-                                           for t in ("<img>", "<start_of_image>", "<end_of_image>"))
+        tok_cfg["has_vision_tokens"] = all(tok.token_to_id(t) is not None for t in ids.vision_tokens)
     tokenizer = _keras_layer(f"keras_hub.src.models.{prefix}.{prefix}_tokenizer", tok_cls, tok_cfg)
-    pre_cls = "Gemma3CausalLMPreprocessor" if g3 else "GemmaCausalLMPreprocessor"
+    pre_cls = f"{cls}CausalLMPreprocessor"
     pre_cfg: dict[str, Any] = {"name": f"{prefix}_causal_lm_preprocessor", "trainable": True,
                                "dtype": _policy(dtype), "tokenizer": tokenizer, "config_file": "preprocessor.json",
                                "sequence_length": 1024, "add_start_token": True, "add_end_token": True}
-    if g3:
+    if ids.vision_tokens:  # a multimodal preprocessor's defaults (keras-hub's Gemma3CausalLMPreprocessor)
         pre_cfg.update(num_vision_tokens_per_image=256, max_images_per_prompt=2)
     preprocessor = _keras_layer(f"keras_hub.src.models.{prefix}.{prefix}_causal_lm_preprocessor", pre_cls, pre_cfg)
-    task_cls = "Gemma3CausalLM" if g3 else "GemmaCausalLM"
+    task_cls = f"{cls}CausalLM"
     task = _keras_layer(f"keras_hub.src.models.{prefix}.{prefix}_causal_lm", task_cls,
                         {"backbone": backbone, "preprocessor": preprocessor, "name": f"{prefix}_causal_lm"})
     return {"tokenizer.json": tokenizer, "preprocessor.json": preprocessor, "task.json": task}

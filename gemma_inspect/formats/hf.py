@@ -1,56 +1,48 @@
 """Hugging Face directories: config.json + model.safetensors (or shards with an index), tokenizer files.
 
 Reading touches only config.json, the safetensors headers and the index; tensor bytes are read lazily.
-Supported model_type: gemma, gemma2, gemma3_text, and gemma3 (multimodal: the text decoder is read,
-the vision tower is reported and ignored).
+Supported model_type: every HF model_type of a family row (families.py): gemma, gemma2, gemma3_text, and
+gemma3 (multimodal: the text decoder is read, the vision tower is reported and ignored). What differs between
+families (activation key, RoPE spelling, window keys, name overrides, transformers' defaults) is read from the
+row, never from the family's name.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from functools import lru_cache
 from typing import Any, Callable
 
 from ..checkpoint import (FLOAT_DTYPES, ROLES, Checkpoint, TensorRef, canonical_name, check_against_spec,
                           compile_names, fill_name, match_name, parse_canonical)
 from ..errors import InputError, UnsupportedError
-from ..spec import FULL, SLIDING, GemmaSpec, gemma2_layer_types, gemma3_layer_types
+from ..families import FAMILY_TABLE, FULL, SLIDING, Family, by_hf_model_type, hf_model_types
+from ..spec import GemmaSpec, make_spec
 from .common import MAX_LAYERS, most_common, opt_float, read_json_object, require_int, safe_child, show
 from .safetensors_io import StEntry, read_array, read_header
 
-SUPPORTED_MODEL_TYPES = ("gemma", "gemma2", "gemma3_text", "gemma3")
-FAMILY_OF_MODEL_TYPE = {"gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3", "gemma3": "gemma3"}
-MODEL_TYPE_OF_FAMILY = {"gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text"}
-ARCHITECTURE_OF_FAMILY = {"gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
-                          "gemma3": "Gemma3ForCausalLM"}
-
-# transformers' config defaults (v5): a key absent from config.json takes these values.
-HF_DEFAULTS: dict[str, dict[str, Any]] = {
-    "gemma": dict(vocab_size=256000, hidden_size=3072, intermediate_size=24576, num_hidden_layers=28,
-                  num_attention_heads=16, num_key_value_heads=16, head_dim=256, hidden_act="gelu_pytorch_tanh",
-                  max_position_embeddings=8192, rms_norm_eps=1e-6, tie_word_embeddings=True,
-                  bos_token_id=2, eos_token_id=1, pad_token_id=0),
-    "gemma2": dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
-                   num_attention_heads=8, num_key_value_heads=4, head_dim=256, hidden_activation="gelu_pytorch_tanh",
-                   max_position_embeddings=8192, rms_norm_eps=1e-6, tie_word_embeddings=True,
-                   query_pre_attn_scalar=256, sliding_window=4096, final_logit_softcapping=30.0,
-                   attn_logit_softcapping=50.0, bos_token_id=2, eos_token_id=1, pad_token_id=0),
-    "gemma3_text": dict(vocab_size=262208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
-                        num_attention_heads=8, num_key_value_heads=4, head_dim=256,
-                        hidden_activation="gelu_pytorch_tanh", max_position_embeddings=131072,
-                        rms_norm_eps=1e-6, tie_word_embeddings=True, query_pre_attn_scalar=256,
-                        sliding_window=4096, final_logit_softcapping=None, attn_logit_softcapping=None,
-                        bos_token_id=2, eos_token_id=1, pad_token_id=0),
-}
 
 # HF activation strings -> spec activation
 ACTIVATION_OF_HF = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh",
                     "gelu": "gelu", "silu": "silu", "swish": "silu"}
 
-# Canonical names are HF's Gemma 2/3 names; the one Gemma 1 difference: its pre-FFN norm is called
-# `post_attention_layernorm` (Gemma 1 has no post-attention norm at all).
-HF_NAME_OVERRIDES = {"gemma": {"ffn_norm": "model.layers.{i}.post_attention_layernorm.weight"}}
-_OVERRIDE_PATTERNS = {family: compile_names(table) for family, table in HF_NAME_OVERRIDES.items()}
+# Canonical names are HF's names; a family row's `hf.name_overrides` holds where its HF names differ (Gemma 1:
+# its pre-FFN norm is called `post_attention_layernorm`, having no post-attention norm at all).
+
+
+def _overrides(family: str) -> dict[str, str]:
+    row = FAMILY_TABLE.get(family)
+    return row.hf.name_overrides if row is not None and row.hf is not None else {}
+
+
+def _override_patterns(family: str) -> list[Any]:
+    return _compiled(tuple(_overrides(family).items()))
+
+
+@lru_cache(maxsize=None)
+def _compiled(table: tuple[tuple[str, str], ...]) -> list[Any]:
+    return compile_names(dict(table))
 
 # Prefixes of a multimodal Gemma 3 checkpoint: on disk (transformers 4) and in memory (transformers 5).
 TEXT_PREFIXES = (("language_model.model.", "model."), ("language_model.lm_head.", "lm_head."),
@@ -66,15 +58,15 @@ TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
 
 def hf_name(role: str, family: str) -> str:
     """HF name template of a canonical role for a family."""
-    return HF_NAME_OVERRIDES.get(family, {}).get(role, ROLES[role])
+    return _overrides(family).get(role, ROLES[role])
 
 
 def to_canonical(hf: str, family: str) -> str:
     """Map an HF tensor name (text prefixes already stripped) to its canonical name."""
-    overrides = HF_NAME_OVERRIDES.get(family, {})
+    overrides = _overrides(family)
     if overrides:
         # derive the reverse of the override table rather than writing it twice
-        parsed = match_name(_OVERRIDE_PATTERNS[family], hf)
+        parsed = match_name(_override_patterns(family), hf)
         if parsed is not None:
             return canonical_name(*parsed)
         parsed_c = parse_canonical(hf)
@@ -92,8 +84,14 @@ def from_canonical(name: str, family: str) -> str:
 
 
 # ----------------------------------------------------------------------------- config -> spec
-def _rope(text: dict[str, Any], model_type: str, path: str) -> dict[str, float]:
-    """RoPE bases and linear factors from either spelling (rope_parameters, or rope_theta/rope_scaling)."""
+def _spec_default(row: Family, name: str) -> Any:
+    """The value a spec of the row's family takes for field `name` when nothing says otherwise."""
+    return row.defaults.get(name, GemmaSpec.__dataclass_fields__[name].default)
+
+
+def _rope(text: dict[str, Any], row: Family, path: str) -> dict[str, float]:
+    """RoPE bases and linear factors from either spelling (rope_parameters, or rope_theta/rope_scaling); one
+    RoPE for every layer, or one per layer type (full/sliding) as the family's row says."""
 
     def linear_factor(params: dict[str, Any] | None, where: str) -> float:
         if not params:
@@ -118,25 +116,27 @@ def _rope(text: dict[str, Any], model_type: str, path: str) -> dict[str, float]:
     rp = text.get("rope_parameters")
     if rp is not None and not isinstance(rp, dict):
         raise InputError(path, f"config rope_parameters must be an object, got {show(rp)}")
-    if model_type == "gemma3_text":
-        if isinstance(rp, dict) and ("full_attention" in rp or "sliding_attention" in rp):
-            full = rp.get("full_attention") or {}
-            local = rp.get("sliding_attention") or {}
-            return dict(rope_theta=theta(full.get("rope_theta", 1_000_000.0), "rope_parameters.full_attention.rope_theta"),
-                        rope_local_theta=theta(local.get("rope_theta", 10_000.0),
-                                               "rope_parameters.sliding_attention.rope_theta"),
-                        rope_scaling_factor=linear_factor(full, "rope_parameters.full_attention"),
-                        rope_local_scaling_factor=linear_factor(local, "rope_parameters.sliding_attention"))
-        return dict(rope_theta=theta(text.get("rope_theta", 1_000_000.0), "rope_theta"),
-                    rope_local_theta=theta(text.get("rope_local_base_freq", 10_000.0), "rope_local_base_freq"),
+    global_base = _spec_default(row, "rope_theta")
+    if row.hf is not None and row.hf.rope == "per_layer_type":
+        local_base = _spec_default(row, "rope_local_theta")
+        if isinstance(rp, dict) and (FULL in rp or SLIDING in rp):
+            full = rp.get(FULL) or {}
+            local = rp.get(SLIDING) or {}
+            return dict(rope_theta=theta(full.get("rope_theta", global_base), f"rope_parameters.{FULL}.rope_theta"),
+                        rope_local_theta=theta(local.get("rope_theta", local_base),
+                                               f"rope_parameters.{SLIDING}.rope_theta"),
+                        rope_scaling_factor=linear_factor(full, f"rope_parameters.{FULL}"),
+                        rope_local_scaling_factor=linear_factor(local, f"rope_parameters.{SLIDING}"))
+        return dict(rope_theta=theta(text.get("rope_theta", global_base), "rope_theta"),
+                    rope_local_theta=theta(text.get("rope_local_base_freq", local_base), "rope_local_base_freq"),
                     rope_scaling_factor=linear_factor(text.get("rope_scaling"), "rope_scaling"),
                     rope_local_scaling_factor=1.0)
-    # Gemma 1/2: one RoPE for every layer.
+    # One RoPE for every layer.
     if isinstance(rp, dict):
-        base = theta(rp.get("rope_theta", text.get("rope_theta", 10_000.0)), "rope_parameters.rope_theta")
+        base = theta(rp.get("rope_theta", text.get("rope_theta", global_base)), "rope_parameters.rope_theta")
         factor = linear_factor(rp, "rope_parameters")
     else:
-        base = theta(text.get("rope_theta", 10_000.0), "rope_theta")
+        base = theta(text.get("rope_theta", global_base), "rope_theta")
         factor = linear_factor(text.get("rope_scaling"), "rope_scaling")
     return dict(rope_theta=base, rope_local_theta=None, rope_scaling_factor=factor,
                 rope_local_scaling_factor=factor)
@@ -193,21 +193,21 @@ def _check_token_ids(text: dict[str, Any], cfg: dict[str, Any], vocab: int, path
                 raise InputError(path, f"config {key} {show(i)} is outside the vocabulary (ids 0..{vocab - 1})")
 
 
-def _layer_types(text: dict[str, Any], model_type: str, n: int, path: str) -> tuple[str, ...]:
+def _layer_types(text: dict[str, Any], row: Family, n: int, path: str) -> tuple[str, ...]:
+    """layer_types as the config spells them, else the family's layout (stretched by sliding_window_pattern
+    where the family's config has that key)."""
     lt = text.get("layer_types")
     if lt is not None:
         if not isinstance(lt, list) or len(lt) != n or any(t not in (SLIDING, FULL) for t in lt):
             raise InputError(path, f"config layer_types must list {n} entries of "
                                    f"'{SLIDING}'/'{FULL}', got {show(lt)}")
         return tuple(lt)
-    if model_type == "gemma2":
-        return gemma2_layer_types(n)
-    if model_type == "gemma3_text":
-        pattern = text.get("sliding_window_pattern", text.get("_sliding_window_pattern", 6))
+    if row.hf is not None and row.hf.pattern_key:
+        pattern = text.get("sliding_window_pattern", text.get("_sliding_window_pattern", len(row.layer_pattern)))
         if isinstance(pattern, bool) or not isinstance(pattern, int) or pattern <= 0:
             raise InputError(path, f"config sliding_window_pattern must be a positive integer, got {show(pattern)}")
-        return gemma3_layer_types(n, pattern)
-    return (FULL,) * n
+        return row.layer_types(n, pattern)
+    return row.layer_types(n)
 
 
 def _first_id(v: Any) -> int | None:
@@ -222,43 +222,50 @@ def _id_or(v: Any, default: int) -> int:
     return default if i is None else i
 
 
+def _is_wrapper(cfg: dict[str, Any]) -> bool:
+    """Whether the config is a multimodal wrapper's (Gemma 3's `gemma3`), whose text decoder is its text_config."""
+    model_type = cfg.get("model_type")
+    row = by_hf_model_type(model_type) if isinstance(model_type, str) else None
+    return row is not None and row.hf is not None and model_type == row.hf.multimodal_model_type
+
+
 def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = None) -> tuple[GemmaSpec, list[str]]:
     """Build a GemmaSpec from an HF config dict. Returns (spec, notes)."""
     notes: list[str] = []
     model_type = cfg.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    row = by_hf_model_type(model_type) if isinstance(model_type, str) else None
+    if row is None or row.hf is None:
         raise InputError(path, f"unsupported model_type {show(model_type)}; supported: "
-                               f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+                               f"{', '.join(hf_model_types())}")
+    ids = row.hf
     text = cfg
-    if model_type == "gemma3":
+    if _is_wrapper(cfg):  # a multimodal wrapper: the text decoder's config is its text_config
         text = cfg.get("text_config")
         if text is None:
             text = {}
         if not isinstance(text, dict):
             raise InputError(path, "config text_config must be an object")
-        if text.get("model_type", "gemma3_text") != "gemma3_text":
+        if text.get("model_type", ids.model_type) != ids.model_type:
             raise InputError(path, f"unsupported text_config model_type {show(text.get('model_type'))}")
-        model_type = "gemma3_text"
-    merged = dict(HF_DEFAULTS[model_type])
+    merged = dict(ids.defaults)  # transformers' config defaults: a key absent from config.json takes these
     merged.update(text)
     text = merged
-    family = FAMILY_OF_MODEL_TYPE[model_type]
 
     _check_loader_keys(cfg, path)
     for flag in ("use_bidirectional_attention", "attention_bias"):
         if text.get(flag):
             raise UnsupportedError(f"{path}: {flag}=true is not a Gemma causal-LM configuration this tool supports")
 
-    act_key = "hidden_act" if model_type == "gemma" else "hidden_activation"
+    act_key = ids.activation_key
     act_raw = text.get(act_key)
-    if act_raw is None and model_type != "gemma":
+    if act_raw is None:  # hidden_activation (Gemma 2 on) falls back to hidden_act
         act_raw = text.get("hidden_act")
-    if model_type == "gemma" and act_raw == "gelu":
+    if isinstance(act_raw, str) and act_raw in ids.activation_aliases:
         # The released Gemma 1 configs say hidden_act="gelu", a legacy value that means the tanh GELU:
         # transformers replaces it with gelu_pytorch_tanh (GemmaConfig.__post_init__), and so do we.
-        act_raw = "gelu_pytorch_tanh"
-        notes.append("hidden_act='gelu' is the legacy value of the Gemma 1 releases; it means the tanh "
-                     "approximation, as transformers reads it")
+        notes.append(f"{act_key}={act_raw!r} is the legacy value of the {row.title} releases; it means the tanh "
+                     f"approximation, as transformers reads it")
+        act_raw = ids.activation_aliases[act_raw]
     if not isinstance(act_raw, str) or act_raw not in ACTIVATION_OF_HF:
         raise UnsupportedError(f"{path}: activation {act_key}={show(act_raw)} is not supported "
                                f"(expected gelu_pytorch_tanh)")
@@ -270,14 +277,14 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
     head_dim = hidden // heads if head_dim is None else require_int(text, "head_dim", path)
     n_layers = require_int(text, "num_hidden_layers", path, maximum=MAX_LAYERS)
     sliding = None
-    if model_type != "gemma":
+    if ids.windowed_keys:
         sliding = text.get("sliding_window")
         if sliding is not None:
             sliding = require_int(text, "sliding_window", path)
-    layer_types = _layer_types(text, model_type, n_layers, path)
+    layer_types = _layer_types(text, row, n_layers, path)
     if SLIDING in layer_types and sliding is None:
         raise InputError(path, "config declares sliding-window layers but sliding_window is null")
-    qpas = opt_float(text, "query_pre_attn_scalar", path, head_dim) if model_type != "gemma" else head_dim
+    qpas = opt_float(text, "query_pre_attn_scalar", path, head_dim) if ids.windowed_keys else head_dim
     if qpas is not None and float(qpas).is_integer():
         qpas = int(qpas)
     dtype = cfg.get("dtype") or cfg.get("torch_dtype") or text.get("dtype") or text.get("torch_dtype")
@@ -289,8 +296,9 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
     tie = cfg.get("tie_word_embeddings", text.get("tie_word_embeddings", True))
     eos = text.get("eos_token_id", cfg.get("eos_token_id"))
     try:
-        spec = GemmaSpec(
-            family=family,
+        # make_spec applies the row's rules (norm placement, QK-norm, ...): no config key says them
+        spec = make_spec(
+            row.key,
             vocab_size=require_int(text, "vocab_size", path),
             hidden_size=hidden,
             num_layers=n_layers,
@@ -299,11 +307,9 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
             head_dim=head_dim,
             intermediate_size=require_int(text, "intermediate_size", path),
             activation=ACTIVATION_OF_HF[act_raw],
-            norm_placement="pre" if family == "gemma" else "pre+post",
-            qk_norm=family == "gemma3",
             tied_embeddings=bool(tie),
-            attention_logit_softcap=opt_float(text, "attn_logit_softcapping", path) if family != "gemma" else None,
-            final_logit_softcap=opt_float(text, "final_logit_softcapping", path) if family != "gemma" else None,
+            attention_logit_softcap=opt_float(text, "attn_logit_softcapping", path) if ids.windowed_keys else None,
+            final_logit_softcap=opt_float(text, "final_logit_softcapping", path) if ids.windowed_keys else None,
             sliding_window=sliding,
             layer_types=layer_types,
             query_pre_attn_scalar=qpas,
@@ -313,7 +319,7 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
             bos_token_id=_id_or(text.get("bos_token_id", cfg.get("bos_token_id")), 2),
             eos_token_id=_id_or(eos, 1),
             pad_token_id=_id_or(text.get("pad_token_id", cfg.get("pad_token_id")), 0),
-            **_rope(text, model_type, path),
+            **_rope(text, row, path),
         )
     except (UnsupportedError, InputError):  # already name config.json (require_int, opt_float, _rope)
         raise
@@ -415,7 +421,7 @@ def from_headers(cfg: dict[str, Any], config_path: str,
         n_vision = sum(1 for k in ignored if any(k.startswith(p) for p in VISION_PREFIXES))
         notes.append(f"multimodal Gemma 3: vision tower and projector ({n_vision} tensors, "
                      f"{vision_params:,} parameters) reported and ignored; only the text decoder is read")
-    if cfg.get("model_type") == "gemma3" and not vision_params:
+    if _is_wrapper(cfg) and not vision_params:
         notes.append("multimodal Gemma 3 config: only the text decoder is read")
     _name_unmapped(tensors, where)
     check_against_spec(spec, tensors, config_path, where)
@@ -477,15 +483,22 @@ def _rope_params(theta: float, factor: float) -> dict[str, Any]:
     return {"rope_type": "linear", "factor": factor, "rope_theta": theta}
 
 
+def _short_title(row: Family) -> str:
+    """The family's title without its qualifier ("Gemma 3 (text)" -> "Gemma 3")."""
+    return row.title.split(" (")[0]
+
+
 def config_dict(spec: GemmaSpec) -> dict[str, Any]:
     """A complete, explicit config.json for `spec`, readable by transformers 4.4x and 5.x alike:
     both activation keys, both RoPE spellings, layer_types spelled out."""
-    if spec.family not in MODEL_TYPE_OF_FAMILY:
+    row = FAMILY_TABLE.get(spec.family)
+    if row is None or row.hf is None:
         raise UnsupportedError(f"{spec.family} checkpoints cannot be written as a Gemma HF directory")
+    ids, rules = row.hf, row.rules
     act = HF_ACTIVATION[spec.activation]
     cfg: dict[str, Any] = {
-        "architectures": [ARCHITECTURE_OF_FAMILY[spec.family]],
-        "model_type": MODEL_TYPE_OF_FAMILY[spec.family],
+        "architectures": [ids.architecture],
+        "model_type": ids.model_type,
         "vocab_size": spec.vocab_size,
         "hidden_size": spec.hidden_size,
         "intermediate_size": spec.intermediate_size,
@@ -508,18 +521,18 @@ def config_dict(spec: GemmaSpec) -> dict[str, Any]:
         "torch_dtype": spec.dtype,
         "use_cache": True,
     }
-    if spec.family == "gemma3":
+    if ids.rope == "per_layer_type":
         cfg["rope_parameters"] = {
-            "full_attention": _rope_params(spec.rope_theta, spec.rope_scaling_factor),
-            "sliding_attention": _rope_params(spec.local_rope_theta, spec.rope_local_scaling_factor),
+            FULL: _rope_params(spec.rope_theta, spec.rope_scaling_factor),
+            SLIDING: _rope_params(spec.local_rope_theta, spec.rope_local_scaling_factor),
         }
         cfg["rope_theta"] = spec.rope_theta
         cfg["rope_local_base_freq"] = spec.local_rope_theta
         if spec.rope_scaling_factor != 1.0:
             cfg["rope_scaling"] = {"rope_type": "linear", "factor": spec.rope_scaling_factor}
         if spec.rope_local_scaling_factor != 1.0:
-            raise UnsupportedError("HF Gemma 3 cannot express RoPE scaling on sliding layers only in the "
-                                   "transformers 4 spelling")
+            raise UnsupportedError(f"HF {_short_title(row)} cannot express RoPE scaling on sliding layers only in "
+                                   f"the transformers 4 spelling")
     else:
         if spec.local_rope_theta != spec.rope_theta or spec.rope_local_scaling_factor != spec.rope_scaling_factor:
             raise UnsupportedError(f"HF {spec.family} uses one RoPE for every layer; this checkpoint has "
@@ -528,14 +541,14 @@ def config_dict(spec: GemmaSpec) -> dict[str, Any]:
         cfg["rope_theta"] = spec.rope_theta
         if spec.rope_scaling_factor != 1.0:
             cfg["rope_scaling"] = {"rope_type": "linear", "factor": spec.rope_scaling_factor}
-    if spec.family in ("gemma2", "gemma3"):
+    if ids.windowed_keys:
         cfg["query_pre_attn_scalar"] = spec.query_pre_attn_scalar
         cfg["sliding_window"] = spec.sliding_window
         cfg["layer_types"] = list(spec.layer_types)
         cfg["attn_logit_softcapping"] = spec.attention_logit_softcap
         cfg["final_logit_softcapping"] = spec.final_logit_softcap
-        if spec.family == "gemma3" and spec.layer_types == gemma3_layer_types(spec.num_layers):
-            cfg["sliding_window_pattern"] = 6
+        if ids.pattern_key and spec.layer_types == row.layer_types(spec.num_layers):
+            cfg["sliding_window_pattern"] = len(row.layer_pattern)
     else:
         problems = []
         if spec.sliding_window is not None or SLIDING in spec.layer_types:
@@ -545,9 +558,10 @@ def config_dict(spec: GemmaSpec) -> dict[str, Any]:
         if spec.query_pre_attn_scalar != spec.head_dim:
             problems.append(f"query_pre_attn_scalar {spec.query_pre_attn_scalar} != head_dim")
         if problems:
-            raise UnsupportedError(f"HF Gemma 1 (model_type gemma) cannot express {', '.join(problems)}")
-    if spec.norm_placement != ("pre" if spec.family == "gemma" else "pre+post") or \
-            spec.qk_norm != (spec.family == "gemma3") or spec.norm_offset != 1 or not spec.scale_embeddings:
+            raise UnsupportedError(f"HF {_short_title(row)} (model_type {ids.model_type}) cannot express "
+                                   f"{', '.join(problems)}")
+    if (spec.norm_placement, spec.qk_norm, spec.norm_offset, spec.scale_embeddings) != \
+            (rules.norm_placement, rules.qk_norm, rules.norm_offset, rules.scale_embeddings):
         raise UnsupportedError(f"this {spec.family} checkpoint deviates from its family's layout "
                                f"(norm placement/offset, QK-norm or embedding scale): HF cannot express it")
     return cfg

@@ -4,16 +4,17 @@ Inside the H5 file, groups are named after the layer *class* with a de-duplicati
 (`layers/gemma_decoder_block_1`); each `.../vars` group carries the real layer name in `attrs['name']`
 (`decoder_block_1`, `query`, ...). We map through those names and fall back to the path for files
 that carry no attributes. bfloat16 datasets are stored opaque (`|V2`, `attrs['dtype'] = 'bfloat16'`).
-Datasets are contiguous, so their bytes are read straight from the file at the dataset's offset.
+Datasets are contiguous, so their bytes are read straight from the file at the dataset's offset (the HDF5
+walk, its refusals and the reads are keras_h5's; this module maps datasets to canonical tensors and back).
 Reading never imports keras: h5py and numpy only.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -22,14 +23,12 @@ from ..arrays import Layout
 from ..checkpoint import (FLOAT_DTYPES, Checkpoint, TensorRef, canonical_name, check_against_spec, expected_tensors,
                           parse_canonical)
 from ..errors import InputError, SpecError, UnsupportedError
-from ..spec import FULL, SLIDING, GemmaSpec, gemma2_layer_types, gemma3_layer_types
-from .common import MAX_LAYERS, most_common, opt_float, read_json_object, require_int, safe_child
-from .safetensors_io import numpy_dtype, read_at
+from ..families import FAMILY_TABLE, FULL, SLIDING, Family, by_keras_backbone
+from ..spec import GemmaSpec, card, card_of_shape, make_spec
+from .common import MAX_LAYERS, most_common, opt_float, read_json_object, require_int
+from .keras_h5 import SHARD_INDEX, WEIGHTS, H5Var, preset_vars, read_var
 
 CONFIG = "config.json"
-WEIGHTS = "model.weights.h5"
-SHARD_INDEX = "model.weights.json"
-BACKBONES = ("GemmaBackbone", "Gemma3Backbone")
 REGISTRIES = ("keras_hub", "keras_nlp")
 
 # ----------------------------------------------------------------------------- layout transforms
@@ -97,10 +96,38 @@ VAR_BY_ROLE = {v.role: v for v in TOP_VARS + BLOCK_VARS}
 _BY_PATH = {v.path: v for v in BLOCK_VARS}
 
 
+def _keras_ids(attr: str) -> tuple[Any, ...]:
+    """One KerasIds field over the family rows, each value once, in table order (backbone: GemmaBackbone,
+    Gemma3Backbone)."""
+    return tuple(dict.fromkeys(getattr(f.keras, attr) for f in FAMILY_TABLE.values() if f.keras))
+
+
+def _keras_row(family: str) -> Family:
+    """The family row of a spec that keras-hub can hold; UnsupportedError for a family without a backbone."""
+    row = FAMILY_TABLE.get(family)
+    if row is None or row.keras is None:
+        raise UnsupportedError(f"{family} checkpoints cannot be written as a keras-hub Gemma preset")
+    return row
+
+
+def _windowed_row(row: Family) -> Family:
+    """The family of the row's backbone whose layout has sliding-window layers: its pattern is the one the
+    backbone hard-codes, its window the backbone's default (GemmaBackbone: Gemma 2's; Gemma3Backbone: its own)."""
+    assert row.keras is not None
+    return next((f for f in by_keras_backbone(row.keras.backbone) if f.windowed), row)
+
+
+def _holds_windows(row: Family) -> bool:
+    """Whether checkpoints of the family can have sliding windows and soft caps: Gemma 1's cannot (its HF config
+    has no key for them, so a GemmaBackbone with them has no HF equivalent)."""
+    return row.hf is not None and row.hf.windowed_keys
+
+
 def block_group(spec: GemmaSpec, index: int) -> str:
     """H5 group of decoder block `index`: the class name in snake case plus Keras' de-dup suffix."""
-    base = "gemma3_decoder_block" if spec.family == "gemma3" else "gemma_decoder_block"
-    return f"layers/{base}" + (f"_{index}" if index else "")
+    keras = _keras_row(spec.family).keras
+    assert keras is not None
+    return f"layers/{keras.block}" + (f"_{index}" if index else "")
 
 
 def keras_shape(spec: GemmaSpec, role: str, canonical: tuple[int, ...]) -> tuple[int, ...]:
@@ -134,9 +161,10 @@ def _class_of(cfg: dict[str, Any], path: str) -> str:
         if registry not in REGISTRIES:
             raise InputError(path, f"registered_name {reg!r} is not a keras_hub or keras_nlp class")
         cls = name
-    if cls not in BACKBONES:
+    backbones = _keras_ids("backbone")  # GemmaBackbone holds Gemma 1 and 2
+    if cls not in backbones:
         raise InputError(path, f"unsupported Keras class {cls or reg!r}; supported: "
-                               f"{', '.join(r + '>' + b for r in REGISTRIES for b in BACKBONES)}")
+                               f"{', '.join(r + '>' + b for r in REGISTRIES for b in backbones)}")
     return cls
 
 
@@ -174,30 +202,27 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
     inter = require_int(c, "intermediate_dim", path)
     post_attn, post_ffw = bool(c.get("use_post_attention_norm")), bool(c.get("use_post_ffw_norm"))
     sliding_on = bool(c.get("use_sliding_window_attention"))
-    window = c.get("sliding_window_size", 4096 if cls == "GemmaBackbone" else 1024)
-    if cls == "GemmaBackbone":
-        # GemmaBackbone.intermediate_dim is 2 * F (both GeGLU branches together).
+    keras = by_keras_backbone(cls)[0].keras  # what the backbone class does, whichever family it holds
+    assert keras is not None
+    if keras.intermediate_both_branches:
+        # GemmaBackbone.intermediate_dim is 2 * F (both GeGLU branches together); Gemma3Backbone's is F.
         if inter % 2:
-            raise InputError(path, f"GemmaBackbone intermediate_dim {inter} must be even (it is 2 x the FFN width)")
+            raise InputError(path, f"{cls} intermediate_dim {inter} must be even (it is 2 x the FFN width)")
         ffn = inter // 2
-        if post_attn and post_ffw:
-            family = "gemma2"
-        elif post_attn or post_ffw or sliding_on or c.get("attention_logit_soft_cap") or c.get("final_logit_soft_cap"):
-            raise UnsupportedError(f"{path}: a GemmaBackbone with only some Gemma 2 features "
-                                   f"(post norms {post_attn}/{post_ffw}, sliding {sliding_on}) has no HF equivalent")
-        else:
-            family = "gemma"
-        layer_types = gemma2_layer_types(n) if sliding_on else (FULL,) * n
-        rope = dict(rope_theta=10_000.0, rope_local_theta=None)
     else:
-        ffn = inter  # Gemma3Backbone.intermediate_dim is F
-        family = "gemma3"
-        if not (post_attn and post_ffw and c.get("use_query_key_norm", True)):
-            raise UnsupportedError(f"{path}: a Gemma3Backbone without post norms or QK-norm is not supported")
-        layer_types = gemma3_layer_types(n) if sliding_on else (FULL,) * n
-        # Gemma3Backbone hard-codes the bases: 10k on local layers, 1M on global ones.
-        rope = dict(rope_theta=1_000_000.0, rope_local_theta=10_000.0,
-                    rope_scaling_factor=opt_float(c, "global_rope_scaling_factor", path) or 1.0,
+        ffn = inter
+    row = _family_of(cls, c, post_attn, post_ffw, sliding_on, path)
+    windowed = _windowed_row(row)
+    window = c.get("sliding_window_size", windowed.defaults.get("sliding_window"))
+    # keras-hub's fixed layout (the backbone's windowed family's pattern), or every layer global
+    layer_types = windowed.layer_types(n) if sliding_on else (FULL,) * n
+    # The backbone hard-codes the RoPE bases (Gemma3Backbone: 10k on local layers, 1M on global ones).
+    assert keras.hard_coded_rope is not None
+    local_base, global_base = keras.hard_coded_rope
+    rope: dict[str, Any] = dict(rope_theta=global_base,
+                                rope_local_theta=None if local_base == global_base else local_base)
+    if keras.rope_scaling_keys:
+        rope.update(rope_scaling_factor=opt_float(c, "global_rope_scaling_factor", path) or 1.0,
                     rope_local_scaling_factor=opt_float(c, "local_rope_scaling_factor", path) or 1.0)
     if c.get("query_head_dim_normalize") is False:
         notes.append(f"query_head_dim_normalize=false is stored, but keras-hub's decoder blocks ignore it: "
@@ -206,17 +231,16 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
     dtype = _policy_dtype(c.get("dtype"), path) or dtype_hint or "float32"
     max_pos = max_position_embeddings
     if max_pos is None:
-        max_pos = _published_context(family, hidden, n)
+        max_pos = _published_context(row, hidden, n)
         notes.append(f"max_position_embeddings is not stored in a Keras config; assuming {max_pos}")
     try:
-        spec = GemmaSpec(
-            family=family,
+        # make_spec applies the row's rules (norm placement, QK-norm, ...), which the config's flags matched
+        spec = make_spec(
+            row.key,
             vocab_size=require_int(c, "vocabulary_size", path),
             hidden_size=hidden, num_layers=n, num_attention_heads=heads,
             num_key_value_heads=require_int(c, "num_key_value_heads", path),
             head_dim=head_dim, intermediate_size=ffn,
-            norm_placement="pre+post" if family != "gemma" else "pre",
-            qk_norm=family == "gemma3",
             attention_logit_softcap=opt_float(c, "attention_logit_soft_cap", path),
             final_logit_softcap=opt_float(c, "final_logit_soft_cap", path),
             sliding_window=require_int(c, "sliding_window_size", path, window) if sliding_on else None,
@@ -232,233 +256,49 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
     return spec, notes
 
 
-def _published_context(family: str, hidden: int, layers: int) -> int:
+def _family_of(cls: str, c: dict[str, Any], post_attn: bool, post_ffw: bool, sliding_on: bool, path: str) -> Family:
+    """The family a backbone config holds, from its fields compared with the rules of the families that backbone
+    class can hold (GemmaBackbone: Gemma 1 or 2, told apart by the norm placement)."""
+    rows = by_keras_backbone(cls)
+    placement = {(True, True): "pre+post", (False, False): "pre"}.get((post_attn, post_ffw))
+    row = next((f for f in rows if f.rules.norm_placement == placement), None)
+    if row is not None and row.rules.qk_norm and not c.get("use_query_key_norm", True):
+        row = None
+    if row is not None and not _holds_windows(row) and (
+            sliding_on or c.get("attention_logit_soft_cap") or c.get("final_logit_soft_cap")):
+        row = None
+    if row is not None:
+        return row
+    if len(rows) > 1:  # a config between two of the backbone's families
+        raise UnsupportedError(f"{path}: a {cls} with only some {_windowed_row(rows[0]).title} features "
+                               f"(post norms {post_attn}/{post_ffw}, sliding {sliding_on}) has no HF equivalent")
+    needs = ["post norms"] * (rows[0].rules.norm_placement == "pre+post") + ["QK-norm"] * rows[0].rules.qk_norm
+    raise UnsupportedError(f"{path}: a {cls} without {' or '.join(needs)} is not supported")
+
+
+def _published_context(row: Family, hidden: int, layers: int) -> int:
     """Context length of the published model with these sizes, else the family's usual value."""
-    from ..spec import CARD_NAMES, card
-
-    for name in CARD_NAMES:
-        c = card(name)
-        if (c.family, c.hidden_size, c.num_layers) == (family, hidden, layers):
-            return c.max_position_embeddings
-    return 131072 if family == "gemma3" else 8192
+    name = card_of_shape(row.key, hidden_size=hidden, num_layers=layers)
+    if name is not None:
+        return card(name).max_position_embeddings
+    return row.defaults.get("max_position_embeddings",
+                            GemmaSpec.__dataclass_fields__["max_position_embeddings"].default)
 
 
-# ----------------------------------------------------------------------------- H5 reading
-MAX_EXPANSION = 1100  # deflate's ceiling is ~1032:1; HDF5's other filters stay below it
-MAX_ATTRIBUTE_BYTES = 64 * 1024
-@dataclass(frozen=True)
-class H5Var:
-    file: str
-    path: str  # dataset path inside the file
-    shape: tuple[int, ...]
-    dtype: str
-    offset: int | None  # byte offset of contiguous, uncompressed data; None = read through h5py
-    nbytes: int
+# ----------------------------------------------------------------------------- H5 datasets -> canonical tensors
+# (finding the weights files, walking them and reading datasets is keras_h5's)
 
 
-def _h5_attr(oid: Any, key: str, file: str) -> Any:
-    """Attribute `key` of a low-level h5py object, or None when absent; byte strings come back as str."""
-    import h5py
-
-    k = key.encode()
-    if not h5py.h5a.exists(oid, k):
-        return None
-    aid = h5py.h5a.open(oid, k)
-    size = math.prod(aid.shape) * aid.dtype.itemsize
-    if size > MAX_ATTRIBUTE_BYTES:  # the attributes read here are short strings ('bfloat16', a layer name)
-        raise InputError(file, f"attribute {key!r} of {h5py.h5i.get_name(oid).decode('utf-8', 'replace')} holds "
-                               f"{size} bytes; expected a short string")
-    value = np.empty(aid.shape, dtype=aid.dtype)
-    aid.read(value)
-    value = value[()] if value.ndim == 0 else value
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+def _block_re() -> re.Pattern[str]:
+    """A decoder block's group: any backbone's block class (at most 6 digits of suffix: int() takes them)."""
+    return _block_pattern(_keras_ids("block"))
 
 
-def _h5_dtype(dt: np.dtype, tag: Any, name: str, where: str) -> str:
-    if dt.kind == "V" and dt.itemsize == 2:
-        if tag == "bfloat16":
-            return "bfloat16"
-        raise InputError(where, f"dataset {name} is opaque 2-byte data without attrs['dtype']='bfloat16'")
-    if dt.name in ("float32", "float16", "float64"):
-        return dt.name
-    raise InputError(where, f"dataset {name} has unsupported dtype {dt}")
+@lru_cache(maxsize=None)
+def _block_pattern(blocks: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile(r"^layers/(%s)(?:_(\d{1,6}))?$" % "|".join(re.escape(b) for b in blocks))
 
 
-def _scan_h5(file: str, only: set[str] | None = None) -> tuple[dict[str, H5Var], dict[str, str]]:
-    """All datasets under `layers/` and the `attrs['name']` of every `vars` group (path -> name).
-
-    Walks the file with h5py's low-level API: the high-level `visititems` builds a Python object per group
-    and dataset, which alone took 0.35 s on a 27B preset; this walk takes a fraction of that."""
-    import h5py
-
-    datasets: dict[str, H5Var] = {}
-    names: dict[str, str] = {}
-    try:
-        size = os.path.getsize(file)
-        with h5py.File(file, "r") as f:
-            _refuse_links(f, file)  # before anything is opened by name: a path may run through a link
-            if "layers" not in f:
-                raise InputError(file, "no 'layers' group: not a Keras weights file")
-            layers = h5py.h5g.open(f.id, b"layers")
-            found: list[tuple[bytes, int]] = []
-            h5py.h5o.visit(layers, lambda n, info: found.append((n, info.type)), info=True)
-            for raw, kind in found:
-                full = "layers/" + raw.decode("utf-8", "replace")
-                if kind == h5py.h5o.TYPE_DATASET:
-                    if only is not None and full.rsplit("/", 1)[0] not in only:
-                        continue
-                    ds = h5py.h5d.open(layers, raw)
-                    dt = ds.dtype
-                    dtype = _h5_dtype(dt, _h5_attr(ds, "dtype", file) if dt.kind == "V" else None, "/" + full, file)
-                    shape = tuple(int(s) for s in ds.shape)
-                    want = math.prod(shape) * numpy_dtype(dtype).itemsize  # math.prod: 1000s of calls, no numpy
-                    offset = ds.get_offset()
-                    nbytes = int(ds.get_storage_size())
-                    dcpl = ds.get_create_plist()
-                    # Virtual datasets and external storage keep their bytes in other files, which may lie
-                    # anywhere: refused, like an index entry that points outside the checkpoint.
-                    elsewhere = ("a virtual dataset" if dcpl.get_layout() == h5py.h5d.VIRTUAL
-                                 else "external storage" if dcpl.get_external_count() else None)
-                    if elsewhere:
-                        raise InputError(file, f"dataset {full} keeps its data in another file ({elsewhere}); "
-                                               f"a checkpoint must hold its own weights")
-                    if dcpl.get_layout() == h5py.h5d.CHUNKED:
-                        _check_chunks(dcpl, shape, full, file)
-                    if dcpl.get_layout() != h5py.h5d.CONTIGUOUS or dcpl.get_nfilters():
-                        offset = None  # chunked, compact or compressed: read through h5py
-                        # Reading fills what is not stored (unwritten chunks) with zeros, and decompression can
-                        # grow bytes ~1000x at most: a dataset that declares more than that has lost its chunks
-                        # or is a decompression bomb, which would allocate its declared size from a tiny file.
-                        stored_enough = nbytes >= want if not dcpl.get_nfilters() else nbytes * MAX_EXPANSION >= want
-                        if want and not stored_enough:
-                            raise InputError(file, f"dataset {full} declares {want} bytes but stores {nbytes}: "
-                                                   f"chunks missing or compressed beyond belief")
-                    elif offset is None or offset + want > size or nbytes != want:
-                        raise InputError(file, f"dataset {full} claims {want} bytes at offset {offset}, beyond "
-                                               f"the file's {size} bytes: truncated or corrupt")
-                    if not dt.isnative:
-                        # h5py hands back big-endian data (">f4") as such, and its dtype's name is "float32" all
-                        # the same; the fast path reads the file's raw bytes as native ones. Such datasets are
-                        # read through h5py and byte-swapped instead.
-                        offset = None
-                    datasets[full] = H5Var(file, full, shape, dtype, offset, want)
-                elif kind == h5py.h5o.TYPE_GROUP and full.endswith("vars"):
-                    n = _h5_attr(h5py.h5o.open(layers, raw), "name", file)
-                    if n is not None:
-                        names[full] = str(n)
-    except InputError:
-        raise
-    except FileNotFoundError:
-        raise InputError(file, "missing") from None
-    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as e:
-        msg = str(e).splitlines()[0][:200] if str(e) else e.__class__.__name__
-        raise InputError(file, f"not a readable HDF5 weights file ({msg})") from None
-    return datasets, names
-
-
-def _refuse_links(f: Any, file: str) -> None:
-    """Every link in the file must be a hard link. A soft link makes two paths one dataset; an external link
-    (or a user-defined one) opens another file - anywhere on the machine, or a FIFO that blocks forever - and
-    HDF5 follows it as soon as a path through it is opened. H5Lvisit reads the links' descriptions without
-    following any, so this walk runs before the file is read by name."""
-    import h5py
-
-    root = h5py.h5g.open(f.id, b"/")
-    bad: list[tuple[bytes, int]] = []
-
-    def visit(name: bytes, info: Any) -> int | None:
-        if info.type != h5py.h5l.TYPE_HARD:
-            bad.append((name, info.type))
-            return 1  # stop at the first
-        return None
-
-    root.links.visit(visit, info=True)
-    if not bad:
-        return
-    name, kind = bad[0]
-    shown = "/" + name.decode("utf-8", "replace")
-    if kind == h5py.h5l.TYPE_SOFT:
-        target = root.links.get_val(name).decode("utf-8", "replace")
-        raise InputError(file, f"{shown} is a soft link to {target}; a Keras weights file holds only hard links")
-    if kind == h5py.h5l.TYPE_EXTERNAL:
-        other, obj = (v.decode("utf-8", "replace") for v in root.links.get_val(name))
-        raise InputError(file, f"{shown} is an external link to {obj} in {other}; a checkpoint must hold its own "
-                               f"weights (not followed)")
-    raise InputError(file, f"{shown} is a link of type {kind} (user-defined); a Keras weights file holds only "
-                           f"hard links")
-
-
-def _check_chunks(dcpl: Any, shape: tuple[int, ...], full: str, file: str) -> None:
-    """A chunk is decompressed whole: one larger than its dataset, or run through the same filter twice, makes a
-    few stored bytes inflate into gigabytes before HDF5 notices that they do not fit. Chunk dimensions must fit
-    inside the dataset's (so a chunk holds at most the dataset's declared bytes) and each filter run once."""
-    chunk = tuple(int(c) for c in dcpl.get_chunk())
-    if len(chunk) != len(shape) or any(c > max(s, 1) for c, s in zip(chunk, shape)):
-        raise InputError(file, f"dataset {full} is stored in chunks of {list(chunk)}, larger than its shape "
-                               f"{list(shape)}")
-    codes = [dcpl.get_filter(i)[0] for i in range(dcpl.get_nfilters())]
-    twice = next((c for c in codes if codes.count(c) > 1), None)
-    if twice is not None:
-        raise InputError(file, f"dataset {full} runs filter {twice} {codes.count(twice)} times over each chunk "
-                               f"(nested compression)")
-
-
-def _read_var(var: H5Var, mapped: bool = False) -> np.ndarray:
-    """The dataset as an array. `mapped`: a read-only memory map of the file instead of a copy, for a
-    caller that re-lays it out at once (the transpose then reads straight from the page cache)."""
-    dt = numpy_dtype(var.dtype)
-    if var.offset is not None:
-        count = var.nbytes // dt.itemsize
-        if mapped and count and os.path.getsize(var.file) >= var.offset + var.nbytes:
-            return np.memmap(var.file, dtype=dt, mode="r", offset=var.offset, shape=var.shape)
-        return read_at(var.file, var.offset, var.nbytes, var.dtype, var.shape, f"dataset {var.path}")
-    import h5py
-
-    try:
-        with h5py.File(var.file, "r") as f:
-            raw = f[var.path][()]
-    except (OSError, KeyError, ValueError) as e:
-        raise InputError(var.file, f"cannot read dataset {var.path} ({e})") from None
-    if var.dtype == "bfloat16":
-        return raw.view(dt)
-    if not raw.dtype.isnative:
-        raw = raw.astype(raw.dtype.newbyteorder("="))
-    return raw
-
-
-def _all_vars(path: str) -> tuple[dict[str, H5Var], dict[str, str], list[str], str]:
-    single = os.path.join(path, WEIGHTS)
-    index_path = os.path.join(path, SHARD_INDEX)
-    if os.path.exists(index_path):
-        index = read_json_object(index_path, "Keras sharded weights index")
-        wm = index.get("weight_map")
-        if not isinstance(wm, dict) or not wm:
-            raise InputError(index_path, "has no weight_map (an H5 group path -> shard file object)")
-        groups_by_file: dict[str, set[str]] = {}
-        for group, fname in wm.items():
-            if not isinstance(group, str):
-                raise InputError(index_path, f"invalid group path {group!r}")
-            full = safe_child(path, fname, index_path)
-            if not os.path.isfile(full):
-                raise InputError(index_path, f"names shard {fname!r}, which does not exist")
-            groups_by_file.setdefault(full, set()).add(group.strip("/"))
-        datasets: dict[str, H5Var] = {}
-        names: dict[str, str] = {}
-        for file, groups in sorted(groups_by_file.items()):
-            d, nm = _scan_h5(file, groups)
-            for k in d:
-                if k in datasets:
-                    raise InputError(file, f"dataset {k} is also stored in {datasets[k].file}")
-            datasets.update(d)
-            names.update(nm)
-        return datasets, names, sorted(groups_by_file), index_path
-    if os.path.exists(single):
-        d, nm = _scan_h5(single)
-        return d, nm, [single], single
-    raise InputError(path, f"no {WEIGHTS} or {SHARD_INDEX} in this Keras preset")
-
-
-_BLOCK_RE = re.compile(r"^layers/(gemma3?_decoder_block)(?:_(\d{1,6}))?$")  # at most 6 digits: int() takes them
 _BLOCK_NAME_RE = re.compile(r"^decoder_block_(\d{1,6})$")
 
 
@@ -467,6 +307,7 @@ def _map_datasets(datasets: dict[str, H5Var], names: dict[str, str], where: str)
     """Dataset path -> (canonical name, var); plus datasets that are not Gemma weights."""
     mapped: dict[str, tuple[str, H5Var]] = {}
     unknown: dict[str, H5Var] = {}
+    block_re = _block_re()
     for dpath, var in datasets.items():
         top = next((v for v in TOP_VARS if dpath == "layers/" + v.path), None)
         if top is not None:
@@ -477,7 +318,7 @@ def _map_datasets(datasets: dict[str, H5Var], names: dict[str, str], where: str)
             continue
         parts = dpath.split("/")
         block = "/".join(parts[:2])
-        m = _BLOCK_RE.match(block)
+        m = block_re.match(block)
         rel = "/".join(parts[2:])
         if not m:
             unknown[dpath] = var
@@ -502,7 +343,7 @@ def read(path: str) -> Checkpoint:
     if not looks_like_keras_config(cfg):
         raise InputError(config_path, "not a Keras backbone config (expected class_name, config, registered_name)")
     _class_of(cfg, config_path)
-    datasets, names, files, where = _all_vars(path)
+    datasets, names, files, where = preset_vars(path)
     dtypes = [v.dtype for v in datasets.values()]
     # What Keras configs do not store, kept by our writer in metadata.json.
     restore: dict[str, int] = {}
@@ -566,7 +407,7 @@ def _ref(canonical: str, var: H5Var) -> TensorRef:
     raw = (var.file, var.offset, var.nbytes, relayout) if relayout is not None and var.offset is not None else None
 
     def load() -> np.ndarray:
-        arr = _read_var(var, mapped=relayout is not None)
+        arr = read_var(var, mapped=relayout is not None)
         return arr if relayout is None else relayout.apply(arr)
 
     return TensorRef(name=canonical, shape=shape, dtype=var.dtype, nbytes=var.nbytes,
@@ -577,8 +418,10 @@ def _ref(canonical: str, var: H5Var) -> TensorRef:
 def keras_problems(spec: GemmaSpec) -> list[str]:
     """What keras-hub's GemmaBackbone / Gemma3Backbone cannot express about `spec` (empty: all of it)."""
     problems = []
-    if spec.family not in ("gemma", "gemma2", "gemma3"):
+    row = FAMILY_TABLE.get(spec.family)
+    if row is None or row.keras is None:
         return [f"{spec.family} is not a Gemma family"]
+    keras = row.keras
     if spec.query_pre_attn_scalar != spec.head_dim:
         problems.append(f"query_pre_attn_scalar is {spec.query_pre_attn_scalar}, but keras-hub's decoder blocks "
                         f"always scale queries by head_dim^-0.5 ({spec.head_dim}^-0.5) and ignore "
@@ -587,28 +430,46 @@ def keras_problems(spec: GemmaSpec) -> list[str]:
         problems.append(f"activation {spec.activation}: keras-hub Gemma always runs the tanh-approximate GELU")
     if not spec.tied_embeddings:
         problems.append("an untied output matrix: keras-hub Gemma always ties it to the embedding")
-    want = (gemma3_layer_types(spec.num_layers) if spec.family == "gemma3"
-            else gemma2_layer_types(spec.num_layers))
-    if spec.layer_types not in (want, (FULL,) * spec.num_layers):
-        problems.append("a sliding-window layout other than keras-hub's fixed pattern "
-                        + ("(5 local : 1 global)" if spec.family == "gemma3" else "(even layers sliding)"))
-    if spec.family == "gemma3":
-        if spec.rope_theta != 1_000_000.0 or spec.local_rope_theta != 10_000.0:
-            problems.append(f"RoPE bases {spec.local_rope_theta:g}/{spec.rope_theta:g}: Gemma3Backbone hard-codes "
-                            f"10000 local / 1000000 global")
-    elif spec.rope_theta != 10_000.0 or spec.local_rope_theta != 10_000.0 or spec.rope_scaling_factor != 1.0:
-        problems.append("RoPE other than base 10000 without scaling: GemmaBackbone hard-codes it")
-    if spec.family == "gemma" and (spec.attention_logit_softcap or spec.final_logit_softcap):
-        problems.append("soft caps on a Gemma 1 layout")
+    windowed = _windowed_row(row)  # the backbone's fixed sliding-window pattern is this family's
+    if spec.layer_types not in (windowed.layer_types(spec.num_layers), (FULL,) * spec.num_layers):
+        problems.append(f"a sliding-window layout other than keras-hub's fixed pattern "
+                        f"({_pattern_text(windowed.layer_pattern)})")
+    assert keras.hard_coded_rope is not None
+    local, glob = keras.hard_coded_rope
+    if keras.rope_scaling_keys:  # the bases are fixed, the scaling factors are config keys
+        if spec.rope_theta != glob or spec.local_rope_theta != local:
+            problems.append(f"RoPE bases {spec.local_rope_theta:g}/{spec.rope_theta:g}: {keras.backbone} hard-codes "
+                            f"{local:.0f} local / {glob:.0f} global")
+    elif spec.rope_theta != glob or spec.local_rope_theta != local or spec.rope_scaling_factor != 1.0:
+        problems.append(f"RoPE other than base {glob:.0f} without scaling: {keras.backbone} hard-codes it")
+    if not _holds_windows(row) and (spec.attention_logit_softcap or spec.final_logit_softcap):
+        problems.append(f"soft caps on a {row.title} layout")
     return problems
+
+
+def _pattern_text(pattern: tuple[str, ...]) -> str:
+    """A layer pattern in words: (sliding, full) -> 'even layers sliding'; 5 sliding then a full one ->
+    '5 local : 1 global'."""
+    if len(pattern) == 2 and pattern.count(SLIDING) == 1:
+        return f"{'even' if pattern[0] == SLIDING else 'odd'} layers sliding"
+    return f"{pattern.count(SLIDING)} local : {pattern.count(FULL)} global"
 
 
 def _dtype_policy(dtype: str) -> dict[str, Any]:
     return {"module": "keras", "class_name": "DTypePolicy", "config": {"name": dtype}, "registered_name": None}
 
 
+# The order in which keras-hub's backbones write their own config keys (before the shared ones).
+_CONFIG_ORDER = ("name", "trainable", "dtype", "image_size", "intermediate_dim", "use_query_key_norm",
+                 "local_rope_scaling_factor", "global_rope_scaling_factor", "vision_encoder",
+                 "use_bidirectional_attention", "is_embedding_model", "pooling_intermediate_dim", "embedding_dim")
+
+
 def config_dict(spec: GemmaSpec) -> dict[str, Any]:
     """The backbone `config.json` keras-hub writes for such a model."""
+    row = _keras_row(spec.family)
+    keras = row.keras
+    assert keras is not None
     sliding = SLIDING in spec.layer_types
     common = {
         "vocabulary_size": spec.vocab_size,
@@ -624,23 +485,22 @@ def config_dict(spec: GemmaSpec) -> dict[str, Any]:
         "use_post_attention_norm": spec.norm_placement == "pre+post",
         "final_logit_soft_cap": spec.final_logit_softcap,
         "attention_logit_soft_cap": spec.attention_logit_softcap,
-        "sliding_window_size": spec.sliding_window or (1024 if spec.family == "gemma3" else 4096),
+        "sliding_window_size": spec.sliding_window or _windowed_row(row).defaults.get("sliding_window"),
         "use_sliding_window_attention": sliding,
     }
-    if spec.family == "gemma3":
-        cls, module = "Gemma3Backbone", "keras_hub.src.models.gemma3.gemma3_backbone"
-        config = {"name": "gemma3_backbone", "trainable": True, "dtype": _dtype_policy(spec.dtype),
-                  "image_size": 896, "intermediate_dim": spec.intermediate_size, "use_query_key_norm": True,
-                  "local_rope_scaling_factor": spec.rope_local_scaling_factor,
-                  "global_rope_scaling_factor": spec.rope_scaling_factor, "vision_encoder": None,
-                  "use_bidirectional_attention": False, "is_embedding_model": False,
-                  "pooling_intermediate_dim": None, "embedding_dim": None, **common}
-    else:
-        cls, module = "GemmaBackbone", "keras_hub.src.models.gemma.gemma_backbone"
+    own: dict[str, Any] = {
+        "name": f"{keras.prefix}_backbone", "trainable": True, "dtype": _dtype_policy(spec.dtype),
         # GemmaBackbone.intermediate_dim counts both GeGLU branches: 2 * F.
-        config = {"name": "gemma_backbone", "trainable": True, "dtype": _dtype_policy(spec.dtype),
-                  "intermediate_dim": 2 * spec.intermediate_size, **common}
-    return {"module": module, "class_name": cls, "config": config, "registered_name": f"keras_hub>{cls}"}
+        "intermediate_dim": spec.intermediate_size * (2 if keras.intermediate_both_branches else 1),
+        **keras.config_extras,
+    }
+    if keras.rope_scaling_keys:
+        own.update(local_rope_scaling_factor=spec.rope_local_scaling_factor,
+                   global_rope_scaling_factor=spec.rope_scaling_factor)
+    ordered = sorted(own, key=lambda k: _CONFIG_ORDER.index(k) if k in _CONFIG_ORDER else len(_CONFIG_ORDER))
+    config = {**{k: own[k] for k in ordered}, **common}
+    cls = keras.backbone
+    return {"module": keras.module, "class_name": cls, "config": config, "registered_name": f"keras_hub>{cls}"}
 
 
 # ----------------------------------------------------------------------------- writing
