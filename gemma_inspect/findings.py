@@ -32,14 +32,15 @@ class LintRule:
     """A lint rule: `fn(ckpt)` returns its record, or None when the rule does not apply to the checkpoint.
 
     `order` places the rule among all registered rules (the order verify prints them in); `formats` limits it
-    to checkpoints of those formats (None: every format); `reads_values` says it reads tensor values, not just
-    headers, config and tokenizer (`summary` runs only the rules that do not)."""
+    to checkpoints of those formats (None: every format); `reads` says what it needs beyond the headers: "config"
+    (the config and the spec only), "tokenizer" (loads the tokenizer, which takes seconds for a real vocabulary)
+    or "values" (reads tensor values). `summary` runs only the "config" rules."""
 
     name: str  # "lint:<rule>"
     order: int
     fn: Callable[["Checkpoint"], Record | None]
     formats: tuple[str, ...] | None = None
-    reads_values: bool = False
+    reads: str = "config"
 
     def applies_to(self, ckpt: "Checkpoint") -> bool:
         return self.formats is None or ckpt.format in self.formats
@@ -48,11 +49,16 @@ class LintRule:
         return self.fn(ckpt)
 
 
+READS = ("config", "tokenizer", "values")
+
+
 def lint_rule(name: str, order: int, formats: tuple[str, ...] | None = None,
-              reads_values: bool = False) -> Callable[[Callable[["Checkpoint"], Record | None]], LintRule]:
+              reads: str = "config") -> Callable[[Callable[["Checkpoint"], Record | None]], LintRule]:
     """Declare a function as the lint rule `lint:<name>` (see LintRule)."""
+    assert reads in READS, reads
+
     def wrap(fn: Callable[["Checkpoint"], Record | None]) -> LintRule:
-        return LintRule(f"lint:{name}", order, fn, formats, reads_values)
+        return LintRule(f"lint:{name}", order, fn, formats, reads)
     return wrap
 
 
@@ -64,4 +70,4 @@ def published_card(spec: GemmaSpec) -> GemmaSpec | None:
     return card(name) if name is not None else None
 
 
-__all__ = ["STATUSES", "FINDINGS", "Record", "check", "LintRule", "lint_rule", "published_card"]
+__all__ = ["STATUSES", "FINDINGS", "READS", "Record", "check", "LintRule", "lint_rule", "published_card"]

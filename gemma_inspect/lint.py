@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Iterable
 
 from .families import family
-from .findings import LintRule, Record, check, lint_rule, published_card
+from .findings import READS, LintRule, Record, check, lint_rule, published_card
 from .formats import hf_lint
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,12 +33,13 @@ def register(rules: Iterable[LintRule]) -> None:
         LINT_RULES[rule.name] = rule
 
 
-def lint(ckpt: "Checkpoint", values: bool = True) -> list[Record]:
-    """The records of every registered rule that applies to `ckpt`, in the rules' order. `values=False` runs only
-    the rules that read no tensor values (headers, config and tokenizer only: what `summary` runs)."""
+def lint(ckpt: "Checkpoint", reads: tuple[str, ...] = READS) -> list[Record]:
+    """The records of every registered rule that applies to `ckpt`, in the rules' order, among the rules that
+    read only what `reads` allows (`summary` runs the "config" ones: headers and config, no tokenizer, no
+    values)."""
     out: list[Record] = []
     for rule in sorted(LINT_RULES.values(), key=lambda r: r.order):
-        if not rule.applies_to(ckpt) or (rule.reads_values and not values):
+        if not rule.applies_to(ckpt) or rule.reads not in reads:
             continue
         found = rule(ckpt)
         if found is not None:
@@ -61,7 +62,7 @@ def stored_lm_head(ckpt: "Checkpoint") -> tuple[float, str] | None:
     return (float(np.abs(head - emb).max()) if head.shape == emb.shape else float("inf")), ref.origin or LM_HEAD
 
 
-@lint_rule("tied_lm_head", 30, reads_values=True)
+@lint_rule("tied_lm_head", 30, reads="values")
 def tied_lm_head(ckpt: "Checkpoint") -> Record | None:
     if not ckpt.spec.is_gemma or "model.embed_tokens.weight" not in ckpt.tensors:
         return None
@@ -91,7 +92,7 @@ def tied_lm_head(ckpt: "Checkpoint") -> Record | None:
 
 
 # ----------------------------------------------------------------------------- stored values
-@lint_rule("norm_weights", 40, reads_values=True)
+@lint_rule("norm_weights", 40, reads="values")
 def norm_weights(ckpt: "Checkpoint") -> Record | None:
     import numpy as np
 
@@ -126,7 +127,7 @@ def norm_weights(ckpt: "Checkpoint") -> Record | None:
                  f"widely and some land near 1 by chance; a baked-in +1 moves all or most of them there")
 
 
-@lint_rule("nonfinite", 120, reads_values=True)
+@lint_rule("nonfinite", 120, reads="values")
 def nonfinite(ckpt: "Checkpoint") -> Record | None:
     """NaN or infinite weights: the file is fine, the model is not (every logit downstream becomes NaN)."""
     from .scan import describe, nonfinite as find_nonfinite
@@ -223,7 +224,7 @@ def float16(ckpt: "Checkpoint") -> Record | None:
 
 
 # ----------------------------------------------------------------------------- the tokenizer
-@lint_rule("vocab_size", 80)
+@lint_rule("vocab_size", 80, reads="tokenizer")
 def vocab_size(ckpt: "Checkpoint") -> Record | None:
     if ckpt.tokenizer is None:
         return check("lint:vocab_size", "skip", None, ckpt.spec.vocab_size, "no tokenizer")
@@ -234,7 +235,7 @@ def vocab_size(ckpt: "Checkpoint") -> Record | None:
     return check("lint:vocab_size", "pass", f">= {tv}", rows, f"{rows} embedding rows, tokenizer {tv} tokens")
 
 
-@lint_rule("special_ids", 90)
+@lint_rule("special_ids", 90, reads="tokenizer")
 def special_ids(ckpt: "Checkpoint") -> Record | None:
     if ckpt.tokenizer is None:
         return check("lint:special_ids", "skip", None, None, "no tokenizer")

@@ -177,8 +177,30 @@ def render_summary(console: Console, m: dict[str, Any]) -> None:
             console.print("[bold red]Values[/bold red]: " + escape(findings(bad, limit=5)))
         else:
             console.print(f"[bold]Values[/bold]: all {m['num_tensors']} tensors read, no NaN or infinite values")
+    render_lint_findings(console, m.get("lint", []))
     for note in m.get("notes", []):
         console.print(f"[yellow]note[/yellow]: {escape(note)}")
+
+
+def render_lint_findings(console: Console, records: list[dict[str, Any]]) -> None:
+    """`summary`'s Lint section: the config lint's failures and warnings, one per line (status, rule, evidence
+    wrapped under itself); nothing at all when every rule passed or was skipped."""
+    found = [r for r in records if r["status"] in ("fail", "warn")]
+    if not found:
+        return
+    counts = {s: sum(1 for r in found if r["status"] == s) for s in ("fail", "warn")}
+    tally = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    style = "bold red" if counts["fail"] else "bold yellow"
+    console.print(f"[{style}]Lint[/{style}]: {tally} of {len(records)} config rule{'s' if len(records) != 1 else ''}"
+                  f" (verify runs every rule)")
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True)
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")
+    for r in found:
+        grid.add_row(Text(f"  {r['status']}", style=STATUS_STYLE.get(r["status"], "")), Text(r["name"]),
+                     Text(r["evidence"]))
+    console.print(Trimmed(grid))
 
 
 def render_quantization(console: Console, q: dict[str, Any]) -> None:

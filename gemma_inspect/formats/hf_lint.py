@@ -84,7 +84,7 @@ def generation_eos(ckpt: "Checkpoint") -> tuple[bool, Any]:
     return True, read_json_object(path, "generation_config.json").get("eos_token_id")
 
 
-@lint_rule("end_of_turn", 100, formats=("hf",))
+@lint_rule("end_of_turn", 100, formats=("hf",), reads="tokenizer")
 def end_of_turn(ckpt: "Checkpoint") -> Record | None:
     if ckpt.tokenizer is None:
         return check("lint:end_of_turn", "skip", None, None, "no tokenizer")
