@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Iterable
 
 from .families import family
 from .findings import READS, LintRule, Record, check, lint_rule, published_card
-from .formats import hf_lint
+from .formats.hf_lint import lint_rules as hf_lint_rules
 
 if TYPE_CHECKING:  # pragma: no cover
     from .checkpoint import Checkpoint
@@ -258,6 +258,6 @@ def special_ids(ckpt: "Checkpoint") -> Record | None:
 
 register([tied_lm_head, norm_weights, softcaps, query_pre_attn_scalar, rope_scaling, vocab_size, special_ids,
           float16, nonfinite])
-register(hf_lint.lint_rules)
+register(hf_lint_rules)
 
 __all__ = ["lint", "register", "LINT_RULES", "stored_lm_head", "NEAR_ONE"]
