@@ -142,6 +142,9 @@ class Checkpoint:
     assumed: frozenset[str] = frozenset()  # spec fields the format does not store (filled with defaults)
     hub: dict[str, Any] | None = None  # how a hub id / handle / preset name was resolved (hub.py)
     base_model: bool = False  # a decoder without an LM head (HF GemmaModel & co.): logits only by tying
+    # A stored lm_head the reader set aside (HF: lm_head.weight under tie_word_embeddings): kept so that verify
+    # and the lint compare it with the embedding without reopening files.
+    lm_head_set_aside: TensorRef | None = None
 
     @property
     def lm_head(self) -> str:

@@ -31,6 +31,13 @@ class FamilyRules:
     qk_norm: bool
     attention_logit_softcap: float | None
     final_logit_softcap: float | None
+    # What queries are scaled by (^-0.5): "head_dim", or the config's "query_pre_attn_scalar" (which differs from
+    # head_dim on some shapes, e.g. Gemma 2 27B's d/H = 144).
+    query_scalar: str = "query_pre_attn_scalar"
+    float16_overflows: bool = False  # activations leave float16's range (inf/NaN): run in bfloat16 or float32
+    # (hidden size from which, factor, who): the published sizes from this hidden size on scale global-layer RoPE
+    # linearly by `factor` (Gemma 3 4B+: 8); a shape with no card of its own is judged by this.
+    rope_scaling_from: tuple[int, float, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,12 @@ class HFIds:
     pattern_key: bool = False  # sliding_window_pattern (every n-th layer global) is a config key
     # activation values the family's released configs use for another function: value -> what it means
     activation_aliases: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def legacy_gelu_is_tanh(self) -> bool:
+        """transformers reads `activation_key` = "gelu" as gelu_pytorch_tanh (the Gemma 1 release value), where
+        other runtimes take the name literally (the exact erf GELU)."""
+        return self.activation_aliases.get("gelu") == "gelu_pytorch_tanh"
 
 
 @dataclass(frozen=True)
@@ -110,13 +123,13 @@ _GEMMA_HF_DEFAULTS = dict(bos_token_id=2, eos_token_id=1, pad_token_id=0, rms_no
                           tie_word_embeddings=True)
 _PEER_DEFAULTS = dict(activation="silu", norm_offset=0, scale_embeddings=False, tied_embeddings=False,
                       max_position_embeddings=4096)
-_PEER_RULES = FamilyRules("pre", 0, False, "silu", False, False, None, None)
+_PEER_RULES = FamilyRules("pre", 0, False, "silu", False, False, None, None, query_scalar="head_dim")
 
 FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
     # Gemma 1: plain pre-norm, whatever the paper says about normalising sub-layer outputs.
     Family(
         "gemma", "Gemma 1", True,
-        FamilyRules("pre", 1, True, "gelu_tanh", True, False, None, None),
+        FamilyRules("pre", 1, True, "gelu_tanh", True, False, None, None, query_scalar="head_dim"),
         layer_pattern=(FULL,), defaults={},
         hf=HFIds("gemma", "GemmaForCausalLM", "hidden_act",
                  dict(vocab_size=256000, hidden_size=3072, intermediate_size=24576, num_hidden_layers=28,
@@ -134,7 +147,7 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
     # Gemma 2: sandwich norms, soft caps 50 (attention logits) and 30 (final logits), sliding on even layers.
     Family(
         "gemma2", "Gemma 2", True,
-        FamilyRules("pre+post", 1, True, "gelu_tanh", True, False, 50.0, 30.0),
+        FamilyRules("pre+post", 1, True, "gelu_tanh", True, False, 50.0, 30.0, float16_overflows=True),
         layer_pattern=(SLIDING, FULL), defaults=dict(sliding_window=4096),
         hf=HFIds("gemma2", "Gemma2ForCausalLM", "hidden_activation",
                  dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
@@ -150,7 +163,8 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
     # Gemma 3: soft caps replaced by QK-norm; 5 local layers to 1 global, local RoPE base 10k, global 1M.
     Family(
         "gemma3", "Gemma 3 (text)", True,
-        FamilyRules("pre+post", 1, True, "gelu_tanh", True, True, None, None),
+        FamilyRules("pre+post", 1, True, "gelu_tanh", True, True, None, None, float16_overflows=True,
+                    rope_scaling_from=(2560, 8.0, "Gemma 3 4B and larger")),
         layer_pattern=(SLIDING,) * 5 + (FULL,),
         defaults=dict(sliding_window=1024, rope_theta=1_000_000.0, rope_local_theta=10_000.0,
                       max_position_embeddings=131072),

@@ -1,9 +1,10 @@
-"""Rich rendering of library results (tables, trees) and JSON. The library never prints; the CLI calls this."""
+"""Rich rendering of library results (tables, trees) and JSON. The library never prints; the CLI calls this.
+
+This module: `summary`, `compare`, progress bars, `convert`, `diff`; the renderers of the commands that run models
+(`parity`, `verify`) are in render_runs.py and the shared pieces in render_base.py, both re-exported here."""
 
 from __future__ import annotations
 
-import json
-import math
 from typing import Any
 
 from rich.console import Console
@@ -11,67 +12,16 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from .render_base import GGUF_FLOAT_NAMES, Trimmed, dtype_name, fmt_float, plain, print_json  # noqa: F401
+from .render_base import num as _num
+from .render_base import pct as _pct
+from .render_base import ranges as _ranges
+from .render_runs import STATUS_STYLE, WIDE_VERIFY, _value, render_graph, render_parity, render_verify  # noqa: F401
 from .spec import format_bytes, format_count
 from .terminal import printable_tree
 
 NORM_TEXT = {"rmsnorm": "RMSNorm", "layernorm_nonparametric": "LayerNorm (no weights, no bias)"}
 ACT_TEXT = {"gelu_tanh": "GELU, tanh approximation", "gelu": "GELU, exact (erf)", "silu": "SiLU"}
-
-
-class Trimmed:
-    """A renderable printed without the trailing spaces rich pads table rows with (a summary line in a log or
-    a diff then ends where its text ends)."""
-
-    def __init__(self, renderable: Any):
-        self.renderable = renderable
-
-    def __rich_console__(self, console: Console, options: Any) -> Any:
-        from rich.segment import Segment
-
-        for line in console.render_lines(self.renderable, options, pad=False):
-            while line and not line[-1].text.strip() and not line[-1].control:
-                line.pop()
-            if line:
-                last = line[-1]
-                line[-1] = Segment(last.text.rstrip(), last.style, last.control)
-            yield from line
-            yield Segment.line()
-
-
-GGUF_FLOAT_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
-
-
-def dtype_name(t: str) -> str:
-    """One spelling of float dtypes everywhere (GGUF's F32 is float32); quantized types keep their names."""
-    return GGUF_FLOAT_NAMES.get(t, t)
-
-
-def print_json(obj: Any) -> None:
-    """One JSON object on stdout and nothing else there. Strict JSON (RFC 8259): a non-finite number - a NaN or
-    an infinity met in weights or activations - is written as null; the status fields next to it say what
-    happened."""
-    import sys
-
-    sys.stdout.write(json.dumps(plain(obj), indent=2, allow_nan=False) + "\n")
-
-
-def plain(o: Any) -> Any:
-    """`o` as plain JSON data: numpy/torch scalars as numbers, sets and tuples as lists, NaN/inf as None."""
-    if isinstance(o, dict):
-        return {str(k): plain(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple, set)):
-        return [plain(v) for v in o]
-    if isinstance(o, bool) or o is None or isinstance(o, (str, int)):
-        return o
-    if hasattr(o, "item") and not isinstance(o, float):
-        return plain(o.item())
-    if isinstance(o, float):
-        return float(o) if math.isfinite(o) else None
-    return str(o)
-
-
-def _num(x: float) -> str:
-    return f"{x:g}"
 
 
 def _rope(a: dict[str, Any]) -> str:
@@ -96,14 +46,6 @@ def _sliding(a: dict[str, Any]) -> str:
         glob = [i for i, t in enumerate(types) if t == "full_attention"]
         pattern = f"{n_sliding}/{n} layers; global: {_ranges(glob)}"
     return f"{a['sliding_window']} tokens on {pattern}"
-
-
-def _ranges(idx: list[int]) -> str:
-    if len(idx) > 6:
-        step = idx[1] - idx[0]
-        if all(b - a == step for a, b in zip(idx, idx[1:])):
-            return f"{idx[0]}, {idx[1]}, ... {idx[-1]} (every {step})"
-    return ", ".join(map(str, idx))
 
 
 def describe(m: dict[str, Any], compact: bool = False) -> list[tuple[str, str]]:
@@ -235,8 +177,30 @@ def render_summary(console: Console, m: dict[str, Any]) -> None:
             console.print("[bold red]Values[/bold red]: " + escape(findings(bad, limit=5)))
         else:
             console.print(f"[bold]Values[/bold]: all {m['num_tensors']} tensors read, no NaN or infinite values")
+    render_lint_findings(console, m.get("lint", []))
     for note in m.get("notes", []):
         console.print(f"[yellow]note[/yellow]: {escape(note)}")
+
+
+def render_lint_findings(console: Console, records: list[dict[str, Any]]) -> None:
+    """`summary`'s Lint section: the config lint's failures and warnings, one per line (status, rule, evidence
+    wrapped under itself); nothing at all when every rule passed or was skipped."""
+    found = [r for r in records if r["status"] in ("fail", "warn")]
+    if not found:
+        return
+    counts = {s: sum(1 for r in found if r["status"] == s) for s in ("fail", "warn")}
+    tally = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    style = "bold red" if counts["fail"] else "bold yellow"
+    console.print(f"[{style}]Lint[/{style}]: {tally} of {len(records)} config rule{'s' if len(records) != 1 else ''}"
+                  f" (verify runs every rule)")
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True)
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")
+    for r in found:
+        grid.add_row(Text(f"  {r['status']}", style=STATUS_STYLE.get(r["status"], "")), Text(r["name"]),
+                     Text(r["evidence"]))
+    console.print(Trimmed(grid))
 
 
 def render_quantization(console: Console, q: dict[str, Any]) -> None:
@@ -293,27 +257,6 @@ def render_compare(console: Console, result: dict[str, Any]) -> None:
     notes = [(h, n) for h, m in zip(headers, models) for n in m.get("notes", [])]
     for who, note in notes:
         console.print(f"[yellow]note[/yellow] ({escape(who)}): {escape(note)}")
-
-
-def _pct(x: float) -> str:
-    """A share as a percentage with one decimal, never a non-zero share shown as 0.0% nor a partial one as
-    100.0%."""
-    p = 100 * x
-    if 0 < p < 0.05:
-        return "<0.1%"
-    if 99.95 <= p < 100:
-        return ">99.9%"
-    return f"{p:.1f}%"
-
-
-def fmt_float(x: float | None, digits: int = 3) -> str:
-    if x is None:
-        return "-"
-    if x == 0:
-        return "0"
-    if not math.isfinite(x):
-        return str(x)
-    return f"{x:.{digits}e}" if abs(x) < 1e-2 or abs(x) >= 1e4 else f"{x:.{digits}f}"
 
 
 # ----------------------------------------------------------------------------- progress
@@ -499,221 +442,3 @@ def render_manifest_check(console: Console, result: dict[str, Any]) -> None:
     verdict = Text("matches its manifest", style="green") if result["identical"] else Text("does not match",
                                                                                             style="red")
     console.print(Text(f"files: {files}; tensors: {len(result['tensors'])}: ").append(verdict))
-
-
-# ----------------------------------------------------------------------------- parity
-def _hanging(console: Console, label: str, text: str) -> None:
-    """`label text`, the text wrapped to the console's width under itself (a hanging indent), whole words only."""
-    grid = Table.grid(padding=(0, 1))
-    grid.add_column(no_wrap=True)
-    grid.add_column(overflow="fold")  # a word longer than the line (a path) is folded, never cut short
-    grid.add_row(label, Text(text))
-    console.print(Trimmed(grid))
-
-
-def render_parity(console: Console, result: dict[str, Any]) -> None:
-    """Per-layer differences (ok / mismatch), the logits metrics, the tolerance, the tokenizer, a verdict."""
-    texts = [m["text"] for m in (result.get("tokenizer") or {}).get("mismatches", [])]  # shown with repr()
-    result = printable_tree(result)
-    a, b, tol = result["a"], result["b"], result["tolerance"]
-    layers = result["layers"]
-    n = len(layers) - 2
-    console.print(f"A: {escape(a['source'])}  [dim]({a['runtime']})[/dim]")
-    console.print(f"B: {escape(b['source'])}  [dim]({b['runtime']})[/dim]")
-    console.print(f"{len(result['tokens'])} tokens on {result['device']} in {result['dtype']}")
-    noise_mode = tol.get("mode") == "noise floor"
-    title = ("Hidden states (max|A-B| against the measured float32 noise floor)" if noise_mode
-             else "Hidden states (max|A-B| / max|A| per layer)")
-    table = Table(title=title, title_justify="left")
-    table.add_column("layer", no_wrap=True)
-    table.add_column("max |A-B|", justify="right", no_wrap=True)
-    table.add_column("relative", justify="right", no_wrap=True)
-    if noise_mode:
-        table.add_column("noise", justify="right", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    first = result["first_divergent_layer"]
-    for r in layers:
-        i = r["index"]
-        label = r["name"]  # parity.layer_label's
-        ok = r["status"] == "ok"
-        style = "" if ok else ("bold red" if i == first else "red")
-        cells = [Text(label, style=style), fmt_float(r["max_abs_diff"]), fmt_float(r["relative_diff"])]
-        if noise_mode:
-            cells.append(fmt_float(r.get("noise_floor")))
-        cells.append(Text(r["status"] + (" <- first divergent" if i == first else ""), style="green" if ok else style))
-        table.add_row(*cells)
-    console.print(Trimmed(table))
-    lg = result["logits"]
-    line = (f"[bold]Logits[/bold]: max |A-B| {fmt_float(lg['max_abs_diff'])}, mean {fmt_float(lg['mean_abs_diff'])}, "
-            f"KL(A||B) {fmt_float(lg['kl_divergence'])}, top-1 agreement {_pct(lg['top1_agreement'])}")
-    if "top1_agreement_outside_ties" in lg:
-        line += f" ({_pct(lg['top1_agreement_outside_ties'])} outside ties)"
-    console.print(line + f", top-5 overlap {_pct(lg['top5_overlap'])}")
-    if "vocab_compared" in lg:
-        voc = result["vocab"]
-        console.print(f"[bold]Vocabulary[/bold]: A has {voc['a']:,} rows, B {voc['b']:,}: differences and KL over "
-                      f"the {voc['compared']:,} both have; probability on the rows only one side has: at most "
-                      f"{fmt_float(max(lg['excluded_mass_a'], lg['excluded_mass_b']))} "
-                      f"(limit {tol.get('max_excluded_mass', 0):g})")
-    mode = tol.get("mode", result["dtype"])
-    if mode == "noise floor":
-        console.print(f"[bold]Tolerance[/bold] (measured noise floor): max|A-B| <= {tol['noise_factor']:g} x noise + "
-                      f"{tol['floor_relative']:.2g} x max|O| at every layer and for the logits (logits: noise "
-                      f"{fmt_float(lg.get('noise_floor'))}, bound {fmt_float(tol.get('logits_max_abs_diff'))}); "
-                      f"noise = min(max|A-O|, max|B-O|), O = the reference runtime in float64 on A's weights")
-    elif mode in ("fixed", "float32"):
-        console.print(f"[bold]Tolerance[/bold] (fixed): max|A-B| <= {tol['atol']:g} x max|A| for every hidden state "
-                      f"and the logits (logits: {fmt_float(tol.get('logits_max_abs_diff'))})")
-    else:
-        label = "quantized weights" if mode == "quantized" else mode
-        console.print(f"[bold]Tolerance[/bold] ({label}): top-1 agreement outside ties >= "
-                      f"{100 * tol['min_top1_agreement']:.0f}% (ties: within {fmt_float(tol.get('top1_tie_logits'))} "
-                      f"logits), KL <= {tol['max_kl_divergence']:g}; hidden states <= {tol['atol']:g} x max|A|, "
-                      f"embedding output <= {tol['embedding_atol']:.3g} x max|A|")
-    if tol.get("reason"):
-        _hanging(console, "  why:", tol["reason"])
-    tok = result["tokenizer"]
-    if tok is None:
-        console.print("[bold]Tokenizer[/bold]: not compared (a side has no tokenizer)")
-    elif tok["passed"]:
-        console.print(f"[bold]Tokenizer[/bold]: [green]identical[/green] ids on {tok['texts']} texts "
-                      f"and special tokens")
-    else:
-        console.print(f"[bold]Tokenizer[/bold]: [red]{len(tok['mismatches'])} of {tok['texts']} texts differ[/red]"
-                      + (f", vocabulary {tok['vocab_size']['a']} vs {tok['vocab_size']['b']}"
-                         if tok["vocab_size"]["a"] != tok["vocab_size"]["b"] else ""))
-        for text, m in zip(texts, tok["mismatches"]):
-            k = m["first_difference"]
-            console.print(f"  {text!r}: first difference at id #{k}: A {m['a'][k:k + 4]} vs B {m['b'][k:k + 4]}",
-                          markup=False)
-        for m in tok["special_token_mismatches"]:
-            console.print(f"  {m['token']}: A {m['a']} vs B {m['b']}", markup=False)
-    if tok is not None and tok.get("native"):
-        _hanging(console, " ", f"tokenized by A: {tok['native']['a']}; B: {tok['native']['b']}"
-                 + (f"; {len(tok['skipped'])} text(s) spelling control tokens skipped (only one side reads "
-                    f"them as tokens)" if tok.get("skipped") else ""))
-    if result["passed"]:
-        console.print("[bold green]PASS[/bold green]: A and B compute the same thing within tolerance")
-    else:
-        if first is None:
-            where = "the tokenizers differ"
-        else:
-            what = ("embedding output" if first == -1 else "final norm / logits" if first == n
-                    else f"decoder block {first}")
-            where = f"first divergent layer {first} ({what})"
-        console.print(f"[bold red]FAIL[/bold red]: {where}")
-        for hint in result.get("advice", []):
-            if hint.startswith("gemma-inspect diff ") and " says " in hint:
-                command, _, rest = hint.partition(" says ")
-                # a command to copy: on a line of its own, never wrapped or cut however long its paths are
-                console.print(Text(f"  try: {command}"), soft_wrap=True)
-                _hanging(console, " ", f"says {rest}")
-            else:
-                _hanging(console, "  try:" if hint.startswith("a fixed") else " ", hint)
-
-
-# ----------------------------------------------------------------------------- verify
-STATUS_STYLE = {"pass": "green", "fail": "bold red", "warn": "yellow", "skip": "dim"}
-
-
-def _value(v: Any) -> str:
-    """A check's expected/observed value in a table cell."""
-    if v is None:
-        return "none"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        return _num(v)
-    if isinstance(v, dict) and set(v) == {"window", "sliding_layers", "global_layers"}:
-        if not v["sliding_layers"]:
-            return "none (every layer global)"
-        return f"{v['window']} on layers {_ranges(v['sliding_layers'])}; global: {_ranges(v['global_layers'])}"
-    if isinstance(v, dict):
-        return ", ".join(f"{k} {_value(x)}" for k, x in v.items())
-    if isinstance(v, list):
-        return ", ".join(_value(x) for x in v)
-    return str(v)
-
-
-WIDE_VERIFY = 120  # below this width, `verify` prints each check as a block instead of a table row
-
-
-def render_verify(console: Console, result: dict[str, Any]) -> None:
-    """Each check: name, status (coloured), expected, observed, evidence; then a verdict. A table on a wide
-    terminal; below WIDE_VERIFY columns (a pipe, a CI log, an 80-column terminal) one block per check - the
-    status and name on one line, expected and observed on the next, the evidence wrapped under them - so that
-    no word is split and each check reads as a sentence."""
-    result = printable_tree(result)
-    console.print(Trimmed(Text.from_markup(f"{escape(result['source'])}  [dim]({result['runtime']})[/dim]")))
-    title = "Architecture observed in a traced forward pass, and config lint"
-    if console.width >= WIDE_VERIFY:
-        table = Table(title=title, title_justify="left")
-        table.add_column("check", no_wrap=True)
-        table.add_column("status", no_wrap=True)
-        table.add_column("expected", max_width=26)
-        table.add_column("observed", max_width=26)
-        table.add_column("evidence", ratio=1)
-        for c in result["checks"]:
-            style = STATUS_STYLE.get(c["status"], "")
-            table.add_row(Text(c["name"], style="bold" if c["status"] == "fail" else ""),
-                          Text(c["status"], style=style), Text(_value(c["expected"])),
-                          Text(_value(c["observed"]), style=style if c["status"] != "pass" else ""),
-                          Text(c["evidence"]))
-        console.print(Trimmed(table))
-    else:
-        console.print(f"[bold]{title}[/bold]")
-        for c in result["checks"]:
-            style = STATUS_STYLE.get(c["status"], "")
-            grid = Table.grid(padding=(0, 1))
-            grid.add_column(no_wrap=True, width=4)
-            grid.add_column()
-            grid.add_row(Text(c["status"], style=style), Text(c["name"], style="bold"))
-            grid.add_row("", Text.assemble(("expected ", "dim"), _value(c["expected"]), ("; observed ", "dim"),
-                                           (_value(c["observed"]), style if c["status"] != "pass" else "")))
-            if c["evidence"]:
-                grid.add_row("", Text(c["evidence"], style="dim"))
-            console.print(Trimmed(grid))
-    counts = {s: sum(1 for c in result["checks"] if c["status"] == s) for s in ("pass", "fail", "warn", "skip")}
-    tally = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-    if result["passed"]:
-        console.print(f"[bold green]PASS[/bold green]: {tally}")
-    else:
-        failed = ", ".join(c["name"] for c in result["checks"] if c["status"] == "fail")
-        console.print(f"[bold red]FAIL[/bold red]: {failed} ({tally})")
-
-
-def render_graph(console: Console, graph: dict[str, Any]) -> None:
-    """The recorded layer graph of one decoder block as a tree: its modules and its own arithmetic in call
-    order, each with the tensor it was fed (`<- ...`) and its output shape; residual additions in bold."""
-    from rich.tree import Tree
-
-    graph = printable_tree(graph)
-
-    def shape(s: Any) -> str:
-        return f" [dim]{escape(str(list(s)))}[/dim]" if s else ""
-
-    tree = Tree(f"[bold]{escape(graph['block'])}[/bold] ({escape(graph['class'])})  input "
-                f"{escape(graph['input'])}{shape(graph['shape'])}")
-
-    def add(parent: Any, node: dict[str, Any], top: bool) -> None:
-        if node["kind"] == "residual":
-            parent.add(f"[bold magenta]+ residual[/bold magenta]  {escape(node['stream'])} + "
-                       f"{escape(node['branch'])}  -> [bold]{escape(node['output'])}[/bold]{shape(node['shape'])}")
-            return
-        if node["kind"] == "op":
-            fed = f"  <- {escape(', '.join(node['inputs']))}" if node.get("inputs") else ""
-            parent.add(f"[italic]{escape(node['name'])}[/italic]{fed}{shape(node['shape'])}")
-            return
-        role = node.get("role")
-        style = "cyan" if role == "norm" else ("bold" if role in ("attention", "mlp") else "")
-        label = escape(node["name"] if top else node["name"].rsplit(".", 1)[-1])
-        name = f"[{style}]{label}[/{style}]" if style else label
-        fed = f"  <- {escape(node['input'])}" if "input" in node else ""
-        branch = parent.add(f"{name}  [dim]{escape(node['class'])}[/dim]{fed}{shape(node.get('shape'))}")
-        for child in node.get("children", []):
-            add(branch, child, False)
-
-    for node in graph["nodes"]:
-        add(tree, node, True)
-    tree.add(f"output: [bold]{escape(str(graph['output']))}[/bold]")
-    console.print(tree)

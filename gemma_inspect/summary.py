@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .checkpoint import Checkpoint, expected_tensors
+from .lint import lint
 
 
 def summarize(ckpt: Checkpoint) -> dict[str, Any]:
@@ -39,6 +40,9 @@ def summarize(ckpt: Checkpoint) -> dict[str, Any]:
         "ignored_tensors": len(ckpt.ignored),
         "notes": list(ckpt.notes),
         "lm_head": ckpt.lm_head,
+        # The lint rules that need the config alone (no tokenizer, no tensor values: summary stays headers-only
+        # and fast); a card is the published config itself.
+        "lint": [] if ckpt.is_card else lint(ckpt, reads=("config",)),
     }
     if ckpt.hub:  # SOURCE was a hub id, handle or preset name: what it resolved to
         out["hub"] = ckpt.hub

@@ -22,7 +22,7 @@ DESIGN_ARCH = {"num_layers", "hidden_size", "num_attention_heads", "num_key_valu
 DESIGN_PARAMS = {"total", "total_if_untied", "embedding", "attention", "feedforward", "norms"}
 # ... and the keys summary adds to it (additions only; pinned so that a change to the contract is deliberate).
 EXTRA_TOP = {"family_title", "card", "kv_cache_bytes_per_token", "tensors_read", "num_tensors", "tokenizer",
-             "ignored_tensors", "notes", "lm_head"}
+             "ignored_tensors", "notes", "lm_head", "lint"}
 EXTRA_ARCH = {"ffn", "norm_kind", "embedding_scale_exact", "query_pre_attn_scalar", "query_scale", "rope_theta",
               "rope_local_theta", "rope_scaling_factor", "rope_local_scaling_factor", "rms_norm_eps",
               "max_position_embeddings", "dtype"}

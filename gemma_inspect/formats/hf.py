@@ -382,7 +382,9 @@ def read(path: str) -> Checkpoint:
     present = [os.path.join(path, f) for f in (CONFIG, INDEX, "generation_config.json", *TOKENIZER_FILES)
                if os.path.exists(os.path.join(path, f))]
     return Checkpoint(spec=spec, tensors=ordered, source=path, format="hf", tokenizer=tokenizer, notes=notes,
-                      ignored=ignored, config=cfg, files=present + files, base_model=base)
+                      ignored=ignored, config=cfg, files=present + files, base_model=base,
+                      lm_head_set_aside=next((stored[n][2]("lm_head.weight") for n in ignored
+                                              if n.endswith("lm_head.weight")), None))
 
 
 def from_headers(cfg: dict[str, Any], config_path: str,
