@@ -257,13 +257,6 @@ def test_version():
     assert result.stdout.startswith("gemma-inspect, version ")
 
 
-@pytest.mark.parametrize("cmd", ["summary", "compare"])
-def test_command_help_has_an_example(cmd):
-    result = run(cmd, "--help")
-    assert result.exit_code == 0
-    assert "Example:" in result.stdout and f"gemma-inspect {cmd} " in result.stdout
-
-
 def test_paths_that_look_like_markup_are_printed_as_they_are(tiny_models, tmp_path):
     """Rich markup in a path (or a note quoting one) is text: `[red]` is kept, `[/b]` does not crash."""
     import shutil
