@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from gemma_inspect.cli import main
+from gemma_inspect.formats import EXPECTED
 
 # The summary JSON contract of DESIGN.md ...
 DESIGN_TOP = {"source", "format", "family", "architecture", "parameters", "dtypes", "size_bytes"}
@@ -230,15 +231,14 @@ def test_compare_card_with_a_checkpoint(tiny_models):
 
 def test_compare_needs_two_sources():
     result = run("compare", "gemma-7b")
-    assert result.exit_code == 2
-    assert "Error: compare needs at least two sources" in result.stderr
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.splitlines()[-1] == "Error: compare needs at least two sources"
 
 
 def test_compare_with_a_bad_source_fails_with_one_line(tmp_path):
     result = run("compare", "gemma-7b", str(tmp_path / "nope"))
     assert result.exit_code == 2 and result.stdout == ""
-    assert result.stderr.count("\n") == 1
-    assert result.stderr.startswith(f"Error: {tmp_path / 'nope'}: no such file or directory; expected ")
+    assert result.stderr == f"Error: {tmp_path / 'nope'}: no such file or directory; expected {EXPECTED}\n"
 
 
 # --------------------------------------------------------------------------- entry points
