@@ -252,9 +252,11 @@ def test_python_dash_m_help():
 
 
 def test_version():
+    from gemma_inspect import __version__
+
     result = run("--version")
     assert result.exit_code == 0
-    assert result.stdout.startswith("gemma-inspect, version ")
+    assert result.stdout == f"gemma-inspect, version {__version__}\n"
 
 
 def test_paths_that_look_like_markup_are_printed_as_they_are(tiny_models, tmp_path):
