@@ -474,13 +474,15 @@ def _size(n: int) -> str:
 
 def _planned_bytes(ckpt: Any, options: Any, to: str = "hf") -> int:
     """What the writer's progress will count, in the same unit: the bytes of the tensors as written (a Q8_0 GGUF
-    is about a quarter of its float32 source), so that the bar ends at 100%."""
+    is about a quarter of its float32 source), so that the bar ends at 100%. A writer that plans its own tensor
+    types (GGUF: quantization, norms in float32) says what it will write (`planned_nbytes`); the others write each
+    tensor in its float dtype."""
     from .convert import target_nbytes
+    from .formats import module
 
-    if to == "gguf":
-        from .formats.gguf import planned_nbytes
-
-        return planned_nbytes(ckpt, options)
+    planned = getattr(module(to), "planned_nbytes", None)
+    if planned is not None:
+        return planned(ckpt, options)
     return sum(target_nbytes(ref, options.float_dtype(ref)) for ref in ckpt.tensors.values())
 
 
