@@ -154,6 +154,7 @@ _MAIN_HELP = f"""Inspect, convert and verify Gemma checkpoints ({", ".join(FORMA
 @click.option("--debug", is_flag=True, help="Show Python tracebacks instead of one-line errors.")
 @click.version_option(__version__, prog_name="gemma-inspect")
 def main(debug: bool) -> None:
+    # The group's help is _MAIN_HELP (not a docstring): it names the formats and cards the library knows.
     pass
 
 
