@@ -7,19 +7,84 @@ Heavy libraries (torch, keras, tensorflow) are imported only inside the commands
 
 from __future__ import annotations
 
+import inspect
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import click
 
 from . import __version__
 from .errors import GemmaInspectError
 from .formats import FORMATS
+from .manifest import DEFAULT_HASH, HASHES, MANIFEST_NAME, SIBLING_SUFFIX
+from .parity import QUANTIZED, TOLERANCES, parity as _parity_fn
+from .runtimes import DEVICES, DTYPES as RUN_DTYPES, NATIVE_RUNTIME, RUNTIMES
+from .spec import CARD_NAMES
 from .terminal import printable
+
+# Every choice list, default and name list below is read from the library (formats, runtimes, manifest, spec,
+# convert), never restated here. Modules that `--help` must not import (convert.py pulls in numpy; the format
+# writers hold their shard sizes) are read by `_LateOption` when a command is used or its help shown.
+
+
+def _default(func: Callable[..., Any], name: str) -> Any:
+    """The library function's own default for its parameter `name`: the CLI's default is the library's."""
+    return inspect.signature(func).parameters[name].default
+
+
+def _auto_runtime() -> str:
+    """What `auto` picks, from runtimes.NATIVE_RUNTIME."""
+    native = ", ".join(f"{runtime} for {fmt}" for fmt, runtime in NATIVE_RUNTIME.items())
+    return f"auto picks {native}, reference for every other format"
+
+
+class _LateOption(click.Option):
+    """An option whose choices, default or help come from a module too heavy to import when the CLI starts:
+    `late()` returns them (a dict of `choices`, `default`, `help`), and `_Command` settles them before it parses
+    its arguments or shows its help."""
+
+    def __init__(self, *decls: Any, late: Callable[[], dict[str, Any]], case_sensitive: bool = True,
+                 **attrs: Any) -> None:
+        super().__init__(*decls, **attrs)
+        self.late: Callable[[], dict[str, Any]] | None = late
+        self.choices_case_sensitive = case_sensitive
+
+    def settle(self) -> None:
+        if self.late is None:
+            return
+        late, self.late = self.late, None
+        for key, value in late().items():
+            if key == "choices":
+                self.type = click.Choice(tuple(value), case_sensitive=self.choices_case_sensitive)
+            else:
+                setattr(self, key, value)
+
+
+class _Command(click.Command):
+    """Settles its `_LateOption`s before anything reads them: parsing, `--help`, `get_help`, `to_info_dict`."""
+
+    def settle(self) -> None:
+        for param in self.params:
+            if isinstance(param, _LateOption):
+                param.settle()
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        self.settle()
+        return super().parse_args(ctx, args)
+
+    def get_help(self, ctx: click.Context) -> str:
+        self.settle()
+        return super().get_help(ctx)
+
+    def to_info_dict(self, ctx: click.Context) -> dict[str, Any]:
+        self.settle()
+        return super().to_info_dict(ctx)
 
 
 class _Group(click.Group):
     """Turns library exceptions into `Error:` lines and exit codes."""
+
+    command_class = _Command
 
     def invoke(self, ctx: click.Context) -> Any:
         debug = "--debug" in sys.argv[1:] or bool(ctx.params.get("debug"))
@@ -73,20 +138,24 @@ def _open(source: str, need: str = "full") -> Any:
     return open_source(source, need=need, revision=revision)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--debug", is_flag=True, help="Show Python tracebacks instead of one-line errors.")
-@click.version_option(__version__, prog_name="gemma-inspect")
-def main(debug: bool) -> None:
-    """Inspect, convert and verify Gemma checkpoints (KerasHub, Hugging Face, GGUF, gemma_pytorch).
+_MAIN_HELP = f"""Inspect, convert and verify Gemma checkpoints ({", ".join(FORMATS)}).
 
-    SOURCE is a checkpoint path, a built-in card name (gemma-2b, gemma-7b, gemma2-2b, gemma2-9b,
-    gemma2-27b, gemma3-270m, gemma3-1b, gemma3-4b, gemma3-12b, gemma3-27b, llama2-7b, olmo-7b,
-    mistral-7b), a Hugging Face hub id (google/gemma-3-270m, hf://org/name[@rev][/file.gguf]), a Kaggle
-    handle (kaggle://owner/model/framework/variation/version) or a KerasHub preset name
-    (gemma3_instruct_1b). A local path wins over a hub id of the same spelling.
+    SOURCE is a checkpoint path, a built-in card name ({", ".join(CARD_NAMES)}), a Hugging Face hub id
+    (google/gemma-3-270m, hf://org/name[@rev][/file.gguf]), a Kaggle handle
+    (kaggle://owner/model/framework/variation/version) or a KerasHub preset name (gemma3_instruct_1b). A local
+    path wins over a hub id of the same spelling.
 
     Exit codes: 0 ok, 1 a check failed, 2 unusable input or usage error.
     """
+
+
+@click.group(cls=_Group, help=_MAIN_HELP,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--debug", is_flag=True, help="Show Python tracebacks instead of one-line errors.")
+@click.version_option(__version__, prog_name="gemma-inspect")
+def main(debug: bool) -> None:
+    # The group's help is _MAIN_HELP (not a docstring): it names the formats and cards the library knows.
+    pass
 
 
 @main.command()
@@ -158,14 +227,13 @@ def compare(sources: tuple[str, ...], as_json: bool) -> None:
 @main.command(name="parity")
 @click.argument("a")
 @click.argument("b")
-@click.option("--runtime-a", default="auto", show_default=True,
-              type=click.Choice(["auto", "reference", "transformers", "keras"]),
-              help="Runtime for A (auto: keras for a Keras preset, transformers for HF, reference otherwise).")
-@click.option("--runtime-b", default="auto", show_default=True,
-              type=click.Choice(["auto", "reference", "transformers", "keras"]), help="Runtime for B.")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+@click.option("--runtime-a", default=_default(_parity_fn, "runtime_a"), show_default=True,
+              type=click.Choice(RUNTIMES), help=f"Runtime for A ({_auto_runtime()}).")
+@click.option("--runtime-b", default=_default(_parity_fn, "runtime_b"), show_default=True,
+              type=click.Choice(RUNTIMES), help="Runtime for B.")
+@click.option("--device", default=_default(_parity_fn, "device"), show_default=True, type=click.Choice(DEVICES),
               help="auto: cuda when torch sees a GPU.")
-@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16"]),
+@click.option("--dtype", default=_default(_parity_fn, "dtype"), show_default=True, type=click.Choice(RUN_DTYPES),
               help="float32 is judged against the measured float32 noise floor (a float64 oracle run); bfloat16 "
                    "by top-1 agreement and KL divergence. A side stored in lower precision than the other is "
                    "judged by that precision's tolerance.")
@@ -174,7 +242,7 @@ def compare(sources: tuple[str, ...], as_json: bool) -> None:
 @click.option("--atol", default=None, type=float,
               help="A fixed tolerance on max|A-B| / max|A| of each hidden state instead of the measured noise "
                    "floor (float32: the logits too); bfloat16, stored-lower-precision and quantized: the per-layer "
-                   "bound (default 0.1, 0.25 quantized).")
+                   f"bound (default {TOLERANCES['bfloat16']['atol']:g}, {QUANTIZED['atol']:g} quantized).")
 @click.option("--plot", "plot_path", default=None, metavar="FILE.png",
               help="Write a PNG of max|A-B| per layer and for the logits (log scale, with each bound). The "
                    "directory must exist; it is checked before the run.")
@@ -253,12 +321,11 @@ def _check_output_file(path: str, option: str, inputs: Any) -> None:
 
 @main.command(name="verify")
 @click.argument("source")
-@click.option("--runtime", default="auto", show_default=True,
-              type=click.Choice(["auto", "reference", "transformers", "keras"]),
-              help="Runtime whose real modules are traced (auto: keras for a Keras preset, transformers for HF, "
-                   "reference otherwise).")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
-              help="auto: cuda when torch sees a GPU.")
+@click.option("--runtime", cls=_LateOption, late=lambda: {"default": _default(_verify_fn(), "runtime")},
+              show_default=True, type=click.Choice(RUNTIMES),
+              help=f"Runtime whose real modules are traced ({_auto_runtime()}).")
+@click.option("--device", cls=_LateOption, late=lambda: {"default": _default(_verify_fn(), "device")},
+              show_default=True, type=click.Choice(DEVICES), help="auto: cuda when torch sees a GPU.")
 @click.option("--graph", is_flag=True, help="Also show the recorded layer graph of decoder block 0 as a tree "
                                             "(with --json: a \"graph\" key).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
@@ -307,19 +374,17 @@ def verify_cmd(source: str, runtime: str, device: str, graph: bool, as_json: boo
 @click.argument("dest")
 @click.option("--to", "to", required=True, type=click.Choice(FORMATS, case_sensitive=False),
               help="Target format (any case, as card names are).")
-@click.option("--dtype", default="keep", show_default=True,
-              type=click.Choice(["keep", "float32", "bfloat16", "float16", "q8_0"], case_sensitive=False),
-              help="keep = bit-exact; anything else casts every tensor explicitly (q8_0: GGUF only).")
-@click.option("--max-shard-size", default=None, metavar="SIZE",
-              help="Split weights into shards of at most SIZE (e.g. 5GB, 500MB). Default: 5GB (HF), 10GB (Keras).")
+@click.option("--dtype", cls=_LateOption, late=lambda: _convert_dtype(), case_sensitive=False, show_default=True)
+@click.option("--max-shard-size", cls=_LateOption, late=lambda: {"help": _shard_help()}, default=None,
+              metavar="SIZE")
 @click.option("--force", is_flag=True, help="Replace DEST if it exists; convert what the target can only approximate.")
 @click.option("--verify", "verify_after", is_flag=True,
               help="Run parity between SOURCE and DEST afterwards; exit 1 (DEST kept) if they disagree.")
 @click.option("--no-manifest", "no_manifest", is_flag=True,
               help="Do not write the manifest (every output file's size and hash, and every tensor).")
-@click.option("--hash", "hash_name", default="blake3", show_default=True, type=click.Choice(["blake3", "sha256"]),
-              help="The manifest's hash: blake3 (several GB/s on any CPU) or sha256 (what the Hugging Face hub "
-                   "publishes, to compare with it; 250-290 MB/s on CPUs without SHA extensions).")
+@click.option("--hash", "hash_name", default=DEFAULT_HASH, show_default=True, type=click.Choice(HASHES),
+              help="The manifest's hash. BLAKE3 runs at several GB/s on any CPU; SHA-256 is what the Hugging Face "
+                   "hub publishes (to compare with it), at 250-290 MB/s on CPUs without SHA extensions.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the conversion report).")
 @_revision_option
 def convert(source: str, dest: str, to: str, dtype: str, max_shard_size: str | None, force: bool,
@@ -372,15 +437,53 @@ def convert(source: str, dest: str, to: str, dtype: str, max_shard_size: str | N
         sys.exit(1)
 
 
+def _verify_fn() -> Callable[..., Any]:
+    from .verify import verify
+
+    return verify
+
+
+def _convert_dtype() -> dict[str, Any]:
+    """convert --dtype: convert.DTYPES; the default is WriteOptions' (bit-exact); a dtype that is not a float
+    (a quantization) is for the formats that store quantization only (those outside convert.FLOAT_ONLY)."""
+    from .checkpoint import FLOAT_DTYPES
+    from .convert import DTYPES, FLOAT_ONLY, WriteOptions
+
+    keep = WriteOptions().dtype
+    quantized = [d for d in DTYPES if d != keep and d not in FLOAT_DTYPES]
+    stores = [f for f in FORMATS if f not in FLOAT_ONLY]
+    note = f" ({', '.join(quantized)}: {', '.join(stores)} only)" if quantized else ""
+    return {"choices": DTYPES, "default": keep,
+            "help": f"{keep} = bit-exact; anything else casts every tensor explicitly{note}."}
+
+
+def _shard_help() -> str:
+    """convert --max-shard-size: each sharding format's own default (its writer's DEFAULT_MAX_SHARD)."""
+    from .formats import module
+
+    defaults = [(fmt, getattr(module(fmt), "DEFAULT_MAX_SHARD", None)) for fmt in FORMATS]
+    sizes = ", ".join(f"{_size(n)} ({fmt})" for fmt, n in defaults if n)
+    return f"Split weights into shards of at most SIZE (e.g. 5GB, 500MB). Default: {sizes}."
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n % scale == 0:
+            return f"{n // scale}{unit}"
+    return f"{n}B"
+
+
 def _planned_bytes(ckpt: Any, options: Any, to: str = "hf") -> int:
     """What the writer's progress will count, in the same unit: the bytes of the tensors as written (a Q8_0 GGUF
-    is about a quarter of its float32 source), so that the bar ends at 100%."""
+    is about a quarter of its float32 source), so that the bar ends at 100%. A writer that plans its own tensor
+    types (GGUF: quantization, norms in float32) says what it will write (`planned_nbytes`); the others write each
+    tensor in its float dtype."""
     from .convert import target_nbytes
+    from .formats import module
 
-    if to == "gguf":
-        from .formats.gguf import planned_nbytes
-
-        return planned_nbytes(ckpt, options)
+    planned = getattr(module(to), "planned_nbytes", None)
+    if planned is not None:
+        return planned(ckpt, options)
     return sum(target_nbytes(ref, options.float_dtype(ref)) for ref in ckpt.tensors.values())
 
 
@@ -390,8 +493,9 @@ def _planned_bytes(ckpt: Any, options: Any, to: str = "hf") -> int:
 @click.option("--atol", default=0.0, show_default=True, type=float,
               help="Tensors whose max absolute difference is at most this are 'close' (and pass).")
 @click.option("--manifest", "manifest", is_flag=False, flag_value="", default=None, metavar="[FILE]",
-              help="Check A against the manifest convert wrote (A/gemma-inspect-manifest.json, or A.manifest.json "
-                   "beside a single file), or against FILE: every file's size and SHA-256, every tensor.")
+              help=f"Check A against the manifest convert wrote (A/{MANIFEST_NAME}, or A{SIBLING_SUFFIX} beside a "
+                   "single file), or against FILE: every file's size and hash (the algorithm the manifest names), "
+                   "every tensor.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @_revision_option
 def diff_cmd(a: str, b: str | None, atol: float, manifest: str | None, as_json: bool) -> None:

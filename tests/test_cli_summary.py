@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from gemma_inspect.cli import main
+from gemma_inspect.formats import EXPECTED
 
 # The summary JSON contract of DESIGN.md ...
 DESIGN_TOP = {"source", "format", "family", "architecture", "parameters", "dtypes", "size_bytes"}
@@ -230,15 +231,14 @@ def test_compare_card_with_a_checkpoint(tiny_models):
 
 def test_compare_needs_two_sources():
     result = run("compare", "gemma-7b")
-    assert result.exit_code == 2
-    assert "Error: compare needs at least two sources" in result.stderr
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.splitlines()[-1] == "Error: compare needs at least two sources"
 
 
 def test_compare_with_a_bad_source_fails_with_one_line(tmp_path):
     result = run("compare", "gemma-7b", str(tmp_path / "nope"))
     assert result.exit_code == 2 and result.stdout == ""
-    assert result.stderr.count("\n") == 1
-    assert result.stderr.startswith(f"Error: {tmp_path / 'nope'}: no such file or directory; expected ")
+    assert result.stderr == f"Error: {tmp_path / 'nope'}: no such file or directory; expected {EXPECTED}\n"
 
 
 # --------------------------------------------------------------------------- entry points
@@ -252,16 +252,11 @@ def test_python_dash_m_help():
 
 
 def test_version():
+    from gemma_inspect import __version__
+
     result = run("--version")
     assert result.exit_code == 0
-    assert result.stdout.startswith("gemma-inspect, version ")
-
-
-@pytest.mark.parametrize("cmd", ["summary", "compare"])
-def test_command_help_has_an_example(cmd):
-    result = run(cmd, "--help")
-    assert result.exit_code == 0
-    assert "Example:" in result.stdout and f"gemma-inspect {cmd} " in result.stdout
+    assert result.stdout == f"gemma-inspect, version {__version__}\n"
 
 
 def test_paths_that_look_like_markup_are_printed_as_they_are(tiny_models, tmp_path):

@@ -448,15 +448,15 @@ def test_cli_parity_text_report(tiny_models, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--tokens", "2,x"], "--tokens must be comma-separated integers"),
+    (["--tokens", "2,x"], "--tokens must be comma-separated integers, got '2,x'"),
     (["--tokens", "2,5", "--prompt", "hi"], "give --prompt or --tokens, not both"),
-    (["--tokens", "2,99999"], "token id 99999 is outside the vocabulary"),
+    (["--tokens", "2,99999"], "token id 99999 is outside the vocabulary of {hf} (0..383)"),
 ])
 def test_cli_parity_usage_errors_exit_2(tiny_models, args, message):
     hf = tiny_models.get("gemma", "hf")
     res = _cli(hf, hf, "--device", "cpu", *args)
-    assert res.exit_code == 2
-    assert message in res.stderr
+    assert res.exit_code == 2 and res.stdout == ""
+    assert res.stderr.splitlines()[-1] == "Error: " + message.format(hf=hf)  # after any usage or step lines
 
 
 def test_cli_parity_card_is_an_input_error():

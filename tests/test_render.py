@@ -4,6 +4,7 @@ split a word or a number across lines, no line ends in spaces, and the units rea
 from __future__ import annotations
 
 import io
+import json
 import re
 
 import pytest
@@ -175,7 +176,9 @@ def test_to_values_take_any_case_as_card_names_do(tiny_models, tmp_path):
     res = CliRunner().invoke(main, ["convert", tiny_models.get("gemma", "hf"), str(tmp_path / "k"), "--to", "KERAS",
                                     "--no-manifest", "--json"])
     assert res.exit_code == 0, res.output
-    assert '"format": "keras"' in res.stdout
+    report = json.loads(res.stdout)
+    assert (report["source_format"], report["format"], report["dest"], report["tensors"]) == (
+        "hf", "keras", str(tmp_path / "k"), 20)
 
 
 # ----------------------------------------------------------------------------- progress

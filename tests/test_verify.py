@@ -436,15 +436,6 @@ def test_verify_help_is_light_and_documented():
         assert option in proc.stdout
 
 
-def test_demo_runs_verify_steps():
-    from gemma_inspect.demo import _steps
-
-    d = {k: k for k in ("gemma3-keras", "gemma2-keras", "gemma2-hf", "gemma-hf", "gemma-keras", "plot",
-                        "gemma3-gguf")}
-    verify_steps = [args for _, args in _steps(d) if args[0] == "verify"]
-    assert verify_steps == [["verify", "gemma3-keras"], ["verify", "gemma-hf", "--graph"]]
-
-
 def test_check_values_are_plain_json(tiny_models):
     """Every check's expected/observed value is plain JSON data."""
     r = verify(tiny_models.get("gemma3", "keras"), "reference", "cpu")

@@ -116,8 +116,10 @@ def test_peft_adapter_directory_is_refused(tiny_models, tmp_path):
 def test_index_alone_and_single_alone_still_read_the_same_weights(tiny_models, fmt):
     """The refusal is for the pair only: the sharded and the single-file checkpoint of the same weights read,
     and diff finds them identical."""
-    r = invoke("diff", tiny_models.get("gemma2", fmt), tiny_models.get("gemma2", fmt, shard=True))
+    r = invoke("diff", tiny_models.get("gemma2", fmt), tiny_models.get("gemma2", fmt, shard=True), "--json")
     assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert (d["identical"], d["counts"]["equal"], len(d["tensors"])) == (True, 46, 46)
 
 
 # ============================================================================= 3. DEST and the source
