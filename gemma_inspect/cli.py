@@ -18,7 +18,7 @@ from .errors import GemmaInspectError
 from .formats import FORMATS
 from .manifest import DEFAULT_HASH, HASHES, MANIFEST_NAME, SIBLING_SUFFIX
 from .parity import QUANTIZED, TOLERANCES, parity as _parity_fn
-from .runtimes import DEVICES, DTYPES as RUN_DTYPES, NATIVE_RUNTIME, RUNTIMES
+from .runtimes import DEVICES, DTYPES as RUN_DTYPES, RUNTIMES
 from .spec import CARD_NAMES
 from .terminal import printable
 
@@ -33,8 +33,10 @@ def _default(func: Callable[..., Any], name: str) -> Any:
 
 
 def _auto_runtime() -> str:
-    """What `auto` picks, from runtimes.NATIVE_RUNTIME."""
-    native = ", ".join(f"{runtime} for {fmt}" for fmt, runtime in NATIVE_RUNTIME.items())
+    """What `auto` picks: each format's native runtime (its FormatInfo; the format modules are read late)."""
+    from .formats import infos
+
+    native = ", ".join(f"{i.native_runtime} for {fmt}" for fmt, i in infos().items() if i.native_runtime)
     return f"auto picks {native}, reference for every other format"
 
 
@@ -227,8 +229,8 @@ def compare(sources: tuple[str, ...], as_json: bool) -> None:
 @main.command(name="parity")
 @click.argument("a")
 @click.argument("b")
-@click.option("--runtime-a", default=_default(_parity_fn, "runtime_a"), show_default=True,
-              type=click.Choice(RUNTIMES), help=f"Runtime for A ({_auto_runtime()}).")
+@click.option("--runtime-a", cls=_LateOption, late=lambda: {"help": f"Runtime for A ({_auto_runtime()})."},
+              default=_default(_parity_fn, "runtime_a"), show_default=True, type=click.Choice(RUNTIMES))
 @click.option("--runtime-b", default=_default(_parity_fn, "runtime_b"), show_default=True,
               type=click.Choice(RUNTIMES), help="Runtime for B.")
 @click.option("--device", default=_default(_parity_fn, "device"), show_default=True, type=click.Choice(DEVICES),
@@ -321,9 +323,9 @@ def _check_output_file(path: str, option: str, inputs: Any) -> None:
 
 @main.command(name="verify")
 @click.argument("source")
-@click.option("--runtime", cls=_LateOption, late=lambda: {"default": _default(_verify_fn(), "runtime")},
-              show_default=True, type=click.Choice(RUNTIMES),
-              help=f"Runtime whose real modules are traced ({_auto_runtime()}).")
+@click.option("--runtime", cls=_LateOption, show_default=True, type=click.Choice(RUNTIMES),
+              late=lambda: {"default": _default(_verify_fn(), "runtime"),
+                            "help": f"Runtime whose real modules are traced ({_auto_runtime()})."})
 @click.option("--device", cls=_LateOption, late=lambda: {"default": _default(_verify_fn(), "device")},
               show_default=True, type=click.Choice(DEVICES), help="auto: cuda when torch sees a GPU.")
 @click.option("--graph", is_flag=True, help="Also show the recorded layer graph of decoder block 0 as a tree "
@@ -445,13 +447,14 @@ def _verify_fn() -> Callable[..., Any]:
 
 def _convert_dtype() -> dict[str, Any]:
     """convert --dtype: convert.DTYPES; the default is WriteOptions' (bit-exact); a dtype that is not a float
-    (a quantization) is for the formats that store quantization only (those outside convert.FLOAT_ONLY)."""
+    (a quantization) is for the formats whose FormatInfo says they store quantization."""
     from .checkpoint import FLOAT_DTYPES
-    from .convert import DTYPES, FLOAT_ONLY, WriteOptions
+    from .convert import DTYPES, WriteOptions
+    from .formats import infos
 
     keep = WriteOptions().dtype
     quantized = [d for d in DTYPES if d != keep and d not in FLOAT_DTYPES]
-    stores = [f for f in FORMATS if f not in FLOAT_ONLY]
+    stores = [f for f, i in infos().items() if i.stores_quantization]
     note = f" ({', '.join(quantized)}: {', '.join(stores)} only)" if quantized else ""
     return {"choices": DTYPES, "default": keep,
             "help": f"{keep} = bit-exact; anything else casts every tensor explicitly{note}."}

@@ -113,8 +113,8 @@ def test_choices_and_defaults_are_the_librarys():
                                                 "(q8_0: gguf only).")
     assert info("convert")["max_shard_size"]["help"] == ("Split weights into shards of at most SIZE (e.g. 5GB, "
                                                          "500MB). Default: 5GB (hf), 10GB (keras).")
-    assert info("parity")["runtime_a"]["help"] == ("Runtime for A (auto picks keras for keras, transformers for "
-                                                   "hf, reference for every other format).")
+    assert info("parity")["runtime_a"]["help"] == ("Runtime for A (auto picks transformers for hf, keras for "
+                                                   "keras, reference for every other format).")
 
 
 # Each library constant the CLI shows, changed before cli.py is imported (convert's and the writers' after, as
@@ -124,12 +124,18 @@ import json
 import click
 import gemma_inspect.formats as F, gemma_inspect.manifest as M, gemma_inspect.parity as P
 import gemma_inspect.runtimes as R, gemma_inspect.spec as S
+import dataclasses, types
 F.FORMATS += ("toyfmt",)
-F._MODULES["toyfmt"] = "gguf"
+_registry = F._modules
+def _modules():
+    mods = _registry()
+    toy = types.SimpleNamespace(**vars(mods["gguf"]))
+    toy.FORMAT = dataclasses.replace(mods["gguf"].FORMAT, name="toyfmt", native_runtime="toyrt")
+    return {**mods, "toyfmt": toy}
+F._modules = _modules
 R.RUNTIMES += ("toyrt",)
 R.DEVICES += ("toydev",)
 R.DTYPES += ("toydt",)
-R.NATIVE_RUNTIME = {**R.NATIVE_RUNTIME, "toyfmt": "toyrt"}
 M.HASHES += ("toyhash",)
 M.DEFAULT_HASH = "toyhash"
 M.MANIFEST_NAME, M.SIBLING_SUFFIX = "toy-manifest.json", ".toy.json"
