@@ -12,12 +12,8 @@ one tensor at a time.
 from __future__ import annotations
 
 import math
-import mmap
 import os
-import struct
 from dataclasses import dataclass
-from functools import cached_property
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -26,25 +22,22 @@ from ..checkpoint import (NORM_ROLES, Checkpoint, TensorRef, canonical_name, che
                           expected_tensors, fill_name, match_name, parse_canonical)
 from ..errors import InputError, UnsupportedError
 from ..spec import FULL, SLIDING, GemmaSpec, gemma2_layer_types, gemma3_layer_types
-from ..tokenizer import Tokenizer
 from .common import MAX_LAYERS
+# The container (header, limits, raw reads) and the vocabulary live in their own modules; the names other
+# modules and tests know are re-exported here.
+from .gguf_header import (DEQUANT_CHUNK_ELEMENTS, FLOAT_TYPES, GGML_OF_FLOAT, NON_WEIGHT_TYPES, Header, Meta,
+                          StringArray, TensorInfo, dequantize, load_float, load_float32, read_header, read_raw)
+from .gguf_vocab import add_tokenizer, embedded_tokenizer
+from .gguf_vocab import sentencepiece_pieces as _sentencepiece_pieces  # noqa: F401 - the names tests import
+from .gguf_vocab import sentencepiece_types as _sentencepiece_types  # noqa: F401
 from .safetensors_io import iter_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..convert import WriteOptions
 
+_read_raw = read_raw  # the name tests know
+
 ARCHITECTURES = ("gemma", "gemma2", "gemma3")  # general.architecture; the same words as our families
-MAGIC = b"GGUF"
-VERSIONS = (2, 3)
-DEFAULT_ALIGNMENT = 32
-# Tensors, metadata keys, nested arrays: a Gemma 3 27B GGUF has ~800 tensors and ~40 keys. A crafted count must
-# not make us loop for hours or build a Python object per entry first (a TensorInfo is ~500 bytes).
-MAX_COUNT = 100_000
-# Metadata and tensor infos together: a 262k-token vocabulary with scores and types takes ~7 MB.
-MAX_HEADER_BYTES = 100 * 1024 * 1024
-MAX_DIMS = 4  # GGML_MAX_DIMS
-MAX_NESTING = 4  # arrays of arrays
-DEQUANT_CHUNK_ELEMENTS = 4 * 1024 * 1024  # dequantize this many values at a time
 
 # ----------------------------------------------------------------------------- names
 # canonical role -> GGUF tensor name, as llama.cpp names them for MODEL_ARCH.GEMMA/GEMMA2/GEMMA3
@@ -86,11 +79,6 @@ def canonical_of(name: str) -> str | None:
     return None if parsed is None else canonical_name(*parsed)
 
 
-# Stored float types keep their dtype; every other weight type is a quantization, dequantized to float32.
-FLOAT_TYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
-GGML_OF_FLOAT = {v: k for k, v in FLOAT_TYPES.items()}
-NON_WEIGHT_TYPES = ("I8", "I16", "I32", "I64", "F64")
-
 # ----------------------------------------------------------------------------- llama.cpp's implicit values
 # GGUF does not store query_pre_attn_scalar. llama.cpp (llama_model::load_hparams) recognises the 27B models
 # by their layer count and scales queries by 1/sqrt(d/H) there, by 1/sqrt(head_dim) everywhere else.
@@ -118,326 +106,7 @@ def llama_cpp_layer_types(family: str, num_layers: int) -> tuple[str, ...]:
     return (FULL,) * num_layers
 
 
-# ----------------------------------------------------------------------------- header parsing
-@dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    shape: tuple[int, ...]  # numpy order (outermost first): GGUF lists dims innermost first
-    type_name: str  # GGML type name: F32, Q8_0, ...
-    type_id: int
-    start: int  # absolute offset of the data in the file
-    nbytes: int
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-
-@dataclass
-class Header:
-    version: int
-    metadata: dict[str, Any]
-    value_types: dict[str, str]  # key -> GGUF value type name (UINT32, STRING, ARRAY[STRING], ...)
-    tensors: list[TensorInfo]
-    alignment: int
-    data_start: int
-    file_size: int
-
-
-_SCALARS = {  # GGUFValueType id -> (name, struct format)
-    0: ("UINT8", "<B"), 1: ("INT8", "<b"), 2: ("UINT16", "<H"), 3: ("INT16", "<h"), 4: ("UINT32", "<I"),
-    5: ("INT32", "<i"), 6: ("FLOAT32", "<f"), 7: ("BOOL", "<B"), 10: ("UINT64", "<Q"), 11: ("INT64", "<q"),
-    12: ("FLOAT64", "<d"),
-}
-_STRING, _ARRAY = 8, 9
-_NUMPY_OF_SCALAR = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "<u1",
-                    10: "<u8", 11: "<i8", 12: "<f8"}
-
-
-class _Cursor:
-    """Reads little-endian values from the mapped header; every read is bounds-checked."""
-
-    def __init__(self, buf: Any, size: int, path: str):
-        # Reads stop at the header limit as they stop at the end of the file.
-        self.buf, self.size, self.path, self.pos = buf, min(size, MAX_HEADER_BYTES), path, 0
-        self.file_size = size
-        self.nested = 0  # arrays inside arrays made so far
-
-    def need(self, n: int, what: str) -> None:
-        if n < 0 or self.pos + n > self.size:
-            if self.size < self.file_size and n >= 0:
-                raise InputError(self.path, f"{what} at byte {self.pos} runs past the {MAX_HEADER_BYTES // 2**20} MB "
-                                            f"limit of a GGUF header (metadata and tensor infos)")
-            raise InputError(self.path, f"truncated: {what} at byte {self.pos} needs {n} bytes but the file "
-                                        f"has {max(self.size - self.pos, 0)} left")
-
-    def unpack(self, fmt: str, what: str) -> Any:
-        n = struct.calcsize(fmt)
-        self.need(n, what)
-        (v,) = struct.unpack_from(fmt, self.buf, self.pos)
-        self.pos += n
-        return v
-
-    def raw_string(self, what: str) -> bytes:
-        n = self.unpack("<Q", f"length of {what}")
-        self.need(n, what)
-        b = bytes(self.buf[self.pos:self.pos + n])
-        self.pos += n
-        return b
-
-    def string(self, what: str) -> str:
-        b = self.raw_string(what)
-        try:
-            return b.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InputError(self.path, f"{what} is not valid UTF-8 ({b[:40]!r})") from None
-
-    def value(self, vtype: int, what: str, depth: int = 0) -> tuple[Any, str]:
-        if vtype in _SCALARS:
-            name, fmt = _SCALARS[vtype]
-            v = self.unpack(fmt, what)
-            return (bool(v) if vtype == 7 else v), name
-        if vtype == _STRING:
-            return self.string(what), "STRING"
-        if vtype == _ARRAY:
-            if depth >= MAX_NESTING:
-                raise InputError(self.path, f"{what}: arrays nested deeper than {MAX_NESTING}")
-            itype = self.unpack("<I", f"element type of {what}")
-            count = self.unpack("<Q", f"element count of {what}")
-            if itype in _SCALARS:
-                dt = np.dtype(_NUMPY_OF_SCALAR[itype])
-                self.need(count * dt.itemsize, f"{count} elements of {what}")
-                arr = np.frombuffer(self.buf, dtype=dt, count=count, offset=self.pos).copy()
-                self.pos += count * dt.itemsize
-                return (arr.astype(bool) if itype == 7 else arr), f"ARRAY[{_SCALARS[itype][0]}]"
-            if itype == _STRING:
-                self.need(count * 8, f"{count} strings of {what}")  # each has at least its 8-byte length
-                return self._strings(count, what), "ARRAY[STRING]"
-            if itype == _ARRAY:
-                self.need(count * 12, f"{count} arrays of {what}")
-                self.nested += count
-                if self.nested > MAX_COUNT:
-                    raise InputError(self.path, f"{what}: more than {MAX_COUNT} nested arrays")
-                return [self.value(_ARRAY, f"{what}[{j}]", depth + 1)[0] for j in range(count)], "ARRAY[ARRAY]"
-            raise InputError(self.path, f"{what}: unknown array element type {itype}")
-        raise InputError(self.path, f"{what}: unknown value type {vtype}")
-
-    def _strings(self, count: int, what: str) -> "StringArray":
-        # Only the lengths are walked here (bounds-checked); decoding waits until the strings are used.
-        buf, start, pos, size = self.buf, self.pos, self.pos, self.size
-        unpack_from = struct.unpack_from
-        for j in range(count):
-            if pos + 8 > size:
-                self.pos = pos
-                self.need(8, f"length of {what}[{j}]")
-            (n,) = unpack_from("<Q", buf, pos)
-            pos += 8 + n
-            if pos > size:
-                self.pos = pos - n
-                self.need(n, f"{what}[{j}]")
-        self.pos = pos
-        return StringArray(bytes(buf[start:pos]), count, self.path, what)
-
-
-class StringArray(Sequence):
-    """A GGUF array of strings kept as its bytes and decoded on first use: a 262k-token vocabulary takes a
-    quarter of a second to decode, which a header-only `summary` should not pay."""
-
-    def __init__(self, raw: bytes, count: int, path: str, what: str):
-        self._raw, self._count, self._path, self._what = raw, count, path, what
-        self._items: list[str] | None = None
-
-    def _decoded(self) -> list[str]:
-        if self._items is None:
-            raw, pos, items = self._raw, 0, []
-            unpack_from = struct.unpack_from
-            for j in range(self._count):
-                (n,) = unpack_from("<Q", raw, pos)
-                try:
-                    items.append(str(raw[pos + 8:pos + 8 + n], "utf-8"))
-                except UnicodeDecodeError:
-                    raise InputError(self._path, f"{self._what}[{j}] is not valid UTF-8") from None
-                pos += 8 + n
-            self._items = items
-        return self._items
-
-    def __len__(self) -> int:
-        return self._count
-
-    def __getitem__(self, i: Any) -> Any:
-        return self._decoded()[i]
-
-    def __iter__(self) -> Any:
-        return iter(self._decoded())
-
-    def __eq__(self, other: object) -> bool:
-        return list(self) == list(other) if isinstance(other, (list, tuple, StringArray)) else NotImplemented
-
-    def __repr__(self) -> str:
-        return f"<{self._count} strings>"
-
-
-def read_header(path: str) -> Header:
-    """Parse and validate a GGUF header: magic, version, metadata, tensor infos, data layout. No tensor data
-    is read; every count, length and offset is checked against the file before it is used."""
-    import gguf
-
-    try:
-        size = os.path.getsize(path)
-        f = open(path, "rb")
-    except OSError as e:
-        raise InputError(path, f"cannot read: {e.strerror or e}") from None
-    with f:
-        if size < 24:
-            raise InputError(path, f"not a GGUF file: {size} bytes, too short for a header")
-        magic = f.read(4)
-        if magic != MAGIC:
-            raise InputError(path, f"not a GGUF file: starts with {magic!r}, expected the magic b'GGUF'")
-        try:
-            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError) as e:
-            raise InputError(path, f"cannot map the file: {e}") from None
-    try:
-        return _parse(buf, size, path, gguf)
-    finally:
-        buf.close()
-
-
-def _parse(buf: Any, size: int, path: str, gguf: Any) -> Header:
-    cur = _Cursor(buf, size, path)
-    cur.pos = 4
-    version = cur.unpack("<I", "version")
-    if version not in VERSIONS:
-        if struct.unpack(">I", struct.pack("<I", version))[0] in VERSIONS:  # the version reads byte-swapped
-            raise UnsupportedError(f"{path}: big-endian GGUF files are not supported")
-        raise InputError(path, f"unsupported GGUF version {version} (supported: {', '.join(map(str, VERSIONS))})")
-    n_tensors = cur.unpack("<Q", "tensor count")
-    n_kv = cur.unpack("<Q", "metadata key count")
-    for count, what in ((n_tensors, "tensor count"), (n_kv, "metadata key count")):
-        if count > MAX_COUNT:
-            raise InputError(path, f"{what} {count} is over the limit of {MAX_COUNT}")
-    metadata: dict[str, Any] = {}
-    value_types: dict[str, str] = {}
-    for j in range(n_kv):
-        key = cur.string(f"metadata key {j}")
-        vtype = cur.unpack("<I", f"value type of {key!r}")
-        value, tname = cur.value(vtype, f"metadata {key!r}")
-        if key in metadata:
-            raise InputError(path, f"metadata key {key!r} appears twice")
-        metadata[key] = value
-        value_types[key] = tname
-    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-    if "general.alignment" in metadata and value_types["general.alignment"] != "UINT32":
-        raise InputError(path, f"general.alignment must be a UINT32, got {value_types['general.alignment']}")
-    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-        raise InputError(path, f"general.alignment {alignment} is not a positive power of two")
-
-    known_types = {int(t): t.name for t in gguf.GGMLQuantizationType}
-    raw: list[tuple[str, tuple[int, ...], int, int]] = []
-    names: set[str] = set()
-    for j in range(n_tensors):
-        name = cur.string(f"name of tensor {j}")
-        n_dims = cur.unpack("<I", f"dimension count of tensor {name!r}")
-        if not 1 <= n_dims <= MAX_DIMS:
-            raise InputError(path, f"tensor {name!r} has {n_dims} dimensions (GGUF allows 1 to {MAX_DIMS})")
-        dims = [cur.unpack("<Q", f"dimension {d} of tensor {name!r}") for d in range(n_dims)]
-        type_id = cur.unpack("<I", f"type of tensor {name!r}")
-        offset = cur.unpack("<Q", f"offset of tensor {name!r}")
-        if name in names:
-            raise InputError(path, f"tensor {name!r} appears twice")
-        names.add(name)
-        if type_id not in known_types or gguf.GGMLQuantizationType(type_id) not in gguf.GGML_QUANT_SIZES:
-            raise InputError(path, f"tensor {name!r} has unknown GGML type {type_id}")
-        if any(d == 0 or d >= 2**40 for d in dims):
-            raise InputError(path, f"tensor {name!r} has invalid dimensions {dims}")
-        raw.append((name, tuple(reversed(dims)), type_id, offset))
-    data_start = cur.pos + (-cur.pos % alignment)
-
-    tensors: list[TensorInfo] = []
-    for name, shape, type_id, offset in raw:
-        type_name = known_types[type_id]
-        block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(type_id)]
-        if shape[-1] % block:
-            raise InputError(path, f"tensor {name!r}: row length {shape[-1]} is not a multiple of the "
-                                   f"{type_name} block size {block}")
-        nbytes = math.prod(shape) // block * type_size
-        if offset % alignment:
-            raise InputError(path, f"tensor {name!r}: data offset {offset} is not aligned to {alignment} bytes")
-        start = data_start + offset
-        if start + nbytes > size:
-            raise InputError(path, f"truncated: tensor {name!r} needs bytes {start}..{start + nbytes} but the "
-                                   f"file has {size} bytes")
-        tensors.append(TensorInfo(name, shape, type_name, type_id, start, nbytes))
-    spans = sorted((t.start, t.start + t.nbytes, t.name) for t in tensors)
-    for (_b0, e0, n0), (b1, _e1, n1) in zip(spans, spans[1:]):
-        if b1 < e0:
-            raise InputError(path, f"tensors {n0!r} and {n1!r} overlap in the data section")
-    return Header(version, metadata, value_types, tensors, alignment, data_start, size)
-
-
 # ----------------------------------------------------------------------------- metadata -> spec
-class _Meta:
-    """Typed access to the metadata of one file, with messages that name the file and the key."""
-
-    def __init__(self, header: Header, path: str, arch: str):
-        self.md, self.types, self.path, self.arch = header.metadata, header.value_types, path, arch
-
-    def key(self, suffix: str) -> str:
-        return suffix.format(arch=self.arch)
-
-    def has(self, suffix: str) -> bool:
-        return self.key(suffix) in self.md
-
-    def integer(self, suffix: str, default: Any = None, positive: bool = True) -> Any:
-        key = self.key(suffix)
-        if key not in self.md:
-            if default is None:
-                raise InputError(self.path, f"metadata {key!r} is missing")
-            return default
-        v = self.md[key]
-        if isinstance(v, np.ndarray):  # per-layer values: Gemma's are all equal
-            if v.size == 0 or v.dtype.kind not in "iu" or (v != v.flat[0]).any():
-                raise UnsupportedError(f"{self.path}: metadata {key!r} varies per layer ({v[:8].tolist()}...); "
-                                       f"Gemma uses one value for every layer")
-            v = v.flat[0]
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-            raise InputError(self.path, f"metadata {key!r} must be an integer, got {self.types[key]} {v!r}")
-        if positive and v <= 0:
-            raise InputError(self.path, f"metadata {key!r} must be positive, got {v}")
-        return int(v)
-
-    def number(self, suffix: str, default: Any = None) -> Any:
-        key = self.key(suffix)
-        if key not in self.md:
-            return default
-        v = self.md[key]
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
-            raise InputError(self.path, f"metadata {key!r} must be a number, got {self.types[key]} {v!r}")
-        if not math.isfinite(v):
-            raise InputError(self.path, f"metadata {key!r} must be finite, got {v}")
-        if self.types[key] == "FLOAT32":  # 1e-6 is stored as 9.99999997e-07: take float32's shortest decimal
-            return float(str(np.float32(v)))
-        return float(v)
-
-    def text(self, suffix: str, default: Any = None) -> Any:
-        key = self.key(suffix)
-        if key not in self.md:
-            return default
-        v = self.md[key]
-        if not isinstance(v, str):
-            raise InputError(self.path, f"metadata {key!r} must be a string, got {self.types[key]}")
-        return v
-
-    def flag(self, suffix: str, default: bool) -> bool:
-        key = self.key(suffix)
-        if key not in self.md:
-            return default
-        v = self.md[key]
-        if not isinstance(v, bool):
-            raise InputError(self.path, f"metadata {key!r} must be a BOOL, got {self.types[key]}")
-        return v
-
-
 def spec_from_metadata(header: Header, path: str) -> tuple[GemmaSpec, list[str], frozenset[str]]:
     """GemmaSpec from the metadata (and the embedding's shape), filling in what GGUF leaves implicit exactly
     as llama.cpp does. Returns (spec, notes, the spec fields the file does not store)."""
@@ -450,7 +119,7 @@ def spec_from_metadata(header: Header, path: str) -> tuple[GemmaSpec, list[str],
     if arch not in ARCHITECTURES:
         raise UnsupportedError(f"{path}: GGUF architecture {arch!r} is not a Gemma; supported: "
                                f"{', '.join(ARCHITECTURES)}")
-    m = _Meta(header, path, arch)
+    m = Meta(header, path, arch)
     notes: list[str] = []
     assumed: set[str] = set()
     hidden = m.integer(K.LLM.EMBEDDING_LENGTH)
@@ -542,7 +211,7 @@ def spec_from_metadata(header: Header, path: str) -> tuple[GemmaSpec, list[str],
                       sliding_window=sliding, layer_types=layer_types, attention_logit_softcap=attn_cap,
                       final_logit_softcap=final_cap)
 
-    tok = _Meta(header, path, arch)
+    tok = Meta(header, path, arch)
     assumed.update(f for f, key in (("bos_token_id", K.Tokenizer.BOS_ID), ("eos_token_id", K.Tokenizer.EOS_ID),
                                     ("pad_token_id", K.Tokenizer.PAD_ID)) if key not in header.metadata)
     try:
@@ -583,53 +252,6 @@ def _declared_dtype(tensors: list[TensorInfo]) -> str:
 
 
 # ----------------------------------------------------------------------------- tensors
-def _read_raw(path: str, start: int, nbytes: int) -> np.ndarray:
-    from .safetensors_io import read_at
-
-    return read_at(path, start, nbytes, "uint8", None, "the tensor data")
-
-
-def _load_float(path: str, info: TensorInfo) -> np.ndarray:
-    from .safetensors_io import read_at
-
-    return read_at(path, info.start, info.nbytes, FLOAT_TYPES[info.type_name], info.shape, f"tensor {info.name}")
-
-
-def _dequantize(path: str, info: TensorInfo) -> np.ndarray:
-    """float32 values of a quantized tensor, read and dequantized a block of rows at a time so that only the
-    float32 result is ever held whole."""
-    import gguf
-
-    qtype = gguf.GGMLQuantizationType(info.type_id)
-    row_len = info.shape[-1]
-    n_rows = info.numel // row_len
-    row_bytes = info.nbytes // n_rows
-    out = np.empty((n_rows, row_len), dtype=np.float32)
-    step = max(1, DEQUANT_CHUNK_ELEMENTS // row_len)
-    try:
-        with open(path, "rb") as f:
-            for r in range(0, n_rows, step):
-                rows = min(step, n_rows - r)
-                f.seek(info.start + r * row_bytes)
-                raw = np.fromfile(f, dtype=np.uint8, count=rows * row_bytes)
-                if raw.size != rows * row_bytes:
-                    raise InputError(path, f"file ends inside tensor {info.name}")
-                with np.errstate(all="ignore"):  # NaN/inf scales make NaN values, not warnings on stderr
-                    out[r:r + rows] = gguf.quants.dequantize(raw.reshape(rows, row_bytes), qtype)
-    except NotImplementedError:
-        raise UnsupportedError(f"{path}: tensor {info.name} is stored as {info.type_name}, which the installed "
-                               f"gguf package cannot dequantize") from None
-    except OSError as e:
-        raise InputError(path, f"cannot read: {e.strerror or e}") from None
-    return out.reshape(info.shape)
-
-
-def _load_float32(path: str, info: TensorInfo) -> np.ndarray:
-    if info.type_name in FLOAT_TYPES:
-        return _load_float(path, info).astype(np.float32)
-    return _dequantize(path, info)
-
-
 @dataclass(frozen=True)
 class QuantizedTensorRef(TensorRef):
     """A GGUF-quantized tensor: `dtype` is the GGML type name (Q8_0, Q4_K, ...), `nbytes` the stored bytes,
@@ -649,16 +271,16 @@ def _tensor_ref(path: str, canonical: str, role: str, info: TensorInfo) -> Tenso
     if role in NORM_ROLES:
         # llama.cpp stores Gemma norms as 1 + w (q/k norms included); canonical w is zero-centred.
         return TensorRef(name=canonical, shape=info.shape, dtype="float32", nbytes=info.nbytes, origin=origin,
-                         loader=lambda: _minus_one(_load_float32(path, info)))
+                         loader=lambda: _minus_one(load_float32(path, info)))
     chunks = lambda size: iter_bytes(path, info.start, info.nbytes, size)  # noqa: E731 - raw stored bytes
     if info.type_name in FLOAT_TYPES:  # stored row-major [out, in]: the canonical layout, byte for byte
         return TensorRef(name=canonical, shape=info.shape, dtype=FLOAT_TYPES[info.type_name], nbytes=info.nbytes,
-                         origin=origin, loader=lambda: _load_float(path, info),
+                         origin=origin, loader=lambda: load_float(path, info),
                          span=(path, info.start, info.nbytes))
     # Quantized: `load()` gives float32 values. The stored blocks are not values in canonical layout, so they
     # are not `chunks`; GGUF -> GGUF copies reach them through `blocks`.
     return QuantizedTensorRef(name=canonical, shape=info.shape, dtype=info.type_name, nbytes=info.nbytes,
-                              origin=origin, loader=lambda: _dequantize(path, info), blocks=chunks)
+                              origin=origin, loader=lambda: dequantize(path, info), blocks=chunks)
 
 
 # ----------------------------------------------------------------------------- quantization summary
@@ -692,136 +314,6 @@ def quantization_stats(tensors: list[tuple[str, str, int, int]], file_type: str 
             "groups": groups}
 
 
-# ----------------------------------------------------------------------------- tokenizer
-class _EmbeddedTokenizer(Tokenizer):
-    """The GGUF's vocabulary as a SentencePiece model, built on first use (a 262k vocabulary takes a
-    noticeable fraction of a second, which `summary` should not pay)."""
-
-    _builder: Callable[[], bytes] | None = None
-    _built: bytes | None = None
-
-    @property  # type: ignore[override]
-    def spm_bytes(self) -> bytes | None:
-        if self._built is None and self._builder is not None:
-            self._built = self._builder()
-        return self._built
-
-    @spm_bytes.setter
-    def spm_bytes(self, value: bytes | None) -> None:
-        self._built = value
-
-    @property
-    def has_spm(self) -> bool:
-        return self._builder is not None or self._built is not None
-
-    @cached_property
-    def _spm(self) -> Any:
-        self.spm_bytes  # noqa: B018 - build first, so that a bad vocabulary is reported as itself
-        return Tokenizer._spm.func(self)  # type: ignore[attr-defined]
-
-
-# How llama.cpp's converter (convert_hf_to_gguf.py, _create_vocab_sentencepiece) writes a SentencePiece vocabulary:
-# the model's own piece types (normal 1, unknown 2, control 3, user-defined 4, unused 5, byte 6), then every token
-# of tokenizer_config.json's added_tokens_decoder retyped: CONTROL when it is marked special (Gemma's <unk>,
-# <mask>, <start_of_turn>, <unusedN>, ... all are), USER_DEFINED otherwise with U+2581 written back as a space
-# ("\n\n", "  ", "<table>"), score -1000. tokenizer.ggml.unknown_token_id names the unknown token. Rebuilding the
-# SentencePiece model undoes that: the unknown token is the one the metadata names; a CONTROL token other than
-# bos/eos/pad was a piece SentencePiece matches whole in text (user-defined: Gemma's own model types them so, and
-# llama.cpp, parsing special tokens, and transformers match them whole too); user-defined pieces get U+2581 back.
-_SPACE_PIECE = "\u2581"
-
-
-def _sentencepiece_types(tokens: Any, types: np.ndarray, unk: int, special: list[int], notes: list[str]) -> np.ndarray:
-    types = types.copy()
-    retyped = []
-    if types[unk] != 2:
-        retyped.append(f"the unknown token (id {unk}, tokenizer.ggml.unknown_token_id) is typed {int(types[unk])}")
-    others = np.flatnonzero(types == 2)
-    types[others[others != unk]] = 3
-    types[unk] = 2
-    control = np.flatnonzero(types == 3)
-    added = control[~np.isin(control, special)]
-    if len(added):
-        types[added] = 4
-        retyped.append(f"{len(added)} control tokens besides bos/eos/pad (e.g. {tokens[int(added[0])]!r}) become "
-                       f"user-defined pieces, matched whole in text as llama.cpp and transformers match them")
-    if retyped:
-        notes.append("vocabulary read as llama.cpp's converter writes it: " + "; ".join(retyped))
-    return types
-
-
-def _sentencepiece_pieces(tokens: Any, types: np.ndarray) -> list[str]:
-    """The pieces, with U+2581 back in user-defined ones (llama.cpp's converter writes it as a space)."""
-    pieces = list(tokens)
-    for i in np.flatnonzero(types == 4).tolist():
-        if " " in pieces[i]:
-            pieces[i] = pieces[i].replace(" ", _SPACE_PIECE)
-    return pieces
-
-
-def _embedded_tokenizer(header: Header, path: str, spec: GemmaSpec, notes: list[str]) -> Tokenizer | None:
-    import gguf
-
-    K = gguf.Keys.Tokenizer
-    md = header.metadata
-    model = md.get(K.MODEL)
-    tokens = md.get(K.LIST)
-    if model is None and tokens is None:
-        notes.append("no tokenizer metadata in this GGUF (llama.cpp refuses to load such a file)")
-        return None
-    if model != "llama":
-        notes.append(f"the embedded tokenizer is tokenizer.ggml.model={model!r}, not SentencePiece ('llama'): "
-                     f"it is not converted")
-        return None
-    if not isinstance(tokens, StringArray) or not len(tokens):
-        raise InputError(path, f"metadata {K.LIST!r} must be a non-empty array of strings")
-    n = len(tokens)
-    scores = md.get(K.SCORES)
-    types = md.get(K.TOKEN_TYPE)
-    for key, arr in ((K.SCORES, scores), (K.TOKEN_TYPE, types)):
-        if arr is not None and (not isinstance(arr, np.ndarray) or arr.shape != (n,)):
-            raise InputError(path, f"metadata {key!r} must be an array of {n} numbers, one per token")
-    if scores is None:
-        notes.append("the vocabulary has no scores: merges of the rebuilt SentencePiece model follow id order")
-        scores = -np.arange(n, dtype=np.float32)
-    meta = _Meta(header, path, "")
-    types = None if types is None else np.asarray(types, dtype=np.int32)
-    typed_unknown = [] if types is None else np.flatnonzero(types == 2).tolist()
-    unk = meta.integer(K.UNK_ID, typed_unknown[0] if len(typed_unknown) == 1 else (3 if n > 3 else 0), positive=False)
-    if not 0 <= unk < n:
-        raise InputError(path, f"metadata {K.UNK_ID!r} is {unk}, outside the {n}-token vocabulary")
-    special = [i for i in (spec.bos_token_id, spec.eos_token_id, spec.pad_token_id) if 0 <= i < n]
-    if types is None:
-        types = np.full(n, 1, dtype=np.int32)
-        types[special] = 3
-        types[unk] = 2
-    else:
-        types = _sentencepiece_types(tokens, types, unk, special, notes)
-    add_prefix = meta.flag(K.ADD_PREFIX, True)
-    if K.ADD_PREFIX not in md:
-        notes.append("tokenizer.ggml.add_space_prefix is absent: llama.cpp's default (true) is used")
-    remove_ws = meta.flag(K.REMOVE_EXTRA_WS, False)
-    if n != spec.vocab_size:
-        notes.append(f"the vocabulary has {n} tokens for {spec.vocab_size} embedding rows")
-    ids = (spec.bos_token_id, spec.eos_token_id, spec.pad_token_id)
-
-    def build() -> bytes:
-        from ..tokenizer import spm_from_pieces
-
-        try:
-            # Gemma's SentencePiece model is BPE; GGUF keeps pieces, scores and types but not the model type.
-            return spm_from_pieces(_sentencepiece_pieces(tokens, types), scores.tolist(), types.tolist(),
-                                   model_type="bpe",
-                                   add_dummy_prefix=add_prefix, remove_extra_whitespaces=remove_ws,
-                                   bos_id=ids[0], eos_id=ids[1], pad_id=ids[2])
-        except ValueError as e:
-            raise InputError(path, f"the embedded vocabulary cannot be rebuilt as a SentencePiece model: {e}") from None
-
-    tok = _EmbeddedTokenizer(source=path)
-    tok._builder = build
-    return tok
-
-
 # ----------------------------------------------------------------------------- reading
 def read(path: str) -> Checkpoint:
     header = read_header(path)
@@ -847,7 +339,7 @@ def read(path: str) -> Checkpoint:
     if norms:
         notes.append(f"{norms} norm weights are stored as 1 + w (llama.cpp's convention); read back as w "
                      f"(w - 1 in float32)")
-    tokenizer = _embedded_tokenizer(header, path, spec, notes)
+    tokenizer = embedded_tokenizer(header, path, spec, notes)
     file_type = header.metadata.get("general.file_type")
     file_type_name = None
     if isinstance(file_type, int) and not isinstance(file_type, bool):
@@ -1016,72 +508,6 @@ def _file_type(plans: list[_Planned], ckpt: Checkpoint, options: "WriteOptions")
     return int(known.get(main, F.GUESSED))
 
 
-def _add_tokenizer(w: Any, ckpt: Checkpoint, notes: list[str]) -> None:
-    """tokenizer.ggml.* from the source's SentencePiece model: pieces, scores and types as they are (llama.cpp's
-    SentencePiece tokenizer works from exactly these), padded with unused tokens up to the embedding rows."""
-    import gguf
-
-    from ..tokenizer import PIECE_UNUSED, PIECE_USER_DEFINED, spm_pieces
-
-    spec = ckpt.spec
-    tok = ckpt.tokenizer
-    if tok is None:
-        notes.append("the source has no tokenizer: the GGUF has no tokenizer metadata, and llama.cpp will refuse "
-                     "to load it (it needs tokenizer.ggml.model, tokens, scores and token types)")
-        return
-    model_bytes, rebuilt = tok.spm_or_rebuilt()
-    if rebuilt:
-        notes.append("rebuilt the SentencePiece vocabulary from tokenizer.json (ids checked equal on the "
-                     "parity texts)")
-    if model_bytes is None:
-        notes.append("the source tokenizer has no SentencePiece model and none could be rebuilt from "
-                     "tokenizer.json: the GGUF has no tokenizer metadata, and llama.cpp will refuse to load it")
-        return
-    try:
-        info = spm_pieces(model_bytes)
-    except ValueError as e:
-        raise InputError(tok.spm_path or tok.source, str(e)) from None
-    pieces, scores, types = info["pieces"], info["scores"], info["types"]
-    if info["precompiled_charsmap"] or info["model_type"] != "bpe":
-        notes.append(f"the SentencePiece model is {info['model_type']} with the {info['normalizer']!r} normalizer; "
-                     f"GGUF keeps neither its model type nor its normalization rules, and llama.cpp tokenizes with "
-                     f"score-ranked merges on unnormalized text: ids can differ from SentencePiece's")
-    if len(pieces) > spec.vocab_size:
-        raise UnsupportedError(f"the tokenizer has {len(pieces)} pieces but the embedding only {spec.vocab_size} "
-                               f"rows: llama.cpp cannot load such a GGUF")
-    if len(pieces) < spec.vocab_size:
-        # As llama.cpp's converter does: one unused token per extra embedding row, so the counts agree.
-        extra = spec.vocab_size - len(pieces)
-        pieces = pieces + [f"[PAD{i}]" for i in range(len(pieces), spec.vocab_size)]
-        scores = scores + [-1000.0] * extra
-        types = types + [PIECE_UNUSED] * extra
-        notes.append(f"the vocabulary has {len(pieces) - extra} pieces for {spec.vocab_size} embedding rows: "
-                     f"{extra} unused [PAD] tokens added")
-    # As llama.cpp's converter writes user-defined pieces: U+2581 as a space, since llama.cpp matches them in the
-    # raw text (the reader turns them back, see _sentencepiece_pieces).
-    pieces = [p.replace(_SPACE_PIECE, " ") if t == PIECE_USER_DEFINED else p for p, t in zip(pieces, types)]
-    w.add_tokenizer_model("llama")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(pieces)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    unk = next((i for i, t in enumerate(types) if t == 2), None)
-    if unk is None:
-        raise InputError(tok.spm_path or tok.source, "the SentencePiece model has no unknown piece (type 2)")
-    w.add_bos_token_id(spec.bos_token_id)
-    w.add_eos_token_id(spec.eos_token_id)
-    w.add_unk_token_id(unk)
-    w.add_pad_token_id(spec.pad_token_id)
-    eot = tok.token_to_id("<end_of_turn>")
-    if eot is not None:
-        w.add_uint32(gguf.Keys.Tokenizer.EOT_ID, eot)
-    w.add_add_bos_token(True)  # Gemma always starts with <bos>
-    w.add_add_eos_token(False)
-    w.add_add_space_prefix(bool(info["add_dummy_prefix"]))
-    if info["remove_extra_whitespaces"]:
-        w.add_bool(gguf.Keys.Tokenizer.REMOVE_EXTRA_WS, True)
-
-
 def planned_nbytes(ckpt: Checkpoint, options: "WriteOptions") -> int:
     """The tensor bytes `write` will write (what its progress counts): each tensor in the type it is planned
     in (Q8_0 blocks, norms in float32, rows Q8_0 cannot split in float16), without producing any."""
@@ -1136,7 +562,7 @@ def write(ckpt: Checkpoint, dest: str, options: "WriteOptions", progress: Callab
         w.add_final_logit_softcapping(spec.final_logit_softcap)
     w.add_file_type(_file_type(plans, ckpt, options))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    _add_tokenizer(w, ckpt, options.notes)
+    add_tokenizer(w, ckpt, options.notes)
     for p in plans:
         # The dtype argument only matters for uint8 (it would mean a byte shape); the type is raw_dtype.
         w.add_tensor_info(p.name, p.shape, np.dtype(np.float32), p.nbytes, raw_dtype=p.qtype)
