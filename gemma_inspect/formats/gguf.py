@@ -17,11 +17,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+from gguf.constants import MODEL_TENSOR, TENSOR_NAMES
 
 from ..checkpoint import (NORM_ROLES, Checkpoint, TensorRef, canonical_name, check_against_spec, compile_names,
                           expected_tensors, fill_name, match_name, parse_canonical)
 from ..errors import InputError, UnsupportedError
-from ..spec import FULL, SLIDING, GemmaSpec, gemma2_layer_types, gemma3_layer_types
+from ..families import FAMILY_TABLE, FULL, SLIDING, Family, by_gguf_arch, gguf_architectures
+from ..roles import GROUPS, ROLE_TABLE, group_of
+from ..spec import GemmaSpec
 from .common import MAX_LAYERS
 # The container (header, limits, raw reads) and the vocabulary live in their own modules; the names other
 # modules and tests know are re-exported here.
@@ -37,31 +40,39 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _read_raw = read_raw  # the name tests know
 
-ARCHITECTURES = ("gemma", "gemma2", "gemma3")  # general.architecture; the same words as our families
 
 # ----------------------------------------------------------------------------- names
-# canonical role -> GGUF tensor name, as llama.cpp names them for MODEL_ARCH.GEMMA/GEMMA2/GEMMA3
-# (gguf.constants.TENSOR_NAMES + ".weight"). The pre-FFN norm is `ffn_norm` in every Gemma arch; the trap
-# is on the HF side, where Gemma 1 calls that norm `post_attention_layernorm` (canonical names already
-# resolved it). Gemma 2/3's post-attention norm is `post_attention_norm`, the post-FFN norm `post_ffw_norm`.
-GGUF_NAMES: dict[str, str] = {
-    "embed": "token_embd.weight",
-    "final_norm": "output_norm.weight",
-    "lm_head": "output.weight",
-    "attn_norm": "blk.{i}.attn_norm.weight",
-    "post_attn_norm": "blk.{i}.post_attention_norm.weight",
-    "ffn_norm": "blk.{i}.ffn_norm.weight",
-    "post_ffn_norm": "blk.{i}.post_ffw_norm.weight",
-    "q": "blk.{i}.attn_q.weight",
-    "k": "blk.{i}.attn_k.weight",
-    "v": "blk.{i}.attn_v.weight",
-    "o": "blk.{i}.attn_output.weight",
-    "q_norm": "blk.{i}.attn_q_norm.weight",
-    "k_norm": "blk.{i}.attn_k_norm.weight",
-    "gate": "blk.{i}.ffn_gate.weight",
-    "up": "blk.{i}.ffn_up.weight",
-    "down": "blk.{i}.ffn_down.weight",
+# canonical role -> the gguf package's MODEL_TENSOR member: llama.cpp's own table (gguf.constants), whose
+# TENSOR_NAMES give the GGUF names ("blk.{bid}.attn_q" -> "blk.{i}.attn_q.weight"). The pre-FFN norm is
+# FFN_PRE_NORM in the Gemma 2/3 tables and FFN_NORM in Gemma 1's, both spelled `blk.N.ffn_norm`; the trap is on
+# the HF side, where Gemma 1 calls that norm `post_attention_layernorm` (canonical names already resolved it).
+ROLE_TENSORS: dict[str, MODEL_TENSOR] = {
+    "embed": MODEL_TENSOR.TOKEN_EMBD,
+    "final_norm": MODEL_TENSOR.OUTPUT_NORM,
+    "lm_head": MODEL_TENSOR.OUTPUT,
+    "attn_norm": MODEL_TENSOR.ATTN_NORM,
+    "post_attn_norm": MODEL_TENSOR.ATTN_POST_NORM,
+    "ffn_norm": MODEL_TENSOR.FFN_PRE_NORM,
+    "post_ffn_norm": MODEL_TENSOR.FFN_POST_NORM,
+    "q": MODEL_TENSOR.ATTN_Q,
+    "k": MODEL_TENSOR.ATTN_K,
+    "v": MODEL_TENSOR.ATTN_V,
+    "o": MODEL_TENSOR.ATTN_OUT,
+    "q_norm": MODEL_TENSOR.ATTN_Q_NORM,
+    "k_norm": MODEL_TENSOR.ATTN_K_NORM,
+    "gate": MODEL_TENSOR.FFN_GATE,
+    "up": MODEL_TENSOR.FFN_UP,
+    "down": MODEL_TENSOR.FFN_DOWN,
 }
+
+
+def tensor_name_template(tensor: MODEL_TENSOR) -> str:
+    """The GGUF name of a weight as llama.cpp's table spells it, `{i}` for the layer."""
+    return TENSOR_NAMES[tensor].replace("{bid}", "{i}") + ".weight"
+
+
+# canonical role -> GGUF tensor name template, derived from gguf's table
+GGUF_NAMES: dict[str, str] = {role: tensor_name_template(t) for role, t in ROLE_TENSORS.items()}
 # The reverse, derived: GGUF name -> (role, layer).
 _GGUF_PATTERNS = compile_names(GGUF_NAMES)
 
@@ -80,30 +91,36 @@ def canonical_of(name: str) -> str | None:
 
 
 # ----------------------------------------------------------------------------- llama.cpp's implicit values
-# GGUF does not store query_pre_attn_scalar. llama.cpp (llama_model::load_hparams) recognises the 27B models
-# by their layer count and scales queries by 1/sqrt(d/H) there, by 1/sqrt(head_dim) everywhere else.
-LLAMA_CPP_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
-# llama.cpp hard-codes the sliding-window layout (set_swa_pattern) and Gemma 3's local RoPE.
-LLAMA_CPP_GEMMA3_LOCAL_ROPE_BASE = 10000.0
-LLAMA_CPP_GEMMA2_DEFAULTS = {"sliding_window": 4096, "attn_logit_softcapping": 50.0,
-                             "final_logit_softcapping": 30.0}
+# What llama.cpp fills in per architecture is in the family rows (families.GGUFIds): its defaults for absent
+# keys, the layer count by which it recognises the 27B model, the local RoPE it hard-codes; the sliding-window
+# layout it hard-codes (set_swa_pattern) is the family's layer pattern.
+LLAMA_CPP_ROPE_BASE = 10000.0  # rope.freq_base when the file has none
 
 
-def llama_cpp_query_scalar(family: str, num_layers: int, hidden: int, heads: int,
+def _title(row: Family) -> str:
+    """The family's name in messages: 'Gemma 3 (text)' -> 'Gemma 3'."""
+    return row.title.split(" (")[0]
+
+
+def llama_cpp_query_scalar(arch: str, num_layers: int, hidden: int, heads: int,
                            head_dim: int) -> tuple[int, str]:
-    """(query_pre_attn_scalar llama.cpp uses, why) for a Gemma GGUF of this shape."""
-    if LLAMA_CPP_27B_LAYERS.get(family) == num_layers:
+    """(query_pre_attn_scalar llama.cpp uses, why) for a Gemma GGUF of this shape. GGUF does not store it:
+    llama.cpp (llama_model::load_hparams) recognises the 27B models by their layer count and scales queries by
+    1/sqrt(d/H) there, by 1/sqrt(head_dim) everywhere else."""
+    row = by_gguf_arch(arch)
+    if row is not None and row.gguf.big_model_layers == num_layers:  # type: ignore[union-attr]
         return hidden // heads, (f"{num_layers} layers mark the 27B model, which scales queries by "
                                  f"hidden_size/num_heads = {hidden}/{heads}")
     return head_dim, "head_dim"
 
 
-def llama_cpp_layer_types(family: str, num_layers: int) -> tuple[str, ...]:
-    if family == "gemma2":
-        return gemma2_layer_types(num_layers)
-    if family == "gemma3":
-        return gemma3_layer_types(num_layers)
-    return (FULL,) * num_layers
+def llama_cpp_layer_types(arch: str, num_layers: int) -> tuple[str, ...]:
+    row = by_gguf_arch(arch)
+    return (FULL,) * num_layers if row is None else row.layer_types(num_layers)
+
+
+def _short(v: float) -> str:
+    return f"{v:g}".replace("e+0", "e").replace("e+", "e")  # 1000000.0 -> 1e6
 
 
 # ----------------------------------------------------------------------------- metadata -> spec
@@ -116,9 +133,11 @@ def spec_from_metadata(header: Header, path: str) -> tuple[GemmaSpec, list[str],
     arch = header.metadata.get("general.architecture")
     if not isinstance(arch, str):
         raise InputError(path, "metadata 'general.architecture' is missing or not a string")
-    if arch not in ARCHITECTURES:
+    row = by_gguf_arch(arch)
+    if row is None or row.gguf is None:
         raise UnsupportedError(f"{path}: GGUF architecture {arch!r} is not a Gemma; supported: "
-                               f"{', '.join(ARCHITECTURES)}")
+                               f"{', '.join(gguf_architectures())}")
+    ids, rules = row.gguf, row.rules
     m = Meta(header, path, arch)
     notes: list[str] = []
     assumed: set[str] = set()
@@ -147,11 +166,13 @@ def spec_from_metadata(header: Header, path: str) -> tuple[GemmaSpec, list[str],
                                f"{embed.name} has {embed.shape[0]} rows")
 
     # RoPE: one base (llama.cpp's default 10000), optional linear scaling.
-    rope_base = m.number(K.Rope.FREQ_BASE, 10000.0)
+    rope_base = m.number(K.Rope.FREQ_BASE, LLAMA_CPP_ROPE_BASE)
     if not m.has(K.Rope.FREQ_BASE):
         assumed.add("rope_theta")
-        if arch == "gemma3":
-            notes.append("rope.freq_base is absent: llama.cpp uses 10000 for the global layers (Gemma 3 trains 1e6)")
+        trained = row.defaults.get("rope_theta", LLAMA_CPP_ROPE_BASE)
+        if trained != LLAMA_CPP_ROPE_BASE:
+            notes.append(f"rope.freq_base is absent: llama.cpp uses {_short(LLAMA_CPP_ROPE_BASE)} for the global "
+                         f"layers ({_title(row)} trains {_short(trained)})")
     factor = m.number(K.Rope.SCALING_FACTOR, None)
     if factor is None:
         factor = m.number("{arch}.rope.scale_linear", None)  # the older spelling llama.cpp still reads
@@ -163,16 +184,16 @@ def spec_from_metadata(header: Header, path: str) -> tuple[GemmaSpec, list[str],
     if factor <= 0:
         raise InputError(path, f"metadata rope scaling factor must be positive, got {factor}")
 
-    fields: dict[str, Any] = {}
-    if arch == "gemma":
-        fields.update(norm_placement="pre", qk_norm=False, query_pre_attn_scalar=head_dim,
-                      rope_local_theta=None, rope_local_scaling_factor=factor)
-    else:
-        qps, why = llama_cpp_query_scalar(arch, n_layers, hidden, heads, head_dim)
+    fields: dict[str, Any] = dict(norm_placement=rules.norm_placement, qk_norm=rules.qk_norm,
+                                  activation=rules.activation)
+    qps, why = llama_cpp_query_scalar(arch, n_layers, hidden, heads, head_dim)
+    if ids.big_model_layers is not None:  # the scale follows the model's size: an inference worth saying
         notes.append(f"query_pre_attn_scalar is not stored in GGUF; inferred as llama.cpp does: {qps} ({why})")
         assumed.add("query_pre_attn_scalar")
+    layer_types = row.layer_types(n_layers)
+    optional: list[tuple[str, str, str]] = []  # (llama.cpp's key, spec field, metadata key) it reads
+    if row.windowed:
         pattern_key = m.key(K.Attention.SLIDING_WINDOW_PATTERN)
-        layer_types = llama_cpp_layer_types(arch, n_layers)
         if pattern_key not in header.metadata:
             assumed.add("layer_types")  # llama.cpp hard-codes the layout per architecture
         else:  # newer files may spell the layout out
@@ -180,43 +201,35 @@ def spec_from_metadata(header: Header, path: str) -> tuple[GemmaSpec, list[str],
             if isinstance(pat, np.ndarray) and pat.dtype == bool and pat.size == n_layers:
                 layer_types = tuple(SLIDING if s else FULL for s in pat.tolist())
             elif isinstance(pat, int) and not isinstance(pat, bool) and pat > 0:
-                layer_types = gemma3_layer_types(n_layers, pat)
+                layer_types = row.layer_types(n_layers, pat)
             else:
                 raise InputError(path, f"metadata {pattern_key!r} must be a positive integer or "
                                        f"{n_layers} booleans")
-        if arch == "gemma2":
-            sliding = m.integer(K.Attention.SLIDING_WINDOW, LLAMA_CPP_GEMMA2_DEFAULTS["sliding_window"])
-            attn_cap = m.number(K.LLM.ATTN_LOGIT_SOFTCAPPING, LLAMA_CPP_GEMMA2_DEFAULTS["attn_logit_softcapping"])
-            final_cap = m.number(K.LLM.FINAL_LOGIT_SOFTCAPPING, LLAMA_CPP_GEMMA2_DEFAULTS["final_logit_softcapping"])
-            for key, field, suffix in (("sliding_window", "sliding_window", K.Attention.SLIDING_WINDOW),
-                                       ("attn_logit_softcapping", "attention_logit_softcap",
-                                        K.LLM.ATTN_LOGIT_SOFTCAPPING),
-                                       ("final_logit_softcapping", "final_logit_softcap",
-                                        K.LLM.FINAL_LOGIT_SOFTCAPPING)):
-                if not m.has(suffix):
-                    assumed.add(field)
-                    notes.append(f"{m.key(suffix)} is absent: llama.cpp's default "
-                                 f"{LLAMA_CPP_GEMMA2_DEFAULTS[key]} is used")
-            # Gemma 2 uses one RoPE everywhere.
-            fields.update(rope_local_theta=None, rope_local_scaling_factor=factor)
-        else:
-            sliding = m.integer(K.Attention.SLIDING_WINDOW)
-            attn_cap = None
-            final_cap = m.number(K.LLM.FINAL_LOGIT_SOFTCAPPING, None)
-            # llama.cpp hard-codes Gemma 3's local layers: base 10000, no scaling; the stored base and
-            # scaling belong to the global layers.
-            fields.update(rope_local_theta=LLAMA_CPP_GEMMA3_LOCAL_ROPE_BASE, rope_local_scaling_factor=1.0)
-            assumed.update({"rope_local_theta", "rope_local_scaling_factor"})
-        fields.update(norm_placement="pre+post", qk_norm=arch == "gemma3", query_pre_attn_scalar=qps,
-                      sliding_window=sliding, layer_types=layer_types, attention_logit_softcap=attn_cap,
-                      final_logit_softcap=final_cap)
+        optional.append(("sliding_window", "sliding_window", K.Attention.SLIDING_WINDOW))
+    optional += [(key, field, suffix) for key, field, suffix in (
+        ("attn_logit_softcapping", "attention_logit_softcap", K.LLM.ATTN_LOGIT_SOFTCAPPING),
+        ("final_logit_softcapping", "final_logit_softcap", K.LLM.FINAL_LOGIT_SOFTCAPPING)) if key in ids.defaults]
+    fields.update(sliding_window=None, attention_logit_softcap=None, final_logit_softcap=None)
+    for key, field, suffix in optional:
+        default = ids.defaults.get(key)  # None and absent: no such setting (the sliding window: required)
+        fields[field] = m.integer(suffix, default) if field == "sliding_window" else m.number(suffix, default)
+        if default is not None and not m.has(suffix):
+            assumed.add(field)
+            notes.append(f"{m.key(suffix)} is absent: llama.cpp's default {default} is used")
+    if ids.local_rope is not None:
+        # llama.cpp hard-codes the local layers' RoPE; the stored base and scaling belong to the global layers.
+        fields.update(rope_local_theta=ids.local_rope[0], rope_local_scaling_factor=ids.local_rope[1])
+        assumed.update({"rope_local_theta", "rope_local_scaling_factor"})
+    else:  # one RoPE everywhere
+        fields.update(rope_local_theta=None, rope_local_scaling_factor=factor)
+    fields.update(query_pre_attn_scalar=qps, layer_types=layer_types)
 
     tok = Meta(header, path, arch)
     assumed.update(f for f, key in (("bos_token_id", K.Tokenizer.BOS_ID), ("eos_token_id", K.Tokenizer.EOS_ID),
                                     ("pad_token_id", K.Tokenizer.PAD_ID)) if key not in header.metadata)
     try:
         spec = GemmaSpec(
-            family=arch,
+            family=row.key,
             vocab_size=embed.shape[0],
             hidden_size=hidden,
             num_layers=n_layers,
@@ -224,7 +237,6 @@ def spec_from_metadata(header: Header, path: str) -> tuple[GemmaSpec, list[str],
             num_key_value_heads=kv_heads,
             head_dim=head_dim,
             intermediate_size=m.integer(K.LLM.FEED_FORWARD_LENGTH),
-            activation="gelu_tanh",
             tied_embeddings=not any(t.name == GGUF_NAMES["lm_head"] for t in header.tensors),
             rope_theta=rope_base,
             rope_scaling_factor=factor,
@@ -260,10 +272,18 @@ class QuantizedTensorRef(TensorRef):
     blocks: Callable[[int], Any] | None = None
 
 
-def _minus_one(a: np.ndarray, sign: int = 1) -> np.ndarray:
-    """a - 1 (the reader) or a + 1 (sign -1, the writer) in float32: llama.cpp's norm offset."""
-    with np.errstate(invalid="ignore"):  # a signalling NaN stays NaN, without a RuntimeWarning on stderr
-        return a - np.float32(sign)
+# llama.cpp applies a Gemma norm as x * stored, so it stores 1 + w where the family's layer computes (1 + w):
+# canonical w is zero-centred. Both ways in float32; a signalling NaN stays NaN, without a RuntimeWarning.
+def from_llama_cpp_norm(stored: np.ndarray) -> np.ndarray:
+    """w from llama.cpp's stored 1 + w (the reader)."""
+    with np.errstate(invalid="ignore"):
+        return stored - np.float32(1)
+
+
+def to_llama_cpp_norm(w: np.ndarray) -> np.ndarray:
+    """1 + w as llama.cpp stores a Gemma norm weight (the writer)."""
+    with np.errstate(invalid="ignore"):
+        return w + np.float32(1)
 
 
 def _tensor_ref(path: str, canonical: str, role: str, info: TensorInfo) -> TensorRef:
@@ -271,7 +291,7 @@ def _tensor_ref(path: str, canonical: str, role: str, info: TensorInfo) -> Tenso
     if role in NORM_ROLES:
         # llama.cpp stores Gemma norms as 1 + w (q/k norms included); canonical w is zero-centred.
         return TensorRef(name=canonical, shape=info.shape, dtype="float32", nbytes=info.nbytes, origin=origin,
-                         loader=lambda: _minus_one(load_float32(path, info)))
+                         loader=lambda: from_llama_cpp_norm(load_float32(path, info)))
     chunks = lambda size: iter_bytes(path, info.start, info.nbytes, size)  # noqa: E731 - raw stored bytes
     if info.type_name in FLOAT_TYPES:  # stored row-major [out, in]: the canonical layout, byte for byte
         return TensorRef(name=canonical, shape=info.shape, dtype=FLOAT_TYPES[info.type_name], nbytes=info.nbytes,
@@ -284,24 +304,20 @@ def _tensor_ref(path: str, canonical: str, role: str, info: TensorInfo) -> Tenso
 
 
 # ----------------------------------------------------------------------------- quantization summary
-QUANT_GROUPS: tuple[tuple[str, frozenset[str]], ...] = (
-    ("embedding", frozenset({"embed"})),
-    ("attention", frozenset({"q", "k", "v", "o"})),
-    ("feedforward", frozenset({"gate", "up", "down"})),
-    ("norms", NORM_ROLES),
-    ("output", frozenset({"lm_head"})),
-)
+# (group, its roles) in the order the summary lists them, from the role table
+QUANT_GROUPS: tuple[tuple[str, frozenset[str]], ...] = tuple(
+    (g, frozenset(k for k in ROLE_TABLE if group_of(k) == g)) for g in GROUPS)
 
 
 def quantization_stats(tensors: list[tuple[str, str, int, int]], file_type: str | None = None) -> dict[str, Any]:
     """Storage types and bits per weight per tensor group, from (role, GGML type, parameters, stored bytes)
     per tensor: {"file_type", "bits_per_weight", "groups": [{"group", "types": {type: tensors}, "parameters",
     "bytes", "bits_per_weight"}]}."""
-    group_of = {role: g for g, roles in QUANT_GROUPS for role in roles}
+    group_by_role = {role: g for g, roles in QUANT_GROUPS for role in roles}
     order = [g for g, _ in QUANT_GROUPS] + ["other"]
     acc: dict[str, dict[str, Any]] = {}
     for role, type_name, numel, nbytes in tensors:
-        a = acc.setdefault(group_of.get(role, "other"), {"types": {}, "parameters": 0, "bytes": 0})
+        a = acc.setdefault(group_by_role.get(role, "other"), {"types": {}, "parameters": 0, "bytes": 0})
         a["types"][type_name] = a["types"].get(type_name, 0) + 1
         a["parameters"] += numel
         a["bytes"] += nbytes
@@ -360,39 +376,48 @@ def read(path: str) -> Checkpoint:
 
 
 # ----------------------------------------------------------------------------- writing
-def _check_expressible(spec: GemmaSpec, options: "WriteOptions") -> None:
+def _check_expressible(spec: GemmaSpec, options: "WriteOptions") -> Family:
     """GGUF (as llama.cpp reads it) leaves several Gemma settings implicit. Refuse what it would get wrong,
-    unless --force, which writes the file and says what llama.cpp will do instead."""
-    if spec.family not in ARCHITECTURES:
+    unless --force, which writes the file and says what llama.cpp will do instead. Returns the family's row."""
+    row = FAMILY_TABLE.get(spec.family)
+    if row is None or row.gguf is None:
         raise UnsupportedError(f"{spec.family} checkpoints cannot be written as a Gemma GGUF")
+    ids, r = row.gguf, row.rules
     problems: list[str] = []
-    family_layout = ("pre" if spec.family == "gemma" else "pre+post", spec.family == "gemma3")
-    if (spec.norm_placement, spec.qk_norm) != family_layout or spec.norm_offset != 1 \
-            or not spec.scale_embeddings or spec.activation != "gelu_tanh" or spec.norm_kind != "rmsnorm":
+    if (spec.norm_placement, spec.qk_norm, spec.norm_offset, spec.scale_embeddings, spec.activation) != \
+            (r.norm_placement, r.qk_norm, r.norm_offset, r.scale_embeddings, r.activation) \
+            or spec.norm_kind != "rmsnorm":
         raise UnsupportedError(f"this {spec.family} checkpoint deviates from its family's layout (norms, "
                                f"activation or embedding scale): llama.cpp's {spec.family} graph cannot run it")
-    qps, why = llama_cpp_query_scalar(spec.family, spec.num_layers, spec.hidden_size, spec.num_attention_heads,
+    qps, why = llama_cpp_query_scalar(ids.arch, spec.num_layers, spec.hidden_size, spec.num_attention_heads,
                                       spec.head_dim)
-    if spec.family != "gemma" and spec.query_pre_attn_scalar != qps:
-        problems.append(f"query_pre_attn_scalar is {spec.query_pre_attn_scalar}, but GGUF cannot store it and "
-                        f"llama.cpp will use {qps} ({why})")
-    if spec.family == "gemma" and spec.query_pre_attn_scalar != spec.head_dim:
-        problems.append(f"query_pre_attn_scalar {spec.query_pre_attn_scalar} != head_dim: llama.cpp's Gemma 1 "
-                        f"uses head_dim")
-    if tuple(spec.layer_types) != llama_cpp_layer_types(spec.family, spec.num_layers):
+    if spec.query_pre_attn_scalar != qps:
+        if ids.big_model_layers is not None:
+            problems.append(f"query_pre_attn_scalar is {spec.query_pre_attn_scalar}, but GGUF cannot store it and "
+                            f"llama.cpp will use {qps} ({why})")
+        else:
+            problems.append(f"query_pre_attn_scalar {spec.query_pre_attn_scalar} != head_dim: llama.cpp's "
+                            f"{_title(row)} uses head_dim")
+    if tuple(spec.layer_types) != llama_cpp_layer_types(ids.arch, spec.num_layers):
         problems.append("the sliding-window layout differs from the one llama.cpp hard-codes for "
                         f"{spec.family}")
-    if spec.family == "gemma":
-        if spec.attention_logit_softcap or spec.final_logit_softcap or spec.sliding_window:
-            problems.append("Gemma 1 in llama.cpp has no soft caps and no sliding window")
-    if spec.family == "gemma2" and (spec.attention_logit_softcap is None or spec.final_logit_softcap is None):
-        problems.append("llama.cpp always soft-caps Gemma 2 (50 / 30 when unset); this checkpoint has no cap")
-    if spec.family == "gemma3":
-        if spec.attention_logit_softcap is not None:
-            problems.append("llama.cpp's Gemma 3 has no attention-logit soft cap")
-        if spec.local_rope_theta != LLAMA_CPP_GEMMA3_LOCAL_ROPE_BASE or spec.rope_local_scaling_factor != 1.0:
-            problems.append(f"llama.cpp hard-codes Gemma 3's local RoPE (base 10000, no scaling); this "
-                            f"checkpoint has base {spec.local_rope_theta}, scaling {spec.rope_local_scaling_factor}")
+    caps = (("attn_logit_softcapping", spec.attention_logit_softcap, "attention-logit soft cap"),
+            ("final_logit_softcapping", spec.final_logit_softcap, "final-logit soft cap"))
+    unread = [what for key, value, what in caps if key not in ids.defaults and value is not None]
+    if not row.windowed and spec.sliding_window:
+        unread.append("sliding window")
+    if unread:
+        problems.append(f"llama.cpp's {_title(row)} has no " + " and no ".join(unread))
+    forced = [(ids.defaults[key], value) for key, value, _ in caps if ids.defaults.get(key) is not None]
+    if any(value is None for _, value in forced):
+        problems.append(f"llama.cpp always soft-caps {_title(row)} ({' / '.join(f'{d:g}' for d, _ in forced)} when "
+                        f"unset); this checkpoint has no cap")
+    if ids.local_rope is not None:
+        base, scaling = ids.local_rope
+        if (spec.local_rope_theta, spec.rope_local_scaling_factor) != (base, scaling):
+            problems.append(f"llama.cpp hard-codes {_title(row)}'s local RoPE (base {base:g}, "
+                            f"{'no scaling' if scaling == 1 else f'scaling {scaling:g}'}); this checkpoint has base "
+                            f"{spec.local_rope_theta}, scaling {spec.rope_local_scaling_factor}")
     elif spec.local_rope_theta != spec.rope_theta or spec.rope_local_scaling_factor != spec.rope_scaling_factor:
         problems.append(f"llama.cpp's {spec.family} uses one RoPE for every layer")
     if problems:
@@ -400,6 +425,7 @@ def _check_expressible(spec: GemmaSpec, options: "WriteOptions") -> None:
             raise UnsupportedError("GGUF cannot express this checkpoint faithfully: " + "; ".join(problems)
                                    + " (use --force to write it anyway)")
         options.notes.extend(f"--force: {p}" for p in problems)
+    return row
 
 
 @dataclass
@@ -460,7 +486,7 @@ def _plan_tensor(ref: TensorRef, role: str, layer: int | None, options: "WriteOp
     if role in NORM_ROLES:
         # llama.cpp applies Gemma norms as x * w, so it stores 1 + w, always in float32.
         return _Planned(name, shape, Q.F32, nbytes(Q.F32),
-                        lambda: _minus_one(ref.load().astype(np.float32), -1))
+                        lambda: to_llama_cpp_norm(ref.load().astype(np.float32)))
     want = options.dtype
     src_quant = isinstance(ref, QuantizedTensorRef) and ref.blocks is not None and ref.dtype in Q.__members__
     if want == "keep":
@@ -528,7 +554,7 @@ def write(ckpt: Checkpoint, dest: str, options: "WriteOptions", progress: Callab
     from pathlib import Path
 
     spec = ckpt.spec
-    _check_expressible(spec, options)
+    row = _check_expressible(spec, options)
     plan_notes: set[str] = set()
     plans = []
     for name, ref in ckpt.tensors.items():
@@ -538,7 +564,7 @@ def write(ckpt: Checkpoint, dest: str, options: "WriteOptions", progress: Callab
         plans.append(_plan_tensor(ref, parsed[0], parsed[1], options, plan_notes))
     options.notes.extend(sorted(plan_notes))
 
-    w = gguf.GGUFWriter(path=None, arch=spec.family)
+    w = gguf.GGUFWriter(path=None, arch=row.gguf.arch)  # type: ignore[union-attr]
     w.add_name(spec.name or os.path.basename(os.path.normpath(ckpt.source)))
     w.add_vocab_size(spec.vocab_size)  # llama.cpp counts the tokens; transformers needs this without a tokenizer
     w.add_context_length(spec.max_position_embeddings)
@@ -550,11 +576,11 @@ def write(ckpt: Checkpoint, dest: str, options: "WriteOptions", progress: Callab
     w.add_key_length(spec.head_dim)
     w.add_value_length(spec.head_dim)
     w.add_layer_norm_rms_eps(spec.rms_norm_eps)
-    w.add_rope_freq_base(spec.rope_theta)  # Gemma 3: the global layers' base; local is hard-coded 10000
+    w.add_rope_freq_base(spec.rope_theta)  # with a hard-coded local RoPE (Gemma 3): the global layers' base
     if spec.rope_scaling_factor != 1.0:
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(spec.rope_scaling_factor)
-    if spec.family in ("gemma2", "gemma3") and spec.sliding_window:
+    if row.windowed and spec.sliding_window:
         w.add_sliding_window(spec.sliding_window)
     if spec.attention_logit_softcap is not None:
         w.add_attn_logit_softcapping(spec.attention_logit_softcap)
