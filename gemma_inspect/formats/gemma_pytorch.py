@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -30,7 +31,10 @@ import numpy as np
 from ..checkpoint import (Checkpoint, TensorRef, canonical_name, check_against_spec, compile_names, expected_tensors,
                           match_name)
 from ..errors import InputError, UnsupportedError
-from ..spec import CARD_NAMES, GemmaSpec, card
+from ..families import FAMILY_TABLE, Family, by_hf_model_type
+from ..families import family as family_row
+from ..roles import role as role_row
+from ..spec import GemmaSpec, card, card_of_shape, make_spec
 from .common import check_member, most_common, read_json_object, safe_child
 # The torch machinery (safe unpickling, zip and legacy containers, storages, the streaming writer) is its own
 # module; the names below are the ones this mapping uses.
@@ -58,11 +62,11 @@ NAMES: dict[str, str] = {
     "up": "model.layers.{i}.mlp.up_proj.weight",
     "down": "model.layers.{i}.mlp.down_proj.weight",
 }
-# Gemma 1's decoder layer calls its pre-FFN norm `post_attention_layernorm` (it has no post-attention norm);
-# None: the family has no such tensor.
-NAME_OVERRIDES: dict[str, dict[str, str | None]] = {
-    "gemma": {"ffn_norm": "model.layers.{i}.post_attention_layernorm.weight", "post_attn_norm": None,
-              "post_ffn_norm": None, "q_norm": None, "k_norm": None},
+# gemma_pytorch's architecture (config.architecture: the family row's `gemma_pytorch` marker) -> its names where
+# they differ from NAMES: Gemma 1's decoder layer calls its pre-FFN norm `post_attention_layernorm` (it has no
+# post-attention norm). Which roles a family has at all follows its rules (roles.PRESENCE).
+NAME_OVERRIDES: dict[str, dict[str, str]] = {
+    "GEMMA_1": {"ffn_norm": "model.layers.{i}.post_attention_layernorm.weight"},
 }
 QKV_ROLES = ("q", "k", "v")
 # The multimodal Gemma3ForMultimodalLM keeps the text embedding under another name.
@@ -73,21 +77,44 @@ VISION_PREFIXES = ("siglip_vision_model.", "mm_soft_embedding_norm.", "mm_input_
 SCALER_SUFFIX = ".weight_scaler"  # int8 checkpoints (quant=True): weight = int8 * scaler[:, None]
 
 
-def names_for(family: str) -> dict[str, str]:
-    """The name table of a family: the shared rows with the family's overrides applied."""
-    merged = {**NAMES, **NAME_OVERRIDES.get(family, {})}
-    return {role: t for role, t in merged.items() if t is not None}
+def _layout(row: Family) -> Any:
+    """What the role table's presence rules read, from the family's rules (gemma_pytorch norms have weights)."""
+    r = row.rules
+    return SimpleNamespace(norm_kind="rmsnorm", norm_placement=r.norm_placement, qk_norm=r.qk_norm,
+                           tied_embeddings=r.tied_embeddings)
+
+
+def names_for(family_key: str) -> dict[str, str]:
+    """The name table of a family: the shared rows with its gemma_pytorch architecture's overrides applied, for
+    the roles its layout has."""
+    row = family_row(family_key)
+    merged = {**NAMES, **NAME_OVERRIDES.get(row.gemma_pytorch or "", {})}
+    return {k: t for k, t in merged.items() if role_row(k).applies(_layout(row))}
 
 
 @functools.lru_cache(maxsize=None)
-def _reverse(family: str) -> list[tuple[str, re.Pattern[str]]]:
-    return compile_names(names_for(family))  # derived, not written twice: gemma_pytorch name -> role
+def _reverse(family_key: str) -> list[tuple[str, re.Pattern[str]]]:
+    return compile_names(names_for(family_key))  # derived, not written twice: gemma_pytorch name -> role
 
 
-def _role_of(name: str, family: str) -> tuple[str, int | None] | None:
+def _suffix(role_key: str) -> str:
+    return NAMES[role_key].rsplit("{i}.", 1)[-1]  # model.layers.{i}.self_attn.query_norm.weight -> self_attn...
+
+
+def _family_of(names: Any) -> Family:
+    """The family whose layout the tensor names show (the file stores no configuration): pre- or post-FFN norms
+    mean sandwich norms (pre+post), query norms then QK-norm; the row of gemma_pytorch's with those rules."""
+    sandwich = any(k.endswith((_suffix("post_ffn_norm"), _suffix("ffn_norm"))) for k in names)
+    qk_norm = sandwich and any(k.endswith(_suffix("q_norm")) for k in names)
+    rows = [f for f in FAMILY_TABLE.values() if f.gemma_pytorch]
+    want = ("pre+post" if sandwich else "pre", qk_norm)
+    return next((f for f in rows if (f.rules.norm_placement, f.rules.qk_norm) == want), rows[0])
+
+
+def _role_of(name: str, family_key: str) -> tuple[str, int | None] | None:
     if name in EMBED_ALIASES:
         return "embed", None
-    found = match_name(_reverse(family), name)
+    found = match_name(_reverse(family_key), name)
     if found is not None:
         return found
     m = re.match(r"^model\.layers\.(\d{1,6})\.self_attn\.qkv_proj\.weight$", name)
@@ -184,41 +211,47 @@ def _ref(canonical: str, tensor: Any, path: str, stored: str, rows: slice | None
 
 
 # ----------------------------------------------------------------------------- shapes -> spec
-MODEL_TYPE = {"gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text"}
-# What shapes cannot tell, when no published model of the same shape exists (HF config spelling).
-FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "gemma": {"max_position_embeddings": 8192, "rope_theta": 10000.0},
-    "gemma2": {"max_position_embeddings": 8192, "sliding_window": 4096, "attn_logit_softcapping": 50.0,
-               "final_logit_softcapping": 30.0, "rope_theta": 10000.0},
-    "gemma3": {"max_position_embeddings": 32768, "sliding_window": 1024, "rope_theta": 1_000_000.0,
-               "rope_local_base_freq": 10000.0, "rope_scaling": None, "final_logit_softcapping": None,
-               "attn_logit_softcapping": None},
-}
 DEFAULT_HEAD_DIM = 256  # every published Gemma but the Gemma 2/3 27B models (128)
 
 
 def _card_config(spec: GemmaSpec) -> dict[str, Any]:
-    """The values of a built-in card that shapes cannot tell, in HF config spelling."""
+    """The values of a spec that shapes cannot tell, in HF config spelling (the keys the family's config has)."""
+    hf = family_row(spec.family).hf
     cfg: dict[str, Any] = {"head_dim": spec.head_dim, "max_position_embeddings": spec.max_position_embeddings,
                            "rope_theta": spec.rope_theta}
-    if spec.family != "gemma":
+    if hf is not None and hf.windowed_keys:
         cfg.update(query_pre_attn_scalar=spec.query_pre_attn_scalar, sliding_window=spec.sliding_window,
                    attn_logit_softcapping=spec.attention_logit_softcap,
                    final_logit_softcapping=spec.final_logit_softcap)
-    if spec.family == "gemma3":
+    if hf is not None and hf.rope == "per_layer_type":
         cfg["rope_local_base_freq"] = spec.local_rope_theta
         if spec.rope_scaling_factor != 1.0:
             cfg["rope_scaling"] = {"rope_type": "linear", "factor": spec.rope_scaling_factor}
     return cfg
 
 
-def _matching_card(family: str, hidden: int, layers: int, ffn: int, q_out: int, kv_out: int) -> str | None:
-    for name in CARD_NAMES:
-        c = card(name)
-        if (c.family, c.hidden_size, c.num_layers, c.intermediate_size) == (family, hidden, layers, ffn) and \
-                c.num_attention_heads * c.head_dim == q_out and c.num_key_value_heads * c.head_dim == kv_out:
-            return name
-    return None
+def _family_config(row: Family) -> dict[str, Any]:
+    """What shapes cannot tell, from the family's row (its defaults and rules, as make_spec applies them), in HF
+    config spelling, for a checkpoint of no published shape. head_dim: DEFAULT_HEAD_DIM, unless the query norm's
+    shape tells it; query_pre_attn_scalar follows head_dim (set by the caller)."""
+    spec = make_spec(row.key, vocab_size=1, hidden_size=1, num_layers=1, num_attention_heads=1, num_key_value_heads=1,
+                     head_dim=DEFAULT_HEAD_DIM, intermediate_size=1)  # sizes: placeholders, not read
+    cfg = _card_config(spec)
+    cfg.pop("query_pre_attn_scalar", None)
+    if row.rules.qk_norm:
+        cfg.pop("head_dim")
+    if row.hf is not None and row.hf.rope == "per_layer_type":
+        cfg.setdefault("rope_scaling", None)  # none: said, since a published model of the family may scale
+    return cfg
+
+
+def _matching_card(family_key: str, hidden: int, layers: int, ffn: int, q_out: int, kv_out: int) -> str | None:
+    """The published model of this family and shape (query and key/value widths included), if any."""
+    name = card_of_shape(family_key, hidden_size=hidden, num_layers=layers, intermediate_size=ffn)
+    if name is None:
+        return None
+    c = card(name)
+    return name if (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim) == (q_out, kv_out) else None
 
 
 def _side_config(path: str) -> tuple[dict[str, Any], str | None]:
@@ -254,10 +287,14 @@ def _spec(family: str, shapes: dict[str, tuple[int, ...]], dtype: str, path: str
         return spec, frozenset()
 
     side, side_path = _side_config(path)
-    if side.get("model_type") not in (None, *MODEL_TYPE.values(), "gemma3"):
+    if side.get("model_type") is not None and by_hf_model_type(side["model_type"]) is None:
         raise InputError(side_path, f"model_type {side.get('model_type')!r} does not match this {family} checkpoint")
     side = {k: v for k, v in side.items() if k != "model_type"}
-    base: dict[str, Any] = {"model_type": MODEL_TYPE[family], "vocab_size": vocab, "hidden_size": hidden,
+    row = family_row(family)
+    hf = row.hf
+    if hf is None:  # pragma: no cover - every family with a gemma_pytorch marker has HF identifiers
+        raise UnsupportedError(f"{family} has no HF configuration to describe it")
+    base: dict[str, Any] = {"model_type": hf.model_type, "vocab_size": vocab, "hidden_size": hidden,
                             "num_hidden_layers": layers, "intermediate_size": ffn,
                             "hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh",
                             "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "dtype": dtype}
@@ -268,9 +305,7 @@ def _spec(family: str, shapes: dict[str, tuple[int, ...]], dtype: str, path: str
         assumed_from = _card_config(card(matched))
         source = f"the published {matched}"
     else:
-        assumed_from = dict(FAMILY_DEFAULTS[family])
-        if family in ("gemma", "gemma2"):
-            assumed_from["head_dim"] = DEFAULT_HEAD_DIM
+        assumed_from = _family_config(row)
         source = f"{family} defaults"
     if qn in shapes:  # Gemma 3's query norm runs over head_dim: the shape tells
         base["head_dim"] = shapes[qn][0]
@@ -283,7 +318,7 @@ def _spec(family: str, shapes: dict[str, tuple[int, ...]], dtype: str, path: str
                                             f"{SIDE_CONFIGS[0]} next to the checkpoint")
     base["num_attention_heads"] = q_out // head_dim
     base["num_key_value_heads"] = kv_out // head_dim
-    if family != "gemma" and "query_pre_attn_scalar" not in assumed_from:
+    if hf.windowed_keys and "query_pre_attn_scalar" not in assumed_from:
         assumed_from["query_pre_attn_scalar"] = head_dim
     cfg = {**base, **assumed_from, **side}
     cfg["head_dim"] = head_dim
@@ -322,9 +357,7 @@ def read(path: str) -> Checkpoint:
             state[k] = (v, f)
     notes: list[str] = []
     ignored: dict[str, tuple[tuple[int, ...], str]] = {}
-    family = "gemma"
-    if any(k.endswith(("post_feedforward_layernorm.weight", "pre_feedforward_layernorm.weight")) for k in state):
-        family = "gemma3" if any(k.endswith("self_attn.query_norm.weight") for k in state) else "gemma2"
+    family = _family_of(state).key
     vision = 0
     dropped = []
     tensors_by_name: dict[str, Any] = {}
@@ -420,7 +453,8 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Callable[[int], N
     from .hf import config_dict
 
     spec = ckpt.spec
-    if not spec.is_gemma:
+    row = FAMILY_TABLE.get(spec.family)
+    if row is None or row.gemma_pytorch is None:
         raise UnsupportedError(f"{spec.family} checkpoints cannot be written as gemma_pytorch")
     if not spec.tied_embeddings:
         raise UnsupportedError("gemma_pytorch always uses the embedding as the output projection; this checkpoint "
