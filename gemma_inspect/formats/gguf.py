@@ -1,12 +1,12 @@
-"""GGUF (llama.cpp, ollama): one file holding metadata, the tokenizer vocabulary and every tensor.
+"""GGUF (llama.cpp, ollama): the Gemma mapping of a file holding metadata, the vocabulary and every tensor.
 
-Reading parses the header with a strict parser of our own (the `gguf` package's GGUFReader needs ~20 s
-for a 262k-token vocabulary, and a crafted count must fail fast, not loop); tensor types, sizes and
-dequantization come from the `gguf` package. Tensors are read lazily: F32/F16/BF16 keep their stored
-dtype, quantized types are dequantized to float32 with `gguf.quants.dequantize`, and norm weights come
-back zero-centred (llama.cpp stores 1 + w). The embedded vocabulary is rebuilt as a SentencePiece model
-on first use. Writing lays out metadata and tensor infos with `gguf.GGUFWriter`, then writes the data
-one tensor at a time.
+The container is gguf_header.py's (a strict parser of our own, raw reads, dequantization with the `gguf`
+package) and the embedded vocabulary gguf_vocab.py's; this module maps them to a Checkpoint and back. Tensor
+names come from the `gguf` package's tables (llama.cpp's), one role -> MODEL_TENSOR row each; what llama.cpp
+leaves implicit per architecture comes from the family rows (families.GGUFIds). Tensors are read lazily:
+F32/F16/BF16 keep their stored dtype, quantized types are dequantized to float32, and norm weights come back
+zero-centred (llama.cpp stores 1 + w). Writing lays out metadata and tensor infos with `gguf.GGUFWriter`, then
+writes the data one tensor at a time.
 """
 
 from __future__ import annotations
