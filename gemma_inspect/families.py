@@ -87,7 +87,9 @@ class GGUFIds:
     """How llama.cpp spells the family, and what it fills in when the file does not say."""
 
     arch: str  # general.architecture
-    defaults: dict[str, Any] = field(default_factory=dict)  # values llama.cpp uses when a key is absent
+    # What llama.cpp uses when a key is absent (None: nothing). A soft cap (attn_/final_logit_softcapping) not
+    # listed is never read for this arch; sliding_window is read on windowed families, required unless listed.
+    defaults: dict[str, Any] = field(default_factory=dict)
     big_model_layers: int | None = None  # the layer count by which llama.cpp recognises the 27B model
     local_rope: tuple[float, float] | None = None  # (base, scaling) llama.cpp hard-codes on sliding layers
 
@@ -181,7 +183,9 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
                                           use_bidirectional_attention=False, is_embedding_model=False,
                                           pooling_intermediate_dim=None, embedding_dim=None),
                        vision_tokens=("<img>", "<start_of_image>", "<end_of_image>")),
-        gguf=GGUFIds("gemma3", big_model_layers=62, local_rope=(10_000.0, 1.0)),
+        # llama.cpp reads Gemma 3's final soft cap when present (absent: none); it never reads an attention cap.
+        gguf=GGUFIds("gemma3", defaults={"final_logit_softcapping": None}, big_model_layers=62,
+                     local_rope=(10_000.0, 1.0)),
         gemma_pytorch="GEMMA_3"),
     # Peers for the side-by-side table: SwiGLU, no norm offset, no embedding scale, untied output.
     Family("llama", "Llama 2", False, _PEER_RULES, (FULL,), _PEER_DEFAULTS),

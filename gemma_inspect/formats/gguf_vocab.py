@@ -1,0 +1,212 @@
+"""The vocabulary a GGUF embeds (tokenizer.ggml.*), both ways: rebuilt as a SentencePiece model on first use when
+reading, written from the source's SentencePiece model when writing, as llama.cpp's converter writes it."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from ..errors import InputError, UnsupportedError
+from ..tokenizer import Tokenizer
+from .gguf_header import Header, Meta, StringArray
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..checkpoint import Checkpoint
+    from ..spec import GemmaSpec
+
+
+class _EmbeddedTokenizer(Tokenizer):
+    """The GGUF's vocabulary as a SentencePiece model, built on first use (a 262k vocabulary takes a
+    noticeable fraction of a second, which `summary` should not pay)."""
+
+    _builder: Callable[[], bytes] | None = None
+    _built: bytes | None = None
+
+    @property  # type: ignore[override]
+    def spm_bytes(self) -> bytes | None:
+        if self._built is None and self._builder is not None:
+            self._built = self._builder()
+        return self._built
+
+    @spm_bytes.setter
+    def spm_bytes(self, value: bytes | None) -> None:
+        self._built = value
+
+    @property
+    def has_spm(self) -> bool:
+        return self._builder is not None or self._built is not None
+
+    @cached_property
+    def _spm(self) -> Any:
+        self.spm_bytes  # noqa: B018 - build first, so that a bad vocabulary is reported as itself
+        return Tokenizer._spm.func(self)  # type: ignore[attr-defined]
+
+
+# How llama.cpp's converter (convert_hf_to_gguf.py, _create_vocab_sentencepiece) writes a SentencePiece vocabulary:
+# the model's own piece types (normal 1, unknown 2, control 3, user-defined 4, unused 5, byte 6), then every token
+# of tokenizer_config.json's added_tokens_decoder retyped: CONTROL when it is marked special (Gemma's <unk>,
+# <mask>, <start_of_turn>, <unusedN>, ... all are), USER_DEFINED otherwise with U+2581 written back as a space
+# ("\n\n", "  ", "<table>"), score -1000. tokenizer.ggml.unknown_token_id names the unknown token. Rebuilding the
+# SentencePiece model undoes that: the unknown token is the one the metadata names; a CONTROL token other than
+# bos/eos/pad was a piece SentencePiece matches whole in text (user-defined: Gemma's own model types them so, and
+# llama.cpp, parsing special tokens, and transformers match them whole too); user-defined pieces get U+2581 back.
+_SPACE_PIECE = "\u2581"
+
+
+def sentencepiece_types(tokens: Any, types: np.ndarray, unk: int, special: list[int], notes: list[str]) -> np.ndarray:
+    types = types.copy()
+    retyped = []
+    if types[unk] != 2:
+        retyped.append(f"the unknown token (id {unk}, tokenizer.ggml.unknown_token_id) is typed {int(types[unk])}")
+    others = np.flatnonzero(types == 2)
+    types[others[others != unk]] = 3
+    types[unk] = 2
+    control = np.flatnonzero(types == 3)
+    added = control[~np.isin(control, special)]
+    if len(added):
+        types[added] = 4
+        retyped.append(f"{len(added)} control tokens besides bos/eos/pad (e.g. {tokens[int(added[0])]!r}) become "
+                       f"user-defined pieces, matched whole in text as llama.cpp and transformers match them")
+    if retyped:
+        notes.append("vocabulary read as llama.cpp's converter writes it: " + "; ".join(retyped))
+    return types
+
+
+def sentencepiece_pieces(tokens: Any, types: np.ndarray) -> list[str]:
+    """The pieces, with U+2581 back in user-defined ones (llama.cpp's converter writes it as a space)."""
+    pieces = list(tokens)
+    for i in np.flatnonzero(types == 4).tolist():
+        if " " in pieces[i]:
+            pieces[i] = pieces[i].replace(" ", _SPACE_PIECE)
+    return pieces
+
+
+def embedded_tokenizer(header: Header, path: str, spec: GemmaSpec, notes: list[str]) -> Tokenizer | None:
+    import gguf
+
+    K = gguf.Keys.Tokenizer
+    md = header.metadata
+    model = md.get(K.MODEL)
+    tokens = md.get(K.LIST)
+    if model is None and tokens is None:
+        notes.append("no tokenizer metadata in this GGUF (llama.cpp refuses to load such a file)")
+        return None
+    if model != "llama":
+        notes.append(f"the embedded tokenizer is tokenizer.ggml.model={model!r}, not SentencePiece ('llama'): "
+                     f"it is not converted")
+        return None
+    if not isinstance(tokens, StringArray) or not len(tokens):
+        raise InputError(path, f"metadata {K.LIST!r} must be a non-empty array of strings")
+    n = len(tokens)
+    scores = md.get(K.SCORES)
+    types = md.get(K.TOKEN_TYPE)
+    for key, arr in ((K.SCORES, scores), (K.TOKEN_TYPE, types)):
+        if arr is not None and (not isinstance(arr, np.ndarray) or arr.shape != (n,)):
+            raise InputError(path, f"metadata {key!r} must be an array of {n} numbers, one per token")
+    if scores is None:
+        notes.append("the vocabulary has no scores: merges of the rebuilt SentencePiece model follow id order")
+        scores = -np.arange(n, dtype=np.float32)
+    meta = Meta(header, path, "")
+    types = None if types is None else np.asarray(types, dtype=np.int32)
+    typed_unknown = [] if types is None else np.flatnonzero(types == 2).tolist()
+    unk = meta.integer(K.UNK_ID, typed_unknown[0] if len(typed_unknown) == 1 else (3 if n > 3 else 0), positive=False)
+    if not 0 <= unk < n:
+        raise InputError(path, f"metadata {K.UNK_ID!r} is {unk}, outside the {n}-token vocabulary")
+    special = [i for i in (spec.bos_token_id, spec.eos_token_id, spec.pad_token_id) if 0 <= i < n]
+    if types is None:
+        types = np.full(n, 1, dtype=np.int32)
+        types[special] = 3
+        types[unk] = 2
+    else:
+        types = sentencepiece_types(tokens, types, unk, special, notes)
+    add_prefix = meta.flag(K.ADD_PREFIX, True)
+    if K.ADD_PREFIX not in md:
+        notes.append("tokenizer.ggml.add_space_prefix is absent: llama.cpp's default (true) is used")
+    remove_ws = meta.flag(K.REMOVE_EXTRA_WS, False)
+    if n != spec.vocab_size:
+        notes.append(f"the vocabulary has {n} tokens for {spec.vocab_size} embedding rows")
+    ids = (spec.bos_token_id, spec.eos_token_id, spec.pad_token_id)
+
+    def build() -> bytes:
+        from ..tokenizer import spm_from_pieces
+
+        try:
+            # Gemma's SentencePiece model is BPE; GGUF keeps pieces, scores and types but not the model type.
+            return spm_from_pieces(sentencepiece_pieces(tokens, types), scores.tolist(), types.tolist(),
+                                   model_type="bpe",
+                                   add_dummy_prefix=add_prefix, remove_extra_whitespaces=remove_ws,
+                                   bos_id=ids[0], eos_id=ids[1], pad_id=ids[2])
+        except ValueError as e:
+            raise InputError(path, f"the embedded vocabulary cannot be rebuilt as a SentencePiece model: {e}") from None
+
+    tok = _EmbeddedTokenizer(source=path)
+    tok._builder = build
+    return tok
+
+
+def add_tokenizer(w: Any, ckpt: Checkpoint, notes: list[str]) -> None:
+    """tokenizer.ggml.* from the source's SentencePiece model: pieces, scores and types as they are (llama.cpp's
+    SentencePiece tokenizer works from exactly these), padded with unused tokens up to the embedding rows."""
+    import gguf
+
+    from ..tokenizer import PIECE_UNUSED, PIECE_USER_DEFINED, spm_pieces
+
+    spec = ckpt.spec
+    tok = ckpt.tokenizer
+    if tok is None:
+        notes.append("the source has no tokenizer: the GGUF has no tokenizer metadata, and llama.cpp will refuse "
+                     "to load it (it needs tokenizer.ggml.model, tokens, scores and token types)")
+        return
+    model_bytes, rebuilt = tok.spm_or_rebuilt()
+    if rebuilt:
+        notes.append("rebuilt the SentencePiece vocabulary from tokenizer.json (ids checked equal on the "
+                     "parity texts)")
+    if model_bytes is None:
+        notes.append("the source tokenizer has no SentencePiece model and none could be rebuilt from "
+                     "tokenizer.json: the GGUF has no tokenizer metadata, and llama.cpp will refuse to load it")
+        return
+    try:
+        info = spm_pieces(model_bytes)
+    except ValueError as e:
+        raise InputError(tok.spm_path or tok.source, str(e)) from None
+    pieces, scores, types = info["pieces"], info["scores"], info["types"]
+    if info["precompiled_charsmap"] or info["model_type"] != "bpe":
+        notes.append(f"the SentencePiece model is {info['model_type']} with the {info['normalizer']!r} normalizer; "
+                     f"GGUF keeps neither its model type nor its normalization rules, and llama.cpp tokenizes with "
+                     f"score-ranked merges on unnormalized text: ids can differ from SentencePiece's")
+    if len(pieces) > spec.vocab_size:
+        raise UnsupportedError(f"the tokenizer has {len(pieces)} pieces but the embedding only {spec.vocab_size} "
+                               f"rows: llama.cpp cannot load such a GGUF")
+    if len(pieces) < spec.vocab_size:
+        # As llama.cpp's converter does: one unused token per extra embedding row, so the counts agree.
+        extra = spec.vocab_size - len(pieces)
+        pieces = pieces + [f"[PAD{i}]" for i in range(len(pieces), spec.vocab_size)]
+        scores = scores + [-1000.0] * extra
+        types = types + [PIECE_UNUSED] * extra
+        notes.append(f"the vocabulary has {len(pieces) - extra} pieces for {spec.vocab_size} embedding rows: "
+                     f"{extra} unused [PAD] tokens added")
+    # As llama.cpp's converter writes user-defined pieces: U+2581 as a space, since llama.cpp matches them in the
+    # raw text (the reader turns them back, see sentencepiece_pieces).
+    pieces = [p.replace(_SPACE_PIECE, " ") if t == PIECE_USER_DEFINED else p for p, t in zip(pieces, types)]
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(pieces)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    unk = next((i for i, t in enumerate(types) if t == 2), None)
+    if unk is None:
+        raise InputError(tok.spm_path or tok.source, "the SentencePiece model has no unknown piece (type 2)")
+    w.add_bos_token_id(spec.bos_token_id)
+    w.add_eos_token_id(spec.eos_token_id)
+    w.add_unk_token_id(unk)
+    w.add_pad_token_id(spec.pad_token_id)
+    eot = tok.token_to_id("<end_of_turn>")
+    if eot is not None:
+        w.add_uint32(gguf.Keys.Tokenizer.EOT_ID, eot)
+    w.add_add_bos_token(True)  # Gemma always starts with <bos>
+    w.add_add_eos_token(False)
+    w.add_add_space_prefix(bool(info["add_dummy_prefix"]))
+    if info["remove_extra_whitespaces"]:
+        w.add_bool(gguf.Keys.Tokenizer.REMOVE_EXTRA_WS, True)
