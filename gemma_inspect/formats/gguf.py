@@ -614,7 +614,8 @@ def write(ckpt: Checkpoint, dest: str, options: "WriteOptions", progress: Callab
 
 
 # ----------------------------------------------------------------------------- the format contract (common.FormatInfo)
+from . import gguf_header  # noqa: E402
 from .common import FormatInfo  # noqa: E402
 
 FORMAT = FormatInfo(name="gguf", title="GGUF", description="a .gguf file", stores_quantization=True,
-                    native_runtime=None, magic=MAGIC, file_suffixes=(".gguf",))
+                    native_runtime=None, magic=gguf_header.MAGIC, file_suffixes=(".gguf",))
