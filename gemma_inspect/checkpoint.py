@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .dtypes import FLOAT_DTYPES  # noqa: F401 - re-exported for the readers
 from .errors import InputError
-from .roles import LAYER_ROLES, NORM_ROLES, ROLE_TABLE, ROLES, layer_roles, role_shape  # noqa: F401
+from .roles import LAYER_ROLES, NORM_ROLES, ROLE_TABLE, ROLES, layer_roles, role_shape, top_roles  # noqa: F401
 from .spec import GemmaSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,7 +44,16 @@ def match_name(patterns: list[tuple[str, re.Pattern[str]]], name: str) -> tuple[
     return None
 
 
-_ROLE_PATTERNS = compile_names(ROLES)
+_compiled: tuple[tuple[tuple[str, str], ...], list[tuple[str, re.Pattern[str]]]] = ((), [])
+
+
+def _role_patterns() -> list[tuple[str, re.Pattern[str]]]:
+    """The matchers of the role table, compiled again only when its rows change."""
+    global _compiled
+    key = tuple(ROLES.items())
+    if key != _compiled[0]:
+        _compiled = (key, compile_names(dict(key)))
+    return _compiled[1]
 
 
 def fill_name(template: str, layer: int | None = None) -> str:
@@ -59,19 +68,23 @@ def canonical_name(role: str, layer: int | None = None) -> str:
 
 def parse_canonical(name: str) -> tuple[str, int | None] | None:
     """'model.layers.3.self_attn.q_proj.weight' -> ('q', 3); None for a name that is no role."""
-    return match_name(_ROLE_PATTERNS, name)
+    return match_name(_role_patterns(), name)
 
 
 def expected_tensors(spec: GemmaSpec) -> dict[str, tuple[int, ...]]:
-    """Every canonical tensor a checkpoint of `spec` must hold, with its canonical shape, in file order."""
-    out: dict[str, tuple[int, ...]] = {canonical_name("embed"): role_shape(spec, "embed")}
+    """Every canonical tensor a checkpoint of `spec` must hold, with its canonical shape, in file order: the input
+    embeddings (top-level embedding rows that stand for themselves), every layer's roles, then the other top-level
+    rows (final norm, an untied output) - all as the role table's rows and presence rules say."""
+    top = top_roles(spec)
+    first = [r for r in top if ROLE_TABLE[r].kind == "embedding" and ROLE_TABLE[r].tied_to is None]
+    out: dict[str, tuple[int, ...]] = {canonical_name(r): role_shape(spec, r) for r in first}
+    per_layer = layer_roles(spec)
     for i in range(spec.num_layers):
-        for role in layer_roles(spec):
+        for role in per_layer:
             out[canonical_name(role, i)] = role_shape(spec, role)
-    if spec.norm_kind != "layernorm_nonparametric":
-        out[canonical_name("final_norm")] = role_shape(spec, "final_norm")
-    if not spec.tied_embeddings:
-        out[canonical_name("lm_head")] = role_shape(spec, "lm_head")
+    for r in top:
+        if r not in first:
+            out[canonical_name(r)] = role_shape(spec, r)
     return out
 
 

@@ -5,8 +5,10 @@ spec fields, the kind (norm, linear, embedding), the group it is counted and qua
 and what it is tied to. `expected_tensors`, the parameter breakdown, shape messages and the quantization
 groups are all derived from these rows; the formats map roles to their own names in their own tables.
 
-Templates may hold `{i}` (the layer) and `{e}` (an expert, for families with per-expert tensors). Shapes are
-tuples of dimension names, each one either a spec attribute or one of the products in `DIMENSIONS`.
+Templates may hold `{i}` (the layer). Mixture-of-experts weights are stacked, as transformers and llama.cpp store
+them: such a role's shape starts with the expert count (a spec field), e.g. ("num_experts", "ffn2", "hidden_size").
+Shapes are tuples of dimension names, each one either a spec attribute or one of the products in `DIMENSIONS`;
+a family that needs another product (a per-layer embedding's num_layers x width) adds it there, as a row.
 
 This module is a leaf: it imports nothing from the package (a spec is used through its attributes).
 """
@@ -14,6 +16,7 @@ This module is a leaf: it imports nothing from the package (a spec is used throu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Set as AbstractSet
 from typing import Any, Callable
 
 # Derived dimensions: name -> (how to compute it from a spec, how to explain it in a message).
@@ -42,7 +45,7 @@ PRESENCE: dict[str, Callable[[Any], bool]] = {
 @dataclass(frozen=True)
 class Role:
     key: str
-    template: str  # canonical name; {i} = layer, {e} = expert
+    template: str  # canonical name; {i} = layer
     shape: tuple[str, ...]  # dimension names (spec attributes or DIMENSIONS), outermost first
     kind: str  # "norm" | "linear" | "embedding"
     group: str  # "embedding" | "output" | "attention" | "feedforward" | "norms"
@@ -52,10 +55,6 @@ class Role:
     @property
     def per_layer(self) -> bool:
         return "{i}" in self.template
-
-    @property
-    def per_expert(self) -> bool:
-        return "{e}" in self.template
 
     def applies(self, spec: Any) -> bool:
         return PRESENCE[self.present](spec)
@@ -97,9 +96,45 @@ ROLE_TABLE: dict[str, Role] = {r.key: r for r in (
     Role("down", _L + "mlp.down_proj.weight", ("hidden_size", "intermediate_size"), "linear", "feedforward"),
 )}
 
-ROLES: dict[str, str] = {k: r.template for k, r in ROLE_TABLE.items()}
-LAYER_ROLES = tuple(k for k, r in ROLE_TABLE.items() if r.per_layer)
-NORM_ROLES = frozenset(k for k, r in ROLE_TABLE.items() if r.kind == "norm")
+class _View(Mapping[str, Any]):
+    """A view of ROLE_TABLE read live, so that a row added at run time (a new family's tensors) shows everywhere."""
+
+    def __init__(self, value: Callable[[Role], Any], keep: Callable[[Role], bool] = lambda r: True):
+        self._value, self._keep = value, keep
+
+    def __getitem__(self, key: str) -> Any:
+        r = ROLE_TABLE[key]
+        if not self._keep(r):
+            raise KeyError(key)
+        return self._value(r)
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, r in ROLE_TABLE.items() if self._keep(r))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class _KeySet(AbstractSet[str]):
+    """The keys of the roles that pass `keep`, read live (`role in NORM_ROLES`)."""
+
+    def __init__(self, keep: Callable[[Role], bool]):
+        self._keep = keep
+
+    def __contains__(self, key: object) -> bool:
+        r = ROLE_TABLE.get(key) if isinstance(key, str) else None
+        return r is not None and self._keep(r)
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, r in ROLE_TABLE.items() if self._keep(r))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+ROLES: Mapping[str, str] = _View(lambda r: r.template)  # role -> canonical name template
+LAYER_ROLES: AbstractSet[str] = _KeySet(lambda r: r.per_layer)  # in table (file) order
+NORM_ROLES: AbstractSet[str] = _KeySet(lambda r: r.kind == "norm")
 # The groups in the order the parameter breakdown and GGUF's quantization summary list them.
 GROUPS = ("embedding", "attention", "feedforward", "norms", "output")
 
@@ -114,7 +149,7 @@ def group_of(key: str) -> str:
 
 def layer_roles(spec: Any) -> list[str]:
     """The per-layer roles a checkpoint of this spec has, in a stable (file) order."""
-    return [k for k in LAYER_ROLES if ROLE_TABLE[k].applies(spec)]
+    return [k for k, r in ROLE_TABLE.items() if r.per_layer and r.applies(spec)]
 
 
 def top_roles(spec: Any) -> list[str]:

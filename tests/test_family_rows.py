@@ -116,3 +116,55 @@ def test_summary_convert_and_reference_runtime_handle_a_row_only_family(toy, tmp
         "intermediate_size", "query_pre_attn_scalar", "dtype")}), tensors=back.tensors, source=str(out),
         format="hf"), ids, runtime="reference", device="cpu", dtype="float32").logits
     assert float((ours - plain).abs().max()) > 1e-2
+
+
+def test_new_kinds_of_tensors_are_role_rows(monkeypatch):
+    """A family with stacked expert weights and a per-layer embedding table (as Gemma 4 has) adds Role rows, a
+    presence rule and a dimension: expected tensors, parameter counts and shape messages follow without code."""
+    import dataclasses
+
+    from gemma_inspect import roles
+    from gemma_inspect.checkpoint import check_against_spec, describe_shape_source, parse_canonical
+    from gemma_inspect.errors import InputError
+    from gemma_inspect.spec import GemmaSpec
+
+    @dataclasses.dataclass(frozen=True)
+    class MoESpec(GemmaSpec):
+        num_experts: int = 4
+        expert_size: int = 24
+        ple_size: int = 8
+
+    monkeypatch.setitem(roles.PRESENCE, "moe", lambda s: getattr(s, "num_experts", 0) > 0)
+    monkeypatch.setitem(roles.DIMENSIONS, "ple_width", (lambda s: s.num_layers * s.ple_size,
+                                                        lambda s: f"num_layers={s.num_layers} x ple_size={s.ple_size}"))
+    for row in (roles.Role("experts_gate_up", "model.layers.{i}.experts.gate_up_proj",
+                           ("num_experts", "expert_size", "hidden_size"), "linear", "feedforward", "moe"),
+                roles.Role("router", "model.layers.{i}.router.proj.weight", ("num_experts", "hidden_size"), "linear",
+                           "feedforward", "moe"),
+                roles.Role("ple", "model.embed_tokens_per_layer.weight", ("vocab_size", "ple_width"), "embedding",
+                           "embedding", "moe")):
+        monkeypatch.setitem(roles.ROLE_TABLE, row.key, row)
+    base = make_spec("gemma3", vocab_size=32, hidden_size=16, num_layers=2, num_attention_heads=2,
+                     num_key_value_heads=1, head_dim=8, intermediate_size=24, dtype="float32")
+    spec = MoESpec(**{f.name: getattr(base, f.name) for f in dataclasses.fields(GemmaSpec)})
+    expected = expected_tensors(spec)
+    assert expected["model.layers.1.experts.gate_up_proj"] == (4, 24, 16)
+    assert expected["model.layers.0.router.proj.weight"] == (4, 16)
+    assert expected["model.embed_tokens_per_layer.weight"] == (32, 16)
+    assert "experts_gate_up" in roles.LAYER_ROLES and "ple" not in roles.LAYER_ROLES
+    assert parse_canonical("model.layers.1.experts.gate_up_proj") == ("experts_gate_up", 1)
+    assert describe_shape_source(spec, "model.embed_tokens_per_layer.weight") == \
+        "vocab_size=32, num_layers=2 x ple_size=8"
+    counts = spec.parameter_breakdown()
+    plain = base.parameter_breakdown()
+    assert counts["feedforward"] - plain["feedforward"] == 2 * (4 * 24 * 16 + 4 * 16)
+    assert counts["embedding"] - plain["embedding"] == 32 * 16
+    assert counts["total"] == sum(int(np.prod(s)) for s in expected.values())
+    # the shape check names the config values a wrong shape contradicts
+    refs = {n: TensorRef(name=n, shape=s, dtype="float32", loader=lambda: None) for n, s in expected.items()}
+    refs["model.layers.0.router.proj.weight"] = TensorRef(name="model.layers.0.router.proj.weight", shape=(3, 16),
+                                                          dtype="float32", loader=lambda: None)
+    with pytest.raises(InputError) as e:
+        check_against_spec(spec, refs, "config.json", "model.safetensors")
+    assert str(e.value) == ("model.safetensors: model.layers.0.router.proj.weight has shape [3, 16] but config.json "
+                            "implies [4, 16] (num_experts=4, hidden_size=16)")

@@ -64,7 +64,7 @@ def test_keras_writes_and_reads_a_family_defined_by_rows(toy):
 
 
 def test_keras_tokenizer_configs_name_the_rows_classes(toy):
-    from gemma_inspect.tokenizer import keras_tokenizer_configs
+    from gemma_inspect.formats.keras_preset import keras_tokenizer_configs
 
     out = keras_tokenizer_configs(None, "toy", "float32", {"backbone": 1})  # type: ignore[arg-type]
     assert [(v["module"], v["class_name"]) for v in out.values()] == [

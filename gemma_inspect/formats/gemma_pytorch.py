@@ -38,7 +38,7 @@ from ..spec import GemmaSpec, card, card_of_shape, make_spec
 from .common import check_member, most_common, read_json_object, safe_child
 # The torch machinery (safe unpickling, zip and legacy containers, storages, the streaming writer) is its own
 # module; the names below are the ones this mapping uses.
-from .torch_pickle import (FLOAT_DTYPES, StorageStub, TensorStub, check_state_dict, save_streaming, to_numpy,
+from .torch_pickle import (TORCH_FLOAT_NAMES, StorageStub, TensorStub, check_state_dict, save_streaming, to_numpy,
                            torch_load)
 
 STATE_KEY = "model_state_dict"
@@ -167,7 +167,7 @@ def _checkpoint_files(path: str) -> tuple[list[str], bool, str]:
 
 
 def _dtype_name(t: Any, path: str, name: str) -> str:
-    d = FLOAT_DTYPES.get(str(t.dtype))
+    d = TORCH_FLOAT_NAMES.get(str(t.dtype))
     if d is None:
         raise InputError(path, f"tensor {name!r} has dtype {str(t.dtype).replace('torch.', '')}; expected "
                                f"float32, bfloat16 or float16 (or int8 with a weight_scaler)")
@@ -394,7 +394,7 @@ def read(path: str) -> Checkpoint:
         if len(shapes[needed]) != 2:  # the spec is read from these shapes
             raise InputError(where, f"{NAMES['embed'] if needed == 'embed' else needed} has shape "
                                     f"{list(shapes[needed])}; expected a matrix")
-    weight_dtypes = [FLOAT_DTYPES.get(str(v.dtype)) for (_r, _l, v, _f, _n) in located.values()]
+    weight_dtypes = [TORCH_FLOAT_NAMES.get(str(v.dtype)) for (_r, _l, v, _f, _n) in located.values()]
     float_dtypes = [d for d in weight_dtypes if d]
     dtype = most_common(float_dtypes) or "float32"
     if len(float_dtypes) != len(weight_dtypes):

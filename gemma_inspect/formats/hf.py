@@ -586,7 +586,7 @@ def generation_config(spec: GemmaSpec, tokenizer: Any) -> dict[str, Any]:
 
 def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
     """Write `ckpt` as a Hugging Face directory, streaming one tensor at a time into safetensors shards."""
-    from ..tensorio import plan_shards, prefetched, target_nbytes
+    from ..tensorio import ShardedOutput, prefetched, target_nbytes
     from .safetensors_io import SafetensorsWriter
 
     spec = ckpt.spec
@@ -595,21 +595,17 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
     cfg = config_dict(spec.replace(dtype=declared))
     os.makedirs(dest)
     sizes = [(n, target_nbytes(r, out_dtypes[n])) for n, r in ckpt.tensors.items()]
-    shards = plan_shards(sizes, options.max_shard_size or DEFAULT_MAX_SHARD)
-    total = sum(s for _, s in sizes)
+    out = ShardedOutput(sizes, options.max_shard_size or DEFAULT_MAX_SHARD, SINGLE,
+                        "model-{number:05d}-of-{count:05d}.safetensors")
     names = {n: from_canonical(n, spec.family) for n in ckpt.tensors}
-    files = [SINGLE] if len(shards) == 1 else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-                                               for i in range(len(shards))]
-    weight_map: dict[str, str] = {}
-    for fname, shard in zip(files, shards):
+    for fname, shard in out:
         layout = [(names[n], out_dtypes[n], ckpt.tensors[n].shape) for n in shard]
         with SafetensorsWriter(os.path.join(dest, fname), layout, {"format": "pt"}) as w:
             for n, pieces in prefetched((n, ckpt.tensors[n], out_dtypes[n], None) for n in shard):
                 w.add(names[n], pieces, progress)
-                weight_map[names[n]] = fname
-    if len(files) > 1:
-        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-        _write_json(os.path.join(dest, INDEX), index)
+                out.record(names[n], fname)
+    if out.sharded:
+        out.write_index(dest, INDEX, sort=True)
     _write_json(os.path.join(dest, CONFIG), cfg)
     _write_json(os.path.join(dest, "generation_config.json"), generation_config(spec, ckpt.tokenizer))
     if ckpt.tokenizer is None:

@@ -550,8 +550,8 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
     import json
     from importlib import metadata
 
-    from ..tensorio import plan_shards, prefetched, target_nbytes, write_pieces
-    from ..tokenizer import write_keras_tokenizer
+    from ..tensorio import ShardedOutput, prefetched, target_nbytes, write_pieces
+    from .keras_preset import write_keras_tokenizer
 
     spec = ckpt.spec
     problems = keras_problems(spec)
@@ -570,12 +570,10 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
         dt = options.float_dtype(ref)
         rows.append((name, _h5_path(spec, name), keras_shape(spec, role, ref.shape), dt, role))
     sizes = [(r[0], target_nbytes(ckpt.tensors[r[0]], r[3])) for r in rows]
-    shards = plan_shards(sizes, options.max_shard_size or DEFAULT_MAX_SHARD)
+    out = ShardedOutput(sizes, options.max_shard_size or DEFAULT_MAX_SHARD, WEIGHTS, "model_{index:05d}.weights.h5")
     by_name = {r[0]: r for r in rows}
     os.makedirs(dest)
-    files = [WEIGHTS] if len(shards) == 1 else [f"model_{i:05d}.weights.h5" for i in range(len(shards))]
-    weight_map: dict[str, str] = {}
-    for fname, shard in zip(files, shards):
+    for fname, shard in out:
         file = os.path.join(dest, fname)
         entries = [(n, by_name[n][1], by_name[n][2], by_name[n][3]) for n in shard]
         offsets = _create_h5(file, spec, entries)
@@ -597,13 +595,11 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
                 if final is not None:
                     f.flush()
                     final(file, f.tell())
-                weight_map["/" + path.rsplit("/", 1)[0]] = fname
+                out.record("/" + path.rsplit("/", 1)[0], fname)
         if final is not None:
             final(file, os.path.getsize(file))
-    if len(files) > 1:
-        with open(os.path.join(dest, SHARD_INDEX), "w", encoding="utf-8") as f:
-            json.dump({"metadata": {"total_size": float(sum(s for _, s in sizes))}, "weight_map": weight_map}, f,
-                      indent=4)
+    if out.sharded:  # keras-hub writes the total as a float and indents by 4, without a final newline
+        out.write_index(dest, SHARD_INDEX, indent=4, newline=False, total_size=float(out.total_size))
     backbone = config_dict(spec.replace(dtype=declared))
     with open(os.path.join(dest, CONFIG), "w", encoding="utf-8") as f:
         json.dump(backbone, f, indent=4)

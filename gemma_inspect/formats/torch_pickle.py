@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import InputError, UnsupportedError
 
 # torch dtype -> the dtype name of a float tensor
-FLOAT_DTYPES = {"torch.float32": "float32", "torch.bfloat16": "bfloat16", "torch.float16": "float16"}
+TORCH_FLOAT_NAMES = {"torch.float32": "float32", "torch.bfloat16": "bfloat16", "torch.float16": "float16"}
 
 
 # ----------------------------------------------------------------------------- unpickling, safely

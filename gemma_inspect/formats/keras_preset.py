@@ -1,0 +1,68 @@
+"""The files of a keras-hub CausalLM preset beyond the backbone: the SentencePiece asset and the tokenizer,
+preprocessor and task configs (module and class names from the family row's KerasIds). Part of the Keras format:
+keras.py's writer calls `write_keras_tokenizer`."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..families import family as family_row
+from ..tokenizer import Tokenizer
+
+
+def _keras_layer(module: str, cls: str, config: dict[str, Any]) -> dict[str, Any]:
+    return {"module": module, "class_name": cls, "config": config, "registered_name": f"keras_hub>{cls}"}
+
+
+def _policy(name: str) -> dict[str, Any]:
+    return {"module": "keras", "class_name": "DTypePolicy", "config": {"name": name}, "registered_name": None}
+
+
+def keras_tokenizer_configs(tok: Tokenizer, family: str, dtype: str, backbone: dict[str, Any]) -> dict[str, Any]:
+    """tokenizer.json, preprocessor.json and task.json of a keras-hub Gemma CausalLM preset (module and class
+    names from the family row's KerasIds)."""
+    ids = family_row(family).keras
+    if ids is None:
+        raise ValueError(f"{family} has no keras-hub classes")
+    prefix, cls = ids.prefix, ids.class_prefix
+    tok_cls = f"{cls}Tokenizer"
+    tok_cfg: dict[str, Any] = {"name": f"{prefix}_tokenizer", "trainable": True, "dtype": _policy("int32"),
+                               "config_file": "tokenizer.json", "proto": None, "sequence_length": None,
+                               "add_bos": False, "add_eos": False}
+    if ids.vision_tokens:
+        # keras-hub's Gemma3Tokenizer needs <img>, <start_of_image>, <end_of_image> unless told otherwise.
+        tok_cfg["has_vision_tokens"] = all(tok.token_to_id(t) is not None for t in ids.vision_tokens)
+    tokenizer = _keras_layer(f"keras_hub.src.models.{prefix}.{prefix}_tokenizer", tok_cls, tok_cfg)
+    pre_cls = f"{cls}CausalLMPreprocessor"
+    pre_cfg: dict[str, Any] = {"name": f"{prefix}_causal_lm_preprocessor", "trainable": True,
+                               "dtype": _policy(dtype), "tokenizer": tokenizer, "config_file": "preprocessor.json",
+                               "sequence_length": 1024, "add_start_token": True, "add_end_token": True}
+    if ids.vision_tokens:  # a multimodal preprocessor's defaults (keras-hub's Gemma3CausalLMPreprocessor)
+        pre_cfg.update(num_vision_tokens_per_image=256, max_images_per_prompt=2)
+    preprocessor = _keras_layer(f"keras_hub.src.models.{prefix}.{prefix}_causal_lm_preprocessor", pre_cls, pre_cfg)
+    task_cls = f"{cls}CausalLM"
+    task = _keras_layer(f"keras_hub.src.models.{prefix}.{prefix}_causal_lm", task_cls,
+                        {"backbone": backbone, "preprocessor": preprocessor, "name": f"{prefix}_causal_lm"})
+    return {"tokenizer.json": tokenizer, "preprocessor.json": preprocessor, "task.json": task}
+
+
+def write_keras_tokenizer(tok: Tokenizer, dest: str, family: str, dtype: str, backbone: dict[str, Any]) -> list[str]:
+    """assets/tokenizer/vocabulary.spm plus the Keras tokenizer/preprocessor/task configs."""
+    import json
+
+    model_bytes, rebuilt = tok.spm_or_rebuilt()
+    if model_bytes is None:
+        return ["the source tokenizer has no SentencePiece model and it could not be rebuilt from "
+                "tokenizer.json: Keras needs one, so no tokenizer was written (Backbone loads; CausalLM does not)"]
+    notes = ["rebuilt the SentencePiece model from tokenizer.json (ids checked equal on the parity texts)"] \
+        if rebuilt else []
+    tok = Tokenizer(source=tok.source, spm_bytes=model_bytes)
+    assets = os.path.join(dest, "assets", "tokenizer")
+    os.makedirs(assets, exist_ok=True)
+    with open(os.path.join(assets, "vocabulary.spm"), "wb") as f:
+        f.write(tok.spm_model_bytes())
+    for name, obj in keras_tokenizer_configs(tok, family, dtype, backbone).items():
+        with open(os.path.join(dest, name), "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=4)
+    return notes
