@@ -147,6 +147,15 @@ def read_json_object(path: str, what: str = "JSON") -> dict[str, Any]:
     return obj
 
 
+def read_weight_map(index_path: str, what: str, keys: str) -> dict[Any, Any]:
+    """The non-empty `weight_map` object of a shard index (HF's model.safetensors.index.json, keras-hub's
+    model.weights.json); `keys` says what its keys are, for the message."""
+    wm = read_json_object(index_path, what).get("weight_map")
+    if not isinstance(wm, dict) or not wm:
+        raise InputError(index_path, f"has no weight_map (a {keys} -> shard file object)")
+    return wm
+
+
 def safe_child(directory: str, relname: Any, referrer: str) -> str:
     """`directory/relname`, refusing names that are absolute, climb out with `..`, or resolve (through
     symlinks) to a place outside `directory`. `referrer` is the file that named it, for the message."""

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from ..errors import InputError
 from ..safeio import (MAX_INT_DIGITS, MAX_JSON_BYTES, MAX_JSON_VALUES, check_member, json_values_bound,  # noqa: F401
                       loads_bounded, read_bounded, read_json, read_json_bytes, read_json_object, regular_file,
-                      safe_child)
+                      read_weight_map, safe_child)
 
 
 def most_common(values: list[str]) -> str | None:

@@ -19,7 +19,8 @@ from ..checkpoint import (FLOAT_DTYPES, ROLES, Checkpoint, TensorRef, canonical_
 from ..errors import InputError, UnsupportedError
 from ..families import FAMILY_TABLE, FULL, SLIDING, Family, by_hf_model_type, hf_model_types
 from ..spec import GemmaSpec, make_spec
-from .common import MAX_LAYERS, most_common, opt_float, read_json_object, require_int, safe_child, show
+from .common import (MAX_LAYERS, most_common, opt_float, read_json_object, read_weight_map, require_int, safe_child,
+                     show)
 from .safetensors_io import StEntry, read_array, read_header
 
 
@@ -335,10 +336,7 @@ def _weight_files(path: str) -> tuple[list[str], dict[str, str] | None]:
     single = os.path.join(path, SINGLE)
     index_path = os.path.join(path, INDEX)
     if os.path.exists(index_path):
-        index = read_json_object(index_path, "safetensors index")
-        wm = index.get("weight_map")
-        if not isinstance(wm, dict) or not wm:
-            raise InputError(index_path, "has no weight_map (a name -> shard file object)")
+        wm = read_weight_map(index_path, "safetensors index", "name")
         files: dict[str, str] = {}
         for name, fname in wm.items():
             full = safe_child(path, fname, index_path)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .common import read_json_object, safe_child
+from .common import read_weight_map, safe_child
 from .safetensors_io import numpy_dtype, read_at
 
 WEIGHTS = "model.weights.h5"
@@ -212,10 +212,7 @@ def preset_vars(path: str) -> tuple[dict[str, H5Var], dict[str, str], list[str],
     single = os.path.join(path, WEIGHTS)
     index_path = os.path.join(path, SHARD_INDEX)
     if os.path.exists(index_path):
-        index = read_json_object(index_path, "Keras sharded weights index")
-        wm = index.get("weight_map")
-        if not isinstance(wm, dict) or not wm:
-            raise InputError(index_path, "has no weight_map (an H5 group path -> shard file object)")
+        wm = read_weight_map(index_path, "Keras sharded weights index", "H5 group path")
         groups_by_file: dict[str, set[str]] = {}
         for group, fname in wm.items():
             if not isinstance(group, str):
