@@ -95,10 +95,10 @@ def expected_query_scalar(spec: GemmaSpec) -> tuple[float, str]:
 
 
 def expected_layers(spec: GemmaSpec) -> dict[str, Any]:
-    types = FAMILY_TABLE[spec.family].layer_types(spec.num_layers)
+    c = published_card(spec)  # a published layout (VaultGemma 1B: every layer global) over the family's pattern
+    types = c.layer_types if c is not None else FAMILY_TABLE[spec.family].layer_types(spec.num_layers)
     window = None
     if SLIDING in types:
-        c = published_card(spec)
         window = c.sliding_window if c is not None else spec.sliding_window
     return {"window": window, "sliding_layers": [i for i, t in enumerate(types) if t == SLIDING],
             "global_layers": [i for i, t in enumerate(types) if t == FULL]}

@@ -106,6 +106,9 @@ class Family:
     keras: KerasIds | None = None
     gguf: GGUFIds | None = None
     gemma_pytorch: str | None = None  # gemma_pytorch's architecture marker (config.architecture)
+    # format -> why the family cannot be written in it (the writer's one-line refusal), for a format whose own
+    # ecosystem has no such model; a format without an entry and without ids refuses with the generic message
+    refusals: dict[str, str] = field(default_factory=dict)
 
     def layer_types(self, num_layers: int, period: int | None = None) -> tuple[str, ...]:
         """The attention kind of each layer as the family lays them out. `period` stretches a "global every
@@ -187,6 +190,27 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
         gguf=GGUFIds("gemma3", defaults={"final_logit_softcapping": None}, big_model_layers=62,
                      local_rope=(10_000.0, 1.0)),
         gemma_pytorch="GEMMA_3"),
+    # VaultGemma: Gemma 2 without the post-attention and post-feedforward norms (plain pre-norm), +1 norms and
+    # soft caps 50/30 kept; transformers' default layout alternates sliding/global as Gemma 2's, the published 1B
+    # model is global on every layer (its card). keras-hub holds it in GemmaBackbone without the post norms.
+    Family(
+        "vaultgemma", "VaultGemma", True,
+        FamilyRules("pre", 1, True, "gelu_tanh", True, False, 50.0, 30.0),
+        layer_pattern=(SLIDING, FULL), defaults=dict(sliding_window=4096),
+        hf=HFIds("vaultgemma", "VaultGemmaForCausalLM", "hidden_activation",
+                 dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                      num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+                      hidden_activation="gelu_pytorch_tanh", max_position_embeddings=8192,
+                      query_pre_attn_scalar=256, sliding_window=4096, final_logit_softcapping=30.0,
+                      attn_logit_softcapping=50.0, **_GEMMA_HF_DEFAULTS)),
+        keras=KerasIds("GemmaBackbone", "keras_hub.src.models.gemma.gemma_backbone", "gemma", "Gemma",
+                       "gemma_decoder_block", (10_000.0, 10_000.0), True, False),
+        refusals={
+            "gguf": "llama.cpp has no VaultGemma architecture (gguf 0.19 and llama.cpp's converter know none; "
+                    "its gemma2 graph requires the post-attention and post-feedforward norms VaultGemma lacks)",
+            "gemma_pytorch": "gemma_pytorch has no VaultGemma architecture (its GEMMA_2 decoder layer always "
+                             "applies a post-attention norm, which VaultGemma lacks)",
+        }),
     # Peers for the side-by-side table: SwiGLU, no norm offset, no embedding scale, untied output.
     Family("llama", "Llama 2", False, _PEER_RULES, (FULL,), _PEER_DEFAULTS),
     Family("olmo", "OLMo", False, _PEER_RULES, (FULL,), _PEER_DEFAULTS),

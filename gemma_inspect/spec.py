@@ -338,6 +338,11 @@ _CARDS: dict[str, dict[str, Any]] = {
     "gemma3-27b": dict(family="gemma3", vocab_size=262208, hidden_size=5376, num_layers=62,
                        num_attention_heads=32, num_key_value_heads=16, head_dim=128, intermediate_size=21504,
                        sliding_window=1024, query_pre_attn_scalar=168, rope_scaling_factor=8.0),
+    # VaultGemma 1B (google/vaultgemma-1b; keras-hub vault_gemma_1b_en): global attention on every layer, 1024 tokens.
+    "vaultgemma-1b": dict(family="vaultgemma", vocab_size=256000, hidden_size=1152, num_layers=26,
+                          num_attention_heads=4, num_key_value_heads=4, head_dim=256, intermediate_size=6912,
+                          query_pre_attn_scalar=256, sliding_window=512, layer_types=(FULL,) * 26,
+                          max_position_embeddings=1024),
     # Peers for the side-by-side table: SwiGLU, no norm offset, no embedding scale, untied output.
     "llama2-7b": dict(family="llama", vocab_size=32000, hidden_size=4096, num_layers=32,
                       num_attention_heads=32, num_key_value_heads=32, head_dim=128, intermediate_size=11008,

@@ -36,6 +36,10 @@ TINY_SPECS: dict[str, dict[str, Any]] = {
     "gemma3": dict(family="gemma3", hidden_size=64, num_layers=7, num_attention_heads=4, num_key_value_heads=2,
                    head_dim=16, intermediate_size=96, sliding_window=6, query_pre_attn_scalar=16,
                    rope_scaling_factor=8.0, max_position_embeddings=131072),
+    # VaultGemma: Gemma 2 without post norms (pre-norm only), soft caps, sliding window on even layers.
+    "vaultgemma": dict(family="vaultgemma", hidden_size=64, num_layers=4, num_attention_heads=4,
+                       num_key_value_heads=2, head_dim=16, intermediate_size=96, sliding_window=6,
+                       query_pre_attn_scalar=16, max_position_embeddings=8192),
 }
 
 CORPUS = """Gemma is a family of lightweight open models built from the research behind Gemini.

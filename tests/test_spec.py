@@ -20,6 +20,7 @@ PUBLISHED = {
     "gemma2-27b": 27_227_128_320,
     "gemma3-270m": 268_098_176,
     "gemma3-1b": 999_885_952,
+    "vaultgemma-1b": 1_038_741_120,  # keras-hub's vault_gemma_1b_en metadata; transformers' count on meta too
     "llama2-7b": 6_738_415_616,
     "olmo-7b": 6_888_095_744,
     "mistral-7b": 7_241_732_096,
@@ -50,7 +51,7 @@ def expected_total(name: str) -> int:
 
 def test_every_card_has_an_expected_count():
     assert set(CARD_NAMES) == set(PUBLISHED) | set(GEMMA3_TEXT_CONFIGS)
-    assert len(CARD_NAMES) == 13
+    assert len(CARD_NAMES) == 14
 
 
 @pytest.mark.parametrize("name", CARD_NAMES)
@@ -232,7 +233,7 @@ def test_layer_types_of_the_wrong_length():
 def test_several_problems_are_reported_together():
     with pytest.raises(SpecError) as e:
         GemmaSpec(**{**BASE, "hidden_size": 0, "family": "gpt"})
-    assert str(e.value) == ("unknown family 'gpt' (known: gemma, gemma2, gemma3, llama, olmo, mistral); "
+    assert str(e.value) == ("unknown family 'gpt' (known: gemma, gemma2, gemma3, vaultgemma, llama, olmo, mistral); "
                             "hidden_size must be a positive integer, got 0")
 
 

@@ -455,7 +455,9 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Callable[[int], N
     spec = ckpt.spec
     row = FAMILY_TABLE.get(spec.family)
     if row is None or row.gemma_pytorch is None:
-        raise UnsupportedError(f"{spec.family} checkpoints cannot be written as gemma_pytorch")
+        why = row.refusals.get("gemma_pytorch") if row is not None else None  # the family's own reason, if any
+        raise UnsupportedError(f"{spec.family} checkpoints cannot be written as gemma_pytorch"
+                               + (f": {why}" if why else ""))
     if not spec.tied_embeddings:
         raise UnsupportedError("gemma_pytorch always uses the embedding as the output projection; this checkpoint "
                                "has a separate lm_head")

@@ -381,7 +381,9 @@ def _check_expressible(spec: GemmaSpec, options: "WriteOptions") -> Family:
     unless --force, which writes the file and says what llama.cpp will do instead. Returns the family's row."""
     row = FAMILY_TABLE.get(spec.family)
     if row is None or row.gguf is None:
-        raise UnsupportedError(f"{spec.family} checkpoints cannot be written as a Gemma GGUF")
+        why = row.refusals.get("gguf") if row is not None else None  # the family's own reason, if any
+        raise UnsupportedError(f"{spec.family} checkpoints cannot be written as a Gemma GGUF"
+                               + (f": {why}" if why else ""))
     ids, r = row.gguf, row.rules
     problems: list[str] = []
     if (spec.norm_placement, spec.qk_norm, spec.norm_offset, spec.scale_embeddings, spec.activation) != \

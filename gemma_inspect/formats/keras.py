@@ -161,7 +161,7 @@ def _class_of(cfg: dict[str, Any], path: str) -> str:
         if registry not in REGISTRIES:
             raise InputError(path, f"registered_name {reg!r} is not a keras_hub or keras_nlp class")
         cls = name
-    backbones = _keras_ids("backbone")  # GemmaBackbone holds Gemma 1 and 2
+    backbones = _keras_ids("backbone")  # GemmaBackbone holds Gemma 1, Gemma 2 and VaultGemma
     if cls not in backbones:
         raise InputError(path, f"unsupported Keras class {cls or reg!r}; supported: "
                                f"{', '.join(r + '>' + b for r in REGISTRIES for b in backbones)}")
@@ -258,17 +258,18 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
 
 def _family_of(cls: str, c: dict[str, Any], post_attn: bool, post_ffw: bool, sliding_on: bool, path: str) -> Family:
     """The family a backbone config holds, from its fields compared with the rules of the families that backbone
-    class can hold (GemmaBackbone: Gemma 1 or 2, told apart by the norm placement)."""
+    class can hold (GemmaBackbone: Gemma 1, Gemma 2 or VaultGemma): the norm placement and QK-norm first; then a
+    family that can hold sliding windows and soft caps when the config has them, and among the rest the one whose
+    soft caps are the config's (pre-norm without caps or windows: Gemma 1; with them: VaultGemma)."""
     rows = by_keras_backbone(cls)
     placement = {(True, True): "pre+post", (False, False): "pre"}.get((post_attn, post_ffw))
-    row = next((f for f in rows if f.rules.norm_placement == placement), None)
-    if row is not None and row.rules.qk_norm and not c.get("use_query_key_norm", True):
-        row = None
-    if row is not None and not _holds_windows(row) and (
-            sliding_on or c.get("attention_logit_soft_cap") or c.get("final_logit_soft_cap")):
-        row = None
-    if row is not None:
-        return row
+    caps = (c.get("attention_logit_soft_cap"), c.get("final_logit_soft_cap"))
+    fits = [f for f in rows if f.rules.norm_placement == placement
+            and not (f.rules.qk_norm and not c.get("use_query_key_norm", True))
+            and (_holds_windows(f) or not (sliding_on or any(caps)))]
+    same_caps = [f for f in fits if (f.rules.attention_logit_softcap, f.rules.final_logit_softcap) == caps]
+    if same_caps or fits:
+        return (same_caps or fits)[0]
     if len(rows) > 1:  # a config between two of the backbone's families
         raise UnsupportedError(f"{path}: a {cls} with only some {_windowed_row(rows[0]).title} features "
                                f"(post norms {post_attn}/{post_ffw}, sliding {sliding_on}) has no HF equivalent")
