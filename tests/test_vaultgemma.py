@@ -18,7 +18,7 @@ from gemma_inspect.cli import main
 from gemma_inspect.convert import convert
 from gemma_inspect.families import FULL, SLIDING, family
 from gemma_inspect.parity import parity
-from gemma_inspect.spec import card, make_spec
+from gemma_inspect.spec import card
 from gemma_inspect.tiny import TINY_VOCAB, tiny_spec
 
 PAIRS = (("transformers", "reference"), ("transformers", "keras"), ("reference", "keras"))
@@ -145,10 +145,9 @@ def test_gemma_backbone_configs_are_told_apart():
     back = keras.spec_from_config(keras.config_dict(all_global), "config.json")[0]
     assert (back.family, back.layer_types, back.attention_logit_softcap) == ("vaultgemma", (FULL,) * 4, 50.0)
     # pre-norm with sliding windows but no caps: only VaultGemma can hold it (Gemma 1 has no windows)
-    no_caps = make_spec("vaultgemma", **{**{k: v for k, v in tiny_spec("vaultgemma").__dict__.items()
-                                            if k not in ("family", "name")},
-                                         "attention_logit_softcap": None, "final_logit_softcap": None})
-    assert family_of(no_caps) == "vaultgemma"
+    assert family_of(tiny_spec("vaultgemma", attention_logit_softcap=None, final_logit_softcap=None)) == "vaultgemma"
+    # and a Gemma 2 without caps is still Gemma 2 (post norms decide first)
+    assert family_of(tiny_spec("gemma2", attention_logit_softcap=None, final_logit_softcap=None)) == "gemma2"
 
 
 # ----------------------------------------------------------------------------- every command on the tiny models
