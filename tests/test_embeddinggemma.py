@@ -199,6 +199,40 @@ def test_compare_against_the_card(emb):
     assert rows["with heads"] == ["-", "274.5K", "307.6M"]
 
 
+def test_normalize_needs_no_folder(emb_copy):
+    """Normalize saves nothing; a hub repository has no 4_Normalize folder at all (git keeps no empty folders)."""
+    os.rmdir(f"{emb_copy}/4_Normalize")
+    m = json.loads(_run("summary", emb_copy, "--json").output)
+    assert m["embedding_head"]["normalize"] is True and m["parameters"]["heads"] == 32_768
+
+
+def test_from_the_hub(emb, tmp_path):
+    """Headers only (summary): the transformer, and a note that the heads were not read; downloaded (summary --scan):
+    the modules come with the snapshot and read as the directory does."""
+    import subprocess
+    import sys
+
+    import hubfake
+
+    path, _ = emb
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with hubfake.FakeHub() as hub:
+        hub.add("google/tiny-embeddinggemma", path)
+        env = dict(os.environ, HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_HUB_CACHE=str(tmp_path / "hf-cache"),
+                   PYTHONPATH=root, HF_HUB_DISABLE_PROGRESS_BARS="1", HF_TOKEN="", HF_HUB_DISABLE_XET="1")
+        runs = [subprocess.run([sys.executable, "-m", "gemma_inspect", "summary", "google/tiny-embeddinggemma",
+                                *extra, "--json"], env=env, capture_output=True, text=True, timeout=120)
+                for extra in ([], ["--scan"])]
+    for p in runs:
+        assert p.returncode == 0, p.stderr
+    headers, full = (json.loads(p.stdout) for p in runs)
+    local = json.loads(_run("summary", path, "--json").output)
+    assert headers["family"] == full["family"] == "embeddinggemma"
+    assert headers["parameters"]["total"] == local["parameters"]["total"] and "embedding_head" not in headers
+    assert any("sentence-transformers modules (pooling, dense heads) are not read" in n for n in headers["notes"])
+    assert full["embedding_head"] == {**local["embedding_head"]} and full["parameters"] == local["parameters"]
+
+
 def test_a_causal_gemma3_text_is_still_gemma3(tiny_models, copy_dir):
     path = copy_dir(tiny_models.get("gemma3", tokenizer=False))
     cfg = json.load(open(f"{path}/config.json"))

@@ -66,7 +66,9 @@ def read_head(path: str, hidden_size: int) -> EmbeddingHead:
         if kind == TRANSFORMER:
             raise UnsupportedError(f"{where}: module {n} is a second Transformer")
         folder = safe_child(path, rel, where)
-        if not os.path.isdir(folder):
+        # (Normalize saves nothing: its folder is empty locally and absent from a hub repository, git keeping no
+        # empty folders; sentence-transformers loads it without reading the folder)
+        if kind != NORMALIZE and not os.path.isdir(folder):
             raise InputError(where, f"names module folder {rel!r} ({kind}), which does not exist")
         kinds.append(kind)
         if kind == POOLING:
