@@ -202,6 +202,9 @@ def render_summary(console: Console, m: dict[str, Any]) -> None:
     pt.add_row(Text("total (tied counted once)", style="bold"), Text(f"{p['total']:,}", style="bold"), "100%")
     pt.add_row("total if the output were untied", f"{p['total_if_untied']:,}",
                f"+{_pct((p['total_if_untied'] - p['total']) / p['total'])}")
+    if "heads" in p:  # an embedding model's dense heads, apart from the transformer's total above
+        pt.add_row("dense heads (after pooling)", f"{p['heads']:,}", f"+{_pct(p['heads'] / p['total'])}")
+        pt.add_row(Text("total with the heads", style="bold"), Text(f"{p['total_with_heads']:,}", style="bold"), "")
     console.print(Trimmed(pt))
     if m.get("quantization"):
         render_quantization(console, m["quantization"])

@@ -155,6 +155,8 @@ def test_summary_text(emb):
     assert f"  with heads        274.5K ({count + 32_768:,})" in out
     assert "Attention mask      bidirectional; sliding layers see |i - j| <= 3" in out
     assert "Tied embeddings     no LM head: an embedding model, its token states are pooled" in out
+    assert "│ dense heads (after pooling)     │  32,768 │ +13.6% │" in out
+    assert f"│ total with the heads            │ {count + 32_768:,} │        │" in out
     assert ("Pooling mean over the tokens, then dense 64 -> 256 (no bias, identity), then dense 256 -> 64 (no "
             "bias, identity), then L2 normalise Embedding 64, L2-normalised") in " ".join(out.split())
 
