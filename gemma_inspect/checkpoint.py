@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .dtypes import FLOAT_DTYPES  # noqa: F401 - re-exported for the readers
-from .errors import InputError
+from .errors import InputError, UnsupportedError
+from .families import FAMILY_TABLE
+from .heads import EmbeddingHead
 from .roles import LAYER_ROLES, NORM_ROLES, ROLE_TABLE, ROLES, layer_roles, role_shape, top_roles  # noqa: F401
 from .spec import GemmaSpec
 
@@ -158,12 +160,24 @@ class Checkpoint:
     # A stored lm_head the reader set aside (HF: lm_head.weight under tie_word_embeddings): kept so that verify
     # and the lint compare it with the embedding without reopening files.
     lm_head_set_aside: TensorRef | None = None
+    # An embedding model's modules after the transformer (sentence-transformers: pooling, dense layers, normalise),
+    # read from the directory or, for a card, published; None for a language model.
+    embedding_head: EmbeddingHead | None = None
+
+    def require(self, command: str) -> None:
+        """Refuse, with one line, a command that does not handle this checkpoint's family yet (its row's
+        `commands`)."""
+        row = FAMILY_TABLE.get(self.spec.family)
+        if row is not None and not row.supports(command):
+            raise UnsupportedError(f"{self.source}: {command} does not support {row.title} yet "
+                                   f"(supported: {', '.join(row.commands or ())})")
 
     @property
     def lm_head(self) -> str:
         """Where the logits come from: "stored" (an lm_head matrix), "tied" (the embedding), "none" (a base model
         that has no LM head at all)."""
-        if self.base_model:
+        row = FAMILY_TABLE.get(self.spec.family)
+        if self.base_model or (row is not None and not row.rules.lm_head):
             return "none"
         return "tied" if self.spec.tied_embeddings else "stored"
 
@@ -225,5 +239,7 @@ def describe_shape_source(spec: GemmaSpec, name: str) -> str:
 def card_checkpoint(name: str) -> Checkpoint:
     from .spec import card
 
+    from .spec import card_head
+
     spec = card(name)
-    return Checkpoint(spec=spec, tensors={}, source=name, format="card")
+    return Checkpoint(spec=spec, tensors={}, source=name, format="card", embedding_head=card_head(name))

@@ -108,6 +108,8 @@ def diff(a: Checkpoint, b: Checkpoint, atol: float = 0.0,
     """The JSON object of `diff`: {"identical", "tensors": [...], "spec_differences": [...], ...}."""
     if a.is_card or b.is_card:
         raise InputError(a.source if a.is_card else b.source, "a built-in card has no tensors to compare")
+    a.require("diff")
+    b.require("diff")
     if atol < 0:
         raise InputError(None, f"--atol must be non-negative, got {atol}")
     names = list(a.tensors) + [n for n in b.tensors if n not in a.tensors]

@@ -38,6 +38,12 @@ class FamilyRules:
     # (hidden size from which, factor, who): the published sizes from this hidden size on scale global-layer RoPE
     # linearly by `factor` (Gemma 3 4B+: 8); a shape with no card of its own is judged by this.
     rope_scaling_from: tuple[int, float, str] | None = None
+    # Which positions a token attends to: "causal" (itself and earlier ones) or "bidirectional" (every position;
+    # on sliding layers every one within the window on either side: an encoder such as EmbeddingGemma).
+    attention_mask: str = "causal"
+    # Whether the model ends in an LM head (logits over the vocabulary); False: an encoder whose output is its
+    # hidden states (EmbeddingGemma: pooled and projected by sentence-transformers modules instead).
+    lm_head: bool = True
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,9 @@ class HFIds:
     pattern_key: bool = False  # sliding_window_pattern (every n-th layer global) is a config key
     # activation values the family's released configs use for another function: value -> what it means
     activation_aliases: dict[str, str] = field(default_factory=dict)
+    # config keys and values that tell this row from another row with the same model_type (EmbeddingGemma is
+    # gemma3_text with use_bidirectional_attention: true); a key absent from the config does not match
+    identified_by: dict[str, Any] = field(default_factory=dict)
 
     @property
     def legacy_gelu_is_tanh(self) -> bool:
@@ -109,6 +118,12 @@ class Family:
     # format -> why the family cannot be written in it (the writer's one-line refusal), for a format whose own
     # ecosystem has no such model; a format without an entry and without ids refuses with the generic message
     refusals: dict[str, str] = field(default_factory=dict)
+    # The commands that handle this family; None: every command. A family being added reads first (summary,
+    # compare) and is refused with a one-line error by the others until they support it.
+    commands: tuple[str, ...] | None = None
+
+    def supports(self, command: str) -> bool:
+        return self.commands is None or command in self.commands
 
     def layer_types(self, num_layers: int, period: int | None = None) -> tuple[str, ...]:
         """The attention kind of each layer as the family lays them out. `period` stretches a "global every
@@ -211,6 +226,24 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
             "gemma_pytorch": "gemma_pytorch has no VaultGemma architecture (its GEMMA_2 decoder layer always "
                              "applies a post-attention norm, which VaultGemma lacks)",
         }),
+    # EmbeddingGemma (v1, 300M): Gemma 3's decoder run as an encoder - bidirectional attention (sliding layers see
+    # the window on both sides), no LM head; released as a sentence-transformers directory whose mean pooling and
+    # dense heads are read as data on the Checkpoint (formats/sentence_transformers.py).
+    Family(
+        "embeddinggemma", "EmbeddingGemma", True,
+        FamilyRules("pre+post", 1, True, "gelu_tanh", True, True, None, None, float16_overflows=True,
+                    attention_mask="bidirectional", lm_head=False),
+        layer_pattern=(SLIDING,) * 5 + (FULL,),
+        defaults=dict(sliding_window=512, rope_theta=1_000_000.0, rope_local_theta=10_000.0,
+                      max_position_embeddings=2048),
+        hf=HFIds("gemma3_text", "Gemma3TextModel", "hidden_activation",
+                 dict(vocab_size=262208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                      num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+                      hidden_activation="gelu_pytorch_tanh", max_position_embeddings=131072,
+                      query_pre_attn_scalar=256, sliding_window=4096, final_logit_softcapping=None,
+                      attn_logit_softcapping=None, **_GEMMA_HF_DEFAULTS),
+                 rope="per_layer_type", pattern_key=True, identified_by={"use_bidirectional_attention": True}),
+        commands=("summary", "compare")),
     # Peers for the side-by-side table: SwiGLU, no norm offset, no embedding scale, untied output.
     Family("llama", "Llama 2", False, _PEER_RULES, (FULL,), _PEER_DEFAULTS),
     Family("olmo", "OLMo", False, _PEER_RULES, (FULL,), _PEER_DEFAULTS),
@@ -227,13 +260,19 @@ def family(key: str) -> Family:
     return FAMILY_TABLE[key]
 
 
-def by_hf_model_type(model_type: Any) -> Family | None:
-    """The family whose HF text model_type (or multimodal wrapper) is `model_type`."""
-    for f in FAMILY_TABLE.values():
-        # (a row without a wrapper has multimodal_model_type None, which a config without model_type must not match)
-        if f.hf and model_type is not None and model_type in (f.hf.model_type, f.hf.multimodal_model_type):
-            return f
-    return None
+def by_hf_model_type(model_type: Any, config: dict[str, Any] | None = None) -> Family | None:
+    """The family whose HF text model_type (or multimodal wrapper) is `model_type`. Rows sharing a model_type are
+    told apart by `config` (the text decoder's): the row whose `identified_by` keys all match it, the most specific
+    first; without a config, the first row of that model_type that needs no such key."""
+    # (a row without a wrapper has multimodal_model_type None, which a config without model_type must not match)
+    rows = [f for f in FAMILY_TABLE.values()
+            if f.hf and model_type is not None and model_type in (f.hf.model_type, f.hf.multimodal_model_type)]
+    if config is not None:
+        rows = [f for f in rows if all(k in config and config[k] == v for k, v in f.hf.identified_by.items())]
+        rows.sort(key=lambda f: -len(f.hf.identified_by))  # stable: table order among equally specific rows
+    else:
+        rows = [f for f in rows if not f.hf.identified_by]
+    return rows[0] if rows else None
 
 
 def by_keras_backbone(class_name: Any) -> tuple[Family, ...]:
@@ -254,7 +293,7 @@ def hf_model_types() -> tuple[str, ...]:
     for f in FAMILY_TABLE.values():
         if f.hf:
             out += [f.hf.model_type] + ([f.hf.multimodal_model_type] if f.hf.multimodal_model_type else [])
-    return tuple(out)
+    return tuple(dict.fromkeys(out))
 
 
 def gguf_architectures() -> tuple[str, ...]:

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from .checkpoint import Checkpoint
 from .errors import InputError, UnsupportedError
+from .families import FAMILY_TABLE
 
 # huggingface_hub's repo id rules (validate_repo_id): one "/", segments of [\w.-], no "--" or "..", not
 # starting or ending with "-" or ".".
@@ -39,7 +40,10 @@ PRESET_NAME = re.compile(r"^[a-z0-9][a-z0-9_.]*$")
 SNAPSHOT_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
                      "tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                      "model.weights.h5", "model.weights.json", "metadata.json", "preprocessor.json", "task.json",
-                     "assets/tokenizer/*", "*.ckpt", "gemma_inspect.json"]
+                     "assets/tokenizer/*", "*.ckpt", "gemma_inspect.json",
+                     # a sentence-transformers directory's modules (EmbeddingGemma: 1_Pooling, 2_Dense, ...)
+                     "modules.json", "config_sentence_transformers.json", "sentence_bert_config.json",
+                     "[0-9]*_*/config.json"]
 
 
 @dataclass(frozen=True)
@@ -427,6 +431,10 @@ def headers_checkpoint(source: str, config_path: str, meta: Any) -> Checkpoint:
     # formats/hf.py's own mapping, checks and order, as for a local directory (base models included)
     spec, ordered, ignored, notes, base = hf.from_headers(cfg, config_path, stored, where)
     notes.append("read from the hub's safetensors headers only: tokenizer and tensor values not downloaded")
+    row = FAMILY_TABLE.get(spec.family)
+    if row is not None and not row.rules.lm_head:
+        notes.append("an embedding model: its sentence-transformers modules (pooling, dense heads) are not read from "
+                     "the hub's headers; pass the downloaded directory to see and count them")
     return Checkpoint(spec=spec, tensors=ordered, source=source, format="hf", tokenizer=None, notes=notes,
                       ignored=ignored, config=cfg, files=[config_path], base_model=base)
 

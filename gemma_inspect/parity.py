@@ -395,6 +395,8 @@ def parity(a: Checkpoint | str, b: Checkpoint | str, runtime_a: str = "auto", ru
 
     ca = load(a) if isinstance(a, str) else a
     cb = load(b) if isinstance(b, str) else b
+    ca.require("parity")
+    cb.require("parity")
     if dtype not in DTYPES:
         raise InputError(None, f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
     if tokens is not None and prompt is not None:

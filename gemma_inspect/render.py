@@ -70,6 +70,14 @@ def describe(m: dict[str, Any], compact: bool = False) -> list[tuple[str, str]]:
         "Norm placement": a["norm_placement"],
         "Embedding scale": "none" if a["embedding_scale_exact"] == 1.0
         else f"x{_num(a['embedding_scale'])} (sqrt {a['hidden_size']})",
+        "Attention mask": _mask(a).split(";")[0].split(" (")[0],
+        "  dense heads": _short_count(p["heads"]) if "heads" in p else "",
+        "  with heads": _short_count(p["total_with_heads"]) if "total_with_heads" in p else "",
+        "Pooling": (m["embedding_head"]["pooling"] + "".join(f", {d['in_features']}->{d['out_features']}"
+                                                             for d in m["embedding_head"]["dense"])
+                    + (", L2" if m["embedding_head"]["normalize"] else "")) if m.get("embedding_head") else "",
+        "Embedding": (f"{m['embedding_head']['output_dimension']}" + (", L2" if m["embedding_head"]["normalize"]
+                                                                        else "")) if m.get("embedding_head") else "",
         "Tied embeddings": "no LM head" if m.get("lm_head") == "none" else "yes" if a["tied_embeddings"] else "no",
         "Sliding window": _sliding(a).replace(" tokens on", ",").replace(" (every layer global)", ""),
         "KV cache / token": format_bytes(m["kv_cache_bytes_per_token"]),
@@ -124,18 +132,49 @@ def _describe_full(m: dict[str, Any]) -> list[tuple[str, str]]:
         ("Norm placement", placement),
         ("QK-norm", "yes" if a["qk_norm"] else "no"),
         ("Embedding scale", emb),
-        ("Tied embeddings", "no LM head: a base model, neither stored nor tied" if m.get("lm_head") == "none"
+        ("Tied embeddings", "no LM head: an embedding model, its token states are pooled" if m.get("embedding_head")
+         else "no LM head: a base model, neither stored nor tied" if m.get("lm_head") == "none"
          else "yes (logits = h @ E^T)" if a["tied_embeddings"] else "no (separate output matrix)"),
         ("Vocabulary", f"{a['vocab_size']:,}"),
         ("Soft caps", ", ".join(caps) if caps else "none"),
         ("Sliding window", _sliding(a)),
+        ("Attention mask", _mask(a)),
         ("RoPE", _rope(a)),
         ("Context length", f"{a['max_position_embeddings']:,}"),
         ("KV cache / token", format_bytes(m["kv_cache_bytes_per_token"]) + f" ({a['dtype']})"),
         ("Dtype", ", ".join(f"{dtype_name(k)} x{v}" for k, v in m["dtypes"].items()) or a["dtype"]),
         ("Size", format_bytes(m["size_bytes"]) + ("" if m.get("tensors_read", True) else " (published dtype)")),
     ]
+    head = m.get("embedding_head")
+    if head:  # an embedding model: the transformer's count above, the heads' apart
+        at = next(i for i, (label, _) in enumerate(rows) if label == "  embedding") + 1
+        rows[1] = ("Parameters", f"{format_count(p['total'])} ({p['total']:,}) transformer")
+        rows[at:at] = [("  dense heads", f"{format_count(p['heads'])} ({p['heads']:,})"),
+                       ("  with heads", f"{format_count(p['total_with_heads'])} ({p['total_with_heads']:,})")]
+        rows.append(("Pooling", _pooling(head)))
+        rows.append(("Embedding", f"{head['output_dimension']}"
+                                  + (", L2-normalised" if head["normalize"] else ", not normalised")))
     return rows
+
+
+def _mask(a: dict[str, Any]) -> str:
+    if a.get("attention_mask", "causal") == "causal":
+        return "causal"
+    s = "bidirectional (every token sees every position)"
+    if a["sliding_window"] and "sliding_attention" in a["layer_types"]:
+        # transformers turns the stored window w into |i - j| < w // 2 + 1 when attention is bidirectional
+        s = f"bidirectional; sliding layers see |i - j| <= {a['sliding_window'] // 2}"
+    return s
+
+
+def _pooling(head: dict[str, Any]) -> str:
+    steps = [f"{head['pooling']} over the tokens" + ("" if head["include_prompt"] else " (prompt excluded)")]
+    for d in head["dense"]:
+        steps.append(f"dense {d['in_features']} -> {d['out_features']} ({'bias' if d['bias'] else 'no bias'}, "
+                     f"{d['activation']})")
+    if head["normalize"]:
+        steps.append("L2 normalise")
+    return ", then ".join(steps)
 
 
 def render_summary(console: Console, m: dict[str, Any]) -> None:
@@ -163,6 +202,9 @@ def render_summary(console: Console, m: dict[str, Any]) -> None:
     pt.add_row(Text("total (tied counted once)", style="bold"), Text(f"{p['total']:,}", style="bold"), "100%")
     pt.add_row("total if the output were untied", f"{p['total_if_untied']:,}",
                f"+{_pct((p['total_if_untied'] - p['total']) / p['total'])}")
+    if "heads" in p:  # an embedding model's dense heads, apart from the transformer's total above
+        pt.add_row("dense heads (after pooling)", f"{p['heads']:,}", f"+{_pct(p['heads'] / p['total'])}")
+        pt.add_row(Text("total with the heads", style="bold"), Text(f"{p['total_with_heads']:,}", style="bold"), "")
     console.print(Trimmed(pt))
     if m.get("quantization"):
         render_quantization(console, m["quantization"])
@@ -239,7 +281,10 @@ def render_compare(console: Console, result: dict[str, Any]) -> None:
     result = printable_tree(result)
     models = result["models"]
     described = [dict(describe(m, compact=True)) for m in models]
-    labels = [label for label, _ in describe(models[0], compact=True)]
+    # every model's rows, in the order of the one that has the most (an embedding model adds its heads' rows)
+    rows = sorted((describe(m, compact=True) for m in models), key=len, reverse=True)
+    labels = list(dict.fromkeys(label for r in rows for label, _ in r))
+    described = [{label: d.get(label, "-") for label in labels} for d in described]
     headers = [m["card"] or _short_source(m["source"]) for m in models]
     table = Table(title="Side by side (rows that differ are highlighted)", title_justify="left")
     table.add_column("", style="bold cyan", no_wrap=True)

@@ -15,11 +15,13 @@ from .errors import SpecError
 
 from .families import (FAMILIES, FAMILY_TABLE, FULL, GEMMA_FAMILIES, PEER_FAMILIES, SLIDING,  # noqa: F401
                        FamilyRules, family)
+from .heads import DenseLayer, EmbeddingHead
 from .roles import parameter_breakdown as _parameter_breakdown
 
 
 ACTIVATIONS = ("gelu_tanh", "gelu", "silu")
 NORM_KINDS = ("rmsnorm", "layernorm_nonparametric")
+ATTENTION_MASKS = ("causal", "bidirectional")
 
 from .dtypes import DTYPE_BYTES  # noqa: E402 - bytes per element of the dtypes a checkpoint can declare
 
@@ -96,6 +98,9 @@ class GemmaSpec:
     eos_token_id: int = 1
     pad_token_id: int = 0
     name: str | None = None  # a built-in card's name
+    # "causal", or "bidirectional": every token attends to every position (sliding layers: within the window on
+    # either side); HF's use_bidirectional_attention (EmbeddingGemma)
+    attention_mask: str = "causal"
 
     def __post_init__(self) -> None:
         if not self.layer_types:
@@ -149,6 +154,8 @@ class GemmaSpec:
                 problems.append(f"{f} must be positive, got {getattr(self, f)}")
         if self.rope_local_theta is not None and not (_is_number(self.rope_local_theta) and self.rope_local_theta > 0):
             problems.append(f"rope_local_theta must be positive, got {self.rope_local_theta}")
+        if self.attention_mask not in ATTENTION_MASKS:
+            problems.append(f"attention_mask must be one of {', '.join(ATTENTION_MASKS)}, got {self.attention_mask!r}")
         if self.norm_kind == "layernorm_nonparametric" and (self.qk_norm or self.norm_offset):
             problems.append("a non-parametric LayerNorm has no weights to offset or to use for QK-norm")
         if problems:
@@ -266,6 +273,7 @@ class GemmaSpec:
             "rms_norm_eps": self.rms_norm_eps,
             "max_position_embeddings": self.max_position_embeddings,
             "dtype": self.dtype,
+            "attention_mask": self.attention_mask,
         }
 
 
@@ -296,7 +304,7 @@ def make_spec(family_key: str, **fields: Any) -> GemmaSpec:
                         scale_embeddings=r.scale_embeddings, activation=r.activation,
                         tied_embeddings=r.tied_embeddings, qk_norm=r.qk_norm,
                         attention_logit_softcap=r.attention_logit_softcap, final_logit_softcap=r.final_logit_softcap,
-                        layer_types=row.layer_types(fields.get("num_layers", 0)))
+                        attention_mask=r.attention_mask, layer_types=row.layer_types(fields.get("num_layers", 0)))
         defaults.update(row.defaults)
     defaults.update(fields)
     return GemmaSpec(family=family_key, **defaults)
@@ -343,6 +351,12 @@ _CARDS: dict[str, dict[str, Any]] = {
                           num_attention_heads=4, num_key_value_heads=4, head_dim=256, intermediate_size=6912,
                           query_pre_attn_scalar=256, sliding_window=512, layer_types=(FULL,) * 26,
                           max_position_embeddings=1024),
+    # EmbeddingGemma 300M (google/embeddinggemma-300m config.json): a bidirectional Gemma 3 encoder, float32; its
+    # sentence-transformers heads are _CARD_HEADS' below.
+    "embeddinggemma-300m": dict(family="embeddinggemma", vocab_size=262144, hidden_size=768, num_layers=24,
+                                num_attention_heads=3, num_key_value_heads=1, head_dim=256, intermediate_size=1152,
+                                sliding_window=512, query_pre_attn_scalar=256, max_position_embeddings=2048,
+                                dtype="float32"),
     # Peers for the side-by-side table: SwiGLU, no norm offset, no embedding scale, untied output.
     "llama2-7b": dict(family="llama", vocab_size=32000, hidden_size=4096, num_layers=32,
                       num_attention_heads=32, num_key_value_heads=32, head_dim=128, intermediate_size=11008,
@@ -359,6 +373,21 @@ _CARDS: dict[str, dict[str, Any]] = {
 }
 
 CARD_NAMES = tuple(_CARDS)
+
+_IDENTITY = "torch.nn.modules.linear.Identity"
+# The published sentence-transformers modules of the embedding cards (modules.json, 1_Pooling, 2_Dense, 3_Dense,
+# 4_Normalize of google/embeddinggemma-300m): mean pooling, 768 -> 3072 -> 768 without bias or activation, L2.
+_CARD_HEADS: dict[str, EmbeddingHead] = {
+    "embeddinggemma-300m": EmbeddingHead(
+        pooling="mean", word_embedding_dimension=768, include_prompt=True,
+        dense=(DenseLayer(768, 3072, False, _IDENTITY, "2_Dense"), DenseLayer(3072, 768, False, _IDENTITY, "3_Dense")),
+        normalize=True, modules=("Transformer", "Pooling", "Dense", "Dense", "Normalize")),
+}
+
+
+def card_head(name: str) -> EmbeddingHead | None:
+    """The published embedding head of a built-in card (None for a language model's card)."""
+    return _CARD_HEADS.get(str(name).lower())
 
 
 def card(name: str, **overrides: Any) -> GemmaSpec:
@@ -430,7 +459,7 @@ def format_bytes(n: int | float) -> str:
 
 
 __all__ = [
-    "GemmaSpec", "FamilyRules", "FAMILY_RULES", "make_spec", "card", "card_of_shape", "is_card", "suggest_card", "CARD_NAMES",
+    "GemmaSpec", "FamilyRules", "FAMILY_RULES", "make_spec", "card", "card_head", "card_of_shape", "is_card", "suggest_card", "CARD_NAMES",
     "gemma2_layer_types", "gemma3_layer_types", "SLIDING", "FULL", "round_to_dtype",
     "format_count", "format_bytes",
 ]

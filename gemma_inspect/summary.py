@@ -44,6 +44,11 @@ def summarize(ckpt: Checkpoint) -> dict[str, Any]:
         # and fast); a card is the published config itself.
         "lint": [] if ckpt.is_card else lint(ckpt, reads=("config",)),
     }
+    head = ckpt.embedding_head
+    if head is not None:  # an embedding model: its pooling and dense heads, counted apart from the transformer
+        out["embedding_head"] = head.to_dict()
+        params["heads"] = head.parameters
+        params["total_with_heads"] = params["total"] + head.parameters
     if ckpt.hub:  # SOURCE was a hub id, handle or preset name: what it resolved to
         out["hub"] = ckpt.hub
     if ckpt.quantization:  # GGUF: storage types and bits per weight per tensor group

@@ -42,6 +42,7 @@ def verify(source: Checkpoint | str, runtime: str = "auto", device: str = "auto"
     from .runtimes.memory import check_fits
 
     ckpt = load(source) if isinstance(source, str) else source
+    ckpt.require("verify")
     name = resolve_runtime(ckpt, runtime)
     dev = resolve_device(device)
     dtype = run_dtype(ckpt.spec)

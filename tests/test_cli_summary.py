@@ -26,7 +26,7 @@ EXTRA_TOP = {"family_title", "card", "kv_cache_bytes_per_token", "tensors_read",
              "ignored_tensors", "notes", "lm_head", "lint"}
 EXTRA_ARCH = {"ffn", "norm_kind", "embedding_scale_exact", "query_pre_attn_scalar", "query_scale", "rope_theta",
               "rope_local_theta", "rope_scaling_factor", "rope_local_scaling_factor", "rms_norm_eps",
-              "max_position_embeddings", "dtype"}
+              "max_position_embeddings", "dtype", "attention_mask"}
 EXTRA_PARAMS = {"output", "per_layer"}
 
 
@@ -198,12 +198,12 @@ def test_compare_highlights_rows_that_differ():
     plain = re.compile(r"\x1b\[[0-9;]*m")
     rows = {plain.sub("", line.split("│")[1]).strip(): line
             for line in buf.getvalue().splitlines() if line.count("│") == 5}
-    assert len(rows) == 24
+    assert len(rows) == 25
     highlight = "\x1b[1;33m"
     for label in ("Parameters", "Layers", "Activation", "Norm", "Tied embeddings", "Embedding scale",
                   "Context length"):
         assert highlight in rows[label], label
-    for label in ("QK-norm", "Soft caps", "Norm placement", "RoPE", "Sliding window"):
+    for label in ("QK-norm", "Soft caps", "Norm placement", "RoPE", "Sliding window", "Attention mask"):
         assert highlight not in rows[label], label
 
 

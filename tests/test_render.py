@@ -121,7 +121,7 @@ def test_compare_shortens_paths_to_their_last_component(tiny_models):
 
 
 # ----------------------------------------------------------------------------- summary
-@pytest.mark.parametrize("source", ["gemma3-270m", "gemma2-27b"])
+@pytest.mark.parametrize("source", ["gemma3-270m", "gemma2-27b", "embeddinggemma-300m"])
 def test_summary_of_a_card_at_80_columns(source):
     from gemma_inspect.render import describe
 
@@ -167,7 +167,11 @@ def test_mistyped_card_on_the_command_line():
     line = res.stderr.strip()
     assert line.startswith("Error: gema-7b: no such file or directory, and not a built-in card; "
                            "did you mean 'gemma-7b'? cards: gemma-2b, gemma-7b,")
-    assert len(line) < 250 and "\n" not in line
+    from gemma_inspect.spec import CARD_NAMES
+
+    # one line: the suggestion and the card list, nothing more (the list grows with the cards: 14 since EmbeddingGemma)
+    assert line == ("Error: gema-7b: no such file or directory, and not a built-in card; did you mean 'gemma-7b'? "
+                    f"cards: {', '.join(CARD_NAMES)}")
     ok = CliRunner().invoke(main, ["summary", "Gemma-7B"])
     assert ok.exit_code == 0 and ok.stdout.startswith("Gemma-7B  (built-in card)")
 

@@ -43,15 +43,22 @@ def gemma3_text_decoder_params(v: int, d: int, layers: int, h: int, k: int, hd: 
     return v * d + layers * (q_and_o + k_and_v + mlp + norms) + d  # + final norm; output tied
 
 
+# EmbeddingGemma 300M: the transformer alone (its dense heads, 4,718,592 more, are counted apart), as transformers'
+# Gemma3TextModel counts the published config (tests/test_embeddinggemma.py builds it on the meta device).
+ENCODERS = {"embeddinggemma-300m": 302_863_104}
+
+
 def expected_total(name: str) -> int:
+    if name in ENCODERS:
+        return ENCODERS[name]
     if name in PUBLISHED:
         return PUBLISHED[name]
     return gemma3_text_decoder_params(*GEMMA3_TEXT_CONFIGS[name])
 
 
 def test_every_card_has_an_expected_count():
-    assert set(CARD_NAMES) == set(PUBLISHED) | set(GEMMA3_TEXT_CONFIGS)
-    assert len(CARD_NAMES) == 14
+    assert set(CARD_NAMES) == set(PUBLISHED) | set(GEMMA3_TEXT_CONFIGS) | set(ENCODERS)
+    assert len(CARD_NAMES) == 15
 
 
 @pytest.mark.parametrize("name", CARD_NAMES)
@@ -233,7 +240,7 @@ def test_layer_types_of_the_wrong_length():
 def test_several_problems_are_reported_together():
     with pytest.raises(SpecError) as e:
         GemmaSpec(**{**BASE, "hidden_size": 0, "family": "gpt"})
-    assert str(e.value) == ("unknown family 'gpt' (known: gemma, gemma2, gemma3, vaultgemma, llama, olmo, mistral); "
+    assert str(e.value) == ("unknown family 'gpt' (known: gemma, gemma2, gemma3, vaultgemma, embeddinggemma, llama, olmo, mistral); "
                             "hidden_size must be a positive integer, got 0")
 
 

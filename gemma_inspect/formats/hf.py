@@ -21,6 +21,7 @@ from ..families import FAMILY_TABLE, FULL, SLIDING, Family, by_hf_model_type, hf
 from ..spec import GemmaSpec, make_spec
 from .common import (MAX_LAYERS, most_common, opt_float, read_json_object, read_weight_map, require_int, safe_child,
                      show)
+from . import sentence_transformers as st
 from .safetensors_io import StEntry, read_array, read_header
 
 
@@ -55,6 +56,7 @@ CONFIG = "config.json"
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+ST_FILES = st.MEMBER_FILES  # a sentence-transformers directory's own files (modules.json, ...)
 
 
 def hf_name(role: str, family: str) -> str:
@@ -238,6 +240,8 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
     if row is None or row.hf is None:
         raise InputError(path, f"unsupported model_type {show(model_type)}; supported: "
                                f"{', '.join(hf_model_types())}")
+    if not _is_wrapper(cfg):  # rows sharing a model_type are told apart by their config (EmbeddingGemma: a flag)
+        row = by_hf_model_type(model_type, cfg) or row
     ids = row.hf
     text = cfg
     if _is_wrapper(cfg):  # a multimodal wrapper: the text decoder's config is its text_config
@@ -253,8 +257,9 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
     text = merged
 
     _check_loader_keys(cfg, path)
+    bidirectional = bool(text.get("use_bidirectional_attention"))
     for flag in ("use_bidirectional_attention", "attention_bias"):
-        if text.get(flag):
+        if text.get(flag) and not (flag == "use_bidirectional_attention" and row.rules.attention_mask == "bidirectional"):
             raise UnsupportedError(f"{path}: {flag}=true is not a Gemma causal-LM configuration this tool supports")
 
     act_key = ids.activation_key
@@ -320,6 +325,7 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
             bos_token_id=_id_or(text.get("bos_token_id", cfg.get("bos_token_id")), 2),
             eos_token_id=_id_or(eos, 1),
             pad_token_id=_id_or(text.get("pad_token_id", cfg.get("pad_token_id")), 0),
+            attention_mask="bidirectional" if bidirectional else "causal",
             **_rope(text, row, path),
         )
     except (UnsupportedError, InputError):  # already name config.json (require_int, opt_float, _rope)
@@ -377,10 +383,14 @@ def read(path: str) -> Checkpoint:
     from ..tokenizer import find_tokenizer
 
     tokenizer = find_tokenizer(path)
-    present = [os.path.join(path, f) for f in (CONFIG, INDEX, "generation_config.json", *TOKENIZER_FILES)
+    present = [os.path.join(path, f) for f in (CONFIG, INDEX, "generation_config.json", *TOKENIZER_FILES, *ST_FILES)
                if os.path.exists(os.path.join(path, f))]
+    head = None
+    if st.has_modules(path):  # a sentence-transformers directory: pooling and dense heads after the transformer
+        head = st.read_head(path, spec.hidden_size)
+        present += [os.path.join(path, d.path, f) for d in head.dense for f in ("config.json", SINGLE)]
     return Checkpoint(spec=spec, tensors=ordered, source=path, format="hf", tokenizer=tokenizer, notes=notes,
-                      ignored=ignored, config=cfg, files=present + files, base_model=base,
+                      ignored=ignored, config=cfg, files=present + files, base_model=base, embedding_head=head,
                       lm_head_set_aside=next((stored[n][2]("lm_head.weight") for n in ignored
                                               if n.endswith("lm_head.weight")), None))
 
@@ -397,6 +407,8 @@ def from_headers(cfg: dict[str, Any], config_path: str,
     ignored: dict[str, tuple[tuple[int, ...], str]] = {}
     vision_params = 0
     base = _is_base_model(stored)
+    bare = base
+    base = base or not FAMILY_TABLE[spec.family].rules.lm_head  # an encoder has no LM head however it is named
     for hf, (dtype, shape, make_ref) in stored.items():
         name = BASE_PREFIX + hf if base and hf.startswith(BASE_NAMES) else hf
         if any(name.startswith(p) for p in VISION_PREFIXES):
@@ -414,7 +426,7 @@ def from_headers(cfg: dict[str, Any], config_path: str,
                          "embedding instead (see `verify` lint)")
             continue
         tensors[canonical] = make_ref(canonical)
-    if base:
+    if bare:
         notes.append("a base model (tensors named without the `model.` prefix, as GemmaModel / Gemma2Model / "
                      "Gemma3TextModel save them): no LM head, neither stored nor tied; read as transformers reads it")
     if vision_params:
@@ -628,7 +640,7 @@ from .common import FormatInfo  # noqa: E402
 FORMAT = FormatInfo(
     name="hf", title="HF", description="a Hugging Face directory (config.json + model.safetensors or an index)",
     stores_quantization=False, native_runtime="transformers",
-    member_files=(CONFIG, SINGLE, INDEX, "generation_config.json", *TOKENIZER_FILES),
+    member_files=(CONFIG, SINGLE, INDEX, "generation_config.json", *TOKENIZER_FILES, *ST_FILES),
     weight_files=(SINGLE, INDEX), ambiguous=((SINGLE, INDEX),),
     config_sniff=lambda cfg: "model_type" in cfg, config_hint="'model_type' (Hugging Face)",
     loose_suffixes=(".safetensors",))
