@@ -48,12 +48,23 @@ def _sliding(a: dict[str, Any]) -> str:
     return f"{a['sliding_window']} tokens on {pattern}"
 
 
-def describe(m: dict[str, Any], compact: bool = False) -> list[tuple[str, str]]:
+def describe(m: dict[str, Any], compact: bool = False, layered: bool | None = None) -> list[tuple[str, str]]:
     """(label, value) rows shared by `summary` and `compare`, all computed from the summary object.
-    `compact` gives the short cells of the side-by-side table."""
+    `compact` gives the short cells of the side-by-side table; `layered` adds the Gemma 4 rows (per-layer
+    geometry, K=V, KV sharing, experts, per-layer inputs, layer scalars; default: when the model has them)."""
     rows = _describe_full(m)
-    if not compact:
-        return rows
+    if layered is None:
+        layered = "attention_k_eq_v" in m["architecture"]
+    if compact:
+        rows = _compact(m, rows)
+    if layered:
+        from .render_layers import insert_layer_rows
+
+        rows = insert_layer_rows(rows, m, compact)
+    return rows
+
+
+def _compact(m: dict[str, Any], rows: list[tuple[str, str]]) -> list[tuple[str, str]]:
     a, p = m["architecture"], m["parameters"]
     short = {
         "Parameters": _short_count(p["total"]),
@@ -159,10 +170,23 @@ def render_summary(console: Console, m: dict[str, Any]) -> None:
         if role == "output" and not p["output"]:
             continue
         pt.add_row(role, f"{p[role]:,}", _pct(p[role] / p['total']))
-    pt.add_row("per decoder layer", f"{p['per_layer']:,}", "")
+    for role, label in (("per_layer_embedding", "per-layer embedding table"),
+                        ("per_layer_inputs", "per-layer input projections"), ("experts", "experts and router")):
+        if p.get(role):
+            pt.add_row(label, f"{p[role]:,}", _pct(p[role] / p['total']))
+    pt.add_row("per decoder layer" + (" (layer 0)" if "effective" in p or "experts" in p else ""),
+               f"{p['per_layer']:,}", "")
     pt.add_row(Text("total (tied counted once)", style="bold"), Text(f"{p['total']:,}", style="bold"), "100%")
     pt.add_row("total if the output were untied", f"{p['total_if_untied']:,}",
                f"+{_pct((p['total_if_untied'] - p['total']) / p['total'])}")
+    if "effective" in p:
+        pt.add_row("effective (without the per-layer embedding table)", f"{p['effective']:,}",
+                   _pct(p["effective"] / p["total"]))
+    if "experts_active" in p:
+        pt.add_row("active per token (top-k experts)", f"{p['experts_active']:,}",
+                   _pct(p["experts_active"] / p["total"]))
+    if p.get("buffers"):
+        pt.add_row("buffers (layer scalars; not parameters)", f"{p['buffers']:,}", "")
     console.print(Trimmed(pt))
     if m.get("quantization"):
         render_quantization(console, m["quantization"])
@@ -238,8 +262,11 @@ def render_compare(console: Console, result: dict[str, Any]) -> None:
     longest word, and a cell wraps only between words."""
     result = printable_tree(result)
     models = result["models"]
-    described = [dict(describe(m, compact=True)) for m in models]
-    labels = [label for label, _ in describe(models[0], compact=True)]
+    layered = any("attention_k_eq_v" in m["architecture"] for m in models)  # Gemma 4 rows for every column
+    described = [dict(describe(m, compact=True, layered=layered)) for m in models]
+    labels: list[str] = []  # every model's rows, in order (a Gemma 4 has count rows the others lack)
+    for d in described:
+        labels += [label for label in d if label not in labels]
     headers = [m["card"] or _short_source(m["source"]) for m in models]
     table = Table(title="Side by side (rows that differ are highlighted)", title_justify="left")
     table.add_column("", style="bold cyan", no_wrap=True)
@@ -247,7 +274,7 @@ def render_compare(console: Console, result: dict[str, Any]) -> None:
         widest = max([_longest_word(header)] + [_longest_word(v) for v in d.values()])
         table.add_column(escape(header), min_width=widest)
     for label in labels:
-        values = [d[label] for d in described]
+        values = [d.get(label, "-") for d in described]
         differs = len(set(values)) > 1
         table.add_row(label, *[Text(v, style="bold yellow" if differs else "") for v in values])
     console.print(Trimmed(table))
