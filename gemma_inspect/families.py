@@ -247,7 +247,7 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
                                     per_layer_vocab_size="vocab_size_per_layer_input",
                                     num_kv_shared_layers="num_kv_shared_layers",
                                     attention_k_eq_v="attention_k_eq_v", double_wide_mlp="use_double_wide_mlp",
-                                    num_experts="num_experts", experts_top_k="top_k_experts",
+                                    moe_experts="num_experts", moe_top_k="top_k_experts",
                                     moe_intermediate_size="moe_intermediate_size"),
                  layer_geometry=True, experts_switch="enable_moe_block",
                  tower_prefixes=("model.vision_tower.", "model.audio_tower.", "model.embed_vision.",

@@ -166,14 +166,16 @@ def render_summary(console: Console, m: dict[str, Any]) -> None:
     pt.add_column("role")
     pt.add_column("count", justify="right")
     pt.add_column("share", justify="right")
+    subgroups = {"embedding": (("per_layer_embedding", "  of which per-layer embedding table"),
+                               ("per_layer_inputs", "  of which per-layer input projections")),
+                 "feedforward": (("experts", "  of which experts and router"),)}
     for role in ("embedding", "attention", "feedforward", "norms", "output"):
         if role == "output" and not p["output"]:
             continue
         pt.add_row(role, f"{p[role]:,}", _pct(p[role] / p['total']))
-    for role, label in (("per_layer_embedding", "per-layer embedding table"),
-                        ("per_layer_inputs", "per-layer input projections"), ("experts", "experts and router")):
-        if p.get(role):
-            pt.add_row(label, f"{p[role]:,}", _pct(p[role] / p['total']))
+        for key, label in subgroups.get(role, ()):  # Gemma 4's finer counts, where the model has them
+            if p.get(key):
+                pt.add_row(label, f"{p[key]:,}", _pct(p[key] / p['total']))
     pt.add_row("per decoder layer" + (" (layer 0)" if "effective" in p or "experts" in p else ""),
                f"{p['per_layer']:,}", "")
     pt.add_row(Text("total (tied counted once)", style="bold"), Text(f"{p['total']:,}", style="bold"), "100%")

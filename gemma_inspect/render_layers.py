@@ -47,12 +47,12 @@ def _sharing(a: dict[str, Any], compact: bool) -> str:
 
 
 def _experts(a: dict[str, Any], compact: bool) -> str:
-    e = a.get("num_experts", 0)
+    e = a.get("moe_experts", 0)
     if not e:
         return "none"
     if compact:
-        return f"{e} x {a['moe_intermediate_size']}, top {a['experts_top_k']}"
-    return (f"{e} experts x width {a['moe_intermediate_size']}, top {a['experts_top_k']} per token, beside the "
+        return f"{e} x {a['moe_intermediate_size']}, top {a['moe_top_k']}"
+    return (f"{e} experts x width {a['moe_intermediate_size']}, top {a['moe_top_k']} per token, beside the "
             f"dense MLP (fused gate_up, per-expert scales)")
 
 

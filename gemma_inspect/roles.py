@@ -6,7 +6,7 @@ and what it is tied to. `expected_tensors`, the parameter breakdown, shape messa
 groups are all derived from these rows; the formats map roles to their own names in their own tables.
 
 Templates may hold `{i}` (the layer). Mixture-of-experts weights are stacked, as transformers and llama.cpp store
-them: such a role's shape starts with the expert count (a spec field), e.g. ("num_experts", "ffn2", "hidden_size").
+them: such a role's shape starts with the expert count (a spec field), e.g. ("moe_experts", "ffn2", "hidden_size").
 Shapes are tuples of dimension names, each one either a spec attribute or one of the products in `DIMENSIONS`;
 a family that needs another product (a per-layer embedding's num_layers x width) adds it there, as a row.
 
@@ -46,7 +46,7 @@ PRESENCE: dict[str, Callable[[Any], bool]] = {
     "qk_norm": lambda s: _parametric(s) and s.qk_norm,
     "untied": lambda s: not s.tied_embeddings,
     "per_layer_inputs": lambda s: bool(getattr(s, "per_layer_input_size", 0)),
-    "experts": lambda s: bool(getattr(s, "num_experts", 0)),
+    "experts": lambda s: bool(getattr(s, "moe_experts", 0)),
     "layer_scalar": lambda s: bool(getattr(s, "layer_scalar", False)),
 }
 
@@ -77,6 +77,10 @@ class Role:
     # files may store the tensor on a layer that does not use it (Gemma 4's original files keep k/v of KV-shared
     # layers): a reader accepts it there and sets it aside
     stored_unused: bool = False
+    # a finer count the breakdown adds beside its group (Gemma 4: "per_layer_embedding", "per_layer_inputs",
+    # "experts"), listed only where a spec has it
+    subgroup: str | None = None
+    parameter: bool = True  # False: a stored buffer (layer_scalar), counted apart and not in the total
 
     @property
     def per_layer(self) -> bool:
@@ -128,31 +132,34 @@ ROLE_TABLE: dict[str, Role] = {r.key: r for r in (
     Role("up", _L + "mlp.up_proj.weight", ("intermediate_size", "hidden_size"), "linear", "feedforward"),
     Role("down", _L + "mlp.down_proj.weight", ("hidden_size", "intermediate_size"), "linear", "feedforward"),
     # Gemma 4: a stored per-layer output scale (a buffer in transformers, not a parameter)
-    Role("layer_scalar", _L + "layer_scalar", ("one",), "scalar", "buffers", "layer_scalar"),
+    Role("layer_scalar", _L + "layer_scalar", ("one",), "scalar", "norms", "layer_scalar", parameter=False),
     # Gemma 4 per-layer input embeddings (PLE): the gate, the projection back and its norm in every layer ...
     Role("ple_gate", _L + "per_layer_input_gate.weight", ("per_layer_input_size", "hidden_size"), "linear",
-         "per_layer_inputs", "per_layer_inputs"),
+         "embedding", "per_layer_inputs", subgroup="per_layer_inputs"),
     Role("ple_proj", _L + "per_layer_projection.weight", ("hidden_size", "per_layer_input_size"), "linear",
-         "per_layer_inputs", "per_layer_inputs"),
+         "embedding", "per_layer_inputs", subgroup="per_layer_inputs"),
     Role("ple_post_norm", _L + "post_per_layer_input_norm.weight", ("hidden_size",), "norm", "norms",
          "per_layer_inputs"),
     # ... and the mixture of experts beside the dense MLP: router, its scales, stacked experts, their norms
-    Role("router", _L + "router.proj.weight", ("num_experts", "hidden_size"), "linear", "experts", "experts"),
-    Role("router_scale", _L + "router.scale", ("hidden_size",), "scale", "experts", "experts"),
-    Role("expert_scale", _L + "router.per_expert_scale", ("num_experts",), "scale", "experts", "experts"),
-    Role("experts_gate_up", _L + "experts.gate_up_proj", ("num_experts", "moe_gate_up", "hidden_size"),
-         "linear", "experts", "experts"),
-    Role("experts_down", _L + "experts.down_proj", ("num_experts", "hidden_size", "moe_intermediate_size"),
-         "linear", "experts", "experts"),
+    Role("router", _L + "router.proj.weight", ("moe_experts", "hidden_size"), "linear", "feedforward", "experts",
+         subgroup="experts"),
+    Role("router_scale", _L + "router.scale", ("hidden_size",), "scale", "feedforward", "experts",
+         subgroup="experts"),
+    Role("expert_scale", _L + "router.per_expert_scale", ("moe_experts",), "scale", "feedforward", "experts",
+         subgroup="experts"),
+    Role("experts_gate_up", _L + "experts.gate_up_proj", ("moe_experts", "moe_gate_up", "hidden_size"),
+         "linear", "feedforward", "experts", subgroup="experts"),
+    Role("experts_down", _L + "experts.down_proj", ("moe_experts", "hidden_size", "moe_intermediate_size"),
+         "linear", "feedforward", "experts", subgroup="experts"),
     Role("moe_ffn_norm", _L + "pre_feedforward_layernorm_2.weight", ("hidden_size",), "norm", "norms", "experts"),
     Role("post_dense_norm", _L + "post_feedforward_layernorm_1.weight", ("hidden_size",), "norm", "norms",
          "experts"),
     Role("post_moe_norm", _L + "post_feedforward_layernorm_2.weight", ("hidden_size",), "norm", "norms", "experts"),
     # top level: the per-layer embedding table, the model-side projection into it and its norm
-    Role("ple_embed", "model.embed_tokens_per_layer.weight", ("per_layer_vocab_size", "ple_width"), "embedding",
-         "per_layer_embedding", "per_layer_inputs"),
+    Role("ple", "model.embed_tokens_per_layer.weight", ("per_layer_vocab_size", "ple_width"), "embedding",
+         "embedding", "per_layer_inputs", subgroup="per_layer_embedding"),
     Role("ple_model_proj", "model.per_layer_model_projection.weight", ("ple_width", "hidden_size"), "linear",
-         "per_layer_inputs", "per_layer_inputs"),
+         "embedding", "per_layer_inputs", subgroup="per_layer_inputs"),
     Role("ple_proj_norm", "model.per_layer_projection_norm.weight", ("per_layer_input_size",), "norm", "norms",
          "per_layer_inputs"),
 )}
@@ -198,8 +205,8 @@ LAYER_ROLES: AbstractSet[str] = _KeySet(lambda r: r.per_layer)  # in table (file
 NORM_ROLES: AbstractSet[str] = _KeySet(lambda r: r.kind == "norm")
 # The groups in the order the parameter breakdown and GGUF's quantization summary list them.
 GROUPS = ("embedding", "attention", "feedforward", "norms", "output")
-# Groups only Gemma 4's rows use (listed in the breakdown only where a spec has them); "buffers" are stored values
-# that are not parameters (transformers' num_parameters leaves them out, and so does the total).
+# The finer counts only Gemma 4's rows have (Role.subgroup; listed only where a spec has them), and "buffers":
+# stored values that are not parameters (transformers' num_parameters leaves them out, and so does the total).
 EXTRA_GROUPS = ("per_layer_embedding", "per_layer_inputs", "experts", "buffers")
 
 
@@ -227,12 +234,13 @@ def role_shape(spec: Any, key: str, layer: int | None = None) -> tuple[int, ...]
 
 def parameter_breakdown(spec: Any) -> dict[str, int]:
     """Counts by group, tied weights counted once (the JSON `parameters` object of `summary`). Per-layer roles are
-    counted layer by layer (Gemma 4's layers differ). The Gemma 4 groups appear only where a spec has them:
-    `per_layer_embedding` (the PLE table), `per_layer_inputs` (its projections), `experts` (router and stacked
-    experts), with `effective` (the total without the PLE table: the count Google quotes for E2B/E4B),
-    `experts_active` (the total with top_k of num_experts experts per token) and `buffers` (stored values that
-    are not parameters: layer_scalar)."""
-    groups = dict.fromkeys(GROUPS + EXTRA_GROUPS, 0)
+    counted layer by layer (Gemma 4's layers differ; `per_layer` is layer 0's count). Keys only a spec with such
+    rows gets: the rows' subgroups `per_layer_embedding` (the PLE table, inside `embedding`), `per_layer_inputs`
+    (its projections, inside `embedding`) and `experts` (router and stacked experts, inside `feedforward`);
+    `effective` (the total without the PLE table: the count Google quotes for E2B/E4B), `experts_active` (the
+    total with top_k of the experts per token) and `buffers` (stored values that are not parameters)."""
+    groups = dict.fromkeys(GROUPS, 0)
+    extra: dict[str, int] = {}
     first_layer = 0
     tied_extra = 0
     for key, r in ROLE_TABLE.items():
@@ -242,14 +250,18 @@ def parameter_breakdown(spec: Any) -> dict[str, int]:
         if not r.applies(spec):
             continue
         if r.per_layer:
-            counts = [r.numel(spec, i) for i in range(spec.num_layers) if r.applies(spec, i)]
-            n = sum(counts)
-            if r.group != "buffers" and spec.num_layers and r.applies(spec, 0):
+            n = sum(r.numel(spec, i) for i in range(spec.num_layers) if r.applies(spec, i))
+            if r.parameter and spec.num_layers and r.applies(spec, 0):
                 first_layer += r.numel(spec, 0)
         else:
             n = r.numel(spec)
+        if not r.parameter:
+            extra["buffers"] = extra.get("buffers", 0) + n
+            continue
         groups[r.group] += n
-    total = sum(v for g, v in groups.items() if g != "buffers")
+        if r.subgroup:
+            extra[r.subgroup] = extra.get(r.subgroup, 0) + n
+    total = sum(groups.values())
     out = {
         "total": total,
         "total_if_untied": total + tied_extra,
@@ -259,18 +271,16 @@ def parameter_breakdown(spec: Any) -> dict[str, int]:
         "feedforward": groups["feedforward"],
         "norms": groups["norms"],
         "per_layer": first_layer,
+        **extra,
     }
-    for g in EXTRA_GROUPS:
-        if groups[g]:
-            out[g] = groups[g]
-    if groups["per_layer_embedding"]:
-        out["effective"] = total - groups["per_layer_embedding"]
-    experts = getattr(spec, "num_experts", 0)
-    if experts:
+    if extra.get("per_layer_embedding"):
+        out["effective"] = total - extra["per_layer_embedding"]
+    experts = getattr(spec, "moe_experts", 0)
+    if experts:  # the stacked experts' weights: only top_k of them run for a token
         stacked = sum(r.numel(spec) * spec.num_layers for r in ROLE_TABLE.values()
-                      if r.applies(spec) and r.per_layer and r.group == "experts" and r.shape[0] == "num_experts"
-                      and r.kind == "linear" and len(r.shape) == 3)
-        out["experts_active"] = total - stacked + stacked * spec.experts_top_k // experts
+                      if r.subgroup == "experts" and r.per_layer and r.shape[:1] == ("moe_experts",)
+                      and len(r.shape) == 3 and r.applies(spec))
+        out["experts_active"] = total - stacked + stacked * spec.moe_top_k // experts
     return out
 
 

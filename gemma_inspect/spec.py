@@ -104,8 +104,8 @@ class GemmaSpec:
     double_wide_mlp: bool = False  # intermediate size 2 x F on the KV-shared layers
     per_layer_input_size: int = 0  # per-layer input embeddings (PLE) width P; 0 = none
     per_layer_vocab_size: int = 0  # rows of the per-layer embedding table
-    num_experts: int = 0  # a mixture-of-experts block beside the dense MLP on every layer; 0 = none
-    experts_top_k: int = 0  # experts a token is routed to
+    moe_experts: int = 0  # a mixture-of-experts block beside the dense MLP on every layer; 0 = none
+    moe_top_k: int = 0  # experts a token is routed to
     moe_intermediate_size: int = 0  # one expert's FFN width
     layer_scalar: bool = False  # each layer multiplies its output by a stored scalar (a buffer)
     rope_partial_factor: float = 1.0  # fraction of a full layer's head_dim RoPE rotates (Gemma 4: 0.25)
@@ -118,6 +118,10 @@ class GemmaSpec:
         if self.query_pre_attn_scalar is None:
             object.__setattr__(self, "query_pre_attn_scalar", self.head_dim)
         self.validate()
+        # (not a field: whether any layer's geometry differs, asked for every tensor of every layer)
+        object.__setattr__(self, "_layered", any(
+            (self.layer_head_dim(i), self.layer_kv_heads(i), self.layer_intermediate(i))
+            != (self.head_dim, self.num_key_value_heads, self.intermediate_size) for i in range(self.num_layers)))
 
     # ----------------------------------------------------------------- validation
     def validate(self) -> None:
@@ -175,8 +179,8 @@ class GemmaSpec:
             v = getattr(self, f)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
                 out.append(f"{f} must be a positive integer or absent, got {v!r}")
-        for f in ("num_kv_shared_layers", "per_layer_input_size", "per_layer_vocab_size", "num_experts",
-                  "experts_top_k", "moe_intermediate_size"):
+        for f in ("num_kv_shared_layers", "per_layer_input_size", "per_layer_vocab_size", "moe_experts",
+                  "moe_top_k", "moe_intermediate_size"):
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 out.append(f"{f} must be a non-negative integer, got {v!r}")
@@ -191,8 +195,8 @@ class GemmaSpec:
                 out.append(f"KV-shared layers of type {missing[0]} have no earlier layer of that type to share with")
         if self.per_layer_input_size and not self.per_layer_vocab_size:
             out.append("per_layer_input_size is set but per_layer_vocab_size is 0")
-        if self.num_experts and not (0 < self.experts_top_k <= self.num_experts and self.moe_intermediate_size):
-            out.append(f"{self.num_experts} experts need 0 < top_k <= {self.num_experts} (got {self.experts_top_k}) "
+        if self.moe_experts and not (0 < self.moe_top_k <= self.moe_experts and self.moe_intermediate_size):
+            out.append(f"{self.moe_experts} experts need 0 < top_k <= {self.moe_experts} (got {self.moe_top_k}) "
                        f"and a moe_intermediate_size (got {self.moe_intermediate_size})")
         kv = self.num_global_key_value_heads
         if kv is not None and self.num_attention_heads % kv:
@@ -231,20 +235,18 @@ class GemmaSpec:
     @property
     def per_layer_geometry(self) -> bool:
         """Whether any layer's shapes differ from the spec's top-level head_dim / K/V heads / FFN width."""
-        return any((self.layer_head_dim(i), self.layer_kv_heads(i), self.layer_intermediate(i))
-                   != (self.head_dim, self.num_key_value_heads, self.intermediate_size)
-                   for i in range(self.num_layers))
+        return bool(self.__dict__.get("_layered"))
 
     def at_layer(self, i: int) -> Any:
         """A view of the spec whose head_dim, num_key_value_heads and intermediate_size are layer i's (what a
         role's shape formula reads); the spec itself when no layer differs."""
-        return _LayerView(self, i)
+        return _LayerView(self, i) if self.per_layer_geometry else self
 
     @property
     def gemma4_features(self) -> bool:
         """Whether the spec uses any of the fields above (summary's extra rows and keys)."""
         return bool(self.per_layer_geometry or self.attention_k_eq_v or self.num_kv_shared_layers
-                    or self.per_layer_input_size or self.num_experts or self.layer_scalar)
+                    or self.per_layer_input_size or self.moe_experts or self.layer_scalar)
 
     def replace(self, **changes: Any) -> GemmaSpec:
         return dataclasses.replace(self, **changes)
@@ -377,8 +379,8 @@ class GemmaSpec:
             "double_wide_mlp": self.double_wide_mlp,
             "per_layer_input_size": self.per_layer_input_size,
             "per_layer_vocab_size": self.per_layer_vocab_size,
-            "num_experts": self.num_experts,
-            "experts_top_k": self.experts_top_k,
+            "moe_experts": self.moe_experts,
+            "moe_top_k": self.moe_top_k,
             "moe_intermediate_size": self.moe_intermediate_size,
             "layer_scalar": self.layer_scalar,
             "rope_partial_factor": self.rope_partial_factor,
@@ -488,7 +490,7 @@ _CARDS: dict[str, dict[str, Any]] = {
     "gemma4-26b-a4b": dict(family="gemma4", vocab_size=262144, hidden_size=2816, num_layers=30,
                            num_attention_heads=16, num_key_value_heads=8, head_dim=256, intermediate_size=2112,
                            global_head_dim=512, num_global_key_value_heads=2, attention_k_eq_v=True,
-                           sliding_window=1024, num_experts=128, experts_top_k=8, moe_intermediate_size=704,
+                           sliding_window=1024, moe_experts=128, moe_top_k=8, moe_intermediate_size=704,
                            max_position_embeddings=262144),
     "gemma4-31b": dict(family="gemma4", vocab_size=262144, hidden_size=5376, num_layers=60,
                        num_attention_heads=32, num_key_value_heads=16, head_dim=256, intermediate_size=21504,

@@ -116,7 +116,7 @@ def extra_fields(text: dict[str, Any], raw_text: dict[str, Any], row: Family, la
         fields[field] = _flag(v, key, path) if field in ("attention_k_eq_v", "double_wide_mlp") else \
             _count(v, key, path)
     if ids.experts_switch is not None and not _flag(text.get(ids.experts_switch), ids.experts_switch, path):
-        for f in ("num_experts", "experts_top_k", "moe_intermediate_size"):  # the block is off: no experts
+        for f in ("moe_experts", "moe_top_k", "moe_intermediate_size"):  # the block is off: no experts
             fields[f] = 0
     if not fields.get("per_layer_input_size"):
         fields["per_layer_vocab_size"] = 0
