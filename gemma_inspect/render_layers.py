@@ -15,6 +15,13 @@ from .spec import format_count
 SLIDING, FULL = "sliding_attention", "full_attention"
 
 
+def _span(layers: list[int]) -> str:
+    """Consecutive layers as a range (15-34), others as render_base.ranges lists them."""
+    if len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}"
+    return ranges(layers)
+
+
 def _short(n: int) -> str:
     return f"{n / 1e9:.1f}B" if n >= 1e9 else format_count(n)
 
@@ -43,7 +50,7 @@ def _sharing(a: dict[str, Any], compact: bool) -> str:
     if compact:
         return f"last {n} reuse {', '.join(map(str, producers))}"
     named = " / ".join(f"{p} ({a['layer_types'][p].split('_')[0]})" for p in producers)
-    return f"last {n} layers ({ranges(shared)}) compute no K/V and reuse layer {named}"
+    return f"last {n} layers ({_span(shared)}) compute no K/V and reuse layer {named}"
 
 
 def _experts(a: dict[str, Any], compact: bool) -> str:
@@ -72,8 +79,8 @@ def _ffn(a: dict[str, Any], base: str, compact: bool) -> str:
     if not widths or len(set(widths)) == 1:
         return base
     wide = [i for i, w in enumerate(widths) if w != a["intermediate_size"]]
-    return base + (f" ({widths[wide[0]]} on {ranges(wide)})" if compact
-                   else f"; {widths[wide[0]]} on the KV-shared layers {ranges(wide)} (double-wide)")
+    return base + (f" ({widths[wide[0]]} on {_span(wide)})" if compact
+                   else f"; {widths[wide[0]]} on the KV-shared layers {_span(wide)} (double-wide)")
 
 
 def _scalars(m: dict[str, Any]) -> str:
