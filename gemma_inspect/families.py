@@ -64,6 +64,8 @@ class HFIds:
     experts_switch: str | None = None
     # tensor prefixes of a multimodal wrapper's other towers (reported, counted and left out)
     tower_prefixes: tuple[str, ...] = ()
+    # use_bidirectional_attention values that leave text causal (Gemma 4's released "vision": image tokens only)
+    causal_bidirectional: tuple[str, ...] = ()
 
     @property
     def legacy_gelu_is_tanh(self) -> bool:
@@ -251,7 +253,8 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
                                     moe_intermediate_size="moe_intermediate_size"),
                  layer_geometry=True, experts_switch="enable_moe_block",
                  tower_prefixes=("model.vision_tower.", "model.audio_tower.", "model.embed_vision.",
-                                 "model.embed_audio.")),
+                                 "model.embed_audio."),
+                 causal_bidirectional=("vision",)),
         unsupported_commands={c: f"`{c}` does not support Gemma 4 yet (summary and compare do)"
                               for c in ("convert", "parity", "verify", "diff")}),
     # Peers for the side-by-side table: SwiGLU, no norm offset, no embedding scale, untied output.

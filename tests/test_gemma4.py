@@ -289,7 +289,7 @@ GEMMA4_31B_CONFIG = {
         "num_hidden_layers": 60, "num_attention_heads": 32, "num_key_value_heads": 16, "head_dim": 256,
         "global_head_dim": 512, "num_global_key_value_heads": 4, "attention_k_eq_v": True,
         "hidden_size_per_layer_input": 0, "sliding_window": 1024, "final_logit_softcapping": 30.0,
-        "max_position_embeddings": 262144,
+        "max_position_embeddings": 262144, "use_bidirectional_attention": "vision",
         "layer_types": ([SLIDING] * 5 + [FULL]) * 10,
         "rope_parameters": {FULL: {"partial_rotary_factor": 0.25, "rope_theta": 1000000.0,
                                    "rope_type": "proportional"},
@@ -314,6 +314,9 @@ def test_header_only_31b_summary_is_fast(tmp_path):
     assert s["parameters"]["total"] == card("gemma4-31b").num_parameters == 30_697_345_280
     assert s["kv_cache_bytes_per_token"] == card("gemma4-31b").kv_cache_bytes_per_token()
     assert s["ignored_tensors"] == 1
-    assert "multimodal Gemma 4: vision/audio towers (1 tensors, 4,958,208 parameters) reported and ignored; only " \
-           "the text decoder is read" in s["notes"]
+    assert s["notes"] == [
+        "use_bidirectional_attention='vision' makes only image tokens attend both ways: the text decoder is causal, "
+        "as read here",
+        "multimodal Gemma 4: vision/audio towers (1 tensors, 4,958,208 parameters) reported and ignored; only the "
+        "text decoder is read"]
     assert os.path.getsize(tmp_path / "model.safetensors") == size

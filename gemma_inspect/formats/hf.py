@@ -255,6 +255,10 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
 
     _check_loader_keys(cfg, path)
     for flag in ("use_bidirectional_attention", "attention_bias"):
+        if flag == "use_bidirectional_attention" and text.get(flag) in ids.causal_bidirectional:
+            notes.append(f"{flag}={show(text[flag])} makes only image tokens attend both ways: the text decoder "
+                         f"is causal, as read here")
+            continue
         if text.get(flag):
             raise UnsupportedError(f"{path}: {flag}=true is not a Gemma causal-LM configuration this tool supports")
 
