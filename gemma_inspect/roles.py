@@ -97,9 +97,11 @@ class Role:
 
     def explain(self, spec: Any, layer: int | None = None) -> str:
         """Which config values the shape comes from: 'num_attention_heads=8 x head_dim=256, hidden_size=2048'."""
-        s = _at(spec, layer)
-        text = ", ".join(DIMENSIONS[d][1](s) if d in DIMENSIONS else f"{d}={getattr(s, d)}" for d in self.shape)
-        return text + (f" on layer {layer}" if layer is not None and s is not spec else "")
+        def says(s: Any) -> str:
+            return ", ".join(DIMENSIONS[d][1](s) if d in DIMENSIONS else f"{d}={getattr(s, d)}" for d in self.shape)
+
+        text = says(_at(spec, layer))
+        return text + (f" on layer {layer}" if layer is not None and text != says(spec) else "")
 
     def numel(self, spec: Any, layer: int | None = None) -> int:
         n = 1
