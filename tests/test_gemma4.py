@@ -320,3 +320,21 @@ def test_header_only_31b_summary_is_fast(tmp_path):
         "multimodal Gemma 4: vision/audio towers (1 tensors, 4,958,208 parameters) reported and ignored; only the "
         "text decoder is read"]
     assert os.path.getsize(tmp_path / "model.safetensors") == size
+
+
+def test_a_file_without_layer_scalars_reads_as_transformers_loads_it(dense, tmp_path):
+    """transformers initialises a missing layer_scalar buffer to 1: read so, and said (no release has that)."""
+    from safetensors.torch import load_file, save_file
+
+    d, _ = dense
+    out = tmp_path / "no-scalars"
+    shutil.copytree(d, out)
+    tensors = {n: t for n, t in load_file(str(out / "model.safetensors")).items() if not n.endswith("layer_scalar")}
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    s = summary_json(str(out))
+    assert s["architecture"]["layer_scalar"] is False and s["layer_scalars_stored"] == 0
+    assert "buffers" not in s["parameters"] and s["parameters"]["total"] == 65_356
+    assert ("no layer_scalar is stored: transformers runs every layer with scalar 1 (its initial value), which no "
+            "released Gemma 4 has") in s["notes"]
+    lines = [" ".join(line.split()) for line in run("summary", str(out)).stdout.splitlines()]
+    assert "Layer scalars none" in lines
