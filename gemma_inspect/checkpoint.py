@@ -83,7 +83,8 @@ def expected_tensors(spec: GemmaSpec) -> dict[str, tuple[int, ...]]:
     per_layer = layer_roles(spec)
     for i in range(spec.num_layers):
         for role in per_layer:
-            out[canonical_name(role, i)] = role_shape(spec, role)
+            if ROLE_TABLE[role].applies(spec, i):  # Gemma 4: KV-shared layers hold no k/v, K=V layers no v
+                out[canonical_name(role, i)] = role_shape(spec, role, i)
     for r in top:
         if r not in first:
             out[canonical_name(r)] = role_shape(spec, r)
@@ -233,7 +234,7 @@ def describe_shape_source(spec: GemmaSpec, name: str) -> str:
     parsed = parse_canonical(name)
     if parsed is None:
         return f"hidden_size={spec.hidden_size}"
-    return ROLE_TABLE[parsed[0]].explain(spec)
+    return ROLE_TABLE[parsed[0]].explain(spec, parsed[1])
 
 
 def card_checkpoint(name: str) -> Checkpoint:

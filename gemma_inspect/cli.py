@@ -133,11 +133,15 @@ _revision_option = click.option("--revision", default=None, metavar="REV", expos
                                 help="Branch, tag or commit of Hugging Face hub ids in SOURCE (default: main).")
 
 
-def _open(source: str, need: str = "full") -> Any:
+def _open(source: str, need: str = "full", command: str | None = None) -> Any:
+    """Open SOURCE; with `command`, refuse a family whose row says the command does not support it yet."""
     from .hub import open_source
 
     revision = click.get_current_context().meta.get("gemma_inspect.revision")
-    return open_source(source, need=need, revision=revision)
+    ckpt = open_source(source, need=need, revision=revision)
+    if command is not None:
+        ckpt.require(command)  # before anything is loaded or written (the library functions check it too)
+    return ckpt
 
 
 _MAIN_HELP = f"""Inspect, convert and verify Gemma checkpoints ({", ".join(FORMATS)}).
@@ -270,7 +274,7 @@ def parity_cmd(a: str, b: str, runtime_a: str, runtime_b: str, device: str, dtyp
     from .parity import parse_tokens, parity, plot_layers
 
     ids = parse_tokens(tokens) if tokens is not None else None
-    ca, cb = _open(a), _open(b)
+    ca, cb = _open(a, command="parity"), _open(b, command="parity")
     if plot_path:
         _check_output_file(plot_path, "--plot", (ca, cb))  # before minutes of forward passes, not after
     from .render import StepProgress
@@ -350,7 +354,7 @@ def verify_cmd(source: str, runtime: str, device: str, graph: bool, as_json: boo
     """
     from .verify import verify
 
-    ckpt = _open(source)
+    ckpt = _open(source, command="verify")
     from .render import StepProgress
 
     with StepProgress(_console(stderr=True), "verify") as say:
@@ -408,7 +412,7 @@ def convert(source: str, dest: str, to: str, dtype: str, max_shard_size: str | N
     from .convert import WriteOptions, convert as run_convert, parse_size
     from .formats import load
 
-    ckpt = _open(source)  # DEST stays a local path
+    ckpt = _open(source, command="convert")  # DEST stays a local path
     options = WriteOptions(dtype=dtype, max_shard_size=parse_size(max_shard_size), force=force,
                            manifest=not no_manifest, hash=hash_name)
     from .render import byte_progress
@@ -539,7 +543,7 @@ def diff_cmd(a: str, b: str | None, atol: float, manifest: str | None, as_json: 
         raise click.UsageError("diff needs A and B, or A and --manifest")
     from .diff import diff
 
-    ca, cb = _open(a), _open(b)
+    ca, cb = _open(a, command="diff"), _open(b, command="diff")
     from .render import count_progress
 
     total = len(ca.tensors.keys() | cb.tensors.keys())  # diff walks the tensors of either side

@@ -64,6 +64,17 @@ class HFIds:
     # config keys and values that tell this row from another row with the same model_type (EmbeddingGemma is
     # gemma3_text with use_bidirectional_attention: true); a key absent from the config does not match
     identified_by: dict[str, Any] = field(default_factory=dict)
+    # spec field -> config key for the family's extra spec fields (Gemma 4: PLE, KV sharing, experts, ...)
+    config_fields: dict[str, str] = field(default_factory=dict)
+    # full layers have their own head geometry: global_head_dim / num_global_key_value_heads, or transformers'
+    # saved per_layer_config {"05": {head_dim, num_key_value_heads}}
+    layer_geometry: bool = False
+    # the config key that switches the expert block on (Gemma 4's enable_moe_block); None: num_experts alone
+    experts_switch: str | None = None
+    # tensor prefixes of a multimodal wrapper's other towers (reported, counted and left out)
+    tower_prefixes: tuple[str, ...] = ()
+    # use_bidirectional_attention values that leave text causal (Gemma 4's released "vision": image tokens only)
+    causal_bidirectional: tuple[str, ...] = ()
 
     @property
     def legacy_gelu_is_tanh(self) -> bool:
@@ -243,6 +254,38 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
                       query_pre_attn_scalar=256, sliding_window=4096, final_logit_softcapping=None,
                       attn_logit_softcapping=None, **_GEMMA_HF_DEFAULTS),
                  rope="per_layer_type", pattern_key=True, identified_by={"use_bidirectional_attention": True}),
+        commands=("summary", "compare")),
+    # Gemma 4 (text decoder): RMSNorm applies w (no +1), q/k norms (and a weightless v_norm), queries unscaled,
+    # final soft cap 30; per-layer head geometry, per-layer input embeddings, KV sharing, K=V, experts beside the
+    # dense MLP and a stored layer_scalar are spec fields read from the config (row `hf.config_fields`).
+    Family(
+        "gemma4", "Gemma 4 (text)", True,
+        FamilyRules("pre+post", 0, True, "gelu_tanh", True, True, None, 30.0, query_scalar="unit"),
+        layer_pattern=(SLIDING,) * 5 + (FULL,),
+        defaults=dict(sliding_window=512, rope_theta=1_000_000.0, rope_local_theta=10_000.0,
+                      rope_partial_factor=0.25, query_pre_attn_scalar=1, layer_scalar=True,
+                      max_position_embeddings=131072),
+        hf=HFIds("gemma4_text", "Gemma4ForCausalLM", "hidden_activation",
+                 # Gemma4TextConfig's defaults (not E2B's): PLE 256 wide unless the config says otherwise
+                 dict(vocab_size=262144, hidden_size=2304, intermediate_size=9216, num_hidden_layers=30,
+                      num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+                      hidden_activation="gelu_pytorch_tanh", max_position_embeddings=131072,
+                      query_pre_attn_scalar=1, sliding_window=512, final_logit_softcapping=None,
+                      attn_logit_softcapping=None, vocab_size_per_layer_input=262144,
+                      hidden_size_per_layer_input=256, attention_k_eq_v=False, num_kv_shared_layers=0,
+                      enable_moe_block=False, use_double_wide_mlp=False, global_head_dim=512,
+                      **_GEMMA_HF_DEFAULTS),
+                 multimodal_model_type="gemma4", rope="per_layer_type",
+                 config_fields=dict(per_layer_input_size="hidden_size_per_layer_input",
+                                    per_layer_vocab_size="vocab_size_per_layer_input",
+                                    num_kv_shared_layers="num_kv_shared_layers",
+                                    attention_k_eq_v="attention_k_eq_v", double_wide_mlp="use_double_wide_mlp",
+                                    moe_experts="num_experts", moe_top_k="top_k_experts",
+                                    moe_intermediate_size="moe_intermediate_size"),
+                 layer_geometry=True, experts_switch="enable_moe_block",
+                 tower_prefixes=("model.vision_tower.", "model.audio_tower.", "model.embed_vision.",
+                                 "model.embed_audio."),
+                 causal_bidirectional=("vision",)),
         commands=("summary", "compare")),
     # Peers for the side-by-side table: SwiGLU, no norm offset, no embedding scale, untied output.
     Family("llama", "Llama 2", False, _PEER_RULES, (FULL,), _PEER_DEFAULTS),

@@ -48,12 +48,23 @@ def _sliding(a: dict[str, Any]) -> str:
     return f"{a['sliding_window']} tokens on {pattern}"
 
 
-def describe(m: dict[str, Any], compact: bool = False) -> list[tuple[str, str]]:
+def describe(m: dict[str, Any], compact: bool = False, layered: bool | None = None) -> list[tuple[str, str]]:
     """(label, value) rows shared by `summary` and `compare`, all computed from the summary object.
-    `compact` gives the short cells of the side-by-side table."""
+    `compact` gives the short cells of the side-by-side table; `layered` adds the Gemma 4 rows (per-layer
+    geometry, K=V, KV sharing, experts, per-layer inputs, layer scalars; default: when the model has them)."""
     rows = _describe_full(m)
-    if not compact:
-        return rows
+    if layered is None:
+        layered = "attention_k_eq_v" in m["architecture"]
+    if compact:
+        rows = _compact(m, rows)
+    if layered:
+        from .render_layers import insert_layer_rows
+
+        rows = insert_layer_rows(rows, m, compact)
+    return rows
+
+
+def _compact(m: dict[str, Any], rows: list[tuple[str, str]]) -> list[tuple[str, str]]:
     a, p = m["architecture"], m["parameters"]
     short = {
         "Parameters": _short_count(p["total"]),
@@ -194,17 +205,32 @@ def render_summary(console: Console, m: dict[str, Any]) -> None:
     pt.add_column("role")
     pt.add_column("count", justify="right")
     pt.add_column("share", justify="right")
+    subgroups = {"embedding": (("per_layer_embedding", "  of which per-layer embedding table"),
+                               ("per_layer_inputs", "  of which per-layer input projections")),
+                 "feedforward": (("experts", "  of which experts and router"),)}
     for role in ("embedding", "attention", "feedforward", "norms", "output"):
         if role == "output" and not p["output"]:
             continue
         pt.add_row(role, f"{p[role]:,}", _pct(p[role] / p['total']))
-    pt.add_row("per decoder layer", f"{p['per_layer']:,}", "")
+        for key, label in subgroups.get(role, ()):  # Gemma 4's finer counts, where the model has them
+            if p.get(key):
+                pt.add_row(label, f"{p[key]:,}", _pct(p[key] / p['total']))
+    pt.add_row("per decoder layer" + (" (layer 0)" if "effective" in p or "experts" in p else ""),
+               f"{p['per_layer']:,}", "")
     pt.add_row(Text("total (tied counted once)", style="bold"), Text(f"{p['total']:,}", style="bold"), "100%")
     pt.add_row("total if the output were untied", f"{p['total_if_untied']:,}",
                f"+{_pct((p['total_if_untied'] - p['total']) / p['total'])}")
     if "heads" in p:  # an embedding model's dense heads, apart from the transformer's total above
         pt.add_row("dense heads (after pooling)", f"{p['heads']:,}", f"+{_pct(p['heads'] / p['total'])}")
         pt.add_row(Text("total with the heads", style="bold"), Text(f"{p['total_with_heads']:,}", style="bold"), "")
+    if "effective" in p:
+        pt.add_row("effective (without the per-layer embedding table)", f"{p['effective']:,}",
+                   _pct(p["effective"] / p["total"]))
+    if "experts_active" in p:
+        pt.add_row("active per token (top-k experts)", f"{p['experts_active']:,}",
+                   _pct(p["experts_active"] / p["total"]))
+    if p.get("buffers"):
+        pt.add_row("buffers (layer scalars; not parameters)", f"{p['buffers']:,}", "")
     console.print(Trimmed(pt))
     if m.get("quantization"):
         render_quantization(console, m["quantization"])
@@ -280,10 +306,11 @@ def render_compare(console: Console, result: dict[str, Any]) -> None:
     longest word, and a cell wraps only between words."""
     result = printable_tree(result)
     models = result["models"]
-    described = [dict(describe(m, compact=True)) for m in models]
+    layered = any("attention_k_eq_v" in m["architecture"] for m in models)  # Gemma 4 rows for every column
+    described = [dict(describe(m, compact=True, layered=layered)) for m in models]
     # every model's rows, in the order of the one that has the most (an embedding model adds its heads' rows)
-    rows = sorted((describe(m, compact=True) for m in models), key=len, reverse=True)
-    labels = list(dict.fromkeys(label for r in rows for label, _ in r))
+    rows = sorted(described, key=len, reverse=True)
+    labels = list(dict.fromkeys(label for r in rows for label in r))
     described = [{label: d.get(label, "-") for label in labels} for d in described]
     headers = [m["card"] or _short_source(m["source"]) for m in models]
     table = Table(title="Side by side (rows that differ are highlighted)", title_justify="left")
@@ -292,7 +319,7 @@ def render_compare(console: Console, result: dict[str, Any]) -> None:
         widest = max([_longest_word(header)] + [_longest_word(v) for v in d.values()])
         table.add_column(escape(header), min_width=widest)
     for label in labels:
-        values = [d[label] for d in described]
+        values = [d.get(label, "-") for d in described]
         differs = len(set(values)) > 1
         table.add_row(label, *[Text(v, style="bold yellow" if differs else "") for v in values])
     console.print(Trimmed(table))

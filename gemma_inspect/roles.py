@@ -6,7 +6,7 @@ and what it is tied to. `expected_tensors`, the parameter breakdown, shape messa
 groups are all derived from these rows; the formats map roles to their own names in their own tables.
 
 Templates may hold `{i}` (the layer). Mixture-of-experts weights are stacked, as transformers and llama.cpp store
-them: such a role's shape starts with the expert count (a spec field), e.g. ("num_experts", "ffn2", "hidden_size").
+them: such a role's shape starts with the expert count (a spec field), e.g. ("moe_experts", "ffn2", "hidden_size").
 Shapes are tuples of dimension names, each one either a spec attribute or one of the products in `DIMENSIONS`;
 a family that needs another product (a per-layer embedding's num_layers x width) adds it there, as a row.
 
@@ -25,6 +25,12 @@ DIMENSIONS: dict[str, tuple[Callable[[Any], int], Callable[[Any], str]]] = {
                 lambda s: f"num_attention_heads={s.num_attention_heads} x head_dim={s.head_dim}"),
     "kv_width": (lambda s: s.num_key_value_heads * s.head_dim,
                  lambda s: f"num_key_value_heads={s.num_key_value_heads} x head_dim={s.head_dim}"),
+    # Gemma 4: the per-layer embedding table packs every layer's P-wide embedding side by side
+    "ple_width": (lambda s: s.num_layers * s.per_layer_input_size,
+                  lambda s: f"num_layers={s.num_layers} x per_layer_input_size={s.per_layer_input_size}"),
+    "moe_gate_up": (lambda s: 2 * s.moe_intermediate_size,
+                    lambda s: f"2 x moe_intermediate_size={s.moe_intermediate_size}"),
+    "one": (lambda s: 1, lambda s: "one value"),
 }
 
 
@@ -39,7 +45,23 @@ PRESENCE: dict[str, Callable[[Any], bool]] = {
     "post_norms": lambda s: _parametric(s) and s.norm_placement == "pre+post",
     "qk_norm": lambda s: _parametric(s) and s.qk_norm,
     "untied": lambda s: not s.tied_embeddings,
+    "per_layer_inputs": lambda s: bool(getattr(s, "per_layer_input_size", 0)),
+    "experts": lambda s: bool(getattr(s, "moe_experts", 0)),
+    "layer_scalar": lambda s: bool(getattr(s, "layer_scalar", False)),
 }
+
+# Per-layer presence rules: whether layer i of a spec has a role the spec has (KV-shared layers compute no K/V;
+# K=V layers have no v_proj). A spec without those fields has every role on every layer.
+LAYER_PRESENCE: dict[str, Callable[[Any, int], bool]] = {
+    "every_layer": lambda s, i: True,
+    "computes_kv": lambda s, i: not (hasattr(s, "kv_shared") and s.kv_shared(i)),
+    "stores_v": lambda s, i: not (hasattr(s, "kv_shared") and (s.kv_shared(i) or s.k_eq_v(i))),
+}
+
+
+def _at(spec: Any, layer: int | None) -> Any:
+    """The spec as layer `layer` sees it (its own head geometry and FFN width), or the spec itself."""
+    return spec if layer is None or not hasattr(spec, "at_layer") else spec.at_layer(layer)
 
 
 @dataclass(frozen=True)
@@ -51,25 +73,39 @@ class Role:
     group: str  # "embedding" | "output" | "attention" | "feedforward" | "norms"
     present: str = "always"  # a key of PRESENCE
     tied_to: str | None = None  # a role whose tensor stands in for this one when the spec ties them
+    layer_present: str = "every_layer"  # a key of LAYER_PRESENCE: which layers have it
+    # files may store the tensor on a layer that does not use it (Gemma 4's original files keep k/v of KV-shared
+    # layers): a reader accepts it there and sets it aside
+    stored_unused: bool = False
+    # a finer count the breakdown adds beside its group (Gemma 4: "per_layer_embedding", "per_layer_inputs",
+    # "experts"), listed only where a spec has it
+    subgroup: str | None = None
+    parameter: bool = True  # False: a stored buffer (layer_scalar), counted apart and not in the total
 
     @property
     def per_layer(self) -> bool:
         return "{i}" in self.template
 
-    def applies(self, spec: Any) -> bool:
-        return PRESENCE[self.present](spec)
+    def applies(self, spec: Any, layer: int | None = None) -> bool:
+        """Whether the spec has the role; with `layer`, whether that layer has it."""
+        return PRESENCE[self.present](spec) and (layer is None or LAYER_PRESENCE[self.layer_present](spec, layer))
 
-    def shape_of(self, spec: Any) -> tuple[int, ...]:
-        return tuple(DIMENSIONS[d][0](spec) if d in DIMENSIONS else int(getattr(spec, d)) for d in self.shape)
+    def shape_of(self, spec: Any, layer: int | None = None) -> tuple[int, ...]:
+        """The shape; with `layer`, that layer's (Gemma 4: head geometry of full layers, double-wide MLP)."""
+        s = _at(spec, layer)
+        return tuple(DIMENSIONS[d][0](s) if d in DIMENSIONS else int(getattr(s, d)) for d in self.shape)
 
-    def explain(self, spec: Any) -> str:
+    def explain(self, spec: Any, layer: int | None = None) -> str:
         """Which config values the shape comes from: 'num_attention_heads=8 x head_dim=256, hidden_size=2048'."""
-        return ", ".join(DIMENSIONS[d][1](spec) if d in DIMENSIONS else f"{d}={getattr(spec, d)}"
-                         for d in self.shape)
+        def says(s: Any) -> str:
+            return ", ".join(DIMENSIONS[d][1](s) if d in DIMENSIONS else f"{d}={getattr(s, d)}" for d in self.shape)
 
-    def numel(self, spec: Any) -> int:
+        text = says(_at(spec, layer))
+        return text + (f" on layer {layer}" if layer is not None and text != says(spec) else "")
+
+    def numel(self, spec: Any, layer: int | None = None) -> int:
         n = 1
-        for x in self.shape_of(spec):
+        for x in self.shape_of(spec, layer):
             n *= x
         return n
 
@@ -86,14 +122,48 @@ ROLE_TABLE: dict[str, Role] = {r.key: r for r in (
     Role("ffn_norm", _L + "pre_feedforward_layernorm.weight", ("hidden_size",), "norm", "norms", "norm_weights"),
     Role("post_ffn_norm", _L + "post_feedforward_layernorm.weight", ("hidden_size",), "norm", "norms", "post_norms"),
     Role("q", _L + "self_attn.q_proj.weight", ("q_width", "hidden_size"), "linear", "attention"),
-    Role("k", _L + "self_attn.k_proj.weight", ("kv_width", "hidden_size"), "linear", "attention"),
-    Role("v", _L + "self_attn.v_proj.weight", ("kv_width", "hidden_size"), "linear", "attention"),
+    Role("k", _L + "self_attn.k_proj.weight", ("kv_width", "hidden_size"), "linear", "attention",
+         layer_present="computes_kv", stored_unused=True),
+    Role("v", _L + "self_attn.v_proj.weight", ("kv_width", "hidden_size"), "linear", "attention",
+         layer_present="stores_v", stored_unused=True),
     Role("o", _L + "self_attn.o_proj.weight", ("hidden_size", "q_width"), "linear", "attention"),
     Role("q_norm", _L + "self_attn.q_norm.weight", ("head_dim",), "norm", "norms", "qk_norm"),
-    Role("k_norm", _L + "self_attn.k_norm.weight", ("head_dim",), "norm", "norms", "qk_norm"),
+    Role("k_norm", _L + "self_attn.k_norm.weight", ("head_dim",), "norm", "norms", "qk_norm",
+         layer_present="computes_kv", stored_unused=True),
     Role("gate", _L + "mlp.gate_proj.weight", ("intermediate_size", "hidden_size"), "linear", "feedforward"),
     Role("up", _L + "mlp.up_proj.weight", ("intermediate_size", "hidden_size"), "linear", "feedforward"),
     Role("down", _L + "mlp.down_proj.weight", ("hidden_size", "intermediate_size"), "linear", "feedforward"),
+    # Gemma 4: a stored per-layer output scale (a buffer in transformers, not a parameter)
+    Role("layer_scalar", _L + "layer_scalar", ("one",), "scalar", "norms", "layer_scalar", parameter=False),
+    # Gemma 4 per-layer input embeddings (PLE): the gate, the projection back and its norm in every layer ...
+    Role("ple_gate", _L + "per_layer_input_gate.weight", ("per_layer_input_size", "hidden_size"), "linear",
+         "embedding", "per_layer_inputs", subgroup="per_layer_inputs"),
+    Role("ple_proj", _L + "per_layer_projection.weight", ("hidden_size", "per_layer_input_size"), "linear",
+         "embedding", "per_layer_inputs", subgroup="per_layer_inputs"),
+    Role("ple_post_norm", _L + "post_per_layer_input_norm.weight", ("hidden_size",), "norm", "norms",
+         "per_layer_inputs"),
+    # ... and the mixture of experts beside the dense MLP: router, its scales, stacked experts, their norms
+    Role("router", _L + "router.proj.weight", ("moe_experts", "hidden_size"), "linear", "feedforward", "experts",
+         subgroup="experts"),
+    Role("router_scale", _L + "router.scale", ("hidden_size",), "scale", "feedforward", "experts",
+         subgroup="experts"),
+    Role("expert_scale", _L + "router.per_expert_scale", ("moe_experts",), "scale", "feedforward", "experts",
+         subgroup="experts"),
+    Role("experts_gate_up", _L + "experts.gate_up_proj", ("moe_experts", "moe_gate_up", "hidden_size"),
+         "linear", "feedforward", "experts", subgroup="experts"),
+    Role("experts_down", _L + "experts.down_proj", ("moe_experts", "hidden_size", "moe_intermediate_size"),
+         "linear", "feedforward", "experts", subgroup="experts"),
+    Role("moe_ffn_norm", _L + "pre_feedforward_layernorm_2.weight", ("hidden_size",), "norm", "norms", "experts"),
+    Role("post_dense_norm", _L + "post_feedforward_layernorm_1.weight", ("hidden_size",), "norm", "norms",
+         "experts"),
+    Role("post_moe_norm", _L + "post_feedforward_layernorm_2.weight", ("hidden_size",), "norm", "norms", "experts"),
+    # top level: the per-layer embedding table, the model-side projection into it and its norm
+    Role("ple", "model.embed_tokens_per_layer.weight", ("per_layer_vocab_size", "ple_width"), "embedding",
+         "embedding", "per_layer_inputs", subgroup="per_layer_embedding"),
+    Role("ple_model_proj", "model.per_layer_model_projection.weight", ("ple_width", "hidden_size"), "linear",
+         "embedding", "per_layer_inputs", subgroup="per_layer_inputs"),
+    Role("ple_proj_norm", "model.per_layer_projection_norm.weight", ("per_layer_input_size",), "norm", "norms",
+         "per_layer_inputs"),
 )}
 
 class _View(Mapping[str, Any]):
@@ -137,6 +207,9 @@ LAYER_ROLES: AbstractSet[str] = _KeySet(lambda r: r.per_layer)  # in table (file
 NORM_ROLES: AbstractSet[str] = _KeySet(lambda r: r.kind == "norm")
 # The groups in the order the parameter breakdown and GGUF's quantization summary list them.
 GROUPS = ("embedding", "attention", "feedforward", "norms", "output")
+# The finer counts only Gemma 4's rows have (Role.subgroup; listed only where a spec has them), and "buffers":
+# stored values that are not parameters (transformers' num_parameters leaves them out, and so does the total).
+EXTRA_GROUPS = ("per_layer_embedding", "per_layer_inputs", "experts", "buffers")
 
 
 def role(key: str) -> Role:
@@ -157,14 +230,20 @@ def top_roles(spec: Any) -> list[str]:
     return [k for k, r in ROLE_TABLE.items() if not r.per_layer and r.applies(spec)]
 
 
-def role_shape(spec: Any, key: str) -> tuple[int, ...]:
-    return ROLE_TABLE[key].shape_of(spec)
+def role_shape(spec: Any, key: str, layer: int | None = None) -> tuple[int, ...]:
+    return ROLE_TABLE[key].shape_of(spec, layer)
 
 
 def parameter_breakdown(spec: Any) -> dict[str, int]:
-    """Counts by group, tied weights counted once (the JSON `parameters` object of `summary`)."""
+    """Counts by group, tied weights counted once (the JSON `parameters` object of `summary`). Per-layer roles are
+    counted layer by layer (Gemma 4's layers differ; `per_layer` is layer 0's count). Keys only a spec with such
+    rows gets: the rows' subgroups `per_layer_embedding` (the PLE table, inside `embedding`), `per_layer_inputs`
+    (its projections, inside `embedding`) and `experts` (router and stacked experts, inside `feedforward`);
+    `effective` (the total without the PLE table: the count Google quotes for E2B/E4B), `experts_active` (the
+    total with top_k of the experts per token) and `buffers` (stored values that are not parameters)."""
     groups = dict.fromkeys(GROUPS, 0)
-    per_layer = 0
+    extra: dict[str, int] = {}
+    first_layer = 0
     tied_extra = 0
     for key, r in ROLE_TABLE.items():
         if r.tied_to and not r.applies(spec):  # stands in by tying: counted once, but an untied copy would add it
@@ -172,12 +251,20 @@ def parameter_breakdown(spec: Any) -> dict[str, int]:
             continue
         if not r.applies(spec):
             continue
-        n = r.numel(spec) * (spec.num_layers if r.per_layer else 1)
-        groups[r.group] += n
         if r.per_layer:
-            per_layer += r.numel(spec)
+            n = sum(r.numel(spec, i) for i in range(spec.num_layers) if r.applies(spec, i))
+            if r.parameter and spec.num_layers and r.applies(spec, 0):
+                first_layer += r.numel(spec, 0)
+        else:
+            n = r.numel(spec)
+        if not r.parameter:
+            extra["buffers"] = extra.get("buffers", 0) + n
+            continue
+        groups[r.group] += n
+        if r.subgroup:
+            extra[r.subgroup] = extra.get(r.subgroup, 0) + n
     total = sum(groups.values())
-    return {
+    out = {
         "total": total,
         "total_if_untied": total + tied_extra,
         "embedding": groups["embedding"],
@@ -185,9 +272,20 @@ def parameter_breakdown(spec: Any) -> dict[str, int]:
         "attention": groups["attention"],
         "feedforward": groups["feedforward"],
         "norms": groups["norms"],
-        "per_layer": per_layer,
+        "per_layer": first_layer,
+        **extra,
     }
+    if extra.get("per_layer_embedding"):
+        out["effective"] = total - extra["per_layer_embedding"]
+    experts = getattr(spec, "moe_experts", 0)
+    if experts:  # the stacked experts' weights: only top_k of them run for a token
+        stacked = sum(r.numel(spec) * spec.num_layers for r in ROLE_TABLE.values()
+                      if r.subgroup == "experts" and r.per_layer and r.shape[:1] == ("moe_experts",)
+                      and len(r.shape) == 3 and r.applies(spec))
+        out["experts_active"] = total - stacked + stacked * spec.moe_top_k // experts
+    return out
 
 
 __all__ = ["Role", "ROLE_TABLE", "ROLES", "LAYER_ROLES", "NORM_ROLES", "DIMENSIONS", "PRESENCE", "role",
-           "group_of", "layer_roles", "top_roles", "role_shape", "parameter_breakdown", "GROUPS"]
+           "group_of", "layer_roles", "top_roles", "role_shape", "parameter_breakdown", "GROUPS", "EXTRA_GROUPS",
+           "LAYER_PRESENCE"]

@@ -101,6 +101,19 @@ class GemmaSpec:
     # "causal", or "bidirectional": every token attends to every position (sliding layers: within the window on
     # either side); HF's use_bidirectional_attention (EmbeddingGemma)
     attention_mask: str = "causal"
+    # Gemma 4 (every default leaves the earlier families as they were):
+    global_head_dim: int | None = None  # head_dim of full-attention layers; None = head_dim
+    num_global_key_value_heads: int | None = None  # K/V heads of full-attention layers; None = num_key_value_heads
+    attention_k_eq_v: bool = False  # full layers have no v_proj: V is the raw K projection (v-normed)
+    num_kv_shared_layers: int = 0  # the last n layers compute no K/V; they reuse an earlier layer's
+    double_wide_mlp: bool = False  # intermediate size 2 x F on the KV-shared layers
+    per_layer_input_size: int = 0  # per-layer input embeddings (PLE) width P; 0 = none
+    per_layer_vocab_size: int = 0  # rows of the per-layer embedding table
+    moe_experts: int = 0  # a mixture-of-experts block beside the dense MLP on every layer; 0 = none
+    moe_top_k: int = 0  # experts a token is routed to
+    moe_intermediate_size: int = 0  # one expert's FFN width
+    layer_scalar: bool = False  # each layer multiplies its output by a stored scalar (a buffer)
+    rope_partial_factor: float = 1.0  # fraction of a full layer's head_dim RoPE rotates (Gemma 4: 0.25)
 
     def __post_init__(self) -> None:
         if not self.layer_types:
@@ -110,6 +123,10 @@ class GemmaSpec:
         if self.query_pre_attn_scalar is None:
             object.__setattr__(self, "query_pre_attn_scalar", self.head_dim)
         self.validate()
+        # (not a field: whether any layer's geometry differs, asked for every tensor of every layer)
+        object.__setattr__(self, "_layered", any(
+            (self.layer_head_dim(i), self.layer_kv_heads(i), self.layer_intermediate(i))
+            != (self.head_dim, self.num_key_value_heads, self.intermediate_size) for i in range(self.num_layers)))
 
     # ----------------------------------------------------------------- validation
     def validate(self) -> None:
@@ -156,10 +173,87 @@ class GemmaSpec:
             problems.append(f"rope_local_theta must be positive, got {self.rope_local_theta}")
         if self.attention_mask not in ATTENTION_MASKS:
             problems.append(f"attention_mask must be one of {', '.join(ATTENTION_MASKS)}, got {self.attention_mask!r}")
+        problems += self._layer_problems()
         if self.norm_kind == "layernorm_nonparametric" and (self.qk_norm or self.norm_offset):
             problems.append("a non-parametric LayerNorm has no weights to offset or to use for QK-norm")
         if problems:
             raise SpecError("; ".join(problems))
+
+    def _layer_problems(self) -> list[str]:
+        """The Gemma 4 fields: per-layer geometry, KV sharing, PLE and experts must make sense together."""
+        out = []
+        for f in ("global_head_dim", "num_global_key_value_heads"):
+            v = getattr(self, f)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
+                out.append(f"{f} must be a positive integer or absent, got {v!r}")
+        for f in ("num_kv_shared_layers", "per_layer_input_size", "per_layer_vocab_size", "moe_experts",
+                  "moe_top_k", "moe_intermediate_size"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                out.append(f"{f} must be a non-negative integer, got {v!r}")
+        if out:
+            return out
+        if self.num_kv_shared_layers >= max(self.num_layers, 1) and self.num_kv_shared_layers:
+            out.append(f"num_kv_shared_layers {self.num_kv_shared_layers} leaves no layer that computes K/V")
+        elif self.num_kv_shared_layers:
+            first = self.num_layers - self.num_kv_shared_layers
+            missing = sorted(set(self.layer_types[first:]) - set(self.layer_types[:first]))
+            if missing:
+                out.append(f"KV-shared layers of type {missing[0]} have no earlier layer of that type to share with")
+        if self.per_layer_input_size and not self.per_layer_vocab_size:
+            out.append("per_layer_input_size is set but per_layer_vocab_size is 0")
+        if self.moe_experts and not (0 < self.moe_top_k <= self.moe_experts and self.moe_intermediate_size):
+            out.append(f"{self.moe_experts} experts need 0 < top_k <= {self.moe_experts} (got {self.moe_top_k}) "
+                       f"and a moe_intermediate_size (got {self.moe_intermediate_size})")
+        kv = self.num_global_key_value_heads
+        if kv is not None and self.num_attention_heads % kv:
+            out.append(f"num_attention_heads {self.num_attention_heads} is not a multiple of "
+                       f"num_global_key_value_heads {kv}")
+        if not 0 < self.rope_partial_factor <= 1:
+            out.append(f"rope_partial_factor must be in (0, 1], got {self.rope_partial_factor}")
+        return out
+
+    # ----------------------------------------------------------------- per-layer geometry (Gemma 4)
+    def layer_head_dim(self, i: int) -> int:
+        return self.global_head_dim if self.global_head_dim and self.layer_types[i] == FULL else self.head_dim
+
+    def layer_kv_heads(self, i: int) -> int:
+        g = self.num_global_key_value_heads
+        return g if g and self.layer_types[i] == FULL else self.num_key_value_heads
+
+    def kv_shared(self, i: int) -> bool:
+        """Whether layer i reuses an earlier layer's K/V (one of the last num_kv_shared_layers)."""
+        return i >= self.num_layers - self.num_kv_shared_layers
+
+    def kv_source(self, i: int) -> int:
+        """The layer whose K/V layer i attends with: itself, or the last non-shared layer of its type."""
+        if not self.kv_shared(i):
+            return i
+        first = self.num_layers - self.num_kv_shared_layers
+        return max(j for j in range(first) if self.layer_types[j] == self.layer_types[i])
+
+    def k_eq_v(self, i: int) -> bool:
+        """Whether layer i's V is its K projection (no v_proj): K=V models, on full layers."""
+        return self.attention_k_eq_v and self.layer_types[i] == FULL
+
+    def layer_intermediate(self, i: int) -> int:
+        return self.intermediate_size * (2 if self.double_wide_mlp and self.kv_shared(i) else 1)
+
+    @property
+    def per_layer_geometry(self) -> bool:
+        """Whether any layer's shapes differ from the spec's top-level head_dim / K/V heads / FFN width."""
+        return bool(self.__dict__.get("_layered"))
+
+    def at_layer(self, i: int) -> Any:
+        """A view of the spec whose head_dim, num_key_value_heads and intermediate_size are layer i's (what a
+        role's shape formula reads); the spec itself when no layer differs."""
+        return _LayerView(self, i) if self.per_layer_geometry else self
+
+    @property
+    def gemma4_features(self) -> bool:
+        """Whether the spec uses any of the fields above (summary's extra rows and keys)."""
+        return bool(self.per_layer_geometry or self.attention_k_eq_v or self.num_kv_shared_layers
+                    or self.per_layer_input_size or self.moe_experts or self.layer_scalar)
 
     def replace(self, **changes: Any) -> GemmaSpec:
         return dataclasses.replace(self, **changes)
@@ -225,9 +319,12 @@ class GemmaSpec:
         return DTYPE_BYTES.get(self.dtype, 2)
 
     def kv_cache_bytes_per_token(self, dtype: str | None = None) -> int:
-        """K and V of every layer for one token (sliding layers stop growing past their window)."""
+        """K and V of every layer that computes them, for one token (sliding layers stop growing past their
+        window); each layer with its own head geometry. A KV-shared layer caches nothing; a K=V layer still
+        caches V (v_norm of K differs from the normed, rotated K)."""
         per_elem = DTYPE_BYTES.get(dtype or self.dtype, 2)
-        return 2 * self.num_layers * self.num_key_value_heads * self.head_dim * per_elem
+        return sum(2 * self.layer_kv_heads(i) * self.layer_head_dim(i) * per_elem
+                   for i in range(self.num_layers) if not self.kv_shared(i))
 
     # ----------------------------------------------------------------- parameter counting
     def parameter_breakdown(self) -> dict[str, int]:
@@ -274,7 +371,41 @@ class GemmaSpec:
             "max_position_embeddings": self.max_position_embeddings,
             "dtype": self.dtype,
             "attention_mask": self.attention_mask,
+            **(self._gemma4_dict() if self.gemma4_features else {}),
         }
+
+    def _gemma4_dict(self) -> dict[str, Any]:
+        return {
+            "global_head_dim": self.global_head_dim,
+            "num_global_key_value_heads": self.num_global_key_value_heads,
+            "layer_head_dims": [self.layer_head_dim(i) for i in range(self.num_layers)],
+            "layer_kv_heads": [self.layer_kv_heads(i) for i in range(self.num_layers)],
+            "layer_intermediate_sizes": [self.layer_intermediate(i) for i in range(self.num_layers)],
+            "attention_k_eq_v": self.attention_k_eq_v,
+            "num_kv_shared_layers": self.num_kv_shared_layers,
+            "kv_sources": [self.kv_source(i) for i in range(self.num_layers)],
+            "double_wide_mlp": self.double_wide_mlp,
+            "per_layer_input_size": self.per_layer_input_size,
+            "per_layer_vocab_size": self.per_layer_vocab_size,
+            "moe_experts": self.moe_experts,
+            "moe_top_k": self.moe_top_k,
+            "moe_intermediate_size": self.moe_intermediate_size,
+            "layer_scalar": self.layer_scalar,
+            "rope_partial_factor": self.rope_partial_factor,
+        }
+
+
+class _LayerView:
+    """A spec seen at one layer: the geometry fields are the layer's, everything else the spec's."""
+
+    def __init__(self, spec: GemmaSpec, i: int):
+        self._spec, self.layer = spec, i
+        self.head_dim = spec.layer_head_dim(i)
+        self.num_key_value_heads = spec.layer_kv_heads(i)
+        self.intermediate_size = spec.layer_intermediate(i)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._spec, name)
 
 
 # --------------------------------------------------------------------- family builders
@@ -357,6 +488,28 @@ _CARDS: dict[str, dict[str, Any]] = {
                                 num_attention_heads=3, num_key_value_heads=1, head_dim=256, intermediate_size=1152,
                                 sliding_window=512, query_pre_attn_scalar=256, max_position_embeddings=2048,
                                 dtype="float32"),
+    # Gemma 4 (text decoders of the published configs: google-deepmind/gemma, HF google/gemma-4-*): sliding
+    # head_dim 256, full layers global_head_dim 512, final soft cap 30. E2B/E4B: per-layer input embeddings
+    # (256 per layer) and KV sharing of the last layers (E2B: double-wide MLP there); 26B-A4B: 128 experts beside
+    # the dense MLP, K=V on full layers; 31B: dense, K=V.
+    "gemma4-e2b": dict(family="gemma4", vocab_size=262144, hidden_size=1536, num_layers=35,
+                       num_attention_heads=8, num_key_value_heads=1, head_dim=256, intermediate_size=6144,
+                       global_head_dim=512, sliding_window=512, layer_types=family("gemma4").layer_types(35, 5),
+                       per_layer_input_size=256, per_layer_vocab_size=262144, num_kv_shared_layers=20,
+                       double_wide_mlp=True),
+    "gemma4-e4b": dict(family="gemma4", vocab_size=262144, hidden_size=2560, num_layers=42,
+                       num_attention_heads=8, num_key_value_heads=2, head_dim=256, intermediate_size=10240,
+                       global_head_dim=512, sliding_window=512, per_layer_input_size=256,
+                       per_layer_vocab_size=262144, num_kv_shared_layers=18),
+    "gemma4-26b-a4b": dict(family="gemma4", vocab_size=262144, hidden_size=2816, num_layers=30,
+                           num_attention_heads=16, num_key_value_heads=8, head_dim=256, intermediate_size=2112,
+                           global_head_dim=512, num_global_key_value_heads=2, attention_k_eq_v=True,
+                           sliding_window=1024, moe_experts=128, moe_top_k=8, moe_intermediate_size=704,
+                           max_position_embeddings=262144),
+    "gemma4-31b": dict(family="gemma4", vocab_size=262144, hidden_size=5376, num_layers=60,
+                       num_attention_heads=32, num_key_value_heads=16, head_dim=256, intermediate_size=21504,
+                       global_head_dim=512, num_global_key_value_heads=4, attention_k_eq_v=True,
+                       sliding_window=1024, max_position_embeddings=262144),
     # Peers for the side-by-side table: SwiGLU, no norm offset, no embedding scale, untied output.
     "llama2-7b": dict(family="llama", vocab_size=32000, hidden_size=4096, num_layers=32,
                       num_attention_heads=32, num_key_value_heads=32, head_dim=128, intermediate_size=11008,

@@ -49,6 +49,9 @@ def summarize(ckpt: Checkpoint) -> dict[str, Any]:
         out["embedding_head"] = head.to_dict()
         params["heads"] = head.parameters
         params["total_with_heads"] = params["total"] + head.parameters
+    if spec.gemma4_features:  # how many layers store their layer_scalar (None for a card: nothing is stored)
+        out["layer_scalars_stored"] = None if ckpt.is_card else sum(
+            1 for n in ckpt.tensors if n.endswith(".layer_scalar"))
     if ckpt.hub:  # SOURCE was a hub id, handle or preset name: what it resolved to
         out["hub"] = ckpt.hub
     if ckpt.quantization:  # GGUF: storage types and bits per weight per tensor group

@@ -21,6 +21,11 @@ PUBLISHED = {
     "gemma3-270m": 268_098_176,
     "gemma3-1b": 999_885_952,
     "vaultgemma-1b": 1_038_741_120,  # keras-hub's vault_gemma_1b_en metadata; transformers' count on meta too
+    # Gemma 4 text decoders: transformers 5.24's num_parameters on the meta device (tests/test_gemma4.py builds them)
+    "gemma4-e2b": 4_628_569_344,
+    "gemma4-e4b": 7_463_013_376,
+    "gemma4-26b-a4b": 25_233_141_760,
+    "gemma4-31b": 30_697_345_280,
     "llama2-7b": 6_738_415_616,
     "olmo-7b": 6_888_095_744,
     "mistral-7b": 7_241_732_096,
@@ -58,7 +63,7 @@ def expected_total(name: str) -> int:
 
 def test_every_card_has_an_expected_count():
     assert set(CARD_NAMES) == set(PUBLISHED) | set(GEMMA3_TEXT_CONFIGS) | set(ENCODERS)
-    assert len(CARD_NAMES) == 15
+    assert len(CARD_NAMES) == 19
 
 
 @pytest.mark.parametrize("name", CARD_NAMES)
@@ -240,7 +245,8 @@ def test_layer_types_of_the_wrong_length():
 def test_several_problems_are_reported_together():
     with pytest.raises(SpecError) as e:
         GemmaSpec(**{**BASE, "hidden_size": 0, "family": "gpt"})
-    assert str(e.value) == ("unknown family 'gpt' (known: gemma, gemma2, gemma3, vaultgemma, embeddinggemma, llama, olmo, mistral); "
+    assert str(e.value) == ("unknown family 'gpt' (known: gemma, gemma2, gemma3, vaultgemma, embeddinggemma, gemma4, "
+                            "llama, olmo, mistral); "
                             "hidden_size must be a positive integer, got 0")
 
 

@@ -102,7 +102,7 @@ def _rope(text: dict[str, Any], row: Family, path: str) -> dict[str, float]:
         if not isinstance(params, dict):
             raise InputError(path, f"config {where} must be an object, got {show(params)}")
         kind = params.get("rope_type", params.get("type", "default"))
-        if kind in ("default", None):
+        if kind in ("default", None, "proportional"):  # proportional: partial RoPE, no position scaling (hf_layers)
             return 1.0
         if kind == "linear":
             f = params.get("factor", 1.0)
@@ -252,13 +252,19 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
             raise InputError(path, "config text_config must be an object")
         if text.get("model_type", ids.model_type) != ids.model_type:
             raise InputError(path, f"unsupported text_config model_type {show(text.get('model_type'))}")
+    raw_text = text
     merged = dict(ids.defaults)  # transformers' config defaults: a key absent from config.json takes these
     merged.update(text)
     text = merged
 
     _check_loader_keys(cfg, path)
-    bidirectional = bool(text.get("use_bidirectional_attention"))
+    bidirectional = bool(text.get("use_bidirectional_attention")) and \
+        text.get("use_bidirectional_attention") not in ids.causal_bidirectional
     for flag in ("use_bidirectional_attention", "attention_bias"):
+        if flag == "use_bidirectional_attention" and text.get(flag) in ids.causal_bidirectional:
+            notes.append(f"{flag}={show(text[flag])} makes only image tokens attend both ways: the text decoder "
+                         f"is causal, as read here")
+            continue
         if text.get(flag) and not (flag == "use_bidirectional_attention" and row.rules.attention_mask == "bidirectional"):
             raise UnsupportedError(f"{path}: {flag}=true is not a Gemma causal-LM configuration this tool supports")
 
@@ -301,6 +307,10 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
         notes.append(f"config.json declares no dtype; using the tensors' {dtype}")
     tie = cfg.get("tie_word_embeddings", text.get("tie_word_embeddings", True))
     eos = text.get("eos_token_id", cfg.get("eos_token_id"))
+    from .hf_layers import extra_fields
+
+    extra, extra_notes = extra_fields(text, raw_text, row, layer_types, kv, head_dim, path)
+    notes += extra_notes
     try:
         # make_spec applies the row's rules (norm placement, QK-norm, ...): no config key says them
         spec = make_spec(
@@ -327,6 +337,7 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
             pad_token_id=_id_or(text.get("pad_token_id", cfg.get("pad_token_id")), 0),
             attention_mask="bidirectional" if bidirectional else "causal",
             **_rope(text, row, path),
+            **extra,
         )
     except (UnsupportedError, InputError):  # already name config.json (require_int, opt_float, _rope)
         raise
@@ -409,9 +420,11 @@ def from_headers(cfg: dict[str, Any], config_path: str,
     base = _is_base_model(stored)
     bare = base
     base = base or not FAMILY_TABLE[spec.family].rules.lm_head  # an encoder has no LM head however it is named
+    row = FAMILY_TABLE[spec.family]
+    towers = VISION_PREFIXES + (row.hf.tower_prefixes if row.hf is not None else ())
     for hf, (dtype, shape, make_ref) in stored.items():
         name = BASE_PREFIX + hf if base and hf.startswith(BASE_NAMES) else hf
-        if any(name.startswith(p) for p in VISION_PREFIXES):
+        if any(name.startswith(p) for p in towers):
             ignored[hf] = (shape, dtype)
             vision_params += _numel(shape)
             continue
@@ -430,12 +443,18 @@ def from_headers(cfg: dict[str, Any], config_path: str,
         notes.append("a base model (tensors named without the `model.` prefix, as GemmaModel / Gemma2Model / "
                      "Gemma3TextModel save them): no LM head, neither stored nor tied; read as transformers reads it")
     if vision_params:
-        n_vision = sum(1 for k in ignored if any(k.startswith(p) for p in VISION_PREFIXES))
-        notes.append(f"multimodal Gemma 3: vision tower and projector ({n_vision} tensors, "
+        n_vision = sum(1 for k in ignored if any(k.startswith(p) for p in towers))
+        what = "vision tower and projector" if not row.hf or not row.hf.tower_prefixes else "vision/audio towers"
+        notes.append(f"multimodal {_short_title(row)}: {what} ({n_vision} tensors, "
                      f"{vision_params:,} parameters) reported and ignored; only the text decoder is read")
     if _is_wrapper(cfg) and not vision_params:
-        notes.append("multimodal Gemma 3 config: only the text decoder is read")
+        notes.append(f"multimodal {_short_title(row)} config: only the text decoder is read")
     _name_unmapped(tensors, where)
+    from .hf_layers import set_aside_unused, without_layer_scalars
+
+    spec, more = without_layer_scalars(spec, tensors)
+    notes += more
+    notes += set_aside_unused(spec, tensors, ignored, config_path, where)
     check_against_spec(spec, tensors, config_path, where)
     return spec, {n: tensors[n] for n in _canonical_order(spec, tensors)}, ignored, notes, base
 

@@ -1,0 +1,176 @@
+"""The HF config keys of a family's extra spec fields (Gemma 4): per-layer head geometry in either spelling,
+per-layer input embeddings, KV sharing, K=V, the expert block and proportional RoPE on full layers.
+
+What is read comes from the family row (`hf.config_fields`, `hf.layer_geometry`, `hf.experts_switch`), never from
+the family's name. Values are read as transformers 5.24 reads them: `global_head_dim` defaults to 512,
+`num_global_key_value_heads` counts only when `attention_k_eq_v` is on, and a saved `per_layer_config` (sparse,
+keys the layer index, zero-padded or not) wins over both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import InputError, UnsupportedError
+from ..families import FULL, SLIDING, Family
+from .common import show
+
+GEOMETRY_KEYS = ("head_dim", "num_key_value_heads")
+
+
+def _count(v: Any, key: str, path: str) -> int:
+    """A non-negative integer config value (null counts as 0: transformers' "none")."""
+    if v is None or v is False:
+        return 0
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise InputError(path, f"config {key} must be a non-negative integer, got {show(v)}")
+    return v
+
+
+def _flag(v: Any, key: str, path: str) -> bool:
+    if v is None:
+        return False
+    if not isinstance(v, bool):
+        raise InputError(path, f"config {key} must be true or false, got {show(v)}")
+    return v
+
+
+def _per_layer_config(raw: Any, layer_types: tuple[str, ...], path: str) -> dict[int, dict[str, int]]:
+    if not isinstance(raw, dict):
+        raise InputError(path, f"config per_layer_config must be an object, got {show(raw)}")
+    out: dict[int, dict[str, int]] = {}
+    for k, v in raw.items():
+        try:
+            i = int(k)
+        except (TypeError, ValueError):
+            raise InputError(path, f"config per_layer_config key {show(k)} is not a layer index") from None
+        if not 0 <= i < len(layer_types):
+            raise InputError(path, f"config per_layer_config names layer {i}, outside 0..{len(layer_types) - 1}")
+        if not isinstance(v, dict):
+            raise InputError(path, f"config per_layer_config[{show(k)}] must be an object, got {show(v)}")
+        other = sorted(set(v) - set(GEOMETRY_KEYS))
+        if other:
+            raise UnsupportedError(f"{path}: per_layer_config[{show(k)}] overrides {', '.join(other)}; only "
+                                   f"{' and '.join(GEOMETRY_KEYS)} are supported")
+        for key, val in v.items():
+            if isinstance(val, bool) or not isinstance(val, int) or val <= 0:
+                raise InputError(path, f"config per_layer_config[{show(k)}].{key} must be a positive integer, "
+                                       f"got {show(val)}")
+        out[i] = dict(v)
+    return out
+
+
+def _geometry(text: dict[str, Any], raw_text: dict[str, Any], layer_types: tuple[str, ...], kv: int,
+              head_dim: int, k_eq_v: bool, path: str, notes: list[str]) -> dict[str, Any]:
+    """global_head_dim / num_global_key_value_heads from either spelling."""
+    if "per_layer_config" in raw_text and raw_text["per_layer_config"] is not None:
+        plc = _per_layer_config(raw_text["per_layer_config"], layer_types, path)
+        full = [i for i, t in enumerate(layer_types) if t == FULL]
+        per_full = {(plc.get(i, {}).get("head_dim", head_dim), plc.get(i, {}).get("num_key_value_heads", kv))
+                    for i in full}
+        sliding_overridden = [i for i in plc if layer_types[i] == SLIDING]
+        if len(per_full) > 1 or sliding_overridden:
+            raise UnsupportedError(f"{path}: per_layer_config gives layers of one attention type different head "
+                                   f"geometries (only one geometry for full layers, none for sliding ones is "
+                                   f"supported)")
+        g_hd, g_kv = per_full.pop() if per_full else (head_dim, kv)
+        notes.append("full-layer head geometry read from per_layer_config (as transformers 5.24 saves it; "
+                     "llama.cpp and keras-hub read global_head_dim / num_global_key_value_heads instead)")
+        return dict(global_head_dim=g_hd, num_global_key_value_heads=g_kv)
+    g_hd = text.get("global_head_dim")
+    if g_hd is not None and (isinstance(g_hd, bool) or not isinstance(g_hd, int) or g_hd <= 0):
+        raise InputError(path, f"config global_head_dim must be a positive integer, got {show(g_hd)}")
+    g_kv = text.get("num_global_key_value_heads")
+    if g_kv is not None and (isinstance(g_kv, bool) or not isinstance(g_kv, int) or g_kv <= 0):
+        raise InputError(path, f"config num_global_key_value_heads must be a positive integer, got {show(g_kv)}")
+    if g_kv is not None and not k_eq_v and g_kv != kv:
+        notes.append(f"num_global_key_value_heads {g_kv} is ignored: transformers uses it only with "
+                     f"attention_k_eq_v (full layers keep num_key_value_heads {kv})")
+        g_kv = None
+    return dict(global_head_dim=g_hd, num_global_key_value_heads=g_kv)
+
+
+def _partial_rope(text: dict[str, Any], path: str) -> dict[str, float]:
+    rp = text.get("rope_parameters")
+    full = rp.get(FULL) if isinstance(rp, dict) else None
+    if not isinstance(full, dict) or full.get("rope_type") != "proportional":
+        return dict(rope_partial_factor=1.0)
+    f = full.get("partial_rotary_factor", 1.0)
+    if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+        raise InputError(path, f"config rope_parameters.{FULL}.partial_rotary_factor must be in (0, 1], "
+                               f"got {show(f)}")
+    return dict(rope_partial_factor=float(f))
+
+
+def extra_fields(text: dict[str, Any], raw_text: dict[str, Any], row: Family, layer_types: tuple[str, ...],
+                 kv: int, head_dim: int, path: str) -> tuple[dict[str, Any], list[str]]:
+    """The spec fields of the row's `hf.config_fields` and head geometry, and notes on how they were read.
+    `text` has transformers' defaults merged in; `raw_text` is the config as stored."""
+    ids = row.hf
+    fields: dict[str, Any] = {}
+    notes: list[str] = []
+    if ids is None or not (ids.config_fields or ids.layer_geometry):
+        return fields, notes
+    for field, key in ids.config_fields.items():
+        v = text.get(key)
+        fields[field] = _flag(v, key, path) if field in ("attention_k_eq_v", "double_wide_mlp") else \
+            _count(v, key, path)
+    if ids.experts_switch is not None and not _flag(text.get(ids.experts_switch), ids.experts_switch, path):
+        for f in ("moe_experts", "moe_top_k", "moe_intermediate_size"):  # the block is off: no experts
+            fields[f] = 0
+    if not fields.get("per_layer_input_size"):
+        fields["per_layer_vocab_size"] = 0
+    if ids.layer_geometry:
+        fields.update(_geometry(text, raw_text, layer_types, kv, head_dim, bool(fields.get("attention_k_eq_v")),
+                                path, notes))
+        fields.update(_partial_rope(text, path))
+    return fields, notes
+
+
+def set_aside_unused(spec: Any, tensors: dict[str, Any], ignored: dict[str, tuple[tuple[int, ...], str]],
+                     config_path: str, where: str) -> list[str]:
+    """Move the k/v/k_norm a file stores for KV-shared layers (which never use them) from `tensors` to `ignored`,
+    after checking their shapes; a note says whether the file holds them (Google's original files) or not
+    (save_pretrained's output, QAT exports). Roles marked `stored_unused` only, on KV-shared layers only."""
+    from ..checkpoint import parse_canonical
+    from ..roles import ROLE_TABLE
+
+    if not getattr(spec, "num_kv_shared_layers", 0):
+        return []
+    unused = []
+    for name in list(tensors):
+        parsed = parse_canonical(name)
+        if parsed is None or parsed[1] is None:
+            continue
+        role, i = parsed
+        r = ROLE_TABLE[role]
+        if not (r.stored_unused and r.applies(spec) and i < spec.num_layers and spec.kv_shared(i)):
+            continue
+        want = r.shape_of(spec, i)
+        t = tensors[name]
+        if tuple(t.shape) != want:
+            raise InputError(where, f"{name} (unused: layer {i} shares its K/V) has shape {list(t.shape)} but "
+                                    f"{config_path} implies {list(want)} ({r.explain(spec, i)})")
+        ignored[name] = (tuple(t.shape), t.dtype)
+        unused.append(name)
+        del tensors[name]
+    n = spec.num_kv_shared_layers
+    first = spec.num_layers - n
+    layers = f"layers {first}-{spec.num_layers - 1}" if n > 1 else f"layer {first}"
+    if unused:
+        return [f"the file stores k/v tensors for the {n} KV-shared {layers} ({len(unused)} tensors), which "
+                f"never use them (as Google's original files do): set aside"]
+    return [f"the {n} KV-shared {layers} store no k/v tensors (as save_pretrained writes them)"]
+
+
+def without_layer_scalars(spec: Any, tensors: dict[str, Any]) -> tuple[Any, list[str]]:
+    """A file that stores no layer_scalar at all loads in transformers with every scalar 1 (a buffer it
+    initialises): read it so, with a note; a file that stores some but not all is incomplete (the check says so)."""
+    if not getattr(spec, "layer_scalar", False) or any(n.endswith(".layer_scalar") for n in tensors):
+        return spec, []
+    return spec.replace(layer_scalar=False), [
+        "no layer_scalar is stored: transformers runs every layer with scalar 1 (its initial value), which no "
+        "released Gemma 4 has"]
+
+
+__all__ = ["extra_fields", "set_aside_unused", "without_layer_scalars"]
