@@ -52,7 +52,7 @@ _compiled: tuple[tuple[tuple[str, str], ...], list[tuple[str, re.Pattern[str]]]]
 def _role_patterns() -> list[tuple[str, re.Pattern[str]]]:
     """The matchers of the role table, compiled again only when its rows change."""
     global _compiled
-    key = tuple(ROLES.items())
+    key = tuple((k, r.template) for k, r in ROLE_TABLE.items())
     if key != _compiled[0]:
         _compiled = (key, compile_names(dict(key)))
     return _compiled[1]

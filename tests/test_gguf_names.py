@@ -51,7 +51,10 @@ def test_quantization_groups_come_from_the_role_table():
                                                              "output"]
     groups = dict(G.QUANT_GROUPS)
     assert groups == {"embedding": {"embed"}, "attention": {"q", "k", "v", "o"},
-                      "feedforward": {"gate", "up", "down"}, "norms": set(NORM_ROLES), "output": {"lm_head"}}
+                      "feedforward": {"gate", "up", "down"}, "norms": set(NORM_ROLES) & set(G.ROLE_TENSOR_MEMBERS),
+                      "output": {"lm_head"}}
+    assert groups["norms"] == {"final_norm", "attn_norm", "post_attn_norm", "ffn_norm", "post_ffn_norm", "q_norm",
+                               "k_norm"}
 
 
 def test_llama_cpp_norm_convention_both_ways():

@@ -11,13 +11,13 @@ writes the data one tensor at a time.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-from gguf.constants import MODEL_TENSOR, TENSOR_NAMES
 
 from ..checkpoint import (NORM_ROLES, Checkpoint, TensorRef, canonical_name, check_against_spec, compile_names,
                           expected_tensors, fill_name, match_name, parse_canonical)
@@ -46,43 +46,61 @@ _read_raw = read_raw  # the name tests know
 # TENSOR_NAMES give the GGUF names ("blk.{bid}.attn_q" -> "blk.{i}.attn_q.weight"). The pre-FFN norm is
 # FFN_PRE_NORM in the Gemma 2/3 tables and FFN_NORM in Gemma 1's, both spelled `blk.N.ffn_norm`; the trap is on
 # the HF side, where Gemma 1 calls that norm `post_attention_layernorm` (canonical names already resolved it).
-ROLE_TENSORS: dict[str, MODEL_TENSOR] = {
-    "embed": MODEL_TENSOR.TOKEN_EMBD,
-    "final_norm": MODEL_TENSOR.OUTPUT_NORM,
-    "lm_head": MODEL_TENSOR.OUTPUT,
-    "attn_norm": MODEL_TENSOR.ATTN_NORM,
-    "post_attn_norm": MODEL_TENSOR.ATTN_POST_NORM,
-    "ffn_norm": MODEL_TENSOR.FFN_PRE_NORM,
-    "post_ffn_norm": MODEL_TENSOR.FFN_POST_NORM,
-    "q": MODEL_TENSOR.ATTN_Q,
-    "k": MODEL_TENSOR.ATTN_K,
-    "v": MODEL_TENSOR.ATTN_V,
-    "o": MODEL_TENSOR.ATTN_OUT,
-    "q_norm": MODEL_TENSOR.ATTN_Q_NORM,
-    "k_norm": MODEL_TENSOR.ATTN_K_NORM,
-    "gate": MODEL_TENSOR.FFN_GATE,
-    "up": MODEL_TENSOR.FFN_UP,
-    "down": MODEL_TENSOR.FFN_DOWN,
+ROLE_TENSOR_MEMBERS: dict[str, str] = {
+    "embed": "TOKEN_EMBD",
+    "final_norm": "OUTPUT_NORM",
+    "lm_head": "OUTPUT",
+    "attn_norm": "ATTN_NORM",
+    "post_attn_norm": "ATTN_POST_NORM",
+    "ffn_norm": "FFN_PRE_NORM",
+    "post_ffn_norm": "FFN_POST_NORM",
+    "q": "ATTN_Q",
+    "k": "ATTN_K",
+    "v": "ATTN_V",
+    "o": "ATTN_OUT",
+    "q_norm": "ATTN_Q_NORM",
+    "k_norm": "ATTN_K_NORM",
+    "gate": "FFN_GATE",
+    "up": "FFN_UP",
+    "down": "FFN_DOWN",
 }
 
 
-def tensor_name_template(tensor: MODEL_TENSOR) -> str:
-    """The GGUF name of a weight as llama.cpp's table spells it, `{i}` for the layer."""
+def tensor_name_template(tensor: Any) -> str:
+    """The GGUF name of a weight (a gguf.constants.MODEL_TENSOR) as llama.cpp's table spells it, `{i}` for the
+    layer."""
+    from gguf.constants import TENSOR_NAMES
+
     return TENSOR_NAMES[tensor].replace("{bid}", "{i}") + ".weight"
 
 
-# canonical role -> GGUF tensor name template, derived from gguf's table
-GGUF_NAMES: dict[str, str] = {role: tensor_name_template(t) for role, t in ROLE_TENSORS.items()}
-# The reverse, derived: GGUF name -> (role, layer).
-_GGUF_PATTERNS = compile_names(GGUF_NAMES)
+@functools.cache
+def _tables() -> tuple[dict[str, Any], dict[str, str], list[Any]]:
+    """(role -> MODEL_TENSOR, role -> GGUF name template, the reverse matchers), read from the gguf package on first
+    use: importing it costs ~85 ms, which `summary` of another format must not pay."""
+    from gguf.constants import MODEL_TENSOR
+
+    tensors = {role: MODEL_TENSOR[member] for role, member in ROLE_TENSOR_MEMBERS.items()}
+    names = {role: tensor_name_template(t) for role, t in tensors.items()}
+    return tensors, names, compile_names(names)
+
+
+def __getattr__(name: str) -> Any:
+    """ROLE_TENSORS (role -> gguf's MODEL_TENSOR) and GGUF_NAMES (role -> GGUF name template), derived from the
+    gguf package's tables when first asked."""
+    if name == "ROLE_TENSORS":
+        return _tables()[0]
+    if name == "GGUF_NAMES":
+        return _tables()[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def gguf_name(role: str, layer: int | None = None) -> str:
-    return fill_name(GGUF_NAMES[role], layer)
+    return fill_name(_tables()[1][role], layer)
 
 
 def parse_gguf_name(name: str) -> tuple[str, int | None] | None:
-    return match_name(_GGUF_PATTERNS, name)
+    return match_name(_tables()[2], name)
 
 
 def canonical_of(name: str) -> str | None:
@@ -156,9 +174,9 @@ def spec_from_metadata(header: Header, path: str) -> tuple[GemmaSpec, list[str],
     eps = m.number(K.Attention.LAYERNORM_RMS_EPS)
     if eps is None:
         raise InputError(path, f"metadata {m.key(K.Attention.LAYERNORM_RMS_EPS)!r} is missing")
-    embed = next((t for t in header.tensors if t.name == GGUF_NAMES["embed"]), None)
+    embed = next((t for t in header.tensors if t.name == _tables()[1]["embed"]), None)
     if embed is None:
-        raise InputError(path, f"no {GGUF_NAMES['embed']} tensor")
+        raise InputError(path, f"no {_tables()[1]['embed']} tensor")
     if len(embed.shape) != 2 or embed.shape[1] != hidden:
         raise InputError(path, f"{embed.name} has shape {list(embed.shape)} but embedding_length is {hidden}")
     if m.has(K.LLM.VOCAB_SIZE) and m.integer(K.LLM.VOCAB_SIZE) != embed.shape[0]:
@@ -237,7 +255,7 @@ def spec_from_metadata(header: Header, path: str) -> tuple[GemmaSpec, list[str],
             num_key_value_heads=kv_heads,
             head_dim=head_dim,
             intermediate_size=m.integer(K.LLM.FEED_FORWARD_LENGTH),
-            tied_embeddings=not any(t.name == GGUF_NAMES["lm_head"] for t in header.tensors),
+            tied_embeddings=not any(t.name == _tables()[1]["lm_head"] for t in header.tensors),
             rope_theta=rope_base,
             rope_scaling_factor=factor,
             rms_norm_eps=eps,
@@ -305,8 +323,8 @@ def _tensor_ref(path: str, canonical: str, role: str, info: TensorInfo) -> Tenso
 
 # ----------------------------------------------------------------------------- quantization summary
 # (group, its roles) in the order the summary lists them, from the role table
-QUANT_GROUPS: tuple[tuple[str, frozenset[str]], ...] = tuple(
-    (g, frozenset(k for k in ROLE_TABLE if group_of(k) == g)) for g in GROUPS)
+QUANT_GROUPS: tuple[tuple[str, frozenset[str]], ...] = tuple(  # the roles this format names, by their row's group
+    (g, frozenset(k for k in ROLE_TENSOR_MEMBERS if group_of(k) == g)) for g in GROUPS)
 
 
 def quantization_stats(tensors: list[tuple[str, str, int, int]], file_type: str | None = None) -> dict[str, Any]:
