@@ -243,7 +243,7 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
                       query_pre_attn_scalar=256, sliding_window=4096, final_logit_softcapping=None,
                       attn_logit_softcapping=None, **_GEMMA_HF_DEFAULTS),
                  rope="per_layer_type", pattern_key=True, identified_by={"use_bidirectional_attention": True}),
-        commands=("summary", "compare", "parity")),
+        commands=("summary", "compare", "parity", "verify")),
     # Peers for the side-by-side table: SwiGLU, no norm offset, no embedding scale, untied output.
     Family("llama", "Llama 2", False, _PEER_RULES, (FULL,), _PEER_DEFAULTS),
     Family("olmo", "OLMo", False, _PEER_RULES, (FULL,), _PEER_DEFAULTS),

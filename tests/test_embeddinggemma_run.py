@@ -124,3 +124,60 @@ def test_parity_fails_on_a_changed_dense_head(emb, tmp_path):
     assert res["embedding"]["cosine_similarity"] == pytest.approx(-1.0, abs=1e-6)
     assert res["embedding"]["passed"] is False
     del torch
+
+
+# ============================================================================= verify
+def _checks(result) -> dict:
+    return {c["name"]: c for c in result["checks"]}
+
+
+@pytest.mark.parametrize("runtime", ["reference", "transformers"])
+def test_verify_sees_bidirectional_attention_and_the_heads(emb, runtime):
+    from gemma_inspect.verify import CHECK_NAMES, verify
+
+    res = verify(emb, runtime=runtime, device="cpu")
+    c = _checks(res)
+    assert res["passed"] is True and list(c)[:len(CHECK_NAMES)] == list(CHECK_NAMES)
+    assert c["attention_mask"]["status"] == "pass" and c["attention_mask"]["observed"] == "bidirectional"
+    assert "block 0's first query attends to later keys" in c["attention_mask"]["evidence"]
+    assert c["sliding_window"]["status"] == "pass"
+    assert c["sliding_window"]["observed"] == {"window": 6, "sliding_layers": [0, 1, 2, 3, 4, 6], "global_layers": [5]}
+    assert "0: 4, 1: 4, 2: 4, 3: 4, 4: 4, 5: 32, 6: 4" in c["sliding_window"]["evidence"]  # itself + 3 before
+    head = c["embedding_head"]
+    assert head["status"] == "pass"
+    assert head["observed"] == head["expected"] == {
+        "pooling": "mean", "dense": [[64, 256, "identity", False], [256, 64, "identity", False]], "normalize": True,
+        "output_dimension": 64}
+    assert "give 64 values of L2 norm 1.000000; expected: as declared" in head["evidence"]
+    for name in ("tied_embeddings", "logit_softcap"):
+        assert c[name]["status"] == "skip" and "no LM head" in c[name]["evidence"]
+
+
+def test_verify_fails_a_causal_mask_on_a_bidirectional_model(emb, monkeypatch):
+    """The reference runtime with the causal mask swapped in: the first token no longer hears the last."""
+    import dataclasses
+
+    from gemma_inspect.runtimes import reference
+    from gemma_inspect.verify import verify
+
+    original = reference.attention_mask
+    monkeypatch.setattr(reference, "attention_mask", lambda spec, layer, t, device: original(
+        dataclasses.replace(spec, attention_mask="causal"), layer, t, device))
+    c = _checks(verify(emb, runtime="reference", device="cpu"))
+    assert c["attention_mask"]["status"] == "fail" and c["attention_mask"]["observed"] == "causal"
+    assert c["attention_mask"]["evidence"].startswith("changing the last of 32 tokens moved the first token's final "
+                                                      "state by 0 (0 of its scale)")
+
+
+def test_verify_compares_the_heads_with_the_published_card(emb, monkeypatch):
+    """Against the published embeddinggemma-300m heads (768 -> 3072 -> 768) the tiny model's do not match."""
+    from gemma_inspect import checks
+    from gemma_inspect.spec import card
+    from gemma_inspect.verify import verify
+
+    monkeypatch.setattr(checks, "published_card", lambda spec: card("embeddinggemma-300m"))
+    c = _checks(verify(emb, runtime="reference", device="cpu"))["embedding_head"]
+    assert c["status"] == "fail"
+    assert c["expected"]["dense"] == [[768, 3072, "identity", False], [3072, 768, "identity", False]]
+    assert c["observed"]["output_dimension"] == 64
+    assert c["evidence"].endswith("expected: the published embeddinggemma-300m")
