@@ -287,6 +287,9 @@ def embedding_scale(ctx: Context) -> Record:
 @register("tied_embeddings")
 def tied_embeddings(ctx: Context) -> Record:
     rules, t, cap = ctx.rules, ctx.obs.tied, ctx.softcaps["final"]
+    if t is None:
+        return check("tied_embeddings", "skip" if not rules.lm_head else "fail", rules.tied_embeddings, None,
+                     "the model computes no logits (no LM head): its token states are the output")
     logits = t.logits
     capped = (lambda z: cap * (z / cap).tanh()) if cap else (lambda z: z)
     err_tied = _max_rel(logits, capped(t.via_embedding))
@@ -420,7 +423,8 @@ def _softcaps(rules: Any, obs: Observation) -> dict[str, Any]:
         if before is None:
             out[key] = None
             out[f"{key}_check"] = check(title, "skip", expected, None,
-                                        "the attention scores were not observable (fused attention kernel)")
+                                        "the attention scores were not observable (fused attention kernel)"
+                                        if key == "attention" else "the model computes no logits (no LM head)")
             continue
         verdict, value = _cap_from(before, after)
         label = "max |logits|" if key == "final" else "max |score| of block 0"
@@ -535,12 +539,16 @@ def sliding_window(ctx: Context) -> Record:
                      f"no attention scores seen in layers {missing[:6]} (fused attention kernel)")
     keys = {i: max(scores[i].keys_last) for i in range(n)}
     sliding = [i for i in range(n) if keys[i] < t]
-    windows = sorted({keys[i] for i in sliding})
+    # bidirectional: the last query sees itself and window // 2 before it, which the stored window 2 (k - 1) gives
+    two_sided = ctx.rules.attention_mask == "bidirectional"
+    windows = sorted({2 * (keys[i] - 1) if two_sided else keys[i] for i in sliding})
     observed = {"window": windows[0] if len(windows) == 1 else (windows or None),
                 "sliding_layers": sliding, "global_layers": [i for i in range(n) if i not in sliding]}
     shown = ", ".join(f"{i}: {keys[i]}" for i in range(min(n, 12))) + (" ..." if n > 12 else "")
     evidence = f"keys attended by the last of {t} queries, per layer: {shown}"
-    if expected["window"] is not None and expected["window"] >= t:
+    if two_sided:
+        evidence += " (bidirectional: the stored window is 2 x (keys - 1), window // 2 on either side)"
+    if expected["window"] is not None and (expected["window"] // 2 + 1 if two_sided else expected["window"]) >= t:
         longer = (f"; the default sequence is not lengthened past {MAX_DEFAULT_TOKENS:,} tokens"
                   if expected["window"] + 8 > MAX_DEFAULT_TOKENS else "")
         return check("sliding_window", "warn", expected, observed,
@@ -551,6 +559,58 @@ def sliding_window(ctx: Context) -> Record:
 @register("query_scale")
 def query_scale(ctx: Context) -> Record:
     return ctx.qk["query_scale"]
+
+
+# ============================================================================= attention mask and embedding head
+@register("attention_mask")
+def attention_mask(ctx: Context) -> Record:
+    expected, m = ctx.rules.attention_mask, ctx.obs.mask
+    if m is None or ctx.obs.tokens < 2:
+        return check("attention_mask", "skip", expected, None, "not observed (a single token)")
+    rel = m.changed / m.scale if m.scale else m.changed
+    observed = "bidirectional" if rel > 1e-4 else "causal" if rel <= 1e-6 else None
+    evidence = (f"changing the last of {ctx.obs.tokens} tokens moved the first token's final state by "
+                f"{m.changed:.3g} ({rel:.2g} of its scale)")
+    if m.first_query_sees_later is not None:
+        evidence += f"; block 0's first query attends to {'later keys' if m.first_query_sees_later else 'no later key'}"
+        if observed is not None and m.first_query_sees_later != (observed == "bidirectional"):
+            observed = None
+    status = "pass" if observed == expected else "warn" if observed is None else "fail"
+    return check("attention_mask", status, expected, observed, evidence)
+
+
+def _head_form(head: Any, dimension: int | None = None) -> dict[str, Any]:
+    return {"pooling": head.pooling, "dense": [[d.in_features, d.out_features, d.activation, d.bias] for d in head.dense],
+            "normalize": head.normalize, "output_dimension": head.output_dimension if dimension is None else dimension}
+
+
+@register("embedding_head")
+def embedding_head(ctx: Context) -> Record:
+    """An embedding model's modules after the transformer: the published card's (or, without a card of this shape,
+    the checkpoint's declaration) against the declared modules run on the observed final states."""
+    from .runtimes.pooling import load_dense, sentence_embedding
+    from .spec import card_head
+
+    head = ctx.ckpt.embedding_head
+    if head is None:
+        if ctx.rules.lm_head:
+            return check("embedding_head", "skip", None, None, "a language model: no pooling or dense heads")
+        return check("embedding_head", "warn", "pooling modules", None,
+                     "no LM head and no sentence-transformers modules (modules.json): the token states are the output")
+    c = published_card(ctx.spec)
+    published = card_head(c.name) if c is not None else None
+    expected = _head_form(published or head)
+    if ctx.obs.final is None:
+        return check("embedding_head", "skip", expected, None, "the final states were not observed")
+    e = sentence_embedding(head, load_dense(ctx.ckpt.source, head), ctx.obs.final[None])[0]
+    norm = float(e.norm())
+    observed = _head_form(head, int(e.shape[-1]))
+    normalized = abs(norm - 1) <= 1e-6
+    evidence = (f"{' -> '.join(head.modules)}: the final norm's states of {ctx.obs.tokens} tokens, pooled "
+                f"({head.pooling}) and through {len(head.dense)} dense layer(s), give {int(e.shape[-1])} values of "
+                f"L2 norm {norm:.6f}; expected: " + (f"the published {c.name}" if published else "as declared"))
+    ok = observed == expected and normalized == head.normalize
+    return check("embedding_head", "pass" if ok else "fail", expected, observed, evidence)
 
 
 CHECK_NAMES = tuple(CHECKS)

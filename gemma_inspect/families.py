@@ -254,7 +254,7 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
                       query_pre_attn_scalar=256, sliding_window=4096, final_logit_softcapping=None,
                       attn_logit_softcapping=None, **_GEMMA_HF_DEFAULTS),
                  rope="per_layer_type", pattern_key=True, identified_by={"use_bidirectional_attention": True}),
-        commands=("summary", "compare")),
+        commands=("summary", "compare", "parity", "verify")),
     # Gemma 4 (text decoder): RMSNorm applies w (no +1), q/k norms (and a weightless v_norm), queries unscaled,
     # final soft cap 30; per-layer head geometry, per-layer input embeddings, KV sharing, K=V, experts beside the
     # dense MLP and a stored layer_scalar are spec fields read from the config (row `hf.config_fields`).

@@ -74,6 +74,16 @@ class NormProbe:
 
 
 @dataclass
+class MaskObservation:
+    """Which way information flows: the first token's final state when only the last token is changed (zero under
+    a causal mask), and whether block 0's first query saw any later key."""
+
+    changed: float  # max |final[0] after - before|
+    scale: float  # max |final[0]| as run
+    first_query_sees_later: bool | None  # from block 0's softmax (None when the scores were not observable)
+
+
+@dataclass
 class Observation:
     """Everything the checks read, from the hooked forward passes and module probes of one model."""
 
@@ -85,15 +95,17 @@ class Observation:
     head_dim: int | None
     graph: dict[str, Any]  # block 0's recorded layer graph (trace.py's JSON form)
     scores: dict[int, LayerScores]
-    logits_max: float  # max |logits| as run
+    logits_max: float | None  # max |logits| as run (None: no LM head)
     embedding: EmbeddingObservation
     qkv: dict[str, Any]  # block 0's q/k/v (and q_norm/k_norm) outputs, by role
-    tied: TiedObservation
-    logits_probe_max: float  # max |logits| with the final hidden state x PROBE_SCALE
+    tied: TiedObservation | None  # None: no LM head
+    logits_probe_max: float | None  # max |logits| with the final hidden state x PROBE_SCALE
     attention_probe_max: float | None  # max |score| of block 0 with its queries x PROBE_SCALE
     activation: ActivationObservation | None
     norms: list[NormProbe] = field(default_factory=list)
     norm_means: list[float] = field(default_factory=list)  # the mean of every norm weight, all blocks
+    mask: MaskObservation | None = None
+    final: Any = None  # the final norm's output for the sequence [T, d], float64 (an embedding model's pooling reads it)
 
 
 def observe(model: Any, ids: list[int]) -> Observation:
@@ -128,8 +140,11 @@ def observe(model: Any, ids: list[int]) -> Observation:
         tr.on_softmax(on_softmax)
         res = model.forward([ids])
         got = dict(tr.captured)
-    graph, logits_max = rec.as_dict(), float(res.logits.abs().max())
-    tied = _tied_observation(an, got["final"], res.logits)
+    # an embedding model has no logits: no tied projection and no final soft cap to observe
+    graph = rec.as_dict()
+    logits_max = float(res.logits.abs().max()) if res.logits is not None else None
+    tied = _tied_observation(an, got["final"], res.logits) if res.logits is not None else None
+    mask = _mask_observation(model, an, ids, got["final"], scores)
     ids_t = torch.as_tensor(ids)
     emb_w = an.embedding_weight
     embedding = EmbeddingObservation(x=got["block0_in"][0].cpu(), rows=emb_w.detach()[ids_t.to(emb_w.device)].cpu(),
@@ -151,9 +166,11 @@ def observe(model: Any, ids: list[int]) -> Observation:
     # The final soft cap is probed in a pass of its own: the block-0 probes below change the network, and a real
     # model's logits (Gemma 3 270M: max 194 as run) are not those of the changed one, so the growth ratio would
     # measure the change, not the cap (it read 1897 for 10000 on the real weights: "neither saturated nor linear").
-    with Tracer(an) as tr:
-        tr.replace_output(an.final_norm, lambda t: t * PROBE_SCALE)
-        logits_probe_max = float(model.forward([ids]).logits.abs().max())
+    logits_probe_max = None
+    if logits_max is not None:
+        with Tracer(an) as tr:
+            tr.replace_output(an.final_norm, lambda t: t * PROBE_SCALE)
+            logits_probe_max = float(model.forward([ids]).logits.abs().max())
     with Tracer(an) as tr:
         qpoint = an.part(0, "q_norm")  # after the QK-norm, which would undo the scale
         if qpoint is None:
@@ -178,7 +195,25 @@ def observe(model: Any, ids: list[int]) -> Observation:
         logits_probe_max=logits_probe_max,
         attention_probe_max=probe.get("probe_max_abs"), activation=activation,
         # ------------------------------------------------------------ module probes: the norms
-        norms=_probe_norms(an, rec), norm_means=_norm_weight_means(an))
+        norms=_probe_norms(an, rec), norm_means=_norm_weight_means(an), mask=mask,
+        final=got["final"][0].double().cpu())
+
+
+def _mask_observation(model: Any, an: Any, ids: list[int], final: Any, scores: dict[int, LayerScores]) -> Any:
+    """The last token replaced by another id: how far the first token's final state moves."""
+    from .trace import Tracer
+
+    other = list(ids)
+    other[-1] = (ids[-1] + 1) % int(an.embedding_weight.shape[0])
+    with Tracer(an) as tr:
+        tr.capture_output(an.final_norm, "final")
+        model.forward([other])
+        after = tr.captured["final"]
+    before = final[0, 0].double().cpu()
+    s0 = scores.get(0)
+    sees = bool(s0.seen[:, 0, 1:].any()) if s0 is not None and s0.seen is not None and len(ids) > 1 else None
+    return MaskObservation(changed=float((after[0, 0].double().cpu() - before).abs().max()),
+                           scale=float(before.abs().max()), first_query_sees_later=sees)
 
 
 def _weight_of(module: Any) -> Any:
@@ -249,5 +284,5 @@ def _tied_observation(an: Any, final: Any, logits: Any) -> TiedObservation:
                            shares_storage=bool(same), via_output=None if same else _project(h, w))
 
 
-__all__ = ["Observation", "LayerScores", "EmbeddingObservation", "TiedObservation", "ActivationObservation",
+__all__ = ["Observation", "MaskObservation", "LayerScores", "EmbeddingObservation", "TiedObservation", "ActivationObservation",
            "NormProbe", "observe", "PROBE_SCALE", "GRID", "MASKED", "TIED_POSITIONS"]

@@ -206,6 +206,28 @@ def _scale(t: Any) -> float:
     return m if m > 0 else 1.0
 
 
+# Least cosine similarity of A's and B's sentence embeddings (an embedding model's output, in place of the logits)
+EMBEDDING_MIN_COSINE = {"noise floor": 1 - 1e-6, "fixed": 1 - 1e-6, "float32": 1 - 1e-6, "bfloat16": 0.99,
+                        "float16": 0.995, "quantized": 0.95}
+
+
+def embedding_metrics(ea: Any, eb: Any, tol: dict[str, Any]) -> dict[str, Any]:
+    """Sentence embeddings [B, D] of A and B -> the JSON `embedding` object: the least cosine similarity over the
+    batch, max|A-B|, the dimension, the bound the cosine must reach and whether it does."""
+    import torch
+
+    if ea is None or eb is None or tuple(ea.shape) != tuple(eb.shape):
+        shapes = [None if e is None else list(e.shape) for e in (ea, eb)]
+        raise UnsupportedError(f"one side has no logits and the two sides' sentence embeddings cannot be compared "
+                               f"(shapes {shapes[0]} and {shapes[1]})")
+    a, b = ea.double(), eb.double()
+    cos = float(torch.nn.functional.cosine_similarity(a, b, dim=-1).min())
+    bound = EMBEDDING_MIN_COSINE.get(tol["mode"].replace("stored ", ""), 0.99)
+    tol["embedding_min_cosine"] = bound
+    return {"dimension": int(a.shape[-1]), "cosine_similarity": cos, "max_abs_diff": float((a - b).abs().max()),
+            "min_cosine": bound, "passed": math.isfinite(cos) and cos >= bound}
+
+
 def layer_label(index: int, num_layers: int) -> str:
     """-1 -> "embedding", 0..L-1 -> "block i", L -> "final norm"."""
     return "embedding" if index == -1 else ("final norm" if index == num_layers else f"block {index}")
@@ -334,6 +356,9 @@ def measure_noise(ckpt: Checkpoint, ids: list[int], device: str, ra: Any, rb: An
                 scales.append(_scale(o))
             final = hidden[-1]
             del hidden
+            if ra.logits is None or rb.logits is None:  # an embedding model: no logits to measure
+                return {"noise": [min(x, y) for x, y in zip(err_a, err_b)], "scales": scales, "a": err_a,
+                        "b": err_b, "logits": None, "seconds": time.perf_counter() - start}
             la, lb = ra.logits.reshape(-1, ra.logits.shape[-1]), rb.logits.reshape(-1, rb.logits.shape[-1])
             v = min(la.shape[-1], lb.shape[-1])
             h = final.reshape(-1, final.shape[-1])
@@ -454,7 +479,12 @@ def parity(a: Checkpoint | str, b: Checkpoint | str, runtime_a: str = "auto", ru
     else:
         layers = layer_rows(ra, rb, tol)
     say(f"[{steps}/{steps}] comparing")
-    if tol["mode"] in ("noise floor", "fixed"):
+    embedding = None
+    if ra.logits is None or rb.logits is None:  # an embedding model: its sentence embedding instead of logits
+        logits, logits_ok = None, True
+        embedding = embedding_metrics(ra.embedding, rb.embedding, tol)
+        logits_ok = embedding["passed"]
+    elif tol["mode"] in ("noise floor", "fixed"):
         logits = logits_metrics(ra.logits, rb.logits)
         if oracle:
             lo = measured["logits"]
@@ -473,7 +503,7 @@ def parity(a: Checkpoint | str, b: Checkpoint | str, runtime_a: str = "auto", ru
         logits = logits_metrics(ra.logits, rb.logits, tie)
         logits_ok = (logits["top1_agreement_outside_ties"] >= tol["min_top1_agreement"]
                      and logits["kl_divergence"] <= tol["max_kl_divergence"])
-    if "vocab_compared" in logits:
+    if logits is not None and "vocab_compared" in logits:
         tol["max_excluded_mass"] = MAX_EXCLUDED_MASS
         logits_ok = (logits_ok and logits["excluded_mass_a"] <= MAX_EXCLUDED_MASS
                      and logits["excluded_mass_b"] <= MAX_EXCLUDED_MASS)  # (a NaN fails)
@@ -489,8 +519,9 @@ def parity(a: Checkpoint | str, b: Checkpoint | str, runtime_a: str = "auto", ru
         "dtype": dtype,
         "tokens": ids,
         "vocab": {"a": int(ra.logits.shape[-1]), "b": int(rb.logits.shape[-1]),
-                  "compared": int(min(ra.logits.shape[-1], rb.logits.shape[-1]))},
+                  "compared": int(min(ra.logits.shape[-1], rb.logits.shape[-1]))} if logits is not None else None,
         "logits": logits,
+        "embedding": embedding,
         "layers": layers,
         "first_divergent_layer": first,
         "first_divergent_name": layer_label(first, n) if first is not None else None,
@@ -519,8 +550,10 @@ def plot_layers(result: dict[str, Any], path: str) -> str:
     layers = result["layers"]
     tol = result["tolerance"]
     n = len(layers) - 2
-    lg = result["logits"]
-    x = [r["index"] for r in layers] + [n + 1]  # the logits after the final norm
+    emb = result.get("embedding")
+    lg = result["logits"] or {"max_abs_diff": emb["max_abs_diff"]}  # an embedding model: its embedding instead
+    last = "embedding" if emb is not None else "logits"
+    x = [r["index"] for r in layers] + [n + 1]  # the logits (or the sentence embedding) after the final norm
     diffs = [r["max_abs_diff"] for r in layers] + [lg["max_abs_diff"]]
     bounds = [r.get("bound") for r in layers] + [lg.get("bound")]
     positive = [v for v in diffs + bounds if v and math.isfinite(v) and v > 0]
@@ -549,15 +582,16 @@ def plot_layers(result: dict[str, Any], path: str) -> str:
     step = max(1, len(x) // 16)
     ticks = x[::step] if x[-1] in x[::step] else x[::step] + [x[-1]]
     ax.set_xticks(ticks)
-    ax.set_xticklabels(["emb" if i == -1 else ("norm" if i == n else "logits" if i == n + 1 else str(i))
+    ax.set_xticklabels(["emb" if i == -1 else ("norm" if i == n else last if i == n + 1 else str(i))
                         for i in ticks])
-    ax.set_xlabel("layer (emb = embedding output, norm = final norm, then the logits)")
+    ax.set_xlabel(f"layer (emb = embedding output, norm = final norm, then the {last})")
     ax.set_ylabel("max |A-B|")
     verdict = "PASS" if result["passed"] else "FAIL"
     a, b = result["a"], result["b"]
     ax.set_title(f"{verdict}: A {_short(a['source'])} ({a['runtime']}) vs B {_short(b['source'])} ({b['runtime']})\n"
                  f"{result['dtype']} on {result['device']}, {len(result['tokens'])} tokens, tolerance: {tol['mode']}; "
-                 f"logits KL {lg['kl_divergence']:.2g}, top-1 {100 * lg['top1_agreement']:.1f}%", fontsize=9)
+                 + (f"logits KL {lg['kl_divergence']:.2g}, top-1 {100 * lg['top1_agreement']:.1f}%" if emb is None
+                    else f"embedding cosine {emb['cosine_similarity']:.9f}"), fontsize=9)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()

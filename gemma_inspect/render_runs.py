@@ -59,12 +59,19 @@ def render_parity(console: Console, result: dict[str, Any]) -> None:
         cells.append(Text(r["status"] + (" <- first divergent" if i == first else ""), style="green" if ok else style))
         table.add_row(*cells)
     console.print(Trimmed(table))
-    lg = result["logits"]
-    line = (f"[bold]Logits[/bold]: max |A-B| {fmt_float(lg['max_abs_diff'])}, mean {fmt_float(lg['mean_abs_diff'])}, "
-            f"KL(A||B) {fmt_float(lg['kl_divergence'])}, top-1 agreement {_pct(lg['top1_agreement'])}")
-    if "top1_agreement_outside_ties" in lg:
-        line += f" ({_pct(lg['top1_agreement_outside_ties'])} outside ties)"
-    console.print(line + f", top-5 overlap {_pct(lg['top5_overlap'])}")
+    lg = result["logits"] or {}
+    emb = result.get("embedding")
+    if emb is not None:  # an embedding model: no logits; its pooled, projected, normalised output instead
+        console.print(f"[bold]Embedding[/bold] (pooled, projected, normalised; {emb['dimension']} dimensions): "
+                      f"cosine similarity {emb['cosine_similarity']:.9f} (at least {emb['min_cosine']:.9g}), "
+                      f"max |A-B| {fmt_float(emb['max_abs_diff'])}; no logits (no LM head)")
+    if result["logits"] is not None:
+        line = (f"[bold]Logits[/bold]: max |A-B| {fmt_float(lg['max_abs_diff'])}, mean "
+                f"{fmt_float(lg['mean_abs_diff'])}, KL(A||B) {fmt_float(lg['kl_divergence'])}, top-1 agreement "
+                f"{_pct(lg['top1_agreement'])}")
+        if "top1_agreement_outside_ties" in lg:
+            line += f" ({_pct(lg['top1_agreement_outside_ties'])} outside ties)"
+        console.print(line + f", top-5 overlap {_pct(lg['top5_overlap'])}")
     if "vocab_compared" in lg:
         voc = result["vocab"]
         console.print(f"[bold]Vocabulary[/bold]: A has {voc['a']:,} rows, B {voc['b']:,}: differences and KL over "
@@ -73,18 +80,23 @@ def render_parity(console: Console, result: dict[str, Any]) -> None:
                       f"(limit {tol.get('max_excluded_mass', 0):g})")
     mode = tol.get("mode", result["dtype"])
     if mode == "noise floor":
+        out = (f"and for the logits (logits: noise {fmt_float(lg.get('noise_floor'))}, bound "
+               f"{fmt_float(tol.get('logits_max_abs_diff'))})" if emb is None
+               else f"(the embedding: cosine similarity >= {emb['min_cosine']:.9g})")
         console.print(f"[bold]Tolerance[/bold] (measured noise floor): max|A-B| <= {tol['noise_factor']:g} x noise + "
-                      f"{tol['floor_relative']:.2g} x max|O| at every layer and for the logits (logits: noise "
-                      f"{fmt_float(lg.get('noise_floor'))}, bound {fmt_float(tol.get('logits_max_abs_diff'))}); "
+                      f"{tol['floor_relative']:.2g} x max|O| at every layer {out}; "
                       f"noise = min(max|A-O|, max|B-O|), O = the reference runtime in float64 on A's weights")
     elif mode in ("fixed", "float32"):
+        out = (f"and the logits (logits: {fmt_float(tol.get('logits_max_abs_diff'))})" if emb is None
+               else f"(the embedding: cosine similarity >= {emb['min_cosine']:.9g})")
         console.print(f"[bold]Tolerance[/bold] (fixed): max|A-B| <= {tol['atol']:g} x max|A| for every hidden state "
-                      f"and the logits (logits: {fmt_float(tol.get('logits_max_abs_diff'))})")
+                      f"{out}")
     else:
         label = "quantized weights" if mode == "quantized" else mode
-        console.print(f"[bold]Tolerance[/bold] ({label}): top-1 agreement outside ties >= "
-                      f"{100 * tol['min_top1_agreement']:.0f}% (ties: within {fmt_float(tol.get('top1_tie_logits'))} "
-                      f"logits), KL <= {tol['max_kl_divergence']:g}; hidden states <= {tol['atol']:g} x max|A|, "
+        out = (f"the embedding's cosine similarity >= {emb['min_cosine']:.9g}" if emb is not None else
+               f"top-1 agreement outside ties >= {100 * tol['min_top1_agreement']:.0f}% (ties: within "
+               f"{fmt_float(tol.get('top1_tie_logits'))} logits), KL <= {tol['max_kl_divergence']:g}")
+        console.print(f"[bold]Tolerance[/bold] ({label}): {out}; hidden states <= {tol['atol']:g} x max|A|, "
                       f"embedding output <= {tol['embedding_atol']:.3g} x max|A|")
     if tol.get("reason"):
         _hanging(console, "  why:", tol["reason"])

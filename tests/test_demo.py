@@ -87,7 +87,8 @@ def check_verify_steps(out, stdout: str) -> None:
         "norm_placement": ("pass", "pre+post"), "norm_offset": ("pass", "1"), "embedding_scale": ("pass", "8"),
         "tied_embeddings": ("pass", "yes"), "activation": ("pass", "gelu_tanh"), "attention_kind": ("pass", "GQA"),
         "logit_softcap": ("pass", "none"), "attention_softcap": ("pass", "none"), "qk_norm": ("pass", "yes"),
-        "sliding_window": ("pass", "6 on layers 0, 1, 2, 3, 4, 6; global: 5"), "query_scale": ("pass", "0.25")}
+        "sliding_window": ("pass", "6 on layers 0, 1, 2, 3, 4, 6; global: 5"), "query_scale": ("pass", "0.25"),
+        "attention_mask": ("pass", "causal"), "embedding_head": ("skip", "none")}
     assert {k: v[0] for k, v in g3.items() if k.startswith("lint:")} == {
         "lint:tied_lm_head": "pass", "lint:norm_weights": "pass", "lint:query_pre_attn_scalar": "pass",
         "lint:rope_scaling": "pass", "lint:vocab_size": "pass", "lint:special_ids": "skip", "lint:float16": "pass",
@@ -96,13 +97,14 @@ def check_verify_steps(out, stdout: str) -> None:
         "norm_placement": ("pass", "pre"), "norm_offset": ("pass", "1"), "embedding_scale": ("pass", "8"),
         "tied_embeddings": ("pass", "yes"), "activation": ("pass", "gelu_tanh"), "attention_kind": ("pass", "MQA"),
         "logit_softcap": ("pass", "none"), "attention_softcap": ("pass", "none"), "qk_norm": ("pass", "no"),
-        "sliding_window": ("pass", "none (every layer global)"), "query_scale": ("pass", "0.176777")}
+        "sliding_window": ("pass", "none (every layer global)"), "query_scale": ("pass", "0.176777"),
+        "attention_mask": ("pass", "causal"), "embedding_head": ("skip", "none")}
     assert {k: v[0] for k, v in g1.items() if k.startswith("lint:")} == {
         "lint:exact_gelu": "pass", "lint:activation_key": "pass", "lint:tied_lm_head": "pass",
         "lint:norm_weights": "pass", "lint:vocab_size": "pass", "lint:special_ids": "pass",
         "lint:end_of_turn": "warn", "lint:nonfinite": "pass"}
-    assert [line for line in gemma3.splitlines() if line.startswith(("PASS", "FAIL"))] == ["PASS: 18 pass, 1 skip"]
-    assert [line for line in gemma1.splitlines() if line.startswith(("PASS", "FAIL"))] == ["PASS: 18 pass, 1 warn"]
+    assert [line for line in gemma3.splitlines() if line.startswith(("PASS", "FAIL"))] == ["PASS: 19 pass, 2 skip"]
+    assert [line for line in gemma1.splitlines() if line.startswith(("PASS", "FAIL"))] == ["PASS: 19 pass, 1 warn, 1 skip"]
     # --graph: Gemma 1's block 0 as transformers runs it, pre-norm only
     graph = gemma1[gemma1.index("model.layers.0 (GemmaDecoderLayer)"):].splitlines()
     assert graph[0] == "model.layers.0 (GemmaDecoderLayer)  input x [1, 32, 64]"

@@ -96,7 +96,8 @@ def test_summary_of_a_card_and_of_a_healthy_checkpoint(tiny_models):
 def test_check_registry_is_the_verify_order():
     assert CHECK_NAMES == tuple(checks.CHECKS) == (
         "norm_placement", "norm_offset", "embedding_scale", "tied_embeddings", "activation", "attention_kind",
-        "logit_softcap", "attention_softcap", "qk_norm", "sliding_window", "query_scale")
+        "logit_softcap", "attention_softcap", "qk_norm", "sliding_window", "query_scale", "attention_mask",
+        "embedding_head")
 
 
 @pytest.fixture(scope="module")

@@ -402,7 +402,7 @@ def test_cli_verify_graph_tree(tiny_models):
                              terminal_width=200)
     assert res.exit_code == 0, res.output
     out = res.stdout
-    assert "PASS: 18 pass, 1 warn" in out  # 11 observed checks, 7 lint rules that apply, 1 warning
+    assert "PASS: 19 pass, 1 warn, 1 skip" in out  # 12 observed checks, 7 lint rules, 1 warning, embedding_head skips
     assert "model.layers.0 (GemmaDecoderLayer)  input x [1, 32, 64]" in out
     assert "├── input_layernorm  GemmaRMSNorm  <- x [1, 32, 64]" in out
     assert "├── + residual  x + self_attn  -> residual 1 [1, 32, 64]" in out

@@ -122,7 +122,9 @@ def run(ckpt: Checkpoint, token_ids: Any, runtime: str = "auto", device: str = "
     ids = as_token_batch(ckpt, token_ids)  # before anything is loaded; load_model checks the rest
     model = load_model(ckpt, runtime, device, dtype, **options)
     try:
-        return model.forward(ids)
+        from .pooling import embed_result
+
+        return embed_result(ckpt, model.forward(ids))
     finally:
         model.close()
 

@@ -124,9 +124,16 @@ def attention_mask(spec: GemmaSpec, layer: int, t: int, device: Any) -> torch.Te
     Causal: key j <= query i. Sliding layers also require j > i - window, so a query sees exactly
     `window` keys, itself included (transformers' `sliding_window_overlay`: kv_idx > q_idx - window;
     keras-hub's band of width window - 1 below the diagonal is the same set).
+
+    Bidirectional (EmbeddingGemma): every key; sliding layers only keys with |i - j| <= window // 2, as
+    transformers applies the stored window (its config keeps window // 2 + 1 as an exclusive bound on |i - j|).
     """
     i = torch.arange(t, device=device)[:, None]
     j = torch.arange(t, device=device)[None, :]
+    if spec.attention_mask == "bidirectional":
+        if spec.layer_types[layer] == SLIDING:
+            return (i - j).abs() <= spec.sliding_window // 2
+        return torch.ones(t, t, dtype=torch.bool, device=device)
     allowed = j <= i
     if spec.layer_types[layer] == SLIDING:
         allowed = allowed & (j > i - spec.sliding_window)
@@ -351,6 +358,7 @@ class ReferenceModel:
         self.model = GemmaModel(spec, load_weights(ckpt, device, torch_dtype(dtype))).eval()
         self.load_seconds = time.perf_counter() - start
         self.notes: list[str] = []
+        self.logits = ckpt.embedding_head is None  # an embedding model has no LM head: token states only
 
     def forward(self, token_ids: Any) -> "RuntimeResult":
         from .types import RuntimeResult, to_cpu_float
@@ -358,8 +366,12 @@ class ReferenceModel:
         start = time.perf_counter()
         ids = torch.as_tensor(token_ids, dtype=torch.long, device=self.device)
         with torch.no_grad():
-            logits, hidden = self.model(ids)
-        return RuntimeResult(logits=to_cpu_float(logits), hidden_states=[to_cpu_float(h) for h in hidden],
+            if self.logits:
+                logits, hidden = self.model(ids)
+                logits = to_cpu_float(logits)
+            else:
+                logits, hidden = None, self.model.hidden_states(ids)
+        return RuntimeResult(logits=logits, hidden_states=[to_cpu_float(h) for h in hidden],
                              runtime="reference", device=self.device, dtype=self.dtype, source=self.source,
                              seconds=self.load_seconds + time.perf_counter() - start, notes=list(self.notes))
 

@@ -26,8 +26,11 @@ from .types import HF_MODULE_LAYOUTS, HF_MODULE_ROLES, Anatomy, RuntimeResult, t
 
 def load_model(ckpt: Checkpoint, device: str, dtype: str, device_map: str | dict | None = None,
                attn_implementation: str | None = None) -> Any:
-    """A transformers CausalLM holding `ckpt`'s weights, in eval mode, on `device` (or per device_map)."""
-    from transformers import AutoModelForCausalLM
+    """A transformers CausalLM holding `ckpt`'s weights, in eval mode, on `device` (or per device_map); for an
+    embedding model (no LM head) the bare decoder stack AutoModel builds (Gemma3TextModel)."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    auto = AutoModel if ckpt.embedding_head is not None else AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype)}
     if attn_implementation:
@@ -40,7 +43,7 @@ def load_model(ckpt: Checkpoint, device: str, dtype: str, device_map: str | dict
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # the caller shows its own progress; no tqdm lines on stderr
         try:
-            model = AutoModelForCausalLM.from_pretrained(ckpt.source, **kwargs)
+            model = auto.from_pretrained(ckpt.source, **kwargs)
         except MemoryError:
             raise
         except Exception as e:  # transformers reads config.json itself, more strictly in places (1e9 for an int)
@@ -60,15 +63,16 @@ def load_model(ckpt: Checkpoint, device: str, dtype: str, device_map: str | dict
     from .reference import load_weights
 
     weights = load_weights(ckpt, device, torch_dtype(dtype))
-    return build_model(ckpt.spec, weights, device, dtype, attn_implementation, ckpt.source).eval()
+    return build_model(ckpt.spec, weights, device, dtype, attn_implementation, ckpt.source,
+                       bare=ckpt.embedding_head is not None).eval()
 
 
 def build_model(spec: Any, weights: dict[str, Any], device: str, dtype: str, attn_implementation: str | None = None,
-                where: str | None = None) -> Any:
+                where: str | None = None, bare: bool = False) -> Any:
     """A transformers CausalLM built from `spec` (its HF config) holding `weights` ({canonical name: torch
     tensor}); an UnsupportedError (naming `where`) when HF cannot express the spec or the tensors do not fit."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     from ..formats.hf import config_dict, from_canonical
 
@@ -80,8 +84,10 @@ def build_model(spec: Any, weights: dict[str, Any], device: str, dtype: str, att
     if attn_implementation:
         config._attn_implementation = attn_implementation
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype(dtype))
+        model = (AutoModel if bare else AutoModelForCausalLM).from_config(config, dtype=torch_dtype(dtype))
     state = {from_canonical(n, spec.family): t for n, t in weights.items()}
+    if bare:  # the decoder stack alone: its names lack the CausalLM's "model." (and there is no lm_head)
+        state = {n.removeprefix("model."): t for n, t in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if not (m == "lm_head.weight" and spec.tied_embeddings)]
     if missing or unexpected:
@@ -137,7 +143,7 @@ class TransformersModel:
                 h.remove()
         n = len(stack.layers)
         hidden = [captured["embed"]] + [captured[f"layer{i}"] for i in range(n)] + [captured["norm"]]
-        logits = to_cpu_float(out.logits)
+        logits = to_cpu_float(out.logits) if getattr(out, "logits", None) is not None else None
         del out
         attn = getattr(self.model.config, "_attn_implementation", None)
         return RuntimeResult(logits=logits, hidden_states=hidden, runtime="transformers", device=self.device,

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 class RuntimeResult:
     """What one forward pass produced, moved to the CPU as float32 torch tensors."""
 
-    logits: Any  # [B, T, V]
+    logits: Any  # [B, T, V]; None for an embedding model (no LM head)
     hidden_states: list[Any]  # L + 2 tensors [B, T, d] (see the module docstring)
     runtime: str
     device: str
@@ -23,6 +23,7 @@ class RuntimeResult:
     source: str
     seconds: float = 0.0  # load + forward, wall time
     notes: list[str] = field(default_factory=list)
+    embedding: Any = None  # [B, D]: an embedding model's pooled, projected, normalised output (runtimes.pooling)
 
     @property
     def num_layers(self) -> int:
