@@ -154,6 +154,15 @@ _GEMMA_HF_DEFAULTS = dict(bos_token_id=2, eos_token_id=1, pad_token_id=0, rms_no
                           tie_word_embeddings=True)
 _PEER_DEFAULTS = dict(activation="silu", norm_offset=0, scale_embeddings=False, tied_embeddings=False,
                       max_position_embeddings=4096)
+# transformers' Gemma2Config defaults, which VaultGemmaConfig repeats
+_GEMMA2_HF_DEFAULTS = dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                           num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+                           hidden_activation="gelu_pytorch_tanh", max_position_embeddings=8192,
+                           query_pre_attn_scalar=256, sliding_window=4096, final_logit_softcapping=30.0,
+                           attn_logit_softcapping=50.0, **_GEMMA_HF_DEFAULTS)
+# keras-hub's GemmaBackbone, which holds Gemma 1, Gemma 2 and VaultGemma (told apart by their configs' fields)
+_GEMMA_BACKBONE = KerasIds("GemmaBackbone", "keras_hub.src.models.gemma.gemma_backbone", "gemma", "Gemma",
+                           "gemma_decoder_block", (10_000.0, 10_000.0), True, False)
 _PEER_RULES = FamilyRules("pre", 0, False, "silu", False, False, None, None, query_scalar="head_dim")
 
 FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
@@ -171,8 +180,7 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
                  windowed_keys=False,
                  # The released configs say hidden_act="gelu", which transformers reads as the tanh GELU.
                  activation_aliases={"gelu": "gelu_pytorch_tanh"}),
-        keras=KerasIds("GemmaBackbone", "keras_hub.src.models.gemma.gemma_backbone", "gemma", "Gemma",
-                       "gemma_decoder_block", (10_000.0, 10_000.0), True, False),
+        keras=_GEMMA_BACKBONE,
         gguf=GGUFIds("gemma"),
         gemma_pytorch="GEMMA_1"),
     # Gemma 2: sandwich norms, soft caps 50 (attention logits) and 30 (final logits), sliding on even layers.
@@ -181,13 +189,8 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
         FamilyRules("pre+post", 1, True, "gelu_tanh", True, False, 50.0, 30.0, float16_overflows=True),
         layer_pattern=(SLIDING, FULL), defaults=dict(sliding_window=4096),
         hf=HFIds("gemma2", "Gemma2ForCausalLM", "hidden_activation",
-                 dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
-                      num_attention_heads=8, num_key_value_heads=4, head_dim=256,
-                      hidden_activation="gelu_pytorch_tanh", max_position_embeddings=8192,
-                      query_pre_attn_scalar=256, sliding_window=4096, final_logit_softcapping=30.0,
-                      attn_logit_softcapping=50.0, **_GEMMA_HF_DEFAULTS)),
-        keras=KerasIds("GemmaBackbone", "keras_hub.src.models.gemma.gemma_backbone", "gemma", "Gemma",
-                       "gemma_decoder_block", (10_000.0, 10_000.0), True, False),
+                 _GEMMA2_HF_DEFAULTS),
+        keras=_GEMMA_BACKBONE,
         gguf=GGUFIds("gemma2", defaults={"sliding_window": 4096, "attn_logit_softcapping": 50.0,
                                          "final_logit_softcapping": 30.0}, big_model_layers=46),
         gemma_pytorch="GEMMA_2"),
@@ -224,13 +227,8 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
         FamilyRules("pre", 1, True, "gelu_tanh", True, False, 50.0, 30.0),
         layer_pattern=(SLIDING, FULL), defaults=dict(sliding_window=4096),
         hf=HFIds("vaultgemma", "VaultGemmaForCausalLM", "hidden_activation",
-                 dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
-                      num_attention_heads=8, num_key_value_heads=4, head_dim=256,
-                      hidden_activation="gelu_pytorch_tanh", max_position_embeddings=8192,
-                      query_pre_attn_scalar=256, sliding_window=4096, final_logit_softcapping=30.0,
-                      attn_logit_softcapping=50.0, **_GEMMA_HF_DEFAULTS)),
-        keras=KerasIds("GemmaBackbone", "keras_hub.src.models.gemma.gemma_backbone", "gemma", "Gemma",
-                       "gemma_decoder_block", (10_000.0, 10_000.0), True, False),
+                 _GEMMA2_HF_DEFAULTS),
+        keras=_GEMMA_BACKBONE,
         refusals={
             "gguf": "llama.cpp has no VaultGemma architecture (gguf 0.19 and llama.cpp's converter know none; "
                     "its gemma2 graph requires the post-attention and post-feedforward norms VaultGemma lacks)",
