@@ -10,7 +10,7 @@ export KERAS_BACKEND := torch
 export TF_CPP_MIN_LOG_LEVEL := 3
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-all install benchmarks clean
+.PHONY: demo test test-all install benchmarks clean bytecode
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,13 +21,18 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-demo: $(STAMP)
+# The package's bytecode, as a (non-editable) pip install writes it: an editable install under
+# PYTHONDONTWRITEBYTECODE=1 would otherwise compile every module on every run. Only stale files are compiled.
+bytecode: $(STAMP)
+	$(PY) -m compileall -q gemma_inspect
+
+demo: $(STAMP) bytecode
 	$(VENV)/bin/gemma-inspect demo
 
-test: $(STAMP)
+test: $(STAMP) bytecode
 	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadgroup
 
-test-all: $(STAMP)
+test-all: $(STAMP) bytecode
 	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 benchmarks: $(STAMP)

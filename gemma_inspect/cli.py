@@ -17,7 +17,6 @@ from . import __version__
 from .errors import GemmaInspectError
 from .formats import FORMATS
 from .manifest import DEFAULT_HASH, HASHES, MANIFEST_NAME, SIBLING_SUFFIX
-from .parity import QUANTIZED, TOLERANCES, parity as _parity_fn
 from .runtimes import DEVICES, DTYPES as RUN_DTYPES, RUNTIMES
 from .spec import CARD_NAMES
 from .terminal import printable
@@ -233,22 +232,21 @@ def compare(sources: tuple[str, ...], as_json: bool) -> None:
 @main.command(name="parity")
 @click.argument("a")
 @click.argument("b")
-@click.option("--runtime-a", cls=_LateOption, late=lambda: {"help": f"Runtime for A ({_auto_runtime()})."},
-              default=_default(_parity_fn, "runtime_a"), show_default=True, type=click.Choice(RUNTIMES))
-@click.option("--runtime-b", default=_default(_parity_fn, "runtime_b"), show_default=True,
-              type=click.Choice(RUNTIMES), help="Runtime for B.")
-@click.option("--device", default=_default(_parity_fn, "device"), show_default=True, type=click.Choice(DEVICES),
-              help="auto: cuda when torch sees a GPU.")
-@click.option("--dtype", default=_default(_parity_fn, "dtype"), show_default=True, type=click.Choice(RUN_DTYPES),
+@click.option("--runtime-a", cls=_LateOption, show_default=True, type=click.Choice(RUNTIMES),
+              late=lambda: {"help": f"Runtime for A ({_auto_runtime()}).",
+                            "default": _default(_parity_module().parity, "runtime_a")})
+@click.option("--runtime-b", cls=_LateOption, late=lambda: {"default": _default(_parity_module().parity, "runtime_b")},
+              show_default=True, type=click.Choice(RUNTIMES), help="Runtime for B.")
+@click.option("--device", cls=_LateOption, late=lambda: {"default": _default(_parity_module().parity, "device")},
+              show_default=True, type=click.Choice(DEVICES), help="auto: cuda when torch sees a GPU.")
+@click.option("--dtype", cls=_LateOption, late=lambda: {"default": _default(_parity_module().parity, "dtype")},
+              show_default=True, type=click.Choice(RUN_DTYPES),
               help="float32 is judged against the measured float32 noise floor (a float64 oracle run); bfloat16 "
                    "by top-1 agreement and KL divergence. A side stored in lower precision than the other is "
                    "judged by that precision's tolerance.")
 @click.option("--prompt", default=None, metavar="TEXT", help="Text to run, tokenized with A's tokenizer (BOS first).")
 @click.option("--tokens", default=None, metavar="IDS", help="Comma-separated token ids, e.g. 2,651,1234.")
-@click.option("--atol", default=None, type=float,
-              help="A fixed tolerance on max|A-B| / max|A| of each hidden state instead of the measured noise "
-                   "floor (float32: the logits too); bfloat16, stored-lower-precision and quantized: the per-layer "
-                   f"bound (default {TOLERANCES['bfloat16']['atol']:g}, {QUANTIZED['atol']:g} quantized).")
+@click.option("--atol", cls=_LateOption, default=None, type=float, late=lambda: {"help": _atol_help()})
 @click.option("--plot", "plot_path", default=None, metavar="FILE.png",
               help="Write a PNG of max|A-B| per layer and for the logits (log scale, with each bound). The "
                    "directory must exist; it is checked before the run.")
@@ -441,6 +439,20 @@ def convert(source: str, dest: str, to: str, dtype: str, max_shard_size: str | N
         render_convert(_console(), report)
     if failed:
         sys.exit(1)
+
+
+def _parity_module() -> Any:
+    """parity.py, imported when the parity command is used or its help shown (not for every command)."""
+    from . import parity
+
+    return parity
+
+
+def _atol_help() -> str:
+    p = _parity_module()
+    return ("A fixed tolerance on max|A-B| / max|A| of each hidden state instead of the measured noise floor "
+            "(float32: the logits too); bfloat16, stored-lower-precision and quantized: the per-layer bound "
+            f"(default {p.TOLERANCES['bfloat16']['atol']:g}, {p.QUANTIZED['atol']:g} quantized).")
 
 
 def _verify_fn() -> Callable[..., Any]:
