@@ -160,6 +160,12 @@ _GEMMA2_HF_DEFAULTS = dict(vocab_size=256000, hidden_size=2304, intermediate_siz
                            hidden_activation="gelu_pytorch_tanh", max_position_embeddings=8192,
                            query_pre_attn_scalar=256, sliding_window=4096, final_logit_softcapping=30.0,
                            attn_logit_softcapping=50.0, **_GEMMA_HF_DEFAULTS)
+# transformers' Gemma3TextConfig defaults, shared by Gemma 3 and EmbeddingGemma (the same config class)
+_GEMMA3_TEXT_HF_DEFAULTS = dict(vocab_size=262208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                                num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+                                hidden_activation="gelu_pytorch_tanh", max_position_embeddings=131072,
+                                query_pre_attn_scalar=256, sliding_window=4096, final_logit_softcapping=None,
+                                attn_logit_softcapping=None, **_GEMMA_HF_DEFAULTS)
 # keras-hub's GemmaBackbone, which holds Gemma 1, Gemma 2 and VaultGemma (told apart by their configs' fields)
 _GEMMA_BACKBONE = KerasIds("GemmaBackbone", "keras_hub.src.models.gemma.gemma_backbone", "gemma", "Gemma",
                            "gemma_decoder_block", (10_000.0, 10_000.0), True, False)
@@ -203,11 +209,7 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
         defaults=dict(sliding_window=1024, rope_theta=1_000_000.0, rope_local_theta=10_000.0,
                       max_position_embeddings=131072),
         hf=HFIds("gemma3_text", "Gemma3ForCausalLM", "hidden_activation",
-                 dict(vocab_size=262208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
-                      num_attention_heads=8, num_key_value_heads=4, head_dim=256,
-                      hidden_activation="gelu_pytorch_tanh", max_position_embeddings=131072,
-                      query_pre_attn_scalar=256, sliding_window=4096, final_logit_softcapping=None,
-                      attn_logit_softcapping=None, **_GEMMA_HF_DEFAULTS),
+                 _GEMMA3_TEXT_HF_DEFAULTS,
                  multimodal_model_type="gemma3", rope="per_layer_type", pattern_key=True),
         keras=KerasIds("Gemma3Backbone", "keras_hub.src.models.gemma3.gemma3_backbone", "gemma3", "Gemma3",
                        "gemma3_decoder_block", (10_000.0, 1_000_000.0), False, True,
@@ -246,11 +248,7 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
         defaults=dict(sliding_window=512, rope_theta=1_000_000.0, rope_local_theta=10_000.0,
                       max_position_embeddings=2048),
         hf=HFIds("gemma3_text", "Gemma3TextModel", "hidden_activation",
-                 dict(vocab_size=262208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
-                      num_attention_heads=8, num_key_value_heads=4, head_dim=256,
-                      hidden_activation="gelu_pytorch_tanh", max_position_embeddings=131072,
-                      query_pre_attn_scalar=256, sliding_window=4096, final_logit_softcapping=None,
-                      attn_logit_softcapping=None, **_GEMMA_HF_DEFAULTS),
+                 _GEMMA3_TEXT_HF_DEFAULTS,
                  rope="per_layer_type", pattern_key=True, identified_by={"use_bidirectional_attention": True}),
         commands=("summary", "compare", "parity", "verify")),
     # Gemma 4 (text decoder): RMSNorm applies w (no +1), q/k norms (and a weightless v_norm), queries unscaled,
