@@ -259,7 +259,9 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
             **_GEMMA3_BACKBONE.config_extras, "use_bidirectional_attention": True, "is_embedding_model": True}),
         # llama.cpp: the Gemma 3 graph without causality (a symmetric window: |i - j| <= sliding_window // 2), the
         # stored window as transformers' config.json spells it, pooling_type and the dense heads dense_2/dense_3.
-        gguf=GGUFIds("gemma-embedding", defaults={"final_logit_softcapping": None}, local_rope=(10_000.0, 1.0))),
+        gguf=GGUFIds("gemma-embedding", defaults={"final_logit_softcapping": None}, local_rope=(10_000.0, 1.0)),
+        refusals={"gemma_pytorch": "gemma_pytorch has no encoder (its GEMMA_3 model attends causally, ends in the "
+                                   "LM head, and holds no pooling or dense heads)"}),
     # Gemma 4 (text decoder): RMSNorm applies w (no +1), q/k norms (and a weightless v_norm), queries unscaled,
     # final soft cap 30; per-layer head geometry, per-layer input embeddings, KV sharing, K=V, experts beside the
     # dense MLP and a stored layer_scalar are spec fields read from the config (row `hf.config_fields`).

@@ -252,7 +252,7 @@ def test_gguf_to_hf_to_gguf_is_bit_exact(outputs, tmp_path):
 def _diff(a: str, b: str) -> dict:
     r = _run("diff", a, b, "--json")
     assert r.exit_code in (0, 1), r.output
-    return json.loads(r.output)
+    return json.loads(r.stdout)
 
 
 def test_diff_across_formats_in_canonical_names(outputs):
@@ -294,6 +294,19 @@ def test_diff_sees_a_changed_head(outputs, tmp_path):
     assert (d["spec_differences"][0]["a"]["normalize"], d["spec_differences"][0]["b"]["normalize"]) == (True, False)
 
 
+def test_the_manifest_lists_the_heads(outputs, tmp_path):
+    dest = str(tmp_path / "k")
+    r = _run("convert", outputs["src"], dest, "--to", "keras")
+    assert r.exit_code == 0, r.output
+    listed = [t["name"] for t in json.load(open(f"{dest}/gemma-inspect-manifest.json"))["tensors"]]
+    assert len(listed) == N_TENSORS + 2 and listed[-2:] == ["head.dense.0.weight", "head.dense.1.weight"]
+    r = _run("diff", dest, "--manifest", "--json")
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.stdout)
+    assert m["identical"] is True and len(m["tensors"]) == N_TENSORS + 2
+    assert all(t["status"] == "equal" for t in m["tensors"])
+
+
 # ----------------------------------------------------------------------------- what the targets cannot hold
 def test_a_head_keras_hub_cannot_hold_is_refused_in_one_line(outputs, tmp_path):
     copy = str(tmp_path / "emb")
@@ -312,6 +325,28 @@ def test_a_head_keras_hub_cannot_hold_is_refused_in_one_line(outputs, tmp_path):
                         "identity, bias false: llama.cpp's converter keeps at most 2 weights (dense_2, dense_3), "
                         "without bias or activation (use --force to write it anyway)\n")
     assert not os.path.exists(tmp_path / "k") and not os.path.exists(tmp_path / "g.gguf")
+
+
+def test_gemma_pytorch_is_refused_with_the_reason(outputs, tmp_path):
+    r = _run("convert", outputs["src"], str(tmp_path / "e.ckpt"), "--to", "gemma-pytorch")
+    assert r.exit_code == 2
+    assert r.output == ("Error: embeddinggemma checkpoints cannot be written as gemma_pytorch: gemma_pytorch has no "
+                        "encoder (its GEMMA_3 model attends causally, ends in the LM head, and holds no pooling or "
+                        "dense heads)\n")
+    assert not os.path.exists(tmp_path / "e.ckpt")
+
+
+@pytest.mark.slow
+def test_parity_across_formats_passes(outputs):
+    """`parity` runs the Keras preset in keras-hub and the GGUF in the reference runtime against transformers on the
+    source: every hidden state within the measured float32 noise, the embeddings' cosine >= 1 - 1e-6."""
+    for other in ("keras", "gguf"):
+        r = _run("parity", outputs["src"], outputs[other], "--json")
+        assert r.exit_code == 0, r.output
+        m = json.loads(r.stdout)
+        assert m["passed"] is True and m["logits"] is None, other
+        assert (m["a"]["runtime"], m["b"]["runtime"]) == ("transformers", {"keras": "keras", "gguf": "reference"}[other])
+        assert m["embedding"]["cosine_similarity"] >= 1 - 1e-6
 
 
 # ----------------------------------------------------------------------------- llama.cpp
