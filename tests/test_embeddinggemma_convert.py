@@ -327,6 +327,29 @@ def test_a_head_keras_hub_cannot_hold_is_refused_in_one_line(outputs, tmp_path):
     assert not os.path.exists(tmp_path / "k") and not os.path.exists(tmp_path / "g.gguf")
 
 
+def test_a_dense_bias_travels_to_hf_and_is_refused_by_keras(outputs, tmp_path, reference):
+    """A Dense module with a bias (sentence-transformers' default) converts to HF with it (head.dense.0.bias) and
+    sentence-transformers applies it; keras-hub's bias-free head refuses it."""
+    from safetensors.numpy import save_file
+
+    copy, out = str(tmp_path / "emb"), str(tmp_path / "hf")
+    shutil.copytree(outputs["src"], copy)
+    cfg = json.load(open(f"{copy}/2_Dense/config.json"))
+    json.dump({**cfg, "bias": True}, open(f"{copy}/2_Dense/config.json", "w"))
+    w = _safetensors(f"{copy}/2_Dense/model.safetensors")["linear.weight"]
+    bias = np.linspace(-0.5, 0.5, 256, dtype=np.float32)
+    save_file({"linear.weight": w, "linear.bias": bias}, f"{copy}/2_Dense/model.safetensors", metadata={"format": "pt"})
+    _convert(copy, out, "hf")
+    d = _diff(copy, out)
+    assert d["identical"] is True and {t["name"] for t in d["tensors"] if t["name"].startswith("head.")} == \
+        {"head.dense.0.weight", "head.dense.0.bias", "head.dense.1.weight"}
+    assert np.array_equal(_safetensors(f"{out}/2_Dense/model.safetensors")["linear.bias"], bias)
+    _, emb, st = _reference(out)
+    assert st[2].linear.bias is not None and float(np.abs(emb - reference[1]).max()) > 1e-3  # the bias acts
+    r = _run("convert", copy, str(tmp_path / "k"), "--to", "keras")
+    assert r.exit_code == 2 and "2 dense layer(s) (identity, bias true, identity, bias false)" in r.output
+
+
 def test_gemma_pytorch_is_refused_with_the_reason(outputs, tmp_path):
     r = _run("convert", outputs["src"], str(tmp_path / "e.ckpt"), "--to", "gemma-pytorch")
     assert r.exit_code == 2
