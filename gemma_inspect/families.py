@@ -242,7 +242,8 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
         }),
     # EmbeddingGemma (v1, 300M): Gemma 3's decoder run as an encoder - bidirectional attention (sliding layers see
     # the window on both sides), no LM head; released as a sentence-transformers directory whose mean pooling and
-    # dense heads are read as data on the Checkpoint (formats/sentence_transformers.py).
+    # dense heads are read as data on the Checkpoint (formats/sentence_transformers.py), their weights as its
+    # head_tensors, which every writer carries in its own spelling.
     Family(
         "embeddinggemma", "EmbeddingGemma", True,
         FamilyRules("pre+post", 1, True, "gelu_tanh", True, True, None, None, float16_overflows=True,
