@@ -651,7 +651,7 @@ def _head_tensors(ckpt: Checkpoint) -> dict[str, TensorRef]:
     return {n: r for n, r in ckpt.head_tensors.items() if n in head_names()}
 
 
-def _head_problems(head: EmbeddingHead | None) -> list[str]:
+def _head_problems(head: EmbeddingHead | None, hidden: int) -> list[str]:
     """What llama.cpp's gemma-embedding cannot run of an embedding head."""
     if head is None:
         return ["no pooling or dense modules (llama.cpp's gemma-embedding pools and projects)"]
@@ -663,6 +663,10 @@ def _head_problems(head: EmbeddingHead | None) -> list[str]:
         problems.append(f"dense layers {', '.join(f'{d.activation}, bias {str(d.bias).lower()}' for d in head.dense)}"
                         f": llama.cpp's converter keeps at most {len(HEAD_TENSOR_MEMBERS)} weights (dense_2, "
                         f"dense_3), without bias or activation")
+    if len(head.dense) == len(HEAD_TENSOR_MEMBERS) and head.dense[-1].out_features != hidden:
+        # llama.cpp creates dense_3 as {dense_3_feat_in, n_embd}: the second projection returns to the hidden size
+        problems.append(f"the second dense layer gives {head.dense[-1].out_features} features: llama.cpp's dense_3 "
+                        f"returns to the hidden size {hidden}")
     if not head.normalize:
         problems.append("no L2 normalisation: GGUF cannot say so (llama.cpp's embedding mode normalises by default)")
     return problems
@@ -680,7 +684,7 @@ def write(ckpt: Checkpoint, dest: str, options: "WriteOptions", progress: Callab
     row = _check_expressible(spec, options)
     encoder = not row.rules.lm_head
     if encoder:
-        problems = _head_problems(ckpt.embedding_head)
+        problems = _head_problems(ckpt.embedding_head, spec.hidden_size)
         if problems and (not options.force or ckpt.embedding_head is None):
             raise UnsupportedError("GGUF cannot express this embedding head faithfully: " + "; ".join(problems)
                                    + ("" if ckpt.embedding_head is None else " (use --force to write it anyway)"))
