@@ -164,6 +164,12 @@ class Checkpoint:
     # An embedding model's modules after the transformer (sentence-transformers: pooling, dense layers, normalise),
     # read from the directory or, for a card, published; None for a language model.
     embedding_head: EmbeddingHead | None = None
+    # The heads' weights under canonical names (heads.dense_name: "head.dense.0.weight", [out, in]), apart from the
+    # transformer's `tensors`: converted and compared with them, counted apart.
+    head_tensors: dict[str, TensorRef] = field(default_factory=dict)
+    # sentence-transformers' own settings files (config_sentence_transformers.json: prompts, similarity;
+    # sentence_bert_config.json: max_seq_length), as read, kept so that a conversion back writes them again
+    head_config: dict[str, Any] = field(default_factory=dict)
 
     def require(self, command: str) -> None:
         """Refuse, with one line, a command that does not handle this checkpoint's family yet (its row's

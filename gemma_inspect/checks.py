@@ -602,7 +602,7 @@ def embedding_head(ctx: Context) -> Record:
     expected = _head_form(published or head)
     if ctx.obs.final is None:
         return check("embedding_head", "skip", expected, None, "the final states were not observed")
-    e = sentence_embedding(head, load_dense(ctx.ckpt.source, head), ctx.obs.final[None])[0]
+    e = sentence_embedding(head, load_dense(ctx.ckpt), ctx.obs.final[None])[0]
     norm = float(e.norm())
     observed = _head_form(head, int(e.shape[-1]))
     normalized = abs(norm - 1) <= 1e-6

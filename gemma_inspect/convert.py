@@ -371,7 +371,7 @@ def convert(source: Checkpoint | str, dest: str, to: str, options: WriteOptions 
         notes.append(f"manifest: {manifest} (every file's size and {HASH_NAMES[options.hash]}, every tensor); "
                      f"check the output against it with `gemma-inspect diff {dest} --manifest`")
     return {"source": ckpt.source, "dest": dest, "format": to, "dtype": options.dtype,
-            "tensors": len(ckpt.tensors), "bytes_written": written[0], "notes": notes,
+            "tensors": len(ckpt.tensors) + len(ckpt.head_tensors), "bytes_written": written[0], "notes": notes,
             "source_format": ckpt.format, "source_notes": list(ckpt.notes), "manifest": manifest,
             "stages": stage_times()}
 

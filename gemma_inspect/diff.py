@@ -30,7 +30,18 @@ def spec_differences(a: Checkpoint, b: Checkpoint) -> list[dict[str, Any]]:
         if va != vb:
             out.append({"field": f.name, "a": list(va) if isinstance(va, tuple) else va,
                         "b": list(vb) if isinstance(vb, tuple) else vb})
+    ha, hb = _head_fields(a), _head_fields(b)
+    if ha != hb:  # an embedding model's pooling, dense layers and normalisation (not where each format keeps them)
+        out.append({"field": "embedding_head", "a": ha, "b": hb})
     return out
+
+
+def _head_fields(ckpt: Checkpoint) -> dict[str, Any] | None:
+    head = ckpt.embedding_head
+    if head is None:
+        return None
+    return {"pooling": head.pooling, "include_prompt": head.include_prompt, "normalize": head.normalize,
+            "dense": [[d.in_features, d.out_features, d.bias, d.activation] for d in head.dense]}
 
 
 def _max_abs_diff_arrays(x: np.ndarray, y: np.ndarray) -> float:
@@ -112,10 +123,12 @@ def diff(a: Checkpoint, b: Checkpoint, atol: float = 0.0,
     b.require("diff")
     if atol < 0:
         raise InputError(None, f"--atol must be non-negative, got {atol}")
-    names = list(a.tensors) + [n for n in b.tensors if n not in a.tensors]
+    # the transformer's tensors, then an embedding model's heads (head.dense.0.weight, ...): all in canonical names
+    ta, tb = {**a.tensors, **a.head_tensors}, {**b.tensors, **b.head_tensors}
+    names = list(ta) + [n for n in tb if n not in ta]
     rows = []
     for name in names:
-        ra, rb = a.tensors.get(name), b.tensors.get(name)
+        ra, rb = ta.get(name), tb.get(name)
         row: dict[str, Any] = {"name": name, "max_abs_diff": None,
                                "dtype_a": ra.dtype if ra else None, "dtype_b": rb.dtype if rb else None,
                                "shape_a": list(ra.shape) if ra else None, "shape_b": list(rb.shape) if rb else None}

@@ -12,6 +12,7 @@ This module is a leaf: it imports nothing from the package.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,6 +170,13 @@ _GEMMA3_TEXT_HF_DEFAULTS = dict(vocab_size=262208, hidden_size=2304, intermediat
 # keras-hub's GemmaBackbone, which holds Gemma 1, Gemma 2 and VaultGemma (told apart by their configs' fields)
 _GEMMA_BACKBONE = KerasIds("GemmaBackbone", "keras_hub.src.models.gemma.gemma_backbone", "gemma", "Gemma",
                            "gemma_decoder_block", (10_000.0, 10_000.0), True, False)
+# keras-hub's Gemma3Backbone, which holds Gemma 3 and (is_embedding_model) EmbeddingGemma
+_GEMMA3_BACKBONE = KerasIds("Gemma3Backbone", "keras_hub.src.models.gemma3.gemma3_backbone", "gemma3", "Gemma3",
+                            "gemma3_decoder_block", (10_000.0, 1_000_000.0), False, True,
+                            config_extras=dict(image_size=896, use_query_key_norm=True, vision_encoder=None,
+                                               use_bidirectional_attention=False, is_embedding_model=False,
+                                               pooling_intermediate_dim=None, embedding_dim=None),
+                            vision_tokens=("<img>", "<start_of_image>", "<end_of_image>"))
 _PEER_RULES = FamilyRules("pre", 0, False, "silu", False, False, None, None, query_scalar="head_dim")
 
 FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
@@ -211,12 +219,7 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
         hf=HFIds("gemma3_text", "Gemma3ForCausalLM", "hidden_activation",
                  _GEMMA3_TEXT_HF_DEFAULTS,
                  multimodal_model_type="gemma3", rope="per_layer_type", pattern_key=True),
-        keras=KerasIds("Gemma3Backbone", "keras_hub.src.models.gemma3.gemma3_backbone", "gemma3", "Gemma3",
-                       "gemma3_decoder_block", (10_000.0, 1_000_000.0), False, True,
-                       config_extras=dict(image_size=896, use_query_key_norm=True, vision_encoder=None,
-                                          use_bidirectional_attention=False, is_embedding_model=False,
-                                          pooling_intermediate_dim=None, embedding_dim=None),
-                       vision_tokens=("<img>", "<start_of_image>", "<end_of_image>")),
+        keras=_GEMMA3_BACKBONE,
         # llama.cpp reads Gemma 3's final soft cap when present (absent: none); it never reads an attention cap.
         gguf=GGUFIds("gemma3", defaults={"final_logit_softcapping": None}, big_model_layers=62,
                      local_rope=(10_000.0, 1.0)),
@@ -239,7 +242,8 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
         }),
     # EmbeddingGemma (v1, 300M): Gemma 3's decoder run as an encoder - bidirectional attention (sliding layers see
     # the window on both sides), no LM head; released as a sentence-transformers directory whose mean pooling and
-    # dense heads are read as data on the Checkpoint (formats/sentence_transformers.py).
+    # dense heads are read as data on the Checkpoint (formats/sentence_transformers.py), their weights as its
+    # head_tensors, which every writer carries in its own spelling.
     Family(
         "embeddinggemma", "EmbeddingGemma", True,
         FamilyRules("pre+post", 1, True, "gelu_tanh", True, True, None, None, float16_overflows=True,
@@ -250,7 +254,15 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
         hf=HFIds("gemma3_text", "Gemma3TextModel", "hidden_activation",
                  _GEMMA3_TEXT_HF_DEFAULTS,
                  rope="per_layer_type", pattern_key=True, identified_by={"use_bidirectional_attention": True}),
-        commands=("summary", "compare", "parity", "verify")),
+        # keras-hub: Gemma3Backbone as an embedding model (mean pooling, two bias-free Dense layers whose widths are
+        # pooling_intermediate_dim and embedding_dim, L2 normalisation); the writer fills the widths from the head.
+        keras=dataclasses.replace(_GEMMA3_BACKBONE, config_extras={
+            **_GEMMA3_BACKBONE.config_extras, "use_bidirectional_attention": True, "is_embedding_model": True}),
+        # llama.cpp: the Gemma 3 graph without causality (a symmetric window: |i - j| <= sliding_window // 2), the
+        # stored window as transformers' config.json spells it, pooling_type and the dense heads dense_2/dense_3.
+        gguf=GGUFIds("gemma-embedding", defaults={"final_logit_softcapping": None}, local_rope=(10_000.0, 1.0)),
+        refusals={"gemma_pytorch": "gemma_pytorch has no encoder (its GEMMA_3 model attends causally, ends in the "
+                                   "LM head, and holds no pooling or dense heads)"}),
     # Gemma 4 (text decoder): RMSNorm applies w (no +1), q/k norms (and a weightless v_norm), queries unscaled,
     # final soft cap 30; per-layer head geometry, per-layer input embeddings, KV sharing, K=V, experts beside the
     # dense MLP and a stored layer_scalar are spec fields read from the config (row `hf.config_fields`).

@@ -17,6 +17,18 @@ ACTIVATION_NAMES = {"torch.nn.modules.linear.Identity": "identity", "torch.nn.mo
                     "torch.nn.modules.activation.Sigmoid": "sigmoid"}
 
 
+# Canonical names of the heads' tensors (Checkpoint.head_tensors): the k-th Dense module after the pooling, in
+# sentence-transformers' layout ([out_features, in_features] weight, [out_features] bias). Every format maps its own
+# names to these: sentence-transformers' `<idx>_Dense/model.safetensors:linear.weight`, keras-hub's pooling_dense_1 /
+# embedding_projection kernels ([in, out]), llama.cpp's dense_2 / dense_3.
+DENSE_TEMPLATE = "head.dense.{k}.{part}"
+
+
+def dense_name(k: int, part: str = "weight") -> str:
+    """'head.dense.0.weight': the canonical name of Dense module k's weight (or "bias")."""
+    return DENSE_TEMPLATE.format(k=k, part=part)
+
+
 @dataclass(frozen=True)
 class DenseLayer:
     """One sentence-transformers Dense module: y = activation(x @ W^T + b), W [out_features, in_features]."""
@@ -74,4 +86,4 @@ class EmbeddingHead:
                 "modules": list(self.modules)}
 
 
-__all__ = ["ACTIVATION_NAMES", "DenseLayer", "EmbeddingHead"]
+__all__ = ["ACTIVATION_NAMES", "DENSE_TEMPLATE", "dense_name", "DenseLayer", "EmbeddingHead"]

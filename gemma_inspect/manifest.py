@@ -76,7 +76,8 @@ def build(output: str, fmt: str, source: str, streamed: dict[str, tuple[int, str
         "hash": algorithm,
         "files": [{"name": n, "size": os.path.getsize(p), algorithm: streamed[p][1] if p in streamed else hashed[p]}
                   for n, p in zip(names, paths)],
-        "tensors": [{"name": r.name, "shape": list(r.shape), "dtype": r.dtype} for r in written.tensors.values()],
+        "tensors": [{"name": r.name, "shape": list(r.shape), "dtype": r.dtype}
+                    for r in (*written.tensors.values(), *written.head_tensors.values())],
     }
 
 
@@ -198,7 +199,7 @@ def _tensor_rows(dest: str, m: dict[str, Any]) -> tuple[list[dict[str, Any]], st
         got = load(dest)
     except GemmaInspectError as e:  # the file check already says which file is wrong; this says why it fails
         return [], str(e)
-    have = {r.name: r for r in got.tensors.values()}
+    have = {r.name: r for r in (*got.tensors.values(), *got.head_tensors.values())}
     want = {t["name"]: t for t in m["tensors"]}
     rows = []
     for name in list(want) + [n for n in have if n not in want]:

@@ -6,8 +6,7 @@ Gemma3TextModel with use_bidirectional_attention saved at the top level by save_
 `model.`, no lm_head, float32), modules.json (indent 2), 1_Pooling/config.json (mean), 2_Dense and 3_Dense
 (config.json, indent 4, and model.safetensors holding `linear.weight`, written by safetensors' save_model as
 Module.save_torch_weights does), an empty 4_Normalize folder, config_sentence_transformers.json,
-sentence_bert_config.json, tokenizer.model and tokenizer.json. Commands that do not handle the family yet refuse
-it with one line."""
+sentence_bert_config.json, tokenizer.model and tokenizer.json. (convert and diff: test_embeddinggemma_convert.py.)"""
 
 from __future__ import annotations
 
@@ -298,16 +297,3 @@ def test_an_unknown_module_type(emb_copy):
     assert r.exit_code == 2
     assert r.output.startswith(f"Error: {emb_copy}/modules.json: module 4 has type 'my_package.Whiten'; supported: ")
     assert r.output.count("\n") == 1
-
-
-@pytest.mark.parametrize("command", ["convert", "diff"])
-def test_other_commands_refuse_it_in_one_line(emb, tmp_path, command):
-    path, _ = emb
-    args = {"convert": ["convert", path, str(tmp_path / "out"), "--to", "keras"], "parity": ["parity", path, path],
-            "verify": ["verify", path], "diff": ["diff", path, path]}[command]
-    r = _run(*args)
-    assert r.exit_code == 2, r.output
-    assert r.output.splitlines()[-1] == (f"Error: {path}: {command} does not support EmbeddingGemma yet "
-                                         f"(supported: summary, compare, parity, verify)")
-    assert "Traceback" not in r.output
-    assert not os.path.exists(tmp_path / "out")

@@ -396,12 +396,14 @@ def read(path: str) -> Checkpoint:
     tokenizer = find_tokenizer(path)
     present = [os.path.join(path, f) for f in (CONFIG, INDEX, "generation_config.json", *TOKENIZER_FILES, *ST_FILES)
                if os.path.exists(os.path.join(path, f))]
-    head = None
+    head, head_tensors, settings = None, {}, {}
     if st.has_modules(path):  # a sentence-transformers directory: pooling and dense heads after the transformer
         head = st.read_head(path, spec.hidden_size)
+        head_tensors, settings = st.read_head_tensors(path, head), st.read_settings(path)
         present += [os.path.join(path, d.path, f) for d in head.dense for f in ("config.json", SINGLE)]
     return Checkpoint(spec=spec, tensors=ordered, source=path, format="hf", tokenizer=tokenizer, notes=notes,
                       ignored=ignored, config=cfg, files=present + files, base_model=base, embedding_head=head,
+                      head_tensors=head_tensors, head_config=settings,
                       lm_head_set_aside=next((stored[n][2]("lm_head.weight") for n in ignored
                                               if n.endswith("lm_head.weight")), None))
 
@@ -595,6 +597,7 @@ def config_dict(spec: GemmaSpec) -> dict[str, Any]:
             (rules.norm_placement, rules.qk_norm, rules.norm_offset, rules.scale_embeddings):
         raise UnsupportedError(f"this {spec.family} checkpoint deviates from its family's layout "
                                f"(norm placement/offset, QK-norm or embedding scale): HF cannot express it")
+    cfg.update(ids.identified_by)  # what tells the row from another of its model_type (use_bidirectional_attention)
     return cfg
 
 
@@ -627,6 +630,10 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
     out = ShardedOutput(sizes, options.max_shard_size or DEFAULT_MAX_SHARD, SINGLE,
                         "model-{number:05d}-of-{count:05d}.safetensors")
     names = {n: from_canonical(n, spec.family) for n in ckpt.tensors}
+    if not FAMILY_TABLE[spec.family].rules.lm_head:
+        # an encoder is saved as its base model saves it (Gemma3TextModel: no `model.` prefix, no lm_head), as the
+        # released EmbeddingGemma and llama.cpp's converter (which registers that class) expect
+        names = {n: h.removeprefix(BASE_PREFIX) for n, h in names.items()}
     for fname, shard in out:
         layout = [(names[n], out_dtypes[n], ckpt.tensors[n].shape) for n in shard]
         with SafetensorsWriter(os.path.join(dest, fname), layout, {"format": "pt"}) as w:
@@ -643,6 +650,14 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
         from ..tokenizer import write_hf_tokenizer
 
         options.notes.extend(write_hf_tokenizer(ckpt.tokenizer, dest))
+    if ckpt.embedding_head is not None:  # the sentence-transformers modules after the transformer
+        kept = {k: v for k, v in ckpt.head_config.items() if k in (st.ST_CONFIG, st.BERT_CONFIG)}
+        if len(kept) < 2:
+            options.notes.append(f"the source keeps no {' or '.join(sorted({st.ST_CONFIG, st.BERT_CONFIG} - set(kept)))}"
+                                 f": written with no prompts, cosine similarity and max_seq_length "
+                                 f"{spec.max_position_embeddings}")
+        settings = {**st.default_settings(spec.max_position_embeddings), **kept}
+        st.write_modules(ckpt.embedding_head, ckpt.head_tensors, settings, dest, options, progress)
 
 
 def _write_json(path: str, obj: Any) -> None:

@@ -24,6 +24,7 @@ from ..checkpoint import (FLOAT_DTYPES, Checkpoint, TensorRef, canonical_name, c
                           parse_canonical)
 from ..errors import InputError, SpecError, UnsupportedError
 from ..families import FAMILY_TABLE, FULL, SLIDING, Family, by_keras_backbone
+from ..heads import ACTIVATION_NAMES, DenseLayer, EmbeddingHead, dense_name
 from ..spec import GemmaSpec, card, card_of_shape, make_spec
 from .common import MAX_LAYERS, most_common, opt_float, read_json_object, require_int
 from .keras_h5 import SHARD_INDEX, WEIGHTS, H5Var, preset_vars, read_var
@@ -49,9 +50,14 @@ def stored_layout(layout: str, stored: tuple[int, ...]) -> Layout | None:
     return None
 
 
+def _var(role: str) -> KerasVar:
+    """The name-table row of a role, or of a head tensor's canonical name."""
+    return VAR_BY_ROLE[role] if role in VAR_BY_ROLE else _HEAD_BY_NAME[role]
+
+
 def write_layout(spec: GemmaSpec, role: str, canonical: tuple[int, ...]) -> Layout | None:
     """The re-layout from the canonical layout to the Keras variable of `role` (None: the same bytes)."""
-    layout = VAR_BY_ROLE[role].layout
+    layout = _var(role).layout
     if layout == "heads_in":  # [N*D, d] -> (N, d, D)
         heads = spec.num_attention_heads if role == "q" else spec.num_key_value_heads
         return Layout((heads, spec.head_dim, canonical[1]), (0, 2, 1), (heads, canonical[1], spec.head_dim))
@@ -94,6 +100,14 @@ BLOCK_VARS = (
 )
 VAR_BY_ROLE = {v.role: v for v in TOP_VARS + BLOCK_VARS}
 _BY_PATH = {v.path: v for v in BLOCK_VARS}
+# An embedding model's heads (Gemma3Backbone with is_embedding_model): keras.layers.Dense kernels [in, out], named
+# as the backbone names them, in H5 groups named after the class (dense, dense_1). Roles are the heads' canonical
+# names (heads.dense_name); keras-hub's head is fixed: mean pooling, these two bias-free layers, L2 normalisation.
+HEAD_VARS = (
+    KerasVar("dense/vars/0", "pooling_dense_1", dense_name(0), "T"),
+    KerasVar("dense_1/vars/0", "embedding_projection", dense_name(1), "T"),
+)
+_HEAD_BY_NAME = {v.role: v for v in HEAD_VARS}
 
 
 def _keras_ids(attr: str) -> tuple[Any, ...]:
@@ -131,7 +145,7 @@ def block_group(spec: GemmaSpec, index: int) -> str:
 
 
 def keras_shape(spec: GemmaSpec, role: str, canonical: tuple[int, ...]) -> tuple[int, ...]:
-    layout = VAR_BY_ROLE[role].layout
+    layout = _var(role).layout
     if layout == "heads_in":
         heads = spec.num_attention_heads if role == "q" else spec.num_key_value_heads
         return (heads, spec.hidden_size, spec.head_dim)
@@ -192,9 +206,12 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
     if c.get("vision_encoder") is not None:
         notes.append("multimodal Keras Gemma 3 preset: the vision encoder is reported and ignored; only the "
                      "text decoder is read")
-    for flag in ("use_bidirectional_attention", "is_embedding_model"):
-        if c.get(flag):
-            raise UnsupportedError(f"{path}: {flag}=true is not a Gemma causal-LM configuration this tool supports")
+    embedding = bool(c.get("is_embedding_model"))
+    if bool(c.get("use_bidirectional_attention")) != embedding:
+        have = "use_bidirectional_attention" if not embedding else "is_embedding_model"
+        raise UnsupportedError(f"{path}: {have}=true without "
+                               f"{'is_embedding_model' if not embedding else 'use_bidirectional_attention'}=true: "
+                               f"neither a causal LM nor an embedding model (EmbeddingGemma has both)")
     n = require_int(c, "num_layers", path, maximum=MAX_LAYERS)
     hidden = require_int(c, "hidden_dim", path)
     heads = require_int(c, "num_query_heads", path)
@@ -214,6 +231,17 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
     row = _family_of(cls, c, post_attn, post_ffw, sliding_on, path)
     windowed = _windowed_row(row)
     window = c.get("sliding_window_size", windowed.defaults.get("sliding_window"))
+    window = require_int(c, "sliding_window_size", path, window) if sliding_on else None
+    if embedding and window is not None:
+        # keras-hub's bidirectional window S lets a token see S - S // 2 - 1 positions before it and S // 2 after;
+        # transformers' stored window W lets it see W // 2 on either side. An odd S is W = S - 1; an even S (what
+        # keras-hub's own importer writes: S = W) is one position short on the left, which no W expresses.
+        if window % 2 == 0:
+            notes.append(f"sliding_window_size {window} is even: keras-hub's bidirectional window sees "
+                         f"{window // 2 - 1} positions before a token and {window // 2} after, transformers' window "
+                         f"{window} sees {window // 2} on either side; read as {window}")
+        else:
+            window -= 1
     # keras-hub's fixed layout (the backbone's windowed family's pattern), or every layer global
     layer_types = windowed.layer_types(n) if sliding_on else (FULL,) * n
     # The backbone hard-codes the RoPE bases (Gemma3Backbone: 10k on local layers, 1M on global ones).
@@ -243,7 +271,7 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
             head_dim=head_dim, intermediate_size=ffn,
             attention_logit_softcap=opt_float(c, "attention_logit_soft_cap", path),
             final_logit_softcap=opt_float(c, "final_logit_soft_cap", path),
-            sliding_window=require_int(c, "sliding_window_size", path, window) if sliding_on else None,
+            sliding_window=window,
             layer_types=layer_types,
             query_pre_attn_scalar=head_dim,  # what keras-hub computes, whatever the flag says
             rms_norm_eps=opt_float(c, "layer_norm_epsilon", path, 1e-6),
@@ -264,7 +292,9 @@ def _family_of(cls: str, c: dict[str, Any], post_attn: bool, post_ffw: bool, sli
     rows = by_keras_backbone(cls)
     placement = {(True, True): "pre+post", (False, False): "pre"}.get((post_attn, post_ffw))
     caps = (c.get("attention_logit_soft_cap"), c.get("final_logit_soft_cap"))
+    bidirectional = bool(c.get("use_bidirectional_attention"))
     fits = [f for f in rows if f.rules.norm_placement == placement
+            and (f.rules.attention_mask == "bidirectional") == bidirectional
             and not (f.rules.qk_norm and not c.get("use_query_key_norm", True))
             and (_holds_windows(f) or not (sliding_on or any(caps)))]
     same_caps = [f for f in fits if (f.rules.attention_logit_softcap, f.rules.final_logit_softcap) == caps]
@@ -310,12 +340,12 @@ def _map_datasets(datasets: dict[str, H5Var], names: dict[str, str], where: str)
     unknown: dict[str, H5Var] = {}
     block_re = _block_re()
     for dpath, var in datasets.items():
-        top = next((v for v in TOP_VARS if dpath == "layers/" + v.path), None)
+        top = next((v for v in TOP_VARS + HEAD_VARS if dpath == "layers/" + v.path), None)
         if top is not None:
             name_attr = names.get(dpath.rsplit("/", 1)[0])
             if name_attr not in (None, top.layer_name):
                 raise InputError(where, f"{dpath} belongs to layer {name_attr!r}, expected {top.layer_name!r}")
-            mapped[dpath] = (canonical_name(top.role), var)
+            mapped[dpath] = (top.role if top in HEAD_VARS else canonical_name(top.role), var)
             continue
         parts = dpath.split("/")
         block = "/".join(parts[:2])
@@ -348,16 +378,33 @@ def read(path: str) -> Checkpoint:
     dtypes = [v.dtype for v in datasets.values()]
     # What Keras configs do not store, kept by our writer in metadata.json.
     restore: dict[str, int] = {}
+    settings: dict[str, Any] = {}
     meta_path = os.path.join(path, "metadata.json")
     if os.path.exists(meta_path):
         kept = read_json_object(meta_path, "metadata.json").get("gemma_inspect")
         if isinstance(kept, dict):
             restore = {k: kept[k] for k in ("max_position_embeddings", "bos_token_id", "eos_token_id",
                                             "pad_token_id") if isinstance(kept.get(k), int) and kept[k] >= 0}
+            if isinstance(kept.get("sentence_transformers"), dict):  # an embedding model's settings files
+                settings = {k: v for k, v in kept["sentence_transformers"].items() if isinstance(v, dict)}
+            window = kept.get("sliding_window")  # the stored window, which keras-hub's odd window stands for
+            if isinstance(window, int) and not isinstance(window, bool) and window > 0:
+                restore["sliding_window"] = window
     spec, notes = spec_from_config(cfg, config_path, most_common(dtypes), restore.get("max_position_embeddings"))
+    if spec.sliding_window is None or restore.get("sliding_window", 0) // 2 != spec.sliding_window // 2 \
+            or spec.attention_mask != "bidirectional":
+        restore.pop("sliding_window", None)  # kept only where it is the same window, spelt as transformers stored it
     spec = spec.replace(**restore)
     assumed = {"max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id"} - set(restore)
     mapped, unknown = _map_datasets(datasets, names, where)
+    head_vars = {name: var for dpath, (name, var) in mapped.items() if name in _HEAD_BY_NAME}
+    mapped = {dpath: nv for dpath, nv in mapped.items() if nv[0] not in _HEAD_BY_NAME}
+    head, head_tensors = None, {}
+    if not FAMILY_TABLE[spec.family].rules.lm_head:
+        head = _embedding_head(cfg["config"], spec, head_vars, config_path, where)
+        head_tensors = {name: _ref(name, var) for name, var in head_vars.items()}
+    elif head_vars:
+        unknown.update({var.path: var for var in head_vars.values()})
     vision = {k: v for k, v in unknown.items() if "vision" in k}
     if set(unknown) - set(vision):
         extra = sorted(set(unknown) - set(vision))
@@ -386,13 +433,37 @@ def read(path: str) -> Checkpoint:
         present.append(tokenizer.spm_path)
     return Checkpoint(spec=spec, tensors=tensors, source=path, format="keras", tokenizer=tokenizer, notes=notes,
                       ignored={k: (v.shape, v.dtype) for k, v in vision.items()}, config=cfg,
-                      files=present + files, assumed=frozenset(assumed))
+                      files=present + files, assumed=frozenset(assumed), embedding_head=head,
+                      head_tensors=head_tensors, head_config=settings)
+
+
+IDENTITY = next(k for k, v in ACTIVATION_NAMES.items() if v == "identity")
+
+
+def _embedding_head(c: dict[str, Any], spec: GemmaSpec, found: dict[str, H5Var], config_path: str,
+                    where: str) -> EmbeddingHead:
+    """keras-hub's fixed embedding head (mean pooling, Dense to pooling_intermediate_dim, Dense to embedding_dim,
+    both bias-free without activation, L2 normalisation), its widths checked against the kernels."""
+    inner = require_int(c, "pooling_intermediate_dim", config_path)
+    out = require_int(c, "embedding_dim", config_path)
+    dense = []
+    for var, (n_in, n_out) in zip(HEAD_VARS, ((spec.hidden_size, inner), (inner, out))):
+        got = found.get(var.role)
+        if got is None:
+            raise InputError(where, f"no layers/{var.path} ({var.layer_name}): is_embedding_model=true needs it")
+        if got.shape != (n_in, n_out):
+            raise InputError(got.file, f"{got.path} ({var.layer_name}) has shape {list(got.shape)} but "
+                                       f"{config_path} implies {[n_in, n_out]}")
+        dense.append(DenseLayer(in_features=n_in, out_features=n_out, bias=False, activation_function=IDENTITY,
+                                path=var.layer_name, dtype=got.dtype))
+    return EmbeddingHead(pooling="mean", word_embedding_dimension=spec.hidden_size, dense=tuple(dense),
+                         normalize=True, modules=("Transformer", "Pooling", "Dense", "Dense", "Normalize"))
 
 
 def _ref(canonical: str, var: H5Var) -> TensorRef:
     parsed = parse_canonical(canonical)
-    role = parsed[0] if parsed else "embed"
-    layout = VAR_BY_ROLE[role].layout
+    role = canonical if canonical in _HEAD_BY_NAME else parsed[0] if parsed else "embed"
+    layout = _var(role).layout
     stored = var.shape
     if layout == "heads_in" and len(stored) != 3:
         raise InputError(var.file, f"{var.path} has shape {list(stored)}, expected (heads, hidden, head_dim)")
@@ -448,6 +519,23 @@ def keras_problems(spec: GemmaSpec) -> list[str]:
     return problems
 
 
+def head_problems(head: EmbeddingHead | None) -> list[str]:
+    """What keras-hub's fixed embedding head (Gemma3Backbone is_embedding_model) cannot express about `head`."""
+    if head is None:
+        return ["no pooling or dense modules: keras-hub's embedding model always has them"]
+    problems = []
+    if head.pooling != "mean" or not head.include_prompt:
+        problems.append(f"pooling {head.pooling}{'' if head.include_prompt else ' without the prompt'}: keras-hub "
+                        f"mean-pools every token")
+    if len(head.dense) != 2 or any(d.bias or d.activation != "identity" for d in head.dense):
+        problems.append(f"{len(head.dense)} dense layer(s) "
+                        f"({', '.join(f'{d.activation}, bias {str(d.bias).lower()}' for d in head.dense) or 'none'}): "
+                        f"keras-hub has exactly two, without bias or activation")
+    if not head.normalize:
+        problems.append("no L2 normalisation: keras-hub always normalises the embedding")
+    return problems
+
+
 def _pattern_text(pattern: tuple[str, ...]) -> str:
     """A layer pattern in words: (sliding, full) -> 'even layers sliding'; 5 sliding then a full one ->
     '5 local : 1 global'."""
@@ -466,8 +554,19 @@ _CONFIG_ORDER = ("name", "trainable", "dtype", "image_size", "intermediate_dim",
                  "use_bidirectional_attention", "is_embedding_model", "pooling_intermediate_dim", "embedding_dim")
 
 
-def config_dict(spec: GemmaSpec) -> dict[str, Any]:
-    """The backbone `config.json` keras-hub writes for such a model."""
+def keras_window(spec: GemmaSpec) -> int | None:
+    """keras-hub's sliding_window_size for the spec's window. Bidirectional: keras-hub lets a token see S - S // 2 - 1
+    positions before it and S // 2 after, transformers (and llama.cpp) W // 2 on either side (W as config.json stores
+    it): the odd S = 2 (W // 2) + 1 gives the same mask (keras-hub's own importer passes S = W, one short on the
+    left). Causal: the same number."""
+    if spec.sliding_window is None or spec.attention_mask != "bidirectional":
+        return spec.sliding_window
+    return 2 * (spec.sliding_window // 2) + 1
+
+
+def config_dict(spec: GemmaSpec, head: EmbeddingHead | None = None) -> dict[str, Any]:
+    """The backbone `config.json` keras-hub writes for such a model (an embedding model's head widths from
+    `head`)."""
     row = _keras_row(spec.family)
     keras = row.keras
     assert keras is not None
@@ -486,7 +585,7 @@ def config_dict(spec: GemmaSpec) -> dict[str, Any]:
         "use_post_attention_norm": spec.norm_placement == "pre+post",
         "final_logit_soft_cap": spec.final_logit_softcap,
         "attention_logit_soft_cap": spec.attention_logit_softcap,
-        "sliding_window_size": spec.sliding_window or _windowed_row(row).defaults.get("sliding_window"),
+        "sliding_window_size": keras_window(spec) or _windowed_row(row).defaults.get("sliding_window"),
         "use_sliding_window_attention": sliding,
     }
     own: dict[str, Any] = {
@@ -498,6 +597,8 @@ def config_dict(spec: GemmaSpec) -> dict[str, Any]:
     if keras.rope_scaling_keys:
         own.update(local_rope_scaling_factor=spec.rope_local_scaling_factor,
                    global_rope_scaling_factor=spec.rope_scaling_factor)
+    if own.get("is_embedding_model") and head is not None and len(head.dense) == 2:
+        own.update(pooling_intermediate_dim=head.dense[0].out_features, embedding_dim=head.dense[1].out_features)
     ordered = sorted(own, key=lambda k: _CONFIG_ORDER.index(k) if k in _CONFIG_ORDER else len(_CONFIG_ORDER))
     config = {**{k: own[k] for k in ordered}, **common}
     cls = keras.backbone
@@ -508,9 +609,16 @@ def config_dict(spec: GemmaSpec) -> dict[str, Any]:
 DEFAULT_MAX_SHARD = 10 * 10**9  # keras-hub's save_to_preset default (10 GB)
 
 
+def _role_layer(canonical: str) -> tuple[str, int | None]:
+    """(role, layer) of a canonical name; a head tensor's role is its own name (HEAD_VARS)."""
+    if canonical in _HEAD_BY_NAME:
+        return canonical, None
+    return parse_canonical(canonical)  # type: ignore[return-value]
+
+
 def _h5_path(spec: GemmaSpec, canonical: str) -> str:
-    role, layer = parse_canonical(canonical)  # type: ignore[misc]
-    var = VAR_BY_ROLE[role]
+    role, layer = _role_layer(canonical)
+    var = _var(role)
     return f"layers/{var.path}" if layer is None else f"{block_group(spec, layer)}/{var.path}"
 
 
@@ -525,7 +633,7 @@ def _create_h5(file: str, spec: GemmaSpec, entries: list[tuple[str, str, tuple[i
     offsets: dict[str, int] = {}
     with h5py.File(file, "w") as f:
         for canonical, path, shape, dtype in entries:
-            role, layer = parse_canonical(canonical)  # type: ignore[misc]
+            role, layer = _role_layer(canonical)
             dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
             dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
             dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
@@ -534,7 +642,7 @@ def _create_h5(file: str, spec: GemmaSpec, entries: list[tuple[str, str, tuple[i
             ds = f.create_dataset(path, shape=shape, dtype=h5dtype, dcpl=dcpl)
             if dtype == "bfloat16":
                 ds.attrs["dtype"] = "bfloat16"
-            f[path.rsplit("/", 1)[0]].attrs["name"] = VAR_BY_ROLE[role].layer_name
+            f[path.rsplit("/", 1)[0]].attrs["name"] = _var(role).layer_name
             if layer is not None:
                 block_vars = f.require_group(block_group(spec, layer) + "/vars")
                 block_vars.attrs["name"] = f"decoder_block_{layer}"
@@ -555,7 +663,10 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
     from .keras_preset import write_keras_tokenizer
 
     spec = ckpt.spec
-    problems = keras_problems(spec)
+    embedding = not _keras_row(spec.family).rules.lm_head
+    problems = keras_problems(spec) + (head_problems(ckpt.embedding_head) if embedding else [])
+    if embedding and (ckpt.embedding_head is None or len(ckpt.embedding_head.dense) != 2):
+        raise UnsupportedError(f"{ckpt.source}: keras-hub cannot express this checkpoint: {'; '.join(problems)}")
     if problems:
         if not options.force:
             raise UnsupportedError(f"{ckpt.source}: keras-hub cannot express this checkpoint: {'; '.join(problems)}"
@@ -564,13 +675,15 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
     declared = options.dtype if options.dtype != "keep" else spec.dtype
 
     rows = []
-    for name, ref in ckpt.tensors.items():
-        role = parse_canonical(name)[0]  # type: ignore[index]
+    # the transformer's tensors, then an embedding model's two head kernels (a bias, refused above, is left out)
+    sources = {**ckpt.tensors, **{n: r for n, r in ckpt.head_tensors.items() if n in _HEAD_BY_NAME and embedding}}
+    for name, ref in sources.items():
+        role = _role_layer(name)[0]
         if role == "lm_head":
             continue  # refused above unless --force: Keras ties the output to the embedding
         dt = options.float_dtype(ref)
         rows.append((name, _h5_path(spec, name), keras_shape(spec, role, ref.shape), dt, role))
-    sizes = [(r[0], target_nbytes(ckpt.tensors[r[0]], r[3])) for r in rows]
+    sizes = [(r[0], target_nbytes(sources[r[0]], r[3])) for r in rows]
     out = ShardedOutput(sizes, options.max_shard_size or DEFAULT_MAX_SHARD, WEIGHTS, "model_{index:05d}.weights.h5")
     by_name = {r[0]: r for r in rows}
     os.makedirs(dest)
@@ -587,7 +700,7 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
         jobs = []
         for n in shard:
             role = by_name[n][4]
-            jobs.append((n, ckpt.tensors[n], by_name[n][3], write_layout(spec, role, ckpt.tensors[n].shape)))
+            jobs.append((n, sources[n], by_name[n][3], write_layout(spec, role, sources[n].shape)))
         with open(file, "r+b") as f:
             for n, pieces in prefetched(jobs):
                 path = by_name[n][1]
@@ -601,7 +714,7 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
             final(file, os.path.getsize(file))
     if out.sharded:  # keras-hub writes the total as a float and indents by 4, without a final newline
         out.write_index(dest, SHARD_INDEX, indent=4, newline=False, total_size=float(out.total_size))
-    backbone = config_dict(spec.replace(dtype=declared))
+    backbone = config_dict(spec.replace(dtype=declared), ckpt.embedding_head)
     with open(os.path.join(dest, CONFIG), "w", encoding="utf-8") as f:
         json.dump(backbone, f, indent=4)
 
@@ -616,19 +729,22 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
         "keras_hub_version": version("keras-hub"),
         "parameter_count": spec.num_parameters,
         "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),
-        "tasks": ["CausalLM"],
+        "tasks": ["TextEmbedder"] if embedding else ["CausalLM"],
         # What a Keras config cannot hold, kept so that converting back restores it exactly.
         "gemma_inspect": {"max_position_embeddings": spec.max_position_embeddings,
                           "bos_token_id": spec.bos_token_id, "eos_token_id": spec.eos_token_id,
                           "pad_token_id": spec.pad_token_id, "converted_from": ckpt.format},
     }
+    if embedding:  # the window as transformers stores it, and sentence-transformers' settings files
+        meta["gemma_inspect"].update(sliding_window=spec.sliding_window, sentence_transformers=ckpt.head_config)
     with open(os.path.join(dest, "metadata.json"), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=4)
     if ckpt.tokenizer is None:
         options.notes.append("the source has no tokenizer: weights and config converted, no tokenizer files "
                              "written (Backbone.from_preset works, CausalLM.from_preset needs a tokenizer)")
     else:
-        options.notes.extend(write_keras_tokenizer(ckpt.tokenizer, dest, spec.family, declared, backbone))
+        options.notes.extend(write_keras_tokenizer(ckpt.tokenizer, dest, spec.family, declared, backbone,
+                                                   task=not embedding))
 
 
 # ----------------------------------------------------------------------------- the format contract (common.FormatInfo)

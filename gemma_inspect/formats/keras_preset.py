@@ -47,8 +47,10 @@ def keras_tokenizer_configs(tok: Tokenizer, family: str, dtype: str, backbone: d
     return {"tokenizer.json": tokenizer, "preprocessor.json": preprocessor, "task.json": task}
 
 
-def write_keras_tokenizer(tok: Tokenizer, dest: str, family: str, dtype: str, backbone: dict[str, Any]) -> list[str]:
-    """assets/tokenizer/vocabulary.spm plus the Keras tokenizer/preprocessor/task configs."""
+def write_keras_tokenizer(tok: Tokenizer, dest: str, family: str, dtype: str, backbone: dict[str, Any],
+                          task: bool = True) -> list[str]:
+    """assets/tokenizer/vocabulary.spm plus the Keras tokenizer/preprocessor/task configs (`task` False: the
+    tokenizer's alone, for a backbone that is no CausalLM: an embedding model)."""
     import json
 
     model_bytes, rebuilt = tok.spm_or_rebuilt()
@@ -63,6 +65,8 @@ def write_keras_tokenizer(tok: Tokenizer, dest: str, family: str, dtype: str, ba
     with open(os.path.join(assets, "vocabulary.spm"), "wb") as f:
         f.write(tok.spm_model_bytes())
     for name, obj in keras_tokenizer_configs(tok, family, dtype, backbone).items():
+        if not task and name != "tokenizer.json":
+            continue
         with open(os.path.join(dest, name), "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=4)
     return notes

@@ -6,7 +6,9 @@ writes it, plus sentence_bert_config.json; each other module gets a folder "<idx
 config.json of their settings, Dense also model.safetensors (`linear.weight` [out, in], `linear.bias` when
 `bias`), Normalize nothing. config_sentence_transformers.json holds prompts and the similarity function.
 
-Only headers and small JSON files are read; each problem is an InputError naming the file.
+Only headers and small JSON files are read; each problem is an InputError naming the file. `write_modules` writes
+the same layout for any checkpoint with an embedding head (the heads' tensors under their canonical names,
+heads.dense_name), so that sentence-transformers and transformers' AutoModel load the directory.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..checkpoint import TensorRef
 from ..errors import InputError, UnsupportedError
-from ..heads import DenseLayer, EmbeddingHead
+from ..heads import DenseLayer, EmbeddingHead, dense_name
 from .common import read_json, safe_child, show
-from .safetensors_io import read_header
+from .safetensors_io import StEntry, read_array, read_header
 
 MODULES = "modules.json"
 ST_CONFIG = "config_sentence_transformers.json"
@@ -160,4 +163,87 @@ def _dense(folder: str, rel: str, width: int) -> DenseLayer:
                       dtype=entries["linear.weight"].dtype)
 
 
-__all__ = ["MODULES", "ST_CONFIG", "BERT_CONFIG", "MEMBER_FILES", "has_modules", "read_head"]
+def read_head_tensors(path: str, head: EmbeddingHead) -> dict[str, TensorRef]:
+    """The Dense modules' weights (and biases) under their canonical names, read lazily from each module's
+    model.safetensors (stored [out, in]: the canonical layout, streamed as it is)."""
+    out: dict[str, TensorRef] = {}
+    for k, d in enumerate(head.dense):
+        wpath = os.path.join(path, d.path, "model.safetensors")
+        entries, _meta = read_header(wpath)
+        for part in ("weight", "bias") if d.bias else ("weight",):
+            out[dense_name(k, part)] = _ref(dense_name(k, part), wpath, entries[f"linear.{part}"])
+    return out
+
+
+def _ref(canonical: str, fpath: str, entry: StEntry) -> TensorRef:
+    return TensorRef(name=canonical, shape=entry.shape, dtype=entry.dtype, nbytes=entry.nbytes,
+                     origin=f"{fpath}:{entry.name}", loader=lambda: read_array(fpath, entry),
+                     span=(fpath, entry.start, entry.nbytes))
+
+
+def read_settings(path: str) -> dict[str, Any]:
+    """sentence-transformers' settings files of the directory, as stored ({file name: JSON object})."""
+    out = {}
+    for name in (ST_CONFIG, BERT_CONFIG):
+        where = os.path.join(path, name)
+        if os.path.isfile(where):
+            obj = read_json(where, name)
+            if not isinstance(obj, dict):
+                raise InputError(where, f"must be a JSON object, got {show(obj)}")
+            out[name] = obj
+    return out
+
+
+# ----------------------------------------------------------------------------- writing
+def default_settings(max_seq_length: int) -> dict[str, Any]:
+    """The settings files for a head whose source kept none (keras-hub and GGUF store no prompts): no prompts,
+    cosine similarity, sequences up to the context length."""
+    return {ST_CONFIG: {"model_type": "SentenceTransformer", "prompts": {}, "default_prompt_name": None,
+                        "similarity_fn_name": "cosine"},
+            BERT_CONFIG: {"max_seq_length": max_seq_length, "do_lower_case": False}}
+
+
+def pooling_config(head: EmbeddingHead) -> dict[str, Any]:
+    """1_Pooling/config.json: every pooling_mode_* flag, true for the head's modes."""
+    modes = set(head.pooling.split("+"))
+    return {"word_embedding_dimension": head.word_embedding_dimension,
+            **{key: name in modes for key, name in POOLING_MODES}, "include_prompt": head.include_prompt}
+
+
+def write_modules(head: EmbeddingHead, tensors: dict[str, TensorRef], settings: dict[str, Any], dest: str,
+                  options: Any, progress: Any) -> None:
+    """modules.json, the module folders (<idx>_Pooling, <idx>_Dense with config.json and model.safetensors holding
+    `linear.weight` [out, in] and `linear.bias`, <idx>_Normalize) and the settings files, into the directory `dest`
+    where the Transformer is saved at the top level."""
+    import json
+
+    from ..tensorio import prefetched
+    from .safetensors_io import SafetensorsWriter
+
+    def dump(where: str, obj: Any, indent: int) -> None:
+        with open(where, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=indent)
+
+    kinds = [TRANSFORMER, POOLING] + [DENSE] * len(head.dense) + [NORMALIZE] * head.normalize
+    listing = [{"idx": i, "name": str(i), "path": "" if i == 0 else f"{i}_{k}", "type": PREFIX + k}
+               for i, k in enumerate(kinds)]
+    for m in listing[1:]:
+        os.makedirs(os.path.join(dest, m["path"]))
+    dump(os.path.join(dest, listing[1]["path"], "config.json"), pooling_config(head), 4)
+    for k, (d, m) in enumerate(zip(head.dense, listing[2:])):
+        folder = os.path.join(dest, m["path"])
+        dump(os.path.join(folder, "config.json"), {"in_features": d.in_features, "out_features": d.out_features,
+                                                   "bias": d.bias, "activation_function": d.activation_function}, 4)
+        parts = [(f"linear.{p}", tensors[dense_name(k, p)]) for p in (("weight", "bias") if d.bias else ("weight",))]
+        dtypes = {n: options.float_dtype(r) for n, r in parts}
+        with SafetensorsWriter(os.path.join(folder, "model.safetensors"), [(n, dtypes[n], r.shape) for n, r in parts],
+                               {"format": "pt"}) as w:
+            for n, pieces in prefetched((n, r, dtypes[n], None) for n, r in parts):
+                w.add(n, pieces, progress)
+    dump(os.path.join(dest, MODULES), listing, 2)
+    dump(os.path.join(dest, ST_CONFIG), settings[ST_CONFIG], 2)
+    dump(os.path.join(dest, BERT_CONFIG), settings[BERT_CONFIG], 4)
+
+
+__all__ = ["MODULES", "ST_CONFIG", "BERT_CONFIG", "MEMBER_FILES", "has_modules", "read_head", "read_head_tensors",
+           "read_settings", "default_settings", "pooling_config", "write_modules"]

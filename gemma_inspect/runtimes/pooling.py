@@ -1,8 +1,9 @@
 """An embedding model's sentence embedding from its token states: the sentence-transformers modules after the
 transformer (`Checkpoint.embedding_head`: Pooling, Dense..., Normalize) applied to the final norm's output.
 
-Every runtime's token states go through this same code, with the Dense weights read from the checkpoint's module
-folders (model.safetensors), so that two runtimes' embeddings differ only as their token states do.
+Every runtime's token states go through this same code, with the Dense weights read from the checkpoint's head
+tensors (a sentence-transformers directory's module folders, a Keras preset's or a GGUF file's heads), so that
+two runtimes' embeddings differ only as their token states do.
 torch is imported inside the functions.
 """
 
@@ -16,23 +17,31 @@ from ..errors import InputError, UnsupportedError
 ACTIVATIONS = ("identity", "tanh", "relu", "gelu", "sigmoid")
 
 
-def load_dense(source: str, head: Any) -> list[tuple[Any, Any, str]]:
-    """Each Dense module as (W [out, in], b or None, activation), float64 CPU tensors."""
+def load_dense(ckpt: Any) -> list[tuple[Any, Any, str]]:
+    """Each Dense module of `ckpt.embedding_head` as (W [out, in], b or None, activation), float64 CPU tensors, from
+    the checkpoint's head tensors (whatever format holds them)."""
     import torch
-    from safetensors.torch import load_file
 
+    from ..heads import dense_name
+
+    head = ckpt.embedding_head
     layers = []
-    for d in head.dense:
+    for k, d in enumerate(head.dense):
         if d.activation not in ACTIVATIONS:
-            raise UnsupportedError(f"{os.path.join(source, d.path)}: activation {d.activation_function} is not "
+            raise UnsupportedError(f"{os.path.join(ckpt.source, d.path)}: activation {d.activation_function} is not "
                                    f"implemented (supported: {', '.join(ACTIVATIONS)})")
-        path = os.path.join(source, d.path, "model.safetensors")
-        try:
-            w = load_file(path)
-        except Exception as e:  # a header read before; the values can still be cut short
-            raise InputError(path, f"cannot read the Dense weights ({e.__class__.__name__})") from e
-        bias = w["linear.bias"].to(torch.float64) if d.bias else None
-        layers.append((w["linear.weight"].to(torch.float64), bias, d.activation))
+
+        def value(part: str) -> Any:
+            ref = ckpt.head_tensors[dense_name(k, part)]
+            try:
+                return torch.from_numpy(ref.load().astype("float64"))
+            except (InputError, UnsupportedError):
+                raise
+            except Exception as e:  # a header read before; the values can still be cut short
+                raise InputError(ref.origin or ref.name, f"cannot read the Dense weights ({e.__class__.__name__})") \
+                    from e
+
+        layers.append((value("weight"), value("bias") if d.bias else None, d.activation))
     return layers
 
 
@@ -69,7 +78,7 @@ def embed_result(ckpt: Any, result: Any) -> Any:
     """`result` with its `embedding` filled in when `ckpt` is an embedding model (its final norm's output pooled)."""
     if ckpt.embedding_head is None:
         return result
-    dense = load_dense(ckpt.source, ckpt.embedding_head)
+    dense = load_dense(ckpt)
     result.embedding = sentence_embedding(ckpt.embedding_head, dense, result.hidden_states[-1]).float()
     return result
 
