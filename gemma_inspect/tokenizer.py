@@ -2,7 +2,10 @@
 
 Gemma's tokenizer is a SentencePiece model. HF directories carry it as `tokenizer.model` (plus a
 `tokenizer.json` built from it); Keras presets as `assets/tokenizer/vocabulary.spm`, byte-identical.
-Ids: pad 0, eos 1, bos 2, unk 3; BOS is always prepended, EOS never appended.
+Ids: pad 0, eos 1, bos 2, unk 3; BOS is always prepended; EOS appended only where the tokenizer says so
+(EmbeddingGemma's release: tokenizer.json's post-processor and tokenizer_config.json's add_eos_token), which
+`Tokenizer.adds_eos` reads and every writer carries (GGUF tokenizer.ggml.add_eos_token, the HF files, Keras
+metadata).
 """
 
 from __future__ import annotations
@@ -60,6 +63,9 @@ class Tokenizer:
     json_path: str | None = None
     spm_bytes: bytes | None = None
     extra_files: dict[str, str] = field(default_factory=dict)  # name -> path (tokenizer_config.json, ...)
+    # Whether encoding appends EOS, where the format says it outside tokenizer.json (GGUF's
+    # tokenizer.ggml.add_eos_token, our Keras metadata); None: read from the HF files (`adds_eos`).
+    add_eos: bool | None = None
 
     @property
     def has_spm(self) -> bool:
@@ -140,6 +146,30 @@ class Tokenizer:
         return run_native(self.json_path or self.source, "the tokenizers library failed on this tokenizer.json",
                           fn, *args, **kwargs)
 
+    @cached_property
+    def adds_eos(self) -> bool:
+        """Whether the model's inputs end in EOS: `add_eos` where the format stated it, else tokenizer.json's
+        post-processor (its single-sequence template ends with the EOS token) or tokenizer_config.json's
+        add_eos_token. Gemma's causal LMs: no; EmbeddingGemma's release: yes."""
+        import json
+
+        from .safeio import read_json_object
+
+        if self.add_eos is not None:
+            return self.add_eos
+        cfg_path = self.extra_files.get("tokenizer_config.json")
+        if cfg_path:
+            flag = read_json_object(cfg_path, "tokenizer_config.json").get("add_eos_token")
+            if isinstance(flag, bool):
+                return flag
+        if self.json_path:
+            post = json.loads(self._hf.to_str()).get("post_processor") or {}
+            single = post.get("single") if isinstance(post, dict) else None
+            if isinstance(single, list) and single and isinstance(single[-1], dict):
+                last = single[-1].get("SpecialToken")
+                return isinstance(last, dict) and last.get("id") == "<eos>"
+        return False
+
     @property
     def backend(self) -> str:
         return "sentencepiece" if self.has_spm else "tokenizers"
@@ -157,15 +187,19 @@ class Tokenizer:
         return self._run_hf(self._hf.token_to_id, token)
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
-        """Token ids of `text` with BOS prepended (Gemma never appends EOS). Control tokens such as
+        """Token ids of `text` with BOS prepended, and EOS appended where the tokenizer says so (`adds_eos`:
+        EmbeddingGemma; Gemma's causal LMs never). `add_bos` False: the text's own ids alone. Control tokens such as
         `<start_of_turn>` are user-defined symbols in Gemma's model, so they come out as single ids."""
         if self.has_spm:
             ids = [int(i) for i in self._spm.EncodeAsIds(text)]
-            bos = int(self._spm.bos_id())
+            bos, eos = int(self._spm.bos_id()), int(self._spm.eos_id())
         else:
             ids = list(self._run_hf(self._hf.encode, text, add_special_tokens=False).ids)
-            bos = self._run_hf(self._hf.token_to_id, "<bos>")
-        return ([bos] if add_bos and bos is not None and bos >= 0 else []) + ids
+            bos, eos = (self._run_hf(self._hf.token_to_id, t) for t in ("<bos>", "<eos>"))
+        if not add_bos:
+            return ids
+        tail = [eos] if self.adds_eos and eos is not None and eos >= 0 else []
+        return ([bos] if bos is not None and bos >= 0 else []) + ids + tail
 
     def special_ids(self) -> dict[str, int | None]:
         return {t: self.token_to_id(t) for t in ("<pad>", "<eos>", "<bos>", "<unk>",
@@ -214,17 +248,19 @@ def write_hf_tokenizer(tok: Tokenizer, dest: str) -> list[str]:
         if not tok.json_path:
             has_mask = tok.token_to_id("<mask>") is not None
             run_native(tok.spm_path or tok.source, "transformers could not build a fast tokenizer from this "
-                       "SentencePiece model", write_hf_fast_tokenizer, spm_file, dest, has_mask=has_mask)
+                       "SentencePiece model", write_hf_fast_tokenizer, spm_file, dest, has_mask=has_mask,
+                       add_eos=tok.adds_eos)
     else:
         notes.append("the source tokenizer has no SentencePiece model: tokenizer.json copied, no tokenizer.model")
     return notes
 
 
-def write_hf_fast_tokenizer(spm_file: str, dest: str, has_mask: bool = True) -> None:
+def write_hf_fast_tokenizer(spm_file: str, dest: str, has_mask: bool = True, add_eos: bool = False) -> None:
     """tokenizer.json + tokenizer_config.json from a SentencePiece model, built by transformers' own
     SentencePiece-to-tokenizers conversion (SpmConverter.build_tokenizer_from_spm_proto), which follows the model's
     normalizer spec: its precompiled charsmap (nmt_nfkc, ...), whitespace removal, whitespace escaping, the dummy
-    prefix, user-defined pieces kept whole, BPE merges ranked by piece score. BOS added, EOS not, as Gemma does.
+    prefix, user-defined pieces kept whole, BPE merges ranked by piece score. BOS added; EOS too where `add_eos`
+    (EmbeddingGemma), not for Gemma's causal LMs.
     Control and unknown pieces become special tokens. The config names the generic fast-tokenizer class: the
     GemmaTokenizer class rebuilds its pipeline with Gemma's hard-coded normalizer, whatever tokenizer.json says."""
     import json
@@ -247,13 +283,17 @@ def write_hf_fast_tokenizer(spm_file: str, dest: str, has_mask: bool = True) -> 
     cfg: dict[str, Any] = {name: proto.pieces[i].piece for name, i in names.items() if 0 <= i < len(proto.pieces)}
     if has_mask and "<mask>" in vocab:
         cfg["mask_token"] = "<mask>"
+    add_eos = add_eos and "eos_token" in cfg
     if "bos_token" in cfg:
         bos = cfg["bos_token"]
+        eos = f" {cfg['eos_token']}" if add_eos else ""
         tok.post_processor = processors.TemplateProcessing(
-            single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, vocab[bos])])
+            single=f"{bos}:0 $A:0{eos}:0" if eos else f"{bos}:0 $A:0",
+            pair=f"{bos}:0 $A:0{eos}:0 {bos}:1 $B:1{eos}:1" if eos else f"{bos}:0 $A:0 {bos}:1 $B:1",
+            special_tokens=[(bos, vocab[bos])] + ([(cfg["eos_token"], vocab[cfg["eos_token"]])] if eos else []))
     tok.save(os.path.join(dest, HF_JSON))
     cfg.update(tokenizer_class="PreTrainedTokenizerFast", backend="tokenizers", add_bos_token="bos_token" in cfg,
-               add_eos_token=False, padding_side="left", model_max_length=1_000_000_000_000_000_019_884_624_838_656)
+               add_eos_token=add_eos, padding_side="left", model_max_length=1_000_000_000_000_000_019_884_624_838_656)
     with open(os.path.join(dest, "tokenizer_config.json"), "w", encoding="utf-8") as f:
         json.dump(cfg, f, indent=2)
         f.write("\n")

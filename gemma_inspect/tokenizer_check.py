@@ -88,11 +88,15 @@ def _keras_side(ckpt: "Checkpoint") -> NativeTokenizer:
                                           f"({e.__class__.__name__}: {str(e).splitlines()[0][:100] if str(e) else ''})"
                              ) from None
     bos = int(tok.token_to_id(tok.start_token)) if getattr(tok, "start_token", None) else None
+    # keras-hub's tokenizer adds neither; its preprocessor adds EOS where the model's inputs end in it (EmbeddingGemma)
+    eos = int(tok.token_to_id(tok.end_token)) if getattr(tok, "end_token", None) and ckpt.tokenizer is not None \
+        and ckpt.tokenizer.adds_eos else None
 
     def encode(text: str) -> list[int]:
         out = tok(text)
         ids = [int(i) for i in (out.tolist() if hasattr(out, "tolist") else list(out))]
-        return ids if bos is None or ids[:1] == [bos] else [bos] + ids
+        ids = ids if bos is None or ids[:1] == [bos] else [bos] + ids
+        return ids if eos is None or ids[-1:] == [eos] else ids + [eos]
 
     return NativeTokenizer(f"keras-hub {type(tok).__name__}", encode, reads_control_text=False)
 

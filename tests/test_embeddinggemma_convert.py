@@ -386,3 +386,41 @@ def test_llama_cpp_pools_as_sentence_transformers(outputs, reference):
     assert got.shape == want.shape == (64,)
     assert float(np.dot(got, want) / np.linalg.norm(got) / np.linalg.norm(want)) >= 0.999
     assert float(np.abs(got - want).max()) <= 1e-2
+
+
+# ----------------------------------------------------------------------------- the tokenizer's <eos>
+def test_a_tokenizer_that_appends_eos_keeps_doing_so_in_every_format(outputs, tmp_path, tiny_tokenizer):
+    """EmbeddingGemma's release tokenizes every input as <bos> text <eos> (tokenizer.json's post-processor,
+    tokenizer_config.json's add_eos_token). The GGUF says tokenizer.ggml.add_eos_token = true, the Keras preset keeps
+    it in metadata.json, the HF tokenizer rebuilt from either appends <eos> under AutoTokenizer, and our own encode
+    appends it. (Found on the real release: without it llama.cpp pooled one token fewer, cosine 0.974.)"""
+    from gguf import GGUFReader
+    from transformers import AutoTokenizer
+
+    from gemma_inspect.formats import load
+    from gemma_inspect.tokenizer import write_hf_fast_tokenizer
+
+    src = str(tmp_path / "eos")
+    shutil.copytree(outputs["src"], src)
+    write_hf_fast_tokenizer(tiny_tokenizer, src, has_mask=False, add_eos=True)
+    want = AutoTokenizer.from_pretrained(src)("Hello world")["input_ids"]
+    assert want[0] == 2 and want[-1] == 1
+    ckpt = load(src)
+    assert ckpt.tokenizer.adds_eos is True and ckpt.tokenizer.encode("Hello world") == want
+    assert load(outputs["src"]).tokenizer.adds_eos is False  # the fixture's tokenizer: BOS only, as Gemma's LMs
+    for to, ext in (("gguf", ".gguf"), ("keras", "")):
+        out = str(tmp_path / f"eos-{to}{ext}")
+        _convert(src, out, to)
+        if to == "gguf":
+            md = {k: f.contents() for k, f in GGUFReader(out).fields.items()}
+            assert md["tokenizer.ggml.add_eos_token"] is True
+        else:
+            assert json.load(open(f"{out}/metadata.json"))["gemma_inspect"]["add_eos_token"] is True
+        assert load(out).tokenizer.encode("Hello world") == want, to
+        back = str(tmp_path / f"eos-{to}-hf")
+        _convert(out, back, "hf")
+        assert AutoTokenizer.from_pretrained(back)("Hello world")["input_ids"] == want, to
+        assert json.load(open(f"{back}/tokenizer_config.json"))["add_eos_token"] is True
+    # and a GGUF of the fixture (no <eos> appended) says so
+    md = {k: f.contents() for k, f in GGUFReader(outputs["gguf"]).fields.items()}
+    assert md["tokenizer.ggml.add_eos_token"] is False

@@ -166,6 +166,13 @@ def test_real_release_through_keras_and_back_is_bit_exact(real_embeddinggemma, r
     ids, emb = release_embedding
     st, again = _st_embedding(out, ids)
     assert st.prompts["document"] == "title: none | text: " and np.array_equal(again, emb)
+    # its tokenizer, rebuilt from keras-hub's SentencePiece model, ends inputs with <eos> as the release's does:
+    # sentence-transformers embeds raw text as the release does
+    from sentence_transformers import SentenceTransformer
+
+    text = [st.prompts["document"] + DOCUMENT]
+    assert st.tokenize(text)["input_ids"][0].tolist() == ids
+    np.testing.assert_array_equal(st.encode(text), SentenceTransformer(real_embeddinggemma, device="cpu").encode(text))
     r = CliRunner().invoke(main, ["diff", real_embeddinggemma, real_out.get("keras"), "--json"])
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
@@ -184,6 +191,8 @@ def test_real_release_to_gguf_as_llama_cpps_converter_writes_it(real_embeddingge
     assert (md["gemma-embedding.dense_2_feat_in"], md["gemma-embedding.dense_2_feat_out"],
             md["gemma-embedding.dense_3_feat_in"], md["gemma-embedding.dense_3_feat_out"]) == (768, 3072, 3072, 768)
     assert len(md["tokenizer.ggml.tokens"]) == 262144
+    # the release's tokenizer ends every input with <eos> (tokenizer.json's post-processor): llama.cpp must too
+    assert (md["tokenizer.ggml.add_bos_token"], md["tokenizer.ggml.add_eos_token"]) == (True, True)
     # back to HF: every tensor exact but the norms (stored as 1 + w: float32 rounding), the same embedding
     want, got = _tensors(real_embeddinggemma), _tensors(real_out.get("gguf", "hf"))
     assert sorted(got) == sorted(want)
@@ -221,7 +230,8 @@ def test_llama_cpp_embeds_our_gguf_of_the_release_as_sentence_transformers(real_
     llm = llama_cpp.Llama(model_path=real_out.get("gguf"), embedding=True, n_ctx=128, n_batch=128, n_ubatch=128,
                           verbose=False)
     text = "title: none | text: " + DOCUMENT
-    assert [int(i) for i in llm.tokenize(text.encode(), add_bos=True, special=True)] + [1] == ids
+    # the GGUF says tokenizer.ggml.add_eos_token = true, as the release's tokenizer appends <eos>
+    assert [int(i) for i in llm.tokenize(text.encode(), add_bos=True, special=True)] == ids
     got = np.asarray(llm.embed(text, normalize=True), dtype=np.float64).reshape(-1)
     assert got.shape == (768,)
     assert float(got @ emb.astype(np.float64)) >= 0.9999

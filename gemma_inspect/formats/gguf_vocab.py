@@ -141,7 +141,7 @@ def embedded_tokenizer(header: Header, path: str, spec: GemmaSpec, notes: list[s
         except ValueError as e:
             raise InputError(path, f"the embedded vocabulary cannot be rebuilt as a SentencePiece model: {e}") from None
 
-    tok = _EmbeddedTokenizer(source=path)
+    tok = _EmbeddedTokenizer(source=path, add_eos=meta.flag(K.ADD_EOS, False))
     tok._builder = build
     return tok
 
@@ -206,7 +206,7 @@ def add_tokenizer(w: Any, ckpt: Checkpoint, notes: list[str]) -> None:
     if eot is not None:
         w.add_uint32(gguf.Keys.Tokenizer.EOT_ID, eot)
     w.add_add_bos_token(True)  # Gemma always starts with <bos>
-    w.add_add_eos_token(False)
+    w.add_add_eos_token(tok.adds_eos)  # Gemma's causal LMs: no; EmbeddingGemma: yes, as its tokenizer says
     w.add_add_space_prefix(bool(info["add_dummy_prefix"]))
     if info["remove_extra_whitespaces"]:
         w.add_bool(gguf.Keys.Tokenizer.REMOVE_EXTRA_WS, True)

@@ -379,12 +379,14 @@ def read(path: str) -> Checkpoint:
     # What Keras configs do not store, kept by our writer in metadata.json.
     restore: dict[str, int] = {}
     settings: dict[str, Any] = {}
+    add_eos = False
     meta_path = os.path.join(path, "metadata.json")
     if os.path.exists(meta_path):
         kept = read_json_object(meta_path, "metadata.json").get("gemma_inspect")
         if isinstance(kept, dict):
             restore = {k: kept[k] for k in ("max_position_embeddings", "bos_token_id", "eos_token_id",
                                             "pad_token_id") if isinstance(kept.get(k), int) and kept[k] >= 0}
+            add_eos = kept.get("add_eos_token") is True  # the tokenizer appends EOS (EmbeddingGemma)
             if isinstance(kept.get("sentence_transformers"), dict):  # an embedding model's settings files
                 settings = {k: v for k, v in kept["sentence_transformers"].items() if isinstance(v, dict)}
             window = kept.get("sliding_window")  # the stored window, which keras-hub's odd window stands for
@@ -427,6 +429,8 @@ def read(path: str) -> Checkpoint:
     from ..tokenizer import find_tokenizer
 
     tokenizer = find_tokenizer(path, hf_json=False)
+    if tokenizer is not None:
+        tokenizer.add_eos = add_eos
     present = [os.path.join(path, f) for f in (CONFIG, "metadata.json", "tokenizer.json", "preprocessor.json",
                                                "task.json", SHARD_INDEX) if os.path.exists(os.path.join(path, f))]
     if tokenizer is not None and tokenizer.spm_path:
@@ -737,6 +741,8 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
     }
     if embedding:  # the window as transformers stores it, and sentence-transformers' settings files
         meta["gemma_inspect"].update(sliding_window=spec.sliding_window, sentence_transformers=ckpt.head_config)
+    if ckpt.tokenizer is not None and ckpt.tokenizer.adds_eos:  # keras-hub's tokenizer config cannot say it
+        meta["gemma_inspect"]["add_eos_token"] = True
     with open(os.path.join(dest, "metadata.json"), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=4)
     if ckpt.tokenizer is None:
