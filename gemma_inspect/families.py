@@ -75,6 +75,8 @@ class HFIds:
     tower_prefixes: tuple[str, ...] = ()
     # use_bidirectional_attention values that leave text causal (Gemma 4's released "vision": image tokens only)
     causal_bidirectional: tuple[str, ...] = ()
+    # how transformers' q/k norms see their input: "bhtd" (after the transpose, Gemma 3) or "bthd" (before it)
+    qk_norm_layout: str = "bhtd"
 
     @property
     def legacy_gelu_is_tanh(self) -> bool:
@@ -135,6 +137,9 @@ class Family:
     # The formats `convert` writes this family in; None: every format whose ids the row has. A family being added
     # is written first in the formats that handle it, and refused by the others with one line.
     writers: tuple[str, ...] | None = None
+    # The reference runtime's module for a family whose computation differs from reference.GemmaModel's
+    # (runtimes/<name>.py, its MODEL class); None: GemmaModel.
+    reference_module: str | None = None
 
     def supports(self, command: str) -> bool:
         return self.commands is None or command in self.commands
@@ -320,8 +325,10 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
                                     altup_correct_scale="altup_correct_scale", laurel_rank="laurel_rank",
                                     activation_sparsity="activation_sparsity_pattern"),
                  tower_prefixes=("model.vision_tower.", "model.audio_tower.", "model.embed_vision.",
-                                 "model.embed_audio.")),
-        commands=("summary", "compare", "convert"), writers=("hf",)),
+                                 "model.embed_audio."),
+                 qk_norm_layout="bthd"),
+        commands=("summary", "compare", "convert", "parity", "verify"), writers=("hf",),
+        reference_module="gemma3n"),
     # Peers for the side-by-side table: SwiGLU, no norm offset, no embedding scale, untied output.
     Family("llama", "Llama 2", False, _PEER_RULES, (FULL,), _PEER_DEFAULTS),
     Family("olmo", "OLMo", False, _PEER_RULES, (FULL,), _PEER_DEFAULTS),
