@@ -63,24 +63,30 @@ class Context:
 
 CheckFn = Callable[[Context], Record]
 CHECKS: dict[str, CheckFn] = {}
+# Checks of what only some families have (Gemma 3n's AltUp, LAuReL, activation sparsity): run after the common ones
+# for the families whose row names them (`Family.checks`).
+FAMILY_CHECKS: dict[str, CheckFn] = {}
 
 
-def register(name: str) -> Callable[[CheckFn], CheckFn]:
-    """Register `fn(ctx) -> record` as the check `name` (after the ones registered before it)."""
+def register(name: str, family_only: bool = False) -> Callable[[CheckFn], CheckFn]:
+    """Register `fn(ctx) -> record` as the check `name` (after the ones registered before it); `family_only`: run
+    only for the families whose row lists it."""
+    table = FAMILY_CHECKS if family_only else CHECKS
+
     def wrap(fn: CheckFn) -> CheckFn:
-        assert name not in CHECKS, name
-        CHECKS[name] = fn
+        assert name not in CHECKS and name not in FAMILY_CHECKS, name
+        table[name] = fn
         return fn
     return wrap
 
 
 def architecture_checks(ckpt: "Checkpoint", obs: Observation) -> list[Record]:
-    """Every registered check's record, in the registry's order."""
+    """Every registered check's record, in the registry's order, then the family row's own checks."""
     row = FAMILY_TABLE.get(ckpt.spec.family)
     if row is None:  # nothing to compare against
         return [check(n, "skip", None, None, f"no family rules for {ckpt.spec.family}") for n in CHECKS]
     ctx = Context(ckpt, row, obs)
-    return [fn(ctx) for fn in CHECKS.values()]
+    return [fn(ctx) for fn in CHECKS.values()] + [FAMILY_CHECKS[n](ctx) for n in row.checks]
 
 
 # ============================================================================= expectations
@@ -682,7 +688,7 @@ def _sparsity_of(act_fn: Callable[[Any], Any], x: Any, y: Any) -> tuple[float | 
     return _phi((c - mean) / std), f"cutoff {c:.4g} = mean {mean:.2g} + {(c - mean) / std:.4f} std ({kept} kept)"
 
 
-@register("activation_sparsity")
+@register("activation_sparsity", family_only=True)
 def activation_sparsity(ctx: Context) -> Record:
     """Gemma 3n's Gaussian top-k on the FFN gate: each block's down projection, fed the gate grid, shows whether
     the block zeroes what lies below mean + std * Phi^-1(p) and with which p."""
@@ -715,7 +721,7 @@ def _expected_from_card(spec: GemmaSpec, field: str) -> Any:
     return getattr(c if c is not None else spec, field)
 
 
-@register("altup")
+@register("altup", family_only=True)
 def altup(ctx: Context) -> Record:
     """AltUp, recomputed from block 0's values: the n streams entering it (streams 1..n-1 at stream 0's RMS), the
     prediction (stream i + sum_k C[i, k] stream k, C from prediction_coefs) that input_layernorm receives, and the
@@ -756,7 +762,7 @@ def altup(ctx: Context) -> Record:
     return check("altup", "pass" if ok else "fail", expected, n, evidence)
 
 
-@register("laurel")
+@register("laurel", family_only=True)
 def laurel(ctx: Context) -> Record:
     """LAuReL, recomputed from block 0's values: the feed-forward norm reads (x + attention + LAuReL) / sqrt(2),
     LAuReL = normed x + RMSNorm(R(L(normed x))), not the plain residual x + attention."""
@@ -785,5 +791,5 @@ def laurel(ctx: Context) -> Record:
 
 CHECK_NAMES = tuple(CHECKS)
 
-__all__ = ["CHECKS", "CHECK_NAMES", "Context", "register", "architecture_checks", "block_branches", "placement_of",
+__all__ = ["CHECKS", "FAMILY_CHECKS", "CHECK_NAMES", "Context", "register", "architecture_checks", "block_branches", "placement_of",
            "expected_query_scalar", "expected_layers", "ACTIVATIONS"]

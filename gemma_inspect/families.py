@@ -140,6 +140,8 @@ class Family:
     # The reference runtime's module for a family whose computation differs from reference.GemmaModel's
     # (runtimes/<name>.py, its MODEL class); None: GemmaModel.
     reference_module: str | None = None
+    # verify's checks of what only this family has (checks.FAMILY_CHECKS), run after the common ones
+    checks: tuple[str, ...] = ()
 
     def supports(self, command: str) -> bool:
         return self.commands is None or command in self.commands
@@ -328,7 +330,7 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
                                  "model.embed_audio."),
                  qk_norm_layout="bthd"),
         commands=("summary", "compare", "convert", "parity", "verify"), writers=("hf",),
-        reference_module="gemma3n"),
+        reference_module="gemma3n", checks=("activation_sparsity", "altup", "laurel")),
     # Peers for the side-by-side table: SwiGLU, no norm offset, no embedding scale, untied output.
     Family("llama", "Llama 2", False, _PEER_RULES, (FULL,), _PEER_DEFAULTS),
     Family("olmo", "OLMo", False, _PEER_RULES, (FULL,), _PEER_DEFAULTS),
