@@ -198,6 +198,27 @@ def test_config_without_sparsity_pattern_reads_transformers_default(tiny, tmp_pa
             "model having 10 layers or fewer)") in s["notes"]
 
 
+def test_released_query_pre_attn_scalar_is_not_used(tiny, tmp_path):
+    """The released configs carry query_pre_attn_scalar 256 (a Gemma 3 leftover); transformers' Gemma 3n attention
+    ignores it (scaling 1.0): read so, and said."""
+    from transformers import Gemma3nForCausalLM
+
+    d, m = tiny
+    out = tmp_path / "qpas"
+    shutil.copytree(d, out)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["query_pre_attn_scalar"] = 256
+    (out / "config.json").write_text(json.dumps(cfg))
+    s = summary_json(str(out))
+    assert s["architecture"]["query_scale"] == 1.0 and s["architecture"]["query_pre_attn_scalar"] == 1
+    assert ("query_pre_attn_scalar 256 in the config is not used: Gemma 3n (text) scales queries by 1 (the q/k norms "
+            "set their size), as transformers does") in s["notes"]
+    back = Gemma3nForCausalLM.from_pretrained(str(out)).float().eval()
+    assert back.model.layers[0].self_attn.scaling == 1.0
+    with torch.no_grad():
+        assert torch.equal(back(torch.tensor([TOKENS])).logits, m(torch.tensor([TOKENS])).logits)
+
+
 def test_bad_sparsity_pattern_is_one_line(tiny, tmp_path):
     d, _ = tiny
     out = tmp_path / "bad"

@@ -299,6 +299,12 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
     qpas = opt_float(text, "query_pre_attn_scalar", path, head_dim) if ids.windowed_keys else head_dim
     if qpas is not None and float(qpas).is_integer():
         qpas = int(qpas)
+    if row.rules.query_scalar == "unit":  # the family's attention is unscaled whatever the config says
+        if qpas != 1:
+            notes.append(f"query_pre_attn_scalar {show(raw_text.get('query_pre_attn_scalar', qpas))} in the config is "
+                         f"not used: {row.title} scales queries by 1 (the q/k norms set their size), as "
+                         f"transformers does")
+        qpas = 1
     dtype = cfg.get("dtype") or cfg.get("torch_dtype") or text.get("dtype") or text.get("torch_dtype")
     if dtype is not None and dtype not in FLOAT_DTYPES:
         raise InputError(path, f"config dtype {show(dtype)} is not float32, bfloat16 or float16")
