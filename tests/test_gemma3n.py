@@ -442,3 +442,44 @@ def test_verify_fails_a_runtime_that_drops_a_gemma3n_piece(tiny, monkeypatch, de
     c = _checks(verify(d, runtime="reference", device="cpu"))[check]
     assert c["status"] == "fail", c
     assert c["observed"] == observed
+
+
+# ----------------------------------------------------------------------------- header-only E4B, as released
+def test_header_only_e4b_wrapper_reads_as_the_card(tmp_path):
+    """The E4B text decoder under Gemma3nForConditionalGeneration's names (sparse file, headers only) with its
+    config spelled as released (query_pre_attn_scalar 256, rope_theta / rope_local_base_freq, per-layer lists),
+    the unused k/v/k_norm of the 15 KV-shared layers stored as Google's files store them, and a tower tensor."""
+    from test_big_headers import hf_names, write_sparse_safetensors
+
+    spec = card("gemma3n-e4b")
+    names = [("model.language_model." + n[len("model."):], s) for n, s in hf_names(spec)]
+    for i in range(20, 35):
+        names += [(f"model.language_model.layers.{i}.self_attn.{p}", s) for p, s in
+                  (("k_proj.weight", (512, 2048)), ("v_proj.weight", (512, 2048)), ("k_norm.weight", (256,)))]
+    names += [("model.audio_tower.conformer.0.ffw_layer_start.ffw_layer_1.weight", (6144, 1536))]
+    write_sparse_safetensors(str(tmp_path / "model.safetensors"), names)
+    text = {"model_type": "gemma3n_text", "vocab_size": 262400, "vocab_size_per_layer_input": 262144,
+            "hidden_size": 2048, "hidden_size_per_layer_input": 256, "intermediate_size": [16384] * 35,
+            "num_hidden_layers": 35, "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 256,
+            "max_position_embeddings": 32768, "sliding_window": 512, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+            "rope_local_base_freq": 10000.0, "rope_scaling": None, "hidden_activation": "gelu_pytorch_tanh",
+            "final_logit_softcapping": 30.0, "altup_active_idx": 0, "altup_coef_clip": 120.0,
+            "altup_correct_scale": True, "altup_lr_multiplier": 1.0, "altup_num_inputs": 4, "laurel_rank": 64,
+            "num_kv_shared_layers": 15, "query_pre_attn_scalar": 256, "torch_dtype": "bfloat16",
+            "layer_types": LAYERS * 3 + [SLIDING] * 4 + [FULL],  # (i + 1) % 5 == 0 global, 35 layers
+            "activation_sparsity_pattern": [0.95] * 10 + [0.0] * 25}
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Gemma3nForConditionalGeneration"],
+                                                      "model_type": "gemma3n", "text_config": text,
+                                                      "vision_config": {"model_type": "gemma3n_vision"}}))
+    s = summary_json(str(tmp_path))
+    want = card("gemma3n-e4b")
+    assert s["parameters"] == {**want.parameter_breakdown()} and s["parameters"]["total"] == 6_835_235_568
+    assert s["architecture"] == {**want.architecture_dict()}
+    assert s["ignored_tensors"] == 45 + 1
+    assert s["notes"] == [
+        "query_pre_attn_scalar 256 in the config is not used: Gemma 3n (text) scales queries by 1 (the q/k norms set "
+        "their size), as transformers does",
+        "multimodal Gemma 3n: vision/audio towers (1 tensors, 9,437,184 parameters) reported and ignored; only the "
+        "text decoder is read",
+        "the file stores k/v tensors for the 15 KV-shared layers 20-34 (45 tensors), which never use them (as "
+        "Google's original files do): set aside"]
