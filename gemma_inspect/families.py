@@ -329,7 +329,7 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
                  tower_prefixes=("model.vision_tower.", "model.audio_tower.", "model.embed_vision.",
                                  "model.embed_audio."),
                  qk_norm_layout="bthd"),
-        commands=("summary", "compare", "convert", "parity", "verify"), writers=("hf",),
+        commands=("summary", "compare", "convert", "diff", "parity", "verify"), writers=("hf",),
         reference_module="gemma3n", checks=("activation_sparsity", "altup", "laurel")),
     # Peers for the side-by-side table: SwiGLU, no norm offset, no embedding scale, untied output.
     Family("llama", "Llama 2", False, _PEER_RULES, (FULL,), _PEER_DEFAULTS),

@@ -331,12 +331,31 @@ def test_card_totals():
     assert (e4b["total"], e4b["effective"]) == (6_835_235_568, 4_486_425_328)
 
 
-def test_diff_refuses_gemma3n(tiny):
+def test_diff_names_a_changed_altup_tensor(tiny, tmp_path):
+    """diff of the tiny model against its HF -> HF conversion: every tensor equal (and the conversion matches its
+    manifest); against a copy with one AltUp coefficient changed: that tensor, and only it."""
+    from safetensors.torch import load_file, save_file
+
     d, _ = tiny
-    r = run("diff", d, d)
-    assert r.exit_code == 2
-    assert r.output == (f"Error: {d}: diff does not support Gemma 3n (text) yet "
-                        f"(supported: summary, compare, convert, parity, verify)\n")
+    out = tmp_path / "out"
+    assert run("convert", d, str(out), "--to", "hf").exit_code == 0
+    r = run("diff", d, str(out), "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["identical"] is True and res["counts"]["equal"] == 236 and res["spec_differences"] == []
+    assert run("diff", str(out), "--manifest").exit_code == 0
+    changed = tmp_path / "changed"
+    shutil.copytree(d, changed)
+    tensors = load_file(str(changed / "model.safetensors"))
+    tensors["model.layers.3.altup.correction_coefs.weight"][1, 2] += 0.5
+    save_file(tensors, str(changed / "model.safetensors"), metadata={"format": "pt"})
+    r = run("diff", d, str(changed), "--json")
+    assert r.exit_code == 1
+    res = json.loads(r.stdout)
+    assert res["counts"]["different"] == 1 and res["counts"]["equal"] == 235
+    bad = [t for t in res["tensors"] if not t["bit_identical"]]
+    assert [t["name"] for t in bad] == ["model.layers.3.altup.correction_coefs.weight"]
+    assert bad[0]["max_abs_diff"] == pytest.approx(0.5, abs=1e-6)
 
 
 # ----------------------------------------------------------------------------- parity: reference vs transformers
