@@ -284,13 +284,24 @@ def _weight_of(module: Any) -> Any:
     return params[0] if len(params) == 1 else None
 
 
+# Norms nested in a block's parts that the norm probes include where a runtime has them (Gemma 3n's AltUp router
+# and LAuReL; transformers' names, which the reference runtime uses too)
+NESTED_NORMS = ("altup.router_norm", "laurel.post_laurel_norm")
+
+
 def _norm_modules(an: Any, block: int) -> list[tuple[str, Any]]:
-    """The norms a block calls directly (by the runtime's class names), then its q/k norms."""
+    """The norms a block calls directly (by the runtime's class names), then its q/k norms and NESTED_NORMS."""
     out = [(n, m) for n, m in an.blocks[block].named_children() if is_norm(m)]
     for role in ("q_norm", "k_norm"):
         m = an.part(block, role)
         if m is not None:
             out.append((an.roles[role], m))
+    for path in NESTED_NORMS:
+        m = an.blocks[block]
+        for attr in path.split("."):
+            m = getattr(m, attr, None)
+        if m is not None:
+            out.append((path, m))
     return out
 
 

@@ -430,6 +430,8 @@ def test_verify_observes_altup_laurel_sparsity_and_norms(tiny, runtime):
     assert c["activation"]["status"] == "pass" and "(block 2, the first without activation sparsity)" in \
         c["activation"]["evidence"]
     assert c["norm_offset"]["status"] == "pass" and c["norm_offset"]["observed"] == 0
+    # block 0's four norms, its per-layer-input norm, q/k norms, AltUp's router norm, LAuReL's norm, the final norm
+    assert c["norm_offset"]["evidence"].startswith("10 norms called on x = +-1 (unit RMS) apply w")
     assert c["norm_placement"]["status"] == "pass" and c["norm_placement"]["observed"] == "pre+post"
     assert c["qk_norm"]["observed"] is True and c["query_scale"]["observed"] == 1.0
     assert c["logit_softcap"]["observed"] == 30.0
