@@ -68,11 +68,13 @@ def activation_sparsity(ctx: Context) -> Record:
             notes.append(f"block {i}: {how}, p = {_g(p, 4)}")
     ok = all(o is not None and abs(o - e) <= tol for o, e in zip(observed, expected))
     sparse = [i for i, e in enumerate(expected) if e]
-    evidence = ("every block's gate output replaced by the grid: " + "; ".join(notes[:4])
-                + (f"; ... ({len(notes)} blocks)" if len(notes) > 4 else "")
-                + f"; the other blocks pass negative activations (dense)" if notes else
-                "every block's gate output replaced by the grid: every block passes negative activations (dense)")
-    evidence += f"; expected sparse: {', '.join(map(str, sparse)) or 'none'}"
+    if notes:
+        seen = "; ".join(notes[:4]) + (f"; ... ({len(notes)} blocks)" if len(notes) > 4 else "")
+        seen += "; the other blocks pass negative activations (dense)"
+    else:
+        seen = "every block passes negative activations (dense)"
+    evidence = (f"every block's gate output replaced by the grid: {seen}; expected sparse: "
+                f"{', '.join(map(str, sparse)) or 'none'}")
     return check("activation_sparsity", "pass" if ok else "fail", [round(e, 4) for e in expected], observed, evidence)
 
 
