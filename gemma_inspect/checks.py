@@ -63,24 +63,30 @@ class Context:
 
 CheckFn = Callable[[Context], Record]
 CHECKS: dict[str, CheckFn] = {}
+# Checks of what only some families have (Gemma 3n's AltUp, LAuReL, activation sparsity: checks_gemma3n.py, which
+# verify.py imports): run after the common ones for the families whose row names them (`Family.checks`).
+FAMILY_CHECKS: dict[str, CheckFn] = {}
 
 
-def register(name: str) -> Callable[[CheckFn], CheckFn]:
-    """Register `fn(ctx) -> record` as the check `name` (after the ones registered before it)."""
+def register(name: str, family_only: bool = False) -> Callable[[CheckFn], CheckFn]:
+    """Register `fn(ctx) -> record` as the check `name` (after the ones registered before it); `family_only`: run
+    only for the families whose row lists it."""
+    table = FAMILY_CHECKS if family_only else CHECKS
+
     def wrap(fn: CheckFn) -> CheckFn:
-        assert name not in CHECKS, name
-        CHECKS[name] = fn
+        assert name not in CHECKS and name not in FAMILY_CHECKS, name
+        table[name] = fn
         return fn
     return wrap
 
 
 def architecture_checks(ckpt: "Checkpoint", obs: Observation) -> list[Record]:
-    """Every registered check's record, in the registry's order."""
+    """Every registered check's record, in the registry's order, then the family row's own checks."""
     row = FAMILY_TABLE.get(ckpt.spec.family)
     if row is None:  # nothing to compare against
         return [check(n, "skip", None, None, f"no family rules for {ckpt.spec.family}") for n in CHECKS]
     ctx = Context(ckpt, row, obs)
-    return [fn(ctx) for fn in CHECKS.values()]
+    return [fn(ctx) for fn in CHECKS.values()] + [FAMILY_CHECKS[n](ctx) for n in row.checks]
 
 
 # ============================================================================= expectations
@@ -172,6 +178,8 @@ def placement_of(branches: list[dict[str, Any]]) -> str:
 @register("norm_placement")
 def norm_placement(ctx: Context) -> Record:
     rules, graph = ctx.rules, ctx.obs.graph
+    if ctx.obs.block_values is not None:  # AltUp streams and LAuReL: the residual structure is read from values
+        return _placement_from_values(ctx)
     branches = block_branches(graph)
     observed = placement_of(branches)
     parts = []
@@ -186,6 +194,26 @@ def norm_placement(ctx: Context) -> Record:
                      evidence + " (the block's structure was not fully resolved)")
     return check("norm_placement", "pass" if observed == rules.norm_placement else "fail",
                  rules.norm_placement, observed, evidence)
+
+
+def _placement_from_values(ctx: Context) -> Record:
+    """Gemma 3n's block mixes streams and averages residuals, which the call graph does not resolve into two
+    branches; its values show the chain directly: does attention read a norm's output, and does a norm read
+    attention's output (likewise for the MLP)?"""
+    bv, tol = ctx.obs.block_values, _tol(ctx.obs.dtype)
+    i, o = bv.inputs, bv.outputs
+    links = {"attention pre": ("attention", "attn_norm"), "attention post": ("post_attn_norm", "attention"),
+             "mlp pre": ("mlp", "ffn_norm"), "mlp post": ("post_ffn_norm", "mlp")}
+    err = {k: _max_rel(i[a], o[b]) if i.get(a) is not None and o.get(b) is not None else float("inf")
+           for k, (a, b) in links.items()}
+    pre = err["attention pre"] <= tol and err["mlp pre"] <= tol
+    post = err["attention post"] <= tol and err["mlp post"] <= tol
+    observed = "pre+post" if pre and post else "pre" if pre else "post" if post else "none"
+    evidence = (f"block 0 (AltUp streams): input_layernorm -> self_attn -> post_attention_layernorm, "
+                f"pre_feedforward_layernorm -> mlp -> post_feedforward_layernorm; each module's input against the "
+                f"previous one's output: " + ", ".join(f"{k} {v:.1e}" for k, v in err.items()))
+    return check("norm_placement", "pass" if observed == ctx.rules.norm_placement else "fail",
+                 ctx.rules.norm_placement, observed, evidence)
 
 
 # ============================================================================= norm offset
@@ -326,9 +354,24 @@ def tied_embeddings(ctx: Context) -> Record:
 
 
 # ============================================================================= activation
+def expected_sparsity(spec: GemmaSpec) -> list[float]:
+    """Per layer, the activation sparsity target of the published card of this shape, else the declared one."""
+    source = published_card(spec) or spec
+    return [source.layer_sparsity(i) for i in range(spec.num_layers)]
+
+
 @register("activation")
 def activation(ctx: Context) -> Record:
     rules, act, dtype = ctx.rules, ctx.obs.activation, ctx.obs.dtype
+    where = ""
+    sparsity = expected_sparsity(ctx.spec)
+    if sparsity and sparsity[0] > 0:  # block 0's gate is sparsified first (Gemma 3n): probe the first dense block
+        dense = [i for i in sorted(ctx.obs.layer_activations) if sparsity[i] == 0]
+        act = ctx.obs.layer_activations[dense[0]] if dense else None
+        where = f" (block {dense[0]}, the first without activation sparsity)" if dense else ""
+        if act is None:
+            return check("activation", "skip", rules.activation, None,
+                         "every block sparsifies its gate: see activation_sparsity")
     if act is None:
         return check("activation", "skip", rules.activation, None, "no gate/up/down projections found to probe")
     x, y = act.x, act.y
@@ -338,8 +381,8 @@ def activation(ctx: Context) -> Record:
     ranked = sorted(errors, key=errors.get)  # type: ignore[arg-type]
     best, second = ranked[0], ranked[1]
     tol = 1e-3 if dtype == "float32" else 2e-2
-    evidence = (f"gate output replaced by {x.numel()} values in [{GRID[0]:g}, {GRID[1]:g}], up by ones; the down "
-                f"projection received act(x) with relative error " +
+    evidence = (f"gate output{where} replaced by {x.numel()} values in [{GRID[0]:g}, {GRID[1]:g}], up by ones; the "
+                f"down projection received act(x) with relative error " +
                 ", ".join(f"{n} {errors[n]:.1e}" for n in ranked[:3]))
     if errors[best] > tol:
         return check("activation", "fail", rules.activation, "other", evidence + ": none of them")
@@ -615,5 +658,5 @@ def embedding_head(ctx: Context) -> Record:
 
 CHECK_NAMES = tuple(CHECKS)
 
-__all__ = ["CHECKS", "CHECK_NAMES", "Context", "register", "architecture_checks", "block_branches", "placement_of",
+__all__ = ["CHECKS", "FAMILY_CHECKS", "CHECK_NAMES", "Context", "register", "architecture_checks", "block_branches", "placement_of",
            "expected_query_scalar", "expected_layers", "ACTIVATIONS"]

@@ -6,7 +6,8 @@ Three parts, one module each:
     observation.py   what a forward pass shows: `observe(model, ids)` hooks the runtime's real modules
                      (trace.py) during two forward passes and single-module probes -> an `Observation`
     checks.py        a registry of architecture checks: each reads the Observation and the family row's rules
-                     (families.py) and returns one check record
+                     (families.py) and returns one check record (checks_gemma3n.py: the checks only Gemma 3n's
+                     row lists)
     lint.py          `lint:<rule>` records from the config, the tokenizer and the tensors (no torch; `summary`
                      runs the rules that read no values); each format's own rules sit next to it
                      (formats/hf_lint.py)
@@ -20,6 +21,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .checkpoint import Checkpoint
+from . import checks_gemma3n  # noqa: F401 - registers Gemma 3n's own checks
 from .checks import CHECK_NAMES, architecture_checks, block_branches, placement_of
 from .findings import STATUSES, check
 from .lint import lint
