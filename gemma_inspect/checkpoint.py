@@ -173,6 +173,14 @@ class Checkpoint:
             raise UnsupportedError(f"{self.source}: {command} does not support {row.title} yet "
                                    f"(supported: {', '.join(row.commands or ())})")
 
+    def require_writer(self, fmt: str) -> None:
+        """Refuse, with one line, a `convert` target that does not handle this checkpoint's family yet (its row's
+        `writers`)."""
+        row = FAMILY_TABLE.get(self.spec.family)
+        if row is not None and not row.writes(fmt):
+            raise UnsupportedError(f"{self.source}: convert --to {fmt} does not support {row.title} yet "
+                                   f"(supported: --to {', '.join(row.writers or ())})")
+
     @property
     def lm_head(self) -> str:
         """Where the logits come from: "stored" (an lm_head matrix), "tied" (the embedding), "none" (a base model

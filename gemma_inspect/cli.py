@@ -411,6 +411,7 @@ def convert(source: str, dest: str, to: str, dtype: str, max_shard_size: str | N
     from .formats import load
 
     ckpt = _open(source, command="convert")  # DEST stays a local path
+    ckpt.require_writer(to)  # before the writer plans its tensors
     options = WriteOptions(dtype=dtype, max_shard_size=parse_size(max_shard_size), force=force,
                            manifest=not no_manifest, hash=hash_name)
     from .render import byte_progress

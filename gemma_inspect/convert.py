@@ -304,6 +304,7 @@ def convert(source: Checkpoint | str, dest: str, to: str, options: WriteOptions 
     if ckpt.is_card:
         raise InputError(ckpt.source, "a built-in card has no tensors to convert")
     ckpt.require("convert")
+    ckpt.require_writer(to)
     check_dest(dest, ckpt)  # first: --force would not make such a DEST acceptable
     if os.path.lexists(dest) and not options.force:
         raise OutputError(f"{dest}: already exists (use --force to replace it)")

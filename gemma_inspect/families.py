@@ -132,9 +132,15 @@ class Family:
     # The commands that handle this family; None: every command. A family being added reads first (summary,
     # compare) and is refused with a one-line error by the others until they support it.
     commands: tuple[str, ...] | None = None
+    # The formats `convert` writes this family in; None: every format whose ids the row has. A family being added
+    # is written first in the formats that handle it, and refused by the others with one line.
+    writers: tuple[str, ...] | None = None
 
     def supports(self, command: str) -> bool:
         return self.commands is None or command in self.commands
+
+    def writes(self, fmt: str) -> bool:
+        return self.writers is None or fmt in self.writers
 
     def layer_types(self, num_layers: int, period: int | None = None) -> tuple[str, ...]:
         """The attention kind of each layer as the family lays them out. `period` stretches a "global every
@@ -283,6 +289,39 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
                                  "model.embed_audio."),
                  causal_bidirectional=("vision",)),
         commands=("summary", "compare")),
+    # Gemma 3n (text decoder): Gemma 4's norms (w, no +1), q/k norms and weightless v_norm, unscaled queries, final
+    # soft cap 30, PLE and KV sharing - plus AltUp (the residual stream carried as altup_num_inputs streams, one of
+    # them run through the block, the others predicted and corrected by per-layer coefficients), LAuReL (a low-rank
+    # residual beside attention) and activation sparsity (a Gaussian top-k on the gate of the first layers). One
+    # head_dim on every layer; FFN widths per layer (a config list); 4 sliding layers to 1 global.
+    Family(
+        "gemma3n", "Gemma 3n (text)", True,
+        FamilyRules("pre+post", 0, True, "gelu_tanh", True, True, None, 30.0, query_scalar="unit"),
+        layer_pattern=(SLIDING,) * 4 + (FULL,),
+        defaults=dict(sliding_window=512, rope_theta=1_000_000.0, rope_local_theta=10_000.0,
+                      query_pre_attn_scalar=1, max_position_embeddings=32768, altup_num_inputs=4,
+                      altup_correct_scale=True, laurel_rank=64),
+        hf=HFIds("gemma3n_text", "Gemma3nForCausalLM", "hidden_activation",
+                 # Gemma3nTextConfig's defaults (E4B's shapes; activation_sparsity_pattern absent: 0.95 on the
+                 # first 10 layers of a model deeper than 10, hf_layers reads it so)
+                 dict(vocab_size=262400, hidden_size=2048, intermediate_size=16384, num_hidden_layers=35,
+                      num_attention_heads=8, num_key_value_heads=2, head_dim=256,
+                      hidden_activation="gelu_pytorch_tanh", max_position_embeddings=32768,
+                      query_pre_attn_scalar=1, sliding_window=512, final_logit_softcapping=30.0,
+                      attn_logit_softcapping=None, vocab_size_per_layer_input=262144,
+                      hidden_size_per_layer_input=256, num_kv_shared_layers=15, altup_num_inputs=4,
+                      altup_active_idx=0, altup_correct_scale=True, altup_coef_clip=120.0, laurel_rank=64,
+                      activation_sparsity_pattern=None, **_GEMMA_HF_DEFAULTS),
+                 multimodal_model_type="gemma3n", rope="per_layer_type",
+                 config_fields=dict(per_layer_input_size="hidden_size_per_layer_input",
+                                    per_layer_vocab_size="vocab_size_per_layer_input",
+                                    num_kv_shared_layers="num_kv_shared_layers",
+                                    altup_num_inputs="altup_num_inputs", altup_active_idx="altup_active_idx",
+                                    altup_correct_scale="altup_correct_scale", laurel_rank="laurel_rank",
+                                    activation_sparsity="activation_sparsity_pattern"),
+                 tower_prefixes=("model.vision_tower.", "model.audio_tower.", "model.embed_vision.",
+                                 "model.embed_audio.")),
+        commands=("summary", "compare", "convert"), writers=("hf",)),
     # Peers for the side-by-side table: SwiGLU, no norm offset, no embedding scale, untied output.
     Family("llama", "Llama 2", False, _PEER_RULES, (FULL,), _PEER_DEFAULTS),
     Family("olmo", "OLMo", False, _PEER_RULES, (FULL,), _PEER_DEFAULTS),

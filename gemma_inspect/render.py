@@ -207,6 +207,8 @@ def render_summary(console: Console, m: dict[str, Any]) -> None:
     pt.add_column("share", justify="right")
     subgroups = {"embedding": (("per_layer_embedding", "  of which per-layer embedding table"),
                                ("per_layer_inputs", "  of which per-layer input projections")),
+                 "attention": (("altup", "  of which AltUp (stream projections, router, coefficients)"),
+                               ("laurel", "  of which LAuReL (low-rank residual)")),
                  "feedforward": (("experts", "  of which experts and router"),)}
     for role in ("embedding", "attention", "feedforward", "norms", "output"):
         if role == "output" and not p["output"]:

@@ -1,5 +1,6 @@
-"""The summary / compare rows of Gemma 4's per-layer architecture: head geometry by layer type, KV sharing, K=V,
-experts, per-layer input embeddings, layer scalars and the parameter counts Google quotes (effective, active).
+"""The summary / compare rows of Gemma 4's and Gemma 3n's per-layer architecture: head geometry by layer type, KV
+sharing, K=V, experts, per-layer input embeddings, layer scalars, AltUp, LAuReL, activation sparsity and the
+parameter counts Google quotes (effective, active).
 
 Every value is computed from the summary object (spec fields and counts derived from the role rows); a model
 without those fields (an earlier family beside a Gemma 4 in `compare`) shows what it has: none, no, uniform.
@@ -70,8 +71,9 @@ def _ple(a: dict[str, Any], p: dict[str, Any], compact: bool) -> str:
     table = p.get("per_layer_embedding", 0)
     if compact:
         return f"{w} per layer, table {_short(table)}"
-    return (f"{w} per layer; table {a['per_layer_vocab_size']:,} x {len(a['layer_types']) * w:,} = "
-            f"{format_count(table)}")
+    rows = a["per_layer_vocab_size"]
+    beyond = f"; ids >= {rows:,} look up row 0" if rows < a["vocab_size"] else ""  # Gemma 3n: 262,144 of 262,400
+    return f"{w} per layer; table {rows:,} x {len(a['layer_types']) * w:,} = {format_count(table)}{beyond}"
 
 
 def _ffn(a: dict[str, Any], base: str, compact: bool) -> str:
@@ -79,8 +81,49 @@ def _ffn(a: dict[str, Any], base: str, compact: bool) -> str:
     if not widths or len(set(widths)) == 1:
         return base
     wide = [i for i, w in enumerate(widths) if w != a["intermediate_size"]]
-    return base + (f" ({widths[wide[0]]} on {_span(wide)})" if compact
-                   else f"; {widths[wide[0]]} on the KV-shared layers {_span(wide)} (double-wide)")
+    if a.get("double_wide_mlp"):
+        return base + (f" ({widths[wide[0]]} on {_span(wide)})" if compact
+                       else f"; {widths[wide[0]]} on the KV-shared layers {_span(wide)} (double-wide)")
+    others = sorted({widths[i] for i in wide})  # a config list of widths (Gemma 3n): each width and its layers
+    def on(w: int) -> str:
+        layers = [i for i in wide if widths[i] == w]
+        return f"{w} on {_span(layers)}" if compact else \
+            f"{w} on layer{'s' if len(layers) > 1 else ''} {_span(layers)}"
+
+    return base + (" (" + ", ".join(map(on, others)) + ")" if compact else "; " + ", ".join(map(on, others)))
+
+
+def _altup(a: dict[str, Any], p: dict[str, Any], compact: bool) -> str:
+    n = a.get("altup_num_inputs", 0)
+    if not n:
+        return "none"
+    if compact:
+        return f"{n} streams, {_short(p.get('altup', 0))}"
+    scale = ", corrected stream scaled" if a.get("altup_correct_scale") else ""
+    return (f"{n} streams, block runs on stream {a['altup_active_idx']}; the others predicted and corrected per "
+            f"layer{scale}; {format_count(p.get('altup', 0))} parameters")
+
+
+def _laurel(a: dict[str, Any], p: dict[str, Any], compact: bool) -> str:
+    r = a.get("laurel_rank", 0)
+    if not r:
+        return "none"
+    if compact:
+        return f"rank {r}"
+    return (f"rank {r} residual beside attention, (x + attn + laurel) / sqrt(2); "
+            f"{format_count(p.get('laurel', 0))} parameters")
+
+
+def _sparsity(a: dict[str, Any], compact: bool) -> str:
+    values = a.get("activation_sparsity") or []
+    sparse = [i for i, v in enumerate(values) if v > 0]
+    if not sparse:
+        return "none"
+    targets = sorted({values[i] for i in sparse})
+    what = ", ".join(f"{t:g}" for t in targets)
+    if compact:
+        return f"{what} on {_span(sparse)}"
+    return f"{what} on layers {_span(sparse)} (gate kept above mean + std x Phi^-1({what}))"
 
 
 def _scalars(m: dict[str, Any]) -> str:
@@ -112,7 +155,9 @@ def insert_layer_rows(rows: list[tuple[str, str]], m: dict[str, Any], compact: b
                       ("K=V", k_eq_v if a.get("attention_k_eq_v") else "no")],
         "Head dim": [("Head geometry", _geometry(a, compact))],
         "FFN": [("Experts", _experts(a, compact))],
-        "Embedding scale": [("Per-layer inputs", _ple(a, p, compact))],
+        "Embedding scale": [("Per-layer inputs", _ple(a, p, compact))]
+        + ([("AltUp", _altup(a, p, compact)), ("LAuReL", _laurel(a, p, compact)),
+            ("Act. sparsity", _sparsity(a, compact))] if "altup_num_inputs" in a else []),
         "Norm placement": [("Layer scalars", _scalars(m))],
     }
     out: list[tuple[str, str]] = []

@@ -31,6 +31,9 @@ DIMENSIONS: dict[str, tuple[Callable[[Any], int], Callable[[Any], str]]] = {
     "moe_gate_up": (lambda s: 2 * s.moe_intermediate_size,
                     lambda s: f"2 x moe_intermediate_size={s.moe_intermediate_size}"),
     "one": (lambda s: 1, lambda s: "one value"),
+    # Gemma 3n's AltUp: the prediction coefficients map the router's n modalities to an n x n mixing matrix
+    "altup_coefs": (lambda s: s.altup_num_inputs ** 2,
+                    lambda s: f"altup_num_inputs={s.altup_num_inputs} squared"),
 }
 
 
@@ -48,6 +51,10 @@ PRESENCE: dict[str, Callable[[Any], bool]] = {
     "per_layer_inputs": lambda s: bool(getattr(s, "per_layer_input_size", 0)),
     "experts": lambda s: bool(getattr(s, "moe_experts", 0)),
     "layer_scalar": lambda s: bool(getattr(s, "layer_scalar", False)),
+    "altup": lambda s: getattr(s, "altup_num_inputs", 0) > 1,
+    # one stream projection in and one out per stream beyond the active one (Gemma 3n: streams 1..3)
+    **{f"altup_stream{j}": (lambda s, j=j: getattr(s, "altup_num_inputs", 0) > j) for j in (1, 2, 3)},
+    "laurel": lambda s: bool(getattr(s, "laurel_rank", 0)),
 }
 
 # Per-layer presence rules: whether layer i of a spec has a role the spec has (KV-shared layers compute no K/V;
@@ -142,6 +149,22 @@ ROLE_TABLE: dict[str, Role] = {r.key: r for r in (
          "embedding", "per_layer_inputs", subgroup="per_layer_inputs"),
     Role("ple_post_norm", _L + "post_per_layer_input_norm.weight", ("hidden_size",), "norm", "norms",
          "per_layer_inputs"),
+    # Gemma 3n per layer: AltUp's router (its norm, the modality projection), prediction and correction coefficients
+    # and the scale of the corrected active stream; LAuReL's low-rank residual and its norm
+    Role("altup_router_norm", _L + "altup.router_norm.weight", ("hidden_size",), "norm", "norms", "altup"),
+    Role("altup_router", _L + "altup.modality_router.weight", ("altup_num_inputs", "hidden_size"), "linear",
+         "attention", "altup", subgroup="altup"),
+    Role("altup_predict", _L + "altup.prediction_coefs.weight", ("altup_coefs", "altup_num_inputs"), "linear",
+         "attention", "altup", subgroup="altup"),
+    Role("altup_correct", _L + "altup.correction_coefs.weight", ("altup_num_inputs", "altup_num_inputs"), "linear",
+         "attention", "altup", subgroup="altup"),
+    Role("altup_output_scale", _L + "altup.correct_output_scale", ("hidden_size",), "scale", "attention", "altup",
+         subgroup="altup"),
+    Role("laurel_left", _L + "laurel.linear_left.weight", ("laurel_rank", "hidden_size"), "linear", "attention",
+         "laurel", subgroup="laurel"),
+    Role("laurel_right", _L + "laurel.linear_right.weight", ("hidden_size", "laurel_rank"), "linear", "attention",
+         "laurel", subgroup="laurel"),
+    Role("laurel_norm", _L + "laurel.post_laurel_norm.weight", ("hidden_size",), "norm", "norms", "laurel"),
     # ... and the mixture of experts beside the dense MLP: router, its scales, stacked experts, their norms
     Role("router", _L + "router.proj.weight", ("moe_experts", "hidden_size"), "linear", "feedforward", "experts",
          subgroup="experts"),
@@ -164,6 +187,11 @@ ROLE_TABLE: dict[str, Role] = {r.key: r for r in (
          "embedding", "per_layer_inputs", subgroup="per_layer_inputs"),
     Role("ple_proj_norm", "model.per_layer_projection_norm.weight", ("per_layer_input_size",), "norm", "norms",
          "per_layer_inputs"),
+    # Gemma 3n top level: AltUp's projections of the embedding into streams 1..n-1, and back before the final norm
+    *(Role(f"altup_proj{j}", f"model.altup_projections.{j - 1}.weight", ("hidden_size", "hidden_size"), "linear",
+           "attention", f"altup_stream{j}", subgroup="altup") for j in (1, 2, 3)),
+    *(Role(f"altup_unembed{j}", f"model.altup_unembed_projections.{j - 1}.weight", ("hidden_size", "hidden_size"),
+           "linear", "attention", f"altup_stream{j}", subgroup="altup") for j in (1, 2, 3)),
 )}
 
 class _View(Mapping[str, Any]):
@@ -207,9 +235,9 @@ LAYER_ROLES: AbstractSet[str] = _KeySet(lambda r: r.per_layer)  # in table (file
 NORM_ROLES: AbstractSet[str] = _KeySet(lambda r: r.kind == "norm")
 # The groups in the order the parameter breakdown and GGUF's quantization summary list them.
 GROUPS = ("embedding", "attention", "feedforward", "norms", "output")
-# The finer counts only Gemma 4's rows have (Role.subgroup; listed only where a spec has them), and "buffers":
+# The finer counts only Gemma 4's and Gemma 3n's rows have (Role.subgroup; listed only where a spec has them), and "buffers":
 # stored values that are not parameters (transformers' num_parameters leaves them out, and so does the total).
-EXTRA_GROUPS = ("per_layer_embedding", "per_layer_inputs", "experts", "buffers")
+EXTRA_GROUPS = ("per_layer_embedding", "per_layer_inputs", "experts", "altup", "laurel", "buffers")
 
 
 def role(key: str) -> Role:

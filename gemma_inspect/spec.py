@@ -20,6 +20,7 @@ from .roles import parameter_breakdown as _parameter_breakdown
 
 
 ACTIVATIONS = ("gelu_tanh", "gelu", "silu")
+MAX_ALTUP_INPUTS = 4  # AltUp streams the role table names (altup_proj1..3): Gemma 3n's 4
 NORM_KINDS = ("rmsnorm", "layernorm_nonparametric")
 ATTENTION_MASKS = ("causal", "bidirectional")
 
@@ -114,12 +115,23 @@ class GemmaSpec:
     moe_intermediate_size: int = 0  # one expert's FFN width
     layer_scalar: bool = False  # each layer multiplies its output by a stored scalar (a buffer)
     rope_partial_factor: float = 1.0  # fraction of a full layer's head_dim RoPE rotates (Gemma 4: 0.25)
+    # Gemma 3n (every default leaves the other families as they were):
+    intermediate_sizes: tuple[int, ...] = ()  # FFN width per layer where they differ (HF's list); () = uniform
+    altup_num_inputs: int = 0  # AltUp: the residual stream carried as n streams (Gemma 3n: 4); 0 = none
+    altup_active_idx: int = 0  # the stream the decoder block runs on (the others are predicted and corrected)
+    altup_correct_scale: bool = False  # the corrected active stream is scaled by correct_output_scale before PLE
+    laurel_rank: int = 0  # LAuReL: a low-rank residual (rank r) beside attention; 0 = none
+    # per layer: the gate's sparsity target p (a Gaussian top-k keeps what lies above mean + std * Phi^-1(p));
+    # () or 0.0 = dense (Gemma 3n: 0.95 on the first 10 layers)
+    activation_sparsity: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.layer_types:
             object.__setattr__(self, "layer_types", (FULL,) * self.num_layers)
         else:
             object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        for f in ("intermediate_sizes", "activation_sparsity"):  # JSON and configs give lists
+            object.__setattr__(self, f, tuple(getattr(self, f) or ()))
         if self.query_pre_attn_scalar is None:
             object.__setattr__(self, "query_pre_attn_scalar", self.head_dim)
         self.validate()
@@ -191,6 +203,7 @@ class GemmaSpec:
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 out.append(f"{f} must be a non-negative integer, got {v!r}")
+        out += self._gemma3n_problems()
         if out:
             return out
         if self.num_kv_shared_layers >= max(self.num_layers, 1) and self.num_kv_shared_layers:
@@ -211,6 +224,33 @@ class GemmaSpec:
                        f"num_global_key_value_heads {kv}")
         if not 0 < self.rope_partial_factor <= 1:
             out.append(f"rope_partial_factor must be in (0, 1], got {self.rope_partial_factor}")
+        return out
+
+    def _gemma3n_problems(self) -> list[str]:
+        """The Gemma 3n fields: AltUp streams, LAuReL rank, per-layer FFN widths and sparsity targets."""
+        out = []
+        for f in ("altup_num_inputs", "altup_active_idx", "laurel_rank"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                out.append(f"{f} must be a non-negative integer, got {v!r}")
+        if out:
+            return out
+        if self.altup_num_inputs == 1 or self.altup_num_inputs > MAX_ALTUP_INPUTS:
+            out.append(f"altup_num_inputs must be 0 (none) or 2..{MAX_ALTUP_INPUTS}, got {self.altup_num_inputs}")
+        elif self.altup_num_inputs and self.altup_active_idx >= self.altup_num_inputs:
+            out.append(f"altup_active_idx {self.altup_active_idx} is not one of the {self.altup_num_inputs} streams")
+        if self.intermediate_sizes:
+            if len(self.intermediate_sizes) != self.num_layers:
+                out.append(f"intermediate_sizes has {len(self.intermediate_sizes)} entries for {self.num_layers} "
+                           f"layers")
+            elif any(not isinstance(v, int) or isinstance(v, bool) or v <= 0 for v in self.intermediate_sizes):
+                out.append(f"intermediate_sizes must be positive integers, got {list(self.intermediate_sizes)}")
+        if self.activation_sparsity:
+            if len(self.activation_sparsity) != self.num_layers:
+                out.append(f"activation_sparsity has {len(self.activation_sparsity)} entries for {self.num_layers} "
+                           f"layers")
+            elif any(not _is_number(v) or not 0 <= v < 1 for v in self.activation_sparsity):
+                out.append(f"activation_sparsity values must be in [0, 1), got {list(self.activation_sparsity)}")
         return out
 
     # ----------------------------------------------------------------- per-layer geometry (Gemma 4)
@@ -237,7 +277,21 @@ class GemmaSpec:
         return self.attention_k_eq_v and self.layer_types[i] == FULL
 
     def layer_intermediate(self, i: int) -> int:
-        return self.intermediate_size * (2 if self.double_wide_mlp and self.kv_shared(i) else 1)
+        base = self.intermediate_sizes[i] if self.intermediate_sizes else self.intermediate_size
+        return base * (2 if self.double_wide_mlp and self.kv_shared(i) else 1)
+
+    def layer_sparsity(self, i: int) -> float:
+        """Layer i's activation sparsity target (0.0: a dense gate)."""
+        return float(self.activation_sparsity[i]) if self.activation_sparsity else 0.0
+
+    @property
+    def sparse_layers(self) -> tuple[int, ...]:
+        return tuple(i for i in range(self.num_layers) if self.layer_sparsity(i) > 0)
+
+    @property
+    def gemma3n_features(self) -> bool:
+        """Whether the spec uses AltUp, LAuReL or activation sparsity (summary's Gemma 3n rows and keys)."""
+        return bool(self.altup_num_inputs or self.laurel_rank or self.sparse_layers)
 
     @property
     def per_layer_geometry(self) -> bool:
@@ -253,7 +307,7 @@ class GemmaSpec:
     def gemma4_features(self) -> bool:
         """Whether the spec uses any of the fields above (summary's extra rows and keys)."""
         return bool(self.per_layer_geometry or self.attention_k_eq_v or self.num_kv_shared_layers
-                    or self.per_layer_input_size or self.moe_experts or self.layer_scalar)
+                    or self.per_layer_input_size or self.moe_experts or self.layer_scalar or self.gemma3n_features)
 
     def replace(self, **changes: Any) -> GemmaSpec:
         return dataclasses.replace(self, **changes)
@@ -372,6 +426,17 @@ class GemmaSpec:
             "dtype": self.dtype,
             "attention_mask": self.attention_mask,
             **(self._gemma4_dict() if self.gemma4_features else {}),
+            **(self._gemma3n_dict() if self.gemma3n_features else {}),
+        }
+
+    def _gemma3n_dict(self) -> dict[str, Any]:
+        return {
+            "altup_num_inputs": self.altup_num_inputs,
+            "altup_active_idx": self.altup_active_idx,
+            "altup_correct_scale": self.altup_correct_scale,
+            "laurel_rank": self.laurel_rank,
+            "activation_sparsity": [self.layer_sparsity(i) for i in range(self.num_layers)],
+            "sparse_layers": list(self.sparse_layers),
         }
 
     def _gemma4_dict(self) -> dict[str, Any]:
@@ -510,6 +575,17 @@ _CARDS: dict[str, dict[str, Any]] = {
                        num_attention_heads=32, num_key_value_heads=16, head_dim=256, intermediate_size=21504,
                        global_head_dim=512, num_global_key_value_heads=4, attention_k_eq_v=True,
                        sliding_window=1024, max_position_embeddings=262144),
+    # Gemma 3n (text decoders of google/gemma-3n-E2B and -E4B): 262,400 embedding rows, a 262,144-row per-layer
+    # table 256 wide, 4 AltUp streams, LAuReL rank 64, activation sparsity 0.95 on the first 10 layers, 4 sliding
+    # layers (window 512) to 1 global, the last 10 (E2B) / 15 (E4B) layers reuse earlier K/V.
+    "gemma3n-e2b": dict(family="gemma3n", vocab_size=262400, hidden_size=2048, num_layers=30,
+                        num_attention_heads=8, num_key_value_heads=2, head_dim=256, intermediate_size=8192,
+                        per_layer_input_size=256, per_layer_vocab_size=262144, num_kv_shared_layers=10,
+                        activation_sparsity=(0.95,) * 10 + (0.0,) * 20),
+    "gemma3n-e4b": dict(family="gemma3n", vocab_size=262400, hidden_size=2048, num_layers=35,
+                        num_attention_heads=8, num_key_value_heads=2, head_dim=256, intermediate_size=16384,
+                        per_layer_input_size=256, per_layer_vocab_size=262144, num_kv_shared_layers=15,
+                        activation_sparsity=(0.95,) * 10 + (0.0,) * 25),
     # Peers for the side-by-side table: SwiGLU, no norm offset, no embedding scale, untied output.
     "llama2-7b": dict(family="llama", vocab_size=32000, hidden_size=4096, num_layers=32,
                       num_attention_heads=32, num_key_value_heads=32, head_dim=128, intermediate_size=11008,

@@ -153,7 +153,7 @@ def test_unsupported_model_type(hf_dir):
     cfg = os.path.join(hf_dir, "config.json")
     edit_json(cfg, lambda c: c.update(model_type="llama"))
     assert summary_fails(hf_dir) == (f"{cfg}: unsupported model_type 'llama'; supported: gemma, gemma2, "
-                                     f"gemma3_text, gemma3, vaultgemma, gemma4_text, gemma4")
+                                     f"gemma3_text, gemma3, vaultgemma, gemma4_text, gemma4, gemma3n_text, gemma3n")
 
 
 def test_unsupported_multimodal_text_config(hf_dir):

@@ -26,6 +26,9 @@ PUBLISHED = {
     "gemma4-e4b": 7_463_013_376,
     "gemma4-26b-a4b": 25_233_141_760,
     "gemma4-31b": 30_697_345_280,
+    # Gemma 3n text decoders: transformers 5.24's num_parameters on the meta device (tests/test_gemma3n.py builds them)
+    "gemma3n-e2b": 4_435_182_688,
+    "gemma3n-e4b": 6_835_235_568,
     "llama2-7b": 6_738_415_616,
     "olmo-7b": 6_888_095_744,
     "mistral-7b": 7_241_732_096,
@@ -63,7 +66,7 @@ def expected_total(name: str) -> int:
 
 def test_every_card_has_an_expected_count():
     assert set(CARD_NAMES) == set(PUBLISHED) | set(GEMMA3_TEXT_CONFIGS) | set(ENCODERS)
-    assert len(CARD_NAMES) == 19
+    assert len(CARD_NAMES) == 21
 
 
 @pytest.mark.parametrize("name", CARD_NAMES)
@@ -246,7 +249,7 @@ def test_several_problems_are_reported_together():
     with pytest.raises(SpecError) as e:
         GemmaSpec(**{**BASE, "hidden_size": 0, "family": "gpt"})
     assert str(e.value) == ("unknown family 'gpt' (known: gemma, gemma2, gemma3, vaultgemma, embeddinggemma, gemma4, "
-                            "llama, olmo, mistral); "
+                            "gemma3n, llama, olmo, mistral); "
                             "hidden_size must be a positive integer, got 0")
 
 

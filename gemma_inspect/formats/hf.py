@@ -307,8 +307,9 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
         notes.append(f"config.json declares no dtype; using the tensors' {dtype}")
     tie = cfg.get("tie_word_embeddings", text.get("tie_word_embeddings", True))
     eos = text.get("eos_token_id", cfg.get("eos_token_id"))
-    from .hf_layers import extra_fields
+    from .hf_layers import extra_fields, intermediate_sizes
 
+    ffn, ffn_per_layer = intermediate_sizes(text, n_layers, path)
     extra, extra_notes = extra_fields(text, raw_text, row, layer_types, kv, head_dim, path)
     notes += extra_notes
     try:
@@ -321,7 +322,8 @@ def spec_from_config(cfg: dict[str, Any], path: str, dtype_hint: str | None = No
             num_attention_heads=heads,
             num_key_value_heads=kv,
             head_dim=head_dim,
-            intermediate_size=require_int(text, "intermediate_size", path),
+            intermediate_size=ffn,
+            intermediate_sizes=ffn_per_layer,
             activation=ACTIVATION_OF_HF[act_raw],
             tied_embeddings=bool(tie),
             attention_logit_softcap=opt_float(text, "attn_logit_softcapping", path) if ids.windowed_keys else None,
@@ -532,7 +534,8 @@ def config_dict(spec: GemmaSpec) -> dict[str, Any]:
         "model_type": ids.model_type,
         "vocab_size": spec.vocab_size,
         "hidden_size": spec.hidden_size,
-        "intermediate_size": spec.intermediate_size,
+        # one width, or one per layer where they differ (Gemma 3n's list spelling)
+        "intermediate_size": list(spec.intermediate_sizes) if spec.intermediate_sizes else spec.intermediate_size,
         "num_hidden_layers": spec.num_layers,
         "num_attention_heads": spec.num_attention_heads,
         "num_key_value_heads": spec.num_key_value_heads,
@@ -591,6 +594,11 @@ def config_dict(spec: GemmaSpec) -> dict[str, Any]:
         if problems:
             raise UnsupportedError(f"HF {_short_title(row)} (model_type {ids.model_type}) cannot express "
                                    f"{', '.join(problems)}")
+    for field, key in ids.config_fields.items():  # the row's extra spec fields under their config keys
+        v = getattr(spec, field)
+        if isinstance(v, tuple):  # per layer (activation sparsity: floats, as transformers' strict config wants)
+            v = [float(x) for x in v] or [0.0] * spec.num_layers
+        cfg[key] = v
     if (spec.norm_placement, spec.qk_norm, spec.norm_offset, spec.scale_embeddings) != \
             (rules.norm_placement, rules.qk_norm, rules.norm_offset, rules.scale_embeddings):
         raise UnsupportedError(f"this {spec.family} checkpoint deviates from its family's layout "

@@ -1,5 +1,6 @@
-"""The HF config keys of a family's extra spec fields (Gemma 4): per-layer head geometry in either spelling,
-per-layer input embeddings, KV sharing, K=V, the expert block and proportional RoPE on full layers.
+"""The HF config keys of a family's extra spec fields (Gemma 4, Gemma 3n): per-layer head geometry in either
+spelling, per-layer input embeddings, KV sharing, K=V, the expert block and proportional RoPE on full layers; AltUp,
+LAuReL, per-layer FFN widths and activation sparsity.
 
 What is read comes from the family row (`hf.config_fields`, `hf.layer_geometry`, `hf.experts_switch`), never from
 the family's name. Values are read as transformers 5.24 reads them: `global_head_dim` defaults to 512,
@@ -13,7 +14,7 @@ from typing import Any
 
 from ..errors import InputError, UnsupportedError
 from ..families import FULL, SLIDING, Family
-from .common import show
+from .common import require_int, show
 
 GEOMETRY_KEYS = ("head_dim", "num_key_value_heads")
 
@@ -33,6 +34,37 @@ def _flag(v: Any, key: str, path: str) -> bool:
     if not isinstance(v, bool):
         raise InputError(path, f"config {key} must be true or false, got {show(v)}")
     return v
+
+
+# transformers' Gemma3nTextConfig: without activation_sparsity_pattern, the first 10 layers of a model deeper than 10
+# are sparse at 0.95 and the rest dense
+DEFAULT_SPARSE_LAYERS, DEFAULT_SPARSITY = 10, 0.95
+
+
+def _sparsity(v: Any, key: str, n: int, path: str, notes: list[str]) -> tuple[float, ...]:
+    """A per-layer list of sparsity targets in [0, 1) (absent: transformers' default, with a note)."""
+    if v is None:
+        sparse = DEFAULT_SPARSE_LAYERS if n > DEFAULT_SPARSE_LAYERS else 0
+        notes.append(f"config has no {key}: read as transformers fills it in ("
+                     + (f"{DEFAULT_SPARSITY} on the first {sparse} layers, dense after)" if sparse else
+                        f"every layer dense, the model having {DEFAULT_SPARSE_LAYERS} layers or fewer)"))
+        return (DEFAULT_SPARSITY,) * sparse + (0.0,) * (n - sparse)
+    if not isinstance(v, list) or len(v) != n or any(
+            isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 <= x < 1 for x in v):
+        raise InputError(path, f"config {key} must list {n} numbers in [0, 1), one per layer, got {show(v)}")
+    return tuple(float(x) for x in v)
+
+
+def intermediate_sizes(text: dict[str, Any], n: int, path: str) -> tuple[int, tuple[int, ...]]:
+    """intermediate_size as an integer or, as Gemma 3n's configs spell it, one per layer: (the width, the per-layer
+    widths where they differ, else ())."""
+    v = text.get("intermediate_size")
+    if not isinstance(v, list):
+        return require_int(text, "intermediate_size", path), ()
+    if len(v) != n or any(isinstance(x, bool) or not isinstance(x, int) or x <= 0 for x in v):
+        raise InputError(path, f"config intermediate_size must be a positive integer or list {n} of them, one per "
+                               f"layer, got {show(v)}")
+    return v[0], (tuple(v) if len(set(v)) > 1 else ())
 
 
 def _per_layer_config(raw: Any, layer_types: tuple[str, ...], path: str) -> dict[int, dict[str, int]]:
@@ -111,10 +143,17 @@ def extra_fields(text: dict[str, Any], raw_text: dict[str, Any], row: Family, la
     notes: list[str] = []
     if ids is None or not (ids.config_fields or ids.layer_geometry):
         return fields, notes
+    from ..spec import GemmaSpec
+
     for field, key in ids.config_fields.items():
         v = text.get(key)
-        fields[field] = _flag(v, key, path) if field in ("attention_k_eq_v", "double_wide_mlp") else \
-            _count(v, key, path)
+        kind = type(GemmaSpec.__dataclass_fields__[field].default)  # the spec field's type says how to read it
+        if kind is bool:
+            fields[field] = _flag(v, key, path)
+        elif kind is tuple:
+            fields[field] = _sparsity(v, key, len(layer_types), path, notes)
+        else:
+            fields[field] = _count(v, key, path)
     if ids.experts_switch is not None and not _flag(text.get(ids.experts_switch), ids.experts_switch, path):
         for f in ("moe_experts", "moe_top_k", "moe_intermediate_size"):  # the block is off: no experts
             fields[f] = 0
@@ -173,4 +212,4 @@ def without_layer_scalars(spec: Any, tensors: dict[str, Any]) -> tuple[Any, list
         "released Gemma 4 has"]
 
 
-__all__ = ["extra_fields", "set_aside_unused", "without_layer_scalars"]
+__all__ = ["extra_fields", "intermediate_sizes", "set_aside_unused", "without_layer_scalars"]

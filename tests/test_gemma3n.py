@@ -1,0 +1,316 @@
+"""Gemma 3n (text decoder): `summary` / `compare` / `convert --to hf` of tiny seeded checkpoints written by
+transformers itself (Gemma3nForCausalLM, and the same weights under Gemma3nForConditionalGeneration's names), the
+cards against transformers' own counts on the meta device, and the commands that refuse it.
+
+Every expected value is taken from the transformers model that wrote the files (its modules, num_parameters,
+state_dict), never from this package. The tiny model keeps vocab_size_per_layer_input (80) below vocab_size (96),
+as the releases do (262,144 of 262,400), has FFN widths per layer, two sparse layers and KV sharing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from gemma_inspect.cli import main
+from gemma_inspect.spec import card
+
+SLIDING, FULL = "sliding_attention", "full_attention"
+LAYERS = [SLIDING, FULL, SLIDING, FULL, SLIDING]
+TINY = dict(vocab_size=96, vocab_size_per_layer_input=80, hidden_size=32, intermediate_size=[48, 48, 64, 48, 48],
+            num_hidden_layers=5, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+            hidden_size_per_layer_input=4, laurel_rank=4, sliding_window=4, num_kv_shared_layers=2,
+            layer_types=LAYERS, activation_sparsity_pattern=[0.95, 0.95, 0.0, 0.0, 0.0],
+            max_position_embeddings=128, final_logit_softcapping=30.0)
+
+
+def randomise(model: "torch.nn.Module", seed: int) -> None:
+    """Norm weights around 1 (Gemma 3n applies w, no +1), AltUp's output scale around 1, the rest small and
+    random (a converter that drops or offsets any of them must not pass)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if "norm" in name or name.endswith("correct_output_scale"):
+                t.copy_(1 + 0.1 * torch.randn(t.shape, generator=g))
+            elif t.dtype.is_floating_point:
+                t.copy_(0.05 * torch.randn(t.shape, generator=g))
+
+
+def build(path: str, seed: int = 0, **overrides):
+    from transformers import Gemma3nForCausalLM, Gemma3nTextConfig
+
+    torch.manual_seed(seed)
+    model = Gemma3nForCausalLM(Gemma3nTextConfig(**{**TINY, **overrides})).float().eval()
+    randomise(model, seed)
+    model.save_pretrained(path)
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("g3n"))
+    return d, build(d)
+
+
+@pytest.fixture(scope="module")
+def wrapped(tiny, tmp_path_factory):
+    """The same weights as Gemma3nForConditionalGeneration names them (model.language_model.*), its wrapper config
+    (text_config), and a tensor of each tower (reported, counted and left out)."""
+    from safetensors.torch import load_file, save_file
+
+    d, m = tiny
+    out = tmp_path_factory.mktemp("g3nwrapped")
+    tensors = {("model.language_model." + n[len("model."):]): t for n, t in load_file(f"{d}/model.safetensors").items()}
+    tensors["model.vision_tower.timm_model.conv_stem.conv.weight"] = torch.zeros(8, 3, 3, 3)
+    tensors["model.audio_tower.conformer.0.ffw_layer_start.ffw_layer_1.weight"] = torch.zeros(4, 6)
+    tensors["model.embed_vision.embedding.weight"] = torch.zeros(2, 5)
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    text = json.loads(open(f"{d}/config.json").read())
+    cfg = {"architectures": ["Gemma3nForConditionalGeneration"], "model_type": "gemma3n", "dtype": "float32",
+           "text_config": text, "vision_config": {"model_type": "gemma3n_vision"},
+           "audio_config": {"model_type": "gemma3n_audio"}}
+    (out / "config.json").write_text(json.dumps(cfg))
+    return str(out), m
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def summary_json(path: str) -> dict:
+    r = run("summary", path, "--json")
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
+def _count(modules) -> int:
+    return sum(p.numel() for m in modules for p in m.parameters())
+
+
+# ----------------------------------------------------------------------------- summary
+def test_summary_json_is_what_transformers_built(tiny):
+    d, m = tiny
+    s = summary_json(d)
+    a, p = s["architecture"], s["parameters"]
+    layers = m.model.layers
+    assert s["family"] == "gemma3n" and s["format"] == "hf"
+    assert p["total"] == m.num_parameters() == 54_324
+    ple = m.model.embed_tokens_per_layer.weight.numel()
+    assert p["per_layer_embedding"] == ple == 80 * 5 * 4
+    assert p["effective"] == m.num_parameters() - ple
+    altup = _count([layer.altup for layer in layers]) - sum(layer.altup.router_norm.weight.numel() for layer in layers)
+    altup += _count([m.model.altup_projections, m.model.altup_unembed_projections])
+    assert p["altup"] == altup == 7_344
+    laurel = sum(layer.laurel.linear_left.weight.numel() + layer.laurel.linear_right.weight.numel() for layer in layers)
+    assert p["laurel"] == laurel == 1_280
+    assert p["total"] == p["embedding"] + p["attention"] + p["feedforward"] + p["norms"] + p["output"]
+    assert "buffers" not in p  # the scales transformers keeps as buffers (router_input_scale, ...) are not stored
+    assert a["layer_intermediate_sizes"] == [layer.mlp.intermediate_size for layer in layers] == [48, 48, 64, 48, 48]
+    assert a["activation_sparsity"] == [layer.mlp.activation_sparsity for layer in layers] == [0.95, 0.95, 0, 0, 0]
+    assert a["sparse_layers"] == [0, 1]
+    assert a["altup_num_inputs"] == 4 and a["altup_active_idx"] == 0 and a["altup_correct_scale"] is True
+    assert a["laurel_rank"] == layers[0].laurel.linear_left.out_features == 4
+    assert a["num_kv_shared_layers"] == 2 and a["kv_sources"] == [0, 1, 2, 1, 2]
+    assert [layer.self_attn.is_kv_shared_layer for layer in layers] == [False] * 3 + [True] * 2
+    assert a["per_layer_input_size"] == 4 and a["per_layer_vocab_size"] == 80 and a["vocab_size"] == 96
+    assert a["norm_offset"] == 0 and a["query_scale"] == 1.0 and a["final_logit_softcap"] == 30.0
+    assert a["layer_types"] == LAYERS and a["sliding_window"] == 4
+    kv = sum(2 * layer.self_attn.k_proj.out_features * 4 for layer in layers if not layer.self_attn.is_kv_shared_layer)
+    assert s["kv_cache_bytes_per_token"] == kv == 384
+    assert s["notes"] == ["the 2 KV-shared layers 3-4 store no k/v tensors (as save_pretrained writes them)"]
+
+
+def test_summary_text(tiny):
+    d, _ = tiny
+    r = run("summary", d)
+    assert r.exit_code == 0, r.output
+    lines = [" ".join(line.split()) for line in r.stdout.splitlines()]
+    for want in ("Family Gemma 3n (text)", "Parameters 54.3K (54,324) tied", "per-layer embedding 1.6K (1,600)",
+                 "effective 52.7K (52,724) without the per-layer table", "Norm RMSNorm, applies w",
+                 "Query scale 1 (queries unscaled; QK-norm sets their size)",
+                 "effective (without the per-layer embedding table) │ 52,724 │ 97.1% │"):
+        assert any(want in line for line in lines), (want, lines)
+    text = " ".join(" ".join(lines).split())
+    for want in ("FFN GeGLU, width 48 per branch; 64 on layer 2",
+                 "Per-layer inputs 4 per layer; table 80 x 20 = 1.6K; ids >= 80 look up row 0",
+                 "AltUp 4 streams, block runs on stream 0; the others predicted and corrected per layer, corrected "
+                 "stream scaled; 7.3K parameters",
+                 "LAuReL rank 4 residual beside attention, (x + attn + laurel) / sqrt(2); 1.3K parameters",
+                 "Act. sparsity 0.95 on layers 0, 1 (gate kept above mean + std x Phi^-1(0.95))",
+                 "KV sharing last 2 layers (3, 4) compute no K/V and reuse layer 1 (full) / 2 (sliding)",
+                 "of which AltUp (stream projections, router, coefficients) │ 7,344",
+                 "of which LAuReL (low-rank residual) │ 1,280"):
+        assert want in text, (want, text)
+
+
+def test_multimodal_wrapper_reads_the_text_decoder(tiny, wrapped):
+    d, _ = tiny
+    w, m = wrapped
+    s, want = summary_json(w), summary_json(d)
+    assert s["architecture"] == want["architecture"] and s["parameters"] == want["parameters"]
+    assert s["parameters"]["total"] == m.num_parameters()
+    assert s["ignored_tensors"] == 3
+    assert s["notes"] == [
+        "multimodal Gemma 3n: vision/audio towers (3 tensors, 250 parameters) reported and ignored; only the text "
+        "decoder is read",
+        "the 2 KV-shared layers 3-4 store no k/v tensors (as save_pretrained writes them)"]
+
+
+def test_unused_kv_of_shared_layers_are_set_aside(tiny, tmp_path):
+    """Google's original files store k/v/k_norm for the KV-shared layers (transformers ignores them on load)."""
+    from safetensors.torch import load_file, save_file
+
+    d, _ = tiny
+    out = tmp_path / "with-kv"
+    shutil.copytree(d, out)
+    tensors = load_file(str(out / "model.safetensors"))
+    for i in (3, 4):
+        for name, shape in (("k_proj.weight", (16, 32)), ("v_proj.weight", (16, 32)), ("k_norm.weight", (8,))):
+            tensors[f"model.layers.{i}.self_attn.{name}"] = torch.zeros(shape)
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    s = summary_json(str(out))
+    assert s["parameters"] == summary_json(d)["parameters"] and s["ignored_tensors"] == 6
+
+
+def test_config_without_sparsity_pattern_reads_transformers_default(tiny, tmp_path):
+    """Absent activation_sparsity_pattern: transformers makes the first 10 layers sparse (0.95) on a model deeper
+    than 10 layers, none on this 5-layer one; read so and said."""
+    from transformers import Gemma3nTextConfig
+
+    d, _ = tiny
+    out = tmp_path / "nosparsity"
+    shutil.copytree(d, out)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg.pop("activation_sparsity_pattern")
+    (out / "config.json").write_text(json.dumps(cfg))
+    s = summary_json(str(out))
+    want = Gemma3nTextConfig.from_pretrained(str(out)).activation_sparsity_pattern
+    assert s["architecture"]["activation_sparsity"] == want == [0.0] * 5
+    assert ("config has no activation_sparsity_pattern: read as transformers fills it in (every layer dense, the "
+            "model having 10 layers or fewer)") in s["notes"]
+
+
+def test_bad_sparsity_pattern_is_one_line(tiny, tmp_path):
+    d, _ = tiny
+    out = tmp_path / "bad"
+    shutil.copytree(d, out)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["activation_sparsity_pattern"] = [0.95, 1.5, 0.0, 0.0, 0.0]
+    (out / "config.json").write_text(json.dumps(cfg))
+    r = run("summary", str(out))
+    assert r.exit_code == 2
+    assert r.output == (f"Error: {out}/config.json: config activation_sparsity_pattern must list 5 numbers in "
+                        f"[0, 1), one per layer, got [0.95, 1.5, 0.0, 0.0, 0.0]\n")
+
+
+# ----------------------------------------------------------------------------- convert --to hf
+def _same_tensors(a: str, b: str) -> None:
+    from safetensors.torch import load_file
+
+    x, y = load_file(f"{a}/model.safetensors"), load_file(f"{b}/model.safetensors")
+    assert sorted(x) == sorted(y)
+    for n in x:
+        assert x[n].dtype == y[n].dtype and torch.equal(x[n], y[n]), n
+
+
+@pytest.mark.parametrize("source", ["tiny", "wrapped"])
+def test_convert_to_hf_is_bit_exact_and_loads_in_transformers(tiny, wrapped, tmp_path, source):
+    from transformers import Gemma3nForCausalLM
+
+    d, m = tiny
+    src = {"tiny": d, "wrapped": wrapped[0]}[source]
+    out = tmp_path / "out"
+    r = run("convert", src, str(out), "--to", "hf")
+    assert r.exit_code == 0, r.output
+    _same_tensors(d, str(out))  # the wrapper's text decoder comes out under Gemma3nForCausalLM's names
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["Gemma3nForCausalLM"] and cfg["model_type"] == "gemma3n_text"
+    back = Gemma3nForCausalLM.from_pretrained(str(out)).float().eval()
+    for key in ("intermediate_size", "activation_sparsity_pattern", "altup_num_inputs", "laurel_rank",
+                "num_kv_shared_layers", "vocab_size_per_layer_input", "hidden_size_per_layer_input", "layer_types",
+                "sliding_window", "final_logit_softcapping", "rope_parameters"):
+        assert getattr(back.config, key) == getattr(m.config, key), key
+    ids = torch.tensor([[2, 5, 90, 81, 7, 33, 64, 12, 95, 3, 17, 44]])  # ids 81-95 lie beyond the per-layer table
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, m(ids).logits)
+    assert summary_json(str(out))["parameters"] == summary_json(d)["parameters"]
+
+
+@pytest.mark.parametrize("to", ["gguf", "keras", "gemma-pytorch"])
+def test_convert_to_other_formats_refuses_with_one_line(tiny, tmp_path, to):
+    d, _ = tiny
+    out = tmp_path / "out"
+    r = run("convert", d, str(out), "--to", to)
+    assert r.exit_code == 2
+    assert r.output == f"Error: {d}: convert --to {to} does not support Gemma 3n (text) yet (supported: --to hf)\n"
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- compare and cards
+def test_compare_puts_gemma3n_beside_gemma4(tiny):
+    d, _ = tiny
+    r = run("compare", d, "gemma4-e2b", "--json")
+    assert r.exit_code == 0, r.output
+    assert [m["family"] for m in json.loads(r.stdout)["models"]] == ["gemma3n", "gemma4"]
+    text = run("compare", "gemma3n-e2b", "gemma4-e2b").stdout
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:4]]
+            for line in text.splitlines() if line.count("│") == 4 and line.split("│")[1].strip()}
+    assert rows["AltUp"] == ["4 streams, 25.5M", "-"]
+    assert rows["LAuReL"] == ["rank 64", "-"]
+    assert rows["Act. sparsity"] == ["0.95 on 0-9", "-"]
+    assert rows["effective"] == ["2.4B", "2.3B"]
+
+
+def _hf_config(spec):
+    from transformers import Gemma3nTextConfig
+
+    return Gemma3nTextConfig(
+        vocab_size=spec.vocab_size, hidden_size=spec.hidden_size,
+        intermediate_size=[spec.layer_intermediate(i) for i in range(spec.num_layers)],
+        num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads, head_dim=spec.head_dim, layer_types=list(spec.layer_types),
+        sliding_window=spec.sliding_window, hidden_size_per_layer_input=spec.per_layer_input_size,
+        vocab_size_per_layer_input=spec.per_layer_vocab_size, num_kv_shared_layers=spec.num_kv_shared_layers,
+        altup_num_inputs=spec.altup_num_inputs, laurel_rank=spec.laurel_rank,
+        activation_sparsity_pattern=list(spec.activation_sparsity), final_logit_softcapping=spec.final_logit_softcap)
+
+
+@pytest.mark.parametrize("name,layers,shared", [("gemma3n-e2b", 30, 10), ("gemma3n-e4b", 35, 15)])
+def test_card_counts_are_transformers_counts(name, layers, shared):
+    from transformers import Gemma3nForCausalLM
+
+    from gemma_inspect.checkpoint import expected_tensors
+
+    spec = card(name)
+    assert (spec.num_layers, spec.num_kv_shared_layers, spec.vocab_size, spec.per_layer_vocab_size) == \
+        (layers, shared, 262_400, 262_144)
+    with torch.device("meta"):
+        model = Gemma3nForCausalLM(_hf_config(spec))
+    b = spec.parameter_breakdown()
+    assert b["total"] == model.num_parameters()
+    assert b["per_layer_embedding"] == model.model.embed_tokens_per_layer.weight.numel()
+    assert b["effective"] == b["total"] - b["per_layer_embedding"]
+    hf = {n: tuple(t.shape) for n, t in model.state_dict().items() if n != "lm_head.weight"}
+    assert expected_tensors(spec) == hf  # every name and shape, layer by layer
+    assert [layer.mlp.activation_sparsity for layer in model.model.layers] == [0.95] * 10 + [0.0] * (layers - 10)
+
+
+def test_card_totals():
+    """Total (what transformers counts) and effective (without the per-layer table): E2B 4.44 B / 2.42 B, E4B
+    6.84 B / 4.49 B; the vision and audio towers of the released models are not part of a text-decoder card."""
+    e2b, e4b = card("gemma3n-e2b").parameter_breakdown(), card("gemma3n-e4b").parameter_breakdown()
+    assert (e2b["total"], e2b["effective"]) == (4_435_182_688, 2_421_916_768)
+    assert (e4b["total"], e4b["effective"]) == (6_835_235_568, 4_486_425_328)
+
+
+@pytest.mark.parametrize("command", [("verify", "{d}"), ("parity", "{d}", "{d}"), ("diff", "{d}", "{d}")])
+def test_other_commands_refuse_gemma3n(tiny, command):
+    d, _ = tiny
+    args = [a.format(d=d) for a in command]
+    r = run(*args)
+    assert r.exit_code == 2
+    assert r.output == (f"Error: {args[1]}: {args[0]} does not support Gemma 3n (text) yet "
+                        f"(supported: summary, compare, convert)\n")
