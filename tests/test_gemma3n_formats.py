@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -118,6 +119,34 @@ def test_keras_names_both_ways():
     assert keras_shape(v, (64, 2048)) == (2048, 64)
     assert keras_var("model.layers.0.self_attn.v_norm.weight") is None  # weightless: nothing stored
     assert LM_PREFIX == "layers/gemma3n_multimodal_embedding_processor/language_model/"
+
+
+@pytest.mark.parametrize("card_name", ["gemma3n-e2b", "gemma3n-e4b"])
+def test_every_tensor_of_a_card_has_one_keras_and_one_gguf_name(card_name):
+    """Every tensor a released shape holds maps to one Keras variable and one GGUF tensor of llama.cpp's gemma3n
+    table (the AltUp projections: 3 to one stack), and back."""
+    import gguf
+
+    from gemma_inspect.checkpoint import expected_tensors
+    from gemma_inspect.formats.gguf_gemma3n import gguf_var, hf_names_of
+    from gemma_inspect.formats.keras_gemma3n import hf_name_of, keras_var
+    from gemma_inspect.spec import card
+
+    spec = card(card_name)
+    llama_names = {gguf.TENSOR_NAMES[t] for t in gguf.MODEL_TENSORS[gguf.MODEL_ARCH.GEMMA3N]}
+    paths, gguf_names = set(), {}
+    for name in expected_tensors(spec):
+        _, path, _ = keras_var(name)  # type: ignore[misc]
+        assert hf_name_of(path)[1] == name  # type: ignore[index]
+        paths.add(path)
+        _, gname, _ = gguf_var(name)  # type: ignore[misc]
+        assert re.sub(r"blk\.\d+\.", "blk.{bid}.", gname[:-len(".weight")]) in llama_names
+        assert name in hf_names_of(gname, spec.altup_num_inputs)[1]  # type: ignore[index]
+        gguf_names.setdefault(gname, []).append(name)
+    assert len(paths) == len(expected_tensors(spec))
+    stacked = {g: n for g, n in gguf_names.items() if len(n) > 1}
+    assert sorted(stacked) == ["altup_proj.weight", "altup_unembd_proj.weight"]
+    assert all(len(n) == 3 for n in stacked.values())
 
 
 # ----------------------------------------------------------------------------- HF <-> Keras
