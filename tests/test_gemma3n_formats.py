@@ -276,6 +276,31 @@ def test_gguf_to_hf_is_bit_exact(llama_shaped, tmp_path):
         run("summary", d, "--json").stdout)["architecture"]
 
 
+def test_gguf_metadata_as_llama_cpps_converter_wrote_it(llama_shaped, tmp_path):
+    """A file without our key and rope.freq_base_swa, shared_kv_layers as the FLOAT32 of gguf-py's first gemma3n
+    writer, the quantile of an older torch (llama.cpp's hard-coded 1.6448533535): read as llama.cpp reads it."""
+    from gemma_inspect.formats import gguf_gemma3n as G3
+    from gemma_inspect.formats.gguf_header import read_header
+
+    d, _ = llama_shaped
+    out = str(tmp_path / "m.gguf")
+    _convert(d, out, "gguf")
+    header = read_header(out)
+    md = header.metadata
+    del md[G3.PER_LAYER_VOCAB_KEY], md["gemma3n.rope.freq_base_swa"]
+    md["gemma3n.attention.shared_kv_layers"] = 2.0
+    header.value_types["gemma3n.attention.shared_kv_layers"] = "FLOAT32"
+    md["gemma3n.activation_sparsity_scale"] = np.array([1.6448533535003662] * 10 + [-np.inf] * 12, np.float32)
+    cfg, notes, assumed = G3.hf_config(header, out)
+    assert cfg["num_kv_shared_layers"] == 2
+    assert cfg["activation_sparsity_pattern"] == [0.95] * 10 + [0.0] * 12
+    assert cfg["rope_parameters"]["sliding_attention"]["rope_theta"] == 10000.0
+    assert cfg["vocab_size_per_layer_input"] == 96  # no key and fewer rows than 262,144: the table as it is
+    assert assumed == {"rope_local_theta", "per_layer_vocab_size"}
+    assert notes == ["gemma_inspect.vocab_size_per_layer_input is absent: the per-layer table is read as 96 rows "
+                     "(all it holds: no padding assumed)"]
+
+
 def test_gguf_writer_refuses_what_llama_cpp_hard_codes(tiny, tmp_path):
     d, _ = tiny
     out = tmp_path / "m.gguf"

@@ -225,6 +225,8 @@ def hf_config(header: Any, path: str) -> tuple[dict[str, Any], list[str], set[st
         assumed.add("num_kv_shared_layers")
         notes.append(f"attention.shared_kv_layers is absent: llama.cpp computes K/V on the first "
                      f"{LLAMA_CPP_KV_LAYERS} layers, so {shared} are read as shared")
+    elif isinstance(shared, (float, np.floating)) and float(shared).is_integer() and 0 <= shared < n:
+        shared = int(shared)  # gguf-py's first gemma3n writer stored it as a FLOAT32 (10.0 in the E2B files)
     else:
         shared = m.integer(K.Attention.SHARED_KV_LAYERS, positive=False)
     scale = md.get(_k(K.LLM.ACTIVATION_SPARSITY_SCALE))
@@ -251,7 +253,8 @@ def hf_config(header: Any, path: str) -> tuple[dict[str, Any], list[str], set[st
         per_layer_vocab = HF_PER_LAYER_VOCAB if ple.shape[0] > HF_PER_LAYER_VOCAB else ple.shape[0]
         assumed.add("per_layer_vocab_size")
         notes.append(f"{PER_LAYER_VOCAB_KEY} is absent: the per-layer table is read as {per_layer_vocab:,} rows "
-                     f"(the rest of its {ple.shape[0]:,} being llama.cpp's zero padding)")
+                     + (f"(the rest of its {ple.shape[0]:,} being llama.cpp's zero padding, transformers' default)"
+                        if per_layer_vocab < ple.shape[0] else "(all it holds: no padding assumed)"))
     base = m.number(K.Rope.FREQ_BASE, None)
     if base is None:
         raise InputError(path, f"metadata {_k(K.Rope.FREQ_BASE)!r} is missing")
