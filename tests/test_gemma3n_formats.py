@@ -214,6 +214,46 @@ def test_preset_saved_by_keras_hub_reads_and_converts(tmp_path):
     assert np.abs(hidden - want_hidden).max() < 1e-4 and np.abs(logits - want_logits).max() < 1e-4
 
 
+def test_multimodal_preset_reads_its_text_decoder(tmp_path):
+    """keras-hub's Gemma3nBackbone with both encoders (its docstring's tiny shapes) keeps the text decoder at the
+    same place: read, the encoders reported and left out, the decoder's variables converted as they are."""
+    import keras_hub
+    from keras_hub.src.models.gemma3n.gemma3n_audio_encoder import Gemma3nAudioEncoder
+    from keras_hub.src.models.mobilenetv5.mobilenetv5_backbone import MobileNetV5Backbone
+    from keras_hub.src.models.mobilenetv5.mobilenetv5_builder import convert_arch_def_to_stackwise
+
+    vision = MobileNetV5Backbone(**convert_arch_def_to_stackwise([["er_r1_k3_s1_e1_c16"]]), num_features=4,
+                                 image_shape=(224, 224, 3), use_msfa=False)
+    audio = Gemma3nAudioEncoder(hidden_size=8, input_feat_size=32, sscp_conv_channel_size=[4, 8],
+                                sscp_conv_kernel_size=[(3, 3), (3, 3)], sscp_conv_stride_size=[(2, 2), (2, 2)],
+                                sscp_conv_group_norm_eps=1e-5, num_hidden_layers=1, rms_norm_eps=1e-6,
+                                gradient_clipping=1.0, residual_weight=0.5, num_attention_heads=1,
+                                attention_chunk_size=4, num_attention_context_right=5, num_attention_context_left=5,
+                                attention_logit_cap=50.0, conv_kernel_size=5, reduction_factor=1)
+    backbone = keras_hub.models.Gemma3nBackbone(
+        text_vocab_size=50, text_hidden_size=8, num_hidden_layers=2, pad_token_id=0, num_attention_heads=1,
+        num_key_value_heads=1, head_dim=8, intermediate_size=[16, 16], hidden_activation="gelu_approximate",
+        layer_types=["sliding_attention", "full_attention"], sliding_window=4, rope_theta=10000.0,
+        max_position_embeddings=16, vocab_size_per_layer_input=50, hidden_size_per_layer_input=2, altup_num_inputs=2,
+        laurel_rank=1, vision_encoder_config=vision.get_config(), vision_hidden_size=16,
+        audio_encoder_config=audio.get_config(), audio_hidden_size=8)
+    preset, out = str(tmp_path / "preset"), str(tmp_path / "hf")
+    backbone.save_to_preset(preset)
+    text = _convert(preset, out, "hf")
+    assert "multimodal Keras Gemma 3n preset: the vision and audio encoders are reported and ignored" in text
+    assert "multimodal source: only the text decoder was converted (44 vision/audio encoder and embedder tensors " \
+           "left out)" in text
+    got = _hf_tensors(out)
+    assert len(got) == 55  # 99 datasets: 55 of the text decoder, 44 of the encoders and their embedders
+    lm = backbone.language_model
+    assert np.array_equal(got["model.altup_projections.0.weight"].numpy(), lm.altup_projections[0].kernel.numpy().T)
+    layer = lm.transformer_layers[1]
+    assert np.array_equal(got["model.layers.1.altup.correct_output_scale"].numpy(),
+                          layer.altup.correct_output_scale.numpy())
+    assert np.array_equal(got["model.layers.1.laurel.linear_right.weight"].numpy(),
+                          layer.laurel.linear_right.kernel.numpy().T)
+
+
 # ----------------------------------------------------------------------------- GGUF
 def test_sparsity_quantiles_round_trip():
     from gemma_inspect.formats.gguf_gemma3n import sparsity_of_scale, sparsity_scale
