@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .families import FAMILY_TABLE, FULL, SLIDING, Family
 from .findings import Record, check, published_card
 from .lint import NEAR_ONE, stored_lm_head
-from .observation import GRID, PROBE_SCALE, Observation
+from .observation import BLOCK_POINTS, GRID, PROBE_SCALE, Observation
 from .spec import GemmaSpec, round_to_dtype
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -63,24 +63,30 @@ class Context:
 
 CheckFn = Callable[[Context], Record]
 CHECKS: dict[str, CheckFn] = {}
+# Checks of what only some families have (Gemma 3n's AltUp, LAuReL, activation sparsity): run after the common ones
+# for the families whose row names them (`Family.checks`).
+FAMILY_CHECKS: dict[str, CheckFn] = {}
 
 
-def register(name: str) -> Callable[[CheckFn], CheckFn]:
-    """Register `fn(ctx) -> record` as the check `name` (after the ones registered before it)."""
+def register(name: str, family_only: bool = False) -> Callable[[CheckFn], CheckFn]:
+    """Register `fn(ctx) -> record` as the check `name` (after the ones registered before it); `family_only`: run
+    only for the families whose row lists it."""
+    table = FAMILY_CHECKS if family_only else CHECKS
+
     def wrap(fn: CheckFn) -> CheckFn:
-        assert name not in CHECKS, name
-        CHECKS[name] = fn
+        assert name not in CHECKS and name not in FAMILY_CHECKS, name
+        table[name] = fn
         return fn
     return wrap
 
 
 def architecture_checks(ckpt: "Checkpoint", obs: Observation) -> list[Record]:
-    """Every registered check's record, in the registry's order."""
+    """Every registered check's record, in the registry's order, then the family row's own checks."""
     row = FAMILY_TABLE.get(ckpt.spec.family)
     if row is None:  # nothing to compare against
         return [check(n, "skip", None, None, f"no family rules for {ckpt.spec.family}") for n in CHECKS]
     ctx = Context(ckpt, row, obs)
-    return [fn(ctx) for fn in CHECKS.values()]
+    return [fn(ctx) for fn in CHECKS.values()] + [FAMILY_CHECKS[n](ctx) for n in row.checks]
 
 
 # ============================================================================= expectations
@@ -172,6 +178,8 @@ def placement_of(branches: list[dict[str, Any]]) -> str:
 @register("norm_placement")
 def norm_placement(ctx: Context) -> Record:
     rules, graph = ctx.rules, ctx.obs.graph
+    if ctx.obs.block_values is not None:  # AltUp streams and LAuReL: the residual structure is read from values
+        return _placement_from_values(ctx)
     branches = block_branches(graph)
     observed = placement_of(branches)
     parts = []
@@ -186,6 +194,26 @@ def norm_placement(ctx: Context) -> Record:
                      evidence + " (the block's structure was not fully resolved)")
     return check("norm_placement", "pass" if observed == rules.norm_placement else "fail",
                  rules.norm_placement, observed, evidence)
+
+
+def _placement_from_values(ctx: Context) -> Record:
+    """Gemma 3n's block mixes streams and averages residuals, which the call graph does not resolve into two
+    branches; its values show the chain directly: does attention read a norm's output, and does a norm read
+    attention's output (likewise for the MLP)?"""
+    bv, tol = ctx.obs.block_values, _tol(ctx.obs.dtype)
+    i, o = bv.inputs, bv.outputs
+    links = {"attention pre": ("attention", "attn_norm"), "attention post": ("post_attn_norm", "attention"),
+             "mlp pre": ("mlp", "ffn_norm"), "mlp post": ("post_ffn_norm", "mlp")}
+    err = {k: _max_rel(i[a], o[b]) if i.get(a) is not None and o.get(b) is not None else float("inf")
+           for k, (a, b) in links.items()}
+    pre = err["attention pre"] <= tol and err["mlp pre"] <= tol
+    post = err["attention post"] <= tol and err["mlp post"] <= tol
+    observed = "pre+post" if pre and post else "pre" if pre else "post" if post else "none"
+    evidence = (f"block 0 (AltUp streams): input_layernorm -> self_attn -> post_attention_layernorm, "
+                f"pre_feedforward_layernorm -> mlp -> post_feedforward_layernorm; each module's input against the "
+                f"previous one's output: " + ", ".join(f"{k} {v:.1e}" for k, v in err.items()))
+    return check("norm_placement", "pass" if observed == ctx.rules.norm_placement else "fail",
+                 ctx.rules.norm_placement, observed, evidence)
 
 
 # ============================================================================= norm offset
@@ -326,9 +354,24 @@ def tied_embeddings(ctx: Context) -> Record:
 
 
 # ============================================================================= activation
+def expected_sparsity(spec: GemmaSpec) -> list[float]:
+    """Per layer, the activation sparsity target of the published card of this shape, else the declared one."""
+    source = published_card(spec) or spec
+    return [source.layer_sparsity(i) for i in range(spec.num_layers)]
+
+
 @register("activation")
 def activation(ctx: Context) -> Record:
     rules, act, dtype = ctx.rules, ctx.obs.activation, ctx.obs.dtype
+    where = ""
+    sparsity = expected_sparsity(ctx.spec)
+    if sparsity and sparsity[0] > 0:  # block 0's gate is sparsified first (Gemma 3n): probe the first dense block
+        dense = [i for i in sorted(ctx.obs.layer_activations) if sparsity[i] == 0]
+        act = ctx.obs.layer_activations[dense[0]] if dense else None
+        where = f" (block {dense[0]}, the first without activation sparsity)" if dense else ""
+        if act is None:
+            return check("activation", "skip", rules.activation, None,
+                         "every block sparsifies its gate: see activation_sparsity")
     if act is None:
         return check("activation", "skip", rules.activation, None, "no gate/up/down projections found to probe")
     x, y = act.x, act.y
@@ -338,8 +381,8 @@ def activation(ctx: Context) -> Record:
     ranked = sorted(errors, key=errors.get)  # type: ignore[arg-type]
     best, second = ranked[0], ranked[1]
     tol = 1e-3 if dtype == "float32" else 2e-2
-    evidence = (f"gate output replaced by {x.numel()} values in [{GRID[0]:g}, {GRID[1]:g}], up by ones; the down "
-                f"projection received act(x) with relative error " +
+    evidence = (f"gate output{where} replaced by {x.numel()} values in [{GRID[0]:g}, {GRID[1]:g}], up by ones; the "
+                f"down projection received act(x) with relative error " +
                 ", ".join(f"{n} {errors[n]:.1e}" for n in ranked[:3]))
     if errors[best] > tol:
         return check("activation", "fail", rules.activation, "other", evidence + ": none of them")
@@ -613,7 +656,140 @@ def embedding_head(ctx: Context) -> Record:
     return check("embedding_head", "pass" if ok else "fail", expected, observed, evidence)
 
 
+# ============================================================================= Gemma 3n: sparsity, AltUp, LAuReL
+def _phi(z: float) -> float:
+    return 0.5 * (1 + math.erf(z / math.sqrt(2)))
+
+
+def _invert(f: Callable[[Any], Any], y: Any) -> Any:
+    """z >= 0 with f(z) = y, elementwise, by bisection (f increasing on z >= 0: GELU, SiLU, ReLU)."""
+    import torch
+
+    lo, hi = torch.zeros_like(y), torch.full_like(y, 2 * GRID[1])
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        below = f(mid) < y
+        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+    return (lo + hi) / 2
+
+
+def _sparsity_of(act_fn: Callable[[Any], Any], x: Any, y: Any) -> tuple[float | None, str]:
+    """The sparsity target a gate probe shows: 0.0 when the activation saw the grid as it was (negative outputs
+    survive), else p = Phi((c - mean) / std) of the cutoff c the outputs imply (y = act(x - c) above it, 0 below)."""
+    if bool((y < -1e-6 * float(y.abs().max())).any()):
+        return 0.0, "negative activations pass: no cutoff"
+    top = float(y.max())
+    if top <= 0:
+        return None, "every activation is 0: the cutoff lies above the whole grid"
+    keep = y > 1e-3 * top
+    c = float((x[keep] - _invert(act_fn, y[keep])).median())
+    mean, std = float(x.mean()), float(x.std(unbiased=False))
+    kept = int(keep.sum())
+    return _phi((c - mean) / std), f"cutoff {c:.4g} = mean {mean:.2g} + {(c - mean) / std:.4f} std ({kept} kept)"
+
+
+@register("activation_sparsity", family_only=True)
+def activation_sparsity(ctx: Context) -> Record:
+    """Gemma 3n's Gaussian top-k on the FFN gate: each block's down projection, fed the gate grid, shows whether
+    the block zeroes what lies below mean + std * Phi^-1(p) and with which p."""
+    expected = expected_sparsity(ctx.spec)
+    acts = ctx.obs.layer_activations
+    if not any(expected) and not ctx.spec.gemma3n_features:
+        return check("activation_sparsity", "skip", None, None, f"{ctx.row.title} has no activation sparsity")
+    if len(acts) != ctx.spec.num_layers:
+        return check("activation_sparsity", "skip", expected, None, "the FFN projections of every block were not seen")
+    fn = ACTIVATIONS.get(ctx.rules.activation, ACTIVATIONS["gelu_tanh"])
+    tol = 1e-3 if ctx.obs.dtype == "float32" else 2e-2
+    observed, notes = [], []
+    for i in sorted(acts):
+        p, how = _sparsity_of(fn, acts[i].x, acts[i].y)
+        observed.append(None if p is None else round(p, 4) if p else 0.0)
+        if expected[i] or p:
+            notes.append(f"block {i}: {how}, p = {_g(p, 4)}")
+    ok = all(o is not None and abs(o - e) <= tol for o, e in zip(observed, expected))
+    sparse = [i for i, e in enumerate(expected) if e]
+    evidence = ("every block's gate output replaced by the grid: " + "; ".join(notes[:4])
+                + (f"; ... ({len(notes)} blocks)" if len(notes) > 4 else "")
+                + f"; the other blocks pass negative activations (dense)" if notes else
+                "every block's gate output replaced by the grid: every block passes negative activations (dense)")
+    evidence += f"; expected sparse: {', '.join(map(str, sparse)) or 'none'}"
+    return check("activation_sparsity", "pass" if ok else "fail", [round(e, 4) for e in expected], observed, evidence)
+
+
+def _expected_from_card(spec: GemmaSpec, field: str) -> Any:
+    c = published_card(spec)
+    return getattr(c if c is not None else spec, field)
+
+
+@register("altup", family_only=True)
+def altup(ctx: Context) -> Record:
+    """AltUp, recomputed from block 0's values: the n streams entering it (streams 1..n-1 at stream 0's RMS), the
+    prediction (stream i + sum_k C[i, k] stream k, C from prediction_coefs) that input_layernorm receives, and the
+    correction (prediction + (1 + correction_coefs) * innovation) that leaves stream 0 as the block's output and
+    streams 1..n-1 that plus one shared per-layer-input term."""
+    import torch
+
+    expected = _expected_from_card(ctx.spec, "altup_num_inputs")
+    bv = ctx.obs.block_values
+    if bv is None:
+        if expected:
+            return check("altup", "fail", expected, 0, "block 0 carries one residual stream: no AltUp coefficients ran")
+        return check("altup", "skip", None, None, f"{ctx.row.title} has no AltUp")
+    s, out, tol = bv.streams_in, bv.streams_out, _tol(ctx.obs.dtype)
+    n, a = s.shape[0], ctx.spec.altup_active_idx
+    idle = [k for k in ("altup_predict", "altup_correct", "ffn_norm", "post_ffn_norm", "attn_norm")
+            if bv.outputs.get(k) is None]
+    if idle:
+        return check("altup", "fail", expected, n, f"block 0 receives {n} streams, but its "
+                                                   f"{', '.join(BLOCK_POINTS[k] for k in idle)} did not run")
+    rms = s.pow(2).mean(-1).sqrt()  # [n, T]
+    rms_dev = float((rms[1:] / rms[:1] - 1).abs().max()) if n > 1 else 0.0
+    coefs = bv.outputs["altup_predict"].reshape(s.shape[1], n, n)  # [T, i, k]
+    pred = s + torch.einsum("tik,ktd->itd", coefs, s)
+    predicted = _max_rel(bv.inputs["attn_norm"], pred[a])
+    unmixed = _max_rel(bv.inputs["attn_norm"], s[a])
+    activated = bv.inputs["ffn_norm"] + bv.outputs["post_ffn_norm"]
+    corr = bv.outputs["altup_correct"].T[:, :, None] + 1.0  # [n, T, 1]
+    corrected = pred + corr * (activated - pred[a])
+    active_err = _max_rel(out[a], corrected[a])
+    extra = out[1:] - corrected[1:]  # the per-layer-input term, the same on every other stream
+    spread = _max_rel(extra, extra[:1].expand_as(extra)) if n > 2 else 0.0
+    ok = n == expected and max(predicted, active_err, spread) <= tol and rms_dev <= tol
+    evidence = (f"block 0 receives {n} streams (1..{n - 1} at stream 0's RMS to {rms_dev:.1e}); input_layernorm "
+                f"reads the prediction to {predicted:.1e} (the unmixed stream would be {unmixed:.1e}); the output's "
+                f"stream {a} is the correction to {active_err:.1e}, the others differ from it by one shared term "
+                f"(spread {spread:.1e})")
+    return check("altup", "pass" if ok else "fail", expected, n, evidence)
+
+
+@register("laurel", family_only=True)
+def laurel(ctx: Context) -> Record:
+    """LAuReL, recomputed from block 0's values: the feed-forward norm reads (x + attention + LAuReL) / sqrt(2),
+    LAuReL = normed x + RMSNorm(R(L(normed x))), not the plain residual x + attention."""
+    expected = _expected_from_card(ctx.spec, "laurel_rank")
+    bv = ctx.obs.block_values
+    if bv is None or "laurel_left" not in bv.outputs:
+        if expected:
+            return check("laurel", "fail", expected, 0, "block 0 has no LAuReL projections")
+        return check("laurel", "skip", None, None, f"{ctx.row.title} has no LAuReL")
+    if any(bv.outputs.get(k) is None for k in ("laurel_left", "laurel_norm", "attn_norm", "post_attn_norm")) or \
+            bv.inputs.get("ffn_norm") is None:
+        return check("laurel", "fail", expected, 0, "block 0's LAuReL projections (or the norms around them) did "
+                                                    "not run")
+    i, o, tol = bv.inputs, bv.outputs, _tol(ctx.obs.dtype)
+    x, normed, attn = i["attn_norm"], o["attn_norm"], o["post_attn_norm"]
+    with_laurel = (x + attn + normed + o["laurel_norm"]) / math.sqrt(2)
+    err, plain = _max_rel(i["ffn_norm"], with_laurel), _max_rel(i["ffn_norm"], x + attn)
+    reads = _max_rel(i["laurel_left"], normed)
+    rank = int(o["laurel_left"].shape[-1])
+    ok = rank == expected and err <= tol and reads <= tol
+    evidence = (f"block 0: linear_left reads input_layernorm's output (to {reads:.1e}) through rank {rank}; the "
+                f"feed-forward norm reads (x + attention + LAuReL) / sqrt(2) to {err:.1e} (x + attention alone: "
+                f"{plain:.1e})")
+    return check("laurel", "pass" if ok else "fail", expected, rank, evidence)
+
+
 CHECK_NAMES = tuple(CHECKS)
 
-__all__ = ["CHECKS", "CHECK_NAMES", "Context", "register", "architecture_checks", "block_branches", "placement_of",
+__all__ = ["CHECKS", "FAMILY_CHECKS", "CHECK_NAMES", "Context", "register", "architecture_checks", "block_branches", "placement_of",
            "expected_query_scalar", "expected_layers", "ACTIVATIONS"]

@@ -75,6 +75,8 @@ class HFIds:
     tower_prefixes: tuple[str, ...] = ()
     # use_bidirectional_attention values that leave text causal (Gemma 4's released "vision": image tokens only)
     causal_bidirectional: tuple[str, ...] = ()
+    # how transformers' q/k norms see their input: "bhtd" (after the transpose, Gemma 3) or "bthd" (before it)
+    qk_norm_layout: str = "bhtd"
 
     @property
     def legacy_gelu_is_tanh(self) -> bool:
@@ -141,6 +143,11 @@ class Family:
     # The formats `convert` writes this family in; None: every format whose ids the row has. A family being added
     # is written first in the formats that handle it, and refused by the others with one line.
     writers: tuple[str, ...] | None = None
+    # The reference runtime's module for a family whose computation differs from reference.GemmaModel's
+    # (runtimes/<name>.py, its MODEL class); None: GemmaModel.
+    reference_module: str | None = None
+    # verify's checks of what only this family has (checks.FAMILY_CHECKS), run after the common ones
+    checks: tuple[str, ...] = ()
 
     def supports(self, command: str) -> bool:
         return self.commands is None or command in self.commands
@@ -326,7 +333,8 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
                                     altup_correct_scale="altup_correct_scale", laurel_rank="laurel_rank",
                                     activation_sparsity="activation_sparsity_pattern"),
                  tower_prefixes=("model.vision_tower.", "model.audio_tower.", "model.embed_vision.",
-                                 "model.embed_audio.")),
+                                 "model.embed_audio."),
+                 qk_norm_layout="bthd"),
         # keras-hub's Gemma3nBackbone: Dense kernels, config keys of its own (formats/keras_gemma3n.py)
         keras=KerasIds("Gemma3nBackbone", "keras_hub.src.models.gemma3n.gemma3n_backbone", "gemma3n", "Gemma3n",
                        "gemma3n_text_decoder_block", None, False, False, mapping="keras_gemma3n"),
@@ -335,7 +343,8 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
         gguf=GGUFIds("gemma3n", defaults={"final_logit_softcapping": 30.0}, mapping="gguf_gemma3n"),
         refusals={"gemma_pytorch": "gemma_pytorch has no Gemma 3n architecture (it knows GEMMA_1, GEMMA_2 and "
                                    "GEMMA_3, none with AltUp, LAuReL, per-layer embeddings or KV sharing)"},
-        commands=("summary", "compare", "convert", "diff")),
+        commands=("summary", "compare", "convert", "diff", "parity", "verify"),
+        reference_module="gemma3n", checks=("activation_sparsity", "altup", "laurel")),
     # Peers for the side-by-side table: SwiGLU, no norm offset, no embedding scale, untied output.
     Family("llama", "Llama 2", False, _PEER_RULES, (FULL,), _PEER_DEFAULTS),
     Family("olmo", "OLMo", False, _PEER_RULES, (FULL,), _PEER_DEFAULTS),

@@ -12,6 +12,11 @@ an `Observation` that the checks (checks.py) read:
     module probes     every norm of block 0, the final norm and the q/k norms called on x = +-1 (unit RMS):
                       y / x against the module's own weight w (does it apply 1 + w or w?)
 
+Pass 2 feeds the gate grid to every block's FFN (each block's down projection then receives act(grid), whatever
+the blocks before it did), so the activation and any activation sparsity are seen layer by layer. On a model
+whose blocks carry AltUp streams and LAuReL (Gemma 3n), pass 1 also keeps block 0's inputs and outputs of the
+parts that combine them (`BlockValues`), from which the checks recompute the block's arithmetic.
+
 Tensors in an Observation are CPU float64 (or the runtime's dtype where the checks compare bits).
 """
 
@@ -66,6 +71,25 @@ class ActivationObservation:
     y: Any  # what the down projection received: act(x) * 1
 
 
+# Block 0's parts whose inputs and outputs the AltUp / LAuReL checks read, by their path in the block (transformers'
+# names, which the reference runtime uses too); a runtime without `altup.prediction_coefs` records none of them.
+BLOCK_POINTS = {"attn_norm": "input_layernorm", "attention": "self_attn", "post_attn_norm": "post_attention_layernorm",
+                "ffn_norm": "pre_feedforward_layernorm", "mlp": "mlp", "post_ffn_norm": "post_feedforward_layernorm",
+                "altup_predict": "altup.prediction_coefs", "altup_correct": "altup.correction_coefs",
+                "laurel_left": "laurel.linear_left", "laurel_norm": "laurel.post_laurel_norm"}
+
+
+@dataclass
+class BlockValues:
+    """Block 0's streams in and out ([n, T, d] float64) and, per part of BLOCK_POINTS, what it received and returned
+    (first sequence, float64): `inputs["attn_norm"]`, `outputs["altup_predict"]`, ..."""
+
+    streams_in: Any
+    streams_out: Any
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+
+
 @dataclass
 class NormProbe:
     name: str
@@ -106,6 +130,9 @@ class Observation:
     norm_means: list[float] = field(default_factory=list)  # the mean of every norm weight, all blocks
     mask: MaskObservation | None = None
     final: Any = None  # the final norm's output for the sequence [T, d], float64 (an embedding model's pooling reads it)
+    # every block's activation probe (block 0's is `activation`), by block index
+    layer_activations: dict[int, ActivationObservation] = field(default_factory=dict)
+    block_values: BlockValues | None = None  # AltUp / LAuReL models only
 
 
 def observe(model: Any, ids: list[int]) -> Observation:
@@ -129,10 +156,16 @@ def observe(model: Any, ids: list[int]) -> Observation:
         scores.setdefault(i, entry)
 
     # ---------------------------------------------------------------- pass 1: as run
+    points = _block_points(an.blocks[0])
     with Tracer(an) as tr:
         rec = tr.record_block(0)
         tr.capture_input(an.blocks[0], "block0_in")
         tr.capture_output(an.final_norm, "final")
+        if points:
+            tr.capture_output(an.blocks[0], "block0_out")
+            for key, m in points.items():
+                tr.capture_input(m, f"in:{key}")
+                tr.capture_output(m, f"out:{key}")
         for role in QKV_ROLES:
             m = an.part(0, role)
             if m is not None:
@@ -147,15 +180,19 @@ def observe(model: Any, ids: list[int]) -> Observation:
     mask = _mask_observation(model, an, ids, got["final"], scores)
     ids_t = torch.as_tensor(ids)
     emb_w = an.embedding_weight
-    embedding = EmbeddingObservation(x=got["block0_in"][0].cpu(), rows=emb_w.detach()[ids_t.to(emb_w.device)].cpu(),
+    x0 = got["block0_in"]
+    if points and x0.ndim == 4:  # AltUp streams [n, B, T, d]: stream 0 is the embedding
+        x0 = x0[0]
+    embedding = EmbeddingObservation(x=x0[0].cpu(), rows=emb_w.detach()[ids_t.to(emb_w.device)].cpu(),
                                      d=int(emb_w.shape[-1]))
+    block_values = _block_values(got, points) if points else None
 
     # ---------------------------------------------------------------- pass 2: probes
     probe: dict[str, Any] = {}
 
     def gate_grid(t: Any) -> Any:
         grid = torch.linspace(GRID[0], GRID[1], t.shape[-1], device=t.device).to(t.dtype)
-        probe["grid"] = grid.double().cpu()
+        probe["grid"] = probe[("grid", t.shape[-1])] = grid.double().cpu()  # by width: layers' FFNs may differ
         return grid.expand(t.shape).contiguous()
 
     def on_softmax_probe(i: int, s: Any, _p: Any) -> None:
@@ -176,17 +213,21 @@ def observe(model: Any, ids: list[int]) -> Observation:
         if qpoint is None:
             qpoint = an.part(0, "q")
         tr.replace_output(qpoint, lambda t: t * PROBE_SCALE)
-        gate, up, down = an.part(0, "gate"), an.part(0, "up"), an.part(0, "down")
-        if gate is not None and up is not None and down is not None:
-            tr.replace_output(gate, gate_grid)
-            tr.replace_output(up, lambda t: torch.ones_like(t))
-            tr.capture_input(down, "down_in")
+        for i in range(len(an.blocks)):  # every block's FFN gets the grid: its down projection sees act(grid)
+            gate, up, down = an.part(i, "gate"), an.part(i, "up"), an.part(i, "down")
+            if gate is not None and up is not None and down is not None:
+                tr.replace_output(gate, gate_grid)
+                tr.replace_output(up, lambda t: torch.ones_like(t))
+                tr.capture_input(down, f"down_in{i}")
         tr.on_softmax(on_softmax_probe)
         model.forward([ids])
-        down_in = tr.captured.get("down_in")
-    activation = None
-    if down_in is not None and "grid" in probe:
-        activation = ActivationObservation(x=probe["grid"], y=down_in.reshape(-1, down_in.shape[-1])[0].double().cpu())
+        downs = {i: tr.captured.get(f"down_in{i}") for i in range(len(an.blocks))}
+    layer_activations = {}
+    for i, down_in in downs.items():
+        if down_in is not None:
+            layer_activations[i] = ActivationObservation(x=probe[("grid", down_in.shape[-1])],
+                                                         y=down_in.reshape(-1, down_in.shape[-1])[0].double().cpu())
+    activation = layer_activations.get(0)
 
     return Observation(
         runtime=model.runtime, dtype=model.dtype, tokens=len(ids), num_layers=len(an.blocks), layouts=an.layouts,
@@ -196,7 +237,28 @@ def observe(model: Any, ids: list[int]) -> Observation:
         attention_probe_max=probe.get("probe_max_abs"), activation=activation,
         # ------------------------------------------------------------ module probes: the norms
         norms=_probe_norms(an, rec), norm_means=_norm_weight_means(an), mask=mask,
-        final=got["final"][0].double().cpu())
+        final=got["final"][0].double().cpu(), layer_activations=layer_activations, block_values=block_values)
+
+
+def _block_points(block: Any) -> dict[str, Any]:
+    """Block 0's BLOCK_POINTS modules, when it has AltUp's coefficients (else none: the checks skip)."""
+    out = {}
+    for key, path in BLOCK_POINTS.items():
+        obj = block
+        for attr in path.split("."):
+            obj = getattr(obj, attr, None)
+        if obj is not None:
+            out[key] = obj
+    return out if "altup_predict" in out else {}
+
+
+def _block_values(got: dict[str, Any], points: dict[str, Any]) -> BlockValues:
+    def first(t: Any) -> Any:  # the first sequence, CPU float64
+        return t[0].double().cpu() if t is not None else None
+
+    return BlockValues(streams_in=got["block0_in"][:, 0].double().cpu(), streams_out=got["block0_out"][:, 0].double().cpu(),
+                       inputs={k: first(got.get(f"in:{k}")) for k in points},
+                       outputs={k: first(got.get(f"out:{k}")) for k in points})
 
 
 def _mask_observation(model: Any, an: Any, ids: list[int], final: Any, scores: dict[int, LayerScores]) -> Any:
@@ -284,5 +346,5 @@ def _tied_observation(an: Any, final: Any, logits: Any) -> TiedObservation:
                            shares_storage=bool(same), via_output=None if same else _project(h, w))
 
 
-__all__ = ["Observation", "MaskObservation", "LayerScores", "EmbeddingObservation", "TiedObservation", "ActivationObservation",
+__all__ = ["Observation", "BlockValues", "BLOCK_POINTS", "MaskObservation", "LayerScores", "EmbeddingObservation", "TiedObservation", "ActivationObservation",
            "NormProbe", "observe", "PROBE_SCALE", "GRID", "MASKED", "TIED_POSITIONS"]

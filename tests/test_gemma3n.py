@@ -19,12 +19,16 @@ from gemma_inspect.cli import main
 from gemma_inspect.spec import card
 
 SLIDING, FULL = "sliding_attention", "full_attention"
-LAYERS = [SLIDING, FULL, SLIDING, FULL, SLIDING]
-TINY = dict(vocab_size=96, vocab_size_per_layer_input=80, hidden_size=32, intermediate_size=[48, 48, 64, 48, 48],
-            num_hidden_layers=5, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-            hidden_size_per_layer_input=4, laurel_rank=4, sliding_window=4, num_kv_shared_layers=2,
-            layer_types=LAYERS, activation_sparsity_pattern=[0.95, 0.95, 0.0, 0.0, 0.0],
-            max_position_embeddings=128, final_logit_softcapping=30.0)
+LAYERS = ([SLIDING] * 4 + [FULL]) * 2  # transformers' default layout (every 5th layer global)
+WIDTHS = [48, 48, 64] + [48] * 7
+SPARSITY = [0.95, 0.95] + [0.0] * 8
+# 10 layers: the last 5 share K/V (a sliding and a full layer among them, as in the releases)
+TINY = dict(vocab_size=96, vocab_size_per_layer_input=80, hidden_size=32, intermediate_size=WIDTHS,
+            num_hidden_layers=10, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+            hidden_size_per_layer_input=4, laurel_rank=4, sliding_window=4, num_kv_shared_layers=5,
+            activation_sparsity_pattern=SPARSITY, max_position_embeddings=128, final_logit_softcapping=30.0)
+# longer than the window (4), ids 80-95 beyond the per-layer table (80 rows)
+TOKENS = [2, 5, 90, 81, 7, 33, 64, 12, 95, 3, 17, 44, 80, 61, 9, 27, 88, 50, 1, 72, 14, 93, 38, 6]
 
 
 def randomise(model: "torch.nn.Module", seed: int) -> None:
@@ -97,30 +101,30 @@ def test_summary_json_is_what_transformers_built(tiny):
     a, p = s["architecture"], s["parameters"]
     layers = m.model.layers
     assert s["family"] == "gemma3n" and s["format"] == "hf"
-    assert p["total"] == m.num_parameters() == 54_324
+    assert p["total"] == m.num_parameters() == 96_828
     ple = m.model.embed_tokens_per_layer.weight.numel()
-    assert p["per_layer_embedding"] == ple == 80 * 5 * 4
+    assert p["per_layer_embedding"] == ple == 80 * 10 * 4
     assert p["effective"] == m.num_parameters() - ple
     altup = _count([layer.altup for layer in layers]) - sum(layer.altup.router_norm.weight.numel() for layer in layers)
     altup += _count([m.model.altup_projections, m.model.altup_unembed_projections])
-    assert p["altup"] == altup == 7_344
+    assert p["altup"] == altup == 8_544
     laurel = sum(layer.laurel.linear_left.weight.numel() + layer.laurel.linear_right.weight.numel() for layer in layers)
-    assert p["laurel"] == laurel == 1_280
+    assert p["laurel"] == laurel == 2_560
     assert p["total"] == p["embedding"] + p["attention"] + p["feedforward"] + p["norms"] + p["output"]
     assert "buffers" not in p  # the scales transformers keeps as buffers (router_input_scale, ...) are not stored
-    assert a["layer_intermediate_sizes"] == [layer.mlp.intermediate_size for layer in layers] == [48, 48, 64, 48, 48]
-    assert a["activation_sparsity"] == [layer.mlp.activation_sparsity for layer in layers] == [0.95, 0.95, 0, 0, 0]
+    assert a["layer_intermediate_sizes"] == [layer.mlp.intermediate_size for layer in layers] == WIDTHS
+    assert a["activation_sparsity"] == [layer.mlp.activation_sparsity for layer in layers] == SPARSITY
     assert a["sparse_layers"] == [0, 1]
     assert a["altup_num_inputs"] == 4 and a["altup_active_idx"] == 0 and a["altup_correct_scale"] is True
     assert a["laurel_rank"] == layers[0].laurel.linear_left.out_features == 4
-    assert a["num_kv_shared_layers"] == 2 and a["kv_sources"] == [0, 1, 2, 1, 2]
-    assert [layer.self_attn.is_kv_shared_layer for layer in layers] == [False] * 3 + [True] * 2
+    assert a["num_kv_shared_layers"] == 5 and a["kv_sources"] == [0, 1, 2, 3, 4, 3, 3, 3, 3, 4]
+    assert [layer.self_attn.is_kv_shared_layer for layer in layers] == [False] * 5 + [True] * 5
     assert a["per_layer_input_size"] == 4 and a["per_layer_vocab_size"] == 80 and a["vocab_size"] == 96
     assert a["norm_offset"] == 0 and a["query_scale"] == 1.0 and a["final_logit_softcap"] == 30.0
     assert a["layer_types"] == LAYERS and a["sliding_window"] == 4
     kv = sum(2 * layer.self_attn.k_proj.out_features * 4 for layer in layers if not layer.self_attn.is_kv_shared_layer)
-    assert s["kv_cache_bytes_per_token"] == kv == 384
-    assert s["notes"] == ["the 2 KV-shared layers 3-4 store no k/v tensors (as save_pretrained writes them)"]
+    assert s["kv_cache_bytes_per_token"] == kv == 640
+    assert s["notes"] == ["the 5 KV-shared layers 5-9 store no k/v tensors (as save_pretrained writes them)"]
 
 
 def test_summary_text(tiny):
@@ -128,21 +132,22 @@ def test_summary_text(tiny):
     r = run("summary", d)
     assert r.exit_code == 0, r.output
     lines = [" ".join(line.split()) for line in r.stdout.splitlines()]
-    for want in ("Family Gemma 3n (text)", "Parameters 54.3K (54,324) tied", "per-layer embedding 1.6K (1,600)",
-                 "effective 52.7K (52,724) without the per-layer table", "Norm RMSNorm, applies w",
+    for want in ("Family Gemma 3n (text)", "Parameters 96.8K (96,828) tied", "per-layer embedding 3.2K (3,200)",
+                 "effective 93.6K (93,628) without the per-layer table", "Norm RMSNorm, applies w",
                  "Query scale 1 (queries unscaled; QK-norm sets their size)",
-                 "effective (without the per-layer embedding table) │ 52,724 │ 97.1% │"):
+                 "effective (without the per-layer embedding table) │ 93,628 │ 96.7% │"):
         assert any(want in line for line in lines), (want, lines)
     text = " ".join(" ".join(lines).split())
     for want in ("FFN GeGLU, width 48 per branch; 64 on layer 2",
-                 "Per-layer inputs 4 per layer; table 80 x 20 = 1.6K; ids >= 80 look up row 0",
+                 "Per-layer inputs 4 per layer; table 80 x 40 = 3.2K; ids >= 80 look up row 0",
                  "AltUp 4 streams, block runs on stream 0; the others predicted and corrected per layer, corrected "
-                 "stream scaled; 7.3K parameters",
-                 "LAuReL rank 4 residual beside attention, (x + attn + laurel) / sqrt(2); 1.3K parameters",
+                 "stream scaled; 8.5K parameters",
+                 "LAuReL rank 4 residual beside attention, (x + attn + laurel) / sqrt(2); 2.6K parameters",
                  "Act. sparsity 0.95 on layers 0, 1 (gate kept above mean + std x Phi^-1(0.95))",
-                 "KV sharing last 2 layers (3, 4) compute no K/V and reuse layer 1 (full) / 2 (sliding)",
-                 "of which AltUp (stream projections, router, coefficients) │ 7,344",
-                 "of which LAuReL (low-rank residual) │ 1,280"):
+                 "KV sharing last 5 layers (5-9) compute no K/V and reuse layer 3 (sliding) / 4 (full)",
+                 "Sliding window 4 tokens on 8/10 layers; global: 4, 9",
+                 "of which AltUp (stream projections, router, coefficients) │ 8,544",
+                 "of which LAuReL (low-rank residual) │ 2,560"):
         assert want in text, (want, text)
 
 
@@ -156,7 +161,7 @@ def test_multimodal_wrapper_reads_the_text_decoder(tiny, wrapped):
     assert s["notes"] == [
         "multimodal Gemma 3n: vision/audio towers (3 tensors, 250 parameters) reported and ignored; only the text "
         "decoder is read",
-        "the 2 KV-shared layers 3-4 store no k/v tensors (as save_pretrained writes them)"]
+        "the 5 KV-shared layers 5-9 store no k/v tensors (as save_pretrained writes them)"]
 
 
 def test_unused_kv_of_shared_layers_are_set_aside(tiny, tmp_path):
@@ -167,17 +172,17 @@ def test_unused_kv_of_shared_layers_are_set_aside(tiny, tmp_path):
     out = tmp_path / "with-kv"
     shutil.copytree(d, out)
     tensors = load_file(str(out / "model.safetensors"))
-    for i in (3, 4):
+    for i in range(5, 10):
         for name, shape in (("k_proj.weight", (16, 32)), ("v_proj.weight", (16, 32)), ("k_norm.weight", (8,))):
             tensors[f"model.layers.{i}.self_attn.{name}"] = torch.zeros(shape)
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     s = summary_json(str(out))
-    assert s["parameters"] == summary_json(d)["parameters"] and s["ignored_tensors"] == 6
+    assert s["parameters"] == summary_json(d)["parameters"] and s["ignored_tensors"] == 15
 
 
 def test_config_without_sparsity_pattern_reads_transformers_default(tiny, tmp_path):
     """Absent activation_sparsity_pattern: transformers makes the first 10 layers sparse (0.95) on a model deeper
-    than 10 layers, none on this 5-layer one; read so and said."""
+    than 10 layers, none on this 10-layer one; read so and said."""
     from transformers import Gemma3nTextConfig
 
     d, _ = tiny
@@ -188,7 +193,7 @@ def test_config_without_sparsity_pattern_reads_transformers_default(tiny, tmp_pa
     (out / "config.json").write_text(json.dumps(cfg))
     s = summary_json(str(out))
     want = Gemma3nTextConfig.from_pretrained(str(out)).activation_sparsity_pattern
-    assert s["architecture"]["activation_sparsity"] == want == [0.0] * 5
+    assert s["architecture"]["activation_sparsity"] == want == [0.0] * 10
     assert ("config has no activation_sparsity_pattern: read as transformers fills it in (every layer dense, the "
             "model having 10 layers or fewer)") in s["notes"]
 
@@ -198,12 +203,11 @@ def test_bad_sparsity_pattern_is_one_line(tiny, tmp_path):
     out = tmp_path / "bad"
     shutil.copytree(d, out)
     cfg = json.loads((out / "config.json").read_text())
-    cfg["activation_sparsity_pattern"] = [0.95, 1.5, 0.0, 0.0, 0.0]
+    cfg["activation_sparsity_pattern"] = [0.95, 1.5] + [0.0] * 8
     (out / "config.json").write_text(json.dumps(cfg))
     r = run("summary", str(out))
     assert r.exit_code == 2
-    assert r.output == (f"Error: {out}/config.json: config activation_sparsity_pattern must list 5 numbers in "
-                        f"[0, 1), one per layer, got [0.95, 1.5, 0.0, 0.0, 0.0]\n")
+    assert r.output == f"Error: {out}/config.json: config activation_sparsity_pattern[1] is 1.5, not a sparsity in [0, 1)\n"
 
 
 # ----------------------------------------------------------------------------- convert --to hf
@@ -233,7 +237,7 @@ def test_convert_to_hf_is_bit_exact_and_loads_in_transformers(tiny, wrapped, tmp
                 "num_kv_shared_layers", "vocab_size_per_layer_input", "hidden_size_per_layer_input", "layer_types",
                 "sliding_window", "final_logit_softcapping", "rope_parameters"):
         assert getattr(back.config, key) == getattr(m.config, key), key
-    ids = torch.tensor([[2, 5, 90, 81, 7, 33, 64, 12, 95, 3, 17, 44]])  # ids 81-95 lie beyond the per-layer table
+    ids = torch.tensor([TOKENS])
     with torch.no_grad():
         assert torch.equal(back(ids).logits, m(ids).logits)
     assert summary_json(str(out))["parameters"] == summary_json(d)["parameters"]
@@ -308,11 +312,106 @@ def test_card_totals():
     assert (e4b["total"], e4b["effective"]) == (6_835_235_568, 4_486_425_328)
 
 
-@pytest.mark.parametrize("command", [("verify", "{d}"), ("parity", "{d}", "{d}")])
-def test_other_commands_refuse_gemma3n(tiny, command):
+# ----------------------------------------------------------------------------- parity: reference vs transformers
+def test_reference_and_transformers_agree(tiny):
+    """Every hidden state (the active AltUp stream after each block) and the logits, float32, on a sequence past the
+    window with ids beyond the per-layer table; and both against the model that wrote the files."""
+    from gemma_inspect.formats import load
+    from gemma_inspect.runtimes import run
+
+    d, m = tiny
+    ckpt = load(d)
+    ref = run(ckpt, TOKENS, "reference", "cpu", "float32")
+    hf = run(ckpt, TOKENS, "transformers", "cpu", "float32")
+    assert len(ref.hidden_states) == len(hf.hidden_states) == 10 + 2
+    for a, b in zip(ref.hidden_states, hf.hidden_states):
+        assert a.shape == b.shape == (1, len(TOKENS), 32)
+        assert float((a - b).abs().max()) <= 1e-4 * float(a.abs().max())
+    with torch.no_grad():
+        want = m(torch.tensor([TOKENS])).logits
+    assert float((ref.logits - want).abs().max()) <= 1e-4
+    assert float((hf.logits - want).abs().max()) <= 1e-5
+
+
+def test_parity_json(tiny):
     d, _ = tiny
-    args = [a.format(d=d) for a in command]
-    r = run(*args)
-    assert r.exit_code == 2
-    assert r.output == (f"Error: {args[1]}: {args[0]} does not support Gemma 3n (text) yet "
-                        f"(supported: summary, compare, convert, diff)\n")
+    r = run("parity", d, d, "--runtime-a", "reference", "--runtime-b", "transformers", "--device", "cpu",
+            "--tokens", ",".join(map(str, TOKENS)), "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["passed"] is True and res["a"]["runtime"] == "reference" and res["b"]["runtime"] == "transformers"
+    assert [row["status"] for row in res["layers"]] == ["ok"] * 12
+    assert res["logits"]["max_abs_diff"] <= 1e-4 and res["logits"]["top1_agreement"] == 1.0
+
+
+def test_parity_fails_without_the_altup_correction_offset(tiny, monkeypatch):
+    """The reference runtime with AltUp's correction coefficients used without their + 1: parity names block 0."""
+    from gemma_inspect.runtimes import gemma3n
+
+    def correct(self, predictions, activated):
+        innovation = activated - predictions[self.active]
+        coefs = self.correction_coefs(self.modalities(activated))  # the defect: no + 1
+        return predictions + coefs.permute(2, 0, 1).unsqueeze(-1) * innovation
+
+    monkeypatch.setattr(gemma3n.AltUp, "correct", correct)
+    d, _ = tiny
+    r = run("parity", d, d, "--runtime-a", "reference", "--runtime-b", "transformers", "--device", "cpu",
+            "--tokens", ",".join(map(str, TOKENS)), "--json")
+    assert r.exit_code == 1, r.output
+    res = json.loads(r.stdout)
+    assert res["passed"] is False and res["layers"][0]["status"] == "ok" and res["layers"][1]["status"] != "ok"
+
+
+# ----------------------------------------------------------------------------- verify
+def _checks(result) -> dict:
+    return {c["name"]: c for c in result["checks"]}
+
+
+@pytest.mark.parametrize("runtime", ["reference", "transformers"])
+def test_verify_observes_altup_laurel_sparsity_and_norms(tiny, runtime):
+    from gemma_inspect.verify import verify
+
+    d, _ = tiny
+    res = verify(d, runtime=runtime, device="cpu")
+    c = _checks(res)
+    assert res["passed"] is True, [x for x in res["checks"] if x["status"] == "fail"]
+    assert {n for n, x in c.items() if x["status"] == "fail"} == set()
+    assert c["altup"]["status"] == "pass" and c["altup"]["observed"] == 4
+    assert "block 0 receives 4 streams" in c["altup"]["evidence"]
+    assert c["laurel"]["status"] == "pass" and c["laurel"]["observed"] == 4
+    assert c["activation_sparsity"]["status"] == "pass" and c["activation_sparsity"]["observed"] == SPARSITY
+    assert "block 0: cutoff 5.818 = mean 0 + 1.6449 std" in c["activation_sparsity"]["evidence"]
+    assert c["activation"]["status"] == "pass" and "(block 2, the first without activation sparsity)" in \
+        c["activation"]["evidence"]
+    assert c["norm_offset"]["status"] == "pass" and c["norm_offset"]["observed"] == 0
+    assert c["norm_placement"]["status"] == "pass" and c["norm_placement"]["observed"] == "pre+post"
+    assert c["qk_norm"]["observed"] is True and c["query_scale"]["observed"] == 1.0
+    assert c["logit_softcap"]["observed"] == 30.0
+    assert c["sliding_window"]["status"] == "pass" and c["sliding_window"]["observed"]["global_layers"] == [4, 9]
+    assert c["embedding_scale"]["status"] == "pass"
+
+
+@pytest.mark.parametrize("defect,check,observed", [
+    ("no_sparsity", "activation_sparsity", [0.0] * 10),
+    ("no_laurel", "laurel", 0),
+    ("plus_one", "norm_offset", 1),
+    ("no_prediction", "altup", 4),
+])
+def test_verify_fails_a_runtime_that_drops_a_gemma3n_piece(tiny, monkeypatch, defect, check, observed):
+    """The reference runtime with one piece removed or a +1 added to its norms: the matching check fails."""
+    from gemma_inspect.runtimes import gemma3n, reference
+    from gemma_inspect.verify import verify
+
+    if defect == "no_sparsity":
+        monkeypatch.setattr(gemma3n, "gaussian_top_k", lambda gate, sparsity: gate)
+    elif defect == "no_laurel":
+        monkeypatch.setattr(gemma3n.Laurel, "forward", lambda self, x: x)
+    elif defect == "plus_one":
+        monkeypatch.setattr(reference.RMSNorm, "forward", lambda self, x: reference.rms_norm(x, self.weight,
+                                                                                             self.eps, 1))
+    else:
+        monkeypatch.setattr(gemma3n.AltUp, "predict", lambda self, streams: streams + 0)
+    d, _ = tiny
+    c = _checks(verify(d, runtime="reference", device="cpu"))[check]
+    assert c["status"] == "fail", c
+    assert c["observed"] == observed

@@ -18,18 +18,25 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_gemma3n import TINY, build, run
+from tests.test_gemma3n import build, run
 
+SLIDING, FULL = "sliding_attention", "full_attention"
+# 5 layers, the last 2 KV-shared, two sparse layers, one wider FFN (over test_gemma3n's TINY, which build() starts from)
+TINY5 = dict(vocab_size=96, vocab_size_per_layer_input=80, hidden_size=32, intermediate_size=[48, 48, 64, 48, 48],
+             num_hidden_layers=5, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+             hidden_size_per_layer_input=4, laurel_rank=4, sliding_window=4, num_kv_shared_layers=2,
+             layer_types=[SLIDING, FULL, SLIDING, FULL, SLIDING], activation_sparsity_pattern=[0.95, 0.95, 0.0, 0.0, 0.0],
+             max_position_embeddings=128, final_logit_softcapping=30.0)
 IDS = np.array([[2, 5, 90, 81, 7, 33, 64, 12, 95, 3, 17, 44]])  # 81-95 lie beyond the per-layer table (80 rows)
 L22 = 22
-LLAMA_SHAPED = dict(num_hidden_layers=L22, intermediate_size=[48] * L22, activation_sparsity_pattern=None,
+LLAMA_SHAPED = dict(TINY5, num_hidden_layers=L22, intermediate_size=[48] * L22, activation_sparsity_pattern=None,
                     layer_types=["full_attention" if (i + 1) % 5 == 0 else "sliding_attention" for i in range(L22)])
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("g3nf"))
-    return d, build(d, seed=3)
+    return d, build(d, seed=3, **TINY5)
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +200,7 @@ def test_preset_saved_by_keras_hub_reads_and_converts(tmp_path):
     from gemma_inspect.formats.keras_gemma3n import keras_config
 
     keras.utils.set_random_seed(5)
-    hf_cfg = {**TINY, "hidden_activation": "gelu_pytorch_tanh", "rope_parameters": {
+    hf_cfg = {**TINY5, "hidden_activation": "gelu_pytorch_tanh", "rope_parameters": {
         "full_attention": {"rope_type": "default", "rope_theta": 1e6},
         "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}, "pad_token_id": 0,
         "altup_num_inputs": 4, "altup_active_idx": 0, "altup_correct_scale": True, "altup_coef_clip": 120.0,

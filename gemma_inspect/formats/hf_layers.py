@@ -49,9 +49,11 @@ def _sparsity(v: Any, key: str, n: int, path: str, notes: list[str]) -> tuple[fl
                      + (f"{DEFAULT_SPARSITY} on the first {sparse} layers, dense after)" if sparse else
                         f"every layer dense, the model having {DEFAULT_SPARSE_LAYERS} layers or fewer)"))
         return (DEFAULT_SPARSITY,) * sparse + (0.0,) * (n - sparse)
-    if not isinstance(v, list) or len(v) != n or any(
-            isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 <= x < 1 for x in v):
+    if not isinstance(v, list) or len(v) != n:
         raise InputError(path, f"config {key} must list {n} numbers in [0, 1), one per layer, got {show(v)}")
+    for i, x in enumerate(v):
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 <= x < 1:
+            raise InputError(path, f"config {key}[{i}] is {show(x)}, not a sparsity in [0, 1)")
     return tuple(float(x) for x in v)
 
 

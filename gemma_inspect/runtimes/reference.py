@@ -1,4 +1,5 @@
-"""The reference runtime: this project's own PyTorch forward pass of Gemma 1, 2 and 3, from GemmaSpec.
+"""The reference runtime: this project's own PyTorch forward pass of Gemma 1, 2 and 3, from GemmaSpec (Gemma 3n's
+AltUp, LAuReL and per-layer inputs are in runtimes/gemma3n.py, built from these blocks).
 
 One module, meant to be read top to bottom like a textbook. It takes the canonical tensors of any format
 (HF names, [out, in] layout, zero-centred norm weights) and computes what the published implementations
@@ -342,6 +343,18 @@ def check_supported(spec: GemmaSpec) -> None:
         raise UnsupportedError(f"the reference runtime implements RMSNorm models; this one uses {spec.norm_kind}")
 
 
+def model_class(spec: GemmaSpec) -> type:
+    """GemmaModel, or the model of the family row's own module (Gemma 3n: runtimes/gemma3n.py)."""
+    from importlib import import_module
+
+    from ..families import FAMILY_TABLE
+
+    row = FAMILY_TABLE.get(spec.family)
+    if row is None or row.reference_module is None:
+        return GemmaModel
+    return import_module(f"{__package__}.{row.reference_module}").MODEL
+
+
 class ReferenceModel:
     """The reference runtime's loaded model (a `runtimes.LoadedModel`): GemmaModel on a device."""
 
@@ -355,7 +368,7 @@ class ReferenceModel:
             raise UnsupportedError(f"{ckpt.source}: the reference runtime needs {', '.join(missing[:3])}")
         start = time.perf_counter()
         self.source, self.device, self.dtype = ckpt.source, device, dtype
-        self.model = GemmaModel(spec, load_weights(ckpt, device, torch_dtype(dtype))).eval()
+        self.model = model_class(spec)(spec, load_weights(ckpt, device, torch_dtype(dtype))).eval()
         self.load_seconds = time.perf_counter() - start
         self.notes: list[str] = []
         self.logits = ckpt.embedding_head is None  # an embedding model has no LM head: token states only

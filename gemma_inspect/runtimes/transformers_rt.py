@@ -113,7 +113,7 @@ class TransformersModel:
     def __init__(self, ckpt: Checkpoint, device: str, dtype: str, device_map: str | dict | None = None,
                  attn_implementation: str | None = None):
         start = time.perf_counter()
-        self.source, self.device, self.dtype = ckpt.source, device, dtype
+        self.source, self.device, self.dtype, self.spec = ckpt.source, device, dtype, ckpt.spec
         self.model = load_model(ckpt, device, dtype, device_map, attn_implementation)
         self.stack = text_model(self.model)
         self.load_seconds = time.perf_counter() - start
@@ -131,8 +131,16 @@ class TransformersModel:
                 captured[key] = to_cpu_float(main_output(output))
             return hook
 
+        from .gemma3n import active_stream
+
+        def keep_layer(key: str):
+            def hook(_module: Any, _args: Any, output: Any) -> None:
+                # Gemma 3n's layers return every AltUp stream [n, B, T, d]: the block's own is the active one
+                captured[key] = to_cpu_float(active_stream(self.spec, main_output(output)))
+            return hook
+
         handles = [stack.embed_tokens.register_forward_hook(keep("embed"))]  # the scaled embedding
-        handles += [layer.register_forward_hook(keep(f"layer{i}")) for i, layer in enumerate(stack.layers)]
+        handles += [layer.register_forward_hook(keep_layer(f"layer{i}")) for i, layer in enumerate(stack.layers)]
         handles.append(stack.norm.register_forward_hook(keep("norm")))
         try:
             ids = torch.as_tensor(token_ids, dtype=torch.long, device=stack.embed_tokens.weight.device)
@@ -160,7 +168,15 @@ class TransformersModel:
             root=self.model, embedding=stack.embed_tokens, embedding_weight=stack.embed_tokens.weight,
             blocks=list(stack.layers), block_names=[f"{prefix}.layers.{i}" for i in range(len(stack.layers))],
             final_norm=stack.norm, output_weight=head.weight if head is not None else None,
-            roles=HF_MODULE_ROLES, layouts=HF_MODULE_LAYOUTS, head_dim=getattr(first, "head_dim", None))
+            roles=HF_MODULE_ROLES, layouts=self._layouts(), head_dim=getattr(first, "head_dim", None))
+
+    def _layouts(self) -> dict[str, str]:
+        """HF's q/k/v layouts, with the q/k norms' as the family's transformers module sees them."""
+        from ..families import FAMILY_TABLE
+
+        row = FAMILY_TABLE.get(self.spec.family)
+        qk = row.hf.qk_norm_layout if row is not None and row.hf is not None else "bhtd"
+        return {**HF_MODULE_LAYOUTS, "q_norm": qk, "k_norm": qk}
 
     def close(self) -> None:
         device = self.device
