@@ -390,3 +390,19 @@ def test_gguf_q8_0_keeps_vectors_in_float32(llama_shaped, tmp_path):
     x, y = _hf_tensors(d), _hf_tensors(back)
     w = x["model.layers.0.self_attn.q_proj.weight"]
     assert 0 < (y["model.layers.0.self_attn.q_proj.weight"] - w).abs().max() < w.abs().max() / 64
+
+
+def test_keras_preset_runs_on_the_reference_runtime(llama_shaped, tmp_path):
+    """`auto` runs a Gemma3nBackbone preset on the reference runtime (the keras runtime does not drive that backbone
+    yet, and says so in one line when asked): parity with the HF source passes."""
+    d, _ = llama_shaped
+    k = str(tmp_path / "k")
+    _convert(d, k, "keras")
+    r = run("parity", d, k, "--json")
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    assert result["b"]["runtime"] == "reference" and result["passed"] is True
+    r = run("verify", k, "--runtime", "keras")
+    assert r.exit_code == 2
+    assert r.output.splitlines()[-1] == (f"Error: {k}: the keras runtime does not run Gemma 3n (text) (keras-hub's "
+                                         f"Gemma3nBackbone) yet; use --runtime reference or transformers")
