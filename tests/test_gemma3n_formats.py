@@ -406,3 +406,43 @@ def test_keras_preset_runs_on_the_reference_runtime(llama_shaped, tmp_path):
     assert r.exit_code == 2
     assert r.output.splitlines()[-1] == (f"Error: {k}: the keras runtime does not run Gemma 3n (text) (keras-hub's "
                                          f"Gemma3nBackbone) yet; use --runtime reference or transformers")
+
+
+@pytest.mark.parametrize("shard", [None, "20KB"])
+def test_keras_bfloat16_and_shards_round_trip(tiny, tmp_path, shard):
+    """--dtype bfloat16 to Keras (opaque 2-byte datasets tagged bfloat16, as Keras writes them), sharded or not, and
+    back: exactly the source cast to bfloat16."""
+    d, _ = tiny
+    k, back = str(tmp_path / "k"), str(tmp_path / "hf")
+    _convert(d, k, "keras", "--dtype", "bfloat16", *(["--max-shard-size", shard] if shard else []))
+    assert os.path.exists(os.path.join(k, "model.weights.json")) == bool(shard)
+    _convert(k, back, "hf")
+    x, y = _hf_tensors(d), _hf_tensors(back)
+    assert sorted(x) == sorted(y)
+    for n in x:
+        assert y[n].dtype == torch.bfloat16 and torch.equal(x[n].to(torch.bfloat16), y[n]), n
+
+
+def test_tokenizer_travels_to_keras_and_through_gguf(tmp_path, tiny_tokenizer):
+    """The SentencePiece model goes into the Keras preset byte for byte (with keras-hub's Gemma3n tokenizer,
+    preprocessor and task configs) and into the GGUF's vocabulary, from which the HF output's tokenizer gives the
+    same ids."""
+    import shutil
+
+    import sentencepiece as spm
+
+    d = str(tmp_path / "hf")
+    build(d, seed=6, **{**LLAMA_SHAPED, "vocab_size": 384, "vocab_size_per_layer_input": 300})
+    shutil.copyfile(tiny_tokenizer, os.path.join(d, "tokenizer.model"))
+    k, g, back = str(tmp_path / "k"), str(tmp_path / "m.gguf"), str(tmp_path / "back")
+    _convert(d, k, "keras")
+    assert open(os.path.join(k, "assets", "tokenizer", "vocabulary.spm"), "rb").read() == \
+        open(tiny_tokenizer, "rb").read()
+    classes = [json.loads(open(os.path.join(k, f)).read())["class_name"]
+               for f in ("tokenizer.json", "preprocessor.json", "task.json")]
+    assert classes == ["Gemma3nTokenizer", "Gemma3nCausalLMPreprocessor", "Gemma3nCausalLM"]
+    _convert(d, g, "gguf")
+    _convert(g, back, "hf")
+    text = "The quick brown fox jumps over the lazy dog. <start_of_turn>user"
+    want = spm.SentencePieceProcessor(model_file=tiny_tokenizer).encode(text)
+    assert spm.SentencePieceProcessor(model_file=os.path.join(back, "tokenizer.model")).encode(text) == want
