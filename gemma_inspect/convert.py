@@ -362,10 +362,12 @@ def convert(source: Checkpoint | str, dest: str, to: str, options: WriteOptions 
     finally:
         _remove(tmp)
     notes = list(options.notes)
-    vision = [n for n in ckpt.ignored if "vision" in n or "multi_modal_projector" in n]
+    vision = [n for n in ckpt.ignored if "vision" in n or "audio" in n or "multi_modal_projector" in n]
     if vision:
-        notes.insert(0, f"multimodal source: only the text decoder was converted ({len(vision)} vision tower "
-                        f"and projector tensors left out)")
+        what = "vision/audio encoder and embedder" if any("audio" in n for n in vision) else \
+            "vision tower and projector"  # Gemma 3n's presets hold both encoders
+        notes.insert(0, f"multimodal source: only the text decoder was converted ({len(vision)} {what} tensors "
+                        f"left out)")
     manifest = None
     if manifest_file is not None:
         manifest = manifest_path(dest)

@@ -103,6 +103,9 @@ class KerasIds:
     # the tokenizer's vision tokens: a multimodal preset (its tokenizer's has_vision_tokens, the
     # preprocessor's image arguments); () for a text-only model
     vision_tokens: tuple[str, ...] = ()
+    # the formats module that maps this backbone's config and variables (formats/<mapping>.py, with read and
+    # write); None: keras.py's own table of Gemma 1-3 einsum kernels (Gemma3nBackbone's Dense layers differ)
+    mapping: str | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,9 @@ class GGUFIds:
     defaults: dict[str, Any] = field(default_factory=dict)
     big_model_layers: int | None = None  # the layer count by which llama.cpp recognises the 27B model
     local_rope: tuple[float, float] | None = None  # (base, scaling) llama.cpp hard-codes on sliding layers
+    # the formats module that maps this architecture's metadata and tensors (formats/<mapping>.py, with read and
+    # write); None: gguf.py's own table (Gemma 3n stacks and pads tensors and has keys of its own)
+    mapping: str | None = None
 
 
 @dataclass(frozen=True)
@@ -341,7 +347,15 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
                  tower_prefixes=("model.vision_tower.", "model.audio_tower.", "model.embed_vision.",
                                  "model.embed_audio."),
                  qk_norm_layout="bthd"),
-        commands=("summary", "compare", "convert", "diff", "parity", "verify"), writers=("hf",),
+        # keras-hub's Gemma3nBackbone: Dense kernels, config keys of its own (formats/keras_gemma3n.py)
+        keras=KerasIds("Gemma3nBackbone", "keras_hub.src.models.gemma3n.gemma3n_backbone", "gemma3n", "Gemma3n",
+                       "gemma3n_text_decoder_block", None, False, False, mapping="keras_gemma3n"),
+        # llama.cpp's gemma3n: stacked AltUp projections, padded embeddings, keys of its own (formats/gguf_gemma3n.py);
+        # what it hard-codes (20 K/V layers, sparsity 0.95 on 10) the writer checks there
+        gguf=GGUFIds("gemma3n", defaults={"final_logit_softcapping": 30.0}, mapping="gguf_gemma3n"),
+        refusals={"gemma_pytorch": "gemma_pytorch has no Gemma 3n architecture (it knows GEMMA_1, GEMMA_2 and "
+                                   "GEMMA_3, none with AltUp, LAuReL, per-layer embeddings or KV sharing)"},
+        commands=("summary", "compare", "convert", "diff", "parity", "verify"),
         reference_module="gemma3n", checks=("activation_sparsity", "altup", "laurel")),
     # Peers for the side-by-side table: SwiGLU, no norm offset, no embedding scale, untied output.
     Family("llama", "Llama 2", False, _PEER_RULES, (FULL,), _PEER_DEFAULTS),

@@ -368,8 +368,20 @@ def quantization_stats(tensors: list[tuple[str, str, int, int]], file_type: str 
 
 
 # ----------------------------------------------------------------------------- reading
+def _mapping(row: Family | None) -> Any:
+    """The formats module that maps the row's architecture (GGUFIds.mapping), or None for this module's table."""
+    import importlib
+
+    if row is None or row.gguf is None or row.gguf.mapping is None:
+        return None
+    return importlib.import_module(f"{__package__}.{row.gguf.mapping}")
+
+
 def read(path: str) -> Checkpoint:
     header = read_header(path)
+    mapped_by = _mapping(by_gguf_arch(header.metadata.get("general.architecture")))
+    if mapped_by is not None:  # an architecture with a table of its own (gemma3n)
+        return mapped_by.read(path, header)
     spec, notes, assumed = spec_from_metadata(header, path)
     tensors: dict[str, TensorRef] = {}
     ignored: dict[str, tuple[tuple[int, ...], str]] = {}
@@ -633,6 +645,9 @@ def _file_type(plans: list[_Planned], ckpt: Checkpoint, options: "WriteOptions")
 def planned_nbytes(ckpt: Checkpoint, options: "WriteOptions") -> int:
     """The tensor bytes `write` will write (what its progress counts): each tensor in the type it is planned
     in (Q8_0 blocks, norms in float32, rows Q8_0 cannot split in float16), without producing any."""
+    mapped_by = _mapping(FAMILY_TABLE.get(ckpt.spec.family))
+    if mapped_by is not None:
+        return mapped_by.planned_nbytes(ckpt, options)
     total = 0
     for name, ref in ckpt.tensors.items():
         parsed = parse_canonical(name)
@@ -681,6 +696,9 @@ def write(ckpt: Checkpoint, dest: str, options: "WriteOptions", progress: Callab
     from pathlib import Path
 
     spec = ckpt.spec
+    mapped_by = _mapping(FAMILY_TABLE.get(spec.family))
+    if mapped_by is not None:  # an architecture with a table of its own (gemma3n)
+        return mapped_by.write(ckpt, dest, options, progress)
     row = _check_expressible(spec, options)
     encoder = not row.rules.lm_head
     if encoder:

@@ -124,6 +124,14 @@ def _keras_row(family: str) -> Family:
     return row
 
 
+def _mapping(row: Family) -> Any:
+    """The formats module that maps the row's backbone (KerasIds.mapping), or None for this module's own table."""
+    import importlib
+
+    assert row.keras is not None
+    return importlib.import_module(f"{__package__}.{row.keras.mapping}") if row.keras.mapping else None
+
+
 def _windowed_row(row: Family) -> Family:
     """The family of the row's backbone whose layout has sliding-window layers: its pattern is the one the
     backbone hard-codes, its window the backbone's default (GemmaBackbone: Gemma 2's; Gemma3Backbone: its own)."""
@@ -373,7 +381,9 @@ def read(path: str) -> Checkpoint:
     cfg = read_json_object(config_path, "Keras config.json")
     if not looks_like_keras_config(cfg):
         raise InputError(config_path, "not a Keras backbone config (expected class_name, config, registered_name)")
-    _class_of(cfg, config_path)
+    mapped_by = _mapping(by_keras_backbone(_class_of(cfg, config_path))[0])
+    if mapped_by is not None:  # a backbone with a table of its own (Gemma3nBackbone)
+        return mapped_by.read(path, cfg, config_path)
     datasets, names, files, where = preset_vars(path)
     dtypes = [v.dtype for v in datasets.values()]
     # What Keras configs do not store, kept by our writer in metadata.json.
@@ -497,6 +507,11 @@ def keras_problems(spec: GemmaSpec) -> list[str]:
     row = FAMILY_TABLE.get(spec.family)
     if row is None or row.keras is None:
         return [f"{spec.family} is not a Gemma family"]
+    mapped_by = _mapping(row)
+    if mapped_by is not None:  # judged on the HF config the backbone's config stands for
+        from .hf import config_dict as hf_config_dict
+
+        return mapped_by.keras_problems(hf_config_dict(spec))
     keras = row.keras
     if spec.query_pre_attn_scalar != spec.head_dim:
         problems.append(f"query_pre_attn_scalar is {spec.query_pre_attn_scalar}, but keras-hub's decoder blocks "
@@ -667,6 +682,9 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
     from .keras_preset import write_keras_tokenizer
 
     spec = ckpt.spec
+    mapped_by = _mapping(_keras_row(spec.family))
+    if mapped_by is not None:  # a backbone with a table of its own (Gemma3nBackbone)
+        return mapped_by.write(ckpt, dest, options, progress)
     embedding = not _keras_row(spec.family).rules.lm_head
     problems = keras_problems(spec) + (head_problems(ckpt.embedding_head) if embedding else [])
     if embedding and (ckpt.embedding_head is None or len(ckpt.embedding_head.dense) != 2):

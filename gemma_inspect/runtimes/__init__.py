@@ -44,7 +44,13 @@ def resolve_runtime(ckpt: Checkpoint, runtime: str = "auto") -> str:
     if ckpt.is_card:
         raise InputError(ckpt.source, "is a built-in card: it has an architecture but no weights to run")
     if runtime == "auto":
-        return native_runtime(ckpt.format)
+        native = native_runtime(ckpt.format)
+        if native == "keras":
+            from .keras_rt import runs
+
+            if not runs(ckpt.spec.family):  # a backbone the keras runtime does not drive (Gemma3nBackbone)
+                return "reference"
+        return native
     return runtime
 
 

@@ -48,9 +48,25 @@ def import_keras() -> Any:
     return keras
 
 
+def runs(family: str) -> bool:
+    """Whether this runtime drives the family's keras-hub backbone layer by layer: the backbones of formats/keras.py's
+    own table (a row whose KerasIds name a mapping module of their own, Gemma3nBackbone, it does not drive yet)."""
+    from ..families import FAMILY_TABLE
+
+    row = FAMILY_TABLE.get(family)
+    return row is not None and row.keras is not None and row.keras.mapping is None
+
+
 def load_backbone(ckpt: Checkpoint, dtype: str) -> Any:
     import keras_hub
 
+    if not runs(ckpt.spec.family):
+        from ..families import FAMILY_TABLE
+
+        row = FAMILY_TABLE.get(ckpt.spec.family)
+        what = f"{row.title} (keras-hub's {row.keras.backbone})" if row and row.keras else ckpt.spec.family
+        raise UnsupportedError(f"{ckpt.source}: the keras runtime does not run {what} yet; use --runtime "
+                               f"reference or transformers")
     if ckpt.format == "keras":
         return keras_hub.models.Backbone.from_preset(ckpt.source, dtype=dtype)
     from ..formats.keras import keras_problems
