@@ -29,7 +29,9 @@ TINY5 = dict(vocab_size=96, vocab_size_per_layer_input=80, hidden_size=32, inter
              max_position_embeddings=128, final_logit_softcapping=30.0)
 IDS = np.array([[2, 5, 90, 81, 7, 33, 64, 12, 95, 3, 17, 44]])  # 81-95 lie beyond the per-layer table (80 rows)
 L22 = 22
+# llama.cpp also reads per-layer inputs 256 wide and a LAuReL rank of 64 whatever the file says
 LLAMA_SHAPED = dict(TINY5, num_hidden_layers=L22, intermediate_size=[48] * L22, activation_sparsity_pattern=None,
+                    hidden_size_per_layer_input=256, laurel_rank=64,
                     layer_types=["full_attention" if (i + 1) % 5 == 0 else "sliding_attention" for i in range(L22)])
 
 
@@ -285,7 +287,7 @@ def test_hf_to_gguf_is_llama_cpps_layout(llama_shaped, tmp_path):
     assert f["general.architecture"] == "gemma3n"
     assert f["gemma3n.feed_forward_length"] == [48] * L22 and f["gemma3n.block_count"] == L22
     assert f["gemma3n.attention.shared_kv_layers"] == 2 and f["gemma3n.altup.num_inputs"] == 4
-    assert f["gemma3n.embedding_length_per_layer_input"] == 4 and f["gemma3n.altup.active_idx"] == 0
+    assert f["gemma3n.embedding_length_per_layer_input"] == 256 and f["gemma3n.altup.active_idx"] == 0
     assert f["gemma3n.attention.sliding_window_pattern"] == [t_ == "sliding_attention" for t_ in m.config.layer_types]
     icdf = float(np.float32(torch.distributions.Normal(0, 1).icdf(torch.tensor(0.95))))
     assert f["gemma3n.activation_sparsity_scale"] == [icdf] * 10 + [-math.inf] * 12
@@ -298,13 +300,18 @@ def test_hf_to_gguf_is_llama_cpps_layout(llama_shaped, tmp_path):
     unembed = np.asarray(t["altup_unembd_proj.weight"].data).reshape(3, 32, 32)
     assert np.array_equal(unembed[2], sd["model.altup_unembed_projections.2.weight"].numpy())
     # the per-layer table zero-padded from 80 to vocab_size 96 rows
-    ple = np.asarray(t["per_layer_token_embd.weight"].data).reshape(96, L22 * 4)
+    ple = np.asarray(t["per_layer_token_embd.weight"].data).reshape(96, L22 * 256)
     assert np.array_equal(ple[:80], sd["model.embed_tokens_per_layer.weight"].numpy()) and not ple[80:].any()
     # norms as they are (no +1), in float32; correct_output_scale under its .weight name
     assert np.array_equal(np.asarray(t["blk.3.attn_norm.weight"].data), sd["model.layers.3.input_layernorm.weight"])
     assert np.array_equal(np.asarray(t["blk.7.altup_correct_scale.weight"].data),
                           sd["model.layers.7.altup.correct_output_scale"])
-    assert "blk.20.attn_k.weight" not in t and "blk.19.attn_k.weight" in t  # KV-shared layers store no K/V
+    # llama.cpp's loader requires k/v/k_norm on the KV-shared layers too, which transformers does not save: zeros
+    # (k_norm ones), never read there
+    assert "model.layers.20.self_attn.k_proj.weight" not in sd and "blk.19.attn_k.weight" in t
+    for i in (20, 21):
+        assert not np.asarray(t[f"blk.{i}.attn_k.weight"].data).any() and not np.asarray(t[f"blk.{i}.attn_v.weight"].data).any()
+        assert (np.asarray(t[f"blk.{i}.attn_k_norm.weight"].data) == 1).all()
     assert "output.weight" not in t  # tied
 
 
@@ -356,7 +363,9 @@ def test_gguf_writer_refuses_what_llama_cpp_hard_codes(tiny, tmp_path):
     assert r.output == ("Error: GGUF cannot express this checkpoint faithfully: 3 layers computing K/V (2 KV-shared "
                         "of 5): llama.cpp's gemma3n computes K/V on the first 20 layers whatever the file says; "
                         "activation sparsity [0.95, 0.95, 0.0, 0.0, 0.0]: llama.cpp's gemma3n applies 0.95 on the "
-                        "first 10 layers whatever the file says (use --force to write it anyway)\n")
+                        "first 10 layers whatever the file says; per-layer inputs 4 wide: llama.cpp's gemma3n reads "
+                        "256 whatever embedding_length_per_layer_input says; LAuReL rank 4: llama.cpp's gemma3n "
+                        "requires 64 (use --force to write it anyway)\n")
     text = _convert(d, str(out), "gguf", "--force")
     assert "--force: 3 layers computing K/V" in text
     back = str(tmp_path / "hf")
@@ -446,3 +455,43 @@ def test_tokenizer_travels_to_keras_and_through_gguf(tmp_path, tiny_tokenizer):
     text = "The quick brown fox jumps over the lazy dog. <start_of_turn>user"
     want = spm.SentencePieceProcessor(model_file=tiny_tokenizer).encode(text)
     assert spm.SentencePieceProcessor(model_file=os.path.join(back, "tokenizer.model")).encode(text) == want
+
+
+# ----------------------------------------------------------------------------- llama.cpp
+@pytest.mark.slow
+def test_llama_cpp_runs_our_gguf_as_transformers(tmp_path, tiny_tokenizer, monkeypatch):
+    """llama.cpp (llama-cpp-python) loads our gemma3n GGUF of a model shaped as it hard-codes (22 layers, 2 KV-shared,
+    sparsity 0.95 on the first 10, per-layer inputs 256 wide, LAuReL rank 64) and computes transformers' logits once
+    transformers' Gaussian top-k takes the variance as llama.cpp does (divided by n - 1, not n): within 2% of their
+    scale (ggml's own GELU and accumulation), the same argmax everywhere. As transformers runs (divided by n) they
+    differ by far more on this model: 48 FFN units, so the cut-off moves by sqrt(48 / 47) and the few units above it
+    change (on the released widths, 8,192 and up, the factor is 1.00006). Ids stay inside the per-layer table (beyond
+    it llama.cpp reads the zero padding where transformers reads row 0)."""
+    import shutil
+
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (it builds from source)")
+    d = str(tmp_path / "hf")
+    m = build(d, seed=6, **{**LLAMA_SHAPED, "vocab_size": 384, "vocab_size_per_layer_input": 300})
+    shutil.copyfile(tiny_tokenizer, os.path.join(d, "tokenizer.model"))
+    g = str(tmp_path / "m.gguf")
+    _convert(d, g, "gguf")
+    ids = [2, 17, 40, 5, 99, 250, 31, 8, 77, 120, 64, 3, 200, 11, 45, 9]
+    llm = llama_cpp.Llama(model_path=g, n_ctx=64, logits_all=True, verbose=False)
+    llm.eval(ids)
+    got = np.asarray(llm.scores)[: len(ids)]
+    with torch.no_grad():
+        as_transformers = m(torch.tensor([ids])).logits[0].numpy()
+    std = torch.std
+
+    def unbiased_std(x, *args, **kwargs):  # transformers asks for unbiased=False (divide by n)
+        kwargs.pop("unbiased", None)
+        return std(x, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "std", unbiased_std)
+    with torch.no_grad():
+        want = m(torch.tensor([ids])).logits[0].numpy()
+    assert got.shape == want.shape == (len(ids), 384)
+    scale = float(np.abs(want).max())
+    assert float(np.abs(got - want).max()) <= 0.02 * scale
+    assert (got.argmax(-1) == want.argmax(-1)).all()
+    assert float(np.abs(got - as_transformers).max()) > 0.1 * scale  # the n - 1 is what separates them here

@@ -18,7 +18,11 @@ What differs from the other Gemma architectures (gguf.py's table):
 
 What llama.cpp then hard-codes (llama_model_gemma3n / its graph), which the writer checks before writing: 20 layers
 that compute K/V whatever attention.shared_kv_layers says, sparsity 0.95 on the first 10 layers whatever the array
-says, 4 AltUp streams. Its Gaussian top-k divides the variance by n - 1 where transformers and keras-hub divide by n
+says, 4 AltUp streams, per-layer inputs 256 wide and a LAuReL rank of 64 (the converter's
+embedding_length_per_layer_input is not read back). Its loader requires attn_k, attn_v and attn_k_norm on every
+layer, the KV-shared ones included (the released checkpoints store them; transformers 5 neither builds nor saves
+them there): the writer fills those it lacks (k/v zeros, k_norm ones, as keras_gemma3n does for keras-hub), the
+reader sets them aside. Its Gaussian top-k divides the variance by n - 1 where transformers and keras-hub divide by n
 (the cut-off moves by a factor sqrt(n / (n - 1)); a numerical difference, not a layout one), and ids beyond the
 per-layer table read the zero padding where transformers reads row 0.
 """
@@ -44,6 +48,7 @@ HF_PER_LAYER_VOCAB = 262_144  # transformers' Gemma3nTextConfig default (the rel
 LLAMA_CPP_KV_LAYERS = 20  # n_layer_kv_from_start
 LLAMA_CPP_SPARSE_LAYERS, LLAMA_CPP_SPARSITY = 10, 0.95  # n_layer_sparsity, f_sparsity_std_mul = Phi^-1(0.95)
 LLAMA_CPP_ALTUP = 4  # the converter asserts altup_num_inputs == 4
+LLAMA_CPP_PER_LAYER_INPUT, LLAMA_CPP_LAUREL_RANK = 256, 64  # n_embd_altup, laurel_rank (hparams' defaults)
 LLAMA_CPP_SWA_PERIOD = 5  # set_swa_pattern(5) when the file has no pattern
 LLAMA_CPP_FINAL_CAP = 30.0  # f_final_logit_softcapping when the key is absent
 LLAMA_CPP_SWA_BASE = 10_000.0  # rope_freq_base_train_swa when rope.freq_base_swa is absent
@@ -348,6 +353,8 @@ def read(path: str, header: Any) -> Any:
     tensors: dict[str, Any] = {}
     ignored: dict[str, tuple[tuple[int, ...], str]] = {}
     stored: dict[str, Any] = {}
+    unused = _unused_kv(spec)
+    ignored_kv: dict[str, tuple[tuple[int, ...], str]] = {}
     for info in header.tensors:
         found = hf_names_of(info.name, spec.altup_num_inputs or LLAMA_CPP_ALTUP)
         if found is None:
@@ -357,6 +364,9 @@ def read(path: str, header: Any) -> Any:
             raise InputError(path, f"tensor {info.name!r} is stored as {info.type_name}; Gemma weights are floating "
                                    f"point or quantized")
         v, names = found
+        if names[0] in unused:  # k/v/k_norm of a KV-shared layer, which reads an earlier layer's keys and values
+            ignored_kv[info.name] = (info.shape, info.type_name)
+            continue
         if v.how == "stack":
             if len(info.shape) != 3 or info.shape[0] != len(names):
                 raise InputError(path, f"{info.name} has shape {list(info.shape)}, expected {len(names)} stacked "
@@ -375,6 +385,11 @@ def read(path: str, header: Any) -> Any:
         shape = (first,) + tuple(info.shape[1:]) if first is not None else tuple(info.shape)
         tensors[name] = _float_ref(path, name, info, shape, None, first)
         stored[name] = (info, 1)
+    if ignored_kv:
+        layers = sorted({int(n.split(".")[1]) for n in ignored_kv})
+        notes.append(f"{len(ignored_kv)} k/v/k_norm tensors of the KV-shared layers {layers[0]}-{layers[-1]} set aside: "
+                     f"llama.cpp's loader requires them on every layer, and those layers reuse an earlier layer's keys "
+                     f"and values")
     if ignored:
         shown = ", ".join(list(ignored)[:3]) + (f" (and {len(ignored) - 3} more)" if len(ignored) > 3 else "")
         notes.append(f"{len(ignored)} tensors that are not Gemma decoder weights were ignored: {shown}")
@@ -408,6 +423,15 @@ def read(path: str, header: Any) -> Any:
                       quantization=quantization)
 
 
+def _unused_kv(spec: Any) -> dict[str, tuple[tuple[int, ...], float]]:
+    """HF name -> (shape, fill value) of the k/v/k_norm a KV-shared layer never reads (keras_gemma3n.unused_kv)."""
+    from .keras_gemma3n import unused_kv
+
+    return unused_kv({"num_hidden_layers": spec.num_layers, "num_kv_shared_layers": spec.num_kv_shared_layers,
+                      "num_key_value_heads": spec.num_key_value_heads, "head_dim": spec.head_dim,
+                      "hidden_size": spec.hidden_size})
+
+
 # ----------------------------------------------------------------------------- writing
 def gguf_problems(spec: Any) -> list[str]:
     """What llama.cpp's gemma3n would run differently from this spec (it hard-codes these): empty when it runs it
@@ -426,6 +450,11 @@ def gguf_problems(spec: Any) -> list[str]:
         problems.append(f"activation sparsity {[spec.layer_sparsity(i) for i in range(n)]}: llama.cpp's gemma3n "
                         f"applies {LLAMA_CPP_SPARSITY} on the first {LLAMA_CPP_SPARSE_LAYERS} layers whatever the file "
                         f"says")
+    if spec.per_layer_input_size != LLAMA_CPP_PER_LAYER_INPUT:
+        problems.append(f"per-layer inputs {spec.per_layer_input_size} wide: llama.cpp's gemma3n reads "
+                        f"{LLAMA_CPP_PER_LAYER_INPUT} whatever embedding_length_per_layer_input says")
+    if spec.laurel_rank != LLAMA_CPP_LAUREL_RANK:
+        problems.append(f"LAuReL rank {spec.laurel_rank}: llama.cpp's gemma3n requires {LLAMA_CPP_LAUREL_RANK}")
     if spec.final_logit_softcap is None:
         problems.append(f"no final soft cap: llama.cpp's gemma3n always caps ({LLAMA_CPP_FINAL_CAP:g} when unset)")
     if not spec.altup_correct_scale:
@@ -484,7 +513,17 @@ def plan(ckpt: Any, options: Any, notes: set[str]) -> list[_Planned]:
     spec = ckpt.spec
     plans: list[_Planned] = []
     stacks: dict[str, list[str]] = {}
-    for name in ckpt.tensors:
+    tensors = dict(ckpt.tensors)
+    missing = {n: v for n, v in _unused_kv(spec).items() if n not in tensors}
+    if missing:  # llama.cpp's loader requires k/v/k_norm on every layer
+        from .keras_gemma3n import filler
+
+        dtype = next(iter(tensors.values())).dtype
+        tensors.update({n: filler(n, shape, value, dtype) for n, (shape, value) in missing.items()})
+        notes.add(f"llama.cpp's loader requires attn_k, attn_v and attn_k_norm on every layer: those of the KV-shared "
+                  f"layers, which read an earlier layer's keys and values, are written as zeros (k_norm ones) "
+                  f"({len(missing)} tensors)")
+    for name in tensors:
         found = gguf_var(name)
         if found is None:
             raise UnsupportedError(f"tensor {name} has no GGUF name in llama.cpp's gemma3n")
@@ -492,7 +531,7 @@ def plan(ckpt: Any, options: Any, notes: set[str]) -> list[_Planned]:
         if v.how == "stack":
             stacks.setdefault(gname, []).append(name)
     done: set[str] = set()
-    for name, ref in ckpt.tensors.items():
+    for name, ref in tensors.items():
         v, gname, k = gguf_var(name)  # type: ignore[misc]
         if gname in done:
             continue
@@ -501,7 +540,7 @@ def plan(ckpt: Any, options: Any, notes: set[str]) -> list[_Planned]:
             members = [v.hf.format(k=j) for j in range(len(stacks[gname]))]
             if sorted(members) != sorted(stacks[gname]):
                 raise UnsupportedError(f"{gname}: the AltUp projections {sorted(stacks[gname])} are not 0..n-2")
-            refs = [ckpt.tensors[m] for m in members]
+            refs = [tensors[m] for m in members]
             shape = (len(refs),) + tuple(refs[0].shape)
 
             def make(refs: list[Any] = refs) -> np.ndarray:
