@@ -184,6 +184,21 @@ def test_round_to_dtype():
     assert round_to_dtype(0.1, "float64") == 0.1
 
 
+def test_bfloat16_rounding_is_ml_dtypes_cast():
+    """round_to_dtype's bfloat16 (bit arithmetic, so that `summary` need not import ml_dtypes) equals ml_dtypes' cast
+    on every hidden size up to 16,384 (sqrt(d)), on halfway cases (ties to even) and on random values."""
+    import ml_dtypes
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    values = [math.sqrt(d) for d in range(1, 16385)] + rng.standard_normal(2000).tolist() \
+        + (rng.standard_normal(2000) * 1e4).tolist()
+    halfway = np.arange(0x3F800000, 0x3F800000 + 0x80000 * 4, 0x8000, dtype=np.uint32).view(np.float32)
+    values += [float(v) for v in halfway]  # exact ties (low 16 bits 0x8000) and exact bfloat16 values
+    for v in values:
+        assert round_to_dtype(v, "bfloat16") == float(np.asarray(v, dtype=ml_dtypes.bfloat16)), v
+
+
 @pytest.mark.parametrize("name,scalar", [("gemma2-27b", 144), ("gemma3-27b", 168), ("gemma2-9b", 256),
                                          ("gemma-7b", 256)])
 def test_query_scale(name, scalar):
