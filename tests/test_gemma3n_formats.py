@@ -25,7 +25,8 @@ SLIDING, FULL = "sliding_attention", "full_attention"
 TINY5 = dict(vocab_size=96, vocab_size_per_layer_input=80, hidden_size=32, intermediate_size=[48, 48, 64, 48, 48],
              num_hidden_layers=5, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
              hidden_size_per_layer_input=4, laurel_rank=4, sliding_window=4, num_kv_shared_layers=2,
-             layer_types=[SLIDING, FULL, SLIDING, FULL, SLIDING], activation_sparsity_pattern=[0.95, 0.95, 0.0, 0.0, 0.0],
+             layer_types=[SLIDING, FULL, SLIDING, FULL, SLIDING],
+             activation_sparsity_pattern=[0.95, 0.95, 0.0, 0.0, 0.0],
              max_position_embeddings=128, final_logit_softcapping=30.0)
 IDS = np.array([[2, 5, 90, 81, 7, 33, 64, 12, 95, 3, 17, 44]])  # 81-95 lie beyond the per-layer table (80 rows)
 L22 = 22
@@ -310,7 +311,8 @@ def test_hf_to_gguf_is_llama_cpps_layout(llama_shaped, tmp_path):
     # (k_norm ones), never read there
     assert "model.layers.20.self_attn.k_proj.weight" not in sd and "blk.19.attn_k.weight" in t
     for i in (20, 21):
-        assert not np.asarray(t[f"blk.{i}.attn_k.weight"].data).any() and not np.asarray(t[f"blk.{i}.attn_v.weight"].data).any()
+        for kind in ("k", "v"):
+            assert not np.asarray(t[f"blk.{i}.attn_{kind}.weight"].data).any()
         assert (np.asarray(t[f"blk.{i}.attn_k_norm.weight"].data) == 1).all()
     assert "output.weight" not in t  # tied
 

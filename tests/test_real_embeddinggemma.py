@@ -135,7 +135,8 @@ def _st_embedding(path: str, ids: list[int]):
 
     st = SentenceTransformer(path, device="cpu")
     with torch.no_grad():
-        out = st.forward({"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)})
+        mask = torch.ones(1, len(ids), dtype=torch.long)
+        out = st.forward({"input_ids": torch.tensor([ids]), "attention_mask": mask})
     return st, out["sentence_embedding"][0].numpy()
 
 
@@ -187,7 +188,8 @@ def test_real_release_to_gguf_as_llama_cpps_converter_writes_it(real_embeddingge
     md = {k: f.contents() for k, f in r.fields.items()}
     assert (md["general.architecture"], md["gemma-embedding.pooling_type"]) == ("gemma-embedding", 1)
     assert (md["gemma-embedding.block_count"], md["gemma-embedding.embedding_length"],
-            md["gemma-embedding.attention.sliding_window"], md["gemma-embedding.context_length"]) == (24, 768, 512, 2048)
+            md["gemma-embedding.attention.sliding_window"], md["gemma-embedding.context_length"]) == (
+        24, 768, 512, 2048)
     assert (md["gemma-embedding.dense_2_feat_in"], md["gemma-embedding.dense_2_feat_out"],
             md["gemma-embedding.dense_3_feat_in"], md["gemma-embedding.dense_3_feat_out"]) == (768, 3072, 3072, 768)
     assert len(md["tokenizer.ggml.tokens"]) == 262144
@@ -199,7 +201,8 @@ def test_real_release_to_gguf_as_llama_cpps_converter_writes_it(real_embeddingge
     inexact = [n for n in want if not np.array_equal(got[n], want[n])]
     assert all(n.endswith("norm.weight") for n in inexact) and len(inexact) <= 24 * 6 + 1
     for n in inexact:
-        np.testing.assert_allclose(got[n], want[n], rtol=0, atol=2 * np.finfo(np.float32).eps * (1 + np.abs(want[n]).max()))
+        eps = float(np.finfo(np.float32).eps)
+        np.testing.assert_allclose(got[n], want[n], rtol=0, atol=2 * eps * (1 + float(np.abs(want[n]).max())))
     ids, emb = release_embedding
     _, again = _st_embedding(real_out.get("gguf", "hf"), ids)
     assert float(np.abs(again - emb).max()) <= 1e-6

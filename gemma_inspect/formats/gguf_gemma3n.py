@@ -387,7 +387,8 @@ def read(path: str, header: Any) -> Any:
         stored[name] = (info, 1)
     if ignored_kv:
         layers = sorted({int(n.split(".")[1]) for n in ignored_kv})
-        notes.append(f"{len(ignored_kv)} k/v/k_norm tensors of the KV-shared layers {layers[0]}-{layers[-1]} set aside: "
+        notes.append(f"{len(ignored_kv)} k/v/k_norm tensors of the KV-shared layers {layers[0]}-{layers[-1]} set "
+                     f"aside: "
                      f"llama.cpp's loader requires them on every layer, and those layers reuse an earlier layer's keys "
                      f"and values")
     if ignored:
