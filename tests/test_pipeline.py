@@ -64,6 +64,34 @@ def test_permutations_equal_numpy(dtype):
         permute(a, (0, 2, 1), np.empty((2, 2), dtype=dtype))
 
 
+def test_transposes_read_a_read_only_source_and_write_only_into_out():
+    a = _values((33, 70), BF16)
+    a.flags.writeable = False  # a read-only memory map of the source file
+    out = np.zeros((70, 33), dtype=BF16)
+    assert transpose2d(a, out) is out and _bytes(out) == _bytes(a.T)
+    heads = _values((4, 16, 24), np.float64)  # 8-byte elements: two 4-byte channels moved together
+    out = np.zeros((4, 24, 16), dtype=np.float64)
+    assert transpose_last2(heads, out) is out and _bytes(out) == _bytes(heads.transpose(0, 2, 1))
+
+
+def test_a_bfloat16_conversion_imports_neither_torch_nor_ml_dtypes(tiny_models, tmp_path):
+    """Re-laying-out bfloat16 moves uint16s with cv2: importing torch (2-3 s) or ml_dtypes (0.8 s of CPU with
+    ml_dtypes 0.7) would cost a conversion more than its whole re-layout of a 2B model."""
+    import subprocess
+    import sys
+
+    src = tiny_models.get("gemma2", "keras", "bfloat16")
+    code = ("import sys; from gemma_inspect.convert import convert; convert(sys.argv[1], sys.argv[2], 'hf'); "
+            "convert(sys.argv[2], sys.argv[3], 'keras'); "
+            "print(sorted(m for m in ('torch', 'ml_dtypes', 'cv2') if m in sys.modules))")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", code, src, str(tmp_path / "hf"), str(tmp_path / "k")],
+                       capture_output=True, text=True, cwd=root, env=dict(os.environ, PYTHONPATH=root))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[-2] == "['cv2']"
+    assert load(str(tmp_path / "k")).tensors.keys() == load(src).tensors.keys()
+
+
 def test_keras_layouts_equal_the_reference_reshapes_for_every_role():
     from gemma_inspect.tiny import tiny_spec
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..dtypes import DTYPE_BYTES
 from ..errors import InputError
 from .common import read_weight_map, safe_child
 from .safetensors_io import numpy_dtype, read_at
@@ -91,7 +92,7 @@ def scan_h5(file: str, only: set[str] | None = None) -> tuple[dict[str, H5Var], 
                     dt = ds.dtype
                     dtype = _h5_dtype(dt, _h5_attr(ds, "dtype", file) if dt.kind == "V" else None, "/" + full, file)
                     shape = tuple(int(s) for s in ds.shape)
-                    want = math.prod(shape) * numpy_dtype(dtype).itemsize  # math.prod: 1000s of calls, no numpy
+                    want = math.prod(shape) * DTYPE_BYTES[dtype]  # math.prod: 1000s of calls, no numpy (nor ml_dtypes)
                     offset = ds.get_offset()
                     nbytes = int(ds.get_storage_size())
                     dcpl = ds.get_create_plist()

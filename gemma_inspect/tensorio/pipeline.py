@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..arrays import Layout, aligned_empty, cast_into, permute, transpose2d
+from ..arrays import Layout, aligned_empty, bits_dtype, cast_into, permute, transpose2d
 from ..dtypes import CAST_DTYPES, DTYPE_BYTES, FLOAT_DTYPES, numpy_dtype
 from ..errors import InputError
 from .stages import add_stage
@@ -240,14 +240,17 @@ def _stream(ref: TensorRef, dtype: str, source: tuple[str, int, Any], buffers: B
     kernels) goes band by band over that axis; a 2-D transpose is one kernel call when it fits in a chunk, and
     otherwise goes by bands of output rows, each gathered from the source's rows a band at a time."""
     path, offset, layout = source
-    if layout is not None and "torch" not in sys.modules:
+    if layout is not None and "cv2" not in sys.modules:
         start = time.perf_counter()
-        import torch  # noqa: F401 - the layout kernels' library, imported once
+        import cv2  # noqa: F401 - the layout kernels' library (arrays.py), imported once
 
         add_stage("import", time.perf_counter() - start)
-    sdt, ddt = numpy_dtype(ref.dtype), numpy_dtype(dtype)
+    cast = ref.dtype != dtype
+    if cast:  # numpy's (ml_dtypes') float types: the cast is numpy's
+        sdt, ddt = numpy_dtype(ref.dtype), numpy_dtype(dtype)
+    else:  # bytes moved as unsigned integers of their width: no float type (and no ml_dtypes import) needed
+        sdt = ddt = bits_dtype(DTYPE_BYTES[dtype])
     width = max(sdt.itemsize, ddt.itemsize)
-    cast = sdt != ddt
     view = tuple(layout.view) if layout is not None else (ref.numel,)
     perm = tuple(layout.perm) if layout is not None else (0,)
     pool, scratch = buffers.pool, buffers.scratch
