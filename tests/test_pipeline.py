@@ -315,3 +315,34 @@ def test_sharded_output_plans_names_and_indexes_the_shards(tmp_path):
                                                "w.b": "model-00002-of-00003.safetensors",
                                                "w.c": "model-00002-of-00003.safetensors",
                                                "w.d": "model-00003-of-00003.safetensors"}}
+
+
+@pytest.mark.parametrize("algorithm", ["blake3", "sha256"])
+@pytest.mark.parametrize("to", ["hf", "keras"])
+def test_manifest_hashes_taken_while_writing_equal_the_files_hashes(tiny_models, tmp_path, monkeypatch, algorithm,
+                                                                    to):
+    """The manifest's thread hashes the output from memory maps of the files while they grow (safetensors front to
+    back, HDF5 up to what the writer says is final), through windows far smaller than the files here: every
+    digest equals hashlib's / blake3's of the finished file."""
+    import hashlib
+    import json
+
+    import blake3
+
+    from gemma_inspect.tensorio import hashing
+
+    monkeypatch.setattr(hashing, "HASH_BLOCK", 64 * 1024)  # many windows, most of them not page-aligned at the start
+    monkeypatch.setattr(pipeline, "CHUNK_BYTES", 4096)  # many small writes for the thread to follow
+    src = tiny_models.get("gemma2", "hf" if to == "keras" else "keras", "bfloat16")
+    dest = tmp_path / "out"
+    convert(src, str(dest), to, convert_module.WriteOptions(hash=algorithm))
+    with open(dest / "gemma-inspect-manifest.json") as f:
+        manifest = json.load(f)
+    assert manifest["hash"] == algorithm
+    new = blake3.blake3 if algorithm == "blake3" else hashlib.sha256
+    weights = 0
+    for entry in manifest["files"]:
+        data = (dest / entry["name"]).read_bytes()
+        assert entry["size"] == len(data) and entry[algorithm] == new(data).hexdigest(), entry["name"]
+        weights += entry["name"].endswith((".safetensors", ".h5"))
+    assert weights == 1
