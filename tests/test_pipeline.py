@@ -202,6 +202,31 @@ def test_streamed_bytes_are_exact_for_every_chunk_dtype_and_layout(tmp_path, chu
     assert _streamed(stored, name, None, chunk)[0] == _bytes(want_cast)
 
 
+def test_sources_that_cannot_be_mapped_are_read_and_short_files_refused(tmp_path, monkeypatch):
+    """The source bytes are read from memory maps; where a file system refuses mmap, they are read into the
+    scratch buffer instead, with the same result; a file shorter than its tensor is an error naming it."""
+    import mmap
+
+    from gemma_inspect.errors import InputError
+
+    m = _values((48, 80), BF16)
+    ref = _file_ref(tmp_path, m)
+    want = _bytes(np.ascontiguousarray(m.T))
+    layout = Layout((48, 80), (1, 0), (80, 48))
+    assert _streamed(ref, "bfloat16", layout, 4096)[0] == want
+
+    def refuse(*args, **kwargs):
+        raise OSError(19, "No such device")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(mmap, "mmap", refuse)
+        got, buffers = _streamed(ref, "bfloat16", layout, 4096)
+        assert got == want and buffers.scratch.allocated_bytes > 0  # read into scratch
+    os.truncate(ref.span[0], ref.span[1] + ref.span[2] - 100)
+    with pytest.raises(InputError, match=r"t\.bin: file ends 100 bytes before the end of a tensor"):
+        _streamed(ref, "bfloat16", layout, 1 << 20)
+
+
 def test_memory_is_bounded_by_the_chunk_not_the_tensor(tmp_path):
     """A 16 MB tensor (an embedding, say) cast and transposed through 256 KB chunks: the buffers and every
     allocation on the way stay within a few chunks."""
@@ -346,3 +371,22 @@ def test_manifest_hashes_taken_while_writing_equal_the_files_hashes(tiny_models,
         assert entry["size"] == len(data) and entry[algorithm] == new(data).hexdigest(), entry["name"]
         weights += entry["name"].endswith((".safetensors", ".h5"))
     assert weights == 1
+
+
+def test_hashing_reads_files_that_cannot_be_mapped(tmp_path, monkeypatch):
+    import hashlib
+    import mmap
+
+    from gemma_inspect.tensorio import hashing
+
+    data = np.random.default_rng(3).integers(0, 256, size=300_001, dtype=np.uint8).tobytes()
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    monkeypatch.setattr(hashing, "HASH_BLOCK", 65536)
+    assert hashing.hash_of(str(path), "sha256") == hashlib.sha256(data).hexdigest()
+
+    def refuse(*args, **kwargs):
+        raise OSError(19, "No such device")
+
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    assert hashing.hash_of(str(path), "sha256") == hashlib.sha256(data).hexdigest()

@@ -40,7 +40,16 @@ def hash_range(fd: int, h: Any, start: int, end: int) -> None:
     while pos < end:
         base = pos - pos % gran
         length = min(end, base + HASH_BLOCK) - base
-        m = mmap.mmap(fd, length, prot=mmap.PROT_READ, flags=mmap.MAP_SHARED, offset=base)
+        try:
+            m = mmap.mmap(fd, length, prot=mmap.PROT_READ, flags=mmap.MAP_SHARED, offset=base)
+        except OSError:  # a file system without mmap: read instead
+            while pos < end:
+                data = os.pread(fd, min(HASH_BLOCK, end - pos), pos)
+                if not data:
+                    raise InputError(None, f"file descriptor {fd} ended at {pos} of {end} bytes while hashed")
+                h.update(data)
+                pos += len(data)
+            return
         try:
             view = memoryview(m)
             try:

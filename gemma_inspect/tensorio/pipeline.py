@@ -172,6 +172,30 @@ def _read_into(fd: int, path: str, offset: int, dst: np.ndarray) -> None:
     add_stage("read", time.perf_counter() - start)
 
 
+def _source_bytes(fd: int, path: str, offset: int, nbytes: int, scratch: Scratch) -> np.ndarray:
+    """The file's bytes [offset, offset + nbytes) as a read-only uint8 array: a shared read-only memory map of
+    the page cache (populated at once; unmapped when the array is dropped), which the kernels read without the
+    bytes being copied into a buffer first; where a file cannot be mapped, read into the scratch buffer."""
+    import mmap
+
+    start = time.perf_counter()
+    size = os.fstat(fd).st_size
+    if offset + nbytes > size:
+        raise InputError(path, f"file ends {offset + nbytes - max(size, offset)} bytes before the end of a tensor")
+    if nbytes == 0:
+        return np.empty(0, dtype=np.uint8)
+    base = offset - offset % mmap.ALLOCATIONGRANULARITY
+    try:
+        m = mmap.mmap(fd, offset + nbytes - base, prot=mmap.PROT_READ,
+                      flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0), offset=base)
+    except (OSError, ValueError):  # a file system without mmap: a copy into the scratch buffer instead
+        buf = scratch.get("read", nbytes)[:nbytes]
+        _read_into(fd, path, offset, buf)
+        return buf
+    add_stage("read", time.perf_counter() - start)
+    return np.frombuffer(m, dtype=np.uint8, count=nbytes, offset=offset - base)
+
+
 def _typed(buf: np.ndarray, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
     n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     return buf[:n].view(dtype).reshape(shape)
@@ -264,8 +288,8 @@ def _stream(ref: TensorRef, dtype: str, source: tuple[str, int, Any], buffers: B
             rows = max(1, chunk // max(1, inner * width))
             for r0 in range(0, view[0], rows):
                 band = (min(rows, view[0] - r0), *view[1:])
-                src = _typed(scratch.get("read", band[0] * inner * sdt.itemsize), sdt, band)
-                _read_into(fd, path, offset + r0 * inner * sdt.itemsize, src.reshape(-1).view(np.uint8))
+                src = _typed(_source_bytes(fd, path, offset + r0 * inner * sdt.itemsize,
+                                           band[0] * inner * sdt.itemsize, scratch), sdt, band)
                 out = buffers.out(src.size * ddt.itemsize)
                 start = time.perf_counter()
                 if perm == tuple(range(len(perm))):
@@ -281,8 +305,7 @@ def _stream(ref: TensorRef, dtype: str, source: tuple[str, int, Any], buffers: B
             raise ValueError(f"cannot stream permutation {perm} of {view}")
         rows, cols = view
         if rows * cols * width <= chunk:  # the whole matrix in one kernel call
-            src = _typed(scratch.get("read", rows * cols * sdt.itemsize), sdt, view)
-            _read_into(fd, path, offset, src.reshape(-1).view(np.uint8))
+            src = _typed(_source_bytes(fd, path, offset, rows * cols * sdt.itemsize, scratch), sdt, view)
             out = buffers.out(src.size * ddt.itemsize)
             start = time.perf_counter()
             if cast:
@@ -301,8 +324,8 @@ def _stream(ref: TensorRef, dtype: str, source: tuple[str, int, Any], buffers: B
             gathered = _typed(scratch.get("band", rows * (c1 - c0) * ddt.itemsize), ddt, (rows, c1 - c0))
             for r0 in range(0, rows, in_rows):
                 r1 = min(rows, r0 + in_rows)
-                src = _typed(scratch.get("read", (r1 - r0) * cols * sdt.itemsize), sdt, (r1 - r0, cols))
-                _read_into(fd, path, offset + r0 * cols * sdt.itemsize, src.reshape(-1).view(np.uint8))
+                src = _typed(_source_bytes(fd, path, offset + r0 * cols * sdt.itemsize,
+                                           (r1 - r0) * cols * sdt.itemsize, scratch), sdt, (r1 - r0, cols))
                 start = time.perf_counter()
                 cast_into(src[:, c0:c1], gathered[r0:r1])
                 add_stage("transform", time.perf_counter() - start)
