@@ -3,9 +3,10 @@
 Every re-layout is a library kernel call on the bytes seen as unsigned integers of the element's width (a layout
 change moves bits, never values): OpenCV's `cv2.transpose` (opencv-python-headless), a blocked transpose written
 for images, whose [rows, cols] matrices of 1-, 2-, 4- and 8-byte (two-channel) elements are exactly our 2-D
-kernels. Measured side by side on a [2048, 16384] bfloat16 FFN kernel (`benchmarks/kernels.py`) it is about as
-fast as torch's `copy_` of a transposed tensor and 2-4x numpy's strided copy, and `import cv2` costs 0.1 s where
-`import torch` costs 2-3 s on the test VM: a conversion no longer imports torch at all. Casts stay numpy's
+kernels. Measured side by side on a [2048, 16384] bfloat16 FFN kernel (`benchmarks/kernels.py`) on the 2-core
+test VM it took 42-89 ms against 99-139 ms for torch's `copy_` of a transposed tensor and 223-384 ms for numpy's
+strided copy, and `import cv2` costs 24-38 ms where `import torch` costs 1.6-3 s: a conversion no longer imports
+torch at all. Casts stay numpy's
 (ml_dtypes' bfloat16, round to nearest even), written into the caller's buffer. cv2 is imported on first use
 only: `summary` never loads it.
 """

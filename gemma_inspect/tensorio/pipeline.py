@@ -26,7 +26,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # The bands tensors are streamed in, and the size of each reused buffer: one FFN kernel of Gemma 2B in bfloat16 is
 # transposed in one kernel call. Measured on the 2-core test VM against 32 MB buffers (bands, the source read
-# once per band): 4.0 s re-laying-out against 4.6-5.9 s; peak RSS 0.41 GB against 0.37 (torch's 0.28 included).
+# once per band): 4.0 s re-laying-out against 4.6-5.9 s. One pool buffer, not two: with two, the producer runs
+# ahead of the writer, but on 2 cores that measured 0.2-1.3 s slower (and 65 MB more RSS) with cv2's kernels.
 CHUNK_BYTES = 64 * 1024 * 1024
 
 Progress = Callable[[int], None]  # called with the number of bytes just written
