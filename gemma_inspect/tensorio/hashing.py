@@ -42,7 +42,7 @@ def hash_range(fd: int, h: Any, start: int, end: int) -> None:
         length = min(end, base + HASH_BLOCK) - base
         try:
             m = mmap.mmap(fd, length, prot=mmap.PROT_READ, flags=mmap.MAP_SHARED, offset=base)
-        except OSError:  # a file system without mmap: read instead
+        except (OSError, ValueError, TypeError):  # no mmap here (or no prot/flags): read instead
             while pos < end:
                 data = os.pread(fd, min(HASH_BLOCK, end - pos), pos)
                 if not data:

@@ -189,7 +189,7 @@ def _source_bytes(fd: int, path: str, offset: int, nbytes: int, scratch: Scratch
     try:
         m = mmap.mmap(fd, offset + nbytes - base, prot=mmap.PROT_READ,
                       flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0), offset=base)
-    except (OSError, ValueError):  # a file system without mmap: a copy into the scratch buffer instead
+    except (OSError, ValueError, TypeError):  # no mmap here (or no prot/flags): read into the scratch buffer
         buf = scratch.get("read", nbytes)[:nbytes]
         _read_into(fd, path, offset, buf)
         return buf
