@@ -1,8 +1,10 @@
 """Benchmark: the kernels a conversion spends its time in, candidates side by side on this machine.
 
   - the CPU (model, cores, the flags that matter: sha_ni, avx2, avx512*);
-  - a [2048, 16384] bfloat16 FFN kernel transposed: numpy's strided copy, torch's `t().contiguous()`, and
-    torch's `copy_` into a reused buffer (what `convert` does, gemma_inspect.arrays);
+  - a [2048, 16384] bfloat16 FFN kernel transposed: OpenCV's `cv2.transpose` of the uint16 view into a reused
+    buffer (what `convert` does, gemma_inspect.arrays) and into a fresh one, torch's `copy_` and
+    `t().contiguous()`, numpy's strided copy;
+  - what importing each kernel library costs (cv2, blake3, h5py, ml_dtypes, torch);
   - a cast bfloat16 -> float32 (numpy, into a reused buffer);
   - the manifest's hash candidates over 256 MB: SHA-256 (hashlib/OpenSSL), BLAKE2b, BLAKE3 on one thread and
     on all cores; a memcpy of the same bytes as the floor.
@@ -69,6 +71,7 @@ def _best(fn, repeat: int = 5) -> float:
 
 
 def transposes() -> list[tuple[str, float]]:
+    import cv2
     import ml_dtypes
     import torch
 
@@ -76,16 +79,36 @@ def transposes() -> list[tuple[str, float]]:
 
     a = np.random.default_rng(0).standard_normal((2048, 16384), dtype=np.float32).astype(ml_dtypes.bfloat16)
     out = np.empty((16384, 2048), dtype=a.dtype)
-    ti = torch.from_numpy(a.view(np.int16))
+    u, uo = a.view(np.uint16), out.view(np.uint16)
+    ti, to = torch.from_numpy(a.view(np.int16)), torch.from_numpy(out.view(np.int16))
     f32 = np.empty(a.shape, dtype=np.float32)
     return [
-        ("numpy np.ascontiguousarray(a.T)", _best(lambda: np.ascontiguousarray(a.T))),
-        ("numpy np.copyto(out, a.T), reused out", _best(lambda: np.copyto(out, a.T))),
+        ("cv2.transpose of uint16, reused out (used)", _best(lambda: transpose2d(a, out))),
+        ("cv2.transpose of uint16, fresh output", _best(lambda: cv2.transpose(u))),
+        ("torch out.copy_(t()), reused out", _best(lambda: to.copy_(ti.t()))),
         ("torch t().contiguous(), fresh output", _best(lambda: ti.t().contiguous())),
-        ("torch out.copy_(t()), reused out (used)", _best(lambda: transpose2d(a, out))),
+        ("numpy np.copyto(out, a.T) of uint16, reused out", _best(lambda: np.copyto(uo, u.T))),
+        ("numpy np.ascontiguousarray(a.T)", _best(lambda: np.ascontiguousarray(a.T))),
         ("cast bf16 -> f32, numpy, reused out (used)", _best(lambda: np.copyto(f32, a, casting="unsafe"))),
-        ("memcpy of the same 64 MB", _best(lambda: np.copyto(out.reshape(-1), a.reshape(-1)))),
+        ("memcpy of the same 64 MB", _best(lambda: np.copyto(uo.reshape(-1), u.reshape(-1)))),
     ]
+
+
+def imports() -> list[tuple[str, float]]:
+    """Seconds of `import X` in a fresh interpreter, numpy already imported (best of 3): what each kernel library
+    costs a conversion before it does anything."""
+    import subprocess
+
+    code = "import time, numpy; t = time.perf_counter(); import {}; print(time.perf_counter() - t)"
+    rows = []
+    for mod in ("cv2", "blake3", "h5py", "ml_dtypes", "torch"):
+        times = []
+        for _ in range(3):
+            r = subprocess.run([sys.executable, "-c", code.format(mod)], capture_output=True, text=True)
+            if r.returncode == 0:
+                times.append(float(r.stdout.strip().splitlines()[-1]))
+        rows.append((mod, min(times) if times else float("nan")))
+    return rows
 
 
 def hashes(mb: int = 256) -> list[tuple[str, float]]:
@@ -111,14 +134,19 @@ def main() -> int:
     tr = transposes()
     print("\n[2048, 16384] bfloat16 (64 MB), best of 5:")
     for name, t in tr:
-        print(f"  {name:<44} {t * 1000:8.1f} ms")
+        print(f"  {name:<48} {t * 1000:8.1f} ms")
+    print("\nimport in a fresh interpreter (numpy already imported), best of 3:")
+    im = imports()
+    for name, t in im:
+        print(f"  import {name:<41} {t * 1000:8.0f} ms")
     hs = hashes()
     print("\nhashing 256 MB, best of 3:")
     for name, rate in hs:
-        print(f"  {name:<44} {rate:8.0f} MB/s")
+        print(f"  {name:<48} {rate:8.0f} MB/s")
     if args.json_out:
         with open(args.json_out, "w") as f:
-            json.dump({"cpu": info, "transpose_seconds": dict(tr), "hash_mb_per_s": dict(hs)}, f, indent=2)
+            json.dump({"cpu": info, "transpose_seconds": dict(tr), "import_seconds": dict(im),
+                       "hash_mb_per_s": dict(hs)}, f, indent=2)
     return 0
 
 

@@ -64,6 +64,34 @@ def test_permutations_equal_numpy(dtype):
         permute(a, (0, 2, 1), np.empty((2, 2), dtype=dtype))
 
 
+def test_transposes_read_a_read_only_source_and_write_only_into_out():
+    a = _values((33, 70), BF16)
+    a.flags.writeable = False  # a read-only memory map of the source file
+    out = np.zeros((70, 33), dtype=BF16)
+    assert transpose2d(a, out) is out and _bytes(out) == _bytes(a.T)
+    heads = _values((4, 16, 24), np.float64)  # 8-byte elements: two 4-byte channels moved together
+    out = np.zeros((4, 24, 16), dtype=np.float64)
+    assert transpose_last2(heads, out) is out and _bytes(out) == _bytes(heads.transpose(0, 2, 1))
+
+
+def test_a_bfloat16_conversion_imports_neither_torch_nor_ml_dtypes(tiny_models, tmp_path):
+    """Re-laying-out bfloat16 moves uint16s with cv2: importing torch (2-3 s) or ml_dtypes (0.8 s of CPU with
+    ml_dtypes 0.7) would cost a conversion more than its whole re-layout of a 2B model."""
+    import subprocess
+    import sys
+
+    src = tiny_models.get("gemma2", "keras", "bfloat16")
+    code = ("import sys; from gemma_inspect.convert import convert; convert(sys.argv[1], sys.argv[2], 'hf'); "
+            "convert(sys.argv[2], sys.argv[3], 'keras'); "
+            "print(sorted(m for m in ('torch', 'ml_dtypes', 'cv2') if m in sys.modules))")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", code, src, str(tmp_path / "hf"), str(tmp_path / "k")],
+                       capture_output=True, text=True, cwd=root, env=dict(os.environ, PYTHONPATH=root))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[-2] == "['cv2']"
+    assert load(str(tmp_path / "k")).tensors.keys() == load(src).tensors.keys()
+
+
 def test_keras_layouts_equal_the_reference_reshapes_for_every_role():
     from gemma_inspect.tiny import tiny_spec
 
@@ -172,6 +200,31 @@ def test_streamed_bytes_are_exact_for_every_chunk_dtype_and_layout(tmp_path, chu
     # a stored (Keras) source re-laid-out to canonical on the way
     stored = _file_ref(tmp_path, np.ascontiguousarray(m.T), Layout((80, 48), (1, 0), (48, 80)), "k")
     assert _streamed(stored, name, None, chunk)[0] == _bytes(want_cast)
+
+
+def test_sources_that_cannot_be_mapped_are_read_and_short_files_refused(tmp_path, monkeypatch):
+    """The source bytes are read from memory maps; where a file system refuses mmap, they are read into the
+    scratch buffer instead, with the same result; a file shorter than its tensor is an error naming it."""
+    import mmap
+
+    from gemma_inspect.errors import InputError
+
+    m = _values((48, 80), BF16)
+    ref = _file_ref(tmp_path, m)
+    want = _bytes(np.ascontiguousarray(m.T))
+    layout = Layout((48, 80), (1, 0), (80, 48))
+    assert _streamed(ref, "bfloat16", layout, 4096)[0] == want
+
+    def refuse(*args, **kwargs):
+        raise OSError(19, "No such device")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(mmap, "mmap", refuse)
+        got, buffers = _streamed(ref, "bfloat16", layout, 4096)
+        assert got == want and buffers.scratch.allocated_bytes > 0  # read into scratch
+    os.truncate(ref.span[0], ref.span[1] + ref.span[2] - 100)
+    with pytest.raises(InputError, match=r"t\.bin: file ends 100 bytes before the end of a tensor"):
+        _streamed(ref, "bfloat16", layout, 1 << 20)
 
 
 def test_memory_is_bounded_by_the_chunk_not_the_tensor(tmp_path):
@@ -287,3 +340,53 @@ def test_sharded_output_plans_names_and_indexes_the_shards(tmp_path):
                                                "w.b": "model-00002-of-00003.safetensors",
                                                "w.c": "model-00002-of-00003.safetensors",
                                                "w.d": "model-00003-of-00003.safetensors"}}
+
+
+@pytest.mark.parametrize("algorithm", ["blake3", "sha256"])
+@pytest.mark.parametrize("to", ["hf", "keras"])
+def test_manifest_hashes_taken_while_writing_equal_the_files_hashes(tiny_models, tmp_path, monkeypatch, algorithm,
+                                                                    to):
+    """The manifest's thread hashes the output from memory maps of the files while they grow (safetensors front to
+    back, HDF5 up to what the writer says is final), through windows far smaller than the files here: every
+    digest equals hashlib's / blake3's of the finished file."""
+    import hashlib
+    import json
+
+    import blake3
+
+    from gemma_inspect.tensorio import hashing
+
+    monkeypatch.setattr(hashing, "HASH_BLOCK", 64 * 1024)  # many windows, most of them not page-aligned at the start
+    monkeypatch.setattr(pipeline, "CHUNK_BYTES", 4096)  # many small writes for the thread to follow
+    src = tiny_models.get("gemma2", "hf" if to == "keras" else "keras", "bfloat16")
+    dest = tmp_path / "out"
+    convert(src, str(dest), to, convert_module.WriteOptions(hash=algorithm))
+    with open(dest / "gemma-inspect-manifest.json") as f:
+        manifest = json.load(f)
+    assert manifest["hash"] == algorithm
+    new = blake3.blake3 if algorithm == "blake3" else hashlib.sha256
+    weights = 0
+    for entry in manifest["files"]:
+        data = (dest / entry["name"]).read_bytes()
+        assert entry["size"] == len(data) and entry[algorithm] == new(data).hexdigest(), entry["name"]
+        weights += entry["name"].endswith((".safetensors", ".h5"))
+    assert weights == 1
+
+
+def test_hashing_reads_files_that_cannot_be_mapped(tmp_path, monkeypatch):
+    import hashlib
+    import mmap
+
+    from gemma_inspect.tensorio import hashing
+
+    data = np.random.default_rng(3).integers(0, 256, size=300_001, dtype=np.uint8).tobytes()
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    monkeypatch.setattr(hashing, "HASH_BLOCK", 65536)
+    assert hashing.hash_of(str(path), "sha256") == hashlib.sha256(data).hexdigest()
+
+    def refuse(*args, **kwargs):
+        raise OSError(19, "No such device")
+
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    assert hashing.hash_of(str(path), "sha256") == hashlib.sha256(data).hexdigest()

@@ -29,18 +29,45 @@ def new_hash(algorithm: str) -> Any:
     raise InputError(None, f"unknown hash {algorithm!r}; choose from {', '.join(HASHES)}")
 
 
-def hash_of(path: str, algorithm: str = DEFAULT_HASH) -> str:
-    """The hex digest of a file, read into one reused buffer (both hashes release the GIL while they work:
-    files hash in parallel threads)."""
-    from ..arrays import aligned_empty  # numpy: only once something is hashed (the constants stay light)
+def hash_range(fd: int, h: Any, start: int, end: int) -> None:
+    """Feed bytes [start, end) of the open file `fd` to `h`, from read-only memory maps of the page cache (a
+    window of HASH_BLOCK bytes at a time, unmapped after use): no copy into a buffer, which took a third of the
+    hash's CPU time reading 2.37 GB back on the test VM, and at most one window mapped (resident) at a time."""
+    import mmap
 
+    gran = mmap.ALLOCATIONGRANULARITY
+    pos = start
+    while pos < end:
+        base = pos - pos % gran
+        length = min(end, base + HASH_BLOCK) - base
+        try:
+            m = mmap.mmap(fd, length, prot=mmap.PROT_READ, flags=mmap.MAP_SHARED, offset=base)
+        except (OSError, ValueError, TypeError):  # no mmap here (or no prot/flags): read instead
+            while pos < end:
+                data = os.pread(fd, min(HASH_BLOCK, end - pos), pos)
+                if not data:
+                    raise InputError(None, f"file descriptor {fd} ended at {pos} of {end} bytes while hashed")
+                h.update(data)
+                pos += len(data)
+            return
+        try:
+            view = memoryview(m)
+            try:
+                h.update(view[pos - base:])
+            finally:
+                view.release()
+        finally:
+            m.close()
+        pos = base + length
+
+
+def hash_of(path: str, algorithm: str = DEFAULT_HASH) -> str:
+    """The hex digest of a file, hashed from memory maps (both hashes release the GIL while they work: files
+    hash in parallel threads)."""
     h = new_hash(algorithm)
-    buf = aligned_empty(HASH_BLOCK)
-    view = memoryview(buf)
     start = time.perf_counter()
     with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(view):
-            h.update(view[:n])
+        hash_range(f.fileno(), h, 0, os.fstat(f.fileno()).st_size)
     add_stage("hash", time.perf_counter() - start)
     return h.hexdigest()
 
@@ -62,8 +89,8 @@ APPENDED = (".safetensors", ".gguf", ".ckpt")
 
 class Follower:
     """Hashes the output files that are written front to back while the writer writes them, in a thread that
-    reads each one from where it left off to its current end (from the page cache) and waits when it has caught
-    up. Hashing then overlaps converting, from one reused buffer: with BLAKE3 (several GB/s) the manifest costs
+    maps each one from where it left off to its current end (the page cache, read-only) and waits when it has caught
+    up. Hashing then overlaps converting, without copying the bytes: with BLAKE3 (several GB/s) the manifest costs
     next to nothing. Call `finish()` when the writer has returned (or failed): it hashes what is left and
     returns {path: (size, hex digest)} for the followed files."""
 
@@ -94,9 +121,6 @@ class Follower:
 
     def _run(self) -> None:
         states: dict[str, tuple[Any, Any, int]] = {}  # path -> (file, hash, bytes hashed)
-        from ..arrays import aligned_empty
-
-        view = memoryview(aligned_empty(HASH_BLOCK))
         try:
             while not self.stop.is_set():
                 finished = self.done.is_set()  # read before the last pass: nothing is written after it is set
@@ -107,9 +131,12 @@ class Follower:
                     f, h, n = states[path]
                     limit = self.limits.get(path)
                     start = time.perf_counter()
-                    while got := f.readinto(view if limit is None else view[:max(0, min(HASH_BLOCK, limit - n))]):
-                        h.update(view[:got])
-                        n += got
+                    end = os.fstat(f.fileno()).st_size
+                    if limit is not None:
+                        end = min(end, limit)
+                    if end > n:
+                        hash_range(f.fileno(), h, n, end)
+                        n = end
                         progressed = True
                     add_stage("hash", time.perf_counter() - start)
                     states[path] = (f, h, n)

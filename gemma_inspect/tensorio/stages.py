@@ -1,5 +1,5 @@
 """Seconds spent in each stage of the conversion in progress, summed over the threads that do it (read and
-transform: the producer thread; write: the writer, kernel copies included; hash: the manifest's; import: torch,
+transform: the producer thread; write: the writer, kernel copies included; hash: the manifest's; import: cv2,
 imported by the producer on the first re-layout). The stages overlap in time, so they do not add up to the wall
 time; convert() reports them so a slow machine explains itself (benchmarks/convert.py prints them)."""
 
