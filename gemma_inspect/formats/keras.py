@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -24,10 +23,12 @@ from ..checkpoint import (FLOAT_DTYPES, Checkpoint, TensorRef, canonical_name, c
                           parse_canonical)
 from ..errors import InputError, SpecError, UnsupportedError
 from ..families import FAMILY_TABLE, FULL, SLIDING, Family, by_keras_backbone
-from ..heads import ACTIVATION_NAMES, DenseLayer, EmbeddingHead, dense_name
+from ..heads import EmbeddingHead
 from ..spec import GemmaSpec, card, card_of_shape, make_spec
 from .common import MAX_LAYERS, most_common, opt_float, read_json_object, require_int
+from .keras_embedding import embedding_head, head_problems, keras_window
 from .keras_h5 import SHARD_INDEX, WEIGHTS, H5Var, preset_vars, read_var
+from .keras_vars import BY_PATH, HEAD_BY_NAME, HEAD_VARS, TOP_VARS, VAR_BY_ROLE, KerasVar
 
 CONFIG = "config.json"
 REGISTRIES = ("keras_hub", "keras_nlp")
@@ -52,7 +53,7 @@ def stored_layout(layout: str, stored: tuple[int, ...]) -> Layout | None:
 
 def _var(role: str) -> KerasVar:
     """The name-table row of a role, or of a head tensor's canonical name."""
-    return VAR_BY_ROLE[role] if role in VAR_BY_ROLE else _HEAD_BY_NAME[role]
+    return VAR_BY_ROLE[role] if role in VAR_BY_ROLE else HEAD_BY_NAME[role]
 
 
 def write_layout(spec: GemmaSpec, role: str, canonical: tuple[int, ...]) -> Layout | None:
@@ -67,47 +68,6 @@ def write_layout(spec: GemmaSpec, role: str, canonical: tuple[int, ...]) -> Layo
         return Layout(tuple(canonical), (1, 0), tuple(reversed(canonical)))
     return None
 
-
-@dataclass(frozen=True)
-class KerasVar:
-    """One row of the name table: the H5 path inside a block (or at the top), the layer name Keras
-    gives that sublayer, the canonical role, and the layout transform."""
-
-    path: str
-    layer_name: str
-    role: str
-    layout: str  # "same" | "heads_in" | "heads_out" | "T"
-
-
-TOP_VARS = (
-    KerasVar("reversible_embedding/vars/0", "token_embedding", "embed", "same"),
-    KerasVar("rms_normalization/vars/0", "final_normalization", "final_norm", "same"),
-)
-BLOCK_VARS = (
-    KerasVar("pre_attention_norm/vars/0", "pre_attention_norm", "attn_norm", "same"),
-    KerasVar("post_attention_norm/vars/0", "post_attention_norm", "post_attn_norm", "same"),
-    KerasVar("pre_ffw_norm/vars/0", "pre_ffw_norm", "ffn_norm", "same"),
-    KerasVar("post_ffw_norm/vars/0", "post_ffw_norm", "post_ffn_norm", "same"),
-    KerasVar("attention/query_dense/vars/0", "query", "q", "heads_in"),
-    KerasVar("attention/key_dense/vars/0", "key", "k", "heads_in"),
-    KerasVar("attention/value_dense/vars/0", "value", "v", "heads_in"),
-    KerasVar("attention/output_dense/vars/0", "attention_output", "o", "heads_out"),
-    KerasVar("attention/query_norm/vars/0", "query_norm", "q_norm", "same"),
-    KerasVar("attention/key_norm/vars/0", "key_norm", "k_norm", "same"),
-    KerasVar("gating_ffw/vars/0", "ffw_gating", "gate", "T"),
-    KerasVar("gating_ffw_2/vars/0", "ffw_gating_2", "up", "T"),
-    KerasVar("ffw_linear/vars/0", "ffw_linear", "down", "T"),
-)
-VAR_BY_ROLE = {v.role: v for v in TOP_VARS + BLOCK_VARS}
-_BY_PATH = {v.path: v for v in BLOCK_VARS}
-# An embedding model's heads (Gemma3Backbone with is_embedding_model): keras.layers.Dense kernels [in, out], named
-# as the backbone names them, in H5 groups named after the class (dense, dense_1). Roles are the heads' canonical
-# names (heads.dense_name); keras-hub's head is fixed: mean pooling, these two bias-free layers, L2 normalisation.
-HEAD_VARS = (
-    KerasVar("dense/vars/0", "pooling_dense_1", dense_name(0), "T"),
-    KerasVar("dense_1/vars/0", "embedding_projection", dense_name(1), "T"),
-)
-_HEAD_BY_NAME = {v.role: v for v in HEAD_VARS}
 
 
 def _keras_ids(attr: str) -> tuple[Any, ...]:
@@ -365,7 +325,7 @@ def _map_datasets(datasets: dict[str, H5Var], names: dict[str, str], where: str)
         block_attr = names.get(block + "/vars")
         bm = _BLOCK_NAME_RE.match(block_attr or "")
         index = int(bm.group(1)) if bm else int(m.group(2) or 0)
-        row = _BY_PATH.get(rel)
+        row = BY_PATH.get(rel)
         if row is None:
             unknown[dpath] = var
             continue
@@ -409,11 +369,11 @@ def read(path: str) -> Checkpoint:
     spec = spec.replace(**restore)
     assumed = {"max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id"} - set(restore)
     mapped, unknown = _map_datasets(datasets, names, where)
-    head_vars = {name: var for dpath, (name, var) in mapped.items() if name in _HEAD_BY_NAME}
-    mapped = {dpath: nv for dpath, nv in mapped.items() if nv[0] not in _HEAD_BY_NAME}
+    head_vars = {name: var for dpath, (name, var) in mapped.items() if name in HEAD_BY_NAME}
+    mapped = {dpath: nv for dpath, nv in mapped.items() if nv[0] not in HEAD_BY_NAME}
     head, head_tensors = None, {}
     if not FAMILY_TABLE[spec.family].rules.lm_head:
-        head = _embedding_head(cfg["config"], spec, head_vars, config_path, where)
+        head = embedding_head(cfg["config"], spec, head_vars, config_path, where)
         head_tensors = {name: _ref(name, var) for name, var in head_vars.items()}
     elif head_vars:
         unknown.update({var.path: var for var in head_vars.values()})
@@ -451,32 +411,9 @@ def read(path: str) -> Checkpoint:
                       head_tensors=head_tensors, head_config=settings)
 
 
-IDENTITY = next(k for k, v in ACTIVATION_NAMES.items() if v == "identity")
-
-
-def _embedding_head(c: dict[str, Any], spec: GemmaSpec, found: dict[str, H5Var], config_path: str,
-                    where: str) -> EmbeddingHead:
-    """keras-hub's fixed embedding head (mean pooling, Dense to pooling_intermediate_dim, Dense to embedding_dim,
-    both bias-free without activation, L2 normalisation), its widths checked against the kernels."""
-    inner = require_int(c, "pooling_intermediate_dim", config_path)
-    out = require_int(c, "embedding_dim", config_path)
-    dense = []
-    for var, (n_in, n_out) in zip(HEAD_VARS, ((spec.hidden_size, inner), (inner, out))):
-        got = found.get(var.role)
-        if got is None:
-            raise InputError(where, f"no layers/{var.path} ({var.layer_name}): is_embedding_model=true needs it")
-        if got.shape != (n_in, n_out):
-            raise InputError(got.file, f"{got.path} ({var.layer_name}) has shape {list(got.shape)} but "
-                                       f"{config_path} implies {[n_in, n_out]}")
-        dense.append(DenseLayer(in_features=n_in, out_features=n_out, bias=False, activation_function=IDENTITY,
-                                path=var.layer_name, dtype=got.dtype))
-    return EmbeddingHead(pooling="mean", word_embedding_dimension=spec.hidden_size, dense=tuple(dense),
-                         normalize=True, modules=("Transformer", "Pooling", "Dense", "Dense", "Normalize"))
-
-
 def _ref(canonical: str, var: H5Var) -> TensorRef:
     parsed = parse_canonical(canonical)
-    role = canonical if canonical in _HEAD_BY_NAME else parsed[0] if parsed else "embed"
+    role = canonical if canonical in HEAD_BY_NAME else parsed[0] if parsed else "embed"
     layout = _var(role).layout
     stored = var.shape
     if layout == "heads_in" and len(stored) != 3:
@@ -538,23 +475,6 @@ def keras_problems(spec: GemmaSpec) -> list[str]:
     return problems
 
 
-def head_problems(head: EmbeddingHead | None) -> list[str]:
-    """What keras-hub's fixed embedding head (Gemma3Backbone is_embedding_model) cannot express about `head`."""
-    if head is None:
-        return ["no pooling or dense modules: keras-hub's embedding model always has them"]
-    problems = []
-    if head.pooling != "mean" or not head.include_prompt:
-        problems.append(f"pooling {head.pooling}{'' if head.include_prompt else ' without the prompt'}: keras-hub "
-                        f"mean-pools every token")
-    if len(head.dense) != 2 or any(d.bias or d.activation != "identity" for d in head.dense):
-        problems.append(f"{len(head.dense)} dense layer(s) "
-                        f"({', '.join(f'{d.activation}, bias {str(d.bias).lower()}' for d in head.dense) or 'none'}): "
-                        f"keras-hub has exactly two, without bias or activation")
-    if not head.normalize:
-        problems.append("no L2 normalisation: keras-hub always normalises the embedding")
-    return problems
-
-
 def _pattern_text(pattern: tuple[str, ...]) -> str:
     """A layer pattern in words: (sliding, full) -> 'even layers sliding'; 5 sliding then a full one ->
     '5 local : 1 global'."""
@@ -571,16 +491,6 @@ def _dtype_policy(dtype: str) -> dict[str, Any]:
 _CONFIG_ORDER = ("name", "trainable", "dtype", "image_size", "intermediate_dim", "use_query_key_norm",
                  "local_rope_scaling_factor", "global_rope_scaling_factor", "vision_encoder",
                  "use_bidirectional_attention", "is_embedding_model", "pooling_intermediate_dim", "embedding_dim")
-
-
-def keras_window(spec: GemmaSpec) -> int | None:
-    """keras-hub's sliding_window_size for the spec's window. Bidirectional: keras-hub lets a token see S - S // 2 - 1
-    positions before it and S // 2 after, transformers (and llama.cpp) W // 2 on either side (W as config.json stores
-    it): the odd S = 2 (W // 2) + 1 gives the same mask (keras-hub's own importer passes S = W, one short on the
-    left). Causal: the same number."""
-    if spec.sliding_window is None or spec.attention_mask != "bidirectional":
-        return spec.sliding_window
-    return 2 * (spec.sliding_window // 2) + 1
 
 
 def config_dict(spec: GemmaSpec, head: EmbeddingHead | None = None) -> dict[str, Any]:
@@ -630,7 +540,7 @@ DEFAULT_MAX_SHARD = 10 * 10**9  # keras-hub's save_to_preset default (10 GB)
 
 def _role_layer(canonical: str) -> tuple[str, int | None]:
     """(role, layer) of a canonical name; a head tensor's role is its own name (HEAD_VARS)."""
-    if canonical in _HEAD_BY_NAME:
+    if canonical in HEAD_BY_NAME:
         return canonical, None
     return parse_canonical(canonical)  # type: ignore[return-value]
 
@@ -698,7 +608,7 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
 
     rows = []
     # the transformer's tensors, then an embedding model's two head kernels (a bias, refused above, is left out)
-    sources = {**ckpt.tensors, **{n: r for n, r in ckpt.head_tensors.items() if n in _HEAD_BY_NAME and embedding}}
+    sources = {**ckpt.tensors, **{n: r for n, r in ckpt.head_tensors.items() if n in HEAD_BY_NAME and embedding}}
     for name, ref in sources.items():
         role = _role_layer(name)[0]
         if role == "lm_head":
