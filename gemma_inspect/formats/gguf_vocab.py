@@ -21,18 +21,23 @@ class _EmbeddedTokenizer(Tokenizer):
     """The GGUF's vocabulary as a SentencePiece model, built on first use (a 262k vocabulary takes a
     noticeable fraction of a second, which `summary` should not pay)."""
 
-    _builder: Callable[[], bytes] | None = None
+    _builder: Callable[[], tuple[bytes, tuple[list[str], Any, Any]]] | None = None
     _built: bytes | None = None
+    _table: tuple[list[str], Any, Any] | None = None
 
     @property  # type: ignore[override]
     def spm_bytes(self) -> bytes | None:
         if self._built is None and self._builder is not None:
-            self._built = self._builder()
+            self._built, self._table = self._builder()
         return self._built
+
+    def piece_table(self) -> tuple[list[str], Any, Any] | None:
+        self.spm_bytes  # noqa: B018 - built (and checked) first
+        return self._table
 
     @spm_bytes.setter
     def spm_bytes(self, value: bytes | None) -> None:
-        self._built = value
+        self._built, self._table = value, None
 
     @property
     def has_spm(self) -> bool:
@@ -129,15 +134,15 @@ def embedded_tokenizer(header: Header, path: str, spec: GemmaSpec, notes: list[s
         notes.append(f"the vocabulary has {n} tokens for {spec.vocab_size} embedding rows")
     ids = (spec.bos_token_id, spec.eos_token_id, spec.pad_token_id)
 
-    def build() -> bytes:
+    def build() -> tuple[bytes, tuple[list[str], Any, Any]]:
         from ..tokenizer import spm_from_pieces
 
+        pieces = sentencepiece_pieces(tokens, types)
         try:
             # Gemma's SentencePiece model is BPE; GGUF keeps pieces, scores and types but not the model type.
-            return spm_from_pieces(sentencepiece_pieces(tokens, types), scores.tolist(), types.tolist(),
-                                   model_type="bpe",
+            return spm_from_pieces(pieces, scores.tolist(), types.tolist(), model_type="bpe",
                                    add_dummy_prefix=add_prefix, remove_extra_whitespaces=remove_ws,
-                                   bos_id=ids[0], eos_id=ids[1], pad_id=ids[2])
+                                   bos_id=ids[0], eos_id=ids[1], pad_id=ids[2]), (pieces, scores, types)
         except ValueError as e:
             raise InputError(path, f"the embedded vocabulary cannot be rebuilt as a SentencePiece model: {e}") from None
 
