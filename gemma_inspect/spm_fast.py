@@ -95,13 +95,14 @@ def bpe_merges(pieces: Sequence[str], scores: Sequence[float] | np.ndarray,
 def hf_bpe_tokenizer(pieces: Sequence[str], scores: Sequence[float] | np.ndarray, types: Sequence[int] | np.ndarray,
                      *, unk_piece: str, byte_fallback: bool, precompiled_charsmap: bytes = b"",
                      remove_extra_whitespaces: bool = False, escape_whitespaces: bool = True,
-                     add_dummy_prefix: bool = False) -> Any:
+                     add_dummy_prefix: bool = False, vocab: dict[str, int] | None = None) -> Any:
     """The tokenizers.Tokenizer transformers' SpmConverter.build_tokenizer_from_spm_proto(proto, {piece: id},
-    legacy=True) builds for a BPE model: the same model, normalizer, pre-tokenizer and decoder."""
+    legacy=True) builds for a BPE model: the same model, normalizer, pre-tokenizer and decoder. `vocab`: {piece: id}
+    where the caller has it already."""
     from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
     from tokenizers.models import BPE
 
-    vocab = {p: i for i, p in enumerate(pieces)}
+    vocab = {p: i for i, p in enumerate(pieces)} if vocab is None else vocab
     user_defined = [pieces[i] for i in np.flatnonzero(np.asarray(types) == 4).tolist()]
     tok = Tokenizer(BPE(vocab=vocab, merges=bpe_merges(pieces, scores, types), unk_token=unk_piece, fuse_unk=True,
                         byte_fallback=byte_fallback, dropout=None, ignore_merges=bool(user_defined)))
@@ -146,16 +147,50 @@ def _varint(v: int) -> bytes:
 def serialize_pieces(pieces: Sequence[str], scores: Sequence[float] | np.ndarray,
                      types: Sequence[int] | np.ndarray) -> bytes:
     """ModelProto field 1 (`repeated SentencePiece pieces`, each {1: piece, 2: score as float32, 3: type}) as
-    protobuf serializes pieces added with all three fields set: the bytes before the trainer spec."""
-    f32 = np.asarray(scores, dtype=np.float32).astype("<f4").tobytes()
+    protobuf serializes pieces added with all three fields set: the bytes before the trainer spec. Every record is
+    laid out with array operations (lengths below 16384 bytes take one or two varint bytes); longer pieces or
+    types beyond one varint byte go through a plain loop."""
+    f32 = np.ascontiguousarray(np.asarray(scores, dtype=np.float32), dtype="<f4")
     enc = [p.encode("utf-8") for p in pieces]
-    tail = [b"\x18" + _varint(int(t)) for t in np.asarray(types).tolist()]
-    varints = [_varint(i) for i in range(128 * 128)]  # lengths up to 16383 bytes in a table
+    n = np.fromiter(map(len, enc), dtype=np.int64, count=len(enc))
+    t = np.asarray(types, dtype=np.int64)
+    if not len(n) or n.max() >= 16384 - 16 or t.min() < 0 or t.max() >= 128:
+        return _serialize_pieces_loop(enc, f32, t)
+    v2 = 1 + (n >= 128)  # varint size of the piece length
+    body = 1 + v2 + n + 5 + 2  # piece field, score field (tag + 4), type field (tag + 1)
+    v1 = 1 + (body >= 128)
+    rec = 1 + v1 + body
+    off = np.zeros(len(n), dtype=np.int64)
+    np.cumsum(rec[:-1], out=off[1:])
+    out = np.zeros(int(rec.sum()), dtype=np.uint8)
+
+    def varint(at: np.ndarray, value: np.ndarray, size: np.ndarray) -> None:
+        out[at] = (value & 0x7F) | np.where(size == 2, 0x80, 0)
+        two = size == 2
+        out[at[two] + 1] = value[two] >> 7
+
+    out[off] = 0x0A
+    varint(off + 1, body, v1)
+    p = off + 1 + v1
+    out[p] = 0x0A
+    varint(p + 1, n, v2)
+    d = p + 1 + v2  # the piece's bytes
+    data = np.frombuffer(b"".join(enc), dtype=np.uint8)
+    first = np.zeros(len(n), dtype=np.int64)
+    np.cumsum(n[:-1], out=first[1:])
+    out[np.repeat(d - first, n) + np.arange(len(data))] = data
+    e = d + n
+    out[e] = 0x15
+    out[(e + 1)[:, None] + np.arange(4)] = f32.view(np.uint8).reshape(-1, 4)
+    out[e + 5] = 0x18
+    out[e + 6] = t
+    return out.tobytes()
+
+
+def _serialize_pieces_loop(enc: list[bytes], f32: np.ndarray, types: np.ndarray) -> bytes:
+    raw = f32.tobytes()
     out = []
-    for i, (e, t) in enumerate(zip(enc, tail)):
-        n = len(e)
-        head = varints[n] if n < len(varints) else _varint(n)
-        body_len = 1 + len(head) + n + 5 + len(t)
-        out.append(b"\x0a" + (varints[body_len] if body_len < len(varints) else _varint(body_len)) + b"\x0a" + head
-                   + e + b"\x15" + f32[4 * i:4 * i + 4] + t)
+    for i, (e, t) in enumerate(zip(enc, types.tolist())):
+        body = b"\x0a" + _varint(len(e)) + e + b"\x15" + raw[4 * i:4 * i + 4] + b"\x18" + _varint(t & (2**64 - 1))
+        out.append(b"\x0a" + _varint(len(body)) + body)
     return b"".join(out)

@@ -295,7 +295,8 @@ def write_hf_fast_tokenizer(spm_file: str, dest: str, has_mask: bool = True, add
         tok = hf_bpe_tokenizer(pieces, scores, types, unk_piece=ts.unk_piece, byte_fallback=ts.byte_fallback,
                                precompiled_charsmap=ns.precompiled_charsmap,
                                remove_extra_whitespaces=ns.remove_extra_whitespaces,
-                               escape_whitespaces=ns.escape_whitespaces, add_dummy_prefix=ns.add_dummy_prefix)
+                               escape_whitespaces=ns.escape_whitespaces, add_dummy_prefix=ns.add_dummy_prefix,
+                               vocab=vocab)
     else:
         from transformers.convert_slow_tokenizer import SpmConverter
 

@@ -112,10 +112,15 @@ def test_hash_collisions_are_checked_on_the_strings(tiny, monkeypatch):
     assert [list(m) for m in want] == json.loads(_reference_json(model))["model"]["merges"]
 
 
-def test_pieces_serialized_as_protobuf_does():
-    pieces = ["<pad>", "<eos>", "<bos>", "<unk>", "a", "\u2581b", "x" * 200, "日本語" * 50, "🙂", "<0x00>"]
-    scores = [0.0, -0.0, 1e-45, float("inf"), float("-inf"), float("nan"), -3.25, 1e30, -1e-3, 0.5]
-    types = [3, 3, 3, 2, 1, 1, 1, 4, 5, 6]
+@pytest.mark.parametrize("longest", [1, 16367, 16368, 20000], ids=lambda n: f"longest-{n}")
+def test_pieces_serialized_as_protobuf_does(longest):
+    """Lengths of one and two varint bytes (records of 127/128 bytes), odd scores; a piece of 16368 bytes or more
+    takes the plain loop (3-byte varints)."""
+    pieces = ["<pad>", "<eos>", "<bos>", "<unk>", "a", "\u2581b", "x" * 118, "x" * 119, "x" * 120, "x" * 200,
+              "日本語" * 50, "🙂", "<0x00>", "y" * longest]
+    scores = [0.0, -0.0, 1e-45, float("inf"), float("-inf"), float("nan"), -3.25, 1e30, -1e-3, 0.5, 1.0, 2.0, 3.0,
+              4.0]
+    types = [3, 3, 3, 2, 1, 1, 1, 1, 1, 1, 4, 5, 6, 1]
     got = spm_from_pieces(pieces, scores, types)
     assert got == _protobuf_model(pieces, scores, types)
     assert spm_pieces(got)["pieces"] == pieces

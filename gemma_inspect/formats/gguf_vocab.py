@@ -177,6 +177,10 @@ def add_tokenizer(w: Any, ckpt: Checkpoint, notes: list[str]) -> None:
     except ValueError as e:
         raise InputError(tok.spm_path or tok.source, str(e)) from None
     pieces, scores, types = info["pieces"], info["scores"], info["types"]
+    if len(set(pieces)) != len(pieces):  # SentencePiece refuses such a model; llama.cpp would look pieces up wrong
+        raise InputError(tok.spm_path or tok.source, "not a valid SentencePiece model (a piece appears twice)")
+    # ids looked up in the pieces, as SentencePiece looks them up (loading it for that takes a second at 262k)
+    eot = pieces.index("<end_of_turn>") if "<end_of_turn>" in pieces else None
     if info["precompiled_charsmap"] or info["model_type"] != "bpe":
         notes.append(f"the SentencePiece model is {info['model_type']} with the {info['normalizer']!r} normalizer; "
                      f"GGUF keeps neither its model type nor its normalization rules, and llama.cpp tokenizes with "
@@ -207,7 +211,6 @@ def add_tokenizer(w: Any, ckpt: Checkpoint, notes: list[str]) -> None:
     w.add_eos_token_id(spec.eos_token_id)
     w.add_unk_token_id(unk)
     w.add_pad_token_id(spec.pad_token_id)
-    eot = tok.token_to_id("<end_of_turn>")
     if eot is not None:
         w.add_uint32(gguf.Keys.Tokenizer.EOT_ID, eot)
     w.add_add_bos_token(True)  # Gemma always starts with <bos>
