@@ -11,6 +11,7 @@ metadata).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable
@@ -552,11 +553,22 @@ def spm_from_pieces(pieces: "list[str] | tuple[str, ...]", scores: "list[float] 
             if p in seen:
                 raise ValueError(f"piece {p!r} appears twice (ids {seen[p]} and {i})")
             seen[p] = i
+    # what SentencePiece checks as it loads a model, checked here so that a model rebuilt from a vocabulary is known
+    # to load without loading it (a second for 262k pieces)
+    byte_ids = [i for i, t in enumerate(types) if int(t) == PIECE_BYTE]
+    bad = next((i for i in byte_ids if not re.fullmatch(r"<0x[0-9A-F]{2}>", pieces[i])), None)
+    if bad is not None:
+        raise ValueError(f"byte piece {bad} ({pieces[bad]!r}) is not of the form <0xXX>")
+    byte_fallback = bool(byte_ids) if byte_fallback is None else byte_fallback
+    if byte_fallback and len(byte_ids) != 256:
+        raise ValueError(f"byte fallback needs the 256 byte pieces <0x00>..<0xFF>, found {len(byte_ids)}")
+    if not byte_fallback and byte_ids:
+        raise ValueError(f"byte piece {pieces[byte_ids[0]]!r} without byte fallback")
     model = pb.ModelProto()
     ts = model.trainer_spec
     ts.model_type = SPM_MODEL_TYPES[model_type]
     ts.vocab_size = n
-    ts.byte_fallback = any(int(t) == PIECE_BYTE for t in types) if byte_fallback is None else byte_fallback
+    ts.byte_fallback = byte_fallback
     ts.unk_id, ts.unk_piece = unknown[0], pieces[unknown[0]]
     # SentencePiece finds bos/eos/pad by these piece strings; -1 disables a special token.
     for field_name, i in (("bos", bos_id), ("eos", eos_id), ("pad", pad_id)):

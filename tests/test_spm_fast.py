@@ -120,7 +120,7 @@ def test_pieces_serialized_as_protobuf_does(longest):
               "日本語" * 50, "🙂", "<0x00>", "y" * longest]
     scores = [0.0, -0.0, 1e-45, float("inf"), float("-inf"), float("nan"), -3.25, 1e30, -1e-3, 0.5, 1.0, 2.0, 3.0,
               4.0]
-    types = [3, 3, 3, 2, 1, 1, 1, 1, 1, 1, 4, 5, 6, 1]
+    types = [3, 3, 3, 2, 1, 1, 1, 1, 1, 1, 4, 5, 5, 1]
     got = spm_from_pieces(pieces, scores, types)
     assert got == _protobuf_model(pieces, scores, types)
     assert spm_pieces(got)["pieces"] == pieces
@@ -166,8 +166,53 @@ def test_real_gemma3_vocabulary(real_gguf_270m, tmp_path):
     write_hf_fast_tokenizer(_write(tmp_path / "t.model", model), str(out),
                             table=(pieces, scores, types))
     assert json.loads((out / "tokenizer.json").read_text())["model"] == json.loads(ref)["model"]
+    # ids looked up in the pieces, as SentencePiece looks them up (every 97th piece, the specials, absent strings)
+    assert "_spm" not in vars(tok)
+    probes = pieces[::97] + ["<end_of_turn>", "<mask>", "<unk>", "<pad>", "not a piece", "\u2581\u2581x\u2581"]
+    looked_up = [tok.token_to_id(p) for p in probes]
+    assert "_spm" not in vars(tok)
+    spm = tok._spm
+    assert looked_up == [None if spm.PieceToId(p) == spm.unk_id() and p != "<unk>" else spm.PieceToId(p)
+                         for p in probes]
+    assert looked_up[-6:] == [106, 4, 3, 0, None, None]
 
 
 def _write(path, data: bytes) -> str:
     path.write_bytes(data)
     return str(path)
+
+
+@pytest.mark.parametrize("pieces, types, fallback, message", [
+    (["<0x4a>"], [6], None, "not of the form <0xXX>"),
+    (["<0x100>"], [6], None, "not of the form <0xXX>"),
+    (["<0x4A>"], [6], None, "found 1"),
+    ([], [], True, "found 0"),
+    ([f"<0x{i:02X}>" for i in range(256)], [6] * 256, False, "without byte fallback"),
+])
+def test_models_sentencepiece_would_refuse_are_refused(pieces, types, fallback, message):
+    """spm_from_pieces refuses the byte pieces SentencePiece refuses as it loads a model (a rebuilt model is not
+    loaded into SentencePiece to find out); the models it accepts load."""
+    import sentencepiece as spm
+
+    base, base_types = ["<pad>", "<eos>", "<bos>", "<unk>", "a"], [3, 3, 3, 2, 1]
+    args = (base + pieces, [0.0] * (5 + len(pieces)), base_types + types)
+    with pytest.raises(ValueError, match=message):
+        spm_from_pieces(*args, byte_fallback=fallback)
+    proc = spm.SentencePieceProcessor()
+    with pytest.raises(Exception, match="byte"):
+        proc.LoadFromSerializedProto(_unchecked(*args, fallback))
+    ok = base + [f"<0x{i:02X}>" for i in range(256)]
+    proc.LoadFromSerializedProto(spm_from_pieces(ok, [0.0] * len(ok), base_types + [6] * 256))
+    assert proc.PieceToId("<0x4A>") == 5 + 0x4A
+
+
+def _unchecked(pieces, scores, types, fallback) -> bytes:
+    """The model spm_from_pieces would have written without its byte checks."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    model = pb.ModelProto()
+    model.ParseFromString(spm_from_pieces(pieces, scores, [1 if t == 6 else t for t in types]))
+    for p, t in zip(model.pieces, types):
+        p.type = t
+    model.trainer_spec.byte_fallback = bool([t for t in types if t == 6]) if fallback is None else fallback
+    return model.SerializeToString()
