@@ -11,6 +11,7 @@ metadata).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable
@@ -92,6 +93,11 @@ class Tokenizer:
                                             f"{MAX_TOKENIZER_BYTES // 2**20} MB limit")
         with open(self.spm_path, "rb") as f:
             return f.read(MAX_TOKENIZER_BYTES)
+
+    def piece_table(self) -> "tuple[list[str], Any, Any] | None":
+        """(pieces, scores, types) of the SentencePiece model where they are held already (a model rebuilt from a
+        vocabulary), else None: read them from the model."""
+        return None
 
     @cached_property
     def _spm(self) -> Any:
@@ -246,41 +252,64 @@ def write_hf_tokenizer(tok: Tokenizer, dest: str) -> list[str]:
         with open(spm_file, "wb") as f:
             f.write(tok.spm_model_bytes())
         if not tok.json_path:
-            has_mask = tok.token_to_id("<mask>") is not None
+            table = tok.piece_table()
+            # a model rebuilt from pieces was checked as it was built; a file is checked by SentencePiece loading it
+            has_mask = "<mask>" in table[0] if table is not None else tok.token_to_id("<mask>") is not None
             run_native(tok.spm_path or tok.source, "transformers could not build a fast tokenizer from this "
                        "SentencePiece model", write_hf_fast_tokenizer, spm_file, dest, has_mask=has_mask,
-                       add_eos=tok.adds_eos)
+                       add_eos=tok.adds_eos, table=table)
     else:
         notes.append("the source tokenizer has no SentencePiece model: tokenizer.json copied, no tokenizer.model")
     return notes
 
 
-def write_hf_fast_tokenizer(spm_file: str, dest: str, has_mask: bool = True, add_eos: bool = False) -> None:
-    """tokenizer.json + tokenizer_config.json from a SentencePiece model, built by transformers' own
-    SentencePiece-to-tokenizers conversion (SpmConverter.build_tokenizer_from_spm_proto), which follows the model's
-    normalizer spec: its precompiled charsmap (nmt_nfkc, ...), whitespace removal, whitespace escaping, the dummy
-    prefix, user-defined pieces kept whole, BPE merges ranked by piece score. BOS added; EOS too where `add_eos`
+def write_hf_fast_tokenizer(spm_file: str, dest: str, has_mask: bool = True, add_eos: bool = False,
+                            table: "tuple[Any, Any, Any] | None" = None) -> None:
+    """tokenizer.json + tokenizer_config.json from a SentencePiece model, as transformers' own
+    SentencePiece-to-tokenizers conversion (SpmConverter.build_tokenizer_from_spm_proto) builds it, which follows the
+    model's normalizer spec: its precompiled charsmap (nmt_nfkc, ...), whitespace removal, whitespace escaping, the
+    dummy prefix, user-defined pieces kept whole, BPE merges ranked by piece score. BOS added; EOS too where `add_eos`
     (EmbeddingGemma), not for Gemma's causal LMs.
+    A BPE model of distinct pieces and scores that are numbers is built by spm_fast.hf_bpe_tokenizer, the same
+    tokenizer without transformers' Python loops over every piece (seconds for Gemma's 262k); any other model by
+    transformers itself. `table`: the model's (pieces, scores, types) where the caller holds them already.
     Control and unknown pieces become special tokens. The config names the generic fast-tokenizer class: the
     GemmaTokenizer class rebuilds its pipeline with Gemma's hard-coded normalizer, whatever tokenizer.json says."""
     import json
 
+    import numpy as np
     from tokenizers import AddedToken, processors
-    from transformers.convert_slow_tokenizer import SpmConverter
 
     model_bytes = Tokenizer(source=spm_file, spm_path=spm_file).spm_model_bytes()
     proto = _spm_proto(model_bytes)
-    vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
-    # a dict builds a BPE model, a list of (piece, score) a Unigram one (spm_train's default model type)
-    model_vocab: Any = [(p.piece, p.score) for p in proto.pieces] if proto.trainer_spec.model_type == 1 else vocab
-    tok = SpmConverter.build_tokenizer_from_spm_proto(proto, model_vocab, legacy=True)
+    ts = proto.trainer_spec
+    if table is None:
+        table = ([p.piece for p in proto.pieces], [p.score for p in proto.pieces], [p.type for p in proto.pieces])
+    pieces, scores, types = list(table[0]), np.asarray(table[1], dtype=np.float32), np.asarray(table[2])
+    vocab = {p: i for i, p in enumerate(pieces)}
+    fast = (ts.model_type == 2 and len(vocab) == len(pieces) and all(isinstance(p, str) for p in pieces)
+            and not np.isnan(scores).any())
+    if fast:
+        from .spm_fast import hf_bpe_tokenizer
+
+        ns = proto.normalizer_spec
+        tok = hf_bpe_tokenizer(pieces, scores, types, unk_piece=ts.unk_piece, byte_fallback=ts.byte_fallback,
+                               precompiled_charsmap=ns.precompiled_charsmap,
+                               remove_extra_whitespaces=ns.remove_extra_whitespaces,
+                               escape_whitespaces=ns.escape_whitespaces, add_dummy_prefix=ns.add_dummy_prefix,
+                               vocab=vocab)
+    else:
+        from transformers.convert_slow_tokenizer import SpmConverter
+
+        # a dict builds a BPE model, a list of (piece, score) a Unigram one (spm_train's default model type)
+        model_vocab: Any = [(p.piece, p.score) for p in proto.pieces] if ts.model_type == 1 else vocab
+        tok = SpmConverter.build_tokenizer_from_spm_proto(proto, model_vocab, legacy=True)
     if tok is None:
         raise InputError(spm_file, "transformers cannot convert this SentencePiece model to a fast tokenizer")
-    ts = proto.trainer_spec
-    special = [p.piece for p in proto.pieces if p.type in (PIECE_CONTROL, PIECE_UNKNOWN)]
+    special = [pieces[i] for i in np.flatnonzero(np.isin(types, (PIECE_CONTROL, PIECE_UNKNOWN))).tolist()]
     tok.add_special_tokens([AddedToken(p, special=True, normalized=False) for p in special])
     names = {"bos_token": ts.bos_id, "eos_token": ts.eos_id, "unk_token": ts.unk_id, "pad_token": ts.pad_id}
-    cfg: dict[str, Any] = {name: proto.pieces[i].piece for name, i in names.items() if 0 <= i < len(proto.pieces)}
+    cfg: dict[str, Any] = {name: pieces[i] for name, i in names.items() if 0 <= i < len(pieces)}
     if has_mask and "<mask>" in vocab:
         cfg["mask_token"] = "<mask>"
     add_eos = add_eos and "eos_token" in cfg
@@ -515,20 +544,31 @@ def spm_from_pieces(pieces: "list[str] | tuple[str, ...]", scores: "list[float] 
     unknown = [i for i, t in enumerate(types) if int(t) == PIECE_UNKNOWN]
     if len(unknown) != 1:
         raise ValueError(f"a SentencePiece model needs exactly one unknown piece, found {len(unknown)}")
-    seen: dict[str, int] = {}
-    for i, p in enumerate(pieces):
-        if not isinstance(p, str) or not p:
-            raise ValueError(f"piece {i} is empty or not a string: {p!r}")
-        if p in seen:
-            raise ValueError(f"piece {p!r} appears twice (ids {seen[p]} and {i})")
-        seen[p] = i
+    if not all(isinstance(p, str) and p for p in pieces):
+        bad = next(i for i, p in enumerate(pieces) if not isinstance(p, str) or not p)
+        raise ValueError(f"piece {bad} is empty or not a string: {pieces[bad]!r}")
+    if len(set(pieces)) != n:
+        seen: dict[str, int] = {}
+        for i, p in enumerate(pieces):
+            if p in seen:
+                raise ValueError(f"piece {p!r} appears twice (ids {seen[p]} and {i})")
+            seen[p] = i
+    # what SentencePiece checks as it loads a model, checked here so that a model rebuilt from a vocabulary is known
+    # to load without loading it (a second for 262k pieces)
+    byte_ids = [i for i, t in enumerate(types) if int(t) == PIECE_BYTE]
+    bad = next((i for i in byte_ids if not re.fullmatch(r"<0x[0-9A-F]{2}>", pieces[i])), None)
+    if bad is not None:
+        raise ValueError(f"byte piece {bad} ({pieces[bad]!r}) is not of the form <0xXX>")
+    byte_fallback = bool(byte_ids) if byte_fallback is None else byte_fallback
+    if byte_fallback and len(byte_ids) != 256:
+        raise ValueError(f"byte fallback needs the 256 byte pieces <0x00>..<0xFF>, found {len(byte_ids)}")
+    if not byte_fallback and byte_ids:
+        raise ValueError(f"byte piece {pieces[byte_ids[0]]!r} without byte fallback")
     model = pb.ModelProto()
-    for p, s, t in zip(pieces, scores, types):
-        model.pieces.add(piece=p, score=float(s), type=int(t))
     ts = model.trainer_spec
     ts.model_type = SPM_MODEL_TYPES[model_type]
     ts.vocab_size = n
-    ts.byte_fallback = any(int(t) == PIECE_BYTE for t in types) if byte_fallback is None else byte_fallback
+    ts.byte_fallback = byte_fallback
     ts.unk_id, ts.unk_piece = unknown[0], pieces[unknown[0]]
     # SentencePiece finds bos/eos/pad by these piece strings; -1 disables a special token.
     for field_name, i in (("bos", bos_id), ("eos", eos_id), ("pad", pad_id)):
@@ -543,7 +583,11 @@ def spm_from_pieces(pieces: "list[str] | tuple[str, ...]", scores: "list[float] 
     ns.add_dummy_prefix = add_dummy_prefix
     ns.remove_extra_whitespaces = remove_extra_whitespaces
     ns.escape_whitespaces = escape_whitespaces
-    return model.SerializeToString()
+    # protobuf writes the repeated pieces (field 1) before the specs (fields 2, 3): the pieces are serialized on
+    # the wire format directly, as protobuf would (checked byte for byte in tests/test_spm_fast.py)
+    from .spm_fast import serialize_pieces
+
+    return serialize_pieces(pieces, scores, types) + model.SerializeToString()
 
 
 MAX_SPM_OTHER_FIELDS = 1000  # besides its pieces a model holds a trainer, a normalizer and a denormalizer spec

@@ -21,18 +21,23 @@ class _EmbeddedTokenizer(Tokenizer):
     """The GGUF's vocabulary as a SentencePiece model, built on first use (a 262k vocabulary takes a
     noticeable fraction of a second, which `summary` should not pay)."""
 
-    _builder: Callable[[], bytes] | None = None
+    _builder: Callable[[], tuple[bytes, tuple[list[str], Any, Any]]] | None = None
     _built: bytes | None = None
+    _table: tuple[list[str], Any, Any] | None = None
 
     @property  # type: ignore[override]
     def spm_bytes(self) -> bytes | None:
         if self._built is None and self._builder is not None:
-            self._built = self._builder()
+            self._built, self._table = self._builder()
         return self._built
+
+    def piece_table(self) -> tuple[list[str], Any, Any] | None:
+        self.spm_bytes  # noqa: B018 - built (and checked) first
+        return self._table
 
     @spm_bytes.setter
     def spm_bytes(self, value: bytes | None) -> None:
-        self._built = value
+        self._built, self._table = value, None
 
     @property
     def has_spm(self) -> bool:
@@ -42,6 +47,15 @@ class _EmbeddedTokenizer(Tokenizer):
     def _spm(self) -> Any:
         self.spm_bytes  # noqa: B018 - build first, so that a bad vocabulary is reported as itself
         return Tokenizer._spm.func(self)  # type: ignore[attr-defined]
+
+    @cached_property
+    def _ids(self) -> dict[str, int]:
+        return {p: i for i, p in enumerate(self.piece_table()[0])}  # type: ignore[index]
+
+    def token_to_id(self, token: str) -> int | None:
+        """Looked up in the pieces (distinct, checked as the model was built), as SentencePiece's PieceToId looks it
+        up, without loading SentencePiece for it (a second for 262k pieces)."""
+        return self._ids.get(token)
 
 
 # How llama.cpp's converter (convert_hf_to_gguf.py, _create_vocab_sentencepiece) writes a SentencePiece vocabulary:
@@ -129,15 +143,15 @@ def embedded_tokenizer(header: Header, path: str, spec: GemmaSpec, notes: list[s
         notes.append(f"the vocabulary has {n} tokens for {spec.vocab_size} embedding rows")
     ids = (spec.bos_token_id, spec.eos_token_id, spec.pad_token_id)
 
-    def build() -> bytes:
+    def build() -> tuple[bytes, tuple[list[str], Any, Any]]:
         from ..tokenizer import spm_from_pieces
 
+        pieces = sentencepiece_pieces(tokens, types)
         try:
             # Gemma's SentencePiece model is BPE; GGUF keeps pieces, scores and types but not the model type.
-            return spm_from_pieces(sentencepiece_pieces(tokens, types), scores.tolist(), types.tolist(),
-                                   model_type="bpe",
+            return spm_from_pieces(pieces, scores.tolist(), types.tolist(), model_type="bpe",
                                    add_dummy_prefix=add_prefix, remove_extra_whitespaces=remove_ws,
-                                   bos_id=ids[0], eos_id=ids[1], pad_id=ids[2])
+                                   bos_id=ids[0], eos_id=ids[1], pad_id=ids[2]), (pieces, scores, types)
         except ValueError as e:
             raise InputError(path, f"the embedded vocabulary cannot be rebuilt as a SentencePiece model: {e}") from None
 
@@ -172,6 +186,10 @@ def add_tokenizer(w: Any, ckpt: Checkpoint, notes: list[str]) -> None:
     except ValueError as e:
         raise InputError(tok.spm_path or tok.source, str(e)) from None
     pieces, scores, types = info["pieces"], info["scores"], info["types"]
+    if len(set(pieces)) != len(pieces):  # SentencePiece refuses such a model; llama.cpp would look pieces up wrong
+        raise InputError(tok.spm_path or tok.source, "not a valid SentencePiece model (a piece appears twice)")
+    # ids looked up in the pieces, as SentencePiece looks them up (loading it for that takes a second at 262k)
+    eot = pieces.index("<end_of_turn>") if "<end_of_turn>" in pieces else None
     if info["precompiled_charsmap"] or info["model_type"] != "bpe":
         notes.append(f"the SentencePiece model is {info['model_type']} with the {info['normalizer']!r} normalizer; "
                      f"GGUF keeps neither its model type nor its normalization rules, and llama.cpp tokenizes with "
@@ -202,7 +220,6 @@ def add_tokenizer(w: Any, ckpt: Checkpoint, notes: list[str]) -> None:
     w.add_eos_token_id(spec.eos_token_id)
     w.add_unk_token_id(unk)
     w.add_pad_token_id(spec.pad_token_id)
-    eot = tok.token_to_id("<end_of_turn>")
     if eot is not None:
         w.add_uint32(gguf.Keys.Tokenizer.EOT_ID, eot)
     w.add_add_bos_token(True)  # Gemma always starts with <bos>
