@@ -27,7 +27,7 @@ from ..heads import EmbeddingHead
 from ..spec import GemmaSpec, card, card_of_shape, make_spec
 from .common import MAX_LAYERS, most_common, opt_float, read_json_object, require_int
 from .keras_embedding import embedding_head, head_problems, keras_window
-from .keras_h5 import SHARD_INDEX, WEIGHTS, H5Var, preset_vars, read_var
+from .keras_h5 import SHARD_INDEX, WEIGHTS, H5Var, fill_h5, preset_vars, read_var
 from .keras_vars import BY_PATH, HEAD_BY_NAME, HEAD_VARS, TOP_VARS, VAR_BY_ROLE, KerasVar
 
 CONFIG = "config.json"
@@ -588,7 +588,7 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
     import json
     from importlib import metadata
 
-    from ..tensorio import ShardedOutput, prefetched, target_nbytes, write_pieces
+    from ..tensorio import ShardedOutput, target_nbytes
     from .keras_preset import write_keras_tokenizer
 
     spec = ckpt.spec
@@ -626,24 +626,9 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
         # HDF5 metadata is final once h5py has closed the file; the datasets then fill in at increasing offsets,
         # so after each tensor the file is final up to its end (the manifest hashes it meanwhile).
         starts = [offsets[by_name[n][1]] for n in shard]
-        final = options.final if starts == sorted(starts) else None
-        if final is not None:
-            final(file, starts[0] if starts else os.path.getsize(file))
-        jobs = []
-        for n in shard:
-            role = by_name[n][4]
-            jobs.append((n, sources[n], by_name[n][3], write_layout(spec, role, sources[n].shape)))
-        with open(file, "r+b") as f:
-            for n, pieces in prefetched(jobs):
-                path = by_name[n][1]
-                f.seek(offsets[path])
-                write_pieces(f, pieces, progress)
-                if final is not None:
-                    f.flush()
-                    final(file, f.tell())
-                out.record("/" + path.rsplit("/", 1)[0], fname)
-        if final is not None:
-            final(file, os.path.getsize(file))
+        jobs = [((n, sources[n], by_name[n][3], write_layout(spec, by_name[n][4], sources[n].shape)), by_name[n][1])
+                for n in shard]
+        fill_h5(file, fname, jobs, offsets, out, options.final if starts == sorted(starts) else None, progress)
     if out.sharded:  # keras-hub writes the total as a float and indents by 4, without a final newline
         out.write_index(dest, SHARD_INDEX, indent=4, newline=False, total_size=float(out.total_size))
     backbone = config_dict(spec.replace(dtype=declared), ckpt.embedding_head)

@@ -490,10 +490,10 @@ def write(ckpt: Any, dest: str, options: Any, progress: Any) -> None:
     from importlib import metadata
 
     from ..arrays import Layout
-    from ..tensorio import ShardedOutput, prefetched, target_nbytes, write_pieces
+    from ..tensorio import ShardedOutput, target_nbytes
     from . import hf as hf_format
     from .common import most_common
-    from .keras_h5 import SHARD_INDEX, WEIGHTS
+    from .keras_h5 import SHARD_INDEX, WEIGHTS, fill_h5
     from .keras_preset import write_keras_tokenizer
 
     spec = ckpt.spec
@@ -532,25 +532,12 @@ def write(ckpt: Any, dest: str, options: Any, progress: Any) -> None:
         file = os.path.join(dest, fname)
         offsets = _create_h5(file, [by_name[n][:5] for n in shard])
         starts = [offsets[by_name[n][1]] for n in shard]
-        final = options.final if starts == sorted(starts) else None
-        if final is not None:
-            final(file, starts[0] if starts else os.path.getsize(file))
         jobs = []
         for n in shard:
             ref, v = refs[n], by_name[n][5]
             layout = Layout(tuple(ref.shape), (1, 0), tuple(reversed(ref.shape))) if v.layout == "T" else None
-            jobs.append((n, ref, by_name[n][4], layout))
-        with open(file, "r+b") as f:
-            for n, pieces in prefetched(jobs):
-                path = by_name[n][1]
-                f.seek(offsets[path])
-                write_pieces(f, pieces, progress)
-                if final is not None:
-                    f.flush()
-                    final(file, f.tell())
-                out.record("/" + path.rsplit("/", 1)[0], fname)
-        if final is not None:
-            final(file, os.path.getsize(file))
+            jobs.append(((n, ref, by_name[n][4], layout), by_name[n][1]))
+        fill_h5(file, fname, jobs, offsets, out, options.final if starts == sorted(starts) else None, progress)
     if out.sharded:  # keras-hub writes the total as a float and indents by 4, without a final newline
         out.write_index(dest, SHARD_INDEX, indent=4, newline=False, total_size=float(out.total_size))
     backbone = keras_config(hf_cfg, declared)

@@ -236,3 +236,27 @@ def preset_vars(path: str) -> tuple[dict[str, H5Var], dict[str, str], list[str],
         d, nm = scan_h5(single)
         return d, nm, [single], single
     raise InputError(path, f"no {WEIGHTS} or {SHARD_INDEX} in this Keras preset")
+
+
+def fill_h5(file: str, fname: str, jobs: list[tuple[str, Any, str, Any]], offsets: dict[str, int], out: Any,
+            final: Any, progress: Any) -> None:
+    """Write each job's bytes at its dataset's offset in an H5 file whose metadata h5py has written and closed
+    (datasets contiguous, at increasing offsets when `final` is given: after each tensor the file is final up to its
+    end, which `final(file, upto)` tells the manifest's hasher). A job is (name, source ref, target dtype, layout)
+    and its H5 path; `out` records each dataset's group under the file name (the shard index)."""
+    from ..tensorio import prefetched, write_pieces
+
+    if final is not None:
+        final(file, min(offsets.values()) if offsets else os.path.getsize(file))
+    paths = {n: path for (n, _, _, _), path in jobs}
+    with open(file, "r+b") as f:
+        for n, pieces in prefetched([job for job, _ in jobs]):
+            path = paths[n]
+            f.seek(offsets[path])
+            write_pieces(f, pieces, progress)
+            if final is not None:
+                f.flush()
+                final(file, f.tell())
+            out.record("/" + path.rsplit("/", 1)[0], fname)
+    if final is not None:
+        final(file, os.path.getsize(file))
