@@ -360,6 +360,23 @@ def _mapping(row: Family | None) -> Any:
     return importlib.import_module(f"{__package__}.{row.gguf.mapping}")
 
 
+def file_type_and_config(header: Header) -> tuple[str | None, dict[str, Any]]:
+    """general.file_type's name (llama.cpp's LlamaFileType; the number where it has no name), and the metadata with
+    its big arrays (the vocabulary) summarised: what the spec came from."""
+    file_type = header.metadata.get("general.file_type")
+    file_type_name = None
+    if isinstance(file_type, int) and not isinstance(file_type, bool):
+        import gguf
+
+        try:
+            file_type_name = gguf.LlamaFileType(file_type).name
+        except ValueError:
+            file_type_name = str(file_type)
+    config = {k: (v if not isinstance(v, (list, np.ndarray, StringArray)) else f"<{header.value_types[k]} of {len(v)}>")
+              for k, v in header.metadata.items()}
+    return file_type_name, config
+
+
 def read(path: str) -> Checkpoint:
     header = read_header(path)
     mapped_by = _mapping(by_gguf_arch(header.metadata.get("general.architecture")))
@@ -397,18 +414,7 @@ def read(path: str) -> Checkpoint:
         notes.append(f"{norms} norm weights are stored as 1 + w (llama.cpp's convention); read back as w "
                      f"(w - 1 in float32)")
     tokenizer = embedded_tokenizer(header, path, spec, notes)
-    file_type = header.metadata.get("general.file_type")
-    file_type_name = None
-    if isinstance(file_type, int) and not isinstance(file_type, bool):
-        import gguf
-
-        try:
-            file_type_name = gguf.LlamaFileType(file_type).name
-        except ValueError:
-            file_type_name = str(file_type)
-    # The metadata, big arrays (the vocabulary) summarised: what the spec came from.
-    config = {k: (v if not isinstance(v, (list, np.ndarray, StringArray)) else f"<{header.value_types[k]} of {len(v)}>")
-              for k, v in header.metadata.items()}
+    file_type_name, config = file_type_and_config(header)
     stored = {canonical_of(t.name): t for t in header.tensors}
     quantization = quantization_stats([(parse_canonical(n)[0], stored[n].type_name,  # type: ignore[index]
                                         stored[n].numel, stored[n].nbytes) for n in ordered], file_type_name)

@@ -342,8 +342,8 @@ def read(path: str, header: Any) -> Any:
     from ..checkpoint import Checkpoint, check_against_spec, expected_tensors, parse_canonical
     from . import hf as hf_format
     from ..roles import group_of
-    from .gguf import QUANT_GROUPS, _declared_dtype, quantization_stats
-    from .gguf_header import NON_WEIGHT_TYPES, StringArray
+    from .gguf import QUANT_GROUPS, _declared_dtype, file_type_and_config, quantization_stats
+    from .gguf_header import NON_WEIGHT_TYPES
     from .gguf_vocab import embedded_tokenizer
 
     cfg, notes, assumed_keys = hf_config(header, path)
@@ -397,15 +397,7 @@ def read(path: str, header: Any) -> Any:
     check_against_spec(spec, tensors, path, path)
     ordered = {n: tensors[n] for n in expected_tensors(spec)}
     tokenizer = embedded_tokenizer(header, path, spec, notes)
-    file_type = header.metadata.get("general.file_type")
-    file_type_name = None
-    if isinstance(file_type, int) and not isinstance(file_type, bool):
-        try:
-            file_type_name = gguf.LlamaFileType(file_type).name
-        except ValueError:
-            file_type_name = str(file_type)
-    config = {k: (v if not isinstance(v, (list, np.ndarray, StringArray)) else f"<{header.value_types[k]} of {len(v)}>")
-              for k, v in header.metadata.items()}
+    file_type_name, config = file_type_and_config(header)
     # each tensor counted under its role's group (gguf.py's table names a representative role per group), with its
     # share of the stored bytes (a stack's member, a padded table without its padding)
     rep = {g: min(roles) for g, roles in QUANT_GROUPS if roles}
