@@ -584,12 +584,10 @@ def _create_h5(file: str, spec: GemmaSpec, entries: list[tuple[str, str, tuple[i
 
 def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
     """Write `ckpt` as a KerasHub preset (backbone, and CausalLM files when a tokenizer exists)."""
-    import datetime
     import json
-    from importlib import metadata
 
     from ..tensorio import ShardedOutput, target_nbytes
-    from .keras_preset import write_keras_tokenizer
+    from .keras_preset import write_keras_tokenizer, write_metadata
 
     spec = ckpt.spec
     mapped_by = _mapping(_keras_row(spec.family))
@@ -635,29 +633,15 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
     with open(os.path.join(dest, CONFIG), "w", encoding="utf-8") as f:
         json.dump(backbone, f, indent=4)
 
-    def version(pkg: str) -> str | None:
-        try:
-            return metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            return None
-
-    meta = {
-        "keras_version": version("keras"),
-        "keras_hub_version": version("keras-hub"),
-        "parameter_count": spec.num_parameters,
-        "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),
-        "tasks": ["TextEmbedder"] if embedding else ["CausalLM"],
-        # What a Keras config cannot hold, kept so that converting back restores it exactly.
-        "gemma_inspect": {"max_position_embeddings": spec.max_position_embeddings,
-                          "bos_token_id": spec.bos_token_id, "eos_token_id": spec.eos_token_id,
-                          "pad_token_id": spec.pad_token_id, "converted_from": ckpt.format},
-    }
+    # What a Keras config cannot hold, kept so that converting back restores it exactly.
+    kept: dict[str, Any] = {"max_position_embeddings": spec.max_position_embeddings,
+                            "bos_token_id": spec.bos_token_id, "eos_token_id": spec.eos_token_id,
+                            "pad_token_id": spec.pad_token_id, "converted_from": ckpt.format}
     if embedding:  # the window as transformers stores it, and sentence-transformers' settings files
-        meta["gemma_inspect"].update(sliding_window=spec.sliding_window, sentence_transformers=ckpt.head_config)
+        kept.update(sliding_window=spec.sliding_window, sentence_transformers=ckpt.head_config)
     if ckpt.tokenizer is not None and ckpt.tokenizer.adds_eos:  # keras-hub's tokenizer config cannot say it
-        meta["gemma_inspect"]["add_eos_token"] = True
-    with open(os.path.join(dest, "metadata.json"), "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=4)
+        kept["add_eos_token"] = True
+    write_metadata(dest, spec.num_parameters, ["TextEmbedder"] if embedding else ["CausalLM"], kept)
     if ckpt.tokenizer is None:
         options.notes.append("the source has no tokenizer: weights and config converted, no tokenizer files "
                              "written (Backbone.from_preset works, CausalLM.from_preset needs a tokenizer)")

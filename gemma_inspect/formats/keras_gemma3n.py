@@ -484,17 +484,15 @@ DEFAULT_MAX_SHARD = 10 * 10**9  # keras-hub's save_to_preset default (10 GB)
 def write(ckpt: Any, dest: str, options: Any, progress: Any) -> None:
     """Write a Gemma 3n checkpoint as a keras-hub Gemma3nBackbone preset: config.json, model.weights.h5 (or shards
     and model.weights.json), metadata.json and, with a tokenizer, the CausalLM files."""
-    import datetime
     import json
     import os
-    from importlib import metadata
 
     from ..arrays import Layout
     from ..tensorio import ShardedOutput, target_nbytes
     from . import hf as hf_format
     from .common import most_common
     from .keras_h5 import SHARD_INDEX, WEIGHTS, fill_h5
-    from .keras_preset import write_keras_tokenizer
+    from .keras_preset import write_keras_tokenizer, write_metadata
 
     spec = ckpt.spec
     hf_cfg = hf_format.config_dict(spec)
@@ -544,24 +542,10 @@ def write(ckpt: Any, dest: str, options: Any, progress: Any) -> None:
     with open(os.path.join(dest, "config.json"), "w", encoding="utf-8") as f:
         json.dump(backbone, f, indent=4)
 
-    def version(pkg: str) -> str | None:
-        try:
-            return metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            return None
-
-    meta = {
-        "keras_version": version("keras"),
-        "keras_hub_version": version("keras-hub"),
-        "parameter_count": spec.num_parameters,
-        "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),
-        "tasks": ["CausalLM"],
-        # What a Keras config cannot hold, kept so that converting back restores it exactly.
-        "gemma_inspect": {"bos_token_id": spec.bos_token_id, "eos_token_id": spec.eos_token_id,
-                          "converted_from": ckpt.format},
-    }
-    with open(os.path.join(dest, "metadata.json"), "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=4)
+    # What a Keras config cannot hold, kept so that converting back restores it exactly.
+    write_metadata(dest, spec.num_parameters, ["CausalLM"], {"bos_token_id": spec.bos_token_id,
+                                                             "eos_token_id": spec.eos_token_id,
+                                                             "converted_from": ckpt.format})
     if ckpt.tokenizer is None:
         options.notes.append("the source has no tokenizer: weights and config converted, no tokenizer files "
                              "written (Backbone.from_preset works, CausalLM.from_preset needs a tokenizer)")

@@ -70,3 +70,23 @@ def write_keras_tokenizer(tok: Tokenizer, dest: str, family: str, dtype: str, ba
         with open(os.path.join(dest, name), "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=4)
     return notes
+
+
+def write_metadata(dest: str, parameters: int, tasks: list[str], kept: dict[str, Any]) -> None:
+    """metadata.json as keras-hub's save_to_preset writes it (library versions, parameter count, date, tasks), with
+    `kept` under "gemma_inspect": what a Keras config cannot hold, so that converting back restores it exactly."""
+    import datetime
+    import json
+    from importlib import metadata
+
+    def version(pkg: str) -> str | None:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return None
+
+    meta = {"keras_version": version("keras"), "keras_hub_version": version("keras-hub"),
+            "parameter_count": parameters, "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),
+            "tasks": tasks, "gemma_inspect": kept}
+    with open(os.path.join(dest, "metadata.json"), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=4)
