@@ -28,8 +28,9 @@ from ..spec import GemmaSpec
 from .common import MAX_LAYERS
 # The container (header, limits, raw reads) and the vocabulary live in their own modules; the names other
 # modules and tests know are re-exported here.
-from .gguf_header import (DEQUANT_CHUNK_ELEMENTS, FLOAT_TYPES, GGML_OF_FLOAT, NON_WEIGHT_TYPES, Header, Meta,
-                          StringArray, TensorInfo, dequantize, load_float, load_float32, read_header, read_raw)
+from .gguf_header import (DEQUANT_CHUNK_ELEMENTS, FLOAT_TYPES, GGML_OF_FLOAT, NON_WEIGHT_TYPES,  # noqa: F401
+                          Header, Meta, StringArray, TensorInfo, dequantize, file_type_and_config, load_float, load_float32,
+                          read_header, read_raw)
 from .gguf_embedding import add_head_metadata, embedding_head, head_names, head_problems, head_tensors
 from .gguf_vocab import add_tokenizer, embedded_tokenizer
 from .gguf_vocab import sentencepiece_pieces as _sentencepiece_pieces  # noqa: F401 - the names tests import
@@ -360,23 +361,6 @@ def _mapping(row: Family | None) -> Any:
     return importlib.import_module(f"{__package__}.{row.gguf.mapping}")
 
 
-def file_type_and_config(header: Header) -> tuple[str | None, dict[str, Any]]:
-    """general.file_type's name (llama.cpp's LlamaFileType; the number where it has no name), and the metadata with
-    its big arrays (the vocabulary) summarised: what the spec came from."""
-    file_type = header.metadata.get("general.file_type")
-    file_type_name = None
-    if isinstance(file_type, int) and not isinstance(file_type, bool):
-        import gguf
-
-        try:
-            file_type_name = gguf.LlamaFileType(file_type).name
-        except ValueError:
-            file_type_name = str(file_type)
-    config = {k: (v if not isinstance(v, (list, np.ndarray, StringArray)) else f"<{header.value_types[k]} of {len(v)}>")
-              for k, v in header.metadata.items()}
-    return file_type_name, config
-
-
 def read(path: str) -> Checkpoint:
     header = read_header(path)
     mapped_by = _mapping(by_gguf_arch(header.metadata.get("general.architecture")))
@@ -470,12 +454,17 @@ def _check_expressible(spec: GemmaSpec, options: "WriteOptions") -> Family:
                             f"{spec.local_rope_theta}, scaling {spec.rope_local_scaling_factor}")
     elif spec.local_rope_theta != spec.rope_theta or spec.rope_local_scaling_factor != spec.rope_scaling_factor:
         problems.append(f"llama.cpp's {spec.family} uses one RoPE for every layer")
+    refuse_unless_forced(problems, options)
+    return row
+
+
+def refuse_unless_forced(problems: list[str], options: "WriteOptions") -> None:
+    """What llama.cpp would run differently: refused in one line, or written under --force with a note each."""
     if problems:
         if not options.force:
             raise UnsupportedError("GGUF cannot express this checkpoint faithfully: " + "; ".join(problems)
                                    + " (use --force to write it anyway)")
         options.notes.extend(f"--force: {p}" for p in problems)
-    return row
 
 
 @dataclass
@@ -606,8 +595,6 @@ def write(ckpt: Checkpoint, dest: str, options: "WriteOptions", progress: Callab
     at a time after the header (peak memory: one tensor)."""
     import gguf
 
-    from pathlib import Path
-
     spec = ckpt.spec
     mapped_by = _mapping(FAMILY_TABLE.get(spec.family))
     if mapped_by is not None:  # an architecture with a table of its own (gemma3n)
@@ -659,6 +646,14 @@ def write(ckpt: Checkpoint, dest: str, options: "WriteOptions", progress: Callab
     w.add_file_type(_file_type(plans, ckpt, options))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     add_tokenizer(w, ckpt, options.notes)
+    write_file(w, plans, dest, progress)
+
+
+def write_file(w: Any, plans: list[_Planned], dest: str, progress: Callable[[int], None]) -> None:
+    """The GGUF file of a writer whose metadata is added: tensor infos, header, metadata, then each planned tensor,
+    produced one at a time (reported as it is made where the plan says so, else when written)."""
+    from pathlib import Path
+
     for p in plans:
         # The dtype argument only matters for uint8 (it would mean a byte shape); the type is raw_dtype.
         w.add_tensor_info(p.name, p.shape, np.dtype(np.float32), p.nbytes, raw_dtype=p.qtype)

@@ -40,6 +40,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import InputError, UnsupportedError
+from .gguf import _Planned, refuse_unless_forced, write_file
 
 ARCH = "gemma3n"
 PER_LAYER_VOCAB_KEY = "gemma_inspect.vocab_size_per_layer_input"  # ours: what undoes the per-layer table's padding
@@ -342,8 +343,8 @@ def read(path: str, header: Any) -> Any:
     from ..checkpoint import Checkpoint, check_against_spec, expected_tensors, parse_canonical
     from . import hf as hf_format
     from ..roles import group_of
-    from .gguf import QUANT_GROUPS, _declared_dtype, file_type_and_config, quantization_stats
-    from .gguf_header import NON_WEIGHT_TYPES
+    from .gguf import QUANT_GROUPS, _declared_dtype, quantization_stats
+    from .gguf_header import NON_WEIGHT_TYPES, file_type_and_config
     from .gguf_vocab import embedded_tokenizer
 
     cfg, notes, assumed_keys = hf_config(header, path)
@@ -457,15 +458,6 @@ def gguf_problems(spec: Any) -> list[str]:
     return problems
 
 
-@dataclass
-class _Planned:
-    name: str
-    shape: tuple[int, ...]
-    qtype: Any
-    nbytes: int
-    produce: Callable[[], np.ndarray]
-
-
 def _plan(name: str, shape: tuple[int, ...], dtype: str, make: Callable[[], np.ndarray], one_d_f32: bool,
           want: str, notes: set[str]) -> _Planned:
     """The stored type of one GGUF tensor: float32 for vectors (as the converter keeps them), else the source's
@@ -562,18 +554,11 @@ def write(ckpt: Any, dest: str, options: Any, progress: Callable[[int], None]) -
     plus the per-layer table's own vocabulary size under a key of ours."""
     import gguf
 
-    from pathlib import Path
-
     from .gguf import _file_type
     from .gguf_vocab import add_tokenizer
 
     spec = ckpt.spec
-    problems = gguf_problems(spec)
-    if problems:
-        if not options.force:
-            raise UnsupportedError("GGUF cannot express this checkpoint faithfully: " + "; ".join(problems)
-                                   + " (use --force to write it anyway)")
-        options.notes.extend(f"--force: {p}" for p in problems)
+    refuse_unless_forced(gguf_problems(spec), options)
     plan_notes: set[str] = set()
     plans = plan(ckpt, options, plan_notes)
     options.notes.extend(sorted(plan_notes))
@@ -606,21 +591,7 @@ def write(ckpt: Any, dest: str, options: Any, progress: Callable[[int], None]) -
     w.add_file_type(_file_type(plans, ckpt, options))  # type: ignore[arg-type]
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     add_tokenizer(w, ckpt, options.notes)
-    for p in plans:
-        w.add_tensor_info(p.name, p.shape, np.dtype(np.float32), p.nbytes, raw_dtype=p.qtype)
-    w.write_header_to_file(path=Path(dest))
-    try:
-        w.write_kv_data_to_file()
-        w.write_ti_data_to_file()
-        for p in plans:
-            arr = np.ascontiguousarray(p.produce())
-            if arr.nbytes != p.nbytes:  # pragma: no cover - a planning bug, not an input problem
-                raise UnsupportedError(f"{p.name}: produced {arr.nbytes} bytes, planned {p.nbytes}")
-            w.write_tensor_data(arr)
-            progress(arr.nbytes)
-            del arr
-    finally:
-        w.close()
+    write_file(w, plans, dest, progress)
 
 
 def planned_nbytes(ckpt: Any, options: Any) -> int:

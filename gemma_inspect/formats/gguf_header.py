@@ -406,3 +406,19 @@ def load_float32(path: str, info: TensorInfo) -> np.ndarray:
         return load_float(path, info).astype(np.float32)
     return dequantize(path, info)
 
+
+def file_type_and_config(header: Header) -> tuple[str | None, dict[str, Any]]:
+    """general.file_type's name (llama.cpp's LlamaFileType; the number where it has no name), and the metadata with
+    its big arrays (the vocabulary) summarised: what the spec came from."""
+    file_type = header.metadata.get("general.file_type")
+    file_type_name = None
+    if isinstance(file_type, int) and not isinstance(file_type, bool):
+        import gguf
+
+        try:
+            file_type_name = gguf.LlamaFileType(file_type).name
+        except ValueError:
+            file_type_name = str(file_type)
+    config = {k: (v if not isinstance(v, (list, np.ndarray, StringArray)) else f"<{header.value_types[k]} of {len(v)}>")
+              for k, v in header.metadata.items()}
+    return file_type_name, config

@@ -582,6 +582,15 @@ def _create_h5(file: str, spec: GemmaSpec, entries: list[tuple[str, str, tuple[i
     return offsets
 
 
+def refuse_unless_forced(ckpt: Checkpoint, problems: list[str], options: Any) -> None:
+    """What keras-hub cannot express: refused in one line, or converted under --force with a note."""
+    if problems:
+        if not options.force:
+            raise UnsupportedError(f"{ckpt.source}: keras-hub cannot express this checkpoint: {'; '.join(problems)}"
+                                   f" (use --force to convert anyway)")
+        options.notes.append("converted with --force although keras-hub cannot express: " + "; ".join(problems))
+
+
 def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
     """Write `ckpt` as a KerasHub preset (backbone, and CausalLM files when a tokenizer exists)."""
     import json
@@ -597,11 +606,7 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
     problems = keras_problems(spec) + (head_problems(ckpt.embedding_head) if embedding else [])
     if embedding and (ckpt.embedding_head is None or len(ckpt.embedding_head.dense) != 2):
         raise UnsupportedError(f"{ckpt.source}: keras-hub cannot express this checkpoint: {'; '.join(problems)}")
-    if problems:
-        if not options.force:
-            raise UnsupportedError(f"{ckpt.source}: keras-hub cannot express this checkpoint: {'; '.join(problems)}"
-                                   f" (use --force to convert anyway)")
-        options.notes.append("converted with --force although keras-hub cannot express: " + "; ".join(problems))
+    refuse_unless_forced(ckpt, problems, options)
     declared = options.dtype if options.dtype != "keep" else spec.dtype
 
     rows = []

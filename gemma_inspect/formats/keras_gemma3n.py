@@ -491,17 +491,13 @@ def write(ckpt: Any, dest: str, options: Any, progress: Any) -> None:
     from ..tensorio import ShardedOutput, target_nbytes
     from . import hf as hf_format
     from .common import most_common
+    from .keras import refuse_unless_forced
     from .keras_h5 import SHARD_INDEX, WEIGHTS, fill_h5
     from .keras_preset import write_keras_tokenizer, write_metadata
 
     spec = ckpt.spec
     hf_cfg = hf_format.config_dict(spec)
-    problems = keras_problems(hf_cfg)
-    if problems:
-        if not options.force:
-            raise UnsupportedError(f"{ckpt.source}: keras-hub cannot express this checkpoint: {'; '.join(problems)}"
-                                   f" (use --force to convert anyway)")
-        options.notes.append("converted with --force although keras-hub cannot express: " + "; ".join(problems))
+    refuse_unless_forced(ckpt, keras_problems(hf_cfg), options)
     declared = options.dtype if options.dtype != "keep" else spec.dtype
     refs = {n: r for n, r in ckpt.tensors.items() if n != "lm_head.weight"}  # Keras ties the output matrix
     fill_dtype = most_common([options.float_dtype(r) for r in refs.values()]) or "float32"
