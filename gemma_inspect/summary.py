@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .checkpoint import Checkpoint, expected_tensors
+from .families import family
 from .lint import lint
 
 
@@ -49,7 +50,8 @@ def summarize(ckpt: Checkpoint) -> dict[str, Any]:
         out["embedding_head"] = head.to_dict()
         params["heads"] = head.parameters
         params["total_with_heads"] = params["total"] + head.parameters
-    if spec.gemma4_features:  # how many layers store their layer_scalar (None for a card: nothing is stored)
+    if family(spec.family).defaults.get("layer_scalar"):  # a family whose layers store a layer_scalar (Gemma 4):
+        # how many do (None for a card: nothing is stored)
         out["layer_scalars_stored"] = None if ckpt.is_card else sum(
             1 for n in ckpt.tensors if n.endswith(".layer_scalar"))
     if ckpt.hub:  # SOURCE was a hub id, handle or preset name: what it resolved to

@@ -101,6 +101,7 @@ def test_summary_json_is_what_transformers_built(tiny):
     a, p = s["architecture"], s["parameters"]
     layers = m.model.layers
     assert s["family"] == "gemma3n" and s["format"] == "hf"
+    assert "layer_scalars_stored" not in s  # Gemma 4's: Gemma 3n's layers have no layer_scalar
     assert p["total"] == m.num_parameters() == 96_828
     ple = m.model.embed_tokens_per_layer.weight.numel()
     assert p["per_layer_embedding"] == ple == 80 * 10 * 4
