@@ -336,3 +336,44 @@ def test_a_file_without_layer_scalars_reads_as_transformers_loads_it(dense, tmp_
             "released Gemma 4 has") in s["notes"]
     lines = [" ".join(line.split()) for line in run("summary", str(out)).stdout.splitlines()]
     assert "Layer scalars none" in lines
+
+
+# ----------------------------------------------------------------------------- HF -> HF
+@pytest.mark.parametrize("variant", ["dense", "moe"])
+def test_hf_to_hf_writes_both_spellings_and_transformers_computes_the_same(variant, request, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    d, m = request.getfixturevalue(variant)
+    out = tmp_path / "hf"
+    r = run("convert", d, str(out), "--to", "hf")
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((out / "config.json").read_text())
+    full = [i for i, t in enumerate(m.config.layer_types) if t == FULL]
+    assert cfg["global_head_dim"] == 16
+    assert cfg["per_layer_config"] == {str(i): ({"head_dim": 16, "num_key_value_heads": 1} if variant == "moe"
+                                                else {"head_dim": 16}) for i in full}
+    assert cfg["rope_parameters"][FULL] == {"rope_type": "proportional", "partial_rotary_factor": 0.25,
+                                            "rope_theta": 1_000_000.0}
+    assert cfg["enable_moe_block"] is (variant == "moe")
+    src, got = load_file(os.path.join(d, "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert src.keys() == got.keys() and all(torch.equal(src[k], got[k]) for k in src)
+    back = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    ids = torch.randint(0, 64, (1, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids).logits, m(ids).logits, rtol=0, atol=1e-6)
+    assert summary_json(str(out))["notes"] == [n for n in summary_json(d)["notes"] if "per_layer_config" not in n]
+
+
+def test_spellings_that_disagree_are_an_error(moe, tmp_path):
+    d, _ = moe
+    out = tmp_path / "both"
+    shutil.copytree(d, out)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["global_head_dim"] = 32
+    (out / "config.json").write_text(json.dumps(cfg))
+    r = run("summary", str(out))
+    assert r.exit_code == 2
+    assert r.output == (f"Error: {out}/config.json: config per_layer_config gives full layers head_dim 16 and 1 K/V "
+                        f"heads but global_head_dim=32: transformers reads the former, llama.cpp and keras-hub the "
+                        f"latter\n")

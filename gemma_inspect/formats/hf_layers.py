@@ -108,8 +108,15 @@ def _geometry(text: dict[str, Any], raw_text: dict[str, Any], layer_types: tuple
                                    f"geometries (only one geometry for full layers, none for sliding ones is "
                                    f"supported)")
         g_hd, g_kv = per_full.pop() if per_full else (head_dim, kv)
-        notes.append("full-layer head geometry read from per_layer_config (as transformers 5.24 saves it; "
-                     "llama.cpp and keras-hub read global_head_dim / num_global_key_value_heads instead)")
+        plain = {k: raw_text[k] for k in ("global_head_dim", "num_global_key_value_heads") if k in raw_text}
+        if not plain:
+            notes.append("full-layer head geometry read from per_layer_config (as transformers 5.24 saves it; "
+                         "llama.cpp and keras-hub read global_head_dim / num_global_key_value_heads instead)")
+        elif plain.get("global_head_dim", g_hd) != g_hd or (k_eq_v and plain.get("num_global_key_value_heads",
+                                                                                   g_kv) != g_kv):
+            raise InputError(path, f"config per_layer_config gives full layers head_dim {g_hd} and {g_kv} K/V heads "
+                                   f"but {', '.join(f'{k}={v}' for k, v in plain.items())}: transformers reads the "
+                                   f"former, llama.cpp and keras-hub the latter")
         return dict(global_head_dim=g_hd, num_global_key_value_heads=g_kv)
     g_hd = text.get("global_head_dim")
     if g_hd is not None and (isinstance(g_hd, bool) or not isinstance(g_hd, int) or g_hd <= 0):
