@@ -23,7 +23,6 @@ layer reading the cache of layer n_kv - 2 (sliding) or n_kv - 1 (full), n_kv bei
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -220,7 +219,8 @@ def hf_config(header: Any, path: str) -> tuple[dict[str, Any], list[str], set[st
     kv_full_layers = [i for i in range(n - shared) if types[i] == FULL]
     no_v = [i for i in kv_full_layers if f"blk.{i}.attn_v.weight" not in tensors]
     if no_v and no_v != kv_full_layers:
-        raise UnsupportedError(f"{path}: full layers {no_v} store no attn_v but {sorted(set(kv_full_layers) - set(no_v))} "
+        with_v = sorted(set(kv_full_layers) - set(no_v))
+        raise UnsupportedError(f"{path}: full layers {no_v} store no attn_v but {with_v} "
                                f"do; Gemma 4's K=V holds for every full layer or none")
     missing_v = [i for i in range(n - shared) if types[i] == SLIDING and f"blk.{i}.attn_v.weight" not in tensors]
     if missing_v:
@@ -248,7 +248,8 @@ def hf_config(header: Any, path: str) -> tuple[dict[str, Any], list[str], set[st
     if local is None:
         local = LLAMA_CPP_SWA_BASE
         assumed.add("rope_local_theta")
-    if m.text(K.Rope.SCALING_TYPE, "none") not in ("none", "linear") or (m.number(K.Rope.SCALING_FACTOR, None) or 1.0) != 1.0:
+    scaling = m.number(K.Rope.SCALING_FACTOR, None) or 1.0
+    if m.text(K.Rope.SCALING_TYPE, "none") not in ("none", "linear") or scaling != 1.0:
         raise UnsupportedError(f"{path}: RoPE scaling is not supported for Gemma 4 (its full layers use proportional "
                                f"RoPE)")
     rot_full = m.integer(K.Rope.DIMENSION_COUNT, full_dim)
@@ -270,8 +271,8 @@ def hf_config(header: Any, path: str) -> tuple[dict[str, Any], list[str], set[st
         partial = 2 * rotated / full_dim
         want = rope_freqs(full_dim, partial)
         if got.shape != want.shape or not np.array_equal(got, want):
-            raise InputError(path, f"{ROPE_FREQS} is not proportional RoPE's frequency divisors for head_dim {full_dim} "
-                                   f"(1 on the first pairs, {UNROTATED:g} on the others)")
+            raise InputError(path, f"{ROPE_FREQS} is not proportional RoPE's frequency divisors for head_dim "
+                                   f"{full_dim} (1 on the first pairs, {UNROTATED:g} on the others)")
     elif freqs is None:
         assumed.add("rope_partial_factor")
     cap = m.number(K.LLM.FINAL_LOGIT_SOFTCAPPING, None)
@@ -359,7 +360,8 @@ def read(path: str, header: Any) -> Any:
     file_type_name, config = file_type_and_config(header)
     rep = {g: min(roles) for g, roles in QUANT_GROUPS if roles}
     quantization = quantization_stats(
-        [(rep.get(group_of(parse_canonical(n)[0]), "other"), infos[n].type_name, t.numel, t.nbytes)  # type: ignore[index]
+        [(rep.get(group_of(parse_canonical(n)[0]), "other"), infos[n].type_name,  # type: ignore[index]
+          t.numel, t.nbytes)
          for n, t in ordered.items()], file_type_name)
     assumed = set(assumed_keys) | {f for f, key in (
         ("bos_token_id", gguf.Keys.Tokenizer.BOS_ID), ("eos_token_id", gguf.Keys.Tokenizer.EOS_ID),

@@ -1,0 +1,212 @@
+"""Gemma 4 <-> GGUF `gemma4` (llama.cpp's converter's layout), both ways: tiny seeded checkpoints written by
+transformers, their GGUF read by the gguf package's own reader, converted back bit-exactly and run by transformers
+to the source's logits; what transformers' own GGUF loader does with such a file; llama.cpp (llama-cpp-python)
+running it, where installed."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from test_gemma4 import FULL, SLIDING, _build, dense, moe, run, summary_json  # noqa: F401 - fixtures
+
+IDS = [2, 5, 9, 13, 22, 40, 7, 3, 11, 19, 33, 60, 1, 8]  # longer than the sliding window (4)
+
+
+@pytest.fixture(scope="module")
+def shaped(tmp_path_factory):
+    """Everything at once, shaped as llama.cpp's gemma4 runs it: PLE, KV sharing whose sources are llama.cpp's
+    (the last layer computing K/V is full, the one before sliding), K=V on full layers with the sliding layers'
+    K/V head count, experts beside the dense MLP."""
+    d = str(tmp_path_factory.mktemp("g4shaped"))
+    m = _build(d, 3, num_hidden_layers=6, layer_types=[SLIDING, SLIDING, SLIDING, FULL, SLIDING, FULL],
+               vocab_size_per_layer_input=64, hidden_size_per_layer_input=4, num_kv_shared_layers=2,
+               attention_k_eq_v=True, num_global_key_value_heads=2, enable_moe_block=True, num_experts=4,
+               top_k_experts=2, moe_intermediate_size=8)
+    return d, m
+
+
+def _convert(src: str, dest: str, to: str, *extra: str) -> str:
+    r = run("convert", src, dest, "--to", to, *extra)
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+def _hf_tensors(path: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(path, "model.safetensors"))
+
+
+def _logits(path_or_model, ids=IDS) -> np.ndarray:
+    from transformers import AutoModelForCausalLM
+
+    m = path_or_model
+    if isinstance(m, str):
+        m = AutoModelForCausalLM.from_pretrained(m, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return m(torch.tensor([ids])).logits[0].numpy()
+
+
+def _fields(path: str) -> tuple[dict, dict]:
+    from gguf import GGUFReader
+
+    r = GGUFReader(path)
+    return {k: v.contents() for k, v in r.fields.items()}, {t.name: t for t in r.tensors}
+
+
+def _arr(t) -> np.ndarray:
+    """A GGUFReader tensor in numpy order (its shape reversed from GGUF's ne)."""
+    return np.asarray(t.data).reshape(tuple(reversed([int(x) for x in t.shape])))
+
+
+def test_hf_to_gguf_is_llama_cpps_layout(moe, tmp_path):
+    d, m = moe
+    g = str(tmp_path / "m.gguf")
+    _convert(d, g, "gguf")
+    f, t = _fields(g)
+    sd = m.state_dict()
+    assert f["general.architecture"] == "gemma4"
+    assert (f["gemma4.block_count"], f["gemma4.embedding_length"], f["gemma4.feed_forward_length"]) == (4, 32, 48)
+    # full layers: their own head_dim (key_length) and K/V head count; sliding layers: key_length_swa
+    assert (f["gemma4.attention.key_length"], f["gemma4.attention.key_length_swa"]) == (16, 8)
+    assert (f["gemma4.attention.value_length"], f["gemma4.attention.value_length_swa"]) == (16, 8)
+    assert f["gemma4.attention.head_count_kv"] == [2, 1, 2, 1] and f["gemma4.attention.head_count"] == 4
+    assert (f["gemma4.rope.dimension_count"], f["gemma4.rope.dimension_count_swa"]) == (16, 8)
+    assert (f["gemma4.rope.freq_base"], f["gemma4.rope.freq_base_swa"]) == (1e6, 1e4)
+    assert f["gemma4.attention.sliding_window_pattern"] == [True, False, True, False]
+    assert (f["gemma4.attention.sliding_window"], f["gemma4.attention.shared_kv_layers"]) == (4, 0)
+    assert f["gemma4.embedding_length_per_layer_input"] == 0 and f["gemma4.final_logit_softcapping"] == 30.0
+    assert (f["gemma4.expert_count"], f["gemma4.expert_used_count"]) == (4, 2)
+    assert f["gemma4.expert_feed_forward_length"] == 8
+    # proportional RoPE: 0.25 of the 16-wide full heads rotated = 2 pairs at divisor 1, the other 6 left alone
+    assert _arr(t["rope_freqs.weight"]).tolist() == [1.0, 1.0] + [np.float32(1e30)] * 6
+    for i in range(4):
+        L = f"model.layers.{i}."
+        # norms as they are (no +1), the layer scalar, the router's scales, the fused experts: HF's values exactly
+        for gname, hf in ((f"blk.{i}.attn_norm.weight", L + "input_layernorm.weight"),
+                          (f"blk.{i}.layer_output_scale.weight", L + "layer_scalar"),
+                          (f"blk.{i}.ffn_gate_inp.weight", L + "router.proj.weight"),
+                          (f"blk.{i}.ffn_gate_inp.scale", L + "router.scale"),
+                          (f"blk.{i}.ffn_down_exps.scale", L + "router.per_expert_scale"),
+                          (f"blk.{i}.ffn_gate_up_exps.weight", L + "experts.gate_up_proj"),
+                          (f"blk.{i}.ffn_down_exps.weight", L + "experts.down_proj"),
+                          (f"blk.{i}.pre_ffw_norm_2.weight", L + "pre_feedforward_layernorm_2.weight"),
+                          (f"blk.{i}.post_ffw_norm_1.weight", L + "post_feedforward_layernorm_1.weight"),
+                          (f"blk.{i}.post_ffw_norm_2.weight", L + "post_feedforward_layernorm_2.weight")):
+            assert np.array_equal(_arr(t[gname]), sd[hf].numpy()), gname
+        assert t[f"blk.{i}.layer_output_scale.weight"].tensor_type.name == "F32"
+        # K=V: full layers store no attn_v (llama.cpp then takes K as V)
+        assert (f"blk.{i}.attn_v.weight" in t) == (i % 2 == 0)
+    assert 0.3 <= float(_arr(t["blk.0.layer_output_scale.weight"])[0]) <= 0.9
+    assert t["blk.1.ffn_gate_up_exps.weight"].shape.tolist() == [32, 16, 4]  # ne: [hidden, 2 x expert width, E]
+    assert "output.weight" not in t  # tied
+
+
+def test_dense_layout_and_kv_sources_llama_cpp_would_misread(dense, tmp_path):
+    """The dense fixture's KV-shared layers read layers 3 and 2; llama.cpp's gemma4 reads n_kv - 2 = 2 for a sliding
+    layer and n_kv - 1 = 3 for a full one: refused, written under --force with a note."""
+    d, m = dense
+    g = tmp_path / "m.gguf"
+    r = run("convert", d, str(g), "--to", "gguf")
+    assert r.exit_code == 2 and not g.exists()
+    assert r.output == ("Error: GGUF cannot express this checkpoint faithfully: KV-shared layers 4 (reads layer 3, "
+                        "llama.cpp reads 2), 5 (reads layer 2, llama.cpp reads 3): llama.cpp's gemma4 reads layer "
+                        "n_kv - 2 on sliding layers and n_kv - 1 on full ones (use --force to write it anyway)\n")
+    out = _convert(d, str(g), "gguf", "--force")
+    assert "note: --force: KV-shared layers 4 (reads layer 3, llama.cpp reads 2)" in out
+    f, t = _fields(str(g))
+    assert f["gemma4.feed_forward_length"] == [48, 48, 48, 48, 96, 96]  # double-wide on the KV-shared layers
+    assert f["gemma4.attention.head_count_kv"] == 2 and f["gemma4.attention.shared_kv_layers"] == 2
+    assert f["gemma4.embedding_length_per_layer_input"] == 4
+    sd = m.state_dict()
+    assert np.array_equal(_arr(t["per_layer_token_embd.weight"]), sd["model.embed_tokens_per_layer.weight"].numpy())
+    assert np.array_equal(_arr(t["per_layer_model_proj.weight"]), sd["model.per_layer_model_projection.weight"].numpy())
+    # KV-shared layers store no k/v/k_norm (llama.cpp asks for them only where K/V are computed)
+    assert "blk.3.attn_k.weight" in t and not any(f"blk.{i}.attn_{k}" in n for i in (4, 5) for k in "kv" for n in t)
+
+
+@pytest.mark.parametrize("which", ["dense", "moe", "shaped"])
+def test_gguf_round_trip_is_exact_and_runs_as_the_source(which, request, tmp_path):
+    """HF -> GGUF -> HF: the same tensors (torch.equal), the same config, and transformers computes the source's
+    logits from the result; `diff` says the GGUF holds the source's tensors, `summary` the same model."""
+    d, m = request.getfixturevalue(which)
+    g, back = str(tmp_path / "m.gguf"), str(tmp_path / "hf")
+    _convert(d, g, "gguf", "--force")
+    _convert(g, back, "hf")
+    a, b = _hf_tensors(d), _hf_tensors(back)
+    assert sorted(a) == sorted(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    got, want = _logits(back), _logits(m)
+    assert float(np.abs(got - want).max()) <= 1e-4
+    r = run("diff", d, g)
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines()[-1] == f"{len(a)} equal: identical"
+    s_hf, s_gguf = summary_json(d), summary_json(g)
+    assert s_gguf["architecture"] == s_hf["architecture"] and s_gguf["parameters"] == s_hf["parameters"]
+    assert s_gguf["format"] == "gguf" and s_gguf["layer_scalars_stored"] == m.config.num_hidden_layers
+
+
+def _patched(g, tmp_path, index: int, value: float, name: str):
+    """A copy of the GGUF `g` with rope_freqs[index] = value."""
+    from gemma_inspect.formats.gguf_header import read_header
+
+    info = next(t for t in read_header(str(g)).tensors if t.name == "rope_freqs.weight")
+    raw = bytearray(g.read_bytes())
+    raw[info.start + 4 * index:info.start + 4 * index + 4] = np.float32(value).tobytes()
+    out = tmp_path / name
+    out.write_bytes(bytes(raw))
+    return out
+
+
+def test_reader_takes_the_rotated_fraction_from_rope_freqs_and_refuses_another_tensor(moe, tmp_path):
+    """rope_freqs is set aside on reading: the rotated fraction of full heads comes from it (one more pair at
+    divisor 1: 3 of 8 pairs, 0.375), and a tensor that is not the converter's pattern is refused in one line."""
+    d, _ = moe
+    g = tmp_path / "m.gguf"
+    _convert(d, str(g), "gguf")
+    assert summary_json(str(g))["architecture"]["rope_partial_factor"] == 0.25
+    wider = _patched(g, tmp_path, 2, 1.0, "wider.gguf")
+    assert summary_json(str(wider))["architecture"]["rope_partial_factor"] == 0.375
+    bad = _patched(g, tmp_path, 7, 1.0, "bad.gguf")
+    r = run("summary", str(bad))
+    assert r.exit_code == 2
+    assert r.output == (f"Error: {bad}: rope_freqs.weight is not proportional RoPE's frequency divisors for head_dim "
+                        f"16 (1 on the first pairs, 1e+30 on the others)\n")
+
+
+def test_transformers_gguf_loader_drops_gemma4_scales(shaped, moe, dense, tmp_path):
+    """transformers 5.24's own GGUF loader (from_pretrained(dir, gguf_file=...)) and a gemma4 GGUF as llama.cpp's
+    converter writes it: its name map looks for `blk.N.layer_output_scale`, `blk.N.ffn_gate_up_exps` and
+    `blk.N.ffn_down_exps` without the `.weight` the converter writes, and has no name at all for the router's
+    `ffn_gate_inp.scale` and `ffn_down_exps.scale`: the layer scalars, the experts and both MoE scales would be left
+    at their initial values. It reads neither key_length_swa nor the per-layer keys, so on these files it stops
+    before running: per-layer K/V head counts and FFN widths fail its config's type check, and the rest as size
+    mismatches. Our GGUF -> HF conversion keeps every one of them (logits: the round-trip test above)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.modeling_gguf_pytorch_utils import TensorProcessor, get_gguf_hf_weights_map
+
+    d, src = shaped
+    g = tmp_path / "shaped.gguf"
+    _convert(d, str(g), "gguf")
+    _, stored = _fields(str(g))
+    names = get_gguf_hf_weights_map(src, TensorProcessor(config=src.config))
+    unread = sorted({n.split(".", 2)[2] for n in stored if n.startswith("blk.") and n not in names})
+    assert unread == ["ffn_down_exps.scale", "ffn_down_exps.weight", "ffn_gate_inp.scale", "ffn_gate_up_exps.weight",
+                      "layer_output_scale.weight"]
+    assert names["blk.0.layer_output_scale"] == "model.layers.0.layer_scalar"
+    assert "blk.0.layer_output_scale" not in stored and "blk.0.layer_output_scale.weight" in stored
+    targets = set(names.values())
+    assert "model.layers.0.router.scale" not in targets and "model.layers.0.router.per_expert_scale" not in targets
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="shaped.gguf")
+    for fixture, key in ((moe, "num_key_value_heads"), (dense, "intermediate_size")):
+        gd = tmp_path / key
+        gd.mkdir()
+        _convert(fixture[0], str(gd / "m.gguf"), "gguf", "--force")
+        with pytest.raises(Exception, match=f"Field '{key}' expected int, got list"):
+            AutoModelForCausalLM.from_pretrained(str(gd), gguf_file="m.gguf")
