@@ -210,3 +210,64 @@ def test_transformers_gguf_loader_drops_gemma4_scales(shaped, moe, dense, tmp_pa
         _convert(fixture[0], str(gd / "m.gguf"), "gguf", "--force")
         with pytest.raises(Exception, match=f"Field '{key}' expected int, got list"):
             AutoModelForCausalLM.from_pretrained(str(gd), gguf_file="m.gguf")
+
+
+@pytest.fixture(scope="module")
+def tokenized(tmp_path_factory, tiny_tokenizer):
+    """The llama-shaped model with a 384-token vocabulary and a tokenizer.json (BPE with byte fallback, Gemma's
+    layout, no tokenizer.model beside it), as Gemma 4 ships its tokenizer."""
+    from gemma_inspect.tokenizer import write_hf_fast_tokenizer
+
+    d = str(tmp_path_factory.mktemp("g4tok"))
+    m = _build(d, 4, vocab_size=384, num_hidden_layers=6, layer_types=[SLIDING, SLIDING, SLIDING, FULL, SLIDING, FULL],
+               vocab_size_per_layer_input=384, hidden_size_per_layer_input=4, num_kv_shared_layers=2,
+               attention_k_eq_v=True, num_global_key_value_heads=2, enable_moe_block=True, num_experts=4,
+               top_k_experts=2, moe_intermediate_size=8)
+    write_hf_fast_tokenizer(tiny_tokenizer, d)
+    assert not os.path.exists(os.path.join(d, "tokenizer.model"))
+    return d, m
+
+
+def test_tokenizer_json_to_gguf_as_llama_cpps_converter_writes_it(tokenized, tmp_path):
+    """tokenizer.ggml.* as Gemma4Model.set_vocab writes them: model 'gemma4', gguf's LlamaHfVocab's tokens, scores
+    and types (its chat parser's tokens USER_DEFINED: none in this vocabulary), SpecialVocab's merges and ids."""
+    from pathlib import Path
+
+    import gguf
+
+    d, _ = tokenized
+    g = str(tmp_path / "m.gguf")
+    _convert(d, g, "gguf")
+    f, _ = _fields(g)
+    want = list(gguf.LlamaHfVocab(Path(d)).all_tokens())
+    assert f["tokenizer.ggml.model"] == "gemma4" and len(want) == 384
+    assert f["tokenizer.ggml.tokens"] == [t.decode() for t, _, _ in want]
+    assert f["tokenizer.ggml.scores"] == [s for _, s, _ in want] == [-1000.0] * 384
+    assert f["tokenizer.ggml.token_type"] == [int(k) for _, _, k in want]
+    assert f["tokenizer.ggml.merges"] == gguf.SpecialVocab(Path(d), load_merges=True).merges
+    assert len(f["tokenizer.ggml.merges"]) > 0
+    ids = {k: f[f"tokenizer.ggml.{k}_token_id"] for k in ("bos", "eos", "unknown", "padding")}
+    assert ids == {"bos": 2, "eos": 1, "unknown": 3, "padding": 0}
+    assert f["tokenizer.ggml.add_bos_token"] is True and f["tokenizer.ggml.add_space_prefix"] is False
+
+
+def test_gguf_tokenizer_back_to_hf_tokenizes_as_the_source(tokenized, tmp_path):
+    """GGUF -> HF: the tokenizer rebuilt from the tokens and merges (pieces no merge produces, such as
+    <start_of_turn>, matched whole) gives the source tokenizer.json's ids on every parity text, and the weights
+    come back exactly."""
+    from transformers import AutoTokenizer
+
+    from gemma_inspect.tokenizer import PARITY_TEXTS
+
+    d, _ = tokenized
+    g, back = str(tmp_path / "m.gguf"), str(tmp_path / "hf")
+    _convert(d, g, "gguf")
+    out = _convert(g, back, "hf")
+    assert ("note (source): 2 tokens no merge produces (e.g. '<start_of_turn>') are read as user-defined pieces, "
+            "matched whole in text as the tokenizer.json they came from matches them") in out
+    a, b = AutoTokenizer.from_pretrained(d), AutoTokenizer.from_pretrained(back)
+    assert any("<start_of_turn>" in t for t in PARITY_TEXTS)
+    for text in PARITY_TEXTS:
+        assert b(text)["input_ids"] == a(text)["input_ids"], text
+    x, y = _hf_tensors(d), _hf_tensors(back)
+    assert sorted(x) == sorted(y) and all(torch.equal(x[k], y[k]) for k in x)

@@ -433,7 +433,7 @@ def write(ckpt: Any, dest: str, options: Any, progress: Callable[[int], None]) -
     import gguf
 
     from .gguf import _file_type
-    from .gguf_vocab import add_tokenizer
+    from .gguf_vocab import add_tokenizer_gemma4
 
     spec = ckpt.spec
     refuse_unless_forced(gguf_problems(spec), options)
@@ -476,7 +476,7 @@ def write(ckpt: Any, dest: str, options: Any, progress: Callable[[int], None]) -
     w.add_sliding_window_pattern([t == SLIDING for t in spec.layer_types])
     w.add_file_type(_file_type(plans, ckpt, options))  # type: ignore[arg-type]
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    add_tokenizer(w, ckpt, options.notes)
+    add_tokenizer_gemma4(w, ckpt, options.notes)
     write_file(w, plans, dest, progress)
 
 
