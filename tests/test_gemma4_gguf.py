@@ -271,3 +271,29 @@ def test_gguf_tokenizer_back_to_hf_tokenizes_as_the_source(tokenized, tmp_path):
         assert b(text)["input_ids"] == a(text)["input_ids"], text
     x, y = _hf_tensors(d), _hf_tensors(back)
     assert sorted(x) == sorted(y) and all(torch.equal(x[k], y[k]) for k in x)
+
+
+@pytest.mark.slow
+def test_llama_cpp_runs_our_gemma4_gguf_as_transformers(tokenized, tmp_path):
+    """llama.cpp (llama-cpp-python) loads our gemma4 GGUF of a model shaped as its gemma4 runs it (PLE, KV sharing
+    with its source layers, K=V full layers, experts with both MoE scales, layer scalars, proportional RoPE on
+    16-wide full heads, a sliding window shorter than the sequence, the tokenizer as 'gemma4' BPE) and computes
+    transformers' logits: within 2% of their scale (ggml's own GELU and accumulation), the same argmax everywhere."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (it builds from source)")
+    d, m = tokenized
+    g = str(tmp_path / "m.gguf")
+    _convert(d, g, "gguf")
+    ids = [2, 17, 40, 5, 99, 250, 31, 8, 77, 120, 64, 3, 200, 11, 45, 9]
+    llm = llama_cpp.Llama(model_path=g, n_ctx=64, logits_all=True, verbose=False)
+    llm.eval(ids)
+    got = np.asarray(llm.scores)[: len(ids)]
+    want = _logits(m, ids)
+    assert got.shape == want.shape == (len(ids), 384)
+    scale = float(np.abs(want).max())
+    assert float(np.abs(got - want).max()) <= 0.02 * scale
+    assert (got.argmax(-1) == want.argmax(-1)).all()
+    # the layer scalars matter: the same file without them computes something else
+    m_plain = type(m)(m.config).eval()
+    m_plain.load_state_dict({k: (torch.ones_like(v) if k.endswith("layer_scalar") else v)
+                             for k, v in m.state_dict().items()})
+    assert float(np.abs(_logits(m_plain, ids) - want).max()) > 0.1 * scale

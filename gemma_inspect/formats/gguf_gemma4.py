@@ -175,6 +175,11 @@ def hf_config(header: Any, path: str) -> tuple[dict[str, Any], list[str], set[st
         raise InputError(path, f"metadata {m.key(K.LLM.BLOCK_COUNT)!r} is {n}, more than the {MAX_LAYERS} this tool "
                                f"accepts")
     hidden = m.integer(K.LLM.EMBEDDING_LENGTH)
+    if len(embed.shape) != 2 or embed.shape[1] != hidden:
+        raise InputError(path, f"token_embd.weight has shape {list(embed.shape)} but embedding_length is {hidden}")
+    if m.has(K.LLM.VOCAB_SIZE) and m.integer(K.LLM.VOCAB_SIZE) != embed.shape[0]:
+        raise InputError(path, f"metadata {m.key(K.LLM.VOCAB_SIZE)!r} is {m.integer(K.LLM.VOCAB_SIZE)} but "
+                               f"token_embd.weight has {embed.shape[0]} rows")
     pat = md.get(_k(K.Attention.SLIDING_WINDOW_PATTERN))
     if not (isinstance(pat, np.ndarray) and pat.dtype == bool and pat.size == n):
         raise InputError(path, f"metadata {_k(K.Attention.SLIDING_WINDOW_PATTERN)!r} must be {n} booleans (llama.cpp's "
