@@ -297,3 +297,19 @@ def test_llama_cpp_runs_our_gemma4_gguf_as_transformers(tokenized, tmp_path):
     m_plain.load_state_dict({k: (torch.ones_like(v) if k.endswith("layer_scalar") else v)
                              for k, v in m.state_dict().items()})
     assert float(np.abs(_logits(m_plain, ids) - want).max()) > 0.1 * scale
+
+
+def test_gguf_to_gguf_keeps_quantized_blocks_and_the_gemma4_vocabulary(tokenized, tmp_path):
+    """A Q8_0 gemma4 GGUF converted to GGUF again: the same metadata (its 'gemma4' vocabulary and merges as they
+    are), the same tensors in the same types, block for block."""
+    d, _ = tokenized
+    q, again = str(tmp_path / "q.gguf"), str(tmp_path / "again.gguf")
+    _convert(d, q, "gguf", "--dtype", "q8_0")
+    _convert(q, again, "gguf")
+    fa, ta = _fields(q)
+    fb, tb = _fields(again)
+    assert sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k)) == ["general.name"]
+    assert fb["tokenizer.ggml.model"] == "gemma4" and list(ta) == list(tb)
+    assert ta["blk.0.attn_q.weight"].tensor_type.name == "Q8_0"
+    for n in ta:
+        assert ta[n].tensor_type == tb[n].tensor_type and np.array_equal(np.asarray(ta[n].data), np.asarray(tb[n].data))

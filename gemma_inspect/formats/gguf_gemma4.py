@@ -322,8 +322,11 @@ def _ref(path: str, name: str, info: Any) -> Any:
     if info.type_name in FLOAT_TYPES:
         return TensorRef(name=name, shape=shape, dtype=FLOAT_TYPES[info.type_name], nbytes=info.nbytes, origin=origin,
                          loader=lambda: load_float(path, info), span=(path, info.start, info.nbytes))
+    from .safetensors_io import iter_bytes
+
     return QuantizedTensorRef(name=name, shape=shape, dtype=info.type_name, nbytes=info.nbytes, origin=origin,
-                              loader=lambda: np.ascontiguousarray(dequantize(path, info)))
+                              loader=lambda: np.ascontiguousarray(dequantize(path, info)),
+                              blocks=lambda size: iter_bytes(path, info.start, info.nbytes, size))
 
 
 def read(path: str, header: Any) -> Any:
@@ -416,21 +419,37 @@ def plan(ckpt: Any, options: Any, notes: set[str]) -> list[_Planned]:
     their order; vectors in float32, matrices as the source or --dtype says."""
     import gguf
 
+    from .gguf import _raw
     from .gguf_gemma3n import _plan
 
     spec = ckpt.spec
     plans: list[_Planned] = []
+    Q = gguf.GGMLQuantizationType
     if FULL in spec.layer_types:
         full_dim = spec.global_head_dim or spec.head_dim
         freqs = rope_freqs(full_dim, spec.rope_partial_factor)
-        Q = gguf.GGMLQuantizationType
         plans.append(_Planned(ROPE_FREQS, freqs.shape, Q.F32, freqs.nbytes, lambda: freqs))
     for name, ref in ckpt.tensors.items():
         gname = gguf_name_of(name)
         if gname is None:
             raise UnsupportedError(f"tensor {name} has no GGUF name in llama.cpp's gemma4")
+        if _copies_blocks(ref, options.dtype):  # GGUF -> GGUF: quantized blocks copied as they are
+            qtype = Q[ref.dtype]
+            plans.append(_Planned(gname, tuple(ref.shape), qtype, ref.nbytes, lambda ref=ref: _raw(ref)))
+            continue
         plans.append(_plan(gname, tuple(ref.shape), ref.dtype, ref.load, len(ref.shape) == 1, options.dtype, notes))
     return plans
+
+
+def _copies_blocks(ref: Any, want: str) -> bool:
+    """Whether a tensor is a GGUF's quantized blocks that the output keeps as they are (--dtype keep, or the
+    quantization asked for being theirs)."""
+    import gguf
+
+    from .gguf import QuantizedTensorRef
+
+    return (isinstance(ref, QuantizedTensorRef) and ref.blocks is not None
+            and ref.dtype in gguf.GGMLQuantizationType.__members__ and want in ("keep", ref.dtype.lower()))
 
 
 def write(ckpt: Any, dest: str, options: Any, progress: Callable[[int], None]) -> None:

@@ -203,6 +203,8 @@ def add_tokenizer_gemma4(w: Any, ckpt: Checkpoint, notes: list[str]) -> None:
     import gguf
 
     tok = ckpt.tokenizer
+    if ckpt.format == "gguf" and _copy_gemma4_vocab(w, ckpt.source, ckpt.spec.vocab_size):
+        return
     if tok is None or tok.json_path is None:
         if tok is not None:
             notes.append("the source tokenizer has no tokenizer.json: its SentencePiece model is written "
@@ -238,6 +240,34 @@ def add_tokenizer_gemma4(w: Any, ckpt: Checkpoint, notes: list[str]) -> None:
     special.add_special_token["bos"] = True  # the converter adds <bos> whatever tokenizer_config.json says
     special.add_to_gguf(w, quiet=True)
     w.add_add_space_prefix(False)
+
+
+def _copy_gemma4_vocab(w: Any, source: str, rows: int) -> bool:
+    """GGUF -> GGUF: a source's 'gemma4' vocabulary written again as it is (tokens, scores, types, merges, special
+    ids and flags, chat template); False when the source holds another (or none)."""
+    import gguf
+
+    from .gguf_header import read_header
+
+    K = gguf.Keys.Tokenizer
+    md = read_header(source).metadata
+    if md.get(K.MODEL) != "gemma4" or len(md.get(K.LIST) or ()) != rows:
+        return False
+    w.add_tokenizer_model("gemma4")
+    w.add_token_list(list(md[K.LIST]))
+    for key, add in ((K.SCORES, w.add_token_scores), (K.TOKEN_TYPE, w.add_token_types)):
+        if key in md:
+            add(np.asarray(md[key]).tolist())
+    if K.MERGES in md:
+        w.add_token_merges(list(md[K.MERGES]))
+    for key, add in ((K.BOS_ID, w.add_bos_token_id), (K.EOS_ID, w.add_eos_token_id), (K.UNK_ID, w.add_unk_token_id),
+                     (K.PAD_ID, w.add_pad_token_id), (K.MASK_ID, w.add_mask_token_id), (K.EOT_ID, w.add_eot_token_id),
+                     (K.ADD_BOS, w.add_add_bos_token), (K.ADD_EOS, w.add_add_eos_token),
+                     (K.ADD_SEP, w.add_add_sep_token),
+                     (K.ADD_PREFIX, w.add_add_space_prefix), (K.CHAT_TEMPLATE, w.add_chat_template)):
+        if key in md:
+            add(md[key] if isinstance(md[key], str) else md[key].item() if hasattr(md[key], "item") else md[key])
+    return True
 
 
 def add_tokenizer(w: Any, ckpt: Checkpoint, notes: list[str]) -> None:
