@@ -285,7 +285,8 @@ def test_llama_cpp_runs_our_gemma4_gguf_as_transformers(tokenized, tmp_path):
     with its source layers, K=V full layers, experts with both MoE scales, layer scalars, proportional RoPE on
     16-wide full heads, a sliding window shorter than the sequence, the tokenizer as 'gemma4' BPE) and computes
     transformers' logits: within 3% of their scale (ggml's GELU from a float16 table, its own accumulation; measured
-    2.1%), the same argmax everywhere; without the layer scalars transformers is off by over 10%. The routers are scaled up (the fixture) so that rounding cannot flip a token's choice of experts."""
+    2.1%), the same argmax everywhere; without the layer scalars transformers is off by over 10%. The routers are
+    scaled up (the fixture) so that rounding cannot flip a token's choice of experts."""
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (it builds from source)")
     d, m = tokenized
     g = str(tmp_path / "m.gguf")
