@@ -333,3 +333,21 @@ def test_gguf_to_gguf_keeps_quantized_blocks_and_the_gemma4_vocabulary(tokenized
     assert ta["blk.0.attn_q.weight"].tensor_type.name == "Q8_0"
     for n in ta:
         assert ta[n].tensor_type == tb[n].tensor_type and np.array_equal(np.asarray(ta[n].data), np.asarray(tb[n].data))
+
+
+def test_gguf_writer_refuses_a_model_without_sliding_layers(tmp_path):
+    """llama.cpp's gemma4 always builds a sliding-window KV cache and aborts (GGML_ASSERT is_swa_any) on a model
+    without a sliding layer: refused in one line, nothing written; --force writes it, and it reads back exactly."""
+    d = str(tmp_path / "hf")
+    _build(d, 5, num_hidden_layers=2, layer_types=[FULL, FULL], hidden_size_per_layer_input=0)
+    g = tmp_path / "m.gguf"
+    r = run("convert", d, str(g), "--to", "gguf")
+    assert r.exit_code == 2 and not g.exists()
+    assert r.output == ("Error: GGUF cannot express this checkpoint faithfully: no sliding-window layer: llama.cpp's "
+                        "gemma4 stops on an assertion (is_swa_any) when it makes its KV cache (use --force to write "
+                        "it anyway)\n")
+    _convert(d, str(g), "gguf", "--force")
+    back = str(tmp_path / "back")
+    _convert(str(g), back, "hf")
+    a, b = _hf_tensors(d), _hf_tensors(back)
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)

@@ -404,7 +404,13 @@ def gguf_problems(spec: Any) -> list[str]:
     if spec.per_layer_input_size and spec.per_layer_vocab_size != spec.vocab_size:
         problems.append(f"a per-layer embedding table of {spec.per_layer_vocab_size} rows for a {spec.vocab_size}-"
                         f"token vocabulary: llama.cpp's gemma4 requires one row per token")
-    if spec.num_kv_shared_layers:
+    if SLIDING not in spec.layer_types:
+        problems.append("no sliding-window layer: llama.cpp's gemma4 stops on an assertion (is_swa_any) when it "
+                        "makes its KV cache")
+    n_kv = spec.num_layers - spec.num_kv_shared_layers
+    if spec.num_kv_shared_layers and n_kv < 2:
+        problems.append(f"{n_kv} layer computing K/V before the KV-shared ones: llama.cpp's gemma4 asserts at least 2")
+    elif spec.num_kv_shared_layers:
         wrong = [(i, spec.kv_source(i), llama_cpp_kv_source(spec, i)) for i in range(spec.num_layers)
                  if spec.kv_shared(i) and spec.kv_source(i) != llama_cpp_kv_source(spec, i)]
         if wrong:
