@@ -351,3 +351,37 @@ def test_gguf_writer_refuses_a_model_without_sliding_layers(tmp_path):
     _convert(str(g), back, "hf")
     a, b = _hf_tensors(d), _hf_tensors(back)
     assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gguf_metadata_that_gemma4_cannot_mean_is_refused(moe, tmp_path):
+    """Metadata no Gemma 4 has, one line each: a layout without the per-layer pattern llama.cpp requires, K/V head
+    counts varying within a layer type, FFN widths neither uniform nor double-wide on the KV-shared layers."""
+    from gemma_inspect.errors import GemmaInspectError
+    from gemma_inspect.formats import gguf_gemma4 as G4
+    from gemma_inspect.formats.gguf_header import read_header
+
+    d, _ = moe
+    g = str(tmp_path / "m.gguf")
+    _convert(d, g, "gguf")
+
+    def message(**changes) -> str:
+        header = read_header(g)
+        for key, value in changes.items():
+            key = "gemma4." + key.replace("__", ".")
+            if value is None:
+                del header.metadata[key]
+            else:
+                header.metadata[key] = value
+        with pytest.raises(GemmaInspectError) as e:
+            G4.hf_config(header, g)
+        return str(e.value)
+
+    assert message(attention__sliding_window_pattern=None) == (
+        f"{g}: metadata 'gemma4.attention.sliding_window_pattern' must be 4 booleans (llama.cpp's gemma4 requires "
+        f"them)")
+    assert message(attention__head_count_kv=np.array([2, 1, 1, 1], np.uint32)) == (
+        f"{g}: attention.head_count_kv [2, 1, 1, 1] varies within a layer type; Gemma 4 has one K/V head count for "
+        f"sliding layers and one for full layers")
+    assert message(feed_forward_length=np.array([48, 48, 96, 48], np.uint32)) == (
+        f"{g}: feed_forward_length [48, 48, 96, 48] is neither one width nor twice it on the 0 KV-shared layers "
+        f"(use_double_wide_mlp); Gemma 4 has no other layout")
