@@ -16,9 +16,10 @@ What differs from the other Gemma architectures (gguf.py's table):
   (its loader asks for them only on the layers that compute K/V).
 
 What llama.cpp then fixes (llama_model_gemma4 and its graph), which the writer checks before writing: queries
-unscaled, the tanh GELU, no RoPE scaling, one per-layer embedding row per token of the vocabulary, and a KV-shared
-layer reading the cache of layer n_kv - 2 (sliding) or n_kv - 1 (full), n_kv being the layers that compute K/V
-(transformers reads the last such layer of the same type).
+unscaled, the tanh GELU, no RoPE scaling, one per-layer embedding row per token of the vocabulary, at least one
+sliding layer (it asserts one), and a KV-shared layer reading the cache of layer n_kv - 2 (sliding) or n_kv - 1
+(full), n_kv >= 2 being the layers that compute K/V (transformers reads the last such layer of the same type).
+The tokenizer is gguf_vocab's: a tokenizer.json as the converter writes Gemma 4's ('gemma4' BPE with merges).
 """
 
 from __future__ import annotations
