@@ -313,6 +313,8 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
                  tower_prefixes=("model.vision_tower.", "model.audio_tower.", "model.embed_vision.",
                                  "model.embed_audio."),
                  causal_bidirectional=("vision",)),
+        # llama.cpp's gemma4: per-layer head geometry keys, rope_freqs, the converter's scales (formats/gguf_gemma4.py)
+        gguf=GGUFIds("gemma4", defaults={"final_logit_softcapping": None}, mapping="gguf_gemma4"),
         refusals={"gemma_pytorch": "gemma_pytorch has no Gemma 4 architecture (it knows GEMMA_1, GEMMA_2 and "
                                    "GEMMA_3, none with per-layer embeddings, KV sharing, K=V, experts or layer "
                                    "scalars)"},
