@@ -312,7 +312,7 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
                  layer_geometry=True, experts_switch="enable_moe_block",
                  tower_prefixes=("model.vision_tower.", "model.audio_tower.", "model.embed_vision.",
                                  "model.embed_audio."),
-                 causal_bidirectional=("vision",)),
+                 causal_bidirectional=("vision",), qk_norm_layout="bthd"),
         refusals={"gemma_pytorch": "gemma_pytorch has no Gemma 4 architecture (it knows GEMMA_1, GEMMA_2 and "
                                    "GEMMA_3, none with per-layer embeddings, KV sharing, K=V, experts or layer "
                                    "scalars)"},
