@@ -68,6 +68,26 @@ CHECKS: dict[str, CheckFn] = {}
 FAMILY_CHECKS: dict[str, CheckFn] = {}
 
 
+# What a family's own checks need beyond `observe`: a pass of their own over the loaded model, `fn(ckpt, model, ids)`
+# (checks_gemma4.py), run by verify while the model is loaded when the family row lists one of `checks`; its result
+# is kept in Observation.family under the observer's name.
+FAMILY_OBSERVERS: dict[str, tuple[tuple[str, ...], Callable[..., Any]]] = {}
+
+
+def register_observer(name: str, checks: tuple[str, ...]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        FAMILY_OBSERVERS[name] = (checks, fn)
+        return fn
+    return wrap
+
+
+def family_observations(ckpt: "Checkpoint", model: Any, ids: list[int]) -> dict[str, Any]:
+    """Every observer's result that the checkpoint's family row needs (by the checks it lists)."""
+    row = FAMILY_TABLE.get(ckpt.spec.family)
+    wanted = set(row.checks) if row is not None else set()
+    return {name: fn(ckpt, model, ids) for name, (checks, fn) in FAMILY_OBSERVERS.items() if wanted & set(checks)}
+
+
 def register(name: str, family_only: bool = False) -> Callable[[CheckFn], CheckFn]:
     """Register `fn(ctx) -> record` as the check `name` (after the ones registered before it); `family_only`: run
     only for the families whose row lists it."""

@@ -317,7 +317,8 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
                                    "GEMMA_3, none with per-layer embeddings, KV sharing, K=V, experts or layer "
                                    "scalars)"},
         commands=("summary", "compare", "convert", "diff", "parity", "verify"),
-        reference_module="gemma4"),
+        reference_module="gemma4",
+        checks=("layer_scalar", "per_layer_inputs", "kv_sharing", "k_eq_v", "rope_fraction", "moe_routing")),
     # Gemma 3n (text decoder): Gemma 4's norms (w, no +1), q/k norms and weightless v_norm, unscaled queries, final
     # soft cap 30, PLE and KV sharing - plus AltUp (the residual stream carried as altup_num_inputs streams, one of
     # them run through the block, the others predicted and corrected by per-layer coefficients), LAuReL (a low-rank
