@@ -64,3 +64,149 @@ def test_unused_kv_of_shared_layers_are_not_read(dense, tmp_path):
             tensors[f"model.layers.{i}.self_attn.{name}"] = 5 * torch.ones(shape)
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     _agree(str(out), m)
+
+
+# ----------------------------------------------------------------------------- verify
+def _checks(result) -> dict:
+    return {c["name"]: c for c in result["checks"]}
+
+
+def _stored_scalars(model) -> list[float]:
+    return [round(float(layer.layer_scalar), 4) for layer in model.model.layers]
+
+
+@pytest.mark.parametrize("runtime", ["reference", "transformers"])
+def test_verify_observes_gemma4_dense(dense, runtime):
+    from gemma_inspect.verify import verify
+
+    d, m = dense
+    res = verify(d, runtime=runtime, device="cpu")
+    c = _checks(res)
+    assert res["passed"] is True, [x for x in res["checks"] if x["status"] == "fail"]
+    assert c["norm_offset"]["status"] == "pass" and c["norm_offset"]["observed"] == 0
+    assert c["logit_softcap"]["observed"] == 30.0 and c["attention_softcap"]["observed"] is None
+    assert c["query_scale"]["observed"] == 1.0 and c["qk_norm"]["observed"] is True
+    assert c["sliding_window"]["status"] == "pass" and c["sliding_window"]["observed"]["global_layers"] == [2, 5]
+    assert c["layer_scalar"]["status"] == "pass"
+    assert c["layer_scalar"]["observed"] == c["layer_scalar"]["expected"] == _stored_scalars(m)
+    assert c["per_layer_inputs"]["status"] == "pass" and c["per_layer_inputs"]["observed"] == 4
+    assert c["kv_sharing"]["status"] == "pass" and c["kv_sharing"]["observed"] == {"4": 3, "5": 2}
+    assert c["rope_fraction"]["status"] == "pass" and c["rope_fraction"]["observed"] == {"full": 0.25, "sliding": 1.0}
+    assert c["k_eq_v"]["status"] == "skip" and c["moe_routing"]["status"] == "skip"
+    assert c["lint:layer_scalar"]["status"] == "pass" and c["lint:norm_weights"]["status"] == "pass"
+    assert c["lint:global_geometry"]["status"] == "warn" and c["lint:global_geometry"]["observed"] == "per_layer_config"
+    assert c["lint:unused_kv"]["observed"] == "none"
+
+
+@pytest.mark.parametrize("runtime", ["reference", "transformers"])
+def test_verify_observes_gemma4_moe(moe, runtime):
+    from gemma_inspect.verify import verify
+
+    d, m = moe
+    res = verify(d, runtime=runtime, device="cpu")
+    c = _checks(res)
+    assert res["passed"] is True, [x for x in res["checks"] if x["status"] == "fail"]
+    assert c["layer_scalar"]["observed"] == _stored_scalars(m)
+    assert c["k_eq_v"]["status"] == "pass" and c["k_eq_v"]["observed"] == [1, 3]
+    assert c["moe_routing"]["status"] == "pass"
+    assert c["moe_routing"]["observed"] == {"top_k": 2, "renormalised": True, "per_expert_scale": True,
+                                            "router_input": "residual"}
+    assert "block 0's expert output recomputed from gate_up (gate rows first)" in c["moe_routing"]["evidence"]
+    assert c["rope_fraction"]["observed"] == {"full": 0.25, "sliding": 1.0}
+    assert c["per_layer_inputs"]["status"] == c["kv_sharing"]["status"] == "skip"
+
+
+def _no_scalar(monkeypatch, g4):
+    forward = g4.DecoderBlock.forward
+    monkeypatch.setattr(g4.DecoderBlock, "forward", lambda self, *a: forward(self, *a) / self.layer_scalar)
+
+
+def _wrong_source(monkeypatch, g4):
+    forward = g4.Attention.forward
+
+    def attend(self, x, positions, kv):  # layer 4 (sliding) reads layer 1's K/V instead of layer 3's
+        if self.shared and self.layer == 4:
+            kv = {**kv, 3: kv[1]}
+        return forward(self, x, positions, kv)
+    monkeypatch.setattr(g4.Attention, "forward", attend)
+
+
+def _rope_over_rotated_dims(monkeypatch, g4):
+    inv_freq = g4.rope_inv_freq
+
+    def wrong(spec, layer, device=None):  # the denominator the rotated dimensions, not the head's
+        out = inv_freq(spec, layer, device)
+        d, r = spec.layer_head_dim(layer), int((out != 0).sum())
+        if r < d // 2:
+            out[:r] = 1.0 / (spec.rope_theta ** (torch.arange(0, 2 * r, 2, dtype=torch.float32) / (2 * r)))
+        return out
+    monkeypatch.setattr(g4, "rope_inv_freq", wrong)
+
+
+def _no_renormalisation(monkeypatch, g4):
+    def route(self, x):
+        probs = torch.softmax(self.proj(self.norm(x) * self.scale * self.scalar_root_size).float(), dim=-1)
+        weights, index = torch.topk(probs, k=self.top_k, dim=-1)
+        return probs, weights * self.per_expert_scale[index], index
+    monkeypatch.setattr(g4.Router, "forward", route)
+
+
+@pytest.mark.parametrize("defect,fixture,check_name,observed", [
+    (_no_scalar, "dense", "layer_scalar", [1.0] * 6),
+    (_wrong_source, "dense", "kv_sharing", {"4": 1, "5": 2}),
+    (_rope_over_rotated_dims, "moe", "rope_fraction", {"full": None, "sliding": 1.0}),
+    (_no_renormalisation, "moe", "moe_routing", {"top_k": 2, "renormalised": False, "per_expert_scale": True,
+                                                 "router_input": "residual"}),
+])
+def test_verify_fails_a_runtime_without_a_gemma4_piece(request, monkeypatch, defect, fixture, check_name, observed):
+    """The reference runtime with one Gemma 4 piece removed or wrong: the matching check fails, naming what ran."""
+    from gemma_inspect.runtimes import gemma4 as g4
+    from gemma_inspect.verify import verify
+
+    defect(monkeypatch, g4)
+    d, _ = request.getfixturevalue(fixture)
+    res = verify(d, runtime="reference", device="cpu")
+    c = _checks(res)[check_name]
+    assert res["passed"] is False and c["status"] == "fail", c
+    assert c["observed"] == observed
+
+
+def test_verify_fails_on_reset_scalars_and_norms_stored_as_one_plus_w(dense, tmp_path):
+    """A converter that resets layer_scalar to 1 and adds Gemma 1-3's +1 to every norm weight: the model runs as
+    stored, so the lint says it (exit 1), naming both."""
+    from safetensors.torch import load_file, save_file
+
+    d, _ = dense
+    out = tmp_path / "broken"
+    shutil.copytree(d, out)
+    tensors = load_file(str(out / "model.safetensors"))
+    for name, t in tensors.items():
+        if name.endswith("layer_scalar"):
+            tensors[name] = torch.ones_like(t)
+        elif name.endswith("norm.weight"):
+            tensors[name] = t + 1
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    r = run("verify", str(out), "--runtime", "reference", "--device", "cpu", "--json")
+    assert r.exit_code == 1, r.output
+    c = _checks(json.loads(r.stdout))
+    assert c["lint:layer_scalar"]["status"] == "fail" and c["lint:layer_scalar"]["observed"] == "6 stored, 1..1"
+    assert c["lint:norm_weights"]["status"] == "fail"
+    assert c["lint:norm_weights"]["evidence"].startswith("every norm weight has a mean near 2")
+    assert c["layer_scalar"]["status"] == "pass" and c["layer_scalar"]["observed"] == [1.0] * 6  # runs as stored
+
+
+def test_verify_refuses_v_proj_on_k_eq_v_layers(moe, tmp_path):
+    """K=V layers have no v_proj: a file that stores one contradicts its config - unusable input, exit 2."""
+    from safetensors.torch import load_file, save_file
+
+    d, _ = moe
+    out = tmp_path / "v-proj"
+    shutil.copytree(d, out)
+    tensors = load_file(str(out / "model.safetensors"))
+    for i in (1, 3):
+        tensors[f"model.layers.{i}.self_attn.v_proj.weight"] = torch.zeros(16, 32)
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    r = run("verify", str(out), "--device", "cpu", "--json")
+    assert r.exit_code == 2
+    assert "model.layers.1.self_attn.v_proj.weight, model.layers.3.self_attn.v_proj.weight" in r.output
+    assert r.output.count("\n") == 1 and r.output.startswith("Error: ")
