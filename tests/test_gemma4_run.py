@@ -210,3 +210,99 @@ def test_verify_refuses_v_proj_on_k_eq_v_layers(moe, tmp_path):
     assert r.exit_code == 2
     assert "model.layers.1.self_attn.v_proj.weight, model.layers.3.self_attn.v_proj.weight" in r.output
     assert r.output.count("\n") == 1 and r.output.startswith("Error: ")
+
+
+# ----------------------------------------------------------------------------- parity across runtimes
+def _parity(a: str, b: str, *extra: str):
+    r = run("parity", a, b, "--runtime-a", "reference", "--runtime-b", "transformers", "--device", "cpu",
+            "--tokens", ",".join(map(str, TOKENS)), "--json", *extra)
+    return r.exit_code, json.loads(r.stdout) if r.stdout.strip().startswith("{") else r.output
+
+
+def test_parity_dense_json(dense):
+    d, _ = dense
+    code, res = _parity(d, d)
+    assert code == 0 and res["passed"] is True, res
+    assert [row["status"] for row in res["layers"]] == ["ok"] * 8
+    assert res["tolerance"]["mode"] == "noise floor" and res["logits"]["top1_agreement"] == 1.0
+    assert "moe" not in res
+
+
+def test_parity_moe_reports_expert_agreement(moe):
+    d, _ = moe
+    code, res = _parity(d, d)
+    assert code == 0 and res["passed"] is True, res
+    m = res["moe"]
+    assert m["top_k"] == 2 and m["agreement"] == 1.0 and m["flips"] == 0
+    assert [(r["index"], r["tokens"], r["agreement"]) for r in m["layers"]] == [(i, len(TOKENS), 1.0) for i in range(4)]
+
+
+def test_parity_fails_without_layer_scalars(dense, monkeypatch):
+    """The reference runtime dropping the layer scalar: parity names block 0, exit 1."""
+    from gemma_inspect.runtimes import gemma4 as g4
+
+    _no_scalar(monkeypatch, g4)
+    d, _ = dense
+    code, res = _parity(d, d)
+    assert code == 1 and res["passed"] is False
+    assert res["first_divergent_layer"] == 0 and res["layers"][0]["status"] == "ok"
+
+
+def _twin_experts(src: str, dst, router_edit) -> str:
+    """`src` with expert 1 made a copy of expert 0 (weights and per-expert scale) and the router edited."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    tensors = load_file(str(dst / "model.safetensors"))
+    for i in range(4):
+        p = f"model.layers.{i}."
+        for name in ("experts.gate_up_proj", "experts.down_proj", "router.per_expert_scale"):
+            tensors[p + name][1] = tensors[p + name][0]
+        router_edit(tensors[p + "router.proj.weight"])
+    save_file(tensors, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return str(dst)
+
+
+def test_parity_reports_a_near_tie_flip_without_counting_it(moe, tmp_path):
+    """Twin experts 0 and 1 whose router rows differ by 1e-7 (A favours 1, B favours 0 where the logit is positive):
+    tokens whose second slot they compete for flip between the runs; the outputs agree within the noise floor, so
+    parity passes and reports the flips as near-ties."""
+    d, _ = moe
+
+    def lean(sign):
+        def edit(w):
+            w[1] = w[0] * (1 + sign * 1e-7)
+        return edit
+    a = _twin_experts(d, tmp_path / "a", lean(1))
+    b = _twin_experts(d, tmp_path / "b", lean(-1))
+    code, res = _parity(a, b)
+    assert code == 0 and res["passed"] is True, res
+    m = res["moe"]
+    assert m["flips"] > 0 and m["near_tie_flips"] == m["flips"] and m["agreement"] < 1.0
+    flipped = [r for r in m["layers"] if r["flips"]]
+    for r in flipped:
+        assert res["layers"][r["index"] + 1]["status"] == "ok"
+        assert res["layers"][r["index"] + 1]["near_tie_flips"] == r["flips"]
+        for e in r["examples"]:
+            assert e["near_tie"] and e["gap"] <= 1e-4 and set(e["a"]) ^ set(e["b"]) == {0, 1}
+    assert res["first_divergent_layer"] is None
+
+
+def test_parity_counts_a_decisive_flip_even_when_the_outputs_agree(moe, tmp_path):
+    """B routes to twin expert 1 wherever A routes to 0 (their router rows swapped): the outputs agree, but the
+    routing differs by whole probabilities, so block 0 diverges (status routing), exit 1."""
+    d, _ = moe
+
+    def keep(w):
+        pass
+
+    def swap(w):
+        w[[0, 1]] = w[[1, 0]]
+    a = _twin_experts(d, tmp_path / "a", keep)
+    b = _twin_experts(d, tmp_path / "b", swap)
+    code, res = _parity(a, b)
+    assert code == 1 and res["passed"] is False
+    assert res["layers"][1]["status"] == "routing" and res["first_divergent_layer"] == 0
+    assert res["layers"][1]["max_abs_diff"] <= res["layers"][1]["bound"]  # the hidden state itself agrees
+    m = res["moe"]["layers"][0]
+    assert m["flips"] > 0 and m["near_tie_flips"] < m["flips"]
