@@ -50,8 +50,9 @@ def _weight(module: Any, name: str) -> Any:
 
 
 @register_observer("gemma4", CHECKS)
-def observe_gemma4(ckpt: Any, model: Any, ids: list[int]) -> dict[str, Any]:
-    """One traced forward pass: per block the values of INPUTS / OUTPUTS (first sequence, float64), the attention
+def observe_gemma4(ckpt: Any, model: Any, ids: list[int]) -> dict[str, Any] | None:
+    """None for a runtime whose modules do not carry transformers' names (the checks then skip). Else one traced
+    forward pass: per block the values of INPUTS / OUTPUTS (first sequence, float64), the attention
     scores (softmax input, [H, T, S]), the router's (probabilities, weights, indices), and the weights the checks
     recompute with (layer scalars, router and expert parameters, the per-layer input tables)."""
     import torch
@@ -59,6 +60,8 @@ def observe_gemma4(ckpt: Any, model: Any, ids: list[int]) -> dict[str, Any]:
     from .trace import Tracer, first_tensor
 
     an = model.anatomy()
+    if not all(hasattr(b, "self_attn") for b in an.blocks):  # keras-hub's layers have names of their own
+        return None
     blocks: list[dict[str, Any]] = [{} for _ in an.blocks]
     handles = []
 
@@ -66,8 +69,16 @@ def observe_gemma4(ckpt: Any, model: Any, ids: list[int]) -> dict[str, Any]:
         if t is not None and hasattr(t, "shape"):  # the router and the experts see tokens flattened, [B*T, d]
             blocks[i][key] = t.detach().double().cpu() if key in FLAT else _first(t)
 
+    # scores (float64 [H, T, T] per layer) only where a check reads them: the first sliding and full layers that
+    # compute K/V (rope_fraction) and the KV-shared layers (kv_sharing)
+    spec = ckpt.spec
+    wanted = {i for i in range(spec.num_layers) if spec.kv_shared(i)}
+    for kind in (FULL, SLIDING):
+        wanted |= {next((i for i in range(spec.num_layers) if spec.layer_types[i] == kind and not spec.kv_shared(i)),
+                        -1)}
+
     def on_scores(i: int, s: Any, _p: Any) -> None:
-        if "scores" not in blocks[i]:
+        if i in wanted and "scores" not in blocks[i]:
             s = s.detach().double().cpu()
             blocks[i]["scores"] = s.reshape(s.shape[0], -1, s.shape[-2], s.shape[-1])[0]  # [H, T, S]
 
@@ -117,8 +128,10 @@ def observe_gemma4(ckpt: Any, model: Any, ids: list[int]) -> dict[str, Any]:
     stack = next((m for m in an.root.modules() if hasattr(m, "per_layer_model_projection")), None)
     ple = None
     if stack is not None:
-        table = _weight(stack, "embed_tokens_per_layer")
-        ple = {"rows": table[torch.as_tensor(ids)], "projection": _weight(stack, "per_layer_model_projection"),
+        table = getattr(stack, "embed_tokens_per_layer")
+        table = getattr(table, "weight", table)  # only the rows of the tokens leave the device (E2B: 262,144 x 8,960)
+        rows = table.detach()[torch.as_tensor(ids, device=table.device)].double().cpu()
+        ple = {"rows": rows, "projection": _weight(stack, "per_layer_model_projection"),
                "norm": _weight(stack, "per_layer_projection_norm")}
     return {"blocks": blocks, "layouts": an.layouts, "tokens": len(ids), "experts": expert_weights, "ple": ple}
 
@@ -140,7 +153,7 @@ def layer_scalar(ctx: Context) -> Record:
     if not ctx.spec.layer_scalar:
         return check("layer_scalar", "skip", None, None, "the checkpoint stores no layer scalars")
     if g is None:
-        return check("layer_scalar", "skip", None, None, "no Gemma 4 observation")
+        return check("layer_scalar", "skip", None, None, "not observed: the runtime's modules have other names")
     expected, observed, worst = [], [], 0.0
     for b in g["blocks"]:
         if b.get("layer_scalar") is None or b.get("ffn_in") is None or b.get("post_ffn_out") is None:
@@ -153,10 +166,12 @@ def layer_scalar(ctx: Context) -> Record:
         observed.append(round(fit, 4))
     tol = _tol(ctx.obs.dtype)
     ok = worst <= tol and all(abs(o - e) <= max(tol, 1e-4) * max(1.0, abs(e)) for o, e in zip(observed, expected))
-    evidence = (f"block output / (residual after the feed-forward{' + per-layer input' if ctx.spec.per_layer_input_size else ''}) "
-                f"per block: {', '.join(_g(o, 4) for o in observed[:8])}{' ...' if len(observed) > 8 else ''} "
-                f"(fit residual {worst:.1e}); stored: {', '.join(_g(e, 4) for e in expected[:8])}"
-                f"{' ...' if len(expected) > 8 else ''}")
+    ple = " + per-layer input" if ctx.spec.per_layer_input_size else ""
+
+    def shown(values: list[float]) -> str:
+        return ", ".join(_g(v, 4) for v in values[:8]) + (" ..." if len(values) > 8 else "")
+    evidence = (f"block output / (residual after the feed-forward{ple}) per block: {shown(observed)} (fit residual "
+                f"{worst:.1e}); stored: {shown(expected)}")
     return check("layer_scalar", "pass" if ok else "fail", expected, observed, evidence)
 
 
@@ -182,9 +197,11 @@ def per_layer_inputs(ctx: Context) -> Record:
     g, p = _obs(ctx), ctx.spec.per_layer_input_size
     if not p:
         return check("per_layer_inputs", "skip", None, None, "the checkpoint has no per-layer input embeddings")
-    blocks = g["blocks"] if g else []
+    if g is None:
+        return check("per_layer_inputs", "skip", p, None, "not observed: the runtime's modules have other names")
+    blocks = g["blocks"]
     need = ("ple_gate_in", "ple_gate_out", "ple_proj_in")
-    if g is None or g["ple"] is None or any(b.get(k) is None for b in blocks for k in need):
+    if g["ple"] is None or any(b.get(k) is None for b in blocks for k in need):
         return check("per_layer_inputs", "fail", p, 0, "the per-layer input gate or projection did not run")
     act = ACTIVATIONS.get(ctx.rules.activation, ACTIVATIONS["gelu_tanh"])
     want = _expected_ple(ctx, g, blocks[0]["in"])
@@ -250,7 +267,7 @@ def rope_fraction(ctx: Context) -> Record:
     Gemma 4 rotates 0.25 on full layers (proportional RoPE) and all of the head on sliding ones."""
     g, spec = _obs(ctx), ctx.spec
     if g is None:
-        return check("rope_fraction", "skip", None, None, "no Gemma 4 observation")
+        return check("rope_fraction", "skip", None, None, "not observed: the runtime's modules have other names")
     expected: dict[str, float] = {}
     observed: dict[str, float | None] = {}
     notes = []
@@ -274,7 +291,8 @@ def rope_fraction(ctx: Context) -> Record:
         best = min(fits, key=fits.get)
         tol = _tol(ctx.obs.dtype)
         observed[label] = best if fits[best] <= tol else None
-        notes.append(f"{label} layer {layer} (head_dim {d}): " + ", ".join(f"f {f:g}: {r:.1e}" for f, r in fits.items()))
+        notes.append(f"{label} layer {layer} (head_dim {d}): "
+                     + ", ".join(f"f {f:g}: {r:.1e}" for f, r in fits.items()))
     ok = bool(expected) and observed == expected
     return check("rope_fraction", "pass" if ok else "fail", expected, observed,
                  "scores against rope_f(q_norm) . rope_f(k_norm), residual per fraction f of the frequencies "
@@ -292,7 +310,7 @@ def kv_sharing(ctx: Context) -> Record:
     if not shared:
         return check("kv_sharing", "skip", None, None, "no KV-shared layers")
     if g is None:
-        return check("kv_sharing", "skip", None, None, "no Gemma 4 observation")
+        return check("kv_sharing", "skip", None, None, "not observed: the runtime's modules have other names")
     expected = {str(i): spec.kv_source(i) for i in shared}
     observed: dict[str, int | None] = {}
     notes = []
@@ -330,7 +348,7 @@ def k_eq_v(ctx: Context) -> Record:
     if not spec.attention_k_eq_v:
         return check("k_eq_v", "skip", None, None, "K=V is off: every layer computing K/V has a v_proj")
     if g is None:
-        return check("k_eq_v", "skip", layers, None, "no Gemma 4 observation")
+        return check("k_eq_v", "skip", layers, None, "not observed: the runtime's modules have other names")
     observed, notes = [], []
     tol = _tol(ctx.obs.dtype)
     for i in layers:
@@ -375,8 +393,10 @@ def moe_routing(ctx: Context) -> Record:
     if not spec.moe_experts:
         return check("moe_routing", "skip", None, None, "the checkpoint has no experts")
     expected = {"top_k": spec.moe_top_k, "renormalised": True, "per_expert_scale": True, "router_input": "residual"}
-    blocks = g["blocks"] if g else []
-    if g is None or any(b.get("router") is None or b.get("router_in") is None for b in blocks):
+    if g is None:
+        return check("moe_routing", "skip", expected, None, "not observed: the runtime's modules have other names")
+    blocks = g["blocks"]
+    if any(b.get("router") is None or b.get("router_in") is None for b in blocks):
         return check("moe_routing", "fail", expected, None, "a block's router did not run")
     tol = _tol(ctx.obs.dtype)
     errs = {(r, s): 0.0 for r in (True, False) for s in (True, False)}
