@@ -173,7 +173,8 @@ def block_branches(graph: dict[str, Any]) -> list[dict[str, Any]]:
         if not (pre and pre.get("role") == "norm" and pre.get("input") in streams):
             pre = None
         post = producers.get(r["branch"])
-        if not (post and post.get("role") == "norm" and exit_ is not None and post.get("input") == exit_["output"]):
+        if not (post and post.get("role") == "norm" and exit_ is not None and
+                (post.get("input") == exit_["output"] or _merged_into(producers, post, exit_))):
             post = None
         direct = exit_ is not None and r["branch"] == exit_["output"]
         branches.append({"kind": kind, "pre": pre["name"] if pre else None, "post": post["name"] if post else None,
@@ -181,6 +182,16 @@ def block_branches(graph: dict[str, Any]) -> list[dict[str, Any]]:
                          (f"{entry['name']} .. {exit_['name']}" if entry and exit_ else None),
                          "stream": r["stream"], "output": r["output"], "resolved": bool(post or direct)})
     return branches
+
+
+def _merged_into(producers: dict[str, Any], post: dict[str, Any], exit_: dict[str, Any]) -> bool:
+    """Whether `post` norms a sum one of whose terms is a norm of `exit_`'s output: Gemma 4's mixture of experts
+    norms the MLP's output and the experts' apart, adds them, and the feed-forward's post norm reads that sum."""
+    summed = producers.get(post.get("input"))
+    if not summed or summed.get("kind") != "op" or summed.get("name") != "add":
+        return False
+    terms = [producers.get(x) for x in summed.get("inputs", [])]
+    return any(t and t.get("role") == "norm" and t.get("input") == exit_["output"] for t in terms)
 
 
 def placement_of(branches: list[dict[str, Any]]) -> str:

@@ -84,6 +84,8 @@ def test_verify_observes_gemma4_dense(dense, runtime):
     c = _checks(res)
     assert res["passed"] is True, [x for x in res["checks"] if x["status"] == "fail"]
     assert c["norm_offset"]["status"] == "pass" and c["norm_offset"]["observed"] == 0
+    # the per-layer input's residual (no pre norm) is a third branch, left out of the placement
+    assert c["norm_placement"]["status"] == "pass" and c["norm_placement"]["observed"] == "pre+post"
     assert c["logit_softcap"]["observed"] == 30.0 and c["attention_softcap"]["observed"] is None
     assert c["query_scale"]["observed"] == 1.0 and c["qk_norm"]["observed"] is True
     assert c["sliding_window"]["status"] == "pass" and c["sliding_window"]["observed"]["global_layers"] == [2, 5]
@@ -107,6 +109,8 @@ def test_verify_observes_gemma4_moe(moe, runtime):
     c = _checks(res)
     assert res["passed"] is True, [x for x in res["checks"] if x["status"] == "fail"]
     assert c["layer_scalar"]["observed"] == _stored_scalars(m)
+    # the feed-forward's post norm reads the sum of the normed MLP and normed expert outputs
+    assert c["norm_placement"]["status"] == "pass" and c["norm_placement"]["observed"] == "pre+post"
     assert c["k_eq_v"]["status"] == "pass" and c["k_eq_v"]["observed"] == [1, 3]
     assert c["moe_routing"]["status"] == "pass"
     assert c["moe_routing"]["observed"] == {"top_k": 2, "renormalised": True, "per_expert_scale": True,
