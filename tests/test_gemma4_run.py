@@ -64,6 +64,11 @@ def test_unused_kv_of_shared_layers_are_not_read(dense, tmp_path):
             tensors[f"model.layers.{i}.self_attn.{name}"] = 5 * torch.ones(shape)
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     _agree(str(out), m)
+    from gemma_inspect.formats import load
+    from gemma_inspect.lint import lint
+
+    found = {r["name"]: r for r in lint(load(str(out)))}["lint:unused_kv"]
+    assert found["status"] == "pass" and found["observed"] == "6 unused k/v tensors"  # information only
 
 
 # ----------------------------------------------------------------------------- verify
