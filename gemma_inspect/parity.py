@@ -437,7 +437,11 @@ def advice(result: dict[str, Any]) -> list[str]:
     tol, first = result["tolerance"], result["first_divergent_layer"]
     out: list[str] = []
     row = next((r for r in result["layers"] if r["index"] == first), None) if first is not None else None
-    if row is not None and tol["mode"] == "noise floor":
+    if row is not None and row["status"] == "routing":
+        out.append(f"{row['name']}: A and B sent {row['expert_flips'] - row['near_tie_flips']} token(s) to different "
+                   f"experts by more than a near-tie (the hidden state itself is within its bound): the routers, or "
+                   f"what they read, differ; see the Experts line")
+    elif row is not None and tol["mode"] == "noise floor":
         noise = row.get("noise_floor") or 0.0
         times = f"{row['max_abs_diff'] / noise:,.0f}x" if noise else "above"
         out.append(f"{row['name']} differs by {row['max_abs_diff']:.3g} ({row['relative_diff']:.3g} of max|A|): "

@@ -315,3 +315,5 @@ def test_parity_counts_a_decisive_flip_even_when_the_outputs_agree(moe, tmp_path
     assert res["layers"][1]["max_abs_diff"] <= res["layers"][1]["bound"]  # the hidden state itself agrees
     m = res["moe"]["layers"][0]
     assert m["flips"] > 0 and m["near_tie_flips"] < m["flips"]
+    assert res["advice"][0].startswith(f"block 0: A and B sent {m['flips'] - m['near_tie_flips']} token(s) to "
+                                       f"different experts by more than a near-tie")
