@@ -1,5 +1,6 @@
 """The reference runtime: this project's own PyTorch forward pass of Gemma 1, 2 and 3, from GemmaSpec (Gemma 3n's
-AltUp, LAuReL and per-layer inputs are in runtimes/gemma3n.py, built from these blocks).
+AltUp, LAuReL and per-layer inputs are in runtimes/gemma3n.py, Gemma 4's per-layer geometry, KV sharing, K=V and
+experts in runtimes/gemma4.py, both built from these blocks).
 
 One module, meant to be read top to bottom like a textbook. It takes the canonical tensors of any format
 (HF names, [out, in] layout, zero-centred norm weights) and computes what the published implementations
