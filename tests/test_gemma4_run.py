@@ -317,3 +317,28 @@ def test_parity_counts_a_decisive_flip_even_when_the_outputs_agree(moe, tmp_path
     assert m["flips"] > 0 and m["near_tie_flips"] < m["flips"]
     assert res["advice"][0].startswith(f"block 0: A and B sent {m['flips'] - m['near_tie_flips']} token(s) to "
                                        f"different experts by more than a near-tie")
+
+
+@pytest.mark.parametrize("runtime", ["reference", "transformers"])
+def test_verify_runs_a_bfloat16_file_in_bfloat16(moe, tmp_path, runtime):
+    """Released Gemma 4 files are bfloat16 and verify runs them so: the Gemma 4 checks hold at bfloat16's tolerance."""
+    from safetensors.torch import load_file, save_file
+
+    from gemma_inspect.verify import verify
+
+    d, m = moe
+    out = tmp_path / "bf16"
+    shutil.copytree(d, out)
+    tensors = {n: t.to(torch.bfloat16) for n, t in load_file(str(out / "model.safetensors")).items()}
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["dtype"] = "bfloat16"
+    (out / "config.json").write_text(json.dumps(cfg))
+    res = verify(str(out), runtime=runtime, device="cpu")
+    c = _checks(res)
+    assert res["passed"] is True, [x for x in res["checks"] if x["status"] == "fail"]
+    stored = [round(float(layer.layer_scalar.bfloat16()), 4) for layer in m.model.layers]
+    assert c["layer_scalar"]["expected"] == stored
+    assert c["layer_scalar"]["observed"] == pytest.approx(stored, abs=2e-3)  # a fit, in bfloat16
+    assert c["moe_routing"]["status"] == c["k_eq_v"]["status"] == c["rope_fraction"]["status"] == "pass"
+    assert c["moe_routing"]["observed"]["renormalised"] is True
