@@ -1,0 +1,334 @@
+"""Gemma 4 and keras-hub's Gemma4Backbone: `convert` both ways (transformers and keras-hub load what it writes and
+compute the source's logits), a model keras-hub built itself, keras-hub's own exporter on a K=V model (which
+transformers cannot load) against ours, the tokenizer both ways, `diff` across formats, the text decoder of a
+multimodal checkpoint, and `parity` on the keras runtime.
+
+Every expected value comes from the running models (transformers', keras-hub's) or from the files, never from this
+package."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file, save_file
+
+from test_gemma4 import DENSE_LAYERS, FULL, SLIDING, _build, dense, moe, run, summary_json  # noqa: F401
+
+# longer than the fixtures' sliding window (4), every id below their vocabulary (64)
+IDS = [2, 5, 9, 17, 33, 40, 41, 7, 8, 63, 12, 3, 30, 31]
+TEXTS = ("Hello world", "  leading and trailing  spaces  ", "tabs\tand\nnewlines\n", "digits 12345 and ümlauts",
+         "<start_of_turn>user\nWhat is Gemma?<end_of_turn>")
+
+
+def _convert(src: str, dest: str, to: str) -> str:
+    r = run("convert", src, dest, "--to", to)
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+def _keras():
+    from gemma_inspect.runtimes.keras_rt import import_keras
+
+    import_keras()
+    import keras_hub
+
+    return keras_hub
+
+
+def _keras_logits(backbone, ids=IDS) -> np.ndarray:
+    """keras-hub's own forward (the functional model), then its tied, soft-capped output."""
+    x = np.asarray([ids], dtype="int32")
+    h = backbone({"token_ids": x, "padding_mask": np.ones_like(x),
+                  "position_ids": np.arange(len(ids), dtype="int32")[None]})
+    return np.asarray(backbone.token_embedding(h, reverse=True).detach().cpu())
+
+
+def _hf_logits(model, ids=IDS) -> np.ndarray:
+    with torch.no_grad():
+        return model.eval()(torch.tensor([ids])).logits.numpy()
+
+
+def _load_hf(path: str):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def kerased(dense, moe, tmp_path_factory):
+    """Both tiny transformers models converted to keras-hub presets, and back to HF."""
+    out = {}
+    for name, (src, model) in (("dense", dense), ("moe", moe)):
+        root = tmp_path_factory.mktemp(f"g4k-{name}")
+        k, back = str(root / "keras"), str(root / "back")
+        _convert(src, k, "keras")
+        _convert(k, back, "hf")
+        out[name] = (src, model, k, back)
+    return out
+
+
+@pytest.mark.parametrize("name", ["dense", "moe"])
+def test_hf_to_keras_runs_in_keras_hub_like_transformers(kerased, name):
+    src, model, k, _ = kerased[name]
+    bb = _keras().models.Backbone.from_preset(k)
+    assert type(bb).__name__ == "Gemma4Backbone"
+    want = _hf_logits(model)
+    got = _keras_logits(bb)
+    assert np.abs(got - want).max() < 1e-4 * np.abs(want).max()
+    layers = model.model.layers
+    for i, block in enumerate(bb.transformer_layers):
+        # the stored layer scalars arrive (a converter dropping them would leave keras-hub's 1.0)
+        assert float(block.layer_scalar.numpy()) == float(layers[i].layer_scalar)
+        attn = block.attention
+        assert attn.is_kv_shared_layer == layers[i].self_attn.is_kv_shared_layer
+        if name == "moe" and model.config.layer_types[i] == FULL:  # K=V: no value kernel on either side
+            assert attn.value_dense is None and layers[i].self_attn.v_proj is None
+    if name == "dense":  # the shared layers hold no k/v on either side (keras-hub builds none, transformers too)
+        for i in (4, 5):
+            assert not [v.path for v in bb.transformer_layers[i].attention.weights if "key" in v.path]
+            assert not hasattr(layers[i].self_attn, "k_proj")
+
+
+@pytest.mark.parametrize("name", ["dense", "moe"])
+def test_hf_keras_hf_gives_back_the_same_tensors_and_model(kerased, name):
+    src, model, k, back = kerased[name]
+    a, b = load_file(os.path.join(src, "model.safetensors")), load_file(os.path.join(back, "model.safetensors"))
+    assert sorted(a) == sorted(b)
+    for n in a:
+        assert torch.equal(torch.from_numpy(a[n]), torch.from_numpy(b[n])), n
+    sa, sb = summary_json(src), summary_json(back)
+    assert sa["architecture"] == sb["architecture"] and sa["parameters"] == sb["parameters"]
+    m2 = _load_hf(back)
+    assert m2.config.attention_k_eq_v == model.config.attention_k_eq_v
+    def geometry(cfg):
+        return [(c.head_dim, c.num_key_value_heads) for c in cfg.per_layer_config]
+
+    assert geometry(m2.config) == geometry(model.config)
+    np.testing.assert_allclose(_hf_logits(m2), _hf_logits(model), rtol=0, atol=1e-6)
+
+
+def test_keras_preset_is_what_keras_hub_writes(kerased):
+    """The variable paths and shapes of our preset are those of keras-hub's own save of the same backbone."""
+    import h5py
+
+    keras_hub = _keras()
+    _, _, k, _ = kerased["moe"]
+    bb = keras_hub.models.Backbone.from_preset(k)
+    own = os.path.join(os.path.dirname(k), "own")
+    bb.save_to_preset(own)
+
+    def shapes(path):
+        out = {}
+        with h5py.File(os.path.join(path, "model.weights.h5")) as f:
+            f.visititems(lambda n, o: out.__setitem__(n, o.shape) if isinstance(o, h5py.Dataset) else None)
+        return out
+
+    assert shapes(k) == shapes(own)
+    assert json.load(open(os.path.join(k, "config.json"))) == json.load(open(os.path.join(own, "config.json")))
+
+
+# ----------------------------------------------------------------------------- a model keras-hub built itself
+NATIVE = dict(vocabulary_size=64, image_size=None, num_layers=5, num_query_heads=4, num_key_value_heads=2,
+              hidden_dim=32, intermediate_dim=48, head_dim=8, global_head_dim=16, final_logit_soft_cap=30.0,
+              sliding_window_size=4, layer_types=[SLIDING, FULL, SLIDING, SLIDING, FULL], num_global_key_value_heads=1,
+              hidden_size_per_layer_input=4, vocab_size_per_layer_input=64, num_kv_shared_layers=2,
+              global_rope_partial_rotary_factor=0.25, global_rope_wavelength=1e6, local_rope_wavelength=1e4,
+              enable_moe_block=True, num_experts=4, expert_intermediate_dim=8, num_experts_per_token=2)
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory):
+    """A Gemma4Backbone keras-hub built and saved itself: K=V full layers with one K/V head, experts, PLE, KV
+    sharing; seeded weights, norms around 1, layer scalars in [0.3, 0.9]."""
+    keras_hub = _keras()
+    import keras
+
+    keras.utils.set_random_seed(3)
+    bb = keras_hub.models.Gemma4Backbone(**NATIVE, dtype="float32")
+    rng = np.random.default_rng(3)
+    for v in bb.weights:
+        if v.path.endswith("layer_scalar"):
+            v.assign(rng.uniform(0.3, 0.9, v.shape).astype("float32"))
+        elif "norm" in v.path or v.path.endswith(("per_dim_scale", "per_expert_scale")):
+            v.assign((1 + 0.1 * rng.standard_normal(v.shape)).astype("float32"))
+        else:
+            v.assign((0.05 * rng.standard_normal(v.shape)).astype("float32"))
+    path = str(tmp_path_factory.mktemp("g4-native") / "preset")
+    bb.save_to_preset(path)
+    return path, bb, _keras_logits(bb)
+
+
+def test_keras_hub_model_to_hf_matches_keras_hub(native, tmp_path):
+    path, bb, want = native
+    dest = str(tmp_path / "hf")
+    out = _convert(path, dest, "hf")
+    assert "max_position_embeddings is not stored in a Keras config; assuming 131072" in out
+    cfg = json.load(open(os.path.join(dest, "config.json")))
+    assert cfg["attention_k_eq_v"] is True and cfg["num_global_key_value_heads"] == 1
+    model, info = _load_hf_info(dest)
+    assert not any(info.values()), info
+    got = _hf_logits(model)
+    assert np.abs(got - want).max() < 1e-4 * np.abs(want).max()
+    scalars = [float(b.layer_scalar.numpy()) for b in bb.transformer_layers]
+    assert [float(layer.layer_scalar) for layer in model.model.layers] == scalars
+    # and back: the same variables keras-hub saved
+    again = str(tmp_path / "keras")
+    _convert(dest, again, "keras")
+    r = run("diff", path, again, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["identical"] is True
+
+
+def _load_hf_info(path: str):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, output_loading_info=True)
+
+
+def test_keras_hubs_exporter_loses_k_eq_v_where_ours_does_not(native, tmp_path):
+    """keras-hub 0.32's exporter (what Gemma4CausalLM.export_to_transformers runs) writes no attention_k_eq_v and
+    names a model without an LM head: transformers reads the K=V layers as having a v_proj and K/V heads of the
+    sliding layers, and refuses the file. With the mismatch ignored it runs re-initialised k/v - other logits."""
+    from keras_hub.src.utils.transformers.export.hf_exporter import export_backbone
+    from transformers import AutoModelForCausalLM
+
+    path, bb, want = native
+    theirs = str(tmp_path / "keras-hub-export")
+    export_backbone(bb, theirs, include_lm_head=True)
+    cfg = json.load(open(os.path.join(theirs, "config.json")))
+    assert "attention_k_eq_v" not in cfg and cfg["num_global_key_value_heads"] == 1
+    assert cfg["architectures"] == ["Gemma4TextModel"]  # transformers' decoder without the LM head
+    with pytest.raises(RuntimeError, match="mismatch"):
+        AutoModelForCausalLM.from_pretrained(theirs, dtype=torch.float32)
+    broken, info = AutoModelForCausalLM.from_pretrained(theirs, dtype=torch.float32, ignore_mismatched_sizes=True,
+                                                        output_loading_info=True)
+    assert "model.layers.1.self_attn.v_proj.weight" in info["missing_keys"]
+    assert np.abs(_hf_logits(broken) - want).max() > 100 * 1e-4 * np.abs(want).max()
+    ours = str(tmp_path / "ours")
+    _convert(path, ours, "hf")
+    assert json.load(open(os.path.join(ours, "config.json")))["architectures"] == ["Gemma4ForCausalLM"]
+    assert np.abs(_hf_logits(_load_hf(ours)) - want).max() < 1e-4 * np.abs(want).max()
+
+
+# ----------------------------------------------------------------------------- diff across formats
+def test_diff_hf_vs_keras_in_canonical_names(kerased, tmp_path):
+    import h5py
+
+    src, _, k, _ = kerased["moe"]
+    r = run("diff", src, k, "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["identical"] is True and out["counts"]["equal"] == len(load_file(os.path.join(src, "model.safetensors")))
+    changed = str(tmp_path / "changed")
+    shutil.copytree(k, changed)
+    with h5py.File(os.path.join(changed, "model.weights.h5"), "r+") as f:
+        ds = f["layers/gemma4_text_decoder_block_1/vars/0"]  # block 1's layer_scalar
+        ds[()] = ds[()] + np.float32(0.25)
+        pes = f["layers/gemma4_text_decoder_block_2/moe_expert_bank/vars/3"]  # block 2's per-expert scales
+        arr = pes[()]
+        arr[3] *= 2
+        pes[()] = arr
+    r = run("diff", src, changed, "--json")
+    assert r.exit_code == 1, r.output
+    out = json.loads(r.stdout)
+    bad = {t["name"]: t["max_abs_diff"] for t in out["tensors"] if t["status"] != "equal"}
+    a = load_file(os.path.join(src, "model.safetensors"))
+    assert bad == pytest.approx({"model.layers.1.layer_scalar": 0.25,
+                                 "model.layers.2.router.per_expert_scale":
+                                     float(a["model.layers.2.router.per_expert_scale"][3])})
+
+
+# ----------------------------------------------------------------------------- the keras runtime
+@pytest.mark.parametrize("name", ["dense", "moe"])
+def test_parity_transformers_vs_keras_runtime(kerased, name):
+    src, _, k, _ = kerased[name]
+    r = run("parity", src, k, "--dtype", "float32", "--atol", "1e-4", "--json")
+    assert r.exit_code == 0, r.output[-3000:]
+    out = json.loads(r.stdout)
+    assert out["passed"] is True
+    assert out["a"]["runtime"] == "transformers" and out["b"]["runtime"] == "keras"
+
+
+def test_keras_runtime_builds_gemma4_from_an_hf_source(kerased):
+    src, _, _, _ = kerased["moe"]
+    r = run("parity", src, src, "--runtime-b", "keras", "--dtype", "float32", "--atol", "1e-4", "--json")
+    assert r.exit_code == 0, r.output[-3000:]
+    out = json.loads(r.stdout)
+    assert out["passed"] is True and out["b"]["runtime"] == "keras"
+
+
+# ----------------------------------------------------------------------------- tokenizer both ways
+@pytest.fixture(scope="module")
+def with_tokenizer(tiny_tokenizer, tmp_path_factory):
+    """A tiny Gemma 4 with only a tokenizer.json (as Gemma 4 ships), written by transformers from the session's
+    SentencePiece model."""
+    from transformers import AutoTokenizer
+
+    from gemma_inspect.tokenizer import spm_pieces
+
+    n = len(spm_pieces(open(tiny_tokenizer, "rb").read())["pieces"])
+    root = tmp_path_factory.mktemp("g4-tok")
+    spm_dir = root / "spm"
+    spm_dir.mkdir()
+    shutil.copy(tiny_tokenizer, spm_dir / "tokenizer.model")
+    (spm_dir / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GemmaTokenizer"}))
+    src = str(root / "hf")
+    _build(src, 4, num_hidden_layers=6, layer_types=DENSE_LAYERS, vocab_size=n, vocab_size_per_layer_input=n,
+           hidden_size_per_layer_input=4, num_kv_shared_layers=2)
+    AutoTokenizer.from_pretrained(str(spm_dir)).save_pretrained(src)
+    assert not os.path.exists(os.path.join(src, "tokenizer.model"))
+    return src
+
+
+def test_tokenizer_json_to_keras_and_back_same_ids(with_tokenizer, tmp_path):
+    from transformers import AutoTokenizer
+
+    keras_hub = _keras()
+    src = with_tokenizer
+    k, back = str(tmp_path / "keras"), str(tmp_path / "back")
+    out = _convert(src, k, "keras")
+    assert "rebuilt the SentencePiece model from tokenizer.json" in out
+    _convert(k, back, "hf")
+    hf_src, hf_back = AutoTokenizer.from_pretrained(src), AutoTokenizer.from_pretrained(back)
+    kt = keras_hub.models.Gemma4Tokenizer.from_preset(k)
+    for text in TEXTS:
+        want = list(hf_src(text, add_special_tokens=False)["input_ids"])
+        assert [int(i) for i in kt(text).tolist()] == want, text
+        assert list(hf_back(text, add_special_tokens=False)["input_ids"]) == want, text
+    assert kt.start_token_id == 2 and kt.end_token_id == 1 and kt.pad_token_id == 0
+    # the whole CausalLM preset loads (tokenizer, preprocessor and task configs)
+    lm = keras_hub.models.Gemma4CausalLM.from_preset(k)
+    assert type(lm.preprocessor.tokenizer).__name__ == "Gemma4Tokenizer"
+
+
+# ----------------------------------------------------------------------------- a multimodal checkpoint's text decoder
+def test_multimodal_checkpoint_converts_its_text_decoder(dense, tmp_path):
+    """A Gemma4ForConditionalGeneration layout (the decoder under model.language_model, vision tower tensors beside
+    it): convert writes the text decoder and says what it left out; keras-hub runs it like the text model."""
+    src, model = dense
+    mm = str(tmp_path / "mm")
+    os.makedirs(mm)
+    text_cfg = json.load(open(os.path.join(src, "config.json")))
+    cfg = {"architectures": ["Gemma4ForConditionalGeneration"], "model_type": "gemma4", "text_config": text_cfg,
+           "vision_config": {"model_type": "gemma4_vision", "hidden_size": 8, "num_hidden_layers": 1},
+           "dtype": "float32", "tie_word_embeddings": True}
+    json.dump(cfg, open(os.path.join(mm, "config.json"), "w"))
+    rng = np.random.default_rng(0)
+    tensors = {n.replace("model.", "model.language_model.", 1): t
+               for n, t in load_file(os.path.join(src, "model.safetensors")).items()}
+    towers = {"model.vision_tower.encoder.layers.0.self_attn.q_proj.linear.weight": (8, 8),
+              "model.vision_tower.patch_embedder.input_proj.weight": (8, 12),
+              "model.embed_vision.embedding_projection.weight": (32, 8)}
+    tensors.update({n: rng.standard_normal(s).astype("float32") for n, s in towers.items()})
+    save_file(tensors, os.path.join(mm, "model.safetensors"), metadata={"format": "pt"})
+    k = str(tmp_path / "keras")
+    out = _convert(mm, k, "keras")
+    assert "3" in out and "vision" in out, out
+    bb = _keras().models.Backbone.from_preset(k)
+    want = _hf_logits(model)
+    assert np.abs(_keras_logits(bb) - want).max() < 1e-4 * np.abs(want).max()
