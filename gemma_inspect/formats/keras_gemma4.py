@@ -347,7 +347,8 @@ def hf_config(cfg: dict[str, Any], path: str, restore: dict[str, Any] | None = N
         sliding_window=c.get("sliding_window_size") if SLIDING in types else None,
         global_head_dim=c.get("global_head_dim") or c["head_dim"],
         attention_k_eq_v=g_kv is not None,
-        num_global_key_value_heads=g_kv,
+        # as formats/hf.py writes it: full layers' K/V heads (without K=V, the sliding layers' count)
+        num_global_key_value_heads=c["num_key_value_heads"] if g_kv is None else g_kv,
         hidden_size_per_layer_input=ple,
         vocab_size_per_layer_input=(c.get("vocab_size_per_layer_input") or c["vocabulary_size"]) if ple else None,
         num_experts=c.get("num_experts") if experts else None,
@@ -361,8 +362,6 @@ def hf_config(cfg: dict[str, Any], path: str, restore: dict[str, Any] | None = N
         tie_word_embeddings=True,  # keras-hub's token_embedding(reverse=True) is the output matrix
         bos_token_id=2, eos_token_id=1, pad_token_id=0,
     )
-    if g_kv is None:
-        hf.pop("num_global_key_value_heads")
     policy = c.get("dtype")
     if isinstance(policy, dict):
         policy = (policy.get("config") or {}).get("name")
