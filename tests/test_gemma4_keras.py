@@ -112,6 +112,30 @@ def test_hf_keras_hf_gives_back_the_same_tensors_and_model(kerased, name):
     np.testing.assert_allclose(_hf_logits(m2), _hf_logits(model), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("shard", [None, "60KB"])
+def test_keras_bfloat16_and_shards_round_trip(moe, tmp_path, shard):
+    """--dtype bfloat16 to Keras, sharded or not (the scalar layer_scalar and the split expert banks among the
+    datasets), loaded by keras-hub, and back: exactly the source cast to bfloat16."""
+    from safetensors.torch import load_file as load_torch
+
+    src, model = moe
+    k, back = str(tmp_path / "k"), str(tmp_path / "hf")
+    r = run("convert", src, k, "--to", "keras", "--dtype", "bfloat16", *(["--max-shard-size", shard] if shard else []))
+    assert r.exit_code == 0, r.output
+    assert os.path.exists(os.path.join(k, "model.weights.json")) == bool(shard)
+    bb = _keras().models.Backbone.from_preset(k)
+    block = bb.transformer_layers[3]
+    assert float(block.layer_scalar.numpy()) == float(model.model.layers[3].layer_scalar.to(torch.bfloat16))
+    fused = model.model.layers[3].experts.gate_up_proj.detach().to(torch.bfloat16).float()
+    up = torch.from_numpy(np.asarray(block.moe_expert_bank.up_proj.numpy(), dtype="float32"))
+    assert torch.equal(up, fused[:, 8:, :].transpose(1, 2))
+    _convert(k, back, "hf")
+    x, y = load_torch(os.path.join(src, "model.safetensors")), load_torch(os.path.join(back, "model.safetensors"))
+    assert sorted(x) == sorted(y)
+    for n in x:
+        assert y[n].dtype == torch.bfloat16 and torch.equal(x[n].to(torch.bfloat16), y[n]), n
+
+
 def test_keras_preset_is_what_keras_hub_writes(kerased):
     """The variable paths and shapes of our preset are those of keras-hub's own save of the same backbone."""
     import h5py
