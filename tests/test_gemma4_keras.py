@@ -287,6 +287,20 @@ def test_unused_kv_on_shared_layers_is_set_aside(kerased, tmp_path):
     assert r.exit_code == 0, r.output
     assert "3 k/v variables of layers 4 set aside: those layers reuse an earlier layer's keys and values (or take " \
            "V from K), and keras-hub never reads them" in " ".join(r.output.split())
+    # the other way: an HF source storing them (Google's original E2B/E4B files) converts without them
+    with_kv = str(tmp_path / "with-kv")
+    shutil.copytree(src, with_kv)
+    t = load_file(os.path.join(with_kv, "model.safetensors"))
+    for i in (4, 5):
+        hd = 16 if i == 5 else 8
+        for n, shape in (("k_proj.weight", (2 * hd, 32)), ("v_proj.weight", (2 * hd, 32)), ("k_norm.weight", (hd,))):
+            t[f"model.layers.{i}.self_attn.{n}"] = np.zeros(shape, "f4")
+    save_file(t, os.path.join(with_kv, "model.safetensors"), metadata={"format": "pt"})
+    k2 = str(tmp_path / "k2")
+    _convert(with_kv, k2, "keras")
+    r = run("diff", k, k2, "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["identical"] is True, r.output
+    _keras().models.Backbone.from_preset(k2)
 
 
 # ----------------------------------------------------------------------------- the keras runtime
@@ -379,3 +393,35 @@ def test_multimodal_checkpoint_converts_its_text_decoder(dense, tmp_path):
     bb = _keras().models.Backbone.from_preset(k)
     want = _hf_logits(model)
     assert np.abs(_keras_logits(bb) - want).max() < 1e-4 * np.abs(want).max()
+
+
+# ----------------------------------------------------------------------------- what keras-hub cannot hold, bad presets
+def test_untied_output_is_refused_in_one_line(moe, tmp_path):
+    src, _ = moe
+    untied = str(tmp_path / "untied")
+    shutil.copytree(src, untied)
+    cfg = json.load(open(os.path.join(untied, "config.json")))
+    cfg["tie_word_embeddings"] = False
+    json.dump(cfg, open(os.path.join(untied, "config.json"), "w"))
+    t = load_file(os.path.join(untied, "model.safetensors"))
+    t["lm_head.weight"] = t["model.embed_tokens.weight"] * 2
+    save_file(t, os.path.join(untied, "model.safetensors"), metadata={"format": "pt"})
+    dest = str(tmp_path / "k")
+    r = run("convert", untied, dest, "--to", "keras")
+    assert r.exit_code == 2 and not os.path.exists(dest)
+    assert r.output == (f"Error: {untied}: keras-hub cannot express this checkpoint: an untied output matrix: "
+                        f"keras-hub's Gemma4Backbone always ties it to the embedding (use --force to convert anyway)\n")
+
+
+def test_preset_missing_half_an_expert_bank_is_named(kerased, tmp_path):
+    import h5py
+
+    _, _, k, _ = kerased["moe"]
+    bad = str(tmp_path / "bad")
+    shutil.copytree(k, bad)
+    with h5py.File(os.path.join(bad, "model.weights.h5"), "r+") as f:
+        del f["layers/gemma4_text_decoder_block_2/moe_expert_bank/vars/1"]  # block 2's up bank
+    r = run("summary", bad)
+    assert r.exit_code == 2
+    assert r.output == (f"Error: {bad}/model.weights.h5: layers/gemma4_text_decoder_block_2/moe_expert_bank/vars/0: "
+                        f"the expert bank has a gate kernel but not its up kernel\n")
