@@ -1,4 +1,4 @@
-"""The keras runtime: keras-hub's GemmaBackbone / Gemma3Backbone on keras' torch backend.
+"""The keras runtime: keras-hub's GemmaBackbone / Gemma3Backbone / Gemma4Backbone on keras' torch backend.
 
 A Keras preset is loaded with `keras_hub.models.Backbone.from_preset`; any other checkpoint is built into
 the equivalent backbone from its spec and canonical tensors (when keras-hub can express it at all).
@@ -11,6 +11,8 @@ runtimes report:
     x = layer_norm(x)                                                  # hidden_states[L + 1]
     logits = token_embedding(x, reverse=True)   # x @ E^T, then the final soft cap (Gemma 2)
 
+Gemma4Backbone's blocks also take their slice of the per-layer inputs and, on KV-shared layers, the K/V of the layer
+they reuse (`_gemma4_states`); a Gemma 4 checkpoint in another format is built from formats/keras_gemma4.py's plan.
 KERAS_BACKEND is set to torch here, before keras is first imported, and only on this code path.
 """
 
