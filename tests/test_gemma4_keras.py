@@ -368,30 +368,30 @@ def test_tokenizer_json_to_keras_and_back_same_ids(with_tokenizer, tmp_path):
 
 # ----------------------------------------------------------------------------- a multimodal checkpoint's text decoder
 def test_multimodal_checkpoint_converts_its_text_decoder(dense, tmp_path):
-    """A Gemma4ForConditionalGeneration layout (the decoder under model.language_model, vision tower tensors beside
-    it): convert writes the text decoder and says what it left out; keras-hub runs it like the text model."""
-    src, model = dense
+    """A Gemma4ForConditionalGeneration transformers builds and saves (a one-layer vision tower beside the dense
+    fixture's decoder): convert writes the text decoder, says what it left out, and keras-hub runs it as the
+    multimodal model runs text."""
+    from transformers import Gemma4Config, Gemma4ForConditionalGeneration
+    from transformers.models.gemma4.configuration_gemma4 import Gemma4VisionConfig
+
+    src, text_model = dense
+    text = {k: v for k, v in json.load(open(os.path.join(src, "config.json"))).items()
+            if k not in ("architectures", "transformers_version", "model_type", "dtype")}
+    vision = Gemma4VisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                num_key_value_heads=2, head_dim=8)
+    mm_model = Gemma4ForConditionalGeneration(Gemma4Config(text_config=text, vision_config=vision.to_dict(),
+                                                           audio_config=None)).float().eval()
+    mm_model.model.language_model.load_state_dict(text_model.model.state_dict())
     mm = str(tmp_path / "mm")
-    os.makedirs(mm)
-    text_cfg = json.load(open(os.path.join(src, "config.json")))
-    cfg = {"architectures": ["Gemma4ForConditionalGeneration"], "model_type": "gemma4", "text_config": text_cfg,
-           "vision_config": {"model_type": "gemma4_vision", "hidden_size": 8, "num_hidden_layers": 1},
-           "dtype": "float32", "tie_word_embeddings": True}
-    json.dump(cfg, open(os.path.join(mm, "config.json"), "w"))
-    rng = np.random.default_rng(0)
-    tensors = {n.replace("model.", "model.language_model.", 1): t
-               for n, t in load_file(os.path.join(src, "model.safetensors")).items()}
-    towers = {"model.vision_tower.encoder.layers.0.self_attn.q_proj.linear.weight": (8, 8),
-              "model.vision_tower.patch_embedder.input_proj.weight": (8, 12),
-              "model.embed_vision.embedding_projection.weight": (32, 8)}
-    tensors.update({n: rng.standard_normal(s).astype("float32") for n, s in towers.items()})
-    save_file(tensors, os.path.join(mm, "model.safetensors"), metadata={"format": "pt"})
+    mm_model.save_pretrained(mm)
+    towers = [n for n in load_file(os.path.join(mm, "model.safetensors")) if "language_model" not in n]
+    assert towers and all(n.startswith(("model.vision_tower.", "model.embed_vision.")) for n in towers)
     k = str(tmp_path / "keras")
     out = _convert(mm, k, "keras")
-    assert "note: multimodal source: only the text decoder was converted (3 vision tower and projector tensors " \
-           "left out)" in out, out
+    assert (f"note: multimodal source: only the text decoder was converted ({len(towers)} vision tower and "
+            f"projector tensors left out)") in out, out
     bb = _keras().models.Backbone.from_preset(k)
-    want = _hf_logits(model)
+    want = _hf_logits(mm_model)
     assert np.abs(_keras_logits(bb) - want).max() < 1e-4 * np.abs(want).max()
 
 
