@@ -239,6 +239,26 @@ def test_keras_hubs_exporter_loses_k_eq_v_where_ours_does_not(native, tmp_path):
     assert np.abs(_hf_logits(_load_hf(ours)) - want).max() < 1e-4 * np.abs(want).max()
 
 
+def test_keras_hubs_exporter_loses_proportional_rope_where_ours_does_not(kerased, tmp_path):
+    """Without K=V too: keras-hub's exporter writes rope_parameters without a rope_type, so transformers reads the full
+    layers' RoPE as "default" with partial_rotary_factor 0.25 instead of Gemma 4's "proportional" one. The file
+    loads without a word and computes other logits; ours (Keras -> HF) computes the source's."""
+    keras_hub = _keras()
+    src, model, k, back = kerased["dense"]
+    theirs = str(tmp_path / "keras-hub-export")
+    keras_hub.models.Backbone.from_preset(k).export_to_transformers(theirs)
+    full = json.load(open(os.path.join(theirs, "config.json")))["rope_parameters"]["full_attention"]
+    assert "rope_type" not in full and full["partial_rotary_factor"] == 0.25
+    loaded, info = _load_hf_info(theirs)
+    assert not any(info.values()), info  # nothing missing, nothing mismatched
+    assert loaded.config.rope_parameters["full_attention"]["rope_type"] == "default"
+    want = _hf_logits(model)
+    assert np.abs(_hf_logits(loaded) - want).max() > 100 * 1e-4 * np.abs(want).max()
+    assert json.load(open(os.path.join(back, "config.json")))["rope_parameters"]["full_attention"]["rope_type"] \
+        == "proportional"
+    assert np.abs(_hf_logits(_load_hf(back)) - want).max() < 1e-4 * np.abs(want).max()
+
+
 # ----------------------------------------------------------------------------- diff across formats
 def test_diff_hf_vs_keras_in_canonical_names(kerased, tmp_path):
     import h5py
