@@ -445,3 +445,21 @@ def test_preset_missing_half_an_expert_bank_is_named(kerased, tmp_path):
     assert r.exit_code == 2
     assert r.output == (f"Error: {bad}/model.weights.h5: layers/gemma4_text_decoder_block_2/moe_expert_bank/vars/0: "
                         f"the expert bank has a gate kernel but not its up kernel\n")
+
+
+def test_preset_with_a_transposed_query_kernel_is_named(kerased, tmp_path):
+    """(D, d, N) flattens to the canonical [N*D, d] as well: the Keras shape itself is checked."""
+    import h5py
+
+    _, _, k, _ = kerased["moe"]
+    bad = str(tmp_path / "bad")
+    shutil.copytree(k, bad)
+    path = "layers/gemma4_text_decoder_block_1/attention/query_dense/vars/0"
+    with h5py.File(os.path.join(bad, "model.weights.h5"), "r+") as f:
+        a = f[path][()]
+        del f[path]
+        f.create_dataset(path, data=np.ascontiguousarray(a.transpose(2, 1, 0)))
+    r = run("summary", bad)
+    assert r.exit_code == 2
+    assert r.output == (f"Error: {bad}/model.weights.h5: {path} has shape [16, 32, 4] but {bad}/config.json implies "
+                        f"[4, 32, 16]\n")

@@ -528,6 +528,15 @@ def read(path: str, cfg: dict[str, Any], config_path: str) -> Any:
                      f"reads them")
     check_against_spec(spec, tensors, config_path, where)
     expected = expected_tensors(spec)
+    for dpath, (row, layer, var) in mapped.items():
+        # the canonical shape alone is not enough: a (D, d, N) query kernel also flattens to [N*D, d]
+        if layer is None or dpath in ignored or row.layout not in ("q", "kv", "o", "gate", "up"):
+            continue
+        heads = spec.layer_kv_heads(layer) if row.layout == "kv" else spec.num_attention_heads
+        want = keras_shape(row, expected[row.hf.format(i=layer)], heads, spec.layer_head_dim(layer))
+        if tuple(var.shape) != want:
+            raise InputError(var.file, f"{var.path} has shape {list(var.shape)} but {config_path} implies "
+                                       f"{list(want)}")
     tensors = {n: tensors[n] for n in expected}
     tokenizer = find_tokenizer(path, hf_json=False)
     present = [os.path.join(path, f) for f in ("config.json", "metadata.json", "tokenizer.json", "preprocessor.json",
