@@ -362,6 +362,13 @@ def with_tokenizer(tiny_tokenizer, tmp_path_factory):
            hidden_size_per_layer_input=4, num_kv_shared_layers=2)
     AutoTokenizer.from_pretrained(str(spm_dir)).save_pretrained(src)
     assert not os.path.exists(os.path.join(src, "tokenizer.model"))
+    # transformers' GemmaTokenizer appends a <mask> beyond the SentencePiece vocabulary (id n, past the model's
+    # embedding); a Gemma tokenizer.json has none
+    tj, tc = os.path.join(src, "tokenizer.json"), os.path.join(src, "tokenizer_config.json")
+    data = json.load(open(tj))
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["id"] < n]
+    json.dump(data, open(tj, "w"))
+    json.dump({k: v for k, v in json.load(open(tc)).items() if k != "mask_token"}, open(tc, "w"))
     return src
 
 
@@ -384,6 +391,24 @@ def test_tokenizer_json_to_keras_and_back_same_ids(with_tokenizer, tmp_path):
     # the whole CausalLM preset loads (tokenizer, preprocessor and task configs)
     lm = keras_hub.models.Gemma4CausalLM.from_preset(k)
     assert type(lm.preprocessor.tokenizer).__name__ == "Gemma4Tokenizer"
+
+
+def test_parity_with_tokenizers_in_a_fresh_process(with_tokenizer, tmp_path):
+    """parity HF vs Keras with both tokenizers, as a user runs it (a new interpreter: the keras-hub tokenizer is the
+    first to import keras, which must then start on the torch backend the keras runtime needs)."""
+    import subprocess
+    import sys
+
+    k = str(tmp_path / "keras")
+    _convert(with_tokenizer, k, "keras")
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    env.pop("KERAS_BACKEND", None)
+    p = subprocess.run([sys.executable, "-m", "gemma_inspect", "parity", with_tokenizer, k, "--dtype", "float32",
+                        "--atol", "1e-4", "--json"], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    out = json.loads(p.stdout)
+    assert out["passed"] is True and out["tokenizer"]["passed"] is True
+    assert out["tokenizer"]["native"]["b"].startswith("keras-hub Gemma4Tokenizer")
 
 
 # ----------------------------------------------------------------------------- a multimodal checkpoint's text decoder
