@@ -488,3 +488,22 @@ def test_preset_with_a_transposed_query_kernel_is_named(kerased, tmp_path):
     assert r.exit_code == 2
     assert r.output == (f"Error: {bad}/model.weights.h5: {path} has shape [16, 32, 4] but {bad}/config.json implies "
                         f"[4, 32, 16]\n")
+
+
+def test_source_without_layer_scalars_gets_ones_keras_hub_can_load(moe, tmp_path):
+    """transformers runs a file storing no layer_scalar with 1 on every layer; keras-hub keeps the variable on every
+    block, so the writer writes those ones (and says so): keras-hub then computes what transformers does."""
+    src, _ = moe
+    bare = str(tmp_path / "bare")
+    shutil.copytree(src, bare)
+    t = load_file(os.path.join(bare, "model.safetensors"))
+    save_file({n: v for n, v in t.items() if not n.endswith("layer_scalar")}, os.path.join(bare, "model.safetensors"),
+              metadata={"format": "pt"})
+    k = str(tmp_path / "k")
+    out = _convert(bare, k, "keras")
+    assert ("note: the source stores no layer_scalar (transformers runs 1 on every layer): written as 1 on each of "
+            "the 4 blocks, where keras-hub keeps one") in out
+    bb = _keras().models.Backbone.from_preset(k)
+    assert [float(b.layer_scalar.numpy()) for b in bb.transformer_layers] == [1.0] * 4
+    want = _hf_logits(_load_hf(bare))
+    assert np.abs(_keras_logits(bb) - want).max() < 1e-4 * np.abs(want).max()

@@ -598,6 +598,18 @@ def _half(ref: Any, part: str) -> Any:
                      origin=ref.origin, loader=lambda: np.ascontiguousarray(ref.load()[:, sl, :].transpose(0, 2, 1)))
 
 
+def _ones(name: str, dtype: str) -> Any:
+    """A TensorRef of a layer_scalar of 1 (what transformers runs when the file stores none)."""
+    import numpy as np
+
+    from ..checkpoint import TensorRef
+    from ..dtypes import numpy_dtype
+
+    dt = dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
+    return TensorRef(name=name, shape=(1,), dtype=dt, origin="(not stored: 1)",
+                     nbytes=np.dtype(numpy_dtype(dt)).itemsize, loader=lambda: np.ones((1,), dtype=numpy_dtype(dt)))
+
+
 def plan(spec: Any, refs: dict[str, Any]) -> list[tuple[str, str, str, tuple[int, ...], Any, Any]]:
     """Every Keras variable of a checkpoint: (key, H5 path, layer name, Keras shape, source ref, layout), in
     keras-hub's file order; a key is the HF name (gate/up: the name with [gate]/[up])."""
@@ -650,6 +662,12 @@ def write(ckpt: Any, dest: str, options: Any, progress: Any) -> None:
     stray = sorted(set(refs) - known)
     if stray:
         raise UnsupportedError(f"tensor {stray[0]} has no place in a {BACKBONE} preset")
+    if not spec.layer_scalar:  # a file storing none runs with 1 on every layer; keras-hub needs the variable
+        refs.update({f"model.layers.{i}.layer_scalar": _ones(f"model.layers.{i}.layer_scalar",
+                                                             refs["model.embed_tokens.weight"].dtype)
+                     for i in range(spec.num_layers)})
+        options.notes.append(f"the source stores no layer_scalar (transformers runs 1 on every layer): written as 1 "
+                             f"on each of the {spec.num_layers} blocks, where keras-hub keeps one")
     rows = plan(spec, refs)
     dtypes = {r[0]: options.float_dtype(r[4]) for r in rows}
     sizes = [(r[0], target_nbytes(r[4], dtypes[r[0]])) for r in rows]
