@@ -68,6 +68,26 @@ CHECKS: dict[str, CheckFn] = {}
 FAMILY_CHECKS: dict[str, CheckFn] = {}
 
 
+# What a family's own checks need beyond `observe`: a pass of their own over the loaded model, `fn(ckpt, model, ids)`
+# (checks_gemma4.py), run by verify while the model is loaded when the family row lists one of `checks`; its result
+# is kept in Observation.family under the observer's name.
+FAMILY_OBSERVERS: dict[str, tuple[tuple[str, ...], Callable[..., Any]]] = {}
+
+
+def register_observer(name: str, checks: tuple[str, ...]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        FAMILY_OBSERVERS[name] = (checks, fn)
+        return fn
+    return wrap
+
+
+def family_observations(ckpt: "Checkpoint", model: Any, ids: list[int]) -> dict[str, Any]:
+    """Every observer's result that the checkpoint's family row needs (by the checks it lists)."""
+    row = FAMILY_TABLE.get(ckpt.spec.family)
+    wanted = set(row.checks) if row is not None else set()
+    return {name: fn(ckpt, model, ids) for name, (checks, fn) in FAMILY_OBSERVERS.items() if wanted & set(checks)}
+
+
 def register(name: str, family_only: bool = False) -> Callable[[CheckFn], CheckFn]:
     """Register `fn(ctx) -> record` as the check `name` (after the ones registered before it); `family_only`: run
     only for the families whose row lists it."""
@@ -102,7 +122,11 @@ def expected_query_scalar(spec: GemmaSpec) -> tuple[float, str]:
 
 def expected_layers(spec: GemmaSpec) -> dict[str, Any]:
     c = published_card(spec)  # a published layout (VaultGemma 1B: every layer global) over the family's pattern
-    types = c.layer_types if c is not None else FAMILY_TABLE[spec.family].layer_types(spec.num_layers)
+    row = FAMILY_TABLE[spec.family]
+    # A family whose config reads its geometry per layer (Gemma 4: each release has its own sliding:full ratio, 4:1
+    # on E2B, 5:1 on the others) is held to the layer types its config lists, not to one pattern.
+    per_layer = row.hf is not None and row.hf.layer_geometry
+    types = c.layer_types if c is not None else spec.layer_types if per_layer else row.layer_types(spec.num_layers)
     window = None
     if SLIDING in types:
         window = c.sliding_window if c is not None else spec.sliding_window
@@ -149,7 +173,8 @@ def block_branches(graph: dict[str, Any]) -> list[dict[str, Any]]:
         if not (pre and pre.get("role") == "norm" and pre.get("input") in streams):
             pre = None
         post = producers.get(r["branch"])
-        if not (post and post.get("role") == "norm" and exit_ is not None and post.get("input") == exit_["output"]):
+        if not (post and post.get("role") == "norm" and exit_ is not None and
+                (post.get("input") == exit_["output"] or _merged_into(producers, post, exit_))):
             post = None
         direct = exit_ is not None and r["branch"] == exit_["output"]
         branches.append({"kind": kind, "pre": pre["name"] if pre else None, "post": post["name"] if post else None,
@@ -157,6 +182,16 @@ def block_branches(graph: dict[str, Any]) -> list[dict[str, Any]]:
                          (f"{entry['name']} .. {exit_['name']}" if entry and exit_ else None),
                          "stream": r["stream"], "output": r["output"], "resolved": bool(post or direct)})
     return branches
+
+
+def _merged_into(producers: dict[str, Any], post: dict[str, Any], exit_: dict[str, Any]) -> bool:
+    """Whether `post` norms a sum one of whose terms is a norm of `exit_`'s output: Gemma 4's mixture of experts
+    norms the MLP's output and the experts' apart, adds them, and the feed-forward's post norm reads that sum."""
+    summed = producers.get(post.get("input"))
+    if not summed or summed.get("kind") != "op" or summed.get("name") != "add":
+        return False
+    terms = [producers.get(x) for x in summed.get("inputs", [])]
+    return any(t and t.get("role") == "norm" and t.get("input") == exit_["output"] for t in terms)
 
 
 def placement_of(branches: list[dict[str, Any]]) -> str:
@@ -180,10 +215,13 @@ def norm_placement(ctx: Context) -> Record:
     rules, graph = ctx.rules, ctx.obs.graph
     if ctx.obs.block_values is not None:  # AltUp streams and LAuReL: the residual structure is read from values
         return _placement_from_values(ctx)
-    branches = block_branches(graph)
+    every = block_branches(graph)
+    # Gemma 4's per-layer-input residual (no pre norm, a post norm) is a third branch: the placement is the
+    # attention's and the feed-forward's
+    branches = [b for b in every if b["kind"] != "unknown"] if len(every) > 2 else every
     observed = placement_of(branches)
     parts = []
-    for b in branches:
+    for b in every:
         chain = [b["pre"], b["module"], b["post"]]
         parts.append(f"{b['kind']}: " + " -> ".join(c for c in chain if c) + f" -> + {b['stream']}")
     evidence = f"{graph['block']} ({graph['class']}): " + "; ".join(parts) if parts else \

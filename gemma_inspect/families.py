@@ -315,7 +315,7 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
                  layer_geometry=True, experts_switch="enable_moe_block",
                  tower_prefixes=("model.vision_tower.", "model.audio_tower.", "model.embed_vision.",
                                  "model.embed_audio."),
-                 causal_bidirectional=("vision",)),
+                 causal_bidirectional=("vision",), qk_norm_layout="bthd"),
         # keras-hub's Gemma4Backbone: per-layer head geometry, K=V by num_global_key_value_heads, split expert
         # banks, a scalar variable per block (formats/keras_gemma4.py); its tokenizer's multimodal token flags
         keras=KerasIds("Gemma4Backbone", "keras_hub.src.models.gemma4.gemma4_backbone", "gemma4", "Gemma4",
@@ -323,10 +323,14 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
                        token_flags={"has_vision_tokens": ("<|image>", "<|image|>", "<image|>"),
                                     "has_audio_tokens": ("<|audio>", "<|audio|>", "<audio|>"),
                                     "has_video_tokens": ("<|video|>",)}),
+        # llama.cpp's gemma4: per-layer head geometry keys, rope_freqs, the converter's scales (formats/gguf_gemma4.py)
+        gguf=GGUFIds("gemma4", defaults={"final_logit_softcapping": None}, mapping="gguf_gemma4"),
         refusals={"gemma_pytorch": "gemma_pytorch has no Gemma 4 architecture (it knows GEMMA_1, GEMMA_2 and "
                                    "GEMMA_3, none with per-layer embeddings, KV sharing, K=V, experts or layer "
                                    "scalars)"},
-        commands=("summary", "compare", "convert", "diff", "parity", "verify")),
+        commands=("summary", "compare", "convert", "diff", "parity", "verify"),
+        reference_module="gemma4",
+        checks=("layer_scalar", "per_layer_inputs", "kv_sharing", "k_eq_v", "rope_fraction", "moe_routing")),
     # Gemma 3n (text decoder): Gemma 4's norms (w, no +1), q/k norms and weightless v_norm, unscaled queries, final
     # soft cap 30, PLE and KV sharing - plus AltUp (the residual stream carried as altup_num_inputs streams, one of
     # them run through the block, the others predicted and corrected by per-layer coefficients), LAuReL (a low-rank

@@ -98,7 +98,11 @@ def norm_weights(ckpt: "Checkpoint") -> Record | None:
 
     from .checkpoint import NORM_ROLES, parse_canonical
 
-    if not ckpt.spec.is_gemma or ckpt.spec.norm_offset != 1:
+    if not ckpt.spec.is_gemma:
+        return None
+    if ckpt.spec.norm_offset == 0:
+        return _norm_weights_without_offset(ckpt)
+    if ckpt.spec.norm_offset != 1:
         return None
     means = []
     for name, ref in ckpt.tensors.items():
@@ -125,6 +129,108 @@ def norm_weights(ckpt: "Checkpoint") -> Record | None:
     return check("lint:norm_weights", "pass", expected, observed,
                  f"{near_one} of {len(means)} means near 1 (within {NEAR_ONE:g}): trained norm weights spread "
                  f"widely and some land near 1 by chance; a baked-in +1 moves all or most of them there")
+
+
+def _norm_means(ckpt: "Checkpoint") -> list[float]:
+    import numpy as np
+
+    from .checkpoint import NORM_ROLES, parse_canonical
+
+    means = []
+    for name, ref in ckpt.tensors.items():
+        parsed = parse_canonical(name)
+        if parsed and parsed[0] in NORM_ROLES:
+            means.append(float(np.asarray(ref.load(), dtype=np.float64).mean()))
+    return means
+
+
+def _norm_weights_without_offset(ckpt: "Checkpoint") -> Record | None:
+    """A family whose norms apply w itself (Gemma 3n, Gemma 4: weights around 1): every mean near 2 is w + 1 stored,
+    the offset of Gemma 1-3 added by a converter that treated the file as one of theirs."""
+    means = _norm_means(ckpt)
+    if not means:
+        return None
+    lo, hi = min(means), max(means)
+    near_two = sum(abs(m - 2) <= NEAR_ONE for m in means)
+    observed = f"means {lo:.3f}..{hi:.3f} over {len(means)} norm weights"
+    expected = "stored as applied (the layer applies w, no +1)"
+    if near_two == len(means):
+        return check("lint:norm_weights", "fail", expected, observed,
+                     "every norm weight has a mean near 2: a +1 was added to weights the layer applies as they are "
+                     "(Gemma 1-3's (1 + w) convention written into a family that has none)")
+    return check("lint:norm_weights", "pass", expected, observed,
+                 f"{near_two} of {len(means)} means near 2 (within {NEAR_ONE:g}): no +1 baked in")
+
+
+def _trained(ckpt: "Checkpoint") -> bool:
+    """Whether the norm weights moved from their initial value (ones in the families without the +1 offset)."""
+    return any(abs(m - 1) > 1e-6 for m in _norm_means(ckpt))
+
+
+@lint_rule("layer_scalar", 42, reads="values")
+def layer_scalar(ckpt: "Checkpoint") -> Record | None:
+    """Gemma 4's stored per-layer output scales: released values lie far from 1 (about 0.005-0.92), and transformers
+    initialises the buffer to 1, so a file without them, or with all of them 1, runs a different model - visibly
+    only on trained weights (a freshly initialised model has ones everywhere)."""
+    import numpy as np
+
+    if not family(ckpt.spec.family).defaults.get("layer_scalar"):
+        return None
+    expected = "one stored scalar per layer, trained (not 1)"
+    trained = _trained(ckpt)
+    status = "fail" if trained else "warn"
+    why = ("the norm weights are trained, so these were dropped or reset by a converter" if trained else
+           "the norm weights are at their initial ones too (an untrained model)")
+    if not ckpt.spec.layer_scalar:
+        return check("lint:layer_scalar", status, expected, "none stored",
+                     f"no layer_scalar in the file: every runtime runs each layer with scalar 1; {why}")
+    values = [float(np.asarray(ref.load(), dtype=np.float64).reshape(-1)[0]) for name, ref in ckpt.tensors.items()
+              if name.endswith(".layer_scalar")]
+    observed = f"{len(values)} stored, {min(values):.4g}..{max(values):.4g}"
+    if all(v == 1.0 for v in values):
+        return check("lint:layer_scalar", status, expected, observed, f"every layer_scalar is exactly 1; {why}")
+    return check("lint:layer_scalar", "pass", expected, observed,
+                 f"{sum(v != 1.0 for v in values)} of {len(values)} layer scalars differ from 1")
+
+
+@lint_rule("global_geometry", 44, formats=("hf",))
+def global_geometry(ckpt: "Checkpoint") -> Record | None:
+    """How config.json spells the full layers' head geometry: transformers 5.24 saves per_layer_config only, which
+    llama.cpp's converter and keras-hub do not read (they read global_head_dim / num_global_key_value_heads)."""
+    from .formats.hf_lint import text_config
+
+    row = family(ckpt.spec.family)
+    if row.hf is None or not row.hf.layer_geometry:
+        return None
+    text = text_config(ckpt)
+    keys = [k for k in ("global_head_dim", "num_global_key_value_heads") if k in text]
+    per_layer = "per_layer_config" in text
+    expected = "global_head_dim (and num_global_key_value_heads where it differs)"
+    observed = ", ".join(keys + (["per_layer_config"] if per_layer else [])) or "neither"
+    if per_layer and not keys and ckpt.spec.per_layer_geometry:
+        return check("lint:global_geometry", "warn", expected, observed,
+                     "the full layers' head geometry is only in per_layer_config (as transformers 5.24 saves it): "
+                     "transformers reads it, but llama.cpp's converter and keras-hub read global_head_dim / "
+                     "num_global_key_value_heads and fall back to their defaults")
+    return check("lint:global_geometry", "pass", expected, observed,
+                 "the global geometry is spelled with the keys every reader knows" if keys else
+                 "every layer has one geometry")
+
+
+@lint_rule("unused_kv", 46)
+def unused_kv(ckpt: "Checkpoint") -> Record | None:
+    """Information: k/v tensors stored for KV-shared layers (Google's original files) are read by no runtime."""
+    from .checkpoint import parse_canonical
+
+    n = ckpt.spec.num_kv_shared_layers
+    if not n:
+        return None
+    unused = [name for name in ckpt.ignored if (parse_canonical(name) or ("", None))[0] in ("k", "v", "k_norm")]
+    observed = f"{len(unused)} unused k/v tensors" if unused else "none"
+    evidence = (f"the file stores {len(unused)} k/v tensors for the {n} KV-shared layers, which attend with an "
+                f"earlier layer's K/V: no runtime reads them (set aside)" if unused else
+                f"the {n} KV-shared layers store no k/v tensors")
+    return check("lint:unused_kv", "pass", "none needed", observed, evidence)
 
 
 @lint_rule("nonfinite", 120, reads="values")
@@ -257,7 +363,7 @@ def special_ids(ckpt: "Checkpoint") -> Record | None:
 
 
 register([tied_lm_head, norm_weights, softcaps, query_pre_attn_scalar, rope_scaling, vocab_size, special_ids,
-          float16, nonfinite])
+          float16, layer_scalar, global_geometry, unused_kv, nonfinite])
 register(hf_lint_rules)
 
 __all__ = ["lint", "register", "LINT_RULES", "stored_lm_head", "NEAR_ONE"]

@@ -133,6 +133,7 @@ class Observation:
     # every block's activation probe (block 0's is `activation`), by block index
     layer_activations: dict[int, ActivationObservation] = field(default_factory=dict)
     block_values: BlockValues | None = None  # AltUp / LAuReL models only
+    family: dict[str, Any] = field(default_factory=dict)  # a family observer's own pass (checks.FAMILY_OBSERVERS)
 
 
 def observe(model: Any, ids: list[int]) -> Observation:

@@ -74,6 +74,12 @@ TOLERANCES: dict[str, dict[str, Any]] = {
 QUANTIZED = {"atol": 0.25, "embedding_atol": 0.25, "logits_atol": None, "min_top1_agreement": 0.9,
              "max_kl_divergence": 0.02, "top1_tie_fraction": 0.01}
 
+# Mixture of experts: a token whose top-k expert set differs between A and B is a flip; it is a near-tie when, in
+# each side's own router probabilities, the experts it swapped lie within ROUTER_TIE of its k-th pick (by mode).
+# A near-tie flip is reported but not a divergence by itself (the hidden states judge it); any other flip is.
+ROUTER_TIE = {"noise floor": 1e-4, "fixed": 1e-4, "bfloat16": 1e-2, "float16": 1e-2, "quantized": 2e-2}
+MAX_FLIP_EXAMPLES = 5
+
 MAX_EXCLUDED_MASS = 0.01  # probability a side may put on vocabulary rows the other side does not have
 
 DEFAULT_SEED = 20240221  # the default token sequence is the same on every run and every machine
@@ -260,6 +266,56 @@ def layer_rows(ra: Any, rb: Any, tol: dict[str, Any], noise: list[float] | None 
     return rows
 
 
+def _swap_gap(probs: Any, own: Any, other: Any) -> Any:
+    """Per token [N]: how far below this side's k-th pick (the smallest probability in `own`) lie the experts the
+    other side picked instead (the largest of them): 0 for an exact tie, large for a decisive choice."""
+    import torch
+
+    kth = probs.gather(-1, own).min(-1).values
+    theirs = probs.gather(-1, other)
+    missing = ~(other[:, :, None] == own[:, None, :]).any(-1)  # the other's picks this side did not make
+    best = torch.where(missing, theirs, torch.full_like(theirs, -1.0)).max(-1).values
+    return (kth - best).clamp(min=0)
+
+
+def routing_rows(ra: Any, rb: Any, tie: float) -> dict[str, Any] | None:
+    """The `moe` object: per layer, how often A's and B's top-k expert sets agree over the tokens, the flips, and
+    which of them are near-ties (the swapped experts within `tie` of the k-th pick in both sides' probabilities);
+    None when a side reports no routing (a dense model, or a runtime that does not expose it)."""
+    if not ra.routing or not rb.routing or len(ra.routing) != len(rb.routing):
+        return None
+    layers = []
+    for i, ((pa, ia), (pb, ib)) in enumerate(zip(ra.routing, rb.routing)):
+        same = (ia.sort(-1).values == ib.sort(-1).values).all(-1)
+        gap = _swap_gap(pa.double(), ia, ib).maximum(_swap_gap(pb.double(), ib, ia))
+        flips = (~same).nonzero().flatten().tolist()
+        near = [t for t in flips if float(gap[t]) <= tie]
+        layers.append({"index": i, "tokens": int(same.numel()), "agreement": float(same.double().mean()),
+                       "flips": len(flips), "near_tie_flips": len(near),
+                       "examples": [{"token": t, "a": sorted(ia[t].tolist()), "b": sorted(ib[t].tolist()),
+                                     "gap": float(gap[t]), "near_tie": t in near} for t in flips[:MAX_FLIP_EXAMPLES]]})
+    total = sum(r["tokens"] for r in layers)
+    return {"top_k": int(ra.routing[0][1].shape[-1]), "tie": tie,
+            "agreement": sum(r["agreement"] * r["tokens"] for r in layers) / max(total, 1),
+            "flips": sum(r["flips"] for r in layers), "near_tie_flips": sum(r["near_tie_flips"] for r in layers),
+            "layers": layers}
+
+
+def judge_routing(layers: list[dict[str, Any]], moe: dict[str, Any] | None) -> None:
+    """Mark each decoder block whose routing flipped: a flip that is not a near-tie makes an agreeing block a
+    divergence (status "routing"); near-tie flips are noted on the row and leave its status to the hidden state."""
+    if moe is None:
+        return
+    rows = {r["index"]: r for r in layers}
+    for m in moe["layers"]:
+        row = rows.get(m["index"])
+        if row is None or not m["flips"]:
+            continue
+        row["expert_flips"], row["near_tie_flips"] = m["flips"], m["near_tie_flips"]
+        if row["status"] == "ok" and m["flips"] > m["near_tie_flips"]:
+            row["status"] = "routing"
+
+
 def storage_precision(ckpt: Checkpoint) -> str:
     """The lowest float precision any of `ckpt`'s weights is stored in (float32, float16 or bfloat16);
     quantized tensors are not counted (a quantized side is judged as quantized)."""
@@ -381,7 +437,11 @@ def advice(result: dict[str, Any]) -> list[str]:
     tol, first = result["tolerance"], result["first_divergent_layer"]
     out: list[str] = []
     row = next((r for r in result["layers"] if r["index"] == first), None) if first is not None else None
-    if row is not None and tol["mode"] == "noise floor":
+    if row is not None and row["status"] == "routing":
+        out.append(f"{row['name']}: A and B sent {row['expert_flips'] - row['near_tie_flips']} token(s) to different "
+                   f"experts by more than a near-tie (the hidden state itself is within its bound): the routers, or "
+                   f"what they read, differ; see the Experts line")
+    elif row is not None and tol["mode"] == "noise floor":
         noise = row.get("noise_floor") or 0.0
         times = f"{row['max_abs_diff'] / noise:,.0f}x" if noise else "above"
         out.append(f"{row['name']} differs by {row['max_abs_diff']:.3g} ({row['relative_diff']:.3g} of max|A|): "
@@ -507,6 +567,8 @@ def parity(a: Checkpoint | str, b: Checkpoint | str, runtime_a: str = "auto", ru
         tol["max_excluded_mass"] = MAX_EXCLUDED_MASS
         logits_ok = (logits_ok and logits["excluded_mass_a"] <= MAX_EXCLUDED_MASS
                      and logits["excluded_mass_b"] <= MAX_EXCLUDED_MASS)  # (a NaN fails)
+    moe = routing_rows(ra, rb, ROUTER_TIE.get(tol["mode"].replace("stored ", ""), 1e-2))
+    judge_routing(layers, moe)
     first = next((r["index"] for r in layers if r["status"] != "ok"), None)
     if first is None and not logits_ok:
         first = n  # only the output differs: the final norm / output projection / final soft cap
@@ -528,6 +590,8 @@ def parity(a: Checkpoint | str, b: Checkpoint | str, runtime_a: str = "auto", ru
         "tokenizer": tok,
         "tolerance": tol,
     }
+    if moe is not None:
+        result["moe"] = moe
     result["advice"] = [] if passed else advice(result)
     return result
 

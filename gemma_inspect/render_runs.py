@@ -78,6 +78,20 @@ def render_parity(console: Console, result: dict[str, Any]) -> None:
                       f"the {voc['compared']:,} both have; probability on the rows only one side has: at most "
                       f"{fmt_float(max(lg['excluded_mass_a'], lg['excluded_mass_b']))} "
                       f"(limit {tol.get('max_excluded_mass', 0):g})")
+    moe = result.get("moe")
+    if moe is not None:  # a mixture of experts: how often the two runs sent each token to the same experts
+        line = (f"[bold]Experts[/bold]: top-{moe['top_k']} sets agree on {_pct(moe['agreement'])} of "
+                f"{sum(r['tokens'] for r in moe['layers']):,} token-layers")
+        if moe["flips"]:
+            line += (f"; {moe['flips']} flip(s), {moe['near_tie_flips']} on near-ties (the swapped experts within "
+                     f"{moe['tie']:g} of the k-th pick's probability: reported, judged by the hidden states)")
+        console.print(line)
+        for r in moe["layers"]:
+            if r["flips"]:
+                shown = ", ".join(f"token {e['token']} {e['a']} vs {e['b']} (gap {fmt_float(e['gap'])}"
+                                  f"{', near-tie' if e['near_tie'] else ''})" for e in r["examples"][:2])
+                _hanging(console, " ", f"block {r['index']}: {_pct(r['agreement'])} agree, {r['flips']} flip(s), "
+                                       f"{r['near_tie_flips']} near-tie; {shown}")
     mode = tol.get("mode", result["dtype"])
     if mode == "noise floor":
         out = (f"and for the logits (logits: noise {fmt_float(lg.get('noise_floor'))}, bound "

@@ -40,6 +40,14 @@ TINY_SPECS: dict[str, dict[str, Any]] = {
     "vaultgemma": dict(family="vaultgemma", hidden_size=64, num_layers=4, num_attention_heads=4,
                        num_key_value_heads=2, head_dim=16, intermediate_size=96, sliding_window=6,
                        query_pre_attn_scalar=16, max_position_embeddings=8192),
+    # Gemma 4: norms apply w, per-layer head geometry (head_dim 16 sliding, 32 full), proportional RoPE on full
+    # layers, per-layer inputs, the last 2 layers sharing K/V (double-wide MLP there), layer scalars.
+    "gemma4": dict(family="gemma4", hidden_size=64, num_layers=6, num_attention_heads=4, num_key_value_heads=2,
+                   head_dim=16, global_head_dim=32, intermediate_size=96, sliding_window=6,
+                   layer_types=("sliding_attention", "sliding_attention", "full_attention", "sliding_attention",
+                                "sliding_attention", "full_attention"),
+                   per_layer_input_size=8, num_kv_shared_layers=2, double_wide_mlp=True,
+                   max_position_embeddings=4096),
 }
 
 CORPUS = """Gemma is a family of lightweight open models built from the research behind Gemini.
@@ -83,6 +91,8 @@ def tiny_spec(name: str, vocab_size: int = TINY_VOCAB, dtype: str = "float32", *
     fields = dict(TINY_SPECS[name])
     family = fields.pop("family")
     fields.update(vocab_size=vocab_size, dtype=dtype, **overrides)
+    if fields.get("per_layer_input_size") and "per_layer_vocab_size" not in fields:
+        fields["per_layer_vocab_size"] = fields["vocab_size"]  # the per-layer table covers the vocabulary
     return make_spec(family, **fields)
 
 
@@ -98,10 +108,25 @@ def weight_std(spec: GemmaSpec, name: str, shape: tuple[int, ...]) -> float:
 
 
 def random_weights(spec: GemmaSpec, seed: int = 0) -> dict[str, np.ndarray]:
-    """Canonical-name float32 weights ~ N(0, weight_std) (see there)."""
+    """Canonical-name float32 weights ~ N(0, weight_std) (see there). A family whose norms apply w (no +1: Gemma 3n,
+    Gemma 4) gets its norm weights around 1 (1 + N(0, 0.3): the same effective scales as 1 + w elsewhere); scales
+    (router and per-expert scales) 1 + N(0, 0.1); a stored layer scalar uniform in [0.3, 0.9], far from 1 as
+    released ones are, so that a converter or runtime dropping it cannot pass."""
+    from .roles import ROLE_TABLE
+
     rng = np.random.default_rng(seed)
-    return {name: rng.normal(0.0, weight_std(spec, name, shape), size=shape).astype(np.float32)
-            for name, shape in expected_tensors(spec).items()}
+    out = {}
+    for name, shape in expected_tensors(spec).items():
+        parsed = parse_canonical(name)
+        kind = ROLE_TABLE[parsed[0]].kind if parsed is not None else None
+        if kind == "scalar":
+            out[name] = rng.uniform(0.3, 0.9, size=shape).astype(np.float32)
+        elif kind == "scale":
+            out[name] = (1.0 + rng.normal(0.0, 0.1, size=shape)).astype(np.float32)
+        else:
+            w = rng.normal(0.0, weight_std(spec, name, shape), size=shape)
+            out[name] = (w + 1.0 if kind == "norm" and spec.norm_offset == 0 else w).astype(np.float32)
+    return out
 
 
 # ----------------------------------------------------------------------------- writers via the real libraries

@@ -349,7 +349,9 @@ class Tracer:
         if i is None:
             return
         name = getattr(func, "__name__", "") or ""
-        if name == "softmax" and self._softmax and args:
+        # attention scores are [B, H, T, S] (keras-hub: [B, K, G, T, S]); a router's softmax over experts [N, E]
+        # (Gemma 4's mixture of experts) is not attention
+        if name == "softmax" and self._softmax and args and getattr(args[0], "ndim", 0) >= 4:
             for fn in self._softmax:
                 fn(i, args[0], out)
         rec = self._records.get(i)

@@ -21,8 +21,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .checkpoint import Checkpoint
-from . import checks_gemma3n  # noqa: F401 - registers Gemma 3n's own checks
-from .checks import CHECK_NAMES, architecture_checks, block_branches, placement_of
+from . import checks_gemma3n, checks_gemma4  # noqa: F401 - register Gemma 3n's and Gemma 4's own checks
+from .checks import CHECK_NAMES, architecture_checks, block_branches, family_observations, placement_of
 from .findings import STATUSES, check
 from .lint import lint
 from .observation import Observation, observe
@@ -60,6 +60,7 @@ def verify(source: Checkpoint | str, runtime: str = "auto", device: str = "auto"
     try:
         say("[3/3] tracing the forward pass")
         obs = observe(model, ids)
+        obs.family = family_observations(ckpt, model, ids)
     finally:
         model.close()
     checks = architecture_checks(ckpt, obs) + lint_checks

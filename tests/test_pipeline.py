@@ -248,6 +248,43 @@ def test_memory_is_bounded_by_the_chunk_not_the_tensor(tmp_path):
         assert peak <= 5 * chunk, (layout, peak)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_quantized_tensors_stream_dequantized_through_the_chunks(tmp_path, dtype):
+    """A Q8_0 tensor (a quantized GGUF's embedding, say) is dequantized band by band of rows into the pool's
+    buffers: the values equal gguf's own dequantization of the whole tensor (cast as numpy casts), and memory stays
+    within a few chunks, not the float32 tensor (at 262,144 x 640 that is 671 MB)."""
+    import gguf
+
+    from gemma_inspect.formats.gguf import _tensor_ref
+    from gemma_inspect.formats.gguf_header import TensorInfo
+
+    chunk = 256 * 1024
+    values = _values((2048, 1024), np.float32)
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    with np.errstate(all="ignore"):  # _values holds NaN and inf, which Q8_0 quantizes as they come
+        raw = gguf.quants.quantize(values, q8)
+    path = tmp_path / "q.bin"
+    path.write_bytes(b"\0" * 96 + raw.tobytes())
+    ref = _tensor_ref(str(path), "model.embed_tokens.weight", "embedding",
+                      TensorInfo("token_embd.weight", (2048, 1024), "Q8_0", int(q8), 96, raw.nbytes))
+    want = gguf.quants.dequantize(raw, q8).astype(BF16 if dtype == "bfloat16" else np.float32)
+    buffers = Buffers(chunk, 2)
+    tracemalloc.start()
+    got = bytearray()
+    pieces = 0
+    for piece in tensor_pieces(ref, dtype, None, buffers):
+        assert isinstance(piece, Pooled) and piece.nbytes <= chunk
+        got += piece.view
+        piece.release()
+        pieces += 1
+    _now, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert bytes(got) == want.tobytes()
+    assert pieces == 2048 * 1024 * 4 // chunk
+    assert buffers.allocated_bytes <= 3 * chunk, buffers.allocated_bytes
+    assert peak - len(got) <= 8 * chunk, peak  # what is held besides the bytes collected here
+
+
 # ----------------------------------------------------------------------------- whole conversions
 @pytest.mark.parametrize("family", ["gemma", "gemma3"])
 def test_round_trips_are_byte_exact_through_small_chunks(tiny_models, tmp_path, monkeypatch, family):

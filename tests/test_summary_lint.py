@@ -161,7 +161,8 @@ def test_format_rules_are_registered_from_their_module():
         assert lint_module.LINT_RULES[rule.name] is rule and rule.formats == ("hf",)
     assert {n: r.reads for n, r in lint_module.LINT_RULES.items() if r.reads != "config"} == {
         "lint:tied_lm_head": "values", "lint:norm_weights": "values", "lint:nonfinite": "values",
-        "lint:vocab_size": "tokenizer", "lint:special_ids": "tokenizer", "lint:end_of_turn": "tokenizer"}
+        "lint:layer_scalar": "values", "lint:vocab_size": "tokenizer", "lint:special_ids": "tokenizer",
+        "lint:end_of_turn": "tokenizer"}
 
 
 def test_a_registered_lint_rule_runs_in_its_order_on_its_format(monkeypatch):

@@ -29,7 +29,7 @@ from .common import MAX_LAYERS
 # The container (header, limits, raw reads) and the vocabulary live in their own modules; the names other
 # modules and tests know are re-exported here.
 from .gguf_header import (DEQUANT_CHUNK_ELEMENTS, FLOAT_TYPES, GGML_OF_FLOAT, NON_WEIGHT_TYPES,  # noqa: F401
-                          Header, Meta, StringArray, TensorInfo, dequantize, file_type_and_config, load_float,
+                          Header, Meta, StringArray, TensorInfo, dequantize, dequantize_rows, file_type_and_config, load_float,
                           load_float32, read_header, read_raw)
 from .gguf_embedding import add_head_metadata, embedding_head, head_names, head_problems, head_tensors
 from .gguf_vocab import add_tokenizer, embedded_tokenizer
@@ -288,9 +288,12 @@ def _declared_dtype(tensors: list[TensorInfo]) -> str:
 @dataclass(frozen=True)
 class QuantizedTensorRef(TensorRef):
     """A GGUF-quantized tensor: `dtype` is the GGML type name (Q8_0, Q4_K, ...), `nbytes` the stored bytes,
-    `load()` float32 values; `blocks(max_bytes)` yields the stored blocks as they are."""
+    `load()` float32 values; `blocks(max_bytes)` yields the stored blocks as they are; `dequantize_rows(r0, r1,
+    out)` writes the float32 values of rows [r0, r1) (rows of the last axis) into `out`, so that a converter
+    streams a dequantized tensor through its reused buffers without holding it whole."""
 
     blocks: Callable[[int], Any] | None = None
+    dequantize_rows: Callable[[int, int, np.ndarray], None] | None = None
 
 
 # llama.cpp applies a Gemma norm as x * stored, so it stores 1 + w where the family's layer computes (1 + w):
@@ -321,7 +324,8 @@ def _tensor_ref(path: str, canonical: str, role: str, info: TensorInfo) -> Tenso
     # Quantized: `load()` gives float32 values. The stored blocks are not values in canonical layout, so they
     # are not `chunks`; GGUF -> GGUF copies reach them through `blocks`.
     return QuantizedTensorRef(name=canonical, shape=info.shape, dtype=info.type_name, nbytes=info.nbytes,
-                              origin=origin, loader=lambda: dequantize(path, info), blocks=chunks)
+                              origin=origin, loader=lambda: dequantize(path, info), blocks=chunks,
+                              dequantize_rows=lambda r0, r1, out: dequantize_rows(path, info, r0, r1, out))
 
 
 # ----------------------------------------------------------------------------- quantization summary

@@ -372,32 +372,39 @@ def load_float(path: str, info: TensorInfo) -> np.ndarray:
     return read_at(path, info.start, info.nbytes, FLOAT_TYPES[info.type_name], info.shape, f"tensor {info.name}")
 
 
-def dequantize(path: str, info: TensorInfo) -> np.ndarray:
-    """float32 values of a quantized tensor, read and dequantized a block of rows at a time so that only the
-    float32 result is ever held whole."""
+def dequantize_rows(path: str, info: TensorInfo, r0: int, r1: int, out: np.ndarray) -> None:
+    """Dequantize rows [r0, r1) of a quantized tensor (rows of its last axis) into `out`, a float32 array of
+    (r1 - r0) x row length, a block of rows at a time: what a converter streams through its reused buffers."""
     import gguf
 
     qtype = gguf.GGMLQuantizationType(info.type_id)
     row_len = info.shape[-1]
-    n_rows = info.numel // row_len
-    row_bytes = info.nbytes // n_rows
-    out = np.empty((n_rows, row_len), dtype=np.float32)
+    row_bytes = info.nbytes // (info.numel // row_len)
     step = max(1, DEQUANT_CHUNK_ELEMENTS // row_len)
+    out = out.reshape(r1 - r0, row_len)
     try:
         with open(path, "rb") as f:
-            for r in range(0, n_rows, step):
-                rows = min(step, n_rows - r)
+            for r in range(r0, r1, step):
+                rows = min(step, r1 - r)
                 f.seek(info.start + r * row_bytes)
                 raw = np.fromfile(f, dtype=np.uint8, count=rows * row_bytes)
                 if raw.size != rows * row_bytes:
                     raise InputError(path, f"file ends inside tensor {info.name}")
                 with np.errstate(all="ignore"):  # NaN/inf scales make NaN values, not warnings on stderr
-                    out[r:r + rows] = gguf.quants.dequantize(raw.reshape(rows, row_bytes), qtype)
+                    out[r - r0:r - r0 + rows] = gguf.quants.dequantize(raw.reshape(rows, row_bytes), qtype)
     except NotImplementedError:
         raise UnsupportedError(f"{path}: tensor {info.name} is stored as {info.type_name}, which the installed "
                                f"gguf package cannot dequantize") from None
     except OSError as e:
         raise InputError(path, f"cannot read: {e.strerror or e}") from None
+
+
+def dequantize(path: str, info: TensorInfo) -> np.ndarray:
+    """float32 values of a quantized tensor, read and dequantized a block of rows at a time so that only the
+    float32 result is ever held whole."""
+    n_rows = info.numel // info.shape[-1]
+    out = np.empty((n_rows, info.shape[-1]), dtype=np.float32)
+    dequantize_rows(path, info, 0, n_rows, out)
     return out.reshape(info.shape)
 
 

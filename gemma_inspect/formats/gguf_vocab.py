@@ -107,14 +107,16 @@ def embedded_tokenizer(header: Header, path: str, spec: GemmaSpec, notes: list[s
     if model is None and tokens is None:
         notes.append("no tokenizer metadata in this GGUF (llama.cpp refuses to load such a file)")
         return None
-    if model != "llama":
-        notes.append(f"the embedded tokenizer is tokenizer.ggml.model={model!r}, not SentencePiece ('llama'): "
-                     f"it is not converted")
+    if model not in ("llama", "gemma4"):
+        notes.append(f"the embedded tokenizer is tokenizer.ggml.model={model!r}, not SentencePiece ('llama') or "
+                     f"Gemma 4's BPE ('gemma4'): it is not converted")
         return None
     if not isinstance(tokens, StringArray) or not len(tokens):
         raise InputError(path, f"metadata {K.LIST!r} must be a non-empty array of strings")
     n = len(tokens)
     scores = md.get(K.SCORES)
+    if model == "gemma4":  # BPE ranked by merges (the stored scores are all -1000): scores from the merge ranks
+        scores = merge_scores(tokens, md.get(K.MERGES), path)
     types = md.get(K.TOKEN_TYPE)
     for key, arr in ((K.SCORES, scores), (K.TOKEN_TYPE, types)):
         if arr is not None and (not isinstance(arr, np.ndarray) or arr.shape != (n,)):
@@ -135,6 +137,15 @@ def embedded_tokenizer(header: Header, path: str, spec: GemmaSpec, notes: list[s
         types[unk] = 2
     else:
         types = sentencepiece_types(tokens, types, unk, special, notes)
+    if model == "gemma4":
+        # a piece of several characters that no merge produces is reachable only whole: an added token of the
+        # tokenizer.json (Gemma's <start_of_turn>, ...), which the converter types NORMAL unless it is special
+        whole = [i for i in np.flatnonzero(types == 1).tolist() if scores[i] == 0.0 and len(tokens[i]) > 1]
+        if whole:
+            types[whole] = 4
+            notes.append(f"{len(whole)} tokens no merge produces (e.g. {tokens[whole[0]]!r}) are read as "
+                         f"user-defined pieces, matched whole in text as the tokenizer.json they came from matches "
+                         f"them")
     add_prefix = meta.flag(K.ADD_PREFIX, True)
     if K.ADD_PREFIX not in md:
         notes.append("tokenizer.ggml.add_space_prefix is absent: llama.cpp's default (true) is used")
@@ -158,6 +169,105 @@ def embedded_tokenizer(header: Header, path: str, spec: GemmaSpec, notes: list[s
     tok = _EmbeddedTokenizer(source=path, add_eos=meta.flag(K.ADD_EOS, False))
     tok._builder = build
     return tok
+
+
+def merge_scores(tokens: Any, merges: Any, path: str) -> np.ndarray:
+    """SentencePiece scores that merge in the order of a BPE merge list (tokenizer.ggml.merges, "left right"): minus
+    one more than the rank of the first merge producing a piece, 0 for a piece no merge produces (SentencePiece merges
+    the highest-scoring pair first: rank 0 first)."""
+    if not isinstance(merges, StringArray):
+        raise InputError(path, "metadata 'tokenizer.ggml.merges' must be an array of strings (llama.cpp's gemma4 "
+                               "tokenizer requires it)")
+    first: dict[str, int] = {}
+    for rank, merge in enumerate(merges):
+        left, sep, right = merge.partition(" ")
+        if not sep:
+            raise InputError(path, f"tokenizer.ggml.merges[{rank}] is {merge!r}, not two pieces separated by a space")
+        first.setdefault(left + right, rank)
+    return np.array([-float(first[t] + 1) if t in first else 0.0 for t in tokens], dtype=np.float32)
+
+
+# Gemma 4's tokens llama.cpp's converter always types USER_DEFINED (rendered, so that its chat parser reads them)
+GEMMA4_VISIBLE = frozenset({"<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>", "<|tool_response>",
+                            "<tool_response|>", '<|"|>'})
+
+
+def add_tokenizer_gemma4(w: Any, ckpt: Checkpoint, notes: list[str]) -> None:
+    """tokenizer.ggml.* as llama.cpp's converter writes Gemma 4's (Gemma4Model.set_vocab): model "gemma4", the
+    tokenizer.json's tokens in id order with gguf's LlamaHfVocab's scores and types (byte tokens BYTE, the
+    tokenizer's special ids CONTROL, the others NORMAL; the chat parser's tokens USER_DEFINED), its merges and
+    special ids by gguf's SpecialVocab, no space prefix, <bos> added. A source without a tokenizer.json (a
+    SentencePiece model only) is written as SentencePiece ('llama'), which llama.cpp reads as well."""
+    from pathlib import Path
+
+    import gguf
+
+    tok = ckpt.tokenizer
+    if ckpt.format == "gguf" and _copy_gemma4_vocab(w, ckpt.source, ckpt.spec.vocab_size):
+        return
+    if tok is None or tok.json_path is None:
+        if tok is not None:
+            notes.append("the source tokenizer has no tokenizer.json: its SentencePiece model is written "
+                         "(tokenizer.ggml.model 'llama') instead of Gemma 4's BPE ('gemma4')")
+        add_tokenizer(w, ckpt, notes)
+        return
+    where = Path(tok.json_path).parent
+    try:
+        vocab = gguf.LlamaHfVocab(where)
+    except (FileNotFoundError, TypeError, ValueError, KeyError) as e:
+        raise UnsupportedError(f"{tok.json_path}: not a byte-fallback BPE tokenizer.json as Gemma 4's ({e})") from None
+    tokens, scores, types = [], [], []
+    for text, score, kind in vocab.all_tokens():
+        tokens.append(text)
+        scores.append(score)
+        types.append(gguf.TokenType.USER_DEFINED if text.decode("utf-8", "replace") in GEMMA4_VISIBLE else kind)
+    spec = ckpt.spec
+    if len(tokens) > spec.vocab_size:
+        raise UnsupportedError(f"the tokenizer has {len(tokens)} tokens but the embedding only {spec.vocab_size} "
+                               f"rows: llama.cpp cannot load such a GGUF")
+    if len(tokens) < spec.vocab_size:  # llama.cpp's converter cuts the embedding instead; we keep every row
+        extra = spec.vocab_size - len(tokens)
+        tokens += [f"[PAD{i}]".encode() for i in range(len(tokens), spec.vocab_size)]
+        scores += [-1000.0] * extra
+        types += [gguf.TokenType.UNUSED] * extra
+        notes.append(f"the vocabulary has {len(tokens) - extra} tokens for {spec.vocab_size} embedding rows: "
+                     f"{extra} unused [PAD] tokens added")
+    w.add_tokenizer_model("gemma4")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    special = gguf.SpecialVocab(where, load_merges=True)
+    special.add_special_token["bos"] = True  # the converter adds <bos> whatever tokenizer_config.json says
+    special.add_to_gguf(w, quiet=True)
+    w.add_add_space_prefix(False)
+
+
+def _copy_gemma4_vocab(w: Any, source: str, rows: int) -> bool:
+    """GGUF -> GGUF: a source's 'gemma4' vocabulary written again as it is (tokens, scores, types, merges, special
+    ids and flags, chat template); False when the source holds another (or none)."""
+    import gguf
+
+    from .gguf_header import read_header
+
+    K = gguf.Keys.Tokenizer
+    md = read_header(source).metadata
+    if md.get(K.MODEL) != "gemma4" or len(md.get(K.LIST) or ()) != rows:
+        return False
+    w.add_tokenizer_model("gemma4")
+    w.add_token_list(list(md[K.LIST]))
+    for key, add in ((K.SCORES, w.add_token_scores), (K.TOKEN_TYPE, w.add_token_types)):
+        if key in md:
+            add(np.asarray(md[key]).tolist())
+    if K.MERGES in md:
+        w.add_token_merges(list(md[K.MERGES]))
+    for key, add in ((K.BOS_ID, w.add_bos_token_id), (K.EOS_ID, w.add_eos_token_id), (K.UNK_ID, w.add_unk_token_id),
+                     (K.PAD_ID, w.add_pad_token_id), (K.MASK_ID, w.add_mask_token_id), (K.EOT_ID, w.add_eot_token_id),
+                     (K.ADD_BOS, w.add_add_bos_token), (K.ADD_EOS, w.add_add_eos_token),
+                     (K.ADD_SEP, w.add_add_sep_token),
+                     (K.ADD_PREFIX, w.add_add_space_prefix), (K.CHAT_TEMPLATE, w.add_chat_template)):
+        if key in md:
+            add(md[key] if isinstance(md[key], str) else md[key].item() if hasattr(md[key], "item") else md[key])
+    return True
 
 
 def add_tokenizer(w: Any, ckpt: Checkpoint, notes: list[str]) -> None:

@@ -1,5 +1,6 @@
 """The reference runtime: this project's own PyTorch forward pass of Gemma 1, 2 and 3, from GemmaSpec (Gemma 3n's
-AltUp, LAuReL and per-layer inputs are in runtimes/gemma3n.py, built from these blocks).
+AltUp, LAuReL and per-layer inputs are in runtimes/gemma3n.py, Gemma 4's per-layer geometry, KV sharing, K=V and
+experts in runtimes/gemma4.py, both built from these blocks).
 
 One module, meant to be read top to bottom like a textbook. It takes the canonical tensors of any format
 (HF names, [out, in] layout, zero-centred norm weights) and computes what the published implementations
@@ -376,17 +377,25 @@ class ReferenceModel:
     def forward(self, token_ids: Any) -> "RuntimeResult":
         from .types import RuntimeResult, to_cpu_float
 
+        from .gemma4 import capture_routing, routing_of
+
         start = time.perf_counter()
         ids = torch.as_tensor(token_ids, dtype=torch.long, device=self.device)
-        with torch.no_grad():
-            if self.logits:
-                logits, hidden = self.model(ids)
-                logits = to_cpu_float(logits)
-            else:
-                logits, hidden = None, self.model.hidden_states(ids)
+        handles, routed = capture_routing(self.model.layers)  # experts' routing (Gemma 4), for parity
+        try:
+            with torch.no_grad():
+                if self.logits:
+                    logits, hidden = self.model(ids)
+                    logits = to_cpu_float(logits)
+                else:
+                    logits, hidden = None, self.model.hidden_states(ids)
+        finally:
+            for h in handles:
+                h.remove()
         return RuntimeResult(logits=logits, hidden_states=[to_cpu_float(h) for h in hidden],
                              runtime="reference", device=self.device, dtype=self.dtype, source=self.source,
-                             seconds=self.load_seconds + time.perf_counter() - start, notes=list(self.notes))
+                             seconds=self.load_seconds + time.perf_counter() - start, notes=list(self.notes),
+                             routing=routing_of(routed, len(self.model.layers)))
 
     def anatomy(self) -> "Anatomy":
         from .types import HF_MODULE_LAYOUTS, HF_MODULE_ROLES, Anatomy

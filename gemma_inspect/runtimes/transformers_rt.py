@@ -142,6 +142,10 @@ class TransformersModel:
         handles = [stack.embed_tokens.register_forward_hook(keep("embed"))]  # the scaled embedding
         handles += [layer.register_forward_hook(keep_layer(f"layer{i}")) for i, layer in enumerate(stack.layers)]
         handles.append(stack.norm.register_forward_hook(keep("norm")))
+        from .gemma4 import capture_routing, routing_of
+
+        more, routed = capture_routing(stack.layers)  # experts' routing (Gemma 4), for parity
+        handles += more
         try:
             ids = torch.as_tensor(token_ids, dtype=torch.long, device=stack.embed_tokens.weight.device)
             with torch.no_grad():
@@ -157,7 +161,8 @@ class TransformersModel:
         return RuntimeResult(logits=logits, hidden_states=hidden, runtime="transformers", device=self.device,
                              dtype=self.dtype, source=self.source,
                              seconds=self.load_seconds + time.perf_counter() - start,
-                             notes=[f"attention implementation: {attn}"] if attn else [])
+                             notes=[f"attention implementation: {attn}"] if attn else [],
+                             routing=routing_of(routed, n))
 
     def anatomy(self) -> Anatomy:
         stack = self.stack

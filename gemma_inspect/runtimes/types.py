@@ -24,6 +24,9 @@ class RuntimeResult:
     seconds: float = 0.0  # load + forward, wall time
     notes: list[str] = field(default_factory=list)
     embedding: Any = None  # [B, D]: an embedding model's pooled, projected, normalised output (runtimes.pooling)
+    # A mixture-of-experts model's routing, per layer: (probabilities [B*T, E] float32, expert indices [B*T, k]);
+    # None for a dense model or a runtime that does not report it (parity compares the expert sets)
+    routing: list[Any] | None = None
 
     @property
     def num_layers(self) -> int:

@@ -241,6 +241,10 @@ def tensor_pieces(ref: TensorRef, dtype: str, layout: Any = None, buffers: Buffe
     if source is not None:
         yield from _stream(ref, dtype, source, buffers, chunk)
         return
+    rows_of = getattr(ref, "dequantize_rows", None)
+    if layout is None and rows_of is not None and dtype in CAST_DTYPES:
+        yield from _dequantized(ref, rows_of, dtype, buffers, chunk)
+        return
     if layout is None and ref.chunks is not None and ref.dtype in FLOAT_DTYPES and dtype in CAST_DTYPES:
         src = numpy_dtype(ref.dtype)
         for piece in ref.chunks((chunk // src.itemsize) * src.itemsize):
@@ -256,6 +260,29 @@ def tensor_pieces(ref: TensorRef, dtype: str, layout: Any = None, buffers: Buffe
     arr = np.ascontiguousarray(cast_array(arr, dtype))
     add_stage("transform", time.perf_counter() - start)
     yield memoryview(arr.reshape(-1).view(np.uint8))  # bytes without a copy (bfloat16 has no buffer code)
+
+
+def _dequantized(ref: TensorRef, rows_of: Callable[[int, int, np.ndarray], None], dtype: str, buffers: Buffers,
+                 chunk: int) -> Iterator[Pooled]:
+    """A quantized tensor dequantized (and cast) band by band of rows into the pool's buffers: memory is a chunk,
+    not the float32 tensor (a 262,144-row embedding is 671 MB in float32 at width 640)."""
+    row_len = ref.shape[-1] if ref.shape else 1
+    n_rows = ref.numel // max(1, row_len)
+    ddt = numpy_dtype(dtype)
+    rows = max(1, chunk // (row_len * 4))
+    for r0 in range(0, n_rows, rows):
+        r1 = min(n_rows, r0 + rows)
+        n = (r1 - r0) * row_len
+        out = buffers.out(n * ddt.itemsize)
+        start = time.perf_counter()
+        if ddt == np.float32:
+            rows_of(r0, r1, _typed(out, ddt, (r1 - r0, row_len)))
+        else:
+            f32 = _typed(buffers.scratch.get("dequant", n * 4), np.dtype(np.float32), (r1 - r0, row_len))
+            rows_of(r0, r1, f32)
+            cast_into(f32, _typed(out, ddt, (r1 - r0, row_len)))
+        add_stage("transform", time.perf_counter() - start)
+        yield Pooled(buffers.pool, out, n * ddt.itemsize)
 
 
 def _stream(ref: TensorRef, dtype: str, source: tuple[str, int, Any], buffers: Buffers,
