@@ -106,6 +106,9 @@ class KerasIds:
     # the formats module that maps this backbone's config and variables (formats/<mapping>.py, with read and
     # write); None: keras.py's own table of Gemma 1-3 einsum kernels (Gemma3nBackbone's Dense layers differ)
     mapping: str | None = None
+    # tokenizer config flags -> the tokens each needs (all present: the flag is true), for a tokenizer class that
+    # registers optional special tokens (Gemma4Tokenizer: image, audio and video tokens)
+    token_flags: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -313,6 +316,13 @@ FAMILY_TABLE: dict[str, Family] = {f.key: f for f in (
                  tower_prefixes=("model.vision_tower.", "model.audio_tower.", "model.embed_vision.",
                                  "model.embed_audio."),
                  causal_bidirectional=("vision",), qk_norm_layout="bthd"),
+        # keras-hub's Gemma4Backbone: per-layer head geometry, K=V by num_global_key_value_heads, split expert
+        # banks, a scalar variable per block (formats/keras_gemma4.py); its tokenizer's multimodal token flags
+        keras=KerasIds("Gemma4Backbone", "keras_hub.src.models.gemma4.gemma4_backbone", "gemma4", "Gemma4",
+                       "gemma4_text_decoder_block", None, False, False, mapping="keras_gemma4",
+                       token_flags={"has_vision_tokens": ("<|image>", "<|image|>", "<image|>"),
+                                    "has_audio_tokens": ("<|audio>", "<|audio|>", "<audio|>"),
+                                    "has_video_tokens": ("<|video|>",)}),
         # llama.cpp's gemma4: per-layer head geometry keys, rope_freqs, the converter's scales (formats/gguf_gemma4.py)
         gguf=GGUFIds("gemma4", defaults={"final_logit_softcapping": None}, mapping="gguf_gemma4"),
         refusals={"gemma_pytorch": "gemma_pytorch has no Gemma 4 architecture (it knows GEMMA_1, GEMMA_2 and "

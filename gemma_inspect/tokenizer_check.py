@@ -76,8 +76,12 @@ def _hf_side(ckpt: "Checkpoint") -> NativeTokenizer:
 
 
 def _keras_side(ckpt: "Checkpoint") -> NativeTokenizer:
+    import os
+
     from .quiet import native_stderr_silenced
 
+    # keras picks its backend on first import, for the whole run: the keras runtime's (torch) unless the user chose
+    os.environ.setdefault("KERAS_BACKEND", "torch")
     with native_stderr_silenced():
         import keras_hub
 

@@ -33,6 +33,8 @@ def keras_tokenizer_configs(tok: Tokenizer, family: str, dtype: str, backbone: d
     if ids.vision_tokens:
         # keras-hub's Gemma3Tokenizer needs <img>, <start_of_image>, <end_of_image> unless told otherwise.
         tok_cfg["has_vision_tokens"] = all(tok.token_to_id(t) is not None for t in ids.vision_tokens)
+    for flag, tokens in ids.token_flags.items():  # each set of optional special tokens the class registers
+        tok_cfg[flag] = all(tok.token_to_id(t) is not None for t in tokens)
     tokenizer = _keras_layer(f"keras_hub.src.models.{prefix}.{prefix}_tokenizer", tok_cls, tok_cfg)
     pre_cls = f"{cls}CausalLMPreprocessor"
     pre_cfg: dict[str, Any] = {"name": f"{prefix}_causal_lm_preprocessor", "trainable": True,

@@ -1,4 +1,4 @@
-"""The keras runtime: keras-hub's GemmaBackbone / Gemma3Backbone on keras' torch backend.
+"""The keras runtime: keras-hub's GemmaBackbone / Gemma3Backbone / Gemma4Backbone on keras' torch backend.
 
 A Keras preset is loaded with `keras_hub.models.Backbone.from_preset`; any other checkpoint is built into
 the equivalent backbone from its spec and canonical tensors (when keras-hub can express it at all).
@@ -11,6 +11,8 @@ runtimes report:
     x = layer_norm(x)                                                  # hidden_states[L + 1]
     logits = token_embedding(x, reverse=True)   # x @ E^T, then the final soft cap (Gemma 2)
 
+Gemma4Backbone's blocks also take their slice of the per-layer inputs and, on KV-shared layers, the K/V of the layer
+they reuse (`_gemma4_states`); a Gemma 4 checkpoint in another format is built from formats/keras_gemma4.py's plan.
 KERAS_BACKEND is set to torch here, before keras is first imported, and only on this code path.
 """
 
@@ -48,13 +50,30 @@ def import_keras() -> Any:
     return keras
 
 
+# The mapping modules (a family row's KerasIds.mapping) whose backbones this runtime drives, with the forward pass
+# that walks them; a backbone of formats/keras.py's own table (Gemma 1-3) is walked by KerasModel.forward itself.
+MAPPED_FORWARDS: dict[str, str] = {"keras_gemma4": "_gemma4_states"}
+
+
 def runs(family: str) -> bool:
     """Whether this runtime drives the family's keras-hub backbone layer by layer: the backbones of formats/keras.py's
-    own table (a row whose KerasIds name a mapping module of their own, Gemma3nBackbone, it does not drive yet)."""
+    own table and those of MAPPED_FORWARDS (Gemma4Backbone; Gemma3nBackbone it does not drive yet)."""
     from ..families import FAMILY_TABLE
 
     row = FAMILY_TABLE.get(family)
-    return row is not None and row.keras is not None and row.keras.mapping is None
+    return row is not None and row.keras is not None and (row.keras.mapping is None
+                                                          or row.keras.mapping in MAPPED_FORWARDS)
+
+
+def _mapping_of(family: str) -> Any:
+    """The formats module that maps the family's backbone (None: formats/keras.py's own table)."""
+    import importlib
+
+    from ..families import FAMILY_TABLE
+
+    keras = FAMILY_TABLE[family].keras
+    assert keras is not None
+    return importlib.import_module(f"gemma_inspect.formats.{keras.mapping}") if keras.mapping else None
 
 
 def load_backbone(ckpt: Checkpoint, dtype: str) -> Any:
@@ -74,7 +93,31 @@ def load_backbone(ckpt: Checkpoint, dtype: str) -> Any:
     problems = keras_problems(ckpt.spec)
     if problems:
         raise UnsupportedError(f"{ckpt.source}: keras-hub cannot run this checkpoint: {'; '.join(problems)}")
+    if _mapping_of(ckpt.spec.family) is not None:
+        return build_mapped_backbone(ckpt.spec.replace(dtype=dtype), ckpt.tensors)
     return build_backbone(ckpt.spec.replace(dtype=dtype), {name: ref.load for name, ref in ckpt.tensors.items()})
+
+
+def build_mapped_backbone(spec: Any, refs: dict[str, Any]) -> Any:
+    """A keras-hub backbone with a name table of its own (Gemma4Backbone), built from the config our writer would
+    write and each variable assigned from its canonical tensor in the writer's layout (the mapping module's plan)."""
+    import numpy as np
+
+    from ..formats.hf import config_dict as hf_config_dict
+
+    import_keras()
+    import keras_hub
+
+    mapping = _mapping_of(spec.family)
+    cfg = mapping.keras_config(hf_config_dict(spec), spec.dtype)
+    cls = getattr(keras_hub.models, cfg["class_name"])
+    backbone = cls(dtype=spec.dtype, **{k: v for k, v in cfg["config"].items()
+                                        if k not in ("name", "trainable", "dtype")})
+    for _key, path, layer_name, shape, ref, layout in mapping.plan(spec, dict(refs)):
+        arr = ref.load()
+        arr = (layout.apply(arr) if layout is not None else arr).reshape(shape)
+        mapping.backbone_variable(backbone, path, layer_name).assign(arr.astype(np.float32))
+    return backbone
 
 
 def build_backbone(spec: Any, tensors: dict[str, Callable[[], Any]]) -> Any:
@@ -143,6 +186,14 @@ class KerasModel:
 
         start = time.perf_counter()
         backbone = self.backbone
+        walk = MAPPED_FORWARDS.get(getattr(_mapping_of_backbone(backbone), "__name__", "").rsplit(".", 1)[-1])
+        if walk is not None:
+            with self.keras.device(self.device), torch.no_grad():
+                ids = ops.convert_to_tensor(np.asarray(token_ids, dtype="int32"))
+                logits, hidden = globals()[walk](backbone, ids)
+            return RuntimeResult(logits=logits, hidden_states=hidden, runtime="keras", device=self.device,
+                                 dtype=self.dtype, source=self.source,
+                                 seconds=self.load_seconds + time.perf_counter() - start)
         with self.keras.device(self.device):
             ids = ops.convert_to_tensor(np.asarray(token_ids, dtype="int32"))
             padding_mask = ops.ones_like(ids)  # one unpadded sequence per row
@@ -187,6 +238,52 @@ class KerasModel:
 
 def _never() -> bool:
     return False
+
+
+def _mapping_of_backbone(backbone: Any) -> Any:
+    """The formats module that maps a built backbone's class (by the family rows' KerasIds), or None."""
+    from ..families import FAMILY_TABLE
+
+    for row in FAMILY_TABLE.values():
+        if row.keras is not None and row.keras.backbone == type(backbone).__name__:
+            return _mapping_of(row.key)
+    return None
+
+
+def _gemma4_states(backbone: Any, ids: Any) -> tuple[Any, list[Any]]:
+    """Gemma4Backbone's text path, as its functional graph runs it (keras_hub/src/models/gemma4/gemma4_backbone.py),
+    with the hidden state after the embedding and after every block: per-layer inputs (the layer's slice of the
+    normed projection plus its token embedding, times 2^-0.5) and the K/V of the layer a KV-shared block reuses."""
+    from keras import ops
+
+    x = backbone.token_embedding(ids)
+    hpl = backbone.hidden_size_per_layer_input
+    per_emb = None
+    if hpl > 0:
+        per_emb = backbone.per_layer_token_embedding(ids)
+        per_emb = ops.cast(per_emb, x.dtype) * ops.cast(float(hpl) ** 0.5, x.dtype)
+    x = x * ops.cast(ops.sqrt(backbone.hidden_dim), x.dtype)
+    per_proj = None
+    if hpl > 0:
+        per_proj = backbone.per_layer_model_projection(x) * ops.cast(float(backbone.hidden_dim) ** -0.5, x.dtype)
+    mask = ops.ones_like(ids)
+    positions = ops.broadcast_to(ops.expand_dims(ops.arange(ops.shape(ids)[1], dtype="int32"), 0), ops.shape(ids))
+    hidden = [to_cpu_float(x)]
+    caches: dict[int, Any] = {}
+    for i, block in enumerate(backbone.transformer_layers):
+        per_input = None
+        if per_proj is not None:
+            proj = backbone.per_layer_projection_norm(per_proj[:, :, i * hpl:(i + 1) * hpl])
+            per_input = (proj + per_emb[:, :, i * hpl:(i + 1) * hpl]) * ops.cast(2.0 ** -0.5, proj.dtype)
+        shared = None
+        if getattr(block, "is_kv_shared_layer", False) and block.kv_shared_layer_index is not None:
+            shared = caches.get(block.kv_shared_layer_index)
+        x, caches[i] = block(x, padding_mask=mask, vision_mask=None, per_layer_input=per_input, shared_kv=shared,
+                             positions=positions)
+        hidden.append(to_cpu_float(x))
+    x = backbone.layer_norm(x)
+    hidden.append(to_cpu_float(x))
+    return to_cpu_float(backbone.token_embedding(x, reverse=True)), hidden
 
 
 # Where `verify` finds each part of a keras-hub decoder block. The FFN is no layer of its own: the block
