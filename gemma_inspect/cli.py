@@ -579,7 +579,7 @@ def diff_cmd(a: str, b: str | None, atol: float, manifest: str | None, as_json: 
 @main.command()
 @click.argument("directory", required=False)
 def demo(directory: str | None) -> None:
-    """Build tiny seeded Gemma 1/2/3 checkpoints (Keras and HF, with a tokenizer) and run every
+    """Build tiny seeded Gemma 1/2/3/4 checkpoints (Keras and HF, with a tokenizer) and run every
     command on them.
 
     \b

@@ -1,4 +1,4 @@
-"""`demo`: the whole flow on tiny seeded Gemma 1/2/3 checkpoints built on the spot by keras-hub and
+"""`demo`: the whole flow on tiny seeded Gemma 1/2/3/4 checkpoints built on the spot by keras-hub and
 transformers themselves, each step printed as the command a user would type."""
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ def _steps(d: dict[str, str]) -> list[tuple[str, list[str]]]:
          ["summary", d["gemma3-gguf"]]),
         ("The Q8_0 file against its source: judged by the next-token distribution",
          ["parity", d["gemma3-keras"], d["gemma3-gguf"]]),
+        ("Gemma 4 (per-layer inputs, KV sharing, layer scalars): to keras-hub's Gemma4Backbone, run by both libraries",
+         ["convert", d["gemma4-hf"], d["gemma4-keras"], "--to", "keras", "--verify"]),
+        ("Gemma 4, observed running: norms apply w, layer scalars, per-layer inputs, KV sharing, RoPE fraction",
+         ["verify", d["gemma4-hf"]]),
     ]
 
 
@@ -49,7 +53,7 @@ def build(root: str, progress: Any = None) -> dict[str, str]:
     paths = {"tokenizer": os.path.join(root, "tokenizer.model"), "plot": os.path.join(root, "parity-gemma2.png")}
     say("training a tiny SentencePiece tokenizer")
     tiny.train_tokenizer(paths["tokenizer"])
-    plan = [("gemma3", "keras", 3), ("gemma2", "keras", 2), ("gemma", "hf", 1)]
+    plan = [("gemma3", "keras", 3), ("gemma2", "keras", 2), ("gemma", "hf", 1), ("gemma4", "hf", 4)]
     for family, fmt, seed in plan:
         spec = tiny.tiny_spec(family)
         weights = tiny.random_weights(spec, seed)
@@ -60,7 +64,7 @@ def build(root: str, progress: Any = None) -> dict[str, str]:
         else:
             tiny.write_hf(spec, weights, out, paths["tokenizer"])
         paths[f"{family}-{fmt}"] = out
-    for family, fmt in (("gemma2", "hf"), ("gemma", "keras")):
+    for family, fmt in (("gemma2", "hf"), ("gemma", "keras"), ("gemma4", "keras")):
         paths[f"{family}-{fmt}"] = os.path.join(root, f"{family}-{fmt}")
     paths["gemma3-gguf"] = os.path.join(root, "gemma3-q8_0.gguf")
     return paths

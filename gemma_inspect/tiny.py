@@ -41,10 +41,11 @@ TINY_SPECS: dict[str, dict[str, Any]] = {
                        num_key_value_heads=2, head_dim=16, intermediate_size=96, sliding_window=6,
                        query_pre_attn_scalar=16, max_position_embeddings=8192),
     # Gemma 4: norms apply w, per-layer head geometry (head_dim 16 sliding, 32 full), proportional RoPE on full
-    # layers, per-layer inputs, the last 2 layers sharing K/V (double-wide MLP there), layer scalars.
+    # layers, per-layer inputs, the last 2 layers sharing K/V (double-wide MLP there) from layers 2 (sliding) and 3
+    # (full), as llama.cpp's gemma4 reads them too, layer scalars.
     "gemma4": dict(family="gemma4", hidden_size=64, num_layers=6, num_attention_heads=4, num_key_value_heads=2,
                    head_dim=16, global_head_dim=32, intermediate_size=96, sliding_window=6,
-                   layer_types=("sliding_attention", "sliding_attention", "full_attention", "sliding_attention",
+                   layer_types=("sliding_attention", "sliding_attention", "sliding_attention", "full_attention",
                                 "sliding_attention", "full_attention"),
                    per_layer_input_size=8, num_kv_shared_layers=2, double_wide_mlp=True,
                    max_position_embeddings=4096),

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from gemma_inspect.cli import main
 from gemma_inspect.demo import _steps
 
-CHECKPOINTS = ("gemma3-keras", "gemma2-keras", "gemma2-hf", "gemma-hf", "gemma-keras")
+CHECKPOINTS = ("gemma3-keras", "gemma2-keras", "gemma2-hf", "gemma-hf", "gemma-keras", "gemma4-hf", "gemma4-keras")
 
 
 def demo_paths(out) -> dict[str, str]:
@@ -57,12 +57,12 @@ def test_demo_runs_every_step_and_passes(tmp_path):
         assert title[:60] in proc.stdout, title
         assert f"$ gemma-inspect {args[0]} " in proc.stdout
     assert [args for args, _ in step_outputs(proc.stdout)] == [args for _, args in steps]
-    # three parity runs (keras vs HF, convert --verify, Q8_0 GGUF) and two verify runs, all passing
-    assert proc.stdout.count("PASS: A and B compute the same thing within tolerance") == 3
+    # four parity runs (keras vs HF, two convert --verify, Q8_0 GGUF) and three verify runs, all passing
+    assert proc.stdout.count("PASS: A and B compute the same thing within tolerance") == 4
     assert proc.stdout.count("46 equal: identical") == 1
     assert "FAIL" not in proc.stdout
-    for name in ("gemma3-keras", "gemma2-keras", "gemma2-hf", "gemma-hf", "gemma-keras", "tokenizer.model",
-                 "parity-gemma2.png", "gemma3-q8_0.gguf"):
+    for name in ("gemma3-keras", "gemma2-keras", "gemma2-hf", "gemma-hf", "gemma-keras", "gemma4-hf", "gemma4-keras",
+                 "tokenizer.model", "parity-gemma2.png", "gemma3-q8_0.gguf"):
         assert (out / name).exists(), name
     with open(out / "parity-gemma2.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -72,13 +72,13 @@ def test_demo_runs_every_step_and_passes(tmp_path):
 
 
 def check_verify_steps(out, stdout: str) -> None:
-    """The demo's two verify steps ran, on the native runtime of each checkpoint, and what each observed
+    """The demo's three verify steps ran, on the native runtime of each checkpoint, and what each observed
     (formerly test_verify.py's test_demo_runs_verify_steps, which only read the planned steps)."""
     d = demo_paths(out)
     ran = [(args, text) for args, text in step_outputs(stdout) if args[0] == "verify"]
     assert [args for args, _ in ran] == [args for _, args in _steps(d) if args[0] == "verify"] == [
-        ["verify", d["gemma3-keras"]], ["verify", d["gemma-hf"], "--graph"]]
-    (_, gemma3), (_, gemma1) = ran
+        ["verify", d["gemma3-keras"]], ["verify", d["gemma-hf"], "--graph"], ["verify", d["gemma4-hf"]]]
+    (_, gemma3), (_, gemma1), (_, gemma4) = ran
     assert gemma3.splitlines()[0] == f"{d['gemma3-keras']}  (keras)"
     assert gemma1.splitlines()[0] == f"{d['gemma-hf']}  (transformers)"
     # the architecture as observed (status, observed), then the config lint's statuses
@@ -105,6 +105,19 @@ def check_verify_steps(out, stdout: str) -> None:
         "lint:end_of_turn": "warn", "lint:nonfinite": "pass"}
     assert [line for line in gemma3.splitlines() if line.startswith(("PASS", "FAIL"))] == ["PASS: 19 pass, 2 skip"]
     assert [line for line in gemma1.splitlines() if line.startswith(("PASS", "FAIL"))] == ["PASS: 19 pass, 1 warn, 1 skip"]
+    # Gemma 4 on transformers: what only Gemma 4 has, observed (values from the tiny row: tiny.TINY_SPECS["gemma4"])
+    g4 = verify_table(gemma4)
+    assert gemma4.splitlines()[0] == f"{d['gemma4-hf']}  (transformers)"
+    assert {k: (v[0], v[2]) for k, v in g4.items() if k in (
+        "norm_offset", "logit_softcap", "query_scale", "per_layer_inputs", "kv_sharing", "k_eq_v", "rope_fraction",
+        "moe_routing", "sliding_window")} == {
+        "norm_offset": ("pass", "0"), "logit_softcap": ("pass", "30"), "query_scale": ("pass", "1"),
+        "per_layer_inputs": ("pass", "8"), "kv_sharing": ("pass", "4 2, 5 3"), "k_eq_v": ("skip", "none"),
+        "rope_fraction": ("pass", "full 0.25, sliding 1"), "moe_routing": ("skip", "none"),
+        "sliding_window": ("pass", "6 on layers 0, 1, 2, 4; global: 3, 5")}
+    assert g4["layer_scalar"][0] == "pass" and g4["lint:layer_scalar"][0] == "pass"
+    assert g4["lint:global_geometry"][0] == "warn"  # transformers' save_pretrained writes per_layer_config only
+    assert [line for line in gemma4.splitlines() if line.startswith(("PASS", "FAIL"))] == ["PASS: 26 pass, 2 warn, 3 skip"]
     # --graph: Gemma 1's block 0 as transformers runs it, pre-norm only
     graph = gemma1[gemma1.index("model.layers.0 (GemmaDecoderLayer)"):].splitlines()
     assert graph[0] == "model.layers.0 (GemmaDecoderLayer)  input x [1, 32, 64]"
