@@ -471,8 +471,9 @@ def test_unknown_keras_class(keras_dir):
                                       module="keras_hub.src.models.llama.llama_backbone"))
     assert summary_fails(keras_dir) == (f"{cfg}: unsupported Keras class 'LlamaBackbone'; supported: "
                                         f"keras_hub>GemmaBackbone, keras_hub>Gemma3Backbone, "
-                                        f"keras_hub>Gemma3nBackbone, keras_nlp>GemmaBackbone, "
-                                        f"keras_nlp>Gemma3Backbone, keras_nlp>Gemma3nBackbone")
+                                        f"keras_hub>Gemma4Backbone, keras_hub>Gemma3nBackbone, "
+                                        f"keras_nlp>GemmaBackbone, keras_nlp>Gemma3Backbone, "
+                                        f"keras_nlp>Gemma4Backbone, keras_nlp>Gemma3nBackbone")
 
 
 def test_keras_class_from_another_registry(keras_dir):

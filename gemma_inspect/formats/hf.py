@@ -568,13 +568,6 @@ def config_dict(spec: GemmaSpec) -> dict[str, Any]:
             FULL: _rope_params(spec.rope_theta, spec.rope_scaling_factor),
             SLIDING: _rope_params(spec.local_rope_theta, spec.rope_local_scaling_factor),
         }
-        if spec.rope_partial_factor != 1.0:  # Gemma 4: full layers rotate a fraction of the head (proportional)
-            if spec.rope_scaling_factor != 1.0:
-                raise UnsupportedError(f"HF {_short_title(row)} cannot express linear RoPE scaling together with "
-                                       f"proportional RoPE on full layers")
-            cfg["rope_parameters"][FULL] = {"rope_type": "proportional",
-                                            "partial_rotary_factor": spec.rope_partial_factor,
-                                            "rope_theta": spec.rope_theta}
         cfg["rope_theta"] = spec.rope_theta
         cfg["rope_local_base_freq"] = spec.local_rope_theta
         if spec.rope_scaling_factor != 1.0:
@@ -614,32 +607,16 @@ def config_dict(spec: GemmaSpec) -> dict[str, Any]:
         if isinstance(v, tuple):  # per layer (activation sparsity: floats, as transformers' strict config wants)
             v = [float(x) for x in v] or [0.0] * spec.num_layers
         cfg[key] = v
-    if ids.experts_switch is not None:  # Gemma 4: the MoE block is switched on by its own key
-        cfg[ids.experts_switch] = bool(spec.moe_experts)
-        if not spec.moe_experts:
-            cfg.update({ids.config_fields[f]: None for f in ("moe_experts", "moe_top_k", "moe_intermediate_size")})
-    if ids.layer_geometry:
-        cfg.update(_layer_geometry(spec))
+    if ids.layer_geometry or ids.experts_switch is not None:  # Gemma 4's keys (hf_layers, beside their reader)
+        from .hf_layers import config_extras
+
+        cfg.update(config_extras(spec, ids, cfg))
     if (spec.norm_placement, spec.qk_norm, spec.norm_offset, spec.scale_embeddings) != \
             (rules.norm_placement, rules.qk_norm, rules.norm_offset, rules.scale_embeddings):
         raise UnsupportedError(f"this {spec.family} checkpoint deviates from its family's layout "
                                f"(norm placement/offset, QK-norm or embedding scale): HF cannot express it")
     cfg.update(ids.identified_by)  # what tells the row from another of its model_type (use_bidirectional_attention)
     return cfg
-
-
-def _layer_geometry(spec: GemmaSpec) -> dict[str, Any]:
-    """Full layers' head geometry in both spellings, so that every consumer reads the same model:
-    `global_head_dim` / `num_global_key_value_heads` (llama.cpp's converter and keras-hub read these) and the
-    `per_layer_config` transformers 5.24 saves (and reads first when present)."""
-    g_hd = spec.global_head_dim or spec.head_dim
-    g_kv = spec.num_global_key_value_heads or spec.num_key_value_heads
-    if g_kv != spec.num_key_value_heads and not spec.attention_k_eq_v:
-        raise UnsupportedError("HF Gemma 4 gives full layers their own K/V head count only with attention_k_eq_v "
-                               "(transformers ignores num_global_key_value_heads otherwise)")
-    override = {"head_dim": g_hd, **({"num_key_value_heads": g_kv} if spec.attention_k_eq_v else {})}
-    return {"global_head_dim": g_hd, "num_global_key_value_heads": g_kv,
-            "per_layer_config": {str(i): dict(override) for i, t in enumerate(spec.layer_types) if t == FULL}}
 
 
 # ----------------------------------------------------------------------------- writing

@@ -175,6 +175,40 @@ def extra_fields(text: dict[str, Any], raw_text: dict[str, Any], row: Family, la
     return fields, notes
 
 
+def config_extras(spec: Any, ids: Any, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config.json keys the writer adds for a row with per-layer geometry or an experts switch (Gemma 4), given
+    the config written so far: proportional RoPE on full layers, the MoE switch, the head geometry."""
+    out: dict[str, Any] = {}
+    if spec.rope_partial_factor != 1.0:  # full layers rotate a fraction of the head (proportional)
+        if spec.rope_scaling_factor != 1.0:
+            raise UnsupportedError(f"HF {spec.title.split(' (')[0]} cannot express linear RoPE scaling together "
+                                   f"with proportional RoPE on full layers")
+        out["rope_parameters"] = {**cfg["rope_parameters"], FULL: {
+            "rope_type": "proportional", "partial_rotary_factor": spec.rope_partial_factor,
+            "rope_theta": spec.rope_theta}}
+    if ids.experts_switch is not None:  # the MoE block is switched on by its own key
+        out[ids.experts_switch] = bool(spec.moe_experts)
+        if not spec.moe_experts:
+            out.update({ids.config_fields[f]: None for f in ("moe_experts", "moe_top_k", "moe_intermediate_size")})
+    if ids.layer_geometry:
+        out.update(config_geometry(spec))
+    return out
+
+
+def config_geometry(spec: Any) -> dict[str, Any]:
+    """Full layers' head geometry in both spellings, so that every consumer reads the same model:
+    `global_head_dim` / `num_global_key_value_heads` (llama.cpp's converter and keras-hub read these) and the
+    `per_layer_config` transformers 5.24 saves (and reads first when present)."""
+    g_hd = spec.global_head_dim or spec.head_dim
+    g_kv = spec.num_global_key_value_heads or spec.num_key_value_heads
+    if g_kv != spec.num_key_value_heads and not spec.attention_k_eq_v:
+        raise UnsupportedError("HF Gemma 4 gives full layers their own K/V head count only with attention_k_eq_v "
+                               "(transformers ignores num_global_key_value_heads otherwise)")
+    override = {"head_dim": g_hd, **({"num_key_value_heads": g_kv} if spec.attention_k_eq_v else {})}
+    return {"global_head_dim": g_hd, "num_global_key_value_heads": g_kv,
+            "per_layer_config": {str(i): dict(override) for i, t in enumerate(spec.layer_types) if t == FULL}}
+
+
 def set_aside_unused(spec: Any, tensors: dict[str, Any], ignored: dict[str, tuple[tuple[int, ...], str]],
                      config_path: str, where: str) -> list[str]:
     """Move the k/v/k_norm a file stores for KV-shared layers (which never use them) from `tensors` to `ignored`,
@@ -221,4 +255,4 @@ def without_layer_scalars(spec: Any, tensors: dict[str, Any]) -> tuple[Any, list
         "released Gemma 4 has"]
 
 
-__all__ = ["extra_fields", "intermediate_sizes", "set_aside_unused", "without_layer_scalars"]
+__all__ = ["config_extras", "config_geometry", "extra_fields", "intermediate_sizes", "set_aside_unused", "without_layer_scalars"]

@@ -33,12 +33,6 @@ from . import reference as R
 
 
 # ----------------------------------------------------------------------------- building blocks
-def plain_rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm without a weight (Gemma 3n's v_norm): x / sqrt(mean(x^2) + eps), in float32."""
-    x32 = R._wide(x)
-    return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-
-
 def gaussian_top_k(gate: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Activation sparsity: relu(g - (mean(g) + std(g) * Phi^-1(p))) over the FFN axis of each token.
 
@@ -85,7 +79,7 @@ class Attention(nn.Module):
             kk, v = kv[spec.kv_source(self.layer)]
         else:
             kk = R.apply_rope(self.k_norm(self.k_proj(x).view(b, t, k, d).transpose(1, 2)), cos, sin)  # [B, K, T, D]
-            v = plain_rms_norm(self.v_proj(x).view(b, t, k, d).transpose(1, 2), spec.rms_norm_eps)  # [B, K, T, D]
+            v = R.plain_rms_norm(self.v_proj(x).view(b, t, k, d).transpose(1, 2), spec.rms_norm_eps)  # [B, K, T, D]
             kv[self.layer] = (kk, v)
         kk = kk.repeat_interleave(spec.queries_per_kv_head, dim=1)
         v = v.repeat_interleave(spec.queries_per_kv_head, dim=1)
@@ -271,4 +265,4 @@ def active_stream(spec: GemmaSpec, output: Any) -> Any:
 
 MODEL = Gemma3nModel  # what the family row's reference_module names
 
-__all__ = ["MODEL", "Gemma3nModel", "active_stream", "gaussian_top_k", "plain_rms_norm"]
+__all__ = ["MODEL", "Gemma3nModel", "active_stream", "gaussian_top_k"]

@@ -36,7 +36,6 @@ from torch import nn
 from ..checkpoint import canonical_name
 from ..spec import FULL, GemmaSpec
 from . import reference as R
-from .gemma3n import plain_rms_norm
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -74,7 +73,7 @@ class PlainRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return plain_rms_norm(x, self.eps)
+        return R.plain_rms_norm(x, self.eps)
 
 
 # ----------------------------------------------------------------------------- modules
@@ -282,27 +281,6 @@ class Gemma4Model(nn.Module):
         return hidden
 
 
-def capture_routing(layers: Any) -> tuple[list[Any], dict[int, Any]]:
-    """Forward hooks on every layer's `router` (this runtime's and transformers' alike: (probabilities, weights,
-    indices)): returns the hook handles and {layer: (probabilities, indices)} filled by the next forward pass."""
-    from .types import to_cpu_float
-
-    seen: dict[int, Any] = {}
-    handles = []
-    for i, layer in enumerate(layers):
-        router = getattr(layer, "router", None)
-        if router is not None:
-            def hook(_m: Any, _args: Any, out: Any, i: int = i) -> None:
-                seen[i] = (to_cpu_float(out[0].detach()), out[2].detach().cpu())
-            handles.append(router.register_forward_hook(hook))
-    return handles, seen
-
-
-def routing_of(seen: dict[int, Any], num_layers: int) -> list[Any] | None:
-    """The captured routing as RuntimeResult.routing (None when no layer routed)."""
-    return [seen[i] for i in range(num_layers)] if seen and len(seen) == num_layers else None
-
-
 MODEL = Gemma4Model  # what the family row's reference_module names
 
-__all__ = ["MODEL", "Gemma4Model", "capture_routing", "rope_inv_freq", "rope_cos_sin", "routing_of"]
+__all__ = ["MODEL", "Gemma4Model", "rope_inv_freq", "rope_cos_sin"]

@@ -338,6 +338,12 @@ class GemmaModel(nn.Module):
         return hidden
 
 
+def plain_rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm without a weight (Gemma 3n's and Gemma 4's v_norm): x / sqrt(mean(x^2) + eps), in float32."""
+    x32 = _wide(x)
+    return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
 # ----------------------------------------------------------------------------- the forward pass
 def check_supported(spec: GemmaSpec) -> None:
     if spec.norm_kind != "rmsnorm":
@@ -377,7 +383,7 @@ class ReferenceModel:
     def forward(self, token_ids: Any) -> "RuntimeResult":
         from .types import RuntimeResult, to_cpu_float
 
-        from .gemma4 import capture_routing, routing_of
+        from .types import capture_routing, routing_of
 
         start = time.perf_counter()
         ids = torch.as_tensor(token_ids, dtype=torch.long, device=self.device)

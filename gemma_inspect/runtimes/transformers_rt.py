@@ -142,7 +142,7 @@ class TransformersModel:
         handles = [stack.embed_tokens.register_forward_hook(keep("embed"))]  # the scaled embedding
         handles += [layer.register_forward_hook(keep_layer(f"layer{i}")) for i, layer in enumerate(stack.layers)]
         handles.append(stack.norm.register_forward_hook(keep("norm")))
-        from .gemma4 import capture_routing, routing_of
+        from .types import capture_routing, routing_of
 
         more, routed = capture_routing(stack.layers)  # experts' routing (Gemma 4), for parity
         handles += more

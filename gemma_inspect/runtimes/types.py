@@ -109,3 +109,23 @@ def to_cpu_float(t: Any) -> Any:
     if not isinstance(t, torch.Tensor):
         t = torch.as_tensor(t)
     return t.detach().to(device="cpu", dtype=torch.float32)
+
+
+# ----------------------------------------------------------------------------- experts' routing
+def capture_routing(layers: Any) -> tuple[list[Any], dict[int, Any]]:
+    """Forward hooks on every layer's `router` (this runtime's and transformers' alike: (probabilities, weights,
+    indices)): returns the hook handles and {layer: (probabilities, indices)} filled by the next forward pass."""
+    seen: dict[int, Any] = {}
+    handles = []
+    for i, layer in enumerate(layers):
+        router = getattr(layer, "router", None)
+        if router is not None:
+            def hook(_m: Any, _args: Any, out: Any, i: int = i) -> None:
+                seen[i] = (to_cpu_float(out[0].detach()), out[2].detach().cpu())
+            handles.append(router.register_forward_hook(hook))
+    return handles, seen
+
+
+def routing_of(seen: dict[int, Any], num_layers: int) -> list[Any] | None:
+    """The captured routing as RuntimeResult.routing (None when no layer routed)."""
+    return [seen[i] for i in range(num_layers)] if seen and len(seen) == num_layers else None
