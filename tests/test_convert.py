@@ -280,13 +280,13 @@ def test_bad_convert_requests(tiny_models, tmp_path, args, message):
 def test_failed_write_leaves_no_destination(tiny_models, tmp_path, monkeypatch):
     from gemma_inspect.formats import keras as keras_fmt
 
-    real = keras_fmt._create_h5
+    real = keras_fmt.create_h5
 
     def explode(*a, **k):
         real(*a, **k)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(keras_fmt, "_create_h5", explode)
+    monkeypatch.setattr(keras_fmt, "create_h5", explode)
     r = run("convert", tiny_models.get("gemma", "hf"), str(tmp_path / "k"), "--to", "keras", ok=False)
     assert r.exit_code == 2
     assert r.output.strip() == f"Error: {tmp_path / 'k'}: cannot write (No space left on device)"

@@ -27,7 +27,7 @@ from ..heads import EmbeddingHead
 from ..spec import GemmaSpec, card, card_of_shape, make_spec
 from .common import MAX_LAYERS, most_common, opt_float, read_json_object, require_int
 from .keras_embedding import embedding_head, head_problems, keras_window
-from .keras_h5 import SHARD_INDEX, WEIGHTS, H5Var, fill_h5, preset_vars, read_var
+from .keras_h5 import SHARD_INDEX, WEIGHTS, H5Var, create_h5, fill_h5, preset_vars, read_var
 from .keras_vars import BY_PATH, HEAD_BY_NAME, HEAD_VARS, TOP_VARS, VAR_BY_ROLE, KerasVar
 
 CONFIG = "config.json"
@@ -551,35 +551,11 @@ def _h5_path(spec: GemmaSpec, canonical: str) -> str:
     return f"layers/{var.path}" if layer is None else f"{block_group(spec, layer)}/{var.path}"
 
 
-def _create_h5(file: str, spec: GemmaSpec, entries: list[tuple[str, str, tuple[int, ...], str]]) -> dict[str, int]:
-    """Create the H5 file with every dataset allocated but unwritten; return dataset path -> byte offset.
-
-    Keras loads weights by these paths alone. The layer names (`attrs['name']`) are written as Keras does,
-    so the file reads back through the same mapping. Storage is allocated early and contiguous, so the
-    data can then be streamed straight into the file at known offsets without going through h5py."""
-    import h5py
-
-    offsets: dict[str, int] = {}
-    with h5py.File(file, "w") as f:
-        for canonical, path, shape, dtype in entries:
-            role, layer = _role_layer(canonical)
-            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-            dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-            # bfloat16 is stored opaque (|V2) and tagged, as Keras does.
-            h5dtype = np.dtype("V2") if dtype == "bfloat16" else np.dtype(dtype)
-            ds = f.create_dataset(path, shape=shape, dtype=h5dtype, dcpl=dcpl)
-            if dtype == "bfloat16":
-                ds.attrs["dtype"] = "bfloat16"
-            f[path.rsplit("/", 1)[0]].attrs["name"] = _var(role).layer_name
-            if layer is not None:
-                block_vars = f.require_group(block_group(spec, layer) + "/vars")
-                block_vars.attrs["name"] = f"decoder_block_{layer}"
-            offset = ds.id.get_offset()
-            if offset is None:  # pragma: no cover - early allocation guarantees an offset
-                raise RuntimeError(f"no storage allocated for {path}")
-            offsets[path] = offset
-    return offsets
+def _h5_entry(spec: GemmaSpec, canonical: str, path: str, shape: tuple[int, ...], dtype: str) -> tuple[Any, ...]:
+    """keras_h5.create_h5's entry for a tensor: its path, the layer name Keras writes, its block's vars group."""
+    role, layer = _role_layer(canonical)
+    block = None if layer is None else (block_group(spec, layer) + "/vars", f"decoder_block_{layer}")
+    return path, _var(role).layer_name, block, shape, dtype, None
 
 
 def refuse_unless_forced(ckpt: Checkpoint, problems: list[str], options: Any) -> None:
@@ -624,8 +600,7 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
     os.makedirs(dest)
     for fname, shard in out:
         file = os.path.join(dest, fname)
-        entries = [(n, by_name[n][1], by_name[n][2], by_name[n][3]) for n in shard]
-        offsets = _create_h5(file, spec, entries)
+        offsets = create_h5(file, [_h5_entry(spec, n, *by_name[n][1:4]) for n in shard])
         # HDF5 metadata is final once h5py has closed the file; the datasets then fill in at increasing offsets,
         # so after each tensor the file is final up to its end (the manifest hashes it meanwhile).
         starts = [offsets[by_name[n][1]] for n in shard]

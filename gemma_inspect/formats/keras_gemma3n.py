@@ -450,32 +450,10 @@ def read(path: str, cfg: dict[str, Any], config_path: str) -> Any:
                       ignored=ignored, config=cfg, files=present + files, assumed=assumed)
 
 
-def _create_h5(file: str, entries: list[tuple[str, str, str, tuple[int, ...], str]]) -> dict[str, int]:
-    """The H5 file with every dataset allocated (contiguous, early) but unwritten, and the layer names Keras
-    writes; returns dataset path -> byte offset. entries: (HF name, H5 path, layer name, shape, dtype)."""
-    import h5py
-    import numpy as np
-
-    offsets: dict[str, int] = {}
-    with h5py.File(file, "w") as f:
-        f.require_group(LM_PREFIX + "vars").attrs["name"] = "text_model"
-        for name, path, layer_name, shape, dtype in entries:
-            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-            dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-            h5dtype = np.dtype("V2") if dtype == "bfloat16" else np.dtype(dtype)  # bfloat16: opaque, tagged
-            ds = f.create_dataset(path, shape=shape, dtype=h5dtype, dcpl=dcpl)
-            if dtype == "bfloat16":
-                ds.attrs["dtype"] = "bfloat16"
-            f[path.rsplit("/", 1)[0]].attrs["name"] = layer_name
-            m = re.match(r"^(.*/%s(?:_(\d+))?)/" % BLOCK_CLASS, path)
-            if m:
-                f.require_group(m.group(1) + "/vars").attrs["name"] = f"decoder_block_{int(m.group(2) or 0)}"
-            offset = ds.id.get_offset()
-            if offset is None:  # pragma: no cover - early allocation guarantees an offset
-                raise RuntimeError(f"no storage allocated for {path}")
-            offsets[path] = offset
-    return offsets
+def _block_vars(path: str) -> tuple[str, str] | None:
+    """The `vars` group of the decoder block an H5 path lies in, and the name Keras gives it (None: not in one)."""
+    m = re.match(r"^(.*/%s(?:_(\d+))?)/" % BLOCK_CLASS, path)
+    return (m.group(1) + "/vars", f"decoder_block_{int(m.group(2) or 0)}") if m else None
 
 
 DEFAULT_MAX_SHARD = 10 * 10**9  # keras-hub's save_to_preset default (10 GB)
@@ -484,16 +462,11 @@ DEFAULT_MAX_SHARD = 10 * 10**9  # keras-hub's save_to_preset default (10 GB)
 def write(ckpt: Any, dest: str, options: Any, progress: Any) -> None:
     """Write a Gemma 3n checkpoint as a keras-hub Gemma3nBackbone preset: config.json, model.weights.h5 (or shards
     and model.weights.json), metadata.json and, with a tokenizer, the CausalLM files."""
-    import json
-    import os
-
     from ..arrays import Layout
-    from ..tensorio import ShardedOutput, target_nbytes
     from . import hf as hf_format
     from .common import most_common
     from .keras import refuse_unless_forced
-    from .keras_h5 import SHARD_INDEX, WEIGHTS, fill_h5
-    from .keras_preset import write_keras_tokenizer, write_metadata
+    from .keras_preset import write_preset
 
     spec = ckpt.spec
     hf_cfg = hf_format.config_dict(spec)
@@ -516,37 +489,13 @@ def write(ckpt: Any, dest: str, options: Any, progress: Any) -> None:
             raise UnsupportedError(f"tensor {name} has no place in a {BACKBONE} preset")
         v, path, layer_name = found
         dt = fill_dtype if name in fills else options.float_dtype(ref)
-        rows.append((name, LM_PREFIX + path, layer_name, keras_shape(v, tuple(ref.shape)), dt, v))
+        layout = Layout(tuple(ref.shape), (1, 0), tuple(reversed(ref.shape))) if v.layout == "T" else None
+        rows.append((name, LM_PREFIX + path, layer_name, keras_shape(v, tuple(ref.shape)), dt, ref, layout))
     rows.sort(key=lambda r: r[1])
-    sizes = [(r[0], target_nbytes(refs[r[0]], r[4])) for r in rows]
-    out = ShardedOutput(sizes, options.max_shard_size or DEFAULT_MAX_SHARD, WEIGHTS, "model_{index:05d}.weights.h5")
-    by_name = {r[0]: r for r in rows}
-    os.makedirs(dest)
-    for fname, shard in out:
-        file = os.path.join(dest, fname)
-        offsets = _create_h5(file, [by_name[n][:5] for n in shard])
-        starts = [offsets[by_name[n][1]] for n in shard]
-        jobs = []
-        for n in shard:
-            ref, v = refs[n], by_name[n][5]
-            layout = Layout(tuple(ref.shape), (1, 0), tuple(reversed(ref.shape))) if v.layout == "T" else None
-            jobs.append(((n, ref, by_name[n][4], layout), by_name[n][1]))
-        fill_h5(file, fname, jobs, offsets, out, options.final if starts == sorted(starts) else None, progress)
-    if out.sharded:  # keras-hub writes the total as a float and indents by 4, without a final newline
-        out.write_index(dest, SHARD_INDEX, indent=4, newline=False, total_size=float(out.total_size))
-    backbone = keras_config(hf_cfg, declared)
-    with open(os.path.join(dest, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(backbone, f, indent=4)
+    write_preset(ckpt, dest, options, progress, rows, keras_config(hf_cfg, declared), declared,
+                 {"bos_token_id": spec.bos_token_id, "eos_token_id": spec.eos_token_id}, DEFAULT_MAX_SHARD,
+                 _block_vars, groups={LM_PREFIX + "vars": "text_model"})
 
-    # What a Keras config cannot hold, kept so that converting back restores it exactly.
-    write_metadata(dest, spec.num_parameters, ["CausalLM"], {"bos_token_id": spec.bos_token_id,
-                                                             "eos_token_id": spec.eos_token_id,
-                                                             "converted_from": ckpt.format})
-    if ckpt.tokenizer is None:
-        options.notes.append("the source has no tokenizer: weights and config converted, no tokenizer files "
-                             "written (Backbone.from_preset works, CausalLM.from_preset needs a tokenizer)")
-    else:
-        options.notes.extend(write_keras_tokenizer(ckpt.tokenizer, dest, spec.family, declared, backbone))
 
 __all__ = ["VARS", "KerasVar", "LM_PREFIX", "BACKBONE", "MODULE", "keras_var", "hf_name_of", "keras_shape",
            "block_group", "keras_config", "hf_config", "keras_problems", "shared_layers",

@@ -348,41 +348,10 @@ def read(path: str, cfg: dict[str, Any], config_path: str) -> Any:
                       ignored=ignored, config=cfg, files=present + files, assumed=assumed)
 
 
-def _create_h5(file: str, entries: list[tuple[str, str, tuple[int, ...], str, Any]]) -> dict[str, int]:
-    """The H5 file with every dataset allocated (contiguous, early) but unwritten, and the layer names Keras
-    writes; returns dataset path -> byte offset. entries: (H5 path, layer name, shape, dtype, source ref). A scalar
-    (a block's layer_scalar: HDF5 stores it inside its header, at no offset) is written here and has no offset."""
-    import h5py
-    import numpy as np
-
-    from ..dtypes import numpy_dtype
-
-    offsets: dict[str, int] = {}
-    with h5py.File(file, "w") as f:
-        for path, layer_name, shape, dtype, ref in entries:
-            h5dtype = np.dtype("V2") if dtype == "bfloat16" else np.dtype(dtype)  # bfloat16: opaque, tagged
-            if shape == ():
-                value = np.asarray(ref.load()).astype(numpy_dtype(dtype)).reshape(())
-                ds = f.create_dataset(path, data=value.view(h5dtype) if dtype == "bfloat16" else value)
-            else:
-                dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-                dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-                dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-                ds = f.create_dataset(path, shape=shape, dtype=h5dtype, dcpl=dcpl)
-            if dtype == "bfloat16":
-                ds.attrs["dtype"] = "bfloat16"
-            f[path.rsplit("/", 1)[0]].attrs["name"] = layer_name
-            m = _BLOCK_RE.match(path)
-            if m:
-                f.require_group(block_group(int(m.group(1) or 0)) + "/vars").attrs["name"] = \
-                    f"decoder_block_{int(m.group(1) or 0)}"
-            if shape == ():
-                continue
-            offset = ds.id.get_offset()
-            if offset is None:  # pragma: no cover - early allocation guarantees an offset
-                raise RuntimeError(f"no storage allocated for {path}")
-            offsets[path] = offset
-    return offsets
+def _block_vars(path: str) -> tuple[str, str] | None:
+    """The `vars` group of the decoder block an H5 path lies in, and the name Keras gives it (None: not in one)."""
+    m = _BLOCK_RE.match(path)
+    return (block_group(int(m.group(1) or 0)) + "/vars", f"decoder_block_{int(m.group(1) or 0)}") if m else None
 
 
 def _half(ref: Any, part: str) -> Any:
@@ -444,14 +413,9 @@ DEFAULT_MAX_SHARD = 10 * 10**9  # keras-hub's save_to_preset default (10 GB)
 def write(ckpt: Any, dest: str, options: Any, progress: Any) -> None:
     """Write a Gemma 4 checkpoint as a keras-hub Gemma4Backbone preset: config.json, model.weights.h5 (or shards
     and model.weights.json), metadata.json and, with a tokenizer, the CausalLM files."""
-    import json
-    import os
-
-    from ..tensorio import ShardedOutput, target_nbytes
     from . import hf as hf_format
     from .keras import refuse_unless_forced
-    from .keras_h5 import SHARD_INDEX, WEIGHTS, fill_h5
-    from .keras_preset import write_keras_tokenizer, write_metadata
+    from .keras_preset import write_preset
 
     spec = ckpt.spec
     hf_cfg = hf_format.config_dict(spec)
@@ -468,37 +432,11 @@ def write(ckpt: Any, dest: str, options: Any, progress: Any) -> None:
                      for i in range(spec.num_layers)})
         options.notes.append(f"the source stores no layer_scalar (transformers runs 1 on every layer): written as 1 "
                              f"on each of the {spec.num_layers} blocks, where keras-hub keeps one")
-    rows = plan(spec, refs)
-    dtypes = {r[0]: options.float_dtype(r[4]) for r in rows}
-    sizes = [(r[0], target_nbytes(r[4], dtypes[r[0]])) for r in rows]
-    out = ShardedOutput(sizes, options.max_shard_size or DEFAULT_MAX_SHARD, WEIGHTS, "model_{index:05d}.weights.h5")
-    by_key = {r[0]: r for r in rows}
-    os.makedirs(dest)
-    for fname, shard in out:
-        file = os.path.join(dest, fname)
-        offsets = _create_h5(file, [(by_key[k][1], by_key[k][2], by_key[k][3], dtypes[k], by_key[k][4])
-                                    for k in shard])
-        streamed = [k for k in shard if by_key[k][1] in offsets]
-        for k in shard:
-            if k not in streamed:  # written with the file's metadata
-                out.record("/" + by_key[k][1].rsplit("/", 1)[0], fname)
-        starts = [offsets[by_key[k][1]] for k in streamed]
-        jobs = [((k, by_key[k][4], dtypes[k], by_key[k][5]), by_key[k][1]) for k in streamed]
-        fill_h5(file, fname, jobs, offsets, out, options.final if starts == sorted(starts) else None, progress)
-    if out.sharded:  # keras-hub writes the total as a float and indents by 4, without a final newline
-        out.write_index(dest, SHARD_INDEX, indent=4, newline=False, total_size=float(out.total_size))
-    backbone = keras_config(hf_cfg, declared)
-    with open(os.path.join(dest, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(backbone, f, indent=4)
-    # What a Keras config cannot hold, kept so that converting back restores it exactly.
-    write_metadata(dest, spec.num_parameters, ["CausalLM"], {
+    rows = [(k, path, name, shape, options.float_dtype(ref), ref, layout)
+            for k, path, name, shape, ref, layout in plan(spec, refs)]
+    write_preset(ckpt, dest, options, progress, rows, keras_config(hf_cfg, declared), declared, {
         "max_position_embeddings": spec.max_position_embeddings, "bos_token_id": spec.bos_token_id,
-        "eos_token_id": spec.eos_token_id, "pad_token_id": spec.pad_token_id, "converted_from": ckpt.format})
-    if ckpt.tokenizer is None:
-        options.notes.append("the source has no tokenizer: weights and config converted, no tokenizer files "
-                             "written (Backbone.from_preset works, CausalLM.from_preset needs a tokenizer)")
-    else:
-        options.notes.extend(write_keras_tokenizer(ckpt.tokenizer, dest, spec.family, declared, backbone))
+        "eos_token_id": spec.eos_token_id, "pad_token_id": spec.pad_token_id}, DEFAULT_MAX_SHARD, _block_vars)
 
 
 # ----------------------------------------------------------------------------- a built backbone's variables

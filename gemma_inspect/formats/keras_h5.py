@@ -238,6 +238,46 @@ def preset_vars(path: str) -> tuple[dict[str, H5Var], dict[str, str], list[str],
     raise InputError(path, f"no {WEIGHTS} or {SHARD_INDEX} in this Keras preset")
 
 
+def create_h5(file: str, entries: list[tuple[str, str, tuple[str, str] | None, tuple[int, ...], str, Any]],
+              groups: dict[str, str] | None = None) -> dict[str, int]:
+    """Create a Keras weights file with every dataset allocated (contiguous, early) but unwritten, and the layer
+    names Keras writes; returns dataset path -> byte offset, where the bytes are then streamed without h5py.
+
+    entries: (H5 path, layer name, the block's (vars group, name) or None, shape, dtype, source) - Keras loads
+    weights by path alone; the names (`attrs['name']`) are written as Keras does, so that the file reads back
+    through the same mapping. bfloat16 is stored opaque (|V2) and tagged, as Keras does. A scalar (Gemma 4's
+    layer_scalar: HDF5 keeps it inside its header, at no offset) is written here from `source.load()` and has no
+    offset. `groups`: group path -> name, named before the datasets (Gemma 3n's text model)."""
+    import h5py
+
+    offsets: dict[str, int] = {}
+    with h5py.File(file, "w") as f:
+        for group, name in (groups or {}).items():
+            f.require_group(group).attrs["name"] = name
+        for path, layer_name, block, shape, dtype, source in entries:
+            h5dtype = np.dtype("V2") if dtype == "bfloat16" else np.dtype(dtype)
+            if shape == ():
+                value = np.asarray(source.load()).astype(numpy_dtype(dtype)).reshape(())
+                ds = f.create_dataset(path, data=value.view(h5dtype) if dtype == "bfloat16" else value)
+            else:
+                dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+                dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+                dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+                ds = f.create_dataset(path, shape=shape, dtype=h5dtype, dcpl=dcpl)
+            if dtype == "bfloat16":
+                ds.attrs["dtype"] = "bfloat16"
+            f[path.rsplit("/", 1)[0]].attrs["name"] = layer_name
+            if block is not None:
+                f.require_group(block[0]).attrs["name"] = block[1]
+            if shape == ():
+                continue
+            offset = ds.id.get_offset()
+            if offset is None:  # pragma: no cover - early allocation guarantees an offset
+                raise RuntimeError(f"no storage allocated for {path}")
+            offsets[path] = offset
+    return offsets
+
+
 def fill_h5(file: str, fname: str, jobs: list[tuple[str, Any, str, Any]], offsets: dict[str, int], out: Any,
             final: Any, progress: Any) -> None:
     """Write each job's bytes at its dataset's offset in an H5 file whose metadata h5py has written and closed

@@ -92,3 +92,45 @@ def write_metadata(dest: str, parameters: int, tasks: list[str], kept: dict[str,
             "tasks": tasks, "gemma_inspect": kept}
     with open(os.path.join(dest, "metadata.json"), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=4)
+
+
+def write_preset(ckpt: Any, dest: str, options: Any, progress: Any, rows: list[tuple[Any, ...]],
+                 backbone: dict[str, Any], declared: str, kept: dict[str, Any], max_shard: int,
+                 block_vars: Any, groups: dict[str, str] | None = None) -> None:
+    """Write a planned keras-hub preset (the writers of Gemma 3n's and Gemma 4's backbones): the weights file(s)
+    in keras-hub's order, sharded as keras-hub shards (model.weights.json), config.json, metadata.json (`kept`: what
+    a Keras config cannot hold) and, with a tokenizer, the CausalLM files.
+
+    rows: (key, H5 path, layer name, Keras shape, dtype, source ref, layout) per variable, in file order;
+    block_vars(path): the block's vars group and name (keras_h5.create_h5)."""
+    import json
+
+    from ..tensorio import ShardedOutput, target_nbytes
+    from .keras_h5 import SHARD_INDEX, WEIGHTS, create_h5, fill_h5
+
+    sizes = [(r[0], target_nbytes(r[5], r[4])) for r in rows]
+    out = ShardedOutput(sizes, options.max_shard_size or max_shard, WEIGHTS, "model_{index:05d}.weights.h5")
+    by_key = {r[0]: r for r in rows}
+    os.makedirs(dest)
+    for fname, shard in out:
+        file = os.path.join(dest, fname)
+        offsets = create_h5(file, [(by_key[k][1], by_key[k][2], block_vars(by_key[k][1]), *by_key[k][3:6])
+                                   for k in shard], groups=groups)
+        streamed = [k for k in shard if by_key[k][1] in offsets]
+        for k in shard:
+            if k not in streamed:  # a scalar, written with the file's metadata
+                out.record("/" + by_key[k][1].rsplit("/", 1)[0], fname)
+        starts = [offsets[by_key[k][1]] for k in streamed]
+        jobs = [((k, by_key[k][5], by_key[k][4], by_key[k][6]), by_key[k][1]) for k in streamed]
+        fill_h5(file, fname, jobs, offsets, out, options.final if starts == sorted(starts) else None, progress)
+    if out.sharded:  # keras-hub writes the total as a float and indents by 4, without a final newline
+        out.write_index(dest, SHARD_INDEX, indent=4, newline=False, total_size=float(out.total_size))
+    with open(os.path.join(dest, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(backbone, f, indent=4)
+    write_metadata(dest, ckpt.spec.num_parameters, ["CausalLM"], {**kept, "converted_from": ckpt.format})
+    if ckpt.tokenizer is None:
+        options.notes.append("the source has no tokenizer: weights and config converted, no tokenizer files "
+                             "written (Backbone.from_preset works, CausalLM.from_preset needs a tokenizer)")
+    else:
+        options.notes.extend(write_keras_tokenizer(ckpt.tokenizer, dest, ckpt.spec.family, declared, backbone))
+
