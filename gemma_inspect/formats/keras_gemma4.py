@@ -270,21 +270,13 @@ KEPT = ("max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id
 def read(path: str, cfg: dict[str, Any], config_path: str) -> Any:
     """A Gemma4Backbone preset directory -> Checkpoint (the text decoder; a multimodal preset's encoders are
     reported as ignored)."""
-    import os
-
-    from ..checkpoint import Checkpoint, check_against_spec, expected_tensors
-    from ..tokenizer import find_tokenizer
+    from ..checkpoint import check_against_spec, expected_tensors
     from . import hf as hf_format
-    from .common import most_common, read_json_object
-    from .keras_h5 import SHARD_INDEX, preset_vars
+    from .common import most_common
+    from .keras_h5 import preset_vars
+    from .keras_preset import kept_values, preset_checkpoint, text_decoder_only
 
-    restore: dict[str, Any] = {}
-    meta_path = os.path.join(path, "metadata.json")
-    if os.path.exists(meta_path):
-        kept = read_json_object(meta_path, "metadata.json").get("gemma_inspect")
-        if isinstance(kept, dict):
-            restore = {k: kept[k] for k in KEPT if isinstance(kept.get(k), int) and not isinstance(kept[k], bool)
-                       and kept[k] >= 0}
+    restore = kept_values(path, KEPT)
     hf_cfg, notes = hf_config(cfg, config_path, restore)
     datasets, names, files, where = preset_vars(path)
     if "dtype" not in hf_cfg:
@@ -293,10 +285,7 @@ def read(path: str, cfg: dict[str, Any], config_path: str) -> Any:
     notes += more
     mapped, other = map_datasets(datasets, names, where)
     multimodal = bool(cfg["config"].get("vision_encoder") or cfg["config"].get("audio_encoder"))
-    if other and not multimodal:
-        extra = sorted(other)
-        raise InputError(where, f"datasets that are no {BACKBONE} text-decoder weight: {', '.join(extra[:3])}"
-                                + (f" (and {len(extra) - 3} more)" if len(extra) > 3 else ""))
+    text_decoder_only(other, multimodal, where, BACKBONE)
     tensors: dict[str, Any] = {}
     ignored = {k: (v.shape, v.dtype) for k, v in other.items()}
     halves: dict[str, dict[str, Any]] = {}
@@ -338,14 +327,7 @@ def read(path: str, cfg: dict[str, Any], config_path: str) -> Any:
             raise InputError(var.file, f"{var.path} has shape {list(var.shape)} but {config_path} implies "
                                        f"{list(want)}")
     tensors = {n: tensors[n] for n in expected}
-    tokenizer = find_tokenizer(path, hf_json=False)
-    present = [os.path.join(path, f) for f in ("config.json", "metadata.json", "tokenizer.json", "preprocessor.json",
-                                               "task.json", SHARD_INDEX) if os.path.exists(os.path.join(path, f))]
-    if tokenizer is not None and tokenizer.spm_path:
-        present.append(tokenizer.spm_path)
-    assumed = frozenset(k for k in KEPT if k not in restore)
-    return Checkpoint(spec=spec, tensors=tensors, source=path, format="keras", tokenizer=tokenizer, notes=notes,
-                      ignored=ignored, config=cfg, files=present + files, assumed=assumed)
+    return preset_checkpoint(path, cfg, spec, tensors, notes, ignored, files, KEPT, restore)
 
 
 def _block_vars(path: str) -> tuple[str, str] | None:

@@ -134,3 +134,45 @@ def write_preset(ckpt: Any, dest: str, options: Any, progress: Any, rows: list[t
     else:
         options.notes.extend(write_keras_tokenizer(ckpt.tokenizer, dest, ckpt.spec.family, declared, backbone))
 
+
+def kept_values(path: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """What our writer kept in metadata.json (under "gemma_inspect") of `keys`, the values a Keras config cannot hold:
+    non-negative integers only, anything else left out (the reader then assumes it and says so)."""
+    from .common import read_json_object
+
+    meta_path = os.path.join(path, "metadata.json")
+    if not os.path.exists(meta_path):
+        return {}
+    kept = read_json_object(meta_path, "metadata.json").get("gemma_inspect")
+    if not isinstance(kept, dict):
+        return {}
+    return {k: kept[k] for k in keys if isinstance(kept.get(k), int) and not isinstance(kept[k], bool) and kept[k] >= 0}
+
+
+def text_decoder_only(other: dict[str, Any], multimodal: bool, where: str, backbone: str) -> None:
+    """Datasets that are no text-decoder weight are an error, unless the preset declares encoders (then ignored)."""
+    from ..errors import InputError
+
+    if other and not multimodal:
+        extra = sorted(other)
+        raise InputError(where, f"datasets that are no {backbone} text-decoder weight: {', '.join(extra[:3])}"
+                                + (f" (and {len(extra) - 3} more)" if len(extra) > 3 else ""))
+
+
+def preset_checkpoint(path: str, cfg: dict[str, Any], spec: Any, tensors: dict[str, Any], notes: list[str],
+                      ignored: dict[str, Any], files: list[str], keys: tuple[str, ...], restore: dict[str, Any]) -> Any:
+    """The Checkpoint of a planned backbone's preset (Gemma 3n, Gemma 4): its tokenizer, the files it consists of,
+    and which of `keys` were assumed (not in metadata.json)."""
+    from ..checkpoint import Checkpoint
+    from ..tokenizer import find_tokenizer
+    from .keras_h5 import SHARD_INDEX
+
+    tokenizer = find_tokenizer(path, hf_json=False)
+    present = [os.path.join(path, f) for f in ("config.json", "metadata.json", "tokenizer.json", "preprocessor.json",
+                                               "task.json", SHARD_INDEX) if os.path.exists(os.path.join(path, f))]
+    if tokenizer is not None and tokenizer.spm_path:
+        present.append(tokenizer.spm_path)
+    assumed = frozenset(k for k in keys if k not in restore)
+    return Checkpoint(spec=spec, tensors=tensors, source=path, format="keras", tokenizer=tokenizer, notes=notes,
+                      ignored=ignored, config=cfg, files=present + files, assumed=assumed)
+
