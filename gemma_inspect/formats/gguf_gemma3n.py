@@ -183,24 +183,13 @@ def hf_config(header: Any, path: str) -> tuple[dict[str, Any], list[str], set[st
     the config keys the file does not store (filled as llama.cpp fills them)."""
     import gguf
 
-    from .gguf_header import Meta
+    from .gguf_header import Meta, decoder_basics
 
     K = gguf.Keys
-    m = Meta(header, path, ARCH)
+    m, tensors, embed, n, hidden = decoder_basics(header, path, ARCH)
     md = header.metadata
     notes: list[str] = []
     assumed: set[str] = set()
-    tensors = {t.name: t for t in header.tensors}
-    embed = tensors.get("token_embd.weight")
-    if embed is None:
-        raise InputError(path, "no token_embd.weight tensor")
-    n = m.integer(K.LLM.BLOCK_COUNT)
-    from .common import MAX_LAYERS
-
-    if n > MAX_LAYERS:
-        raise InputError(path, f"metadata {m.key(K.LLM.BLOCK_COUNT)!r} is {n}, more than the {MAX_LAYERS} this tool "
-                               f"accepts")
-    hidden = m.integer(K.LLM.EMBEDDING_LENGTH)
     ffn = md.get(_k(K.LLM.FEED_FORWARD_LENGTH))
     if isinstance(ffn, np.ndarray):
         if ffn.size != n or ffn.dtype.kind not in "iu" or (ffn <= 0).any():

@@ -360,6 +360,26 @@ class Meta:
 
 
 # ----------------------------------------------------------------------------- tensors
+def decoder_basics(header: Header, path: str, arch: str) -> tuple[Meta, dict[str, TensorInfo], TensorInfo, int, int]:
+    """What every architecture's metadata reader starts from: the metadata reader, the tensors by name, the token
+    embedding (which must exist), the block count (bounded) and the embedding width."""
+    import gguf
+
+    from .common import MAX_LAYERS
+
+    K = gguf.Keys
+    m = Meta(header, path, arch)
+    tensors = {t.name: t for t in header.tensors}
+    embed = tensors.get("token_embd.weight")
+    if embed is None:
+        raise InputError(path, "no token_embd.weight tensor")
+    n = m.integer(K.LLM.BLOCK_COUNT)
+    if n > MAX_LAYERS:
+        raise InputError(path, f"metadata {m.key(K.LLM.BLOCK_COUNT)!r} is {n}, more than the {MAX_LAYERS} this tool "
+                               f"accepts")
+    return m, tensors, embed, n, m.integer(K.LLM.EMBEDDING_LENGTH)
+
+
 def read_raw(path: str, start: int, nbytes: int) -> np.ndarray:
     from .safetensors_io import read_at
 
