@@ -81,12 +81,7 @@ class Attention(nn.Module):
             kk = R.apply_rope(self.k_norm(self.k_proj(x).view(b, t, k, d).transpose(1, 2)), cos, sin)  # [B, K, T, D]
             v = R.plain_rms_norm(self.v_proj(x).view(b, t, k, d).transpose(1, 2), spec.rms_norm_eps)  # [B, K, T, D]
             kv[self.layer] = (kk, v)
-        kk = kk.repeat_interleave(spec.queries_per_kv_head, dim=1)
-        v = v.repeat_interleave(spec.queries_per_kv_head, dim=1)
-        scores = (q @ kk.transpose(-1, -2)) * spec.query_scale  # query_scale 1: unscaled
-        scores = scores.masked_fill(~R.attention_mask(spec, self.layer, t, x.device), float("-inf"))
-        probs = torch.softmax(R._wide(scores), dim=-1).to(x.dtype)
-        return self.o_proj((probs @ v).transpose(1, 2).reshape(b, t, h * d))
+        return self.o_proj(R.attend(spec, self.layer, q, kk, v, spec.query_scale))  # query_scale 1: unscaled
 
 
 class FeedForward(nn.Module):

@@ -110,12 +110,7 @@ class Attention(nn.Module):
             kk = R.apply_rope(self.k_norm(raw_k), cos, sin)
             v = self.v_norm(raw_v)  # K=V: the raw K projection, not the normed, rotated K
             kv[self.layer] = (kk, v)
-        kk = kk.repeat_interleave(h // kk.shape[1], dim=1)
-        v = v.repeat_interleave(h // v.shape[1], dim=1)
-        scores = q @ kk.transpose(-1, -2)  # scaling 1.0: q_norm and k_norm set the size; no soft cap
-        scores = scores.masked_fill(~R.attention_mask(spec, self.layer, t, x.device), float("-inf"))
-        probs = torch.softmax(R._wide(scores), dim=-1).to(x.dtype)
-        return self.o_proj((probs @ v).transpose(1, 2).reshape(b, t, h * d))
+        return self.o_proj(R.attend(spec, self.layer, q, kk, v))  # scaling 1.0: q/k norms set the size; no cap
 
 
 class FeedForward(nn.Module):

@@ -234,19 +234,24 @@ class Attention(nn.Module):
         cos, sin = rope_cos_sin(spec, self.layer, positions, x.dtype)
         q, kk = apply_rope(q, cos, sin), apply_rope(kk, cos, sin)
 
-        # Share each K/V head among H / K query heads: [B, K, T, D] -> [B, H, T, D].
-        kk = kk.repeat_interleave(spec.queries_per_kv_head, dim=1)
-        v = v.repeat_interleave(spec.queries_per_kv_head, dim=1)
-
         # Queries are scaled by query_pre_attn_scalar ** -0.5: head_dim for most models, but d / H for the
-        # Gemma 2 27B (144) and Gemma 3 27B (168).
-        scores = (q @ kk.transpose(-1, -2)) * spec.query_scale  # [B, H, T, T]
-        # Gemma 2 soft-caps the attention logits (c = 50) before the mask and the softmax.
-        scores = soft_cap(scores, spec.attention_logit_softcap)
-        scores = scores.masked_fill(~attention_mask(spec, self.layer, t, x.device), float("-inf"))
-        probs = torch.softmax(_wide(scores), dim=-1).to(x.dtype)  # softmax in float32 (or float64)
-        out = (probs @ v).transpose(1, 2).reshape(b, t, h * d)  # [B, T, H*D]; H*D need not equal d
+        # Gemma 2 27B (144) and Gemma 3 27B (168); Gemma 2 soft-caps the attention logits (c = 50).
+        out = attend(spec, self.layer, q, kk, v, spec.query_scale, spec.attention_logit_softcap)  # [B, T, H*D]
         return self.o_proj(out)  # [B, T, d]
+
+
+def attend(spec: GemmaSpec, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0,
+           cap: float | None = None) -> torch.Tensor:
+    """Attention of queries [B, H, T, D] over keys and values [B, K, T, D]: softmax(mask(cap(q k^T x scale))) v,
+    each K/V head shared among H / K query heads; returns [B, T, H*D] (H*D need not equal d)."""
+    b, h, t, d = q.shape
+    k = k.repeat_interleave(h // k.shape[1], dim=1)  # [B, K, T, D] -> [B, H, T, D]
+    v = v.repeat_interleave(h // v.shape[1], dim=1)
+    scores = (q @ k.transpose(-1, -2)) * scale  # [B, H, T, T]
+    scores = soft_cap(scores, cap)  # before the mask and the softmax
+    scores = scores.masked_fill(~attention_mask(spec, layer, t, q.device), float("-inf"))
+    probs = torch.softmax(_wide(scores), dim=-1).to(q.dtype)  # softmax in float32 (or float64)
+    return (probs @ v).transpose(1, 2).reshape(b, t, h * d)
 
 
 class FeedForward(nn.Module):
