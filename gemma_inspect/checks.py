@@ -177,9 +177,11 @@ def block_branches(graph: dict[str, Any]) -> list[dict[str, Any]]:
                 (post.get("input") == exit_["output"] or _merged_into(producers, post, exit_))):
             post = None
         direct = exit_ is not None and r["branch"] == exit_["output"]
+        mods = [n["name"] for n in segment if n["kind"] == "module"]  # an unknown branch: what it runs, by name
         branches.append({"kind": kind, "pre": pre["name"] if pre else None, "post": post["name"] if post else None,
                          "module": exit_["name"] if exit_ and exit_ is entry else
-                         (f"{entry['name']} .. {exit_['name']}" if entry and exit_ else None),
+                         (f"{entry['name']} .. {exit_['name']}" if entry and exit_ else
+                          (f"{mods[0]} .. {mods[-1]}" if len(mods) > 1 else (mods[0] if mods else None))),
                          "stream": r["stream"], "output": r["output"], "resolved": bool(post or direct)})
     return branches
 
@@ -223,7 +225,8 @@ def norm_placement(ctx: Context) -> Record:
     parts = []
     for b in every:
         chain = [b["pre"], b["module"], b["post"]]
-        parts.append(f"{b['kind']}: " + " -> ".join(c for c in chain if c) + f" -> + {b['stream']}")
+        label = "other branch" if b["kind"] == "unknown" else b["kind"]
+        parts.append(f"{label}: " + " -> ".join(c for c in chain if c) + f" -> + {b['stream']}")
     evidence = f"{graph['block']} ({graph['class']}): " + "; ".join(parts) if parts else \
         f"{graph['block']}: no residual addition seen"
     kinds = sorted(b["kind"] for b in branches)
