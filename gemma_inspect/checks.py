@@ -68,26 +68,6 @@ CHECKS: dict[str, CheckFn] = {}
 FAMILY_CHECKS: dict[str, CheckFn] = {}
 
 
-# What a family's own checks need beyond `observe`: a pass of their own over the loaded model, `fn(ckpt, model, ids)`
-# (checks_gemma4.py), run by verify while the model is loaded when the family row lists one of `checks`; its result
-# is kept in Observation.family under the observer's name.
-FAMILY_OBSERVERS: dict[str, tuple[tuple[str, ...], Callable[..., Any]]] = {}
-
-
-def register_observer(name: str, checks: tuple[str, ...]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        FAMILY_OBSERVERS[name] = (checks, fn)
-        return fn
-    return wrap
-
-
-def family_observations(ckpt: "Checkpoint", model: Any, ids: list[int]) -> dict[str, Any]:
-    """Every observer's result that the checkpoint's family row needs (by the checks it lists)."""
-    row = FAMILY_TABLE.get(ckpt.spec.family)
-    wanted = set(row.checks) if row is not None else set()
-    return {name: fn(ckpt, model, ids) for name, (checks, fn) in FAMILY_OBSERVERS.items() if wanted & set(checks)}
-
-
 def register(name: str, family_only: bool = False) -> Callable[[CheckFn], CheckFn]:
     """Register `fn(ctx) -> record` as the check `name` (after the ones registered before it); `family_only`: run
     only for the families whose row lists it."""
@@ -177,11 +157,10 @@ def block_branches(graph: dict[str, Any]) -> list[dict[str, Any]]:
                 (post.get("input") == exit_["output"] or _merged_into(producers, post, exit_))):
             post = None
         direct = exit_ is not None and r["branch"] == exit_["output"]
-        mods = [n["name"] for n in segment if n["kind"] == "module"]  # an unknown branch: what it runs, by name
+        mods = [n["name"] for n in segment if n["kind"] == "module"]  # an unknown branch is named by these
         branches.append({"kind": kind, "pre": pre["name"] if pre else None, "post": post["name"] if post else None,
-                         "module": exit_["name"] if exit_ and exit_ is entry else
-                         (f"{entry['name']} .. {exit_['name']}" if entry and exit_ else
-                          (f"{mods[0]} .. {mods[-1]}" if len(mods) > 1 else (mods[0] if mods else None))),
+                         "module": exit_["name"] if exit_ and exit_ is entry else f"{entry['name']} .. {exit_['name']}"
+                         if entry and exit_ else " .. ".join(dict.fromkeys([*mods[:1], *mods[-1:]])) or None,
                          "stream": r["stream"], "output": r["output"], "resolved": bool(post or direct)})
     return branches
 
@@ -225,8 +204,8 @@ def norm_placement(ctx: Context) -> Record:
     parts = []
     for b in every:
         chain = [b["pre"], b["module"], b["post"]]
-        label = "other branch" if b["kind"] == "unknown" else b["kind"]
-        parts.append(f"{label}: " + " -> ".join(c for c in chain if c) + f" -> + {b['stream']}")
+        parts.append(f"{'other branch' if b['kind'] == 'unknown' else b['kind']}: " + " -> ".join(c for c in chain if c)
+                     + f" -> + {b['stream']}")
     evidence = f"{graph['block']} ({graph['class']}): " + "; ".join(parts) if parts else \
         f"{graph['block']}: no residual addition seen"
     kinds = sorted(b["kind"] for b in branches)

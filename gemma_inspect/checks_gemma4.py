@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .checks import Context, _g, _heads, _tol, register, register_observer
+from .checks import Context, _g, _heads, _tol, register
+from .observation import register_observer
 from .findings import Record, check
 from .observation import MASKED
 from .spec import FULL, SLIDING

@@ -23,7 +23,7 @@ Tensors in an Observation are CPU float64 (or the runtime's dtype where the chec
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from .trace import is_norm
 
@@ -133,7 +133,7 @@ class Observation:
     # every block's activation probe (block 0's is `activation`), by block index
     layer_activations: dict[int, ActivationObservation] = field(default_factory=dict)
     block_values: BlockValues | None = None  # AltUp / LAuReL models only
-    family: dict[str, Any] = field(default_factory=dict)  # a family observer's own pass (checks.FAMILY_OBSERVERS)
+    family: dict[str, Any] = field(default_factory=dict)  # a family observer's own pass (FAMILY_OBSERVERS)
 
 
 def observe(model: Any, ids: list[int]) -> Observation:
@@ -358,5 +358,28 @@ def _tied_observation(an: Any, final: Any, logits: Any) -> TiedObservation:
                            shares_storage=bool(same), via_output=None if same else _project(h, w))
 
 
-__all__ = ["Observation", "BlockValues", "BLOCK_POINTS", "MaskObservation", "LayerScores", "EmbeddingObservation", "TiedObservation", "ActivationObservation",
-           "NormProbe", "observe", "PROBE_SCALE", "GRID", "MASKED", "TIED_POSITIONS"]
+# What a family's own checks need beyond `observe`: a pass of their own over the loaded model, `fn(ckpt, model, ids)`
+# (checks_gemma4.py), run by verify while the model is loaded when the family row lists one of `checks`; its result
+# is kept in Observation.family under the observer's name.
+FAMILY_OBSERVERS: dict[str, tuple[tuple[str, ...], Callable[..., Any]]] = {}
+
+
+def register_observer(name: str, checks: tuple[str, ...]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        FAMILY_OBSERVERS[name] = (checks, fn)
+        return fn
+    return wrap
+
+
+def family_observations(ckpt: Any, model: Any, ids: list[int]) -> dict[str, Any]:
+    """Every observer's result that the checkpoint's family row needs (by the checks it lists)."""
+    from .families import FAMILY_TABLE
+
+    row = FAMILY_TABLE.get(ckpt.spec.family)
+    wanted = set(row.checks) if row is not None else set()
+    return {name: fn(ckpt, model, ids) for name, (checks, fn) in FAMILY_OBSERVERS.items() if wanted & set(checks)}
+
+
+__all__ = ["FAMILY_OBSERVERS", "register_observer", "family_observations", "Observation", "BlockValues",
+           "BLOCK_POINTS", "MaskObservation", "LayerScores", "EmbeddingObservation", "TiedObservation",
+           "ActivationObservation", "NormProbe", "observe", "PROBE_SCALE", "GRID", "MASKED", "TIED_POSITIONS"]

@@ -22,10 +22,10 @@ from typing import Any, Callable
 
 from .checkpoint import Checkpoint
 from . import checks_gemma3n, checks_gemma4  # noqa: F401 - register Gemma 3n's and Gemma 4's own checks
-from .checks import CHECK_NAMES, architecture_checks, block_branches, family_observations, placement_of
+from .checks import CHECK_NAMES, architecture_checks, block_branches, placement_of
 from .findings import STATUSES, check
 from .lint import lint
-from .observation import Observation, observe
+from .observation import Observation, family_observations, observe
 from .spec import GemmaSpec
 
 

@@ -388,6 +388,8 @@ def _ref(name: str, var: Any, row: KerasVar) -> Any:
                      origin=f"{var.file}:{var.path}", loader=load, span=span, stored=raw)
 
 
+# The config keys that declare an encoder beside the text decoder (their weights are then set aside, not errors)
+ENCODER_KEYS = ("vision_encoder_config", "audio_encoder_config")
 # What a Keras config cannot hold, kept by our writer in metadata.json under "gemma_inspect".
 KEPT = ("bos_token_id", "eos_token_id")
 
@@ -396,24 +398,12 @@ def read(path: str, cfg: dict[str, Any], config_path: str) -> Any:
     """A Gemma3nBackbone preset directory -> Checkpoint (the text decoder; a multimodal preset's encoders are
     reported as ignored)."""
     from ..checkpoint import check_against_spec, expected_tensors
-    from . import hf as hf_format
-    from .common import most_common
-    from .keras_h5 import preset_vars
-    from .keras_preset import kept_values, preset_checkpoint, text_decoder_only
+    from .keras_preset import open_planned_preset, preset_checkpoint
 
-    restore = kept_values(path, KEPT)
-    hf_cfg, notes = hf_config(cfg, config_path, restore)
-    datasets, names, files, where = preset_vars(path)
-    if "dtype" not in hf_cfg:
-        hf_cfg["dtype"] = most_common([v.dtype for v in datasets.values()]) or "float32"
-    spec, more = hf_format.spec_from_config(hf_cfg, config_path, hf_cfg["dtype"])
-    notes += more
-    mapped, other = map_datasets(datasets, names, where)
-    multimodal = bool(cfg["config"].get("vision_encoder_config") or cfg["config"].get("audio_encoder_config"))
-    text_decoder_only(other, multimodal, where, BACKBONE)
+    restore, hf_cfg, notes, spec, files, where, mapped, ignored = open_planned_preset(
+        path, cfg, config_path, KEPT, hf_config, map_datasets, ENCODER_KEYS, BACKBONE)
     unused = unused_kv(hf_cfg)
     tensors: dict[str, Any] = {}
-    ignored = {k: (v.shape, v.dtype) for k, v in other.items()}
     set_aside = 0
     for dpath, (name, var) in mapped.items():
         if name in unused:  # built by keras-hub on a KV-shared layer, never read there

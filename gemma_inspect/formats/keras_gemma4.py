@@ -263,6 +263,8 @@ def _fused_ref(name: str, gate: Any, up: Any) -> Any:
                      origin=f"{gate.file}:{gate.path} + {up.path}", loader=load)
 
 
+# The config keys that declare an encoder beside the text decoder (their weights are then set aside, not errors)
+ENCODER_KEYS = ("vision_encoder", "audio_encoder")
 # What a Keras config cannot hold, kept by our writer in metadata.json under "gemma_inspect".
 KEPT = ("max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id")
 
@@ -271,23 +273,11 @@ def read(path: str, cfg: dict[str, Any], config_path: str) -> Any:
     """A Gemma4Backbone preset directory -> Checkpoint (the text decoder; a multimodal preset's encoders are
     reported as ignored)."""
     from ..checkpoint import check_against_spec, expected_tensors
-    from . import hf as hf_format
-    from .common import most_common
-    from .keras_h5 import preset_vars
-    from .keras_preset import kept_values, preset_checkpoint, text_decoder_only
+    from .keras_preset import open_planned_preset, preset_checkpoint
 
-    restore = kept_values(path, KEPT)
-    hf_cfg, notes = hf_config(cfg, config_path, restore)
-    datasets, names, files, where = preset_vars(path)
-    if "dtype" not in hf_cfg:
-        hf_cfg["dtype"] = most_common([v.dtype for v in datasets.values()]) or "float32"
-    spec, more = hf_format.spec_from_config(hf_cfg, config_path, hf_cfg["dtype"])
-    notes += more
-    mapped, other = map_datasets(datasets, names, where)
-    multimodal = bool(cfg["config"].get("vision_encoder") or cfg["config"].get("audio_encoder"))
-    text_decoder_only(other, multimodal, where, BACKBONE)
+    restore, hf_cfg, notes, spec, files, where, mapped, ignored = open_planned_preset(
+        path, cfg, config_path, KEPT, hf_config, map_datasets, ENCODER_KEYS, BACKBONE)
     tensors: dict[str, Any] = {}
-    ignored = {k: (v.shape, v.dtype) for k, v in other.items()}
     halves: dict[str, dict[str, Any]] = {}
     set_aside: list[int] = []
     for dpath, (row, layer, var) in sorted(mapped.items()):

@@ -176,3 +176,25 @@ def preset_checkpoint(path: str, cfg: dict[str, Any], spec: Any, tensors: dict[s
     return Checkpoint(spec=spec, tensors=tensors, source=path, format="keras", tokenizer=tokenizer, notes=notes,
                       ignored=ignored, config=cfg, files=present + files, assumed=assumed)
 
+
+def open_planned_preset(path: str, cfg: dict[str, Any], config_path: str, keys: tuple[str, ...], hf_config: Any,
+                        map_datasets: Any, encoder_keys: tuple[str, ...], backbone: str) -> tuple[Any, ...]:
+    """What the readers of Gemma 3n's and Gemma 4's presets start from: the values metadata.json kept (`keys`), the
+    HF text config the Keras config stands for (`hf_config`) and the spec read from it, the weight datasets mapped
+    by `map_datasets`, anything else an error unless the config declares an encoder (`encoder_keys`: then set
+    aside). Returns restore, hf_cfg, notes, spec, files, where, mapped, ignored."""
+    from . import hf as hf_format
+    from .common import most_common
+    from .keras_h5 import preset_vars
+
+    restore = kept_values(path, keys)
+    hf_cfg, notes = hf_config(cfg, config_path, restore)
+    datasets, names, files, where = preset_vars(path)
+    if "dtype" not in hf_cfg:
+        hf_cfg["dtype"] = most_common([v.dtype for v in datasets.values()]) or "float32"
+    spec, more = hf_format.spec_from_config(hf_cfg, config_path, hf_cfg["dtype"])
+    mapped, other = map_datasets(datasets, names, where)
+    text_decoder_only(other, any(cfg["config"].get(k) for k in encoder_keys), where, backbone)
+    return (restore, hf_cfg, notes + more, spec, files, where, mapped,
+            {k: (v.shape, v.dtype) for k, v in other.items()})
+
