@@ -511,8 +511,12 @@ def _raw(ref: "QuantizedTensorRef") -> np.ndarray:
     return out
 
 
-def _plan_tensor(ref: TensorRef, role: str, layer: int | None, options: "WriteOptions",
-                 notes: set[str], name: str | None = None) -> _Planned:
+def _plan_tensor(ref: TensorRef, role: str | None, layer: int | None, options: "WriteOptions",
+                 notes: set[str], name: str | None = None, vectors_f32: bool = False) -> _Planned:
+    """How one tensor is stored: Gemma norms (`role` in NORM_ROLES) as llama.cpp's 1 + w in float32; with
+    `vectors_f32` (an architecture whose converter keeps every vector float32, its norms as they are) any vector in
+    float32; a GGUF's quantized blocks copied as they are where the output keeps their type; otherwise the source's
+    float type (keep) or the one asked for, Q8_0 where the rows are whole blocks."""
     import gguf
 
     from ..tensorio import cast_array
@@ -530,6 +534,8 @@ def _plan_tensor(ref: TensorRef, role: str, layer: int | None, options: "WriteOp
         # llama.cpp applies Gemma norms as x * w, so it stores 1 + w, always in float32.
         return _Planned(name, shape, Q.F32, nbytes(Q.F32),
                         lambda: to_llama_cpp_norm(ref.load().astype(np.float32)))
+    if vectors_f32 and len(shape) == 1:
+        return _Planned(name, shape, Q.F32, nbytes(Q.F32), lambda: ref.load().astype(np.float32))
     want = options.dtype
     src_quant = isinstance(ref, QuantizedTensorRef) and ref.blocks is not None and ref.dtype in Q.__members__
     if want == "keep":

@@ -416,8 +416,7 @@ def plan(ckpt: Any, options: Any, notes: set[str]) -> list[_Planned]:
     their order; vectors in float32, matrices as the source or --dtype says."""
     import gguf
 
-    from .gguf import _raw
-    from .gguf_gemma3n import _plan
+    from .gguf import _plan_tensor
 
     spec = ckpt.spec
     plans: list[_Planned] = []
@@ -430,23 +429,9 @@ def plan(ckpt: Any, options: Any, notes: set[str]) -> list[_Planned]:
         gname = gguf_name_of(name)
         if gname is None:
             raise UnsupportedError(f"tensor {name} has no GGUF name in llama.cpp's gemma4")
-        if _copies_blocks(ref, options.dtype):  # GGUF -> GGUF: quantized blocks copied as they are
-            qtype = Q[ref.dtype]
-            plans.append(_Planned(gname, tuple(ref.shape), qtype, ref.nbytes, lambda ref=ref: _raw(ref)))
-            continue
-        plans.append(_plan(gname, tuple(ref.shape), ref.dtype, ref.load, len(ref.shape) == 1, options.dtype, notes))
+        # norms as they are (no role: Gemma 4 applies w), vectors in float32, a GGUF's blocks copied as they are
+        plans.append(_plan_tensor(ref, None, None, options, notes, name=gname, vectors_f32=True))
     return plans
-
-
-def _copies_blocks(ref: Any, want: str) -> bool:
-    """Whether a tensor is a GGUF's quantized blocks that the output keeps as they are (--dtype keep, or the
-    quantization asked for being theirs)."""
-    import gguf
-
-    from .gguf import QuantizedTensorRef
-
-    return (isinstance(ref, QuantizedTensorRef) and ref.blocks is not None
-            and ref.dtype in gguf.GGMLQuantizationType.__members__ and want in ("keep", ref.dtype.lower()))
 
 
 def write(ckpt: Any, dest: str, options: Any, progress: Callable[[int], None]) -> None:
