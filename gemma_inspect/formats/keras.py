@@ -27,7 +27,7 @@ from ..heads import EmbeddingHead
 from ..spec import GemmaSpec, card, card_of_shape, make_spec
 from .common import MAX_LAYERS, most_common, opt_float, read_json_object, require_int
 from .keras_embedding import embedding_head, head_problems, keras_window
-from .keras_h5 import SHARD_INDEX, WEIGHTS, H5Var, create_h5, fill_h5, preset_vars, read_var
+from .keras_h5 import DEFAULT_MAX_SHARD, SHARD_INDEX, WEIGHTS, H5Var, create_h5, fill_h5, preset_vars, read_var
 from .keras_vars import BY_PATH, HEAD_BY_NAME, HEAD_VARS, TOP_VARS, VAR_BY_ROLE, KerasVar
 
 CONFIG = "config.json"
@@ -535,7 +535,6 @@ def config_dict(spec: GemmaSpec, head: EmbeddingHead | None = None) -> dict[str,
 
 
 # ----------------------------------------------------------------------------- writing
-DEFAULT_MAX_SHARD = 10 * 10**9  # keras-hub's save_to_preset default (10 GB)
 
 
 def _role_layer(canonical: str) -> tuple[str, int | None]:

@@ -429,9 +429,6 @@ def _block_vars(path: str) -> tuple[str, str] | None:
     return (m.group(1) + "/vars", f"decoder_block_{int(m.group(2) or 0)}") if m else None
 
 
-DEFAULT_MAX_SHARD = 10 * 10**9  # keras-hub's save_to_preset default (10 GB)
-
-
 def write(ckpt: Any, dest: str, options: Any, progress: Any) -> None:
     """Write a Gemma 3n checkpoint as a keras-hub Gemma3nBackbone preset: config.json, model.weights.h5 (or shards
     and model.weights.json), metadata.json and, with a tokenizer, the CausalLM files."""
@@ -466,7 +463,7 @@ def write(ckpt: Any, dest: str, options: Any, progress: Any) -> None:
         rows.append((name, LM_PREFIX + path, layer_name, keras_shape(v, tuple(ref.shape)), dt, ref, layout))
     rows.sort(key=lambda r: r[1])
     write_preset(ckpt, dest, options, progress, rows, keras_config(hf_cfg, declared), declared,
-                 {"bos_token_id": spec.bos_token_id, "eos_token_id": spec.eos_token_id}, DEFAULT_MAX_SHARD,
+                 {"bos_token_id": spec.bos_token_id, "eos_token_id": spec.eos_token_id},
                  _block_vars, groups={LM_PREFIX + "vars": "text_model"})
 
 

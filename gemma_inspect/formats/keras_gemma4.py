@@ -379,9 +379,6 @@ def plan(spec: Any, refs: dict[str, Any]) -> list[tuple[str, str, str, tuple[int
     return rows
 
 
-DEFAULT_MAX_SHARD = 10 * 10**9  # keras-hub's save_to_preset default (10 GB)
-
-
 def write(ckpt: Any, dest: str, options: Any, progress: Any) -> None:
     """Write a Gemma 4 checkpoint as a keras-hub Gemma4Backbone preset: config.json, model.weights.h5 (or shards
     and model.weights.json), metadata.json and, with a tokenizer, the CausalLM files."""
@@ -408,7 +405,7 @@ def write(ckpt: Any, dest: str, options: Any, progress: Any) -> None:
             for k, path, name, shape, ref, layout in plan(spec, refs)]
     write_preset(ckpt, dest, options, progress, rows, keras_config(hf_cfg, declared), declared, {
         "max_position_embeddings": spec.max_position_embeddings, "bos_token_id": spec.bos_token_id,
-        "eos_token_id": spec.eos_token_id, "pad_token_id": spec.pad_token_id}, DEFAULT_MAX_SHARD, _block_vars)
+        "eos_token_id": spec.eos_token_id, "pad_token_id": spec.pad_token_id}, _block_vars)
 
 
 # ----------------------------------------------------------------------------- a built backbone's variables

@@ -36,6 +36,8 @@ class H5Var:
     offset: int | None  # byte offset of contiguous, uncompressed data; None = read through h5py
     nbytes: int
 
+DEFAULT_MAX_SHARD = 10 * 10**9  # keras-hub's save_to_preset default (10 GB): one shard size for every backbone
+
 
 def _h5_attr(oid: Any, key: str, file: str) -> Any:
     """Attribute `key` of a low-level h5py object, or None when absent; byte strings come back as str."""

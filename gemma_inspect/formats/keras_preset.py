@@ -95,8 +95,8 @@ def write_metadata(dest: str, parameters: int, tasks: list[str], kept: dict[str,
 
 
 def write_preset(ckpt: Any, dest: str, options: Any, progress: Any, rows: list[tuple[Any, ...]],
-                 backbone: dict[str, Any], declared: str, kept: dict[str, Any], max_shard: int,
-                 block_vars: Any, groups: dict[str, str] | None = None) -> None:
+                 backbone: dict[str, Any], declared: str, kept: dict[str, Any], block_vars: Any,
+                 groups: dict[str, str] | None = None) -> None:
     """Write a planned keras-hub preset (the writers of Gemma 3n's and Gemma 4's backbones): the weights file(s)
     in keras-hub's order, sharded as keras-hub shards (model.weights.json), config.json, metadata.json (`kept`: what
     a Keras config cannot hold) and, with a tokenizer, the CausalLM files.
@@ -106,10 +106,10 @@ def write_preset(ckpt: Any, dest: str, options: Any, progress: Any, rows: list[t
     import json
 
     from ..tensorio import ShardedOutput, target_nbytes
-    from .keras_h5 import SHARD_INDEX, WEIGHTS, create_h5, fill_h5
+    from .keras_h5 import DEFAULT_MAX_SHARD, SHARD_INDEX, WEIGHTS, create_h5, fill_h5
 
     sizes = [(r[0], target_nbytes(r[5], r[4])) for r in rows]
-    out = ShardedOutput(sizes, options.max_shard_size or max_shard, WEIGHTS, "model_{index:05d}.weights.h5")
+    out = ShardedOutput(sizes, options.max_shard_size or DEFAULT_MAX_SHARD, WEIGHTS, "model_{index:05d}.weights.h5")
     by_key = {r[0]: r for r in rows}
     os.makedirs(dest)
     for fname, shard in out:

@@ -113,20 +113,6 @@ class Attention(nn.Module):
         return self.o_proj(R.attend(spec, self.layer, q, kk, v))  # scaling 1.0: q/k norms set the size; no cap
 
 
-class FeedForward(nn.Module):
-    """GeGLU with this layer's width (2 x F on KV-shared layers of a double-wide model)."""
-
-    def __init__(self, spec: GemmaSpec, w: dict[str, torch.Tensor], layer: int):
-        super().__init__()
-        self.gate_proj = R.Linear(w[canonical_name("gate", layer)])
-        self.up_proj = R.Linear(w[canonical_name("up", layer)])
-        self.down_proj = R.Linear(w[canonical_name("down", layer)])
-        self.act_fn = R.Activation(spec.activation)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
-
-
 class Router(nn.Module):
     """Which k experts a token goes to, and with what weight. [N, d] -> (probabilities [N, E], weights [N, k],
     indices [N, k]) as transformers' Gemma4TextRouter returns them.
@@ -191,7 +177,7 @@ class DecoderBlock(nn.Module):
         self.self_attn = Attention(spec, w, layer)
         self.post_attention_layernorm = norm("post_attn_norm")
         self.pre_feedforward_layernorm = norm("ffn_norm")
-        self.mlp = FeedForward(spec, w, layer)
+        self.mlp = R.FeedForward(spec, w, layer)  # its width is the weights': 2 x F on double-wide layers
         self.post_feedforward_layernorm = norm("post_ffn_norm")
         self.enable_moe_block = bool(spec.moe_experts)
         if self.enable_moe_block:
