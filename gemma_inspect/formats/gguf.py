@@ -29,8 +29,8 @@ from .common import MAX_LAYERS
 # The container (header, limits, raw reads) and the vocabulary live in their own modules; the names other
 # modules and tests know are re-exported here.
 from .gguf_header import (DEQUANT_CHUNK_ELEMENTS, FLOAT_TYPES, GGML_OF_FLOAT, NON_WEIGHT_TYPES,  # noqa: F401
-                          Header, Meta, StringArray, TensorInfo, dequantize, dequantize_rows, file_type_and_config, load_float,
-                          load_float32, read_header, read_raw)
+                          Header, Meta, StringArray, TensorInfo, dequantize, dequantize_rows, file_type_and_config,
+                          load_float, load_float32, read_header, read_raw)
 from .gguf_embedding import add_head_metadata, embedding_head, head_names, head_problems, head_tensors
 from .gguf_vocab import add_tokenizer, embedded_tokenizer
 from .gguf_vocab import sentencepiece_pieces as _sentencepiece_pieces  # noqa: F401 - the names tests import
