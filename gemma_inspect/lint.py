@@ -94,21 +94,13 @@ def tied_lm_head(ckpt: "Checkpoint") -> Record | None:
 # ----------------------------------------------------------------------------- stored values
 @lint_rule("norm_weights", 40, reads="values")
 def norm_weights(ckpt: "Checkpoint") -> Record | None:
-    import numpy as np
-
-    from .checkpoint import NORM_ROLES, parse_canonical
-
     if not ckpt.spec.is_gemma:
         return None
     if ckpt.spec.norm_offset == 0:
         return _norm_weights_without_offset(ckpt)
     if ckpt.spec.norm_offset != 1:
         return None
-    means = []
-    for name, ref in ckpt.tensors.items():
-        parsed = parse_canonical(name)
-        if parsed and parsed[0] in NORM_ROLES:
-            means.append(float(np.asarray(ref.load(), dtype=np.float64).mean()))
+    means = _norm_means(ckpt)
     if not means:
         return None
     lo, hi = min(means), max(means)
