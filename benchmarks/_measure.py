@@ -85,10 +85,11 @@ class Runner:
         # deleted and the rest synced), so none of them pays for another's writes.
         os.sync()
         res = measure(cmd, env or self.env)
-        try:  # a contender that prints a JSON report (`convert --json`): its per-stage seconds
-            res["stages"] = json.loads(res.get("stdout_tail") or "null").get("stages")
+        try:  # a contender that prints a JSON report (`convert --json`): its per-stage seconds, how it wrote
+            report = json.loads(res.get("stdout_tail") or "null")
+            res["stages"], res["io"] = report.get("stages"), report.get("io")
         except (ValueError, AttributeError):
-            res["stages"] = None
+            res["stages"] = res["io"] = None
         res.pop("stdout_tail", None)
         res["output_bytes"] = du(output) if output and os.path.exists(output) else None
         if output and os.path.exists(output) and not keep:

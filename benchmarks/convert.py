@@ -3,8 +3,9 @@
 Prints the machine first (CPU model, cores, the flags that matter: sha_ni, avx2, avx512*; the transpose, import
 and hash candidates of benchmarks/kernels.py measured here), then, in one run, wall time, CPU time (user + system)
 and peak RSS of:
-  - gemma-inspect convert Keras -> HF, and HF -> Keras (default: BLAKE3 manifest; also --hash sha256 and
-    --no-manifest), with each stage's seconds (read, transform, write, hash, import of the layout kernels'
+  - gemma-inspect convert Keras -> HF, and HF -> Keras (default: BLAKE3 manifest, output written past the page
+    cache; also --hash sha256, --no-manifest and --io buffered), with each stage's seconds (read, transform,
+    write, hash, import of the layout kernels'
     library; summed over the threads that overlap them, so they do not add up to the wall time);
   - with --before DIR, the default conversions of an earlier version's package (DIR), side by side;
   - keras-hub's own path: Backbone.from_preset(keras) + export_to_transformers;
@@ -154,9 +155,11 @@ def main() -> int:
     k2h = ours("gemma-inspect convert Keras -> HF", keras_src, "ours-hf", "hf")
     k2h_sha = ours("  the same, --hash sha256", keras_src, "ours-hf-sha", "hf", "--hash", "sha256")
     k2h_nm = ours("  the same, --no-manifest", keras_src, "ours-hf-nm", "hf", "--no-manifest")
+    k2h_buf = ours("  the same, --io buffered", keras_src, "ours-hf-buf", "hf", "--io", "buffered")
     h2k = ours("gemma-inspect convert HF -> Keras", hf_src, "ours-keras", "keras")
     h2k_sha = ours("  the same, --hash sha256", hf_src, "ours-keras-sha", "keras", "--hash", "sha256")
     h2k_nm = ours("  the same, --no-manifest", hf_src, "ours-keras-nm", "keras", "--no-manifest")
+    h2k_buf = ours("  the same, --io buffered", hf_src, "ours-keras-buf", "keras", "--io", "buffered")
     b_k2h = b_h2k = None
     if before_env:
         b_k2h = ours(f"before ({args.before}): Keras -> HF", keras_src, "before-hf", "hf", env=before_env)
@@ -184,9 +187,9 @@ def main() -> int:
             return "-"
         return f"{b['seconds'] / a['seconds']:.1f}x faster"
 
-    for r, base in ((k2h, kh_k2h), (k2h_sha, kh_k2h), (k2h_nm, kh_k2h), (h2k, kh_h2k), (h2k_sha, kh_h2k),
-                    (h2k_nm, kh_h2k), (b_k2h, kh_k2h), (b_h2k, kh_h2k), (kh_k2h, None), (kh_h2k, None),
-                    (copy, None)):
+    for r, base in ((k2h, kh_k2h), (k2h_sha, kh_k2h), (k2h_nm, kh_k2h), (k2h_buf, kh_k2h), (h2k, kh_h2k),
+                    (h2k_sha, kh_h2k), (h2k_nm, kh_h2k), (h2k_buf, kh_h2k), (b_k2h, kh_k2h), (b_h2k, kh_h2k),
+                    (kh_k2h, None), (kh_h2k, None), (copy, None)):
         if r is None:
             continue
         vs_cp = f"{r['seconds'] / copy['seconds']:.1f}x cp" if r is not copy and not r["rc"] else ""

@@ -99,8 +99,8 @@ class TensorRef:
     `loader()` returns a numpy array in canonical layout and the stored dtype (bfloat16 as
     ml_dtypes.bfloat16). `chunks(max_bytes)`, when the stored layout already is the canonical one,
     yields the raw bytes in pieces so that large tensors can be copied without holding them.
-    `span` = (file, offset, nbytes) says where those raw bytes lie, so that a writer can have the kernel
-    copy them (copy_file_range) without them passing through Python at all; it implies `chunks`.
+    `span` = (file, offset, nbytes) says where those raw bytes lie, so that a writer can write them from maps of
+    the file's pages (O_DIRECT reads them in place) without copying them through Python; it implies `chunks`.
     `stored` = (file, offset, nbytes, arrays.Layout): where the bytes of a tensor stored in another layout lie,
     and the re-layout to the canonical one, so that a converter can stream it band by band.
     """

@@ -19,6 +19,7 @@ from .formats import FORMATS
 from .manifest import DEFAULT_HASH, HASHES, MANIFEST_NAME, SIBLING_SUFFIX
 from .runtimes import DEVICES, DTYPES as RUN_DTYPES, RUNTIMES
 from .spec import CARD_NAMES
+from .tensorio.options import IO_MODES
 from .terminal import printable
 
 # Every choice list, default and name list below is read from the library (formats, runtimes, manifest, spec,
@@ -389,10 +390,14 @@ def verify_cmd(source: str, runtime: str, device: str, graph: bool, as_json: boo
 @click.option("--hash", "hash_name", default=DEFAULT_HASH, show_default=True, type=click.Choice(HASHES),
               help="The manifest's hash. BLAKE3 runs at several GB/s on any CPU; SHA-256 is what the Hugging Face "
                    "hub publishes (to compare with it), at 250-290 MB/s on CPUs without SHA extensions.")
+@click.option("--io", "io_mode", default="auto", show_default=True, type=click.Choice(IO_MODES),
+              help="How output files are written. auto: files of 16 MB and more past the page cache (O_DIRECT), "
+                   "from reused buffers, where the filesystem allows it (little CPU; the write waits for the disk); "
+                   "direct: every file so; buffered: through the page cache (returns before the disk has the data).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the conversion report).")
 @_revision_option
 def convert(source: str, dest: str, to: str, dtype: str, max_shard_size: str | None, force: bool,
-            verify_after: bool, no_manifest: bool, hash_name: str, as_json: bool) -> None:
+            verify_after: bool, no_manifest: bool, hash_name: str, io_mode: str, as_json: bool) -> None:
     """Convert SOURCE into DEST in another format, streaming one tensor at a time.
 
     The output is written into a temporary sibling of DEST and renamed at the end: a failure or an
@@ -413,7 +418,7 @@ def convert(source: str, dest: str, to: str, dtype: str, max_shard_size: str | N
     ckpt = _open(source, command="convert")  # DEST stays a local path
     ckpt.require_writer(to)  # before the writer plans its tensors
     options = WriteOptions(dtype=dtype, max_shard_size=parse_size(max_shard_size), force=force,
-                           manifest=not no_manifest, hash=hash_name)
+                           manifest=not no_manifest, hash=hash_name, io=io_mode)
     from .render import byte_progress
 
     start = time.perf_counter()

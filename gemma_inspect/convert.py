@@ -28,6 +28,8 @@ from .manifest import HASH_NAMES, SIBLING_SUFFIX, Follower, manifest_path
 # Re-exported: the byte pipeline and WriteOptions moved to tensorio; callers of convert keep their imports.
 from .tensorio import (STAGES, BufferPool, Buffers, Pooled, Progress, Span, WriteOptions, cast_array,  # noqa: F401
                        plan_shards, prefetched, target_nbytes, tensor_pieces, write_pieces)
+from .tensorio.options import IO_MODES
+from .tensorio.output import output_session
 from .tensorio.stages import reset_stages, stage_times
 
 
@@ -293,13 +295,15 @@ def convert(source: Checkpoint | str, dest: str, to: str, options: WriteOptions 
 
     # The writers report into options.notes and convert() sets options.final: a run works on its own copy, so a
     # WriteOptions reused for several conversions never carries one run's notes into the next report.
-    options = dataclasses.replace(options or WriteOptions(), notes=[], final=None)
+    options = dataclasses.replace(options or WriteOptions(), notes=[])
     if to not in TARGETS:
         raise InputError(None, f"unknown target format {to!r}; choose from {', '.join(TARGETS)}")
     if options.dtype not in DTYPES:
         raise InputError(None, f"unknown dtype {options.dtype!r}; choose from {', '.join(DTYPES)}")
     if options.hash not in HASH_NAMES:
         raise InputError(None, f"unknown hash {options.hash!r}; choose from {', '.join(HASH_NAMES)}")
+    if options.io not in IO_MODES:
+        raise InputError(None, f"unknown io mode {options.io!r}; choose from {', '.join(IO_MODES)}")
     ckpt = load(source) if isinstance(source, str) else source
     if ckpt.is_card:
         raise InputError(ckpt.source, "a built-in card has no tensors to convert")
@@ -332,17 +336,18 @@ def convert(source: Checkpoint | str, dest: str, to: str, options: WriteOptions 
     manifest_file = None
     interrupt = _InterruptToException()
     try:
-        with interrupt:
-            follower = Follower(target, options.hash) if options.manifest else None
-            options.final = follower.final if follower is not None else None
+        with interrupt, output_session(options.io, options.hash if options.manifest else None) as session:
+            follower = Follower(target, options.hash, skip=session.claimed) if options.manifest else None
             try:
                 writer.write(ckpt, target, options, counted)
             except BaseException:
                 if follower is not None:
                     follower.finish(ok=False)
                 raise
+            io = session.summary()
             if follower is not None:
-                manifest_file = _write_manifest(target, to, ckpt.source, follower.finish(), options.hash)
+                streamed = {**follower.finish(), **session.digests}
+                manifest_file = _write_manifest(target, to, ckpt.source, streamed, options.hash)
             sibling = dest + SIBLING_SUFFIX
             if os.path.lexists(sibling) and options.force:  # the manifest of the output being replaced
                 _remove(sibling)
@@ -376,7 +381,7 @@ def convert(source: Checkpoint | str, dest: str, to: str, options: WriteOptions 
     return {"source": ckpt.source, "dest": dest, "format": to, "dtype": options.dtype,
             "tensors": len(ckpt.tensors) + len(ckpt.head_tensors), "bytes_written": written[0], "notes": notes,
             "source_format": ckpt.format, "source_notes": list(ckpt.notes), "manifest": manifest,
-            "stages": stage_times()}
+            "stages": stage_times(), "io": io}
 
 
 def _write_manifest(target: str, to: str, source: str, streamed: dict[str, tuple[int, str]],

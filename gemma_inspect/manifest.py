@@ -59,11 +59,12 @@ def build(output: str, fmt: str, source: str, streamed: dict[str, tuple[int, str
     from . import __version__
     from .formats import module
 
-    streamed = streamed or {}
+    streamed = {os.path.abspath(p): d for p, d in (streamed or {}).items()}
     is_dir = os.path.isdir(output)
-    root = output if is_dir else os.path.dirname(os.path.abspath(output))
+    root = os.path.abspath(output if is_dir else os.path.dirname(os.path.abspath(output)))
     names = _files_of(output) if is_dir else [os.path.basename(output)]
     paths = [os.path.join(root, n) for n in names]
+    streamed = {p: d for p, d in streamed.items() if os.path.isfile(p) and os.path.getsize(p) == d[0]}
     todo = [p for p in paths if p not in streamed]
     hashed = dict(zip(todo, hash_files(todo, algorithm)))
     written = module(fmt).read(output)

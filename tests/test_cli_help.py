@@ -74,7 +74,7 @@ def test_the_example_check_can_fail():
     assert parse_example("gemma-inspect convert a b --to GGUF --dtype Q8_0") == (
         "convert", {"source": "a", "dest": "b", "to": "gguf", "dtype": "q8_0", "max_shard_size": None,
                     "force": False, "verify_after": False, "no_manifest": False, "hash_name": "blake3",
-                    "as_json": False})
+                    "io_mode": "auto", "as_json": False})
     with pytest.raises(AssertionError, match="one Example: section expected, found 0"):
         examples("Usage: gemma-inspect x\n\n  Does x.\n")
 

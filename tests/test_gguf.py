@@ -340,7 +340,7 @@ def test_write_options_reused_for_several_conversions_carry_no_notes_over(gguf_o
     second = convert(tiny_models.get("gemma3"), str(tmp_path / "b"), "hf", options)
     note = "quantized tensors were dequantized and are stored as float32"
     assert note in first["notes"] and note not in second["notes"]
-    assert options.notes == [] and options.final is None  # the caller's object is left as it was
+    assert options.notes == [] and options.io == "auto"  # the caller's object is left as it was
 
 
 def test_gguf_to_gguf_copies_quantized_blocks_as_they_are(gguf_of, tmp_path):

@@ -600,12 +600,9 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
     for fname, shard in out:
         file = os.path.join(dest, fname)
         offsets = create_h5(file, [_h5_entry(spec, n, *by_name[n][1:4]) for n in shard])
-        # HDF5 metadata is final once h5py has closed the file; the datasets then fill in at increasing offsets,
-        # so after each tensor the file is final up to its end (the manifest hashes it meanwhile).
-        starts = [offsets[by_name[n][1]] for n in shard]
         jobs = [((n, sources[n], by_name[n][3], write_layout(spec, by_name[n][4], sources[n].shape)), by_name[n][1])
                 for n in shard]
-        fill_h5(file, fname, jobs, offsets, out, options.final if starts == sorted(starts) else None, progress)
+        fill_h5(file, fname, jobs, offsets, out, progress)
     if out.sharded:  # keras-hub writes the total as a float and indents by 4, without a final newline
         out.write_index(dest, SHARD_INDEX, indent=4, newline=False, total_size=float(out.total_size))
     backbone = config_dict(spec.replace(dtype=declared), ckpt.embedding_head)

@@ -19,12 +19,13 @@ import numpy as np
 from ..dtypes import DTYPE_BYTES
 from ..errors import InputError
 from .common import read_weight_map, safe_child
-from .safetensors_io import numpy_dtype, read_at
+from .safetensors_io import PAGE, numpy_dtype, read_at
 
 WEIGHTS = "model.weights.h5"
 SHARD_INDEX = "model.weights.json"  # sharded: H5 group path -> shard file
 MAX_EXPANSION = 1100  # deflate's ceiling is ~1032:1; HDF5's other filters stay below it
 MAX_ATTRIBUTE_BYTES = 64 * 1024
+ALIGN_THRESHOLD = 64 * 1024  # datasets at least this big start on a page (see create_h5)
 
 
 @dataclass(frozen=True)
@@ -253,7 +254,9 @@ def create_h5(file: str, entries: list[tuple[str, str, tuple[str, str] | None, t
     import h5py
 
     offsets: dict[str, int] = {}
-    with h5py.File(file, "w") as f:
+    # Datasets of 64 KiB and more start on a page: they are then written to the device straight from the
+    # pipeline's buffers (tensorio.output); HDF5 leaves the few KB between them unused.
+    with h5py.File(file, "w", alignment_threshold=ALIGN_THRESHOLD, alignment_interval=PAGE) as f:
         for group, name in (groups or {}).items():
             f.require_group(group).attrs["name"] = name
         for path, layer_name, block, shape, dtype, source in entries:
@@ -281,24 +284,20 @@ def create_h5(file: str, entries: list[tuple[str, str, tuple[str, str] | None, t
 
 
 def fill_h5(file: str, fname: str, jobs: list[tuple[str, Any, str, Any]], offsets: dict[str, int], out: Any,
-            final: Any, progress: Any) -> None:
+            progress: Any) -> None:
     """Write each job's bytes at its dataset's offset in an H5 file whose metadata h5py has written and closed
-    (datasets contiguous, at increasing offsets when `final` is given: after each tensor the file is final up to its
-    end, which `final(file, upto)` tells the manifest's hasher). A job is (name, source ref, target dtype, layout)
-    and its H5 path; `out` records each dataset's group under the file name (the shard index)."""
-    from ..tensorio import prefetched, write_pieces
+    (through tensorio.output: past the page cache where it can, and hashed in file order, HDF5's metadata between
+    the datasets read back into the hash, when the datasets lie at increasing offsets). A job is (name, source
+    ref, target dtype, layout) and its H5 path; `out` records each dataset's group under the file name (the shard
+    index)."""
+    from ..tensorio import prefetched, target_nbytes, write_pieces
+    from ..tensorio.output import open_output
 
-    if final is not None:
-        final(file, min(offsets.values()) if offsets else os.path.getsize(file))
     paths = {n: path for (n, _, _, _), path in jobs}
-    with open(file, "r+b") as f:
+    planned = sum(target_nbytes(ref, dtype) for (_, ref, dtype, _), _ in jobs)
+    with open_output(file, "r+b", size_hint=planned) as f:
         for n, pieces in prefetched([job for job, _ in jobs]):
             path = paths[n]
             f.seek(offsets[path])
             write_pieces(f, pieces, progress)
-            if final is not None:
-                f.flush()
-                final(file, f.tell())
             out.record("/" + path.rsplit("/", 1)[0], fname)
-    if final is not None:
-        final(file, os.path.getsize(file))

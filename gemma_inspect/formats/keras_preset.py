@@ -120,9 +120,8 @@ def write_preset(ckpt: Any, dest: str, options: Any, progress: Any, rows: list[t
         for k in shard:
             if k not in streamed:  # a scalar, written with the file's metadata
                 out.record("/" + by_key[k][1].rsplit("/", 1)[0], fname)
-        starts = [offsets[by_key[k][1]] for k in streamed]
         jobs = [((k, by_key[k][5], by_key[k][4], by_key[k][6]), by_key[k][1]) for k in streamed]
-        fill_h5(file, fname, jobs, offsets, out, options.final if starts == sorted(starts) else None, progress)
+        fill_h5(file, fname, jobs, offsets, out, progress)
     if out.sharded:  # keras-hub writes the total as a float and indents by 4, without a final newline
         out.write_index(dest, SHARD_INDEX, indent=4, newline=False, total_size=float(out.total_size))
     with open(os.path.join(dest, "config.json"), "w", encoding="utf-8") as f:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from ..dtypes import DTYPE_BYTES, numpy_dtype  # noqa: F401 - numpy_dtype re-exp
 from ..errors import InputError, OutputError
 from ..safeio import loads_bounded, read_bounded, regular_file
 from ..tensorio import iter_bytes, write_pieces  # noqa: F401 - iter_bytes re-exported for the readers
+from ..tensorio.output import DIRECT_MIN, PAGE, open_output
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
 # Tensors in one file: a Gemma 3 27B checkpoint holds about 1,250 in all its shards. The JSON of a header is
@@ -179,8 +180,12 @@ class SafetensorsWriter:
             offset += n
         self.data_bytes = offset
         raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)  # keep the data 8-byte aligned, as the reference writer does
-        self._f: BinaryIO = open(path, "wb")
+        # The data starts 8-byte aligned, as the reference writer pads it; a file big enough to be written past
+        # the page cache (tensorio.output) starts its data on a page, so that its tensors go to the device
+        # straight from the pipeline's buffers (the padding is spaces: JSON whitespace, as the reference pads).
+        align = PAGE if offset >= DIRECT_MIN else 8
+        raw += b" " * (-(8 + len(raw)) % align)
+        self._f: Any = open_output(path, "wb", size_hint=offset + 8 + len(raw))
         self._f.write(struct.pack("<Q", len(raw)))
         self._f.write(raw)
         self._next = 0
@@ -216,4 +221,4 @@ class SafetensorsWriter:
         if exc[0] is None:
             self.close()
         else:
-            self._f.close()
+            self._f.__exit__(*exc)  # abandoned: descriptors closed, nothing hashed

@@ -3,7 +3,8 @@
 
     pipeline   one tensor's bytes streamed through reused buffers: read, cast, re-laid-out, written
     shards     shard plans, shard file names and the index of a sharded output
-    hashing    the output files' hashes, computed while they are written
+    output     output files written from our buffers, past the page cache where allowed, hashed as written
+    hashing    the output files' hashes (BLAKE3 or SHA-256), of files written by other libraries too
     options    WriteOptions, what a writer is asked to do
     stages     seconds per stage of the conversion in progress
 
@@ -22,7 +23,8 @@ _WHERE = {
     "..dtypes": ("CAST_DTYPES", "CONVERT_DTYPES", "DTYPE_BYTES", "FLOAT_DTYPES", "KEEP", "QUANT_DTYPES",
                  "numpy_dtype"),
     ".hashing": ("DEFAULT_HASH", "HASH_NAMES", "HASHES", "Follower", "hash_files", "hash_of", "new_hash"),
-    ".options": ("WriteOptions",),
+    ".options": ("IO_MODES", "WriteOptions"),
+    ".output": ("OutputFile", "OutputSession", "open_output", "output_session"),
     ".pipeline": ("CHUNK_BYTES", "BufferPool", "Buffers", "Piece", "Pooled", "Progress", "Span", "cast_array",
                   "iter_bytes", "prefetched", "target_nbytes", "tensor_pieces", "write_pieces"),
     ".shards": ("ShardedOutput", "plan_shards"),

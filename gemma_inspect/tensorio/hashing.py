@@ -1,6 +1,7 @@
 """Hashing a conversion's output files: BLAKE3 by default (several GB/s on one core, see manifest.py), SHA-256 to
-compare with published hashes; files written front to back are hashed while they are written (`Follower`), the
-others afterwards, several files in parallel threads."""
+compare with published hashes. Files our own writers write are hashed from their buffers while written
+(tensorio.output); those another library writes front to back are followed while they are written (`Follower`);
+the others are hashed afterwards, several files in parallel threads."""
 
 from __future__ import annotations
 
@@ -82,42 +83,39 @@ def hash_files(paths: list[str], algorithm: str = DEFAULT_HASH) -> list[str]:
         return list(pool.map(lambda p: hash_of(p, algorithm), paths))
 
 
-# Files our writers only ever append to, front to back: hashed while they are written (Follower). An HDF5 file
-# is not one of them (the library rewrites its superblock and headers), nor are the small JSON files.
+# Files written front to back: hashed while they are written (Follower) when another library writes them. An HDF5
+# file is not one of them (h5py rewrites its superblock and headers), nor are the small JSON files.
 APPENDED = (".safetensors", ".gguf", ".ckpt")
 
 
 class Follower:
-    """Hashes the output files that are written front to back while the writer writes them, in a thread that
-    maps each one from where it left off to its current end (the page cache, read-only) and waits when it has caught
-    up. Hashing then overlaps converting, without copying the bytes: with BLAKE3 (several GB/s) the manifest costs
-    next to nothing. Call `finish()` when the writer has returned (or failed): it hashes what is left and
+    """Hashes the output files that another library writes front to back (GGUF through gguf-py, a .ckpt through
+    torch's zip writer) while it writes them, in a thread that maps each one from where it left off to its current
+    end (the page cache, read-only) and waits when it has caught up. Hashing then overlaps converting, without
+    copying the bytes. Files in `skip` (absolute paths: those tensorio.output writes, and hashes from its own
+    buffers) are left alone. Call `finish()` when the writer has returned (or failed): it hashes what is left and
     returns {path: (size, hex digest)} for the followed files."""
 
-    def __init__(self, output: str, algorithm: str = DEFAULT_HASH):
+    def __init__(self, output: str, algorithm: str = DEFAULT_HASH, skip: Any = ()):
         import threading
 
         new_hash(algorithm)  # an unknown name fails here, before anything is written
         self.algorithm = algorithm
         self.output = output
-        self.limits: dict[str, int] = {}  # files written out of order: how far they are final (see final())
+        self.skip = skip
         self.done = threading.Event()
         self.stop = threading.Event()
         self.digests: dict[str, tuple[int, str]] = {}
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="gemma-inspect-hash", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="gemma-inspect-follow", daemon=True)
         self._thread.start()
-
-    def final(self, path: str, upto: int) -> None:
-        """The writer of `path` (a file it does not write front to back) says bytes [0, upto) are final."""
-        self.limits[path] = max(upto, self.limits.get(path, 0))
 
     def _candidates(self) -> list[str]:
         if os.path.isdir(self.output):
             found = [os.path.join(self.output, e) for e in os.listdir(self.output) if e.endswith(APPENDED)]
         else:
             found = [self.output] if self.output.endswith(APPENDED) and os.path.isfile(self.output) else []
-        return sorted(set(found) | set(self.limits))
+        return sorted(p for p in found if os.path.abspath(p) not in self.skip)
 
     def _run(self) -> None:
         states: dict[str, tuple[Any, Any, int]] = {}  # path -> (file, hash, bytes hashed)
@@ -129,11 +127,8 @@ class Follower:
                     if path not in states:
                         states[path] = (open(path, "rb", buffering=0), new_hash(self.algorithm), 0)
                     f, h, n = states[path]
-                    limit = self.limits.get(path)
                     start = time.perf_counter()
                     end = os.fstat(f.fileno()).st_size
-                    if limit is not None:
-                        end = min(end, limit)
                     if end > n:
                         hash_range(f.fileno(), h, n, end)
                         n = end

@@ -4,10 +4,12 @@ so that a format module types its options without importing `convert`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from ..dtypes import CAST_DTYPES, KEEP
 from .hashing import DEFAULT_HASH
+
+IO_MODES = ("auto", "direct", "buffered")  # how output files are written: see tensorio.output
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..checkpoint import TensorRef
@@ -21,10 +23,9 @@ class WriteOptions:
     notes: list[str] = field(default_factory=list)  # writers append what the user should know
     manifest: bool = True  # write the output's manifest (file sizes and hashes, tensors); see manifest.py
     hash: str = DEFAULT_HASH  # the manifest's hash: blake3 (fast everywhere) or sha256 (what the HF hub publishes)
-    # Set by convert() while a manifest is being built: a writer that fills a file out of order (HDF5: metadata
-    # first, then the datasets at their offsets) calls final(path, n) once bytes [0, n) of it will not change,
-    # so that the file is hashed while it is written rather than read again afterwards.
-    final: Callable[[str, int], None] | None = None
+    # how output files are written (tensorio.output.IO_MODES): auto = past the page cache (O_DIRECT) for files of
+    # 16 MB and more where the filesystem allows it; direct = wherever it allows it; buffered = through the page cache
+    io: str = "auto"
 
     def target_dtype(self, ref: TensorRef) -> str:
         return ref.dtype if self.dtype == KEEP else self.dtype

@@ -1,18 +1,18 @@
 """The byte pipeline of a conversion: one tensor's bytes, read from where they lie, cast and re-laid-out into reused
 buffers by a producer thread, and written by the caller, memory bounded by a few chunks whatever the tensor.
 
-Pieces of bytes are `bytes`/`memoryview`, a `Span` of a file (copied by the kernel) or a `Pooled` buffer (handed
-back to its pool once written). Depends only on `errors`, `dtypes` and `arrays`: every writer can use it.
+Pieces of bytes are `bytes`/`memoryview`, a `Span` of a file (written from maps of its pages) or a `Pooled`
+buffer (handed back to its pool once written). Depends only on `errors`, `dtypes` and `arrays`: every writer can
+use it.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -26,8 +26,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # The bands tensors are streamed in, and the size of each reused buffer: one FFN kernel of Gemma 2B in bfloat16 is
 # transposed in one kernel call. Measured on the 2-core test VM against 32 MB buffers (bands, the source read
-# once per band): 4.0 s re-laying-out against 4.6-5.9 s. One pool buffer, not two: with two, the producer runs
-# ahead of the writer, but on 2 cores that measured 0.2-1.3 s slower (and 65 MB more RSS) with cv2's kernels.
+# once per band): 4.0 s re-laying-out against 4.6-5.9 s. Two pool buffers (prefetched's default): the producer
+# re-lays-out the next band while the device writes the last one (O_DIRECT: the writer waits on the disk, not on
+# a CPU); on the 2-core AMD VM 1.46-1.74 s against 1.77-1.91 s with one buffer (Keras -> HF, 2.37 GB), 1.55-1.96
+# s against 1.76-1.98 s (HF -> Keras), for 70 MB more RSS. (With buffered writes, one buffer had been faster.)
 CHUNK_BYTES = 64 * 1024 * 1024
 
 Progress = Callable[[int], None]  # called with the number of bytes just written
@@ -46,7 +48,7 @@ def cast_array(arr: np.ndarray, dtype: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Span:
-    """Raw bytes [offset, offset + nbytes) of a file, to be copied as they are by the kernel."""
+    """Raw bytes [offset, offset + nbytes) of a file, to be written as they are, from maps of its pages."""
 
     path: str
     offset: int
@@ -224,10 +226,10 @@ def tensor_pieces(ref: TensorRef, dtype: str, layout: Any = None, buffers: Buffe
     """Bytes of one tensor in `dtype` and (after `layout`, an arrays.Layout or a function of the canonical array)
     the target layout.
 
-    Unchanged bytes that lie in a file are a `Span` for the kernel to copy. Otherwise, when the stored bytes lie
-    in a file, the tensor is streamed band by band through reused buffers (read into scratch, cast, re-laid-out
-    into a pool buffer that the writer writes and hands back), and never held whole: the embedding of a 2B model
-    is 1 GB in bfloat16. Tensors without such bytes (compressed HDF5, pickles, quantized GGUF) are loaded whole."""
+    Unchanged bytes that lie in a file are a `Span`, written from maps of the file's pages. Otherwise, when the
+    stored bytes lie in a file, the tensor is streamed band by band through reused buffers (read into scratch,
+    cast, re-laid-out into a pool buffer that the writer writes and hands back), and never held whole: the
+    embedding of a 2B model is 1 GB in bfloat16. Tensors without such bytes (compressed HDF5, pickles, quantized GGUF) are loaded whole."""
     buffers = buffers or Buffers(chunk or CHUNK_BYTES)
     chunk = chunk or buffers.chunk
     if layout is None and ref.stored is None and dtype == ref.dtype:
@@ -366,20 +368,18 @@ def _stream(ref: TensorRef, dtype: str, source: tuple[str, int, Any], buffers: B
         os.close(fd)
 
 
-# copy_file_range is refused across filesystems (EXDEV) on older kernels, and by some filesystems.
-_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.ETXTBSY}
-SPAN_STEP = 256 * 1024 * 1024
+def write_pieces(f: Any, pieces: Iterable[Piece], progress: Progress | None = None) -> int:
+    """Write pieces at the current position of `f` (an output.OutputFile, or a file opened for binary writing);
+    returns the bytes written. A `Pooled` buffer goes back to its pool once written; a `Span` is written from
+    read-only memory maps of the source's pages (which an O_DIRECT write reads in place)."""
+    from .output import OutputFile
 
-
-def write_pieces(f: BinaryIO, pieces: Iterable[Piece], progress: Progress | None = None) -> int:
-    """Write pieces at the current position of `f` (opened for binary writing); returns the bytes written.
-    A `Span` is copied file to file by the kernel (os.copy_file_range): on the ext4 test machine 2.37 GB
-    in 1.1 s, against 2-6 s through read() and write(). A `Pooled` buffer goes back to its pool once written."""
     total = 0
+    timed = not isinstance(f, OutputFile)  # an OutputFile times its own writing and hashing
     for piece in pieces:
         start = time.perf_counter()
         if isinstance(piece, Span):
-            n = _copy_span(f, piece, progress)
+            n = _map_span(f, piece, progress)
         elif isinstance(piece, Pooled):
             try:
                 f.write(piece.view)
@@ -393,44 +393,57 @@ def write_pieces(f: BinaryIO, pieces: Iterable[Piece], progress: Progress | None
             n = len(piece) if isinstance(piece, bytes) else piece.nbytes
             if progress is not None:
                 progress(n)
-        add_stage("write", time.perf_counter() - start)
+        if timed:
+            add_stage("write", time.perf_counter() - start)
         total += n
     return total
 
 
-def _copy_span(f: BinaryIO, span: Span, progress: Progress | None) -> int:
-    f.flush()
-    start = f.tell()
-    done = 0
-    with open(span.path, "rb") as src:
-        kernel = hasattr(os, "copy_file_range")
-        while done < span.nbytes:
-            want = min(SPAN_STEP, span.nbytes - done)
-            if kernel:
+MAP_WINDOW = 64 * 1024 * 1024
+
+
+def _map_span(f: Any, span: Span, progress: Progress | None) -> int:
+    """Write a Span's bytes from shared read-only maps of its file, MAP_WINDOW bytes at a time (populated at once,
+    unmapped once written)."""
+    import mmap
+
+    gran = mmap.ALLOCATIONGRANULARITY
+    try:
+        fd = os.open(span.path, os.O_RDONLY)
+    except OSError as e:
+        raise InputError(span.path, f"cannot read: {e.strerror or e}") from None
+    try:
+        size = os.fstat(fd).st_size
+        if span.offset + span.nbytes > size:
+            raise InputError(span.path, f"file ends {span.offset + span.nbytes - max(size, span.offset)} bytes "
+                                        f"before the end of a tensor")
+        pos, end = span.offset, span.offset + span.nbytes
+        while pos < end:
+            base = pos - pos % gran
+            length = min(end, pos + MAP_WINDOW) - base
+            m = mmap.mmap(fd, length, prot=mmap.PROT_READ,
+                          flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0), offset=base)
+            view = memoryview(m)
+            part = view[pos - base:]
+            try:
+                f.write(part)
+            finally:
                 try:
-                    n = os.copy_file_range(src.fileno(), f.fileno(), want, span.offset + done, start + done)
-                except OSError as e:
-                    if e.errno not in _NO_KERNEL_COPY:
-                        raise
-                    kernel = False
-                    continue
-            else:
-                src.seek(span.offset + done)
-                data = src.read(min(want, CHUNK_BYTES))
-                f.seek(start + done)
-                f.write(data)
-                n = len(data)
-            if n == 0:
-                raise InputError(span.path, f"file ends {span.nbytes - done} bytes before the end of a tensor")
-            done += n
+                    part.release()
+                    view.release()
+                    m.close()
+                except BufferError:  # a failed write's traceback still holds a view: the map goes with it
+                    pass
             if progress is not None:
-                progress(n)
-    f.seek(start + span.nbytes)
+                progress(base + length - pos)
+            pos = base + length
+    finally:
+        os.close(fd)
     return span.nbytes
 
 
 def prefetched(jobs: Iterable[tuple[str, TensorRef, str, Any]], depth: int = 2,
-               chunk: int | None = None, pool: int = 1) -> Iterator[tuple[str, Iterable[Piece]]]:
+               chunk: int | None = None, pool: int = 2) -> Iterator[tuple[str, Iterable[Piece]]]:
     """(name, pieces) for each (name, ref, dtype, layout) job, in order, the pieces made by a background thread
     while the caller writes the previous ones: reading, casting and re-laying-out overlap writing.
 

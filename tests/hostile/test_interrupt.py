@@ -182,23 +182,27 @@ def _limited(nbytes: int):
     return limit
 
 
-def _file_size_limit(src: str, tmp_path, to: str, limits: tuple[int, ...]) -> None:
+def _file_size_limit(src: str, tmp_path, to: str, limits: tuple[int, ...], io: str = "auto") -> None:
     ext = {"gguf": ".gguf", "gemma-pytorch": ".ckpt"}.get(to, "")
     out = tmp_path / "out"
     out.mkdir()
     dest = str(out / f"model{ext}")
     for limit in limits:
-        p = subprocess.run([sys.executable, "-m", "gemma_inspect", "convert", src, dest, "--to", to], env=ENV,
-                           capture_output=True, text=True, preexec_fn=_limited(limit))
+        p = subprocess.run([sys.executable, "-m", "gemma_inspect", "convert", src, dest, "--to", to, "--io", io],
+                           env=ENV, capture_output=True, text=True, preexec_fn=_limited(limit))
         assert p.returncode == 2, (limit, p.returncode, p.stderr[-2000:])
         assert p.stderr.count("\n") == 1 and p.stderr.startswith(f"Error: {dest}"), p.stderr
         assert "cannot write" in p.stderr and "File too large" in p.stderr, p.stderr
         assert os.listdir(out) == [], (limit, os.listdir(out))
 
 
-@pytest.mark.parametrize("to", ["hf", "keras", "gguf", "gemma-pytorch"])
-def test_file_size_limit_mid_write_gives_one_error_line_and_no_dest(tiny_models, tmp_path, to):
-    _file_size_limit(tiny_models.get("gemma2"), tmp_path, to, (1000, 150_000))  # in the header, in the tensors
+WRITES = [("hf", "auto"), ("keras", "auto"), ("gguf", "auto"), ("gemma-pytorch", "auto"),
+          ("hf", "direct"), ("keras", "direct")]  # --io direct: O_DIRECT writes and the staging buffer fail too
+
+
+@pytest.mark.parametrize("to,io", WRITES)
+def test_file_size_limit_mid_write_gives_one_error_line_and_no_dest(tiny_models, tmp_path, to, io):
+    _file_size_limit(tiny_models.get("gemma2"), tmp_path, to, (1000, 150_000), io)  # in the header, in the tensors
 
 
 @pytest.mark.slow
@@ -219,12 +223,12 @@ def small_filesystem(tmp_path):
     subprocess.run(["umount", str(mnt)], check=True)
 
 
-@pytest.mark.parametrize("to", ["hf", "keras", "gguf", "gemma-pytorch"])
-def test_full_filesystem_gives_one_error_line_and_no_dest(tiny_models, small_filesystem, to):
+@pytest.mark.parametrize("to,io", WRITES)
+def test_full_filesystem_gives_one_error_line_and_no_dest(tiny_models, small_filesystem, to, io):
     ext = {"gguf": ".gguf", "gemma-pytorch": ".ckpt"}.get(to, "")
     dest = os.path.join(small_filesystem, f"model{ext}")
-    p = subprocess.run([sys.executable, "-m", "gemma_inspect", "convert", tiny_models.get("gemma2"), dest, "--to", to],
-                       env=ENV, capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "gemma_inspect", "convert", tiny_models.get("gemma2"), dest, "--to", to,
+                        "--io", io], env=ENV, capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr[-2000:]
     assert p.stderr.startswith(f"Error: {dest}") and "No space left on device" in p.stderr, p.stderr
     assert os.listdir(small_filesystem) == []
