@@ -427,3 +427,14 @@ def test_hashing_reads_files_that_cannot_be_mapped(tmp_path, monkeypatch):
 
     monkeypatch.setattr(mmap, "mmap", refuse)
     assert hashing.hash_of(str(path), "sha256") == hashlib.sha256(data).hexdigest()
+
+
+def test_bands_are_whole_pages_where_a_row_count_allows():
+    from gemma_inspect.tensorio.pipeline import page_rows
+
+    assert page_rows(26214, 2560) == 26208  # a 640-wide float32 band of 64 MB: 8 rows make 5 pages
+    assert page_rows(26208, 2560) * 2560 % 4096 == 0
+    assert page_rows(100, 4096) == 100 and page_rows(100, 8192) == 100
+    assert page_rows(3, 2560) == 3  # fewer rows than make a page: as many as fit
+    assert page_rows(7, 3) == 7 and page_rows(5000, 3) == 4096  # odd rows: 4,096 of them make 3 pages
+    assert page_rows(1, 0) == 1

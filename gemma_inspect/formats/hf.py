@@ -637,7 +637,7 @@ def generation_config(spec: GemmaSpec, tokenizer: Any) -> dict[str, Any]:
 def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
     """Write `ckpt` as a Hugging Face directory, streaming one tensor at a time into safetensors shards."""
     from ..tensorio import ShardedOutput, prefetched, target_nbytes
-    from .safetensors_io import SafetensorsWriter
+    from .safetensors_io import PAGE, SafetensorsWriter
 
     spec = ckpt.spec
     out_dtypes = {n: options.float_dtype(r) for n, r in ckpt.tensors.items()}
@@ -652,7 +652,12 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
         # an encoder is saved as its base model saves it (Gemma3TextModel: no `model.` prefix, no lm_head), as the
         # released EmbeddingGemma and llama.cpp's converter (which registers that class) expect
         names = {n: h.removeprefix(BASE_PREFIX) for n, h in names.items()}
+    nbytes = dict(sizes)
     for fname, shard in out:
+        # Tensors whose size is a multiple of a page first: each then starts on a page in a big file (whose data
+        # starts on one), and is written to the device straight from the pipeline's buffers (tensorio.output);
+        # the odd-sized ones (a 640-wide norm is 1,280 bytes) after them. Readers go by the header, not the order.
+        shard = sorted(shard, key=lambda n: nbytes[n] % PAGE != 0)
         layout = [(names[n], out_dtypes[n], ckpt.tensors[n].shape) for n in shard]
         with SafetensorsWriter(os.path.join(dest, fname), layout, {"format": "pt"}) as w:
             for n, pieces in prefetched((n, ckpt.tensors[n], out_dtypes[n], None) for n in shard):

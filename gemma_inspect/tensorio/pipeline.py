@@ -8,6 +8,7 @@ use it.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -199,6 +200,14 @@ def _source_bytes(fd: int, path: str, offset: int, nbytes: int, scratch: Scratch
     return np.frombuffer(m, dtype=np.uint8, count=nbytes, offset=offset - base)
 
 
+def page_rows(rows: int, row_bytes: int, page: int = 4096) -> int:
+    """At most `rows` rows of `row_bytes` each, as many as keep a band a whole number of pages where that leaves at
+    least one row: bands that follow a page-aligned one then start on a page too, and are written to the device
+    straight from their buffer (tensorio.output) instead of through its staging copy."""
+    step = page // math.gcd(row_bytes, page) if row_bytes else 1
+    return rows - rows % step if rows >= step else rows
+
+
 def _typed(buf: np.ndarray, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
     n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     return buf[:n].view(dtype).reshape(shape)
@@ -271,7 +280,7 @@ def _dequantized(ref: TensorRef, rows_of: Callable[[int, int, np.ndarray], None]
     row_len = ref.shape[-1] if ref.shape else 1
     n_rows = ref.numel // max(1, row_len)
     ddt = numpy_dtype(dtype)
-    rows = max(1, chunk // (row_len * 4))
+    rows = page_rows(max(1, chunk // (row_len * 4)), row_len * ddt.itemsize)
     for r0 in range(0, n_rows, rows):
         r1 = min(n_rows, r0 + rows)
         n = (r1 - r0) * row_len
@@ -315,7 +324,7 @@ def _stream(ref: TensorRef, dtype: str, source: tuple[str, int, Any], buffers: B
     try:
         if perm[0] == 0:  # identity or per-head: bands of the leading axis, contiguous in and out
             inner = int(np.prod(view[1:], dtype=np.int64))
-            rows = max(1, chunk // max(1, inner * width))
+            rows = page_rows(max(1, chunk // max(1, inner * width)), inner * ddt.itemsize)
             for r0 in range(0, view[0], rows):
                 band = (min(rows, view[0] - r0), *view[1:])
                 src = _typed(_source_bytes(fd, path, offset + r0 * inner * sdt.itemsize,
@@ -347,7 +356,7 @@ def _stream(ref: TensorRef, dtype: str, source: tuple[str, int, Any], buffers: B
         # Bands of output rows: the band's source columns are gathered (and cast) from the source read a block of
         # rows at a time, then transposed into the pool buffer in one kernel call. The source is read once per
         # band (from the page cache); memory is the band, a block of a quarter chunk, and the pool.
-        out_rows = max(1, chunk // (rows * width))
+        out_rows = page_rows(max(1, chunk // (rows * width)), rows * ddt.itemsize)
         in_rows = max(1, (chunk // 4) // (cols * sdt.itemsize))
         for c0 in range(0, cols, out_rows):
             c1 = min(cols, c0 + out_rows)
