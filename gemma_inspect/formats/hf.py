@@ -653,11 +653,8 @@ def write(ckpt: Checkpoint, dest: str, options: Any, progress: Any) -> None:
         # released EmbeddingGemma and llama.cpp's converter (which registers that class) expect
         names = {n: h.removeprefix(BASE_PREFIX) for n, h in names.items()}
     nbytes = dict(sizes)
-    for fname, shard in out:
-        # Tensors whose size is a multiple of a page first: each then starts on a page in a big file (whose data
-        # starts on one), and is written to the device straight from the pipeline's buffers (tensorio.output);
-        # the odd-sized ones (a 640-wide norm is 1,280 bytes) after them. Readers go by the header, not the order.
-        shard = sorted(shard, key=lambda n: nbytes[n] % PAGE != 0)
+    for fname, shard in out:  # page-multiple tensors first: each then starts on a page (see tensorio.output)
+        shard = sorted(shard, key=lambda n: nbytes[n] % PAGE != 0)  # readers go by the header, not the order
         layout = [(names[n], out_dtypes[n], ckpt.tensors[n].shape) for n in shard]
         with SafetensorsWriter(os.path.join(dest, fname), layout, {"format": "pt"}) as w:
             for n, pieces in prefetched((n, ckpt.tensors[n], out_dtypes[n], None) for n in shard):
