@@ -55,7 +55,8 @@ def build(output: str, fmt: str, source: str, streamed: dict[str, tuple[int, str
           algorithm: str = DEFAULT_HASH) -> dict[str, Any]:
     """The manifest of a finished output (a directory or a file): its files, and its tensors as our reader
     reads them back (which also proves the output readable). `streamed` holds the (size, digest) of files
-    already hashed with `algorithm` while they were written (Follower); the others are hashed now, in parallel."""
+    already hashed with `algorithm` while they were written (tensorio.output, Follower); the others are hashed
+    now, in parallel."""
     from . import __version__
     from .formats import module
 

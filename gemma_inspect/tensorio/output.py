@@ -5,7 +5,7 @@ Why. A buffered write() copies every byte into a fresh page-cache page. In a VM 
 host (free page reporting: the test VMs, and many cloud machines), the first touch of such a page is a fault on the
 host: write() of 2.35 GB from a reused buffer took 0.66-0.70 s of CPU when the kernel reused pages freed a moment
 before, and 6.8 s when it did not, while O_DIRECT writes took 0.05-0.11 s of CPU and 0.7-1.1 s of wall time for the
-same bytes (the disk's speed; measured by benchmarks/convert.py's machine and /tmp/wb-style runs, see the README).
+same bytes (the disk's speed; the README's Performance section has the measurements).
 Bytes written past the page cache are not in memory to be hashed afterwards, so the hash is fed from the buffers,
 in a helper thread while the device writes them.
 
