@@ -313,3 +313,27 @@ def test_convert_refuses_an_unknown_io_mode(tiny_models, tmp_path):
                                     "--io", "fast"])
     assert res.exit_code == 2 and "'fast' is not one of 'auto', 'direct', 'buffered'" in res.output
     assert not os.path.exists(tmp_path / "x") and not os.path.exists(tmp_path / "y")
+
+
+def test_sessions_of_two_threads_keep_their_files_apart(tmp_path):
+    import threading
+
+    results = {}
+
+    def run(name, io):
+        with output_session(io, "blake3") as session:
+            with open_output(str(tmp_path / name), "wb") as f:
+                buf = aligned_empty(8 * PAGE)
+                buf[:] = ord(name[0])
+                f.write(memoryview(buf))
+        results[name] = session
+
+    threads = [threading.Thread(target=run, args=(n, io)) for n, io in (("a", "direct"), ("b", "buffered"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert list(results["a"].digests) == [os.path.abspath(tmp_path / "a")]
+    assert list(results["b"].digests) == [os.path.abspath(tmp_path / "b")]
+    assert results["b"].summary()["buffered_bytes"] == 8 * PAGE
+    assert open(tmp_path / "a", "rb").read() == b"a" * 8 * PAGE

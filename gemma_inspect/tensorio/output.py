@@ -21,6 +21,7 @@ buffer; writers open their files with `open_output()`. Outside a session a file 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import os
 import time
@@ -81,25 +82,27 @@ class OutputSession:
         return {"mode": self.io, **{f"{k}_bytes": v for k, v in self.bytes.items()}, "fallback": self.fallback}
 
 
-_session: OutputSession | None = None
+# The session of the conversion running in this thread (a context variable: two conversions in two threads keep
+# theirs apart; writers open their files in the thread that called convert).
+_session: contextvars.ContextVar[OutputSession | None] = contextvars.ContextVar("gemma_inspect_output", default=None)
 
 
 @contextlib.contextmanager
 def output_session(io: str = "auto", algorithm: str | None = None) -> Iterator[OutputSession]:
-    """The session the files opened with open_output() meanwhile belong to."""
-    global _session
-    outer, _session = _session, OutputSession(io, algorithm)
+    """The session the files opened with open_output() meanwhile (in this thread) belong to."""
+    session = OutputSession(io, algorithm)
+    token = _session.set(session)
     try:
-        yield _session
+        yield session
     finally:
-        _session.close()
-        _session = outer
+        session.close()
+        _session.reset(token)
 
 
 def open_output(path: str, mode: str = "wb", size_hint: int | None = None) -> OutputFile:
     """Open `path` for writing: "wb" creates (or truncates) it, "r+b" writes into an existing file. `size_hint`:
     the bytes the writer will write (io=auto writes files below DIRECT_MIN through the page cache)."""
-    return OutputFile(path, mode, _session, size_hint)
+    return OutputFile(path, mode, _session.get(), size_hint)
 
 
 def _address(view: memoryview) -> int:
