@@ -412,6 +412,10 @@ def convert(source: str, dest: str, to: str, dtype: str, max_shard_size: str | N
     """
     import time
 
+    if "numpy" not in sys.modules:  # no linear algebra in numpy here: OpenBLAS's idle workers would only spin
+        import os
+
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from .convert import WriteOptions, convert as run_convert, parse_size
     from .formats import load
 

@@ -105,6 +105,20 @@ def open_output(path: str, mode: str = "wb", size_hint: int | None = None) -> Ou
     return OutputFile(path, mode, _session.get(), size_hint)
 
 
+def _pwrite_at(fd: int, data: Any, pos: int) -> int:
+    if hasattr(os, "pwrite"):
+        return os.pwrite(fd, data, pos)
+    os.lseek(fd, pos, os.SEEK_SET)  # pragma: no cover - Windows: each descriptor is used by one thread
+    return os.write(fd, data)  # pragma: no cover
+
+
+def _pread_at(fd: int, n: int, pos: int) -> bytes:
+    if hasattr(os, "pread"):
+        return os.pread(fd, n, pos)
+    os.lseek(fd, pos, os.SEEK_SET)  # pragma: no cover
+    return os.read(fd, n)  # pragma: no cover
+
+
 def _address(view: memoryview) -> int:
     return np.frombuffer(view, dtype=np.uint8).ctypes.data if view.nbytes else 0
 
@@ -241,7 +255,7 @@ class OutputFile:
         self._flush_stage()  # its bytes are before the gap; any page it shares with the gap must be read whole
         pos = self._hashed
         while pos < upto:
-            data = os.pread(self._fd, min(STAGE_BYTES, upto - pos), pos)
+            data = _pread_at(self._fd, min(STAGE_BYTES, upto - pos), pos)
             if not data:
                 data = bytes(min(STAGE_BYTES, upto - pos))
             self._h.update(data)
@@ -310,7 +324,7 @@ class OutputFile:
         done = 0
         try:
             while done < view.nbytes and self._direct_fd is not None:
-                n = os.pwrite(self._direct_fd, view[done:], pos + done)
+                n = _pwrite_at(self._direct_fd, view[done:], pos + done)
                 if n <= 0:
                     raise OSError(errno.EIO, "the device accepted no bytes")
                 done += n
@@ -328,7 +342,7 @@ class OutputFile:
     def _pwrite(self, view: memoryview, pos: int, kind: str) -> None:
         done = 0
         while done < view.nbytes:
-            n = os.pwrite(self._fd, view[done:], pos + done)
+            n = _pwrite_at(self._fd, view[done:], pos + done)
             if n <= 0:
                 raise OSError(errno.EIO, f"{self.path}: the filesystem accepted no bytes")
             done += n
