@@ -293,8 +293,8 @@ def convert(source: Checkpoint | str, dest: str, to: str, options: WriteOptions 
     {"source", "dest", "format", "dtype", "tensors", "bytes_written", "notes"}."""
     from .formats import info, infos, load, module
 
-    # The writers report into options.notes and convert() sets options.final: a run works on its own copy, so a
-    # WriteOptions reused for several conversions never carries one run's notes into the next report.
+    # The writers report into options.notes: a run works on its own copy, so a WriteOptions reused for several
+    # conversions never carries one run's notes into the next report.
     options = dataclasses.replace(options or WriteOptions(), notes=[])
     if to not in TARGETS:
         raise InputError(None, f"unknown target format {to!r}; choose from {', '.join(TARGETS)}")

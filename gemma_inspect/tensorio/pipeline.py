@@ -238,7 +238,8 @@ def tensor_pieces(ref: TensorRef, dtype: str, layout: Any = None, buffers: Buffe
     Unchanged bytes that lie in a file are a `Span`, written from maps of the file's pages. Otherwise, when the
     stored bytes lie in a file, the tensor is streamed band by band through reused buffers (read into scratch,
     cast, re-laid-out into a pool buffer that the writer writes and hands back), and never held whole: the
-    embedding of a 2B model is 1 GB in bfloat16. Tensors without such bytes (compressed HDF5, pickles, quantized GGUF) are loaded whole."""
+    embedding of a 2B model is 1 GB in bfloat16. Tensors without such bytes (compressed HDF5, pickles, quantized
+    GGUF) are loaded whole."""
     buffers = buffers or Buffers(chunk or CHUNK_BYTES)
     chunk = chunk or buffers.chunk
     if layout is None and ref.stored is None and dtype == ref.dtype:
