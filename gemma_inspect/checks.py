@@ -229,9 +229,9 @@ def _placement_from_values(ctx: Context) -> Record:
     pre = err["attention pre"] <= tol and err["mlp pre"] <= tol
     post = err["attention post"] <= tol and err["mlp post"] <= tol
     observed = "pre+post" if pre and post else "pre" if pre else "post" if post else "none"
-    evidence = (f"block 0 (AltUp streams): input_layernorm -> self_attn -> post_attention_layernorm, "
-                f"pre_feedforward_layernorm -> mlp -> post_feedforward_layernorm; each module's input against the "
-                f"previous one's output: " + ", ".join(f"{k} {v:.1e}" for k, v in err.items()))
+    evidence = ("block 0 (AltUp streams): input_layernorm -> self_attn -> post_attention_layernorm, "
+                "pre_feedforward_layernorm -> mlp -> post_feedforward_layernorm; each module's input against the "
+                "previous one's output: " + ", ".join(f"{k} {v:.1e}" for k, v in err.items()))
     return check("norm_placement", "pass" if observed == ctx.rules.norm_placement else "fail",
                  ctx.rules.norm_placement, observed, evidence)
 
