@@ -367,6 +367,10 @@ def convert(source: Checkpoint | str, dest: str, to: str, options: WriteOptions 
     finally:
         _remove(tmp)
     notes = list(options.notes)
+    if io["fallback"] and io["direct_bytes"] + io["staged_bytes"]:  # O_DIRECT given up midway
+        notes.append(f"written past the page cache until {io['fallback']}; the rest through it")
+    elif io["fallback"] and options.io == "direct":  # asked for and not had (auto says so in the JSON only)
+        notes.append(f"written through the page cache: {io['fallback']}")
     vision = [n for n in ckpt.ignored if "vision" in n or "audio" in n or "multi_modal_projector" in n]
     if vision:
         what = "vision/audio encoder and embedder" if any("audio" in n for n in vision) else \

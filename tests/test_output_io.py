@@ -337,3 +337,49 @@ def test_sessions_of_two_threads_keep_their_files_apart(tmp_path):
     assert list(results["b"].digests) == [os.path.abspath(tmp_path / "b")]
     assert results["b"].summary()["buffered_bytes"] == 8 * PAGE
     assert open(tmp_path / "a", "rb").read() == b"a" * 8 * PAGE
+
+
+def test_convert_says_when_the_output_went_through_the_page_cache_after_all(tiny_models, tmp_path, monkeypatch):
+    from gemma_inspect.convert import WriteOptions, convert
+
+    monkeypatch.delattr(os, "O_DIRECT", raising=False)
+    report = convert(tiny_models.get("gemma", "hf"), str(tmp_path / "k"), "keras", WriteOptions(io="direct"))
+    assert report["io"]["fallback"] == "this system has no O_DIRECT"
+    assert report["io"]["direct_bytes"] == report["io"]["staged_bytes"] == 0
+    assert "written through the page cache: this system has no O_DIRECT" in report["notes"]
+    for io in ("buffered", "auto"):  # asked for, or not asked for: nothing to say (auto's JSON says why)
+        quiet = convert(tiny_models.get("gemma", "hf"), str(tmp_path / io), "keras", WriteOptions(io=io))
+        assert not any("page cache" in n for n in quiet["notes"])
+
+
+def test_convert_says_when_direct_writing_was_given_up_midway(tiny_models, tmp_path, monkeypatch):
+    from gemma_inspect.convert import WriteOptions, convert
+    from gemma_inspect.formats import load
+
+    real_open, real_pwrite, direct_fds, calls = os.open, os.pwrite, set(), {"n": 0}
+    o_direct = getattr(os, "O_DIRECT", 0o40000)
+
+    def fake_open(path, flags, *a):
+        fd = real_open(path, flags & ~o_direct, *a)
+        if flags & o_direct:
+            direct_fds.add(fd)
+        return fd
+
+    def fake_pwrite(fd, data, pos):
+        if fd in direct_fds:
+            calls["n"] += 1
+            if calls["n"] > 1:
+                raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, pos)
+
+    monkeypatch.setattr(os, "O_DIRECT", o_direct, raising=False)
+    monkeypatch.setattr(os, "open", fake_open)
+    monkeypatch.setattr(os, "pwrite", fake_pwrite)
+    hf = tiny_models.get("gemma", "hf")
+    report = convert(hf, str(tmp_path / "k"), "keras", WriteOptions(io="direct"))
+    assert report["io"]["direct_bytes"] + report["io"]["staged_bytes"] > 0 and report["io"]["buffered_bytes"] > 0
+    assert ("written past the page cache until the filesystem refused a direct write (Invalid argument); the rest "
+            "through it") in report["notes"]
+    got, src = load(str(tmp_path / "k")), load(hf)
+    for name, ref in src.tensors.items():
+        assert np.array_equal(got.tensors[name].load(), ref.load()), name
