@@ -27,6 +27,7 @@ from typing import Any
 
 from ..errors import InputError, UnsupportedError
 from .common import show
+from .keras_preset import backbone_fields
 
 MODULE = "keras_hub.src.models.gemma3n.gemma3n_backbone"
 BACKBONE = "Gemma3nBackbone"
@@ -265,14 +266,8 @@ def hf_config(cfg: dict[str, Any], path: str, restore: dict[str, Any] | None = N
                                                                                               list[str]]:
     """The HF `gemma3n_text` config a Gemma3nBackbone config stands for, and notes. `restore`: what a Keras config
     cannot hold (bos/eos token ids), kept by our writer in metadata.json."""
-    c = cfg.get("config")
-    if not isinstance(c, dict):
-        raise InputError(path, "Keras config has no 'config' object")
+    c = backbone_fields(cfg, path, BACKBONE, REQUIRED, KERAS_DEFAULTS)
     notes: list[str] = []
-    missing = [k for k in REQUIRED if k not in c]
-    if missing:
-        raise InputError(path, f"{BACKBONE} config lacks {', '.join(missing)}")
-    c = {**KERAS_DEFAULTS, **c}
     if c.get("vision_encoder_config") or c.get("audio_encoder_config"):
         notes.append("multimodal Keras Gemma 3n preset: the vision and audio encoders are reported and ignored; only "
                      "the text decoder is read")

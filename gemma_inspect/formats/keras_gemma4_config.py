@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import InputError, UnsupportedError
+from ..errors import UnsupportedError
 from .common import show
+from .keras_preset import backbone_fields
 
 SLIDING, FULL = "sliding_attention", "full_attention"
 MODULE = "keras_hub.src.models.gemma4.gemma4_backbone"
@@ -139,14 +140,8 @@ def hf_config(cfg: dict[str, Any], path: str, restore: dict[str, Any] | None = N
                                                                                               list[str]]:
     """The HF `gemma4_text` config a Gemma4Backbone config stands for, and notes. `restore`: what a Keras config
     cannot hold (context length, bos/eos/pad token ids), kept by our writer in metadata.json."""
-    c = cfg.get("config")
-    if not isinstance(c, dict):
-        raise InputError(path, "Keras config has no 'config' object")
+    c = backbone_fields(cfg, path, BACKBONE, REQUIRED, KERAS_DEFAULTS)
     notes: list[str] = []
-    missing = [k for k in REQUIRED if k not in c]
-    if missing:
-        raise InputError(path, f"{BACKBONE} config lacks {', '.join(missing)}")
-    c = {**KERAS_DEFAULTS, **c}
     if c.get("vision_encoder") or c.get("audio_encoder"):
         notes.append("multimodal Keras Gemma 4 preset: the vision and audio encoders are reported and ignored; only "
                      "the text decoder is read")

@@ -148,6 +148,21 @@ def kept_values(path: str, keys: tuple[str, ...]) -> dict[str, Any]:
     return {k: kept[k] for k in keys if isinstance(kept.get(k), int) and not isinstance(kept[k], bool) and kept[k] >= 0}
 
 
+def backbone_fields(cfg: dict[str, Any], path: str, backbone: str, required: tuple[str, ...] | list[str],
+                    defaults: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a Keras backbone config (its "config" object), the `required` ones checked present and
+    keras-hub's `defaults` filled in for the others."""
+    from ..errors import InputError
+
+    c = cfg.get("config")
+    if not isinstance(c, dict):
+        raise InputError(path, "Keras config has no 'config' object")
+    missing = [k for k in required if k not in c]
+    if missing:
+        raise InputError(path, f"{backbone} config lacks {', '.join(missing)}")
+    return {**defaults, **c}
+
+
 def text_decoder_only(other: dict[str, Any], multimodal: bool, where: str, backbone: str) -> None:
     """Datasets that are no text-decoder weight are an error, unless the preset declares encoders (then ignored)."""
     from ..errors import InputError
