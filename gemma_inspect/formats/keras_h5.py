@@ -19,7 +19,8 @@ import numpy as np
 from ..dtypes import DTYPE_BYTES
 from ..errors import InputError
 from .common import read_weight_map, safe_child
-from .safetensors_io import PAGE, numpy_dtype, read_at
+from ..tensorio.output import PAGE
+from .safetensors_io import numpy_dtype, read_at
 
 WEIGHTS = "model.weights.h5"
 SHARD_INDEX = "model.weights.json"  # sharded: H5 group path -> shard file

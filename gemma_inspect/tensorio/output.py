@@ -273,7 +273,7 @@ class OutputFile:
                 if same_phase and pos % PAGE == 0 and view.nbytes >= PAGE and self._direct_fd is not None:
                     self._flush_stage()  # the stage ends on a page and the rest can go straight from `view`
                     continue
-                stage = self._session.stage() if self._session is not None else self._own_stage()
+                stage = self._stage_buffer()
                 staged = pos - self._stage_at
                 room = stage.nbytes - staged
                 take = min(view.nbytes, room, (-pos) % PAGE if same_phase and pos % PAGE else room)
@@ -302,7 +302,10 @@ class OutputFile:
             self._stage_at = pos  # an unaligned buffer, or less than a page: copied into the staging buffer
         add_stage("write", time.perf_counter() - start)
 
-    def _own_stage(self) -> np.ndarray:
+    def _stage_buffer(self) -> np.ndarray:
+        """The session's staging buffer (reused by all its files), or this file's own outside a session."""
+        if self._session is not None:
+            return self._session.stage()
         if getattr(self, "_stage", None) is None:
             self._stage = aligned_empty(STAGE_BYTES, PAGE)
         return self._stage
@@ -313,7 +316,7 @@ class OutputFile:
             return
         at, n = self._stage_at, self._pos - self._stage_at
         self._stage_at = None
-        stage = self._session.stage() if self._session is not None else self._own_stage()
+        stage = self._stage_buffer()
         whole = n - n % PAGE
         if whole:
             self._pwrite_direct(memoryview(stage[:whole]), at, "staged")
